@@ -1,0 +1,366 @@
+//! The conversation record (one per business number × customer) and the pure rules that
+//! change it.
+//!
+//! The record is written by two parties: ingress, which only ever pauses the bot when a person
+//! writes from the phone ([`Conversation::record_human_activity`]), and the conversation's lane,
+//! which applies inbox events in order. Stores guard every write with [`Conversation::rev`], so
+//! neither can overwrite the other's change.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::DeliveryStatus;
+use crate::ids::{ConversationId, MessageId};
+use crate::message::MessageContent;
+use crate::time::Timestamp;
+
+/// Who is talking to the customer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// The bot answers.
+    Bot,
+    /// The bot asked for a person and is waiting for one.
+    Handoff,
+    /// A person is talking; the bot stays silent.
+    Human,
+}
+
+impl Mode {
+    /// All modes, in a stable order.
+    pub const ALL: [Mode; 3] = [Mode::Bot, Mode::Handoff, Mode::Human];
+
+    /// Returns the mode's snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Bot => "bot",
+            Self::Handoff => "handoff",
+            Self::Human => "human",
+        }
+    }
+
+    /// Parses a mode name as written in the API (`bot`, `handoff`, `human`).
+    pub fn parse(value: &str) -> Option<Mode> {
+        Self::ALL.into_iter().find(|m| m.as_str() == value)
+    }
+}
+
+/// Why the bot is paused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PausedBy {
+    /// A person wrote from the WhatsApp Business App or a linked device.
+    Echo,
+    /// An agent took over through the API.
+    AgentApi,
+    /// The bot handed the conversation to a person.
+    Handoff,
+    /// The imported history shows a person wrote recently.
+    History,
+}
+
+/// Who wrote a transcript line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// The customer.
+    Customer,
+    /// Tandem's bot.
+    Bot,
+    /// A person on the business side.
+    Human,
+    /// Tandem itself (pauses, resumes, notes).
+    System,
+}
+
+/// One line of a conversation's transcript.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TranscriptEntry {
+    /// When the message was sent (or the system event happened).
+    pub at: Timestamp,
+    /// Who wrote it.
+    pub role: Role,
+    /// The text, or a short label for non-text content.
+    pub text: String,
+    /// The message type (`text`, `media`, `location`, …) or `system`.
+    pub kind: String,
+    /// The wamid, for messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<MessageId>,
+    /// True for messages imported from the phone's history.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub historical: bool,
+    /// Delivery status of a message we sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<DeliveryStatus>,
+    /// True when the author edited the message afterwards.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub edited: bool,
+    /// True when the author deleted the message afterwards.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
+}
+
+impl TranscriptEntry {
+    /// Builds the transcript line for a message.
+    pub fn message(at: Timestamp, role: Role, id: MessageId, content: &MessageContent) -> Self {
+        Self {
+            at,
+            role,
+            text: content.transcript_text(),
+            kind: content.type_label().to_owned(),
+            message_id: Some(id),
+            historical: false,
+            status: None,
+            edited: false,
+            deleted: false,
+        }
+    }
+
+    /// Builds a system line, such as "bot resumed".
+    pub fn system(at: Timestamp, text: impl Into<String>) -> Self {
+        Self {
+            at,
+            role: Role::System,
+            text: text.into(),
+            kind: "system".to_owned(),
+            message_id: None,
+            historical: false,
+            status: None,
+            edited: false,
+            deleted: false,
+        }
+    }
+}
+
+/// What the human-idle rule says about a conversation at a given time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdleDecision {
+    /// The bot is not paused by a person's phone activity; nothing to do.
+    NotPausedByPhone,
+    /// The person has been quiet long enough: resume the bot.
+    Resume,
+    /// Not yet: check again at this time.
+    WaitUntil(Timestamp),
+}
+
+/// The state of one conversation (business number × customer).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Conversation {
+    /// `{phone_number_id}:{wa_id}`.
+    pub id: ConversationId,
+    /// Who is talking.
+    pub mode: Mode,
+    /// Why the bot is paused, when it is.
+    pub paused_by: Option<PausedBy>,
+    /// The last time a person on the business side wrote.
+    pub human_last_at: Option<Timestamp>,
+    /// When the bot resumes if no person writes again.
+    pub resume_at: Option<Timestamp>,
+    /// The last time the customer wrote (the 24-hour window starts here).
+    pub customer_last_at: Option<Timestamp>,
+    /// The customer's WhatsApp profile name.
+    pub profile_name: Option<String>,
+    /// The last lines of the conversation, oldest first.
+    pub transcript: Vec<TranscriptEntry>,
+    /// How many inbox events the lane has applied.
+    pub events_applied: u64,
+    /// Incremented by every write; stores refuse a write based on an older revision.
+    pub rev: u64,
+    /// When the record was created.
+    pub created_at: Timestamp,
+    /// When the record last changed.
+    pub updated_at: Timestamp,
+}
+
+impl Conversation {
+    /// Creates the record of a conversation seen for the first time; the bot is in charge.
+    pub fn new(id: ConversationId, now: Timestamp) -> Self {
+        Self {
+            id,
+            mode: Mode::Bot,
+            paused_by: None,
+            human_last_at: None,
+            resume_at: None,
+            customer_last_at: None,
+            profile_name: None,
+            transcript: Vec::new(),
+            events_applied: 0,
+            rev: 0,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    /// Pauses the bot because a person on the business side is active, and moves the
+    /// resume time to `at + idle`. Keeps the original reason when already paused.
+    pub fn record_human_activity(&mut self, by: PausedBy, at: Timestamp, idle: Duration) {
+        if self.mode != Mode::Human {
+            self.paused_by = Some(by);
+        }
+        self.mode = Mode::Human;
+        let last = self.human_last_at.map_or(at, |prev| prev.max(at));
+        self.human_last_at = Some(last);
+        self.resume_at = Some(last.plus(idle));
+    }
+
+    /// Decides, at `now`, whether the bot may resume after a person went quiet.
+    pub fn idle_decision(&self, now: Timestamp) -> IdleDecision {
+        let paused_by_phone = matches!(self.paused_by, Some(PausedBy::Echo | PausedBy::History));
+        match (self.mode, paused_by_phone, self.resume_at) {
+            (Mode::Human, true, Some(at)) if at <= now => IdleDecision::Resume,
+            (Mode::Human, true, Some(at)) => IdleDecision::WaitUntil(at),
+            (Mode::Human, true, None) => IdleDecision::Resume,
+            _ => IdleDecision::NotPausedByPhone,
+        }
+    }
+
+    /// Hands the conversation back to the bot and notes why in the transcript.
+    pub fn resume(&mut self, at: Timestamp, reason: &str, cap: usize) {
+        self.mode = Mode::Bot;
+        self.paused_by = None;
+        self.resume_at = None;
+        self.push(TranscriptEntry::system(at, format!("bot resumed: {reason}")), cap);
+    }
+
+    /// Appends a line and keeps at most `cap` lines, dropping the oldest.
+    pub fn push(&mut self, entry: TranscriptEntry, cap: usize) {
+        self.transcript.push(entry);
+        self.trim(cap);
+    }
+
+    /// Returns true when the transcript already holds a line for this message.
+    pub fn has_message(&self, id: &MessageId) -> bool {
+        self.transcript.iter().any(|e| e.message_id.as_ref() == Some(id))
+    }
+
+    /// Merges imported history lines in time order, skipping messages already present, and
+    /// keeps at most `cap` lines.
+    pub fn merge_historical(&mut self, entries: Vec<TranscriptEntry>, cap: usize) {
+        for mut entry in entries {
+            if entry.message_id.as_ref().is_some_and(|id| self.has_message(id)) {
+                continue;
+            }
+            entry.historical = true;
+            let index = self.transcript.partition_point(|e| e.at <= entry.at);
+            self.transcript.insert(index, entry);
+        }
+        self.trim(cap);
+    }
+
+    /// Applies an edit or a deletion to the line of the message it refers to.
+    /// Returns false when that message is not in the transcript.
+    pub fn amend(&mut self, content: &MessageContent) -> bool {
+        let Some(target) = content.amends() else {
+            return false;
+        };
+        let Some(entry) = self.transcript.iter_mut().find(|e| e.message_id.as_ref() == Some(&target))
+        else {
+            return false;
+        };
+        match content {
+            MessageContent::Revoke { .. } => entry.deleted = true,
+            MessageContent::Edit { body, .. } => {
+                entry.edited = true;
+                if let Some(body) = body {
+                    entry.text.clone_from(body);
+                }
+            }
+            _ => {}
+        }
+        true
+    }
+
+    /// Records a delivery status on the line of the message it refers to, never moving it
+    /// backwards. Returns false when that message is not in the transcript.
+    pub fn record_status(&mut self, id: &MessageId, status: DeliveryStatus) -> bool {
+        match self.transcript.iter_mut().find(|e| e.message_id.as_ref() == Some(id)) {
+            Some(entry) => {
+                entry.status = Some(entry.status.map_or(status, |s| s.advance(status)));
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn trim(&mut self, cap: usize) {
+        if self.transcript.len() > cap {
+            let excess = self.transcript.len() - cap;
+            self.transcript.drain(..excess);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conv() -> Conversation {
+        Conversation::new(ConversationId::parse("1:2").unwrap(), Timestamp(0))
+    }
+
+    fn text(at: u64, id: &str) -> TranscriptEntry {
+        let content = MessageContent::Text { body: id.into() };
+        TranscriptEntry::message(Timestamp(at), Role::Customer, MessageId::parse(id).unwrap(), &content)
+    }
+
+    #[test]
+    fn human_activity_pauses_and_pushes_the_resume_time() {
+        let mut c = conv();
+        let idle = Duration::from_secs(60);
+        c.record_human_activity(PausedBy::Echo, Timestamp(1_000), idle);
+        assert_eq!(c.mode, Mode::Human);
+        assert_eq!(c.resume_at, Some(Timestamp(61_000)));
+        // A later echo moves the resume time; an older one (a late retry) does not pull it back.
+        c.record_human_activity(PausedBy::Echo, Timestamp(5_000), idle);
+        c.record_human_activity(PausedBy::Echo, Timestamp(2_000), idle);
+        assert_eq!(c.resume_at, Some(Timestamp(65_000)));
+        assert_eq!(c.idle_decision(Timestamp(64_999)), IdleDecision::WaitUntil(Timestamp(65_000)));
+        assert_eq!(c.idle_decision(Timestamp(65_000)), IdleDecision::Resume);
+        c.resume(Timestamp(65_000), "idle", 10);
+        assert_eq!(c.mode, Mode::Bot);
+        assert_eq!(c.idle_decision(Timestamp(99_000)), IdleDecision::NotPausedByPhone);
+        assert_eq!(c.transcript.last().unwrap().role, Role::System);
+    }
+
+    #[test]
+    fn agent_takeover_is_not_resumed_by_the_idle_rule() {
+        let mut c = conv();
+        c.record_human_activity(PausedBy::AgentApi, Timestamp(0), Duration::from_secs(1));
+        c.record_human_activity(PausedBy::Echo, Timestamp(0), Duration::from_secs(1));
+        assert_eq!(c.paused_by, Some(PausedBy::AgentApi));
+        assert_eq!(c.idle_decision(Timestamp(10_000)), IdleDecision::NotPausedByPhone);
+    }
+
+    #[test]
+    fn history_merges_in_time_order_without_duplicates_and_respects_the_cap() {
+        let mut c = conv();
+        c.push(text(300, "c"), 10);
+        c.merge_historical(vec![text(200, "b"), text(100, "a"), text(300, "c")], 10);
+        let ids: Vec<_> = c.transcript.iter().map(|e| e.text.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+        assert!(c.transcript[0].historical);
+        assert!(!c.transcript[2].historical);
+        c.merge_historical(vec![text(50, "z")], 3);
+        assert_eq!(c.transcript.len(), 3);
+        assert_eq!(c.transcript[0].text, "a");
+    }
+
+    #[test]
+    fn edits_deletions_and_statuses_change_the_referenced_line() {
+        let mut c = conv();
+        c.push(text(1, "wamid.1"), 10);
+        let edit = MessageContent::Edit { original_message_id: "wamid.1".into(), body: Some("new".into()) };
+        assert!(c.amend(&edit));
+        assert_eq!(c.transcript[0].text, "new");
+        assert!(c.transcript[0].edited);
+        assert!(c.amend(&MessageContent::Revoke { original_message_id: "wamid.1".into() }));
+        assert!(c.transcript[0].deleted);
+        assert!(!c.amend(&MessageContent::Revoke { original_message_id: "wamid.9".into() }));
+        let id = MessageId::parse("wamid.1").unwrap();
+        assert!(c.record_status(&id, DeliveryStatus::Read));
+        assert!(c.record_status(&id, DeliveryStatus::Delivered));
+        assert_eq!(c.transcript[0].status, Some(DeliveryStatus::Read));
+    }
+}

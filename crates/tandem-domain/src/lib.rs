@@ -1,0 +1,31 @@
+//! The vocabulary of Tandem: identifiers, the conversation record, events and errors.
+//!
+//! This crate owns the data every other crate speaks about and the pure rules that change a
+//! conversation record. It does no IO, spawns nothing and knows nothing of HTTP, Redis or
+//! redb.
+//!
+//! Layout:
+//! - [`ids`]: validated newtypes for phone number ids, customer ids, message ids and the
+//!   conversation id `{phone_number_id}:{wa_id}`.
+//! - [`time`]: [`Timestamp`] in Unix milliseconds and the injectable [`Clock`].
+//! - [`message`]: the content of a WhatsApp message as Tandem keeps it.
+//! - [`event`]: events that ingress writes to a conversation's inbox, and account-level facts.
+//! - [`conversation`]: the conversation record, its modes and the rules that change it.
+//! - [`error`]: the small shared [`ErrorKind`] every crate's errors map to.
+
+pub mod conversation;
+pub mod error;
+pub mod event;
+pub mod ids;
+pub mod message;
+pub mod time;
+
+pub use conversation::{Conversation, Mode, PausedBy, Role, TranscriptEntry};
+pub use error::ErrorKind;
+pub use event::{
+    AccountUpdate, ContactUpdate, ConversationEvent, DeadLetter, DeliveryStatus, Echo,
+    HistoryMessage, HistoryThread, InboundMessage, StatusUpdate,
+};
+pub use ids::{ConversationId, IdError, MessageId, PhoneNumberId, WaId, WabaId};
+pub use message::MessageContent;
+pub use time::{Clock, SystemClock, Timestamp};

@@ -1,0 +1,567 @@
+//! The embedded backend: one redb file, one writer thread with group commit.
+//!
+//! Every write (ingest, lane commit, timers, outbound registry, purge) is a job sent to the
+//! writer thread. The thread takes every job waiting at that moment, runs them all in one
+//! write transaction and commits once, so N concurrent webhooks cost one fsync instead of N.
+//! A job checks its preconditions before it writes anything, so a refused job (a conflict, a
+//! lost lease) never leaves half a write in the shared transaction. If the commit itself
+//! fails, every job of the batch gets the error and nothing of the batch is visible.
+
+mod lanes;
+mod tables;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
+use tandem_domain::{
+    ContactUpdate, Conversation, ConversationEvent, ConversationId, DeadLetter, MessageId, PausedBy, Timestamp,
+};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use self::lanes::LaneBook;
+use self::tables::*;
+use crate::error::StoreError;
+use crate::model::{
+    AccountState, Claim, CommitOutcome, IngestBatch, IngestKind, IngestReport, InboxItem, ItemOutcome, ListQuery,
+    StepCommit, StoreOptions, StoreStats, TimerChange, contact_wins,
+};
+use crate::store::Store;
+
+/// How many jobs one group commit takes at most.
+const MAX_GROUP: usize = 512;
+
+/// The embedded store: a redb file owned by this process. See the module docs.
+#[derive(Debug, Clone)]
+pub struct EmbeddedStore {
+    shared: Arc<Shared>,
+    writer: mpsc::UnboundedSender<Job>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    db: Database,
+    options: StoreOptions,
+    lanes: Mutex<LaneBook>,
+    signal: Arc<Notify>,
+}
+
+impl Shared {
+    // A std Mutex: held for a few map operations, never across an await.
+    fn lanes(&self) -> MutexGuard<'_, LaneBook> {
+        self.lanes.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+enum Job {
+    Ingest(IngestBatch, oneshot::Sender<Result<IngestReport, StoreError>>),
+    Commit(Claim, StepCommit, Duration, oneshot::Sender<Result<CommitOutcome, StoreError>>),
+    FireTimers(Timestamp, usize, oneshot::Sender<Result<usize, StoreError>>),
+    RecordOutbound(MessageId, Timestamp, oneshot::Sender<Result<(), StoreError>>),
+    Purge(Timestamp, oneshot::Sender<Result<usize, StoreError>>),
+}
+
+/// Changes to the in-memory lane book that become true only once the batch is committed.
+#[derive(Default)]
+struct LaneDelta {
+    enqueued: Vec<ConversationId>,
+    consumed: Vec<ConversationId>,
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the database file at `path` and starts the writer thread.
+    ///
+    /// # Errors
+    /// Returns a [`StoreError`] when the file cannot be created, opened or read, for example
+    /// because another process holds it.
+    pub fn open(path: &Path, options: StoreOptions) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(redb_err("creating the data directory"))?;
+        }
+        let db = Database::create(path).map_err(redb_err("opening the database file"))?;
+        let txn = db.begin_write().map_err(redb_err("starting a transaction"))?;
+        create_all(&txn)?;
+        txn.commit().map_err(redb_err("committing"))?;
+        let lanes = rebuild_lanes(&db)?;
+        let shared = Arc::new(Shared { db, options, lanes: Mutex::new(lanes), signal: Arc::new(Notify::new()) });
+        let (writer, jobs) = mpsc::unbounded_channel();
+        let thread_shared = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("tandem-store-writer".into())
+            .spawn(move || run_writer(&thread_shared, jobs))
+            .map_err(redb_err("starting the writer thread"))?;
+        Ok(Self { shared, writer })
+    }
+
+    async fn submit<T>(&self, job: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Job) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.writer.send(job(tx)).map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&redb::ReadTransaction) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let shared = Arc::clone(&self.shared);
+        tokio::task::spawn_blocking(move || {
+            let txn = shared.db.begin_read().map_err(redb_err("starting a read"))?;
+            f(&txn)
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
+    }
+}
+
+fn rebuild_lanes(db: &Database) -> Result<LaneBook, StoreError> {
+    let txn = db.begin_read().map_err(redb_err("starting a read"))?;
+    let inbox = txn.open_table(INBOX).map_err(redb_err("opening the inbox"))?;
+    let mut book = LaneBook::default();
+    for row in inbox.iter().map_err(redb_err("reading the inbox"))? {
+        let (key, _) = row.map_err(redb_err("reading the inbox"))?;
+        let (id, _) = key.value();
+        let id = ConversationId::parse(id).map_err(|e| StoreError::corrupt("inbox key", e))?;
+        book.add_pending(&id, 1);
+    }
+    Ok(book)
+}
+
+fn run_writer(shared: &Shared, mut jobs: mpsc::UnboundedReceiver<Job>) {
+    while let Some(first) = jobs.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_GROUP {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        run_group(shared, batch);
+    }
+}
+
+/// A job's reply, held back until the group is committed.
+enum Reply {
+    Ingest(oneshot::Sender<Result<IngestReport, StoreError>>, IngestReport),
+    Commit(oneshot::Sender<Result<CommitOutcome, StoreError>>, CommitOutcome, Option<(ConversationId, Timestamp)>),
+    Count(oneshot::Sender<Result<usize, StoreError>>, usize),
+    Unit(oneshot::Sender<Result<(), StoreError>>),
+}
+
+impl Reply {
+    fn fail(self, error: &StoreError) {
+        let error = || StoreError::Embedded { context: "group commit failed", source: error.to_string().into() };
+        // A caller that stopped waiting does not need the answer.
+        match self {
+            Reply::Ingest(tx, _) => drop(tx.send(Err(error()))),
+            Reply::Commit(tx, ..) => drop(tx.send(Err(error()))),
+            Reply::Count(tx, _) => drop(tx.send(Err(error()))),
+            Reply::Unit(tx) => drop(tx.send(Err(error()))),
+        }
+    }
+}
+
+fn run_group(shared: &Shared, batch: Vec<Job>) {
+    let mut replies = Vec::with_capacity(batch.len());
+    let mut delta = LaneDelta::default();
+    let outcome = (|| -> Result<(), StoreError> {
+        let txn = shared.db.begin_write().map_err(redb_err("starting a transaction"))?;
+        for job in batch {
+            replies.push(run_job(shared, &txn, job, &mut delta)?);
+        }
+        txn.commit().map_err(redb_err("committing"))
+    })();
+    if let Err(error) = outcome {
+        tracing::error!(error = %error, "embedded store write failed");
+        for reply in replies {
+            reply.fail(&error);
+        }
+        return;
+    }
+    let mut wake = !delta.enqueued.is_empty();
+    {
+        let mut lanes = shared.lanes();
+        for id in &delta.enqueued {
+            lanes.add_pending(id, 1);
+        }
+        for id in &delta.consumed {
+            lanes.consumed(id);
+        }
+        for reply in &replies {
+            if let Reply::Commit(_, CommitOutcome::Applied, Some((id, until))) = reply {
+                lanes.extend(id, *until);
+            }
+        }
+    }
+    for reply in replies {
+        match reply {
+            Reply::Ingest(tx, report) => drop(tx.send(Ok(report))),
+            Reply::Commit(tx, outcome, _) => drop(tx.send(Ok(outcome))),
+            Reply::Count(tx, n) => {
+                wake |= n > 0;
+                drop(tx.send(Ok(n)));
+            }
+            Reply::Unit(tx) => drop(tx.send(Ok(()))),
+        }
+    }
+    if wake {
+        shared.signal.notify_waiters();
+    }
+}
+
+/// Runs one job inside the group's transaction. Storage errors abort the whole group.
+fn run_job(shared: &Shared, txn: &WriteTransaction, job: Job, delta: &mut LaneDelta) -> Result<Reply, StoreError> {
+    Ok(match job {
+        Job::Ingest(batch, tx) => Reply::Ingest(tx, ingest(shared, txn, batch, delta)?),
+        Job::Commit(claim, step, lease, tx) => {
+            let until = step.now.plus(lease);
+            let outcome = commit(shared, txn, &claim, step, delta)?;
+            Reply::Commit(tx, outcome, Some((claim.conversation, until)))
+        }
+        Job::FireTimers(now, limit, tx) => Reply::Count(tx, fire_timers(txn, now, limit, delta)?),
+        Job::RecordOutbound(id, now, tx) => {
+            remember(txn, &outbound_key(&id), now.plus(shared.options.dedupe_ttl))?;
+            Reply::Unit(tx)
+        }
+        Job::Purge(now, tx) => Reply::Count(tx, purge(txn, now)?),
+    })
+}
+
+fn outbound_key(id: &MessageId) -> String {
+    format!("outbound:{id}")
+}
+
+fn ingest(shared: &Shared, txn: &WriteTransaction, batch: IngestBatch, delta: &mut LaneDelta) -> Result<IngestReport, StoreError> {
+    let now = batch.received_at;
+    let expires = now.plus(shared.options.dedupe_ttl);
+    let mut report = IngestReport::default();
+    for item in batch.items {
+        let duplicate = {
+            let dedupe = txn.open_table(DEDUPE).map_err(redb_err("opening dedupe"))?;
+            seen(&dedupe, &item.key, now)?
+        };
+        if duplicate {
+            report.outcomes.push(ItemOutcome::Duplicate);
+            continue;
+        }
+        remember(txn, &item.key, expires)?;
+        let outcome = match item.kind {
+            IngestKind::Conversation { conversation, event, pause } => {
+                let mut outcome = ItemOutcome::Stored;
+                let mut own_echo = false;
+                if let Some(pause) = pause {
+                    let dedupe = txn.open_table(DEDUPE).map_err(redb_err("opening dedupe"))?;
+                    own_echo = seen(&dedupe, &outbound_key(&pause.echo_id), now)?;
+                    drop(dedupe);
+                    if own_echo {
+                        outcome = ItemOutcome::OwnEcho;
+                    } else {
+                        pause_conversation(txn, &conversation, now, pause.human_idle)?;
+                        outcome = ItemOutcome::Paused;
+                    }
+                }
+                enqueue(txn, &conversation, &InboxItem { seq: 0, received_at: now, own_echo, event })?;
+                delta.enqueued.push(conversation);
+                outcome
+            }
+            IngestKind::Contact(update) => {
+                let key = ConversationId::new(update.phone_number_id.clone(), update.wa_id.clone()).to_string();
+                let mut contacts = txn.open_table(CONTACTS).map_err(redb_err("opening contacts"))?;
+                let stored: Option<ContactUpdate> =
+                    contacts.get(key.as_str()).map_err(redb_err("reading a contact"))?.map(|v| decode(&key, v.value())).transpose()?;
+                if contact_wins(stored.as_ref(), &update) {
+                    contacts.insert(key.as_str(), encode(&update)?.as_slice()).map_err(redb_err("writing a contact"))?;
+                }
+                ItemOutcome::Stored
+            }
+            IngestKind::Account(update) => {
+                let mut accounts = txn.open_table(ACCOUNTS).map_err(redb_err("opening accounts"))?;
+                let key = update.account.clone();
+                let stored: Option<AccountState> =
+                    accounts.get(key.as_str()).map_err(redb_err("reading an account"))?.map(|v| decode(&key, v.value())).transpose()?;
+                let mut state = stored.unwrap_or_else(|| AccountState { account: key.clone(), events: Vec::new() });
+                state.record(update);
+                accounts.insert(key.as_str(), encode(&state)?.as_slice()).map_err(redb_err("writing an account"))?;
+                ItemOutcome::Stored
+            }
+            IngestKind::DeadLetter(letter) => {
+                let id = bump(txn, DEAD_LETTER_SEQ, 1)?;
+                let mut letters = txn.open_table(DEAD_LETTERS).map_err(redb_err("opening dead letters"))?;
+                letters.insert(id, encode(&letter)?.as_slice()).map_err(redb_err("writing a dead letter"))?;
+                ItemOutcome::Stored
+            }
+        };
+        report.outcomes.push(outcome);
+    }
+    Ok(report)
+}
+
+fn pause_conversation(txn: &WriteTransaction, id: &ConversationId, now: Timestamp, idle: Duration) -> Result<(), StoreError> {
+    let key = id.to_string();
+    let previous = read_conversation(txn, &key)?;
+    let mut next = previous.clone().unwrap_or_else(|| Conversation::new(id.clone(), now));
+    next.record_human_activity(PausedBy::Echo, now, idle);
+    let resume_at = next.resume_at;
+    write_conversation(txn, previous.as_ref(), next, now)?;
+    set_timer(txn, &key, resume_at)
+}
+
+fn enqueue(txn: &WriteTransaction, id: &ConversationId, item: &InboxItem) -> Result<(), StoreError> {
+    let seq = bump(txn, SEQ, 1)?;
+    bump(txn, INBOX_DEPTH, 1)?;
+    let key = id.to_string();
+    let mut inbox = txn.open_table(INBOX).map_err(redb_err("opening the inbox"))?;
+    inbox.insert((key.as_str(), seq), encode(item)?.as_slice()).map_err(redb_err("writing the inbox"))?;
+    Ok(())
+}
+
+fn commit(shared: &Shared, txn: &WriteTransaction, claim: &Claim, step: StepCommit, delta: &mut LaneDelta) -> Result<CommitOutcome, StoreError> {
+    if !shared.lanes().holds(&claim.conversation, &claim.token) {
+        return Ok(CommitOutcome::LeaseLost);
+    }
+    let key = claim.conversation.to_string();
+    let head_seq = {
+        let inbox = txn.open_table(INBOX).map_err(redb_err("opening the inbox"))?;
+        let mut range = inbox.range((key.as_str(), 0)..=(key.as_str(), u64::MAX)).map_err(redb_err("reading the inbox"))?;
+        range.next().transpose().map_err(redb_err("reading the inbox"))?.map(|(k, _)| k.value().1)
+    };
+    let previous = read_conversation(txn, &key)?;
+    if head_seq != Some(step.seq) || previous.as_ref().map_or(0, |p| p.rev) != step.expected_rev {
+        return Ok(CommitOutcome::Conflict);
+    }
+    write_conversation(txn, previous.as_ref(), step.conversation, step.now)?;
+    {
+        let mut inbox = txn.open_table(INBOX).map_err(redb_err("opening the inbox"))?;
+        inbox.remove((key.as_str(), step.seq)).map_err(redb_err("writing the inbox"))?;
+    }
+    bump(txn, INBOX_DEPTH, -1)?;
+    match step.timer {
+        TimerChange::Keep => {}
+        TimerChange::Set(due) => set_timer(txn, &key, Some(due))?,
+        TimerChange::Clear => set_timer(txn, &key, None)?,
+    }
+    delta.consumed.push(claim.conversation.clone());
+    Ok(CommitOutcome::Applied)
+}
+
+fn fire_timers(txn: &WriteTransaction, now: Timestamp, limit: usize, delta: &mut LaneDelta) -> Result<usize, StoreError> {
+    let due: Vec<(u64, String)> = {
+        let queue = txn.open_table(TIMER_QUEUE).map_err(redb_err("opening timers"))?;
+        let range = queue.range(..=(now.as_millis(), "\u{10FFFF}")).map_err(redb_err("reading timers"))?;
+        let mut due = Vec::new();
+        for row in range.take(limit) {
+            let (key, _) = row.map_err(redb_err("reading timers"))?;
+            let (at, id) = key.value();
+            due.push((at, id.to_owned()));
+        }
+        due
+    };
+    for (_, id) in &due {
+        set_timer(txn, id, None)?;
+        let conversation = ConversationId::parse(id).map_err(|e| StoreError::corrupt("timer key", e))?;
+        let item = InboxItem { seq: 0, received_at: now, own_echo: false, event: ConversationEvent::IdleCheck };
+        enqueue(txn, &conversation, &item)?;
+        delta.enqueued.push(conversation);
+    }
+    Ok(due.len())
+}
+
+fn purge(txn: &WriteTransaction, now: Timestamp) -> Result<usize, StoreError> {
+    let expired: Vec<(u64, String)> = {
+        let expiry = txn.open_table(DEDUPE_EXPIRY).map_err(redb_err("opening dedupe"))?;
+        let range = expiry.range(..(now.as_millis(), "")).map_err(redb_err("reading dedupe"))?;
+        let mut out = Vec::new();
+        for row in range.take(10_000) {
+            let (key, _) = row.map_err(redb_err("reading dedupe"))?;
+            let (at, k) = key.value();
+            out.push((at, k.to_owned()));
+        }
+        out
+    };
+    let mut dedupe = txn.open_table(DEDUPE).map_err(redb_err("opening dedupe"))?;
+    let mut expiry = txn.open_table(DEDUPE_EXPIRY).map_err(redb_err("opening dedupe"))?;
+    for (at, key) in &expired {
+        expiry.remove((*at, key.as_str())).map_err(redb_err("purging dedupe"))?;
+        dedupe.remove(key.as_str()).map_err(redb_err("purging dedupe"))?;
+    }
+    Ok(expired.len())
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    fn backend(&self) -> &'static str {
+        "embedded"
+    }
+
+    fn work_signal(&self) -> Arc<Notify> {
+        Arc::clone(&self.shared.signal)
+    }
+
+    async fn ingest(&self, batch: IngestBatch) -> Result<IngestReport, StoreError> {
+        self.submit(|tx| Job::Ingest(batch, tx)).await
+    }
+
+    async fn claim(&self, now: Timestamp, lease: Duration) -> Result<Option<Claim>, StoreError> {
+        let token = uuid::Uuid::new_v4().to_string();
+        let claimed = self.shared.lanes().claim(now, now.plus(lease), token.clone());
+        Ok(claimed.map(|conversation| Claim { conversation, token }))
+    }
+
+    async fn head(&self, claim: &Claim, now: Timestamp) -> Result<Option<(Conversation, InboxItem)>, StoreError> {
+        let id = claim.conversation.clone();
+        self.read(move |txn| {
+            let key = id.to_string();
+            let inbox = txn.open_table(INBOX).map_err(redb_err("opening the inbox"))?;
+            let mut range = inbox.range((key.as_str(), 0)..=(key.as_str(), u64::MAX)).map_err(redb_err("reading the inbox"))?;
+            let Some(row) = range.next() else { return Ok(None) };
+            let (k, v) = row.map_err(redb_err("reading the inbox"))?;
+            let mut item: InboxItem = decode(&key, v.value())?;
+            item.seq = k.value().1;
+            let table = txn.open_table(CONVERSATIONS).map_err(redb_err("opening conversations"))?;
+            let conversation = match table.get(key.as_str()).map_err(redb_err("reading a conversation"))? {
+                Some(v) => decode(&key, v.value())?,
+                None => Conversation::new(id, now),
+            };
+            Ok(Some((conversation, item)))
+        })
+        .await
+    }
+
+    async fn commit(&self, claim: &Claim, commit: StepCommit, lease: Duration) -> Result<CommitOutcome, StoreError> {
+        let claim = claim.clone();
+        self.submit(|tx| Job::Commit(claim, commit, lease, tx)).await
+    }
+
+    async fn release(&self, claim: Claim, _now: Timestamp) -> Result<(), StoreError> {
+        if self.shared.lanes().release(&claim.conversation, &claim.token) {
+            self.shared.signal.notify_waiters();
+        }
+        Ok(())
+    }
+
+    async fn fire_due_timers(&self, now: Timestamp, limit: usize) -> Result<usize, StoreError> {
+        self.submit(|tx| Job::FireTimers(now, limit, tx)).await
+    }
+
+    async fn record_outbound(&self, id: &MessageId, now: Timestamp) -> Result<(), StoreError> {
+        let id = id.clone();
+        self.submit(|tx| Job::RecordOutbound(id, now, tx)).await
+    }
+
+    async fn conversation(&self, id: &ConversationId) -> Result<Option<Conversation>, StoreError> {
+        let key = id.to_string();
+        self.read(move |txn| {
+            let table = txn.open_table(CONVERSATIONS).map_err(redb_err("opening conversations"))?;
+            let found = table.get(key.as_str()).map_err(redb_err("reading a conversation"))?;
+            found.map(|v| decode(&key, v.value())).transpose()
+        })
+        .await
+    }
+
+    async fn list_conversations(&self, query: &ListQuery) -> Result<Vec<Conversation>, StoreError> {
+        let query = query.clone();
+        self.read(move |txn| {
+            let table = txn.open_table(CONVERSATIONS).map_err(redb_err("opening conversations"))?;
+            let after = query.after.as_ref().map(ToString::to_string);
+            let ids: Vec<String> = match query.mode {
+                Some(mode) => {
+                    let index = txn.open_table(BY_MODE).map_err(redb_err("opening the mode index"))?;
+                    let start = after.as_deref().unwrap_or("");
+                    let mut ids = Vec::new();
+                    for row in index.range((mode.as_str(), start)..).map_err(redb_err("reading the mode index"))? {
+                        let (key, _) = row.map_err(redb_err("reading the mode index"))?;
+                        let (m, id) = key.value();
+                        if m != mode.as_str() || ids.len() >= query.limit {
+                            break;
+                        }
+                        if after.as_deref() != Some(id) {
+                            ids.push(id.to_owned());
+                        }
+                    }
+                    ids
+                }
+                None => {
+                    let start = after.clone().unwrap_or_default();
+                    let mut ids = Vec::new();
+                    for row in table.range(start.as_str()..).map_err(redb_err("reading conversations"))? {
+                        let (key, _) = row.map_err(redb_err("reading conversations"))?;
+                        if ids.len() >= query.limit {
+                            break;
+                        }
+                        if after.as_deref() != Some(key.value()) {
+                            ids.push(key.value().to_owned());
+                        }
+                    }
+                    ids
+                }
+            };
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                if let Some(v) = table.get(id.as_str()).map_err(redb_err("reading a conversation"))? {
+                    out.push(decode(&id, v.value())?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn contact(&self, id: &ConversationId) -> Result<Option<ContactUpdate>, StoreError> {
+        let key = id.to_string();
+        self.read(move |txn| {
+            let table = txn.open_table(CONTACTS).map_err(redb_err("opening contacts"))?;
+            let found = table.get(key.as_str()).map_err(redb_err("reading a contact"))?;
+            found.map(|v| decode(&key, v.value())).transpose()
+        })
+        .await
+    }
+
+    async fn account(&self, account: &str) -> Result<Option<AccountState>, StoreError> {
+        let key = account.to_owned();
+        self.read(move |txn| {
+            let table = txn.open_table(ACCOUNTS).map_err(redb_err("opening accounts"))?;
+            let found = table.get(key.as_str()).map_err(redb_err("reading an account"))?;
+            found.map(|v| decode(&key, v.value())).transpose()
+        })
+        .await
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<(u64, DeadLetter)>, StoreError> {
+        self.read(move |txn| {
+            let table = txn.open_table(DEAD_LETTERS).map_err(redb_err("opening dead letters"))?;
+            let mut out = Vec::new();
+            for row in table.iter().map_err(redb_err("reading dead letters"))?.rev().take(limit) {
+                let (k, v) = row.map_err(redb_err("reading dead letters"))?;
+                out.push((k.value(), decode("dead letter", v.value())?));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        self.read(|txn| {
+            let meta = txn.open_table(META).map_err(redb_err("opening meta"))?;
+            let counter = |name: &str| -> Result<u64, StoreError> {
+                Ok(meta.get(name).map_err(redb_err("reading a counter"))?.map_or(0, |v| v.value()))
+            };
+            let letters = txn.open_table(DEAD_LETTERS).map_err(redb_err("opening dead letters"))?;
+            let conversations = txn.open_table(CONVERSATIONS).map_err(redb_err("opening conversations"))?;
+            Ok(StoreStats {
+                inbox_depth: counter(INBOX_DEPTH)?,
+                dead_letters: letters.len().map_err(redb_err("counting dead letters"))?,
+                conversations: conversations.len().map_err(redb_err("counting conversations"))?,
+            })
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|_| Ok(())).await
+    }
+
+    async fn purge_expired(&self, now: Timestamp) -> Result<usize, StoreError> {
+        self.submit(|tx| Job::Purge(now, tx)).await
+    }
+}

@@ -1,0 +1,36 @@
+//! Durable state of Tandem: the inbox of every conversation, conversation records, timers,
+//! deduplication keys, the outbound-message registry, contacts, account facts and dead letters.
+//!
+//! One [`Store`] trait with two backends that pass the same behaviour suite
+//! (`tests/contract.rs`):
+//! - [`EmbeddedStore`]: a single redb file, zero set-up, one process. Writes from all callers
+//!   are group-committed: one writer thread folds every write waiting at that moment into one
+//!   transaction and one fsync.
+//! - [`RedisStore`]: a Redis server shared by several replicas. Every write is one Lua script,
+//!   so it is atomic; conversation records are guarded by their revision (optimistic
+//!   concurrency) and lanes by a lease token (fencing).
+//!
+//! What the store guarantees, whichever backend:
+//! - an ingested event is durable when [`Store::ingest`] returns, is deduplicated by its key
+//!   for the configured time, and sits in its conversation's inbox in arrival order;
+//! - a human echo pauses its conversation in the same atomic write that stores it;
+//! - a lane step ([`Store::commit`]) removes the event it applied and writes the new record in
+//!   one atomic write, so every event takes effect exactly once;
+//! - at most one worker holds a conversation's lane at a time ([`Store::claim`]).
+//!
+//! It does not decide what events mean: that is the engine's job.
+
+mod embedded;
+mod error;
+mod model;
+mod redis;
+mod store;
+
+pub use embedded::EmbeddedStore;
+pub use error::StoreError;
+pub use model::{
+    AccountState, Claim, CommitOutcome, IngestBatch, IngestItem, IngestKind, IngestReport, InboxItem,
+    ItemOutcome, ListQuery, PauseOnIngest, StepCommit, StoreOptions, StoreStats, TimerChange,
+};
+pub use redis::RedisStore;
+pub use store::{Store, open};

@@ -1,0 +1,212 @@
+//! The values that go in and out of a [`crate::Store`].
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tandem_domain::{
+    AccountUpdate, ContactUpdate, Conversation, ConversationEvent, ConversationId, DeadLetter, MessageId, Mode,
+    Timestamp,
+};
+
+/// Settings every backend shares.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// How long an event identity is remembered for deduplication (Meta retries for 7 days).
+    pub dedupe_ttl: Duration,
+    /// How many transcript lines a conversation keeps.
+    pub transcript_cap: usize,
+    /// Prefix of every Redis key, so several deployments or tests can share one server.
+    pub redis_prefix: String,
+    /// Timeout of every Redis call.
+    pub redis_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            dedupe_ttl: Duration::from_secs(7 * 24 * 3600),
+            transcript_cap: 200,
+            redis_prefix: "tandem:v1".to_owned(),
+            redis_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Everything one webhook delivery asks to store, written atomically.
+#[derive(Debug, Clone)]
+pub struct IngestBatch {
+    /// When the webhook was received.
+    pub received_at: Timestamp,
+    /// The items, in the order the webhook listed them.
+    pub items: Vec<IngestItem>,
+}
+
+/// One item of a delivery, with the identity it is deduplicated by.
+#[derive(Debug, Clone)]
+pub struct IngestItem {
+    /// Identity, stable across Meta's retries.
+    pub key: String,
+    /// What to store.
+    pub kind: IngestKind,
+}
+
+/// What an ingested item is.
+#[derive(Debug, Clone)]
+pub enum IngestKind {
+    /// An event appended to a conversation's inbox.
+    Conversation {
+        /// The conversation.
+        conversation: ConversationId,
+        /// The event.
+        event: ConversationEvent,
+        /// Set for a human echo: pause the conversation in the same write.
+        pause: Option<PauseOnIngest>,
+    },
+    /// An address-book change (last writer by timestamp wins).
+    Contact(ContactUpdate),
+    /// An account or number fact, appended to that account's recent events.
+    Account(AccountUpdate),
+    /// Signed input kept raw.
+    DeadLetter(DeadLetter),
+}
+
+/// A pause applied at ingress, unless the echo is of a message we sent ourselves.
+#[derive(Debug, Clone)]
+pub struct PauseOnIngest {
+    /// The echo's wamid, looked up in the outbound registry.
+    pub echo_id: MessageId,
+    /// How long the bot stays paused after the last human message.
+    pub human_idle: Duration,
+}
+
+/// What happened to one ingested item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ItemOutcome {
+    /// Stored.
+    Stored,
+    /// Stored, and its conversation is now paused for a human.
+    Paused,
+    /// Stored as an echo of our own send: not a person, no pause.
+    OwnEcho,
+    /// Already seen within the deduplication window; nothing written.
+    Duplicate,
+}
+
+/// The outcome of every item of a batch, in order.
+#[derive(Debug, Clone, Default)]
+pub struct IngestReport {
+    /// One outcome per item.
+    pub outcomes: Vec<ItemOutcome>,
+}
+
+/// An event waiting in a conversation's inbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InboxItem {
+    /// Position in the store-wide arrival order.
+    #[serde(skip)]
+    pub seq: u64,
+    /// When ingress stored it (the acknowledgement time).
+    pub received_at: Timestamp,
+    /// True for an echo whose wamid is in the outbound registry.
+    #[serde(default)]
+    pub own_echo: bool,
+    /// The event.
+    pub event: ConversationEvent,
+}
+
+/// The right to run one conversation's lane until the lease runs out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// The conversation.
+    pub conversation: ConversationId,
+    /// Fencing token; a commit with a stale token is refused.
+    pub token: String,
+}
+
+/// What to do with the conversation's timer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimerChange {
+    /// Leave it as it is.
+    Keep,
+    /// Fire an idle check at this time.
+    Set(Timestamp),
+    /// Remove it.
+    Clear,
+}
+
+/// The result of applying the head event of a lane.
+#[derive(Debug, Clone)]
+pub struct StepCommit {
+    /// When the step was applied.
+    pub now: Timestamp,
+    /// The inbox item applied.
+    pub seq: u64,
+    /// The record revision the step was computed from.
+    pub expected_rev: u64,
+    /// The new record; the store sets its revision.
+    pub conversation: Conversation,
+    /// The timer change.
+    pub timer: TimerChange,
+}
+
+/// Whether a step was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// Written: the event took effect and left the inbox.
+    Applied,
+    /// The record changed meanwhile (for example an echo paused it): read and apply again.
+    Conflict,
+    /// The lease expired and another worker owns the lane now: stop.
+    LeaseLost,
+}
+
+/// A page of conversations.
+#[derive(Debug, Clone)]
+pub struct ListQuery {
+    /// Only conversations in this mode.
+    pub mode: Option<Mode>,
+    /// Start after this id (ids are listed in ascending order).
+    pub after: Option<ConversationId>,
+    /// At most this many.
+    pub limit: usize,
+}
+
+/// The recent facts about one account or number.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AccountState {
+    /// The WABA id or phone number id.
+    pub account: String,
+    /// The latest events, oldest first (at most [`AccountState::KEEP`]).
+    pub events: Vec<AccountUpdate>,
+}
+
+impl AccountState {
+    /// How many events an account keeps.
+    pub const KEEP: usize = 50;
+
+    /// Adds an event in time order and drops the oldest beyond [`AccountState::KEEP`].
+    pub fn record(&mut self, update: AccountUpdate) {
+        let index = self.events.partition_point(|e| e.at <= update.at);
+        self.events.insert(index, update);
+        if self.events.len() > Self::KEEP {
+            let excess = self.events.len() - Self::KEEP;
+            self.events.drain(..excess);
+        }
+    }
+}
+
+/// Counts for health and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Events stored but not yet applied by their lane.
+    pub inbox_depth: u64,
+    /// Entries in the dead-letter list.
+    pub dead_letters: u64,
+    /// Conversations known.
+    pub conversations: u64,
+}
+
+/// Returns whether a contact change should replace the stored one (last writer by time wins).
+pub(crate) fn contact_wins(stored: Option<&ContactUpdate>, update: &ContactUpdate) -> bool {
+    stored.is_none_or(|s| s.at <= update.at)
+}

@@ -1,0 +1,517 @@
+//! The Redis backend, for several replicas sharing one Redis server.
+//!
+//! Reads go straight to Redis. Every write is one Lua script ([`Plan`] applied by
+//! `apply.lua`), so it is atomic. Ingest is optimistic: it reads what it needs (dedupe keys,
+//! records it will pause, contacts), computes the writes, and the script re-checks every guard
+//! before writing; if another replica got there first, the attempt is repeated from the reads.
+//! Lane commits are fenced by the claim's lease token and the record's revision.
+//!
+//! Scripts name their keys through arguments, so this backend needs a single Redis server
+//! (or a primary with replicas), not Redis Cluster.
+
+mod keys;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script};
+use serde::Serialize;
+use tandem_domain::{
+    ContactUpdate, Conversation, ConversationEvent, ConversationId, DeadLetter, MessageId, Mode, PausedBy, Timestamp,
+};
+use tokio::sync::Notify;
+
+use self::keys::Keys;
+use crate::error::StoreError;
+use crate::model::{
+    AccountState, Claim, CommitOutcome, IngestBatch, IngestKind, IngestReport, InboxItem, ItemOutcome, ListQuery,
+    StepCommit, StoreOptions, StoreStats, TimerChange, contact_wins,
+};
+use crate::store::Store;
+
+/// How often an ingest is retried when other writers keep changing what it read.
+const MAX_ATTEMPTS: u32 = 16;
+
+/// The Redis store. Cheap to clone; clones share one multiplexed connection.
+#[derive(Clone)]
+pub struct RedisStore {
+    con: ConnectionManager,
+    keys: Keys,
+    options: StoreOptions,
+    scripts: Arc<Scripts>,
+    signal: Arc<Notify>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold a password, so it is not shown.
+        f.debug_struct("RedisStore").field("prefix", &self.options.redis_prefix).finish_non_exhaustive()
+    }
+}
+
+struct Scripts {
+    apply: Script,
+    claim: Script,
+    release: Script,
+    fire_timers: Script,
+}
+
+/// A write plan for `apply.lua`: guards first, then writes. Field names are the script's.
+#[derive(Debug, Default, Serialize)]
+struct Plan {
+    now: String,
+    keys: PlanKeys,
+    absent: Vec<String>,
+    revs: Vec<(String, u64)>,
+    equals: Vec<(String, Option<String>)>,
+    lease: Option<(String, String, u64)>,
+    head: Option<(String, String)>,
+    set_px: Vec<(String, String, u64)>,
+    set: Vec<(String, String)>,
+    convs: Vec<ConversationWrite>,
+    enqueue: Vec<(String, String, String)>,
+    timers: Vec<(String, Option<String>)>,
+    dead_letters: Vec<String>,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct PlanKeys {
+    seq: String,
+    ready: String,
+    depth: String,
+    timers: String,
+    convs: String,
+    modes: Vec<String>,
+    dead_letters: String,
+    dead_letter_seq: String,
+}
+
+#[derive(Debug, Serialize)]
+struct ConversationWrite {
+    key: String,
+    cid: String,
+    rev: u64,
+    data: String,
+    mode_key: String,
+}
+
+fn json<T: Serialize>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::corrupt("(encoding)", e))
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// Splits a stored `seq:json` entry.
+fn split_seq(entry: &str) -> Result<(u64, &str), StoreError> {
+    let (seq, body) = entry.split_once(':').ok_or_else(|| StoreError::corrupt("list entry", "no sequence prefix"))?;
+    let seq = seq.parse().map_err(|e| StoreError::corrupt("list entry", e))?;
+    Ok((seq, body))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(what: &str, raw: &str) -> Result<T, StoreError> {
+    serde_json::from_str(raw).map_err(|e| StoreError::corrupt(what, e))
+}
+
+enum Attempt<T> {
+    Done(T),
+    Conflict,
+}
+
+impl RedisStore {
+    /// Connects to Redis at `url` and checks that it answers.
+    ///
+    /// # Errors
+    /// Returns a [`StoreError`] when the URL is invalid or Redis does not answer.
+    pub async fn connect(url: &str, options: StoreOptions) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(options.redis_timeout))
+            .set_response_timeout(Some(options.redis_timeout))
+            .set_number_of_retries(2);
+        let con = ConnectionManager::new_with_config(client, config).await?;
+        let store = Self {
+            con,
+            keys: Keys::new(&options.redis_prefix),
+            options,
+            scripts: Arc::new(Scripts {
+                apply: Script::new(include_str!("redis/apply.lua")),
+                claim: Script::new(include_str!("redis/claim.lua")),
+                release: Script::new(include_str!("redis/release.lua")),
+                fire_timers: Script::new(include_str!("redis/fire_timers.lua")),
+            }),
+            signal: Arc::new(Notify::new()),
+        };
+        store.ping().await?;
+        Ok(store)
+    }
+
+    fn plan(&self, now: Timestamp) -> Plan {
+        let k = &self.keys;
+        Plan {
+            now: now.to_string(),
+            keys: PlanKeys {
+                seq: k.seq(),
+                ready: k.ready(),
+                depth: k.inbox_depth(),
+                timers: k.timers(),
+                convs: k.all_conversations(),
+                modes: Mode::ALL.iter().map(|m| k.mode_index(*m)).collect(),
+                dead_letters: k.dead_letters(),
+                dead_letter_seq: k.dead_letter_seq(),
+            },
+            ..Plan::default()
+        }
+    }
+
+    fn write_conversation(&self, plan: &mut Plan, expected_rev: u64, mut conversation: Conversation, now: Timestamp) -> Result<(), StoreError> {
+        conversation.rev = expected_rev + 1;
+        conversation.updated_at = now;
+        plan.revs.push((self.keys.conversation(&conversation.id), expected_rev));
+        plan.convs.push(ConversationWrite {
+            key: self.keys.conversation(&conversation.id),
+            cid: conversation.id.to_string(),
+            rev: conversation.rev,
+            mode_key: self.keys.mode_index(conversation.mode),
+            data: json(&conversation)?,
+        });
+        Ok(())
+    }
+
+    async fn run(&self, plan: &Plan) -> Result<Vec<String>, StoreError> {
+        let mut con = self.con.clone();
+        let answer: Vec<String> = self.scripts.apply.arg(json(plan)?).invoke_async(&mut con).await?;
+        Ok(answer)
+    }
+
+    async fn read_conversation(&self, id: &ConversationId) -> Result<Option<Conversation>, StoreError> {
+        let mut con = self.con.clone();
+        let raw: Option<String> = con.hget(self.keys.conversation(id), "data").await?;
+        raw.map(|r| decode(&id.to_string(), &r)).transpose()
+    }
+
+    async fn try_ingest(&self, batch: &IngestBatch) -> Result<Attempt<IngestReport>, StoreError> {
+        let now = batch.received_at;
+        let mut con = self.con.clone();
+        let mut pipe = redis::pipe();
+        for item in &batch.items {
+            pipe.exists(self.keys.dedupe(&item.key));
+        }
+        let seen: Vec<bool> = pipe.query_async(&mut con).await?;
+
+        let mut plan = self.plan(now);
+        let mut report = IngestReport::default();
+        let mut paused: HashMap<ConversationId, (u64, Conversation)> = HashMap::new();
+        let mut keys_in_batch = std::collections::HashSet::new();
+        // Several items of one batch may change the same record: fold them, write once.
+        let mut contacts: HashMap<String, (Option<String>, Option<ContactUpdate>, bool)> = HashMap::new();
+        let mut accounts: HashMap<String, (Option<String>, AccountState)> = HashMap::new();
+        let ttl = millis(self.options.dedupe_ttl);
+        for (item, seen) in batch.items.iter().zip(seen) {
+            if seen || !keys_in_batch.insert(item.key.as_str()) {
+                report.outcomes.push(ItemOutcome::Duplicate);
+                continue;
+            }
+            let dedupe = self.keys.dedupe(&item.key);
+            plan.absent.push(dedupe.clone());
+            plan.set_px.push((dedupe, "1".to_owned(), ttl));
+            let outcome = match &item.kind {
+                IngestKind::Conversation { conversation, event, pause } => {
+                    let mut outcome = ItemOutcome::Stored;
+                    let mut own_echo = false;
+                    if let Some(pause) = pause {
+                        let outbound = self.keys.outbound(pause.echo_id.as_str());
+                        own_echo = con.exists(&outbound).await?;
+                        if own_echo {
+                            outcome = ItemOutcome::OwnEcho;
+                        } else {
+                            plan.absent.push(outbound);
+                            if !paused.contains_key(conversation) {
+                                let current = self.read_conversation(conversation).await?;
+                                let rev = current.as_ref().map_or(0, |c| c.rev);
+                                let record = current.unwrap_or_else(|| Conversation::new(conversation.clone(), now));
+                                paused.insert(conversation.clone(), (rev, record));
+                            }
+                            if let Some((_, record)) = paused.get_mut(conversation) {
+                                record.record_human_activity(PausedBy::Echo, now, pause.human_idle);
+                            }
+                            outcome = ItemOutcome::Paused;
+                        }
+                    }
+                    let stored = InboxItem { seq: 0, received_at: now, own_echo, event: event.clone() };
+                    plan.enqueue.push((self.keys.inbox(conversation), conversation.to_string(), json(&stored)?));
+                    outcome
+                }
+                IngestKind::Contact(update) => {
+                    let id = ConversationId::new(update.phone_number_id.clone(), update.wa_id.clone());
+                    let key = self.keys.contact(&id);
+                    if !contacts.contains_key(&key) {
+                        let raw: Option<String> = con.get(&key).await?;
+                        let stored: Option<ContactUpdate> = raw.as_deref().map(|r| decode(&key, r)).transpose()?;
+                        contacts.insert(key.clone(), (raw, stored, false));
+                    }
+                    if let Some((_, stored, changed)) = contacts.get_mut(&key)
+                        && contact_wins(stored.as_ref(), update)
+                    {
+                        *stored = Some(update.clone());
+                        *changed = true;
+                    }
+                    ItemOutcome::Stored
+                }
+                IngestKind::Account(update) => {
+                    let key = self.keys.account(&update.account);
+                    if !accounts.contains_key(&key) {
+                        let raw: Option<String> = con.get(&key).await?;
+                        let state: AccountState = match raw.as_deref() {
+                            Some(r) => decode(&key, r)?,
+                            None => AccountState { account: update.account.clone(), events: Vec::new() },
+                        };
+                        accounts.insert(key.clone(), (raw, state));
+                    }
+                    if let Some((_, state)) = accounts.get_mut(&key) {
+                        state.record(update.clone());
+                    }
+                    ItemOutcome::Stored
+                }
+                IngestKind::DeadLetter(letter) => {
+                    plan.dead_letters.push(json(letter)?);
+                    ItemOutcome::Stored
+                }
+            };
+            report.outcomes.push(outcome);
+        }
+        for (key, (raw, stored, changed)) in contacts {
+            if let (true, Some(update)) = (changed, stored) {
+                plan.equals.push((key.clone(), raw));
+                plan.set.push((key, json(&update)?));
+            }
+        }
+        for (key, (raw, state)) in accounts {
+            plan.equals.push((key.clone(), raw));
+            plan.set.push((key, json(&state)?));
+        }
+        for (id, (rev, record)) in paused {
+            let resume_at = record.resume_at;
+            self.write_conversation(&mut plan, rev, record, now)?;
+            plan.timers.push((id.to_string(), resume_at.map(|t| t.to_string())));
+        }
+        let answer = self.run(&plan).await?;
+        match answer.first().map(String::as_str) {
+            Some("ok") => {
+                if !plan.enqueue.is_empty() {
+                    self.signal.notify_waiters();
+                }
+                Ok(Attempt::Done(report))
+            }
+            Some("conflict") => Ok(Attempt::Conflict),
+            _ => Err(StoreError::Protocol(format!("{answer:?}"))),
+        }
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+
+    fn work_signal(&self) -> Arc<Notify> {
+        Arc::clone(&self.signal)
+    }
+
+    async fn ingest(&self, batch: IngestBatch) -> Result<IngestReport, StoreError> {
+        for _ in 0..MAX_ATTEMPTS {
+            if let Attempt::Done(report) = self.try_ingest(&batch).await? {
+                return Ok(report);
+            }
+        }
+        Err(StoreError::Contention(MAX_ATTEMPTS))
+    }
+
+    async fn claim(&self, now: Timestamp, lease: Duration) -> Result<Option<Claim>, StoreError> {
+        let token = uuid::Uuid::new_v4().to_string();
+        let mut con = self.con.clone();
+        let claimed: Option<String> = self
+            .scripts
+            .claim
+            .arg(self.keys.ready())
+            .arg(self.keys.lease_prefix())
+            .arg(now.as_millis())
+            .arg(millis(lease))
+            .arg(&token)
+            .invoke_async(&mut con)
+            .await?;
+        claimed
+            .map(|id| {
+                let conversation = ConversationId::parse(&id).map_err(|e| StoreError::corrupt("ready set", e))?;
+                Ok(Claim { conversation, token })
+            })
+            .transpose()
+    }
+
+    async fn head(&self, claim: &Claim, now: Timestamp) -> Result<Option<(Conversation, InboxItem)>, StoreError> {
+        let mut con = self.con.clone();
+        let id = &claim.conversation;
+        let (head, record): (Option<String>, Option<String>) = redis::pipe()
+            .lindex(self.keys.inbox(id), 0)
+            .hget(self.keys.conversation(id), "data")
+            .query_async(&mut con)
+            .await?;
+        let Some(head) = head else { return Ok(None) };
+        let (seq, body) = split_seq(&head)?;
+        let mut item: InboxItem = decode(&id.to_string(), body)?;
+        item.seq = seq;
+        let conversation = match record {
+            Some(raw) => decode(&id.to_string(), &raw)?,
+            None => Conversation::new(id.clone(), now),
+        };
+        Ok(Some((conversation, item)))
+    }
+
+    async fn commit(&self, claim: &Claim, commit: StepCommit, lease: Duration) -> Result<CommitOutcome, StoreError> {
+        let id = &claim.conversation;
+        let mut plan = self.plan(commit.now);
+        plan.lease = Some((self.keys.lease(id), claim.token.clone(), millis(lease)));
+        plan.head = Some((self.keys.inbox(id), commit.seq.to_string()));
+        self.write_conversation(&mut plan, commit.expected_rev, commit.conversation, commit.now)?;
+        match commit.timer {
+            TimerChange::Keep => {}
+            TimerChange::Set(due) => plan.timers.push((id.to_string(), Some(due.to_string()))),
+            TimerChange::Clear => plan.timers.push((id.to_string(), None)),
+        }
+        let answer = self.run(&plan).await?;
+        match answer.first().map(String::as_str) {
+            Some("ok") => Ok(CommitOutcome::Applied),
+            Some("conflict") => Ok(CommitOutcome::Conflict),
+            Some("lease_lost") => Ok(CommitOutcome::LeaseLost),
+            _ => Err(StoreError::Protocol(format!("{answer:?}"))),
+        }
+    }
+
+    async fn release(&self, claim: Claim, now: Timestamp) -> Result<(), StoreError> {
+        let mut con = self.con.clone();
+        let id = &claim.conversation;
+        let _released: i64 = self
+            .scripts
+            .release
+            .arg(self.keys.ready())
+            .arg(self.keys.lease(id))
+            .arg(self.keys.inbox(id))
+            .arg(id.to_string())
+            .arg(&claim.token)
+            .arg(now.as_millis())
+            .invoke_async(&mut con)
+            .await?;
+        self.signal.notify_waiters();
+        Ok(())
+    }
+
+    async fn fire_due_timers(&self, now: Timestamp, limit: usize) -> Result<usize, StoreError> {
+        let item = InboxItem { seq: 0, received_at: now, own_echo: false, event: ConversationEvent::IdleCheck };
+        let mut con = self.con.clone();
+        let fired: usize = self
+            .scripts
+            .fire_timers
+            .arg(self.keys.timers())
+            .arg(self.keys.seq())
+            .arg(self.keys.ready())
+            .arg(self.keys.inbox_depth())
+            .arg(self.keys.inbox_prefix())
+            .arg(now.as_millis())
+            .arg(limit)
+            .arg(json(&item)?)
+            .invoke_async(&mut con)
+            .await?;
+        if fired > 0 {
+            self.signal.notify_waiters();
+        }
+        Ok(fired)
+    }
+
+    async fn record_outbound(&self, id: &MessageId, _now: Timestamp) -> Result<(), StoreError> {
+        let mut con = self.con.clone();
+        let () = con.pset_ex(self.keys.outbound(id.as_str()), 1, millis(self.options.dedupe_ttl)).await?;
+        Ok(())
+    }
+
+    async fn conversation(&self, id: &ConversationId) -> Result<Option<Conversation>, StoreError> {
+        self.read_conversation(id).await
+    }
+
+    async fn list_conversations(&self, query: &ListQuery) -> Result<Vec<Conversation>, StoreError> {
+        let index = match query.mode {
+            Some(mode) => self.keys.mode_index(mode),
+            None => self.keys.all_conversations(),
+        };
+        let min = query.after.as_ref().map_or_else(|| "-".to_owned(), |a| format!("({a}"));
+        let mut con = self.con.clone();
+        let ids: Vec<String> = con.zrangebylex_limit(index, min, "+", 0, isize::try_from(query.limit).unwrap_or(isize::MAX)).await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            let id = ConversationId::parse(id).map_err(|e| StoreError::corrupt("mode index", e))?;
+            pipe.hget(self.keys.conversation(&id), "data");
+        }
+        let records: Vec<Option<String>> = pipe.query_async(&mut con).await?;
+        records.into_iter().flatten().map(|raw| decode("conversation", &raw)).collect()
+    }
+
+    async fn contact(&self, id: &ConversationId) -> Result<Option<ContactUpdate>, StoreError> {
+        let mut con = self.con.clone();
+        let raw: Option<String> = con.get(self.keys.contact(id)).await?;
+        raw.map(|r| decode("contact", &r)).transpose()
+    }
+
+    async fn account(&self, account: &str) -> Result<Option<AccountState>, StoreError> {
+        let mut con = self.con.clone();
+        let raw: Option<String> = con.get(self.keys.account(account)).await?;
+        raw.map(|r| decode("account", &r)).transpose()
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<(u64, DeadLetter)>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut con = self.con.clone();
+        let stop = isize::try_from(limit).unwrap_or(isize::MAX) - 1;
+        let raw: Vec<String> = con.lrange(self.keys.dead_letters(), 0, stop).await?;
+        raw.iter()
+            .map(|entry| {
+                let (id, body) = split_seq(entry)?;
+                Ok((id, decode("dead letter", body)?))
+            })
+            .collect()
+    }
+
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        let mut con = self.con.clone();
+        let (depth, letters, conversations): (Option<i64>, u64, u64) = redis::pipe()
+            .get(self.keys.inbox_depth())
+            .llen(self.keys.dead_letters())
+            .zcard(self.keys.all_conversations())
+            .query_async(&mut con)
+            .await?;
+        Ok(StoreStats {
+            inbox_depth: u64::try_from(depth.unwrap_or(0)).unwrap_or(0),
+            dead_letters: letters,
+            conversations,
+        })
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut con = self.con.clone();
+        let _: String = redis::cmd("PING").query_async(&mut con).await?;
+        Ok(())
+    }
+
+    async fn purge_expired(&self, _now: Timestamp) -> Result<usize, StoreError> {
+        // Redis expires deduplication keys by itself (SET … PX).
+        Ok(0)
+    }
+}

@@ -1,0 +1,60 @@
+-- Applies one write plan atomically: first every guard, then every write.
+-- ARGV[1] is the plan as JSON (see `Plan` in redis.rs). Returns {'ok'}, {'conflict', what}
+-- or {'lease_lost'}. Guards run before any write, so a refused plan changes nothing.
+local plan = cjson.decode(ARGV[1])
+local k = plan.keys
+
+for _, key in ipairs(plan.absent) do
+  if redis.call('EXISTS', key) == 1 then return {'conflict', key} end
+end
+for _, g in ipairs(plan.revs) do
+  local current = tonumber(redis.call('HGET', g[1], 'rev') or '0')
+  if current ~= tonumber(g[2]) then return {'conflict', g[1]} end
+end
+for _, g in ipairs(plan.equals) do
+  local want = g[2]
+  if want == cjson.null then want = false end
+  if redis.call('GET', g[1]) ~= want then return {'conflict', g[1]} end
+end
+if plan.lease ~= cjson.null then
+  if redis.call('GET', plan.lease[1]) ~= plan.lease[2] then return {'lease_lost'} end
+end
+if plan.head ~= cjson.null then
+  local head = redis.call('LINDEX', plan.head[1], 0)
+  local want = plan.head[2] .. ':'
+  if not head or string.sub(head, 1, #want) ~= want then return {'conflict', 'head'} end
+end
+
+if plan.lease ~= cjson.null then
+  redis.call('PEXPIRE', plan.lease[1], plan.lease[3])
+end
+if plan.head ~= cjson.null then
+  redis.call('LPOP', plan.head[1])
+  redis.call('DECR', k.depth)
+end
+for _, d in ipairs(plan.set_px) do redis.call('SET', d[1], d[2], 'PX', d[3]) end
+for _, s in ipairs(plan.set) do redis.call('SET', s[1], s[2]) end
+for _, c in ipairs(plan.convs) do
+  redis.call('HSET', c.key, 'rev', c.rev, 'data', c.data)
+  for _, m in ipairs(k.modes) do redis.call('ZREM', m, c.cid) end
+  redis.call('ZADD', c.mode_key, 0, c.cid)
+  redis.call('ZADD', k.convs, 0, c.cid)
+end
+for _, e in ipairs(plan.enqueue) do
+  local seq = redis.call('INCR', k.seq)
+  redis.call('RPUSH', e[1], seq .. ':' .. e[3])
+  redis.call('ZADD', k.ready, 'NX', plan.now, e[2])
+  redis.call('INCR', k.depth)
+end
+for _, t in ipairs(plan.timers) do
+  if t[2] == cjson.null then
+    redis.call('ZREM', k.timers, t[1])
+  else
+    redis.call('ZADD', k.timers, t[2], t[1])
+  end
+end
+for _, letter in ipairs(plan.dead_letters) do
+  local id = redis.call('INCR', k.dead_letter_seq)
+  redis.call('LPUSH', k.dead_letters, id .. ':' .. letter)
+end
+return {'ok'}

@@ -1,0 +1,100 @@
+//! Every Redis key Tandem uses, one function per key family. No key is built elsewhere.
+//!
+//! Keys of one conversation put the conversation id in a hash tag (`{…}`), so they would land
+//! in one Redis Cluster slot.
+
+use tandem_domain::{ConversationId, Mode};
+
+/// Builds keys under one prefix (default `tandem:v1`).
+#[derive(Debug, Clone)]
+pub(crate) struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub(crate) fn new(prefix: &str) -> Self {
+        Self { prefix: prefix.trim_end_matches(':').to_owned() }
+    }
+
+    pub(crate) fn conversation(&self, id: &ConversationId) -> String {
+        format!("{}:conv:{{{id}}}", self.prefix)
+    }
+
+    pub(crate) fn inbox_prefix(&self) -> String {
+        format!("{}:inbox:", self.prefix)
+    }
+
+    pub(crate) fn inbox(&self, id: &ConversationId) -> String {
+        format!("{}{{{id}}}", self.inbox_prefix())
+    }
+
+    pub(crate) fn lease_prefix(&self) -> String {
+        format!("{}:lease:", self.prefix)
+    }
+
+    pub(crate) fn lease(&self, id: &ConversationId) -> String {
+        format!("{}{{{id}}}", self.lease_prefix())
+    }
+
+    pub(crate) fn contact(&self, id: &ConversationId) -> String {
+        format!("{}:contact:{{{id}}}", self.prefix)
+    }
+
+    pub(crate) fn account(&self, account: &str) -> String {
+        format!("{}:account:{account}", self.prefix)
+    }
+
+    pub(crate) fn dedupe(&self, key: &str) -> String {
+        format!("{}:dedupe:{key}", self.prefix)
+    }
+
+    pub(crate) fn outbound(&self, wamid: &str) -> String {
+        format!("{}:outbound:{wamid}", self.prefix)
+    }
+
+    pub(crate) fn mode_index(&self, mode: Mode) -> String {
+        format!("{}:mode:{}", self.prefix, mode.as_str())
+    }
+
+    pub(crate) fn all_conversations(&self) -> String {
+        format!("{}:convs", self.prefix)
+    }
+
+    pub(crate) fn seq(&self) -> String {
+        format!("{}:seq", self.prefix)
+    }
+
+    pub(crate) fn ready(&self) -> String {
+        format!("{}:ready", self.prefix)
+    }
+
+    pub(crate) fn timers(&self) -> String {
+        format!("{}:timers", self.prefix)
+    }
+
+    pub(crate) fn inbox_depth(&self) -> String {
+        format!("{}:inbox_depth", self.prefix)
+    }
+
+    pub(crate) fn dead_letters(&self) -> String {
+        format!("{}:dead_letters", self.prefix)
+    }
+
+    pub(crate) fn dead_letter_seq(&self) -> String {
+        format!("{}:dead_letter_seq", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_of_one_conversation_share_a_hash_tag() {
+        let keys = Keys::new("tandem:v1:");
+        let id = ConversationId::parse("106:155").unwrap();
+        assert_eq!(keys.conversation(&id), "tandem:v1:conv:{106:155}");
+        assert_eq!(keys.inbox(&id), "tandem:v1:inbox:{106:155}");
+        assert_eq!(keys.lease(&id), "tandem:v1:lease:{106:155}");
+    }
+}

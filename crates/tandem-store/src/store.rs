@@ -1,0 +1,90 @@
+//! The [`Store`] trait and [`open`], which picks a backend from a URL.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tandem_domain::{ContactUpdate, Conversation, ConversationId, DeadLetter, MessageId, Timestamp};
+use tokio::sync::Notify;
+
+use crate::error::StoreError;
+use crate::model::{
+    AccountState, Claim, CommitOutcome, IngestBatch, IngestReport, InboxItem, ListQuery, StepCommit, StoreOptions,
+    StoreStats,
+};
+use crate::{EmbeddedStore, RedisStore};
+
+/// Durable state shared by ingress, the lanes and the API. See the crate docs for guarantees.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Returns the backend's name, `embedded` or `redis`, for logs and metrics labels.
+    fn backend(&self) -> &'static str;
+
+    /// Returns the signal raised when work may be waiting (an ingest or a released lane).
+    fn work_signal(&self) -> Arc<Notify>;
+
+    /// Stores a webhook delivery atomically: deduplicates each item, appends conversation
+    /// events to their inboxes, pauses conversations for human echoes, records contacts,
+    /// account facts and dead letters. Durable when it returns.
+    async fn ingest(&self, batch: IngestBatch) -> Result<IngestReport, StoreError>;
+
+    /// Takes the lane of one conversation with waiting events, for `lease`.
+    async fn claim(&self, now: Timestamp, lease: Duration) -> Result<Option<Claim>, StoreError>;
+
+    /// Returns the claimed conversation's record (a new one if it has none) and its oldest
+    /// waiting event, or `None` when the inbox is empty.
+    async fn head(&self, claim: &Claim, now: Timestamp) -> Result<Option<(Conversation, InboxItem)>, StoreError>;
+
+    /// Writes the result of applying the head event and removes it from the inbox, atomically.
+    async fn commit(&self, claim: &Claim, commit: StepCommit, lease: Duration) -> Result<CommitOutcome, StoreError>;
+
+    /// Gives the lane back; it is offered again at once if events are still waiting.
+    async fn release(&self, claim: Claim, now: Timestamp) -> Result<(), StoreError>;
+
+    /// Moves due idle timers into their inboxes as idle checks; returns how many fired.
+    async fn fire_due_timers(&self, now: Timestamp, limit: usize) -> Result<usize, StoreError>;
+
+    /// Records the wamid of a message we sent, so an echo of it is not taken for a person.
+    async fn record_outbound(&self, id: &MessageId, now: Timestamp) -> Result<(), StoreError>;
+
+    /// Reads one conversation.
+    async fn conversation(&self, id: &ConversationId) -> Result<Option<Conversation>, StoreError>;
+
+    /// Lists conversations in id order.
+    async fn list_conversations(&self, query: &ListQuery) -> Result<Vec<Conversation>, StoreError>;
+
+    /// Reads the business's address-book entry for a conversation's customer.
+    async fn contact(&self, id: &ConversationId) -> Result<Option<ContactUpdate>, StoreError>;
+
+    /// Reads the recent facts about an account or number.
+    async fn account(&self, account: &str) -> Result<Option<AccountState>, StoreError>;
+
+    /// Lists dead letters, newest first, with their ids.
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<(u64, DeadLetter)>, StoreError>;
+
+    /// Returns counts for health and metrics.
+    async fn stats(&self) -> Result<StoreStats, StoreError>;
+
+    /// Checks that the store answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Removes expired deduplication keys (where the backend does not expire them itself).
+    async fn purge_expired(&self, now: Timestamp) -> Result<usize, StoreError>;
+}
+
+/// Opens the store named by `url`: `redis://…` or `rediss://…` for Redis, anything else is
+/// the path of the embedded database file (created, with its directory, if missing).
+///
+/// # Errors
+/// Returns a [`StoreError`] when the file cannot be opened or Redis cannot be reached.
+pub async fn open(url: &str, options: StoreOptions) -> Result<Arc<dyn Store>, StoreError> {
+    if url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+unix://") {
+        Ok(Arc::new(RedisStore::connect(url, options).await?))
+    } else {
+        let path = std::path::PathBuf::from(url);
+        let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&path, options))
+            .await
+            .map_err(|e| StoreError::Config(format!("opening the embedded store failed: {e}")))??;
+        Ok(Arc::new(store))
+    }
+}

@@ -1,0 +1,305 @@
+//! The behaviour every store backend must have, run against the embedded store (a real redb
+//! file in a temporary directory) and Redis (a real server, a fresh key prefix per test).
+//!
+//! Redis is taken from `TANDEM_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`). When it does
+//! not answer, the Redis tests fail with instructions; they never pass by skipping.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tandem_domain::{
+    AccountUpdate, ContactUpdate, Conversation, ConversationEvent, ConversationId, DeadLetter, Echo, InboundMessage,
+    MessageContent, MessageId, Mode, PhoneNumberId, Timestamp, WaId,
+};
+use tandem_store::{
+    Claim, CommitOutcome, IngestBatch, IngestItem, IngestKind, ItemOutcome, ListQuery, PauseOnIngest, StepCommit,
+    Store, StoreOptions, TimerChange,
+};
+
+const T0: Timestamp = Timestamp(1_768_041_000_000);
+const LEASE: Duration = Duration::from_secs(30);
+const IDLE: Duration = Duration::from_secs(60);
+
+struct Fixture {
+    store: Arc<dyn Store>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+async fn embedded() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tandem.redb");
+    let store = tandem_store::open(path.to_str().unwrap(), StoreOptions::default()).await.unwrap();
+    Fixture { store, _dir: Some(dir) }
+}
+
+async fn redis() -> Fixture {
+    let url = std::env::var("TANDEM_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let options = StoreOptions {
+        redis_prefix: format!("tandem-test:{}", uuid::Uuid::new_v4()),
+        ..StoreOptions::default()
+    };
+    match tandem_store::open(&url, options).await {
+        Ok(store) => Fixture { store, _dir: None },
+        Err(e) => panic!(
+            "Redis is required for these tests and did not answer at {url}: {e}\n\
+             start one with: redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' --appendonly no"
+        ),
+    }
+}
+
+fn conv(wa: &str) -> ConversationId {
+    ConversationId::new(PhoneNumberId::parse("106").unwrap(), WaId::parse(wa).unwrap())
+}
+
+fn text(id: &str) -> ConversationEvent {
+    ConversationEvent::Customer(InboundMessage {
+        id: MessageId::parse(id).unwrap(),
+        sent_at: T0,
+        content: MessageContent::Text { body: id.to_owned() },
+        profile_name: None,
+        context_id: None,
+        forwarded: false,
+    })
+}
+
+fn message(wa: &str, id: &str) -> IngestItem {
+    IngestItem {
+        key: format!("msg:{wa}:{id}"),
+        kind: IngestKind::Conversation { conversation: conv(wa), event: text(id), pause: None },
+    }
+}
+
+fn echo(wa: &str, id: &str) -> IngestItem {
+    let event = ConversationEvent::Echo(Echo {
+        id: MessageId::parse(id).unwrap(),
+        sent_at: T0,
+        content: MessageContent::Text { body: "from the phone".into() },
+    });
+    IngestItem {
+        key: format!("echo:{wa}:{id}"),
+        kind: IngestKind::Conversation {
+            conversation: conv(wa),
+            event,
+            pause: Some(PauseOnIngest { echo_id: MessageId::parse(id).unwrap(), human_idle: IDLE }),
+        },
+    }
+}
+
+fn batch(at: Timestamp, items: Vec<IngestItem>) -> IngestBatch {
+    IngestBatch { received_at: at, items }
+}
+
+/// Applies the lane's head event the way a worker would (the content of the change does not
+/// matter to the store) and returns the commit outcome.
+async fn step(store: &dyn Store, claim: &Claim, now: Timestamp) -> Option<(ConversationEvent, CommitOutcome)> {
+    let (mut record, item) = store.head(claim, now).await.unwrap()?;
+    let expected_rev = record.rev;
+    record.events_applied += 1;
+    let commit = StepCommit { now, seq: item.seq, expected_rev, conversation: record, timer: TimerChange::Keep };
+    let outcome = store.commit(claim, commit, LEASE).await.unwrap();
+    Some((item.event, outcome))
+}
+
+async fn drain(store: &dyn Store, now: Timestamp) -> Vec<(ConversationId, ConversationEvent)> {
+    let mut applied = Vec::new();
+    while let Some(claim) = store.claim(now, LEASE).await.unwrap() {
+        while let Some((event, outcome)) = step(store, &claim, now).await {
+            assert_eq!(outcome, CommitOutcome::Applied);
+            applied.push((claim.conversation.clone(), event));
+        }
+        store.release(claim, now).await.unwrap();
+    }
+    applied
+}
+
+async fn events_apply_once_in_arrival_order(f: Fixture) {
+    let s = f.store.as_ref();
+    s.ingest(batch(T0, vec![message("a", "m1"), message("b", "m2"), message("a", "m3")])).await.unwrap();
+    s.ingest(batch(T0, vec![message("a", "m4")])).await.unwrap();
+    assert_eq!(s.stats().await.unwrap().inbox_depth, 4);
+    let applied = drain(s, T0).await;
+    let of = |wa: &str| -> Vec<ConversationEvent> {
+        applied.iter().filter(|(c, _)| *c == conv(wa)).map(|(_, e)| e.clone()).collect()
+    };
+    assert_eq!(of("a"), vec![text("m1"), text("m3"), text("m4")]);
+    assert_eq!(of("b"), vec![text("m2")]);
+    assert_eq!(s.stats().await.unwrap().inbox_depth, 0);
+    assert_eq!(s.conversation(&conv("a")).await.unwrap().unwrap().events_applied, 3);
+    assert!(drain(s, T0).await.is_empty(), "nothing is applied twice");
+}
+
+async fn retries_are_deduplicated(f: Fixture) {
+    let s = f.store.as_ref();
+    let first = s.ingest(batch(T0, vec![message("a", "m1"), message("a", "m1")])).await.unwrap();
+    assert_eq!(first.outcomes, vec![ItemOutcome::Stored, ItemOutcome::Duplicate]);
+    let retry = s.ingest(batch(T0, vec![message("a", "m1"), message("a", "m2")])).await.unwrap();
+    assert_eq!(retry.outcomes, vec![ItemOutcome::Duplicate, ItemOutcome::Stored]);
+    assert_eq!(drain(s, T0).await.len(), 2);
+}
+
+async fn an_echo_pauses_in_the_same_write(f: Fixture) {
+    let s = f.store.as_ref();
+    s.ingest(batch(T0, vec![message("a", "m1"), message("a", "m2")])).await.unwrap();
+    let report = s.ingest(batch(T0, vec![echo("a", "e1")])).await.unwrap();
+    assert_eq!(report.outcomes, vec![ItemOutcome::Paused]);
+    // Nothing of the lane has run yet: the pause did not wait behind the queued messages.
+    let c = s.conversation(&conv("a")).await.unwrap().unwrap();
+    assert_eq!(c.mode, Mode::Human);
+    assert_eq!(c.resume_at, Some(T0.plus(IDLE)));
+    assert_eq!(s.stats().await.unwrap().inbox_depth, 3);
+    let listed = s.list_conversations(&ListQuery { mode: Some(Mode::Human), after: None, limit: 10 }).await.unwrap();
+    assert_eq!(listed.iter().map(|c| c.id.clone()).collect::<Vec<_>>(), vec![conv("a")]);
+}
+
+async fn an_echo_of_our_own_send_is_not_a_person(f: Fixture) {
+    let s = f.store.as_ref();
+    s.record_outbound(&MessageId::parse("ours").unwrap(), T0).await.unwrap();
+    let report = s.ingest(batch(T0, vec![echo("a", "ours")])).await.unwrap();
+    assert_eq!(report.outcomes, vec![ItemOutcome::OwnEcho]);
+    assert!(s.conversation(&conv("a")).await.unwrap().is_none_or(|c| c.mode == Mode::Bot));
+    let claim = s.claim(T0, LEASE).await.unwrap().unwrap();
+    let (_, item) = s.head(&claim, T0).await.unwrap().unwrap();
+    assert!(item.own_echo);
+}
+
+async fn a_lane_step_never_overwrites_a_pause(f: Fixture) {
+    let s = f.store.as_ref();
+    s.ingest(batch(T0, vec![message("a", "m1")])).await.unwrap();
+    let claim = s.claim(T0, LEASE).await.unwrap().unwrap();
+    let (record, item) = s.head(&claim, T0).await.unwrap().unwrap();
+    assert_eq!(record.mode, Mode::Bot);
+    // A person writes from the phone while the lane works on m1.
+    s.ingest(batch(T0, vec![echo("a", "e1")])).await.unwrap();
+    let stale = StepCommit { now: T0, seq: item.seq, expected_rev: record.rev, conversation: record, timer: TimerChange::Keep };
+    assert_eq!(s.commit(&claim, stale, LEASE).await.unwrap(), CommitOutcome::Conflict);
+    let (event, outcome) = step(s, &claim, T0).await.unwrap();
+    assert_eq!((event, outcome), (text("m1"), CommitOutcome::Applied));
+    assert_eq!(s.conversation(&conv("a")).await.unwrap().unwrap().mode, Mode::Human);
+}
+
+async fn one_owner_per_lane_and_stale_owners_are_fenced(f: Fixture) {
+    let s = f.store.as_ref();
+    s.ingest(batch(T0, vec![message("a", "m1"), message("a", "m2")])).await.unwrap();
+    let short = Duration::from_millis(50);
+    let first = s.claim(T0, short).await.unwrap().unwrap();
+    assert_eq!(s.claim(T0, LEASE).await.unwrap(), None, "a held lane is not offered again");
+    // The first owner stalls past its lease; a second worker takes over.
+    let later = T0.plus(Duration::from_secs(1));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let second = loop {
+        if let Some(c) = s.claim(later, LEASE).await.unwrap() {
+            break c;
+        }
+        assert!(std::time::Instant::now() < deadline, "an expired lease was never offered again");
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(second.conversation, first.conversation);
+    let (record, item) = s.head(&first, later).await.unwrap().unwrap();
+    let stale = StepCommit { now: later, seq: item.seq, expected_rev: record.rev, conversation: record, timer: TimerChange::Keep };
+    assert_eq!(s.commit(&first, stale, LEASE).await.unwrap(), CommitOutcome::LeaseLost);
+    assert_eq!(step(s, &second, later).await.unwrap().1, CommitOutcome::Applied);
+    // Released with work left, the lane is offered again.
+    s.release(second, later).await.unwrap();
+    let third = s.claim(later, LEASE).await.unwrap().unwrap();
+    assert_eq!(step(s, &third, later).await.unwrap().0, text("m2"));
+    s.release(third, later).await.unwrap();
+    assert_eq!(s.claim(later, LEASE).await.unwrap(), None);
+}
+
+async fn due_timers_become_idle_checks(f: Fixture) {
+    let s = f.store.as_ref();
+    s.ingest(batch(T0, vec![echo("a", "e1")])).await.unwrap();
+    drain(s, T0).await;
+    assert_eq!(s.fire_due_timers(T0.plus(IDLE), 10).await.unwrap(), 1);
+    assert_eq!(s.fire_due_timers(T0.plus(IDLE * 2), 10).await.unwrap(), 0, "a timer fires once");
+    let applied = drain(s, T0.plus(IDLE)).await;
+    assert_eq!(applied, vec![(conv("a"), ConversationEvent::IdleCheck)]);
+    // A lane step can arm it again.
+    s.ingest(batch(T0, vec![message("a", "m1")])).await.unwrap();
+    let claim = s.claim(T0, LEASE).await.unwrap().unwrap();
+    let (record, item) = s.head(&claim, T0).await.unwrap().unwrap();
+    let due = T0.plus(Duration::from_secs(5));
+    let commit = StepCommit { now: T0, seq: item.seq, expected_rev: record.rev, conversation: record, timer: TimerChange::Set(due) };
+    assert_eq!(s.commit(&claim, commit, LEASE).await.unwrap(), CommitOutcome::Applied);
+    s.release(claim, T0).await.unwrap();
+    assert_eq!(s.fire_due_timers(due, 10).await.unwrap(), 1);
+}
+
+async fn contacts_accounts_and_dead_letters_are_kept(f: Fixture) {
+    let s = f.store.as_ref();
+    let contact = |name: Option<&str>, at: u64, removed: bool| ContactUpdate {
+        phone_number_id: PhoneNumberId::parse("106").unwrap(),
+        wa_id: WaId::parse("a").unwrap(),
+        full_name: name.map(str::to_owned),
+        first_name: None,
+        removed,
+        at: Timestamp(at),
+    };
+    let item = |key: &str, kind| IngestItem { key: key.to_owned(), kind };
+    s.ingest(batch(T0, vec![
+        item("c2", IngestKind::Contact(contact(Some("Ana (VIP)"), 2000, false))),
+        item("c1", IngestKind::Contact(contact(Some("Ana"), 1000, false))),
+        item("a1", IngestKind::Account(AccountUpdate { account: "waba".into(), event: "PARTNER_REMOVED".into(), at: Timestamp(5), raw: serde_json::json!({}) })),
+        item("a0", IngestKind::Account(AccountUpdate { account: "waba".into(), event: "PARTNER_ADDED".into(), at: Timestamp(1), raw: serde_json::json!({}) })),
+        item("d1", IngestKind::DeadLetter(DeadLetter { received_at: T0, reason: "unparseable_body".into(), field: None, detail: "x".into(), body: "first".into(), body_base64: false })),
+        item("d2", IngestKind::DeadLetter(DeadLetter { received_at: T0, reason: "unknown_field".into(), field: Some("f".into()), detail: "y".into(), body: "second".into(), body_base64: false })),
+    ])).await.unwrap();
+    let stored = s.contact(&conv("a")).await.unwrap().unwrap();
+    assert_eq!(stored.full_name.as_deref(), Some("Ana (VIP)"), "an older change does not win");
+    let events: Vec<String> = s.account("waba").await.unwrap().unwrap().events.into_iter().map(|e| e.event).collect();
+    assert_eq!(events, ["PARTNER_ADDED", "PARTNER_REMOVED"]);
+    let letters = s.dead_letters(10).await.unwrap();
+    assert_eq!(letters.iter().map(|(_, l)| l.body.as_str()).collect::<Vec<_>>(), ["second", "first"]);
+    assert!(letters[0].0 > letters[1].0);
+    assert_eq!(s.stats().await.unwrap().dead_letters, 2);
+    assert!(s.account("nobody").await.unwrap().is_none());
+}
+
+async fn conversations_are_listed_by_mode_in_pages(f: Fixture) {
+    let s = f.store.as_ref();
+    s.ingest(batch(T0, vec![echo("c", "e1"), echo("a", "e2"), echo("b", "e3"), message("d", "m1")])).await.unwrap();
+    drain(s, T0).await;
+    let page = |mode, after: Option<&str>| {
+        let query = ListQuery { mode, after: after.map(conv), limit: 2 };
+        async move { s.list_conversations(&query).await.unwrap().into_iter().map(|c| c.id.wa_id().to_string()).collect::<Vec<_>>() }
+    };
+    assert_eq!(page(Some(Mode::Human), None).await, ["a", "b"]);
+    assert_eq!(page(Some(Mode::Human), Some("b")).await, ["c"]);
+    assert_eq!(page(Some(Mode::Bot), None).await, ["d"]);
+    assert_eq!(page(None, Some("b")).await, ["c", "d"]);
+    assert!(page(Some(Mode::Handoff), None).await.is_empty());
+    let record: Conversation = s.conversation(&conv("a")).await.unwrap().unwrap();
+    assert_eq!(record.events_applied, 1);
+}
+
+macro_rules! contract {
+    ($backend:ident: $($name:ident),* $(,)?) => {
+        mod $backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::$backend().await).await;
+                }
+            )*
+        }
+    };
+}
+
+macro_rules! suite {
+    ($($backend:ident),*) => {
+        $(contract!($backend:
+            events_apply_once_in_arrival_order,
+            retries_are_deduplicated,
+            an_echo_pauses_in_the_same_write,
+            an_echo_of_our_own_send_is_not_a_person,
+            a_lane_step_never_overwrites_a_pause,
+            one_owner_per_lane_and_stale_owners_are_fenced,
+            due_timers_become_idle_checks,
+            contacts_accounts_and_dead_letters_are_kept,
+            conversations_are_listed_by_mode_in_pages,
+        );)*
+    };
+}
+
+suite!(embedded, redis);
