@@ -1,1 +1,147 @@
-fn main() {}
+//! The `tandem` command: `serve` runs the server, `check` validates the configuration.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use tandem_server::{Application, CliOverrides, telemetry};
+
+/// Exit code for a configuration error (EX_CONFIG-style usage error, as in sysexits.h).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(name = "tandem", version, about = "Bot-and-human engine for WhatsApp Coexistence numbers")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server: webhook, engine, agent API, health and metrics.
+    Serve(ConfigArgs),
+    /// Validate the configuration and exit (0 when valid, 64 when not).
+    Check(ConfigArgs),
+}
+
+#[derive(Args)]
+struct ConfigArgs {
+    /// Configuration file (TOML); defaults to ./tandem.toml when it exists.
+    #[arg(long, env = "TANDEM_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on, such as 127.0.0.1:8080 (port 0 picks a free port).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Store: a file path for the embedded store, or a redis:// URL.
+    #[arg(long)]
+    store: Option<String>,
+    /// Run without Meta credentials; webhook signatures are NOT checked.
+    #[arg(long)]
+    dev: bool,
+}
+
+impl ConfigArgs {
+    fn overrides(&self) -> CliOverrides {
+        CliOverrides { config: self.config.clone(), listen: self.listen.clone(), store: self.store.clone(), dev: self.dev }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let (args, serve) = match &cli.command {
+        Command::Serve(args) => (args, true),
+        Command::Check(args) => (args, false),
+    };
+    let settings = match tandem_server::load(&args.overrides(), &env) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("tandem: configuration error: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if !serve {
+        eprintln!("tandem: configuration is valid (store: {})", tandem_server::startup::redact(&settings.store_url));
+        return ExitCode::SUCCESS;
+    }
+    match run(settings) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("tandem: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(settings: tandem_server::Settings) -> anyhow::Result<()> {
+    telemetry::init_tracing(settings.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    runtime.block_on(async move {
+        let metrics = telemetry::init_metrics()?;
+        if settings.dev {
+            warn_dev_mode(&settings);
+        }
+        let app = Application::build(settings, Some(metrics)).await?;
+        let addr = app.addr()?;
+        tracing::info!(%addr, "tandem listening");
+        // Tests and scripts read this line to learn the port.
+        #[allow(clippy::print_stdout)]
+        {
+            println!("tandem listening on http://{addr}");
+        }
+        std::io::stdout().flush().context("writing to stdout")?;
+        app.run_until_stopped(shutdown_signal()).await
+    })
+}
+
+fn warn_dev_mode(settings: &tandem_server::Settings) {
+    let mut missing = Vec::new();
+    if settings.app_secret.is_none() {
+        missing.push("webhook signatures are NOT checked (no TANDEM_APP_SECRET)");
+    }
+    if settings.verify_token.is_none() {
+        missing.push("any verify token is accepted (no TANDEM_VERIFY_TOKEN)");
+    }
+    if settings.api_token.is_none() {
+        missing.push("the /v1 API is open to anyone (no TANDEM_API_TOKEN)");
+    }
+    for line in &missing {
+        tracing::warn!("DEV MODE: {line}");
+    }
+    eprintln!("\n!!! tandem is running in DEV MODE; never expose it to the internet like this:");
+    for line in &missing {
+        eprintln!("!!!   - {line}");
+    }
+    eprintln!();
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(error = %error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,68 @@
+//! The engine's configuration section.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// How the engine behaves; the `[engine]` section of the configuration file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// How long the bot stays paused after the last message a person sent from the phone.
+    #[serde(with = "humantime_serde")]
+    pub human_idle: Duration,
+    /// How many conversation lanes this process runs at once; 0 makes it an ingest-only node.
+    pub workers: usize,
+    /// How long a worker owns a lane before another may take it over.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// How often due idle timers are looked for.
+    #[serde(with = "humantime_serde")]
+    pub timer_tick: Duration,
+    /// How often an idle worker looks for work it was not told about (other replicas' events).
+    #[serde(with = "humantime_serde")]
+    pub poll: Duration,
+    /// How many events a worker applies in one lane before giving others a turn.
+    pub lane_budget: usize,
+    /// How many transcript lines a conversation keeps.
+    pub transcript_cap: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            human_idle: Duration::from_secs(30 * 60),
+            workers: 8,
+            lease: Duration::from_secs(30),
+            timer_tick: Duration::from_millis(250),
+            poll: Duration::from_millis(100),
+            lane_budget: 64,
+            transcript_cap: 200,
+        }
+    }
+}
+
+impl EngineConfig {
+    /// Checks the values; returns the first problem as `(key, what is wrong)`.
+    ///
+    /// # Errors
+    /// Names the offending key under `engine.`.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.human_idle.is_zero() {
+            return Err(("engine.human_idle", "must be longer than zero".into()));
+        }
+        if self.lease < Duration::from_secs(1) {
+            return Err(("engine.lease", "must be at least 1s".into()));
+        }
+        if self.timer_tick.is_zero() || self.poll.is_zero() {
+            return Err(("engine.timer_tick", "timer_tick and poll must be longer than zero".into()));
+        }
+        if self.lane_budget == 0 {
+            return Err(("engine.lane_budget", "must be at least 1".into()));
+        }
+        if self.transcript_cap == 0 {
+            return Err(("engine.transcript_cap", "must be at least 1".into()));
+        }
+        Ok(())
+    }
+}

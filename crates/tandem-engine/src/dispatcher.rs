@@ -1,0 +1,173 @@
+//! Lane workers, the idle-timer pump and store upkeep.
+//!
+//! A worker claims one conversation's lane from the store, applies its waiting events one at
+//! a time in arrival order (each step one atomic commit), and gives the lane back. Several
+//! workers run lanes of different conversations in parallel; with a shared Redis store,
+//! workers of several processes do, and the store's lease guarantees one owner per lane.
+//!
+//! Workers sleep on the store's work signal (raised by this process's ingress) and also look
+//! every `poll` interval, which is how they see events another replica stored.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tandem_domain::Clock;
+use tandem_store::{Claim, CommitOutcome, StepCommit, Store, StoreError};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::apply::{ApplyContext, apply};
+use crate::config::EngineConfig;
+use crate::metrics;
+
+/// How often expired deduplication keys are purged.
+const PURGE_EVERY: Duration = Duration::from_secs(600);
+
+/// The running background work of the engine. Stop it with [`Dispatcher::shutdown`].
+#[derive(Debug)]
+pub struct Dispatcher {
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+#[derive(Debug, Clone)]
+struct Worker {
+    store: Arc<dyn Store>,
+    config: EngineConfig,
+    clock: Arc<dyn Clock>,
+}
+
+impl Dispatcher {
+    /// Starts `config.workers` lane workers, the timer pump and the purge task.
+    pub fn start(store: Arc<dyn Store>, config: EngineConfig, clock: Arc<dyn Clock>) -> Self {
+        let (stop, stopped) = watch::channel(false);
+        let worker = Worker { store, config, clock };
+        let mut tasks = JoinSet::new();
+        for _ in 0..worker.config.workers {
+            tasks.spawn(worker.clone().run_lanes(stopped.clone()));
+        }
+        if worker.config.workers > 0 {
+            tasks.spawn(worker.clone().run_timers(stopped.clone()));
+        }
+        tasks.spawn(worker.run_purge(stopped));
+        Self { stop, tasks }
+    }
+
+    /// Asks every task to stop after its current step and waits for them, at most `grace`.
+    pub async fn shutdown(mut self, grace: Duration) {
+        // Receivers may already be gone if every task ended; nothing to signal then.
+        let _ = self.stop.send(true);
+        let drained = tokio::time::timeout(grace, async { while self.tasks.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            tracing::warn!(?grace, "engine tasks did not stop in time; aborting them");
+            self.tasks.abort_all();
+        }
+    }
+}
+
+fn record_error(stage: &'static str, error: &StoreError) {
+    ::metrics::counter!(metrics::ERRORS, "stage" => stage, "error_kind" => error.kind().as_str()).increment(1);
+    tracing::warn!(stage, error = %error, "engine store operation failed");
+}
+
+impl Worker {
+    async fn run_lanes(self, mut stopped: watch::Receiver<bool>) {
+        let signal = self.store.work_signal();
+        while !*stopped.borrow() {
+            // Register for the signal before looking, so a wake-up between the look and the
+            // wait is not missed.
+            let notified = signal.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.store.claim(self.clock.now(), self.config.lease).await {
+                Ok(Some(claim)) => {
+                    self.run_lane(claim).await;
+                    continue;
+                }
+                Ok(None) => {}
+                Err(error) => record_error("processing", &error),
+            }
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep(self.config.poll) => {}
+                _ = stopped.changed() => {}
+            }
+        }
+    }
+
+    async fn run_lane(&self, claim: Claim) {
+        let mut steps = 0;
+        while steps < self.config.lane_budget {
+            match self.step(&claim).await {
+                Ok(Some(CommitOutcome::Applied)) => steps += 1,
+                Ok(Some(CommitOutcome::Conflict)) => {
+                    ::metrics::counter!(metrics::CONFLICTS).increment(1);
+                }
+                // Another worker owns the lane now; it is not ours to release.
+                Ok(Some(CommitOutcome::LeaseLost)) => return,
+                Ok(None) => break,
+                Err(error) => {
+                    record_error("processing", &error);
+                    break;
+                }
+            }
+        }
+        if let Err(error) = self.store.release(claim, self.clock.now()).await {
+            record_error("processing", &error);
+        }
+    }
+
+    /// Applies the lane's oldest event. `None` when the inbox is empty.
+    async fn step(&self, claim: &Claim) -> Result<Option<CommitOutcome>, StoreError> {
+        let now = self.clock.now();
+        let Some((conversation, item)) = self.store.head(claim, now).await? else {
+            return Ok(None);
+        };
+        let span = tracing::debug_span!("conversation", event = item.event.label(), seq = item.seq);
+        let _entered = span.enter();
+        let ctx = ApplyContext { now, human_idle: self.config.human_idle, transcript_cap: self.config.transcript_cap };
+        let expected_rev = conversation.rev;
+        let step = apply(conversation, &item, &ctx);
+        let commit = StepCommit { now, seq: item.seq, expected_rev, conversation: step.conversation, timer: step.timer };
+        let outcome = self.store.commit(claim, commit, self.config.lease).await?;
+        if outcome == CommitOutcome::Applied {
+            ::metrics::counter!(metrics::APPLIED, "event" => item.event.label()).increment(1);
+            let delay = self.clock.now().since(item.received_at).as_secs_f64();
+            ::metrics::histogram!(metrics::ACK_TO_EFFECT).record(delay);
+            if let Some(reason) = step.resumed {
+                ::metrics::counter!(metrics::RESUMES, "reason" => reason).increment(1);
+                tracing::info!(reason, "bot resumed");
+            }
+        }
+        Ok(Some(outcome))
+    }
+
+    async fn run_timers(self, mut stopped: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(self.config.timer_tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while !*stopped.borrow() {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stopped.changed() => break,
+            }
+            if let Err(error) = self.store.fire_due_timers(self.clock.now(), 1000).await {
+                record_error("timers", &error);
+            }
+        }
+    }
+
+    async fn run_purge(self, mut stopped: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(PURGE_EVERY);
+        while !*stopped.borrow() {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stopped.changed() => break,
+            }
+            match self.store.purge_expired(self.clock.now()).await {
+                Ok(n) if n > 0 => tracing::debug!(purged = n, "expired deduplication keys purged"),
+                Ok(_) => {}
+                Err(error) => record_error("upkeep", &error),
+            }
+        }
+    }
+}

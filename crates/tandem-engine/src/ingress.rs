@@ -1,0 +1,122 @@
+//! Ingress: a verified webhook body becomes one atomic store write.
+//!
+//! The signature is checked by the caller, on the raw bytes, before this runs. Here the body
+//! is parsed into events, each human echo gets its pause attached (so the store pauses the
+//! conversation in the same write that stores the echo, before the webhook is answered), and
+//! the whole delivery is handed to [`Store::ingest`]. Nothing here waits for a lane, an LLM or
+//! a send.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tandem_domain::{ConversationEvent, MessageContent, Timestamp};
+use tandem_store::{IngestBatch, IngestItem, IngestKind, ItemOutcome, PauseOnIngest, Store, StoreError};
+use tandem_whatsapp::{WebhookEvent, parse_webhook};
+
+use crate::metrics;
+
+/// Turns verified webhook bodies into stored events.
+#[derive(Debug, Clone)]
+pub struct Ingress {
+    store: Arc<dyn Store>,
+    human_idle: Duration,
+}
+
+/// What one delivery amounted to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct IngressReport {
+    /// Events stored.
+    pub stored: usize,
+    /// Events dropped as retries.
+    pub duplicates: usize,
+    /// Conversations paused by a human echo.
+    pub paused: usize,
+    /// Pieces kept raw in the dead-letter list.
+    pub kept: usize,
+}
+
+impl Ingress {
+    /// Builds the ingress over a store; `human_idle` is how long an echo pauses the bot.
+    pub fn new(store: Arc<dyn Store>, human_idle: Duration) -> Self {
+        Self { store, human_idle }
+    }
+
+    /// Stores one verified webhook body received at `received_at`.
+    ///
+    /// # Errors
+    /// Returns the store's error when the delivery could not be made durable; the caller
+    /// answers 503 so Meta retries, and nothing of the delivery was stored.
+    pub async fn accept(&self, body: &[u8], received_at: Timestamp) -> Result<IngressReport, StoreError> {
+        let events = parse_webhook(body, received_at);
+        let labels: Vec<&'static str> = events.iter().map(WebhookEvent::field_label).collect();
+        let kept: Vec<Option<&'static str>> = events
+            .iter()
+            .map(|e| match e {
+                WebhookEvent::Kept { reason, .. } => Some(reason.as_str()),
+                _ => None,
+            })
+            .collect();
+        let unknown_types = events.iter().filter(|e| has_unknown_type(e)).count();
+        let items = events.into_iter().map(|e| self.item(e)).collect();
+        let outcome = self.store.ingest(IngestBatch { received_at, items }).await?;
+
+        let mut report = IngressReport::default();
+        for ((outcome, field), kept) in outcome.outcomes.iter().zip(labels).zip(kept) {
+            match outcome {
+                ItemOutcome::Duplicate => {
+                    report.duplicates += 1;
+                    ::metrics::counter!(metrics::DUPLICATES).increment(1);
+                    continue;
+                }
+                ItemOutcome::Paused => {
+                    report.paused += 1;
+                    ::metrics::counter!(metrics::PAUSES, "by" => "echo").increment(1);
+                }
+                ItemOutcome::OwnEcho => ::metrics::counter!(metrics::OWN_ECHOES).increment(1),
+                ItemOutcome::Stored => {}
+            }
+            report.stored += 1;
+            ::metrics::counter!(metrics::EVENTS, "field" => field).increment(1);
+            if let Some(reason) = kept {
+                report.kept += 1;
+                ::metrics::counter!(metrics::KEPT, "reason" => reason).increment(1);
+                tracing::warn!(reason, "signed webhook input kept in the dead-letter list");
+            }
+        }
+        if unknown_types > 0 {
+            ::metrics::counter!(metrics::UNKNOWN_MESSAGE_TYPES).increment(unknown_types as u64);
+            tracing::warn!(count = unknown_types, "messages of unknown type kept raw");
+        }
+        Ok(report)
+    }
+
+    fn item(&self, event: WebhookEvent) -> IngestItem {
+        match event {
+            WebhookEvent::Conversation { key, conversation, event, .. } => {
+                let pause = match &event {
+                    ConversationEvent::Echo(echo) => {
+                        Some(PauseOnIngest { echo_id: echo.id.clone(), human_idle: self.human_idle })
+                    }
+                    _ => None,
+                };
+                IngestItem { key, kind: IngestKind::Conversation { conversation, event, pause } }
+            }
+            WebhookEvent::Contact { key, update } => IngestItem { key, kind: IngestKind::Contact(update) },
+            WebhookEvent::Account { key, update, .. } => IngestItem { key, kind: IngestKind::Account(update) },
+            WebhookEvent::Kept { key, letter, .. } => IngestItem { key, kind: IngestKind::DeadLetter(letter) },
+        }
+    }
+}
+
+fn has_unknown_type(event: &WebhookEvent) -> bool {
+    let WebhookEvent::Conversation { event, .. } = event else { return false };
+    let content = match event {
+        ConversationEvent::Customer(m) => &m.content,
+        ConversationEvent::Echo(e) => &e.content,
+        ConversationEvent::History(h) => {
+            return h.messages.iter().any(|m| matches!(m.content, MessageContent::Unknown { .. }));
+        }
+        _ => return false,
+    };
+    matches!(content, MessageContent::Unknown { .. })
+}

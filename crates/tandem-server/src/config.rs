@@ -1,0 +1,437 @@
+//! Configuration: one typed [`Settings`], built in layers and validated before anything starts.
+//!
+//! Layers, later ones winning: built-in defaults → the TOML file (`--config FILE`, or
+//! `tandem.toml` in the working directory when it exists) → `TANDEM_*` environment variables →
+//! command-line flags. Secrets are read only from the environment (`TANDEM_APP_SECRET`, …) or
+//! from files named in the config (`meta.app_secret_file`, …) or the environment
+//! (`TANDEM_APP_SECRET_FILE`, …); a secret written into the TOML file is refused. Every error
+//! names the key and what is wrong with it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use tandem_engine::EngineConfig;
+use tandem_store::StoreOptions;
+
+/// A configuration problem: which key, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct ConfigError {
+    /// The offending key (`meta.app_secret`), environment variable or file.
+    pub key: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { key: key.into(), message: message.into() }
+    }
+}
+
+/// Values given on the command line; they win over every other layer.
+#[derive(Debug, Clone, Default)]
+pub struct CliOverrides {
+    /// `--config FILE`.
+    pub config: Option<PathBuf>,
+    /// `--listen ADDR`.
+    pub listen: Option<String>,
+    /// `--store PATH-or-URL`.
+    pub store: Option<String>,
+    /// `--dev`: run without Meta credentials and without signature checks.
+    pub dev: bool,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The validated configuration of a Tandem server.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Address of the HTTP listener (webhook, API, health, metrics).
+    pub listen: SocketAddr,
+    /// Largest webhook body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// How long shutdown waits for in-flight work.
+    pub shutdown_grace: Duration,
+    /// Log line format.
+    pub log_format: LogFormat,
+    /// Store path or `redis://` URL.
+    pub store_url: String,
+    /// Store options.
+    pub store: StoreOptions,
+    /// Engine options.
+    pub engine: EngineConfig,
+    /// Meta app secret; checks `X-Hub-Signature-256`. `None` only in dev mode.
+    pub app_secret: Option<SecretString>,
+    /// Token Meta echoes in the subscription handshake. `None` only in dev mode.
+    pub verify_token: Option<SecretString>,
+    /// Cloud API access token (used for sending).
+    pub access_token: Option<SecretString>,
+    /// Base URL of the Graph API.
+    pub graph_url: String,
+    /// Bearer token of the `/v1` API. `None` only in dev mode.
+    pub api_token: Option<SecretString>,
+    /// Dev mode: signatures are not checked.
+    pub dev: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    server: ServerSection,
+    #[serde(default)]
+    store: StoreSection,
+    #[serde(default)]
+    engine: EngineConfig,
+    #[serde(default)]
+    meta: MetaSection,
+    #[serde(default)]
+    api: ApiSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ServerSection {
+    listen: String,
+    max_body_bytes: usize,
+    #[serde(with = "humantime_serde")]
+    shutdown_grace: Duration,
+    log_format: LogFormat,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            max_body_bytes: 16 * 1024 * 1024,
+            shutdown_grace: Duration::from_secs(10),
+            log_format: LogFormat::Pretty,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct StoreSection {
+    url: String,
+    redis_prefix: String,
+    #[serde(with = "humantime_serde")]
+    dedupe_ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    redis_timeout: Duration,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        let options = StoreOptions::default();
+        Self {
+            url: "data/tandem.redb".into(),
+            redis_prefix: options.redis_prefix,
+            dedupe_ttl: options.dedupe_ttl,
+            redis_timeout: options.redis_timeout,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct MetaSection {
+    graph_url: String,
+    app_secret_file: Option<PathBuf>,
+    verify_token_file: Option<PathBuf>,
+    access_token_file: Option<PathBuf>,
+    // Present only to refuse them with a helpful message.
+    app_secret: Option<toml::Value>,
+    verify_token: Option<toml::Value>,
+    access_token: Option<toml::Value>,
+}
+
+impl Default for MetaSection {
+    fn default() -> Self {
+        Self {
+            graph_url: "https://graph.facebook.com/v23.0".into(),
+            app_secret_file: None,
+            verify_token_file: None,
+            access_token_file: None,
+            app_secret: None,
+            verify_token: None,
+            access_token: None,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApiSection {
+    token_file: Option<PathBuf>,
+    token: Option<toml::Value>,
+}
+
+/// Loads and validates the settings from the layers described in the module docs.
+///
+/// `env` is the process environment as a map, so tests never change the real one.
+///
+/// # Errors
+/// Returns the first problem found, naming the key.
+pub fn load(cli: &CliOverrides, env: &HashMap<String, String>) -> Result<Settings, ConfigError> {
+    let file = match &cli.config {
+        Some(path) => Some(path.clone()),
+        None => Some(PathBuf::from("tandem.toml")).filter(|p| p.exists()),
+    };
+    let parsed = match &file {
+        Some(path) => parse_file(path)?,
+        None => FileConfig::default(),
+    };
+    build(parsed, cli, env)
+}
+
+fn parse_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let key = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::new(&key, format!("cannot read the file: {e}")))?;
+    toml::from_str(&text).map_err(|e| {
+        let mut message = e.message().to_owned();
+        if let Some(span) = e.span() {
+            let line = text[..span.start.min(text.len())].lines().count().max(1);
+            message = format!("line {line}: {message}");
+        }
+        ConfigError::new(key, message)
+    })
+}
+
+fn refuse_inline(key: &str, env_name: &str, value: Option<&toml::Value>) -> Result<(), ConfigError> {
+    match value {
+        Some(_) => Err(ConfigError::new(
+            key,
+            format!("secrets are not read from the config file; set {env_name} or {key}_file (a file holding it)"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Reads a secret from `NAME`, `NAME_FILE` or the config's `*_file` path, in that order.
+fn secret(env: &HashMap<String, String>, name: &str, key: &str, file: Option<&PathBuf>) -> Result<Option<SecretString>, ConfigError> {
+    let file_var = format!("{name}_FILE");
+    let value = if let Some(value) = env.get(name) {
+        Some((name.to_owned(), value.clone()))
+    } else {
+        let path = env.get(&file_var).map(PathBuf::from).or_else(|| file.cloned());
+        match path {
+            Some(path) => {
+                let source = if env.contains_key(&file_var) { file_var.clone() } else { format!("{key}_file") };
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| ConfigError::new(&source, format!("cannot read {}: {e}", path.display())))?;
+                Some((source, text.trim_end_matches(['\n', '\r']).to_owned()))
+            }
+            None => None,
+        }
+    };
+    match value {
+        Some((source, value)) if value.trim().is_empty() => Err(ConfigError::new(source, "is empty")),
+        Some((_, value)) => Ok(Some(SecretString::from(value))),
+        None => Ok(None),
+    }
+}
+
+fn env_duration(env: &HashMap<String, String>, name: &str, target: &mut Duration) -> Result<(), ConfigError> {
+    if let Some(raw) = env.get(name) {
+        *target = humantime::parse_duration(raw)
+            .map_err(|e| ConfigError::new(name, format!("{raw:?} is not a duration such as 30m or 2s: {e}")))?;
+    }
+    Ok(())
+}
+
+fn build(file: FileConfig, cli: &CliOverrides, env: &HashMap<String, String>) -> Result<Settings, ConfigError> {
+    let FileConfig { mut server, mut store, mut engine, mut meta, api } = file;
+    refuse_inline("meta.app_secret", "TANDEM_APP_SECRET", meta.app_secret.as_ref())?;
+    refuse_inline("meta.verify_token", "TANDEM_VERIFY_TOKEN", meta.verify_token.as_ref())?;
+    refuse_inline("meta.access_token", "TANDEM_ACCESS_TOKEN", meta.access_token.as_ref())?;
+    refuse_inline("api.token", "TANDEM_API_TOKEN", api.token.as_ref())?;
+
+    if let Some(v) = env.get("TANDEM_LISTEN") {
+        server.listen.clone_from(v);
+    }
+    if let Some(v) = env.get("TANDEM_STORE") {
+        store.url.clone_from(v);
+    }
+    if let Some(v) = env.get("TANDEM_REDIS_PREFIX") {
+        store.redis_prefix.clone_from(v);
+    }
+    if let Some(v) = env.get("TANDEM_GRAPH_URL") {
+        meta.graph_url.clone_from(v);
+    }
+    if let Some(v) = env.get("TANDEM_LOG_FORMAT") {
+        server.log_format = match v.as_str() {
+            "pretty" => LogFormat::Pretty,
+            "json" => LogFormat::Json,
+            other => return Err(ConfigError::new("TANDEM_LOG_FORMAT", format!("{other:?} is not pretty or json"))),
+        };
+    }
+    if let Some(v) = env.get("TANDEM_WORKERS") {
+        engine.workers = v.parse().map_err(|_| ConfigError::new("TANDEM_WORKERS", format!("{v:?} is not a whole number")))?;
+    }
+    env_duration(env, "TANDEM_HUMAN_IDLE", &mut engine.human_idle)?;
+    if let Some(v) = &cli.listen {
+        server.listen.clone_from(v);
+    }
+    if let Some(v) = &cli.store {
+        store.url.clone_from(v);
+    }
+
+    let listen: SocketAddr = server
+        .listen
+        .parse()
+        .map_err(|_| ConfigError::new("server.listen", format!("{:?} is not an address such as 127.0.0.1:8080", server.listen)))?;
+    if server.max_body_bytes < 1024 {
+        return Err(ConfigError::new("server.max_body_bytes", "must be at least 1024"));
+    }
+    if store.url.trim().is_empty() {
+        return Err(ConfigError::new("store.url", "is empty; give a file path or a redis:// URL"));
+    }
+    if store.redis_prefix.is_empty() || store.redis_prefix.contains(['{', '}', ' ']) {
+        return Err(ConfigError::new("store.redis_prefix", "must be non-empty, without spaces or braces"));
+    }
+    if store.dedupe_ttl < Duration::from_secs(60) {
+        return Err(ConfigError::new("store.dedupe_ttl", "must be at least 1m (Meta retries for up to 7 days)"));
+    }
+    engine.validate().map_err(|(key, message)| ConfigError::new(key, message))?;
+    if !(meta.graph_url.starts_with("http://") || meta.graph_url.starts_with("https://")) {
+        return Err(ConfigError::new("meta.graph_url", format!("{:?} is not an http(s) URL", meta.graph_url)));
+    }
+
+    let app_secret = secret(env, "TANDEM_APP_SECRET", "meta.app_secret", meta.app_secret_file.as_ref())?;
+    let verify_token = secret(env, "TANDEM_VERIFY_TOKEN", "meta.verify_token", meta.verify_token_file.as_ref())?;
+    let access_token = secret(env, "TANDEM_ACCESS_TOKEN", "meta.access_token", meta.access_token_file.as_ref())?;
+    let api_token = secret(env, "TANDEM_API_TOKEN", "api.token", api.token_file.as_ref())?;
+    if !cli.dev {
+        let missing = |key: &str, var: &str| {
+            ConfigError::new(key, format!("missing; set {var} (or {var}_FILE), or start with --dev to run without it"))
+        };
+        if app_secret.is_none() {
+            return Err(missing("meta.app_secret", "TANDEM_APP_SECRET"));
+        }
+        if verify_token.is_none() {
+            return Err(missing("meta.verify_token", "TANDEM_VERIFY_TOKEN"));
+        }
+        if api_token.is_none() {
+            return Err(missing("api.token", "TANDEM_API_TOKEN"));
+        }
+    }
+    let transcript_cap = engine.transcript_cap;
+    Ok(Settings {
+        listen,
+        max_body_bytes: server.max_body_bytes,
+        shutdown_grace: server.shutdown_grace,
+        log_format: server.log_format,
+        store_url: store.url,
+        store: StoreOptions {
+            dedupe_ttl: store.dedupe_ttl,
+            transcript_cap,
+            redis_prefix: store.redis_prefix,
+            redis_timeout: store.redis_timeout,
+        },
+        engine,
+        app_secret,
+        verify_token,
+        access_token,
+        graph_url: meta.graph_url,
+        api_token,
+        dev: cli.dev,
+    })
+}
+
+impl Settings {
+    /// Returns the app secret's bytes, when signatures are checked.
+    pub fn app_secret_bytes(&self) -> Option<Vec<u8>> {
+        self.app_secret.as_ref().map(|s| s.expose_secret().as_bytes().to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    fn full_env() -> HashMap<String, String> {
+        env(&[("TANDEM_APP_SECRET", "s"), ("TANDEM_VERIFY_TOKEN", "v"), ("TANDEM_API_TOKEN", "a")])
+    }
+
+    fn from_toml(text: &str, env: &HashMap<String, String>) -> Result<Settings, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tandem.toml");
+        std::fs::write(&path, text).unwrap();
+        load(&CliOverrides { config: Some(path), ..CliOverrides::default() }, env)
+    }
+
+    #[test]
+    fn without_credentials_the_server_refuses_unless_dev() {
+        let err = load(&CliOverrides::default(), &HashMap::new()).unwrap_err();
+        assert_eq!(err.key, "meta.app_secret");
+        assert!(err.message.contains("TANDEM_APP_SECRET"), "{err}");
+        let dev = load(&CliOverrides { dev: true, ..CliOverrides::default() }, &HashMap::new()).unwrap();
+        assert!(dev.app_secret.is_none());
+        assert!(dev.dev);
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let mut e = full_env();
+        e.insert("TANDEM_HUMAN_IDLE".into(), "2s".into());
+        e.insert("TANDEM_STORE".into(), "from-env.redb".into());
+        let cli = CliOverrides { store: Some("from-cli.redb".into()), ..CliOverrides::default() };
+        let s = load(&cli, &e).unwrap();
+        assert_eq!(s.engine.human_idle, Duration::from_secs(2));
+        assert_eq!(s.store_url, "from-cli.redb");
+        let s = from_toml("[engine]\nhuman_idle = \"5m\"\n[store]\nurl = \"x.redb\"\n", &full_env()).unwrap();
+        assert_eq!(s.engine.human_idle, Duration::from_secs(300));
+        assert_eq!(s.store_url, "x.redb");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = from_toml("[meta]\napp_secret = \"oops\"\n", &full_env()).unwrap_err();
+        assert_eq!(err.key, "meta.app_secret");
+        assert!(err.message.contains("TANDEM_APP_SECRET"));
+        let err = from_toml("[engine]\nhuman_idle = \"soon\"\n", &full_env()).unwrap_err();
+        assert!(err.message.contains("line 2"), "{err}");
+        let err = from_toml("[engine]\nhuman_idl = \"1m\"\n", &full_env()).unwrap_err();
+        assert!(err.message.contains("human_idl"), "{err}");
+        let mut e = full_env();
+        e.insert("TANDEM_HUMAN_IDLE".into(), "soon".into());
+        assert_eq!(load(&CliOverrides::default(), &e).unwrap_err().key, "TANDEM_HUMAN_IDLE");
+        let cli = CliOverrides { listen: Some("nowhere".into()), ..CliOverrides::default() };
+        assert_eq!(load(&cli, &full_env()).unwrap_err().key, "server.listen");
+        e = full_env();
+        e.insert("TANDEM_API_TOKEN".into(), "  ".into());
+        assert_eq!(load(&CliOverrides::default(), &e).unwrap_err().key, "TANDEM_API_TOKEN");
+    }
+
+    #[test]
+    fn secrets_can_come_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret_path = dir.path().join("secret");
+        std::fs::write(&secret_path, "from-file\n").unwrap();
+        let mut e = full_env();
+        e.remove("TANDEM_APP_SECRET");
+        e.insert("TANDEM_APP_SECRET_FILE".into(), secret_path.display().to_string());
+        let s = load(&CliOverrides::default(), &e).unwrap();
+        assert_eq!(s.app_secret_bytes().unwrap(), b"from-file");
+        e.insert("TANDEM_APP_SECRET_FILE".into(), "/nonexistent/secret".into());
+        assert_eq!(load(&CliOverrides::default(), &e).unwrap_err().key, "TANDEM_APP_SECRET_FILE");
+    }
+}

@@ -1,0 +1,26 @@
+//! Metric names recorded by the HTTP front, declared once.
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+
+/// Webhook POSTs by outcome: `accepted`, `rejected`, `unavailable`.
+pub const WEBHOOK_REQUESTS: &str = "tandem_webhook_requests_total";
+/// Refused webhook requests by reason (`signature_mismatch`, `body_too_large`, …).
+pub const WEBHOOK_REJECTS: &str = "tandem_webhook_rejects_total";
+/// Time to acknowledge a webhook POST.
+pub const WEBHOOK_ACK: &str = "tandem_webhook_ack_duration_seconds";
+/// Events stored and not yet applied.
+pub const INBOX_DEPTH: &str = "tandem_inbox_depth";
+/// Entries in the dead-letter list.
+pub const DEAD_LETTERS: &str = "tandem_dead_letters";
+/// Conversations known.
+pub const CONVERSATIONS: &str = "tandem_conversations";
+
+/// Registers help texts and units with the installed recorder.
+pub fn describe() {
+    describe_counter!(WEBHOOK_REQUESTS, "Webhook POST requests, by outcome");
+    describe_counter!(WEBHOOK_REJECTS, "Webhook requests refused, by reason");
+    describe_histogram!(WEBHOOK_ACK, Unit::Seconds, "Time to acknowledge a webhook POST");
+    describe_gauge!(INBOX_DEPTH, "Events stored and not yet applied by their lane");
+    describe_gauge!(DEAD_LETTERS, "Entries in the dead-letter list");
+    describe_gauge!(CONVERSATIONS, "Conversations known to the store");
+}

@@ -1,0 +1,41 @@
+//! HTTP routes. Each file owns one surface:
+//! - [`webhook`]: Meta's subscription handshake and event delivery;
+//! - [`api`]: the read-only agent API under `/v1`, behind a bearer token;
+//! - [`health`]: liveness, readiness and Prometheus metrics.
+
+pub mod api;
+pub mod health;
+pub mod webhook;
+
+use std::sync::Arc;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use secrecy::{ExposeSecret, SecretString};
+use subtle::ConstantTimeEq;
+use tandem_domain::Clock;
+use tandem_engine::Ingress;
+use tandem_store::Store;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// Webhook ingestion.
+    pub ingress: Ingress,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+    /// App secret for `X-Hub-Signature-256`; `None` in dev mode (not checked).
+    pub app_secret: Option<Arc<[u8]>>,
+    /// Token of the subscription handshake; `None` in dev mode (any token accepted).
+    pub verify_token: Option<Arc<SecretString>>,
+    /// Bearer token of `/v1`; `None` in dev mode (open).
+    pub api_token: Option<Arc<SecretString>>,
+    /// Prometheus renderer, when a recorder is installed.
+    pub metrics: Option<PrometheusHandle>,
+}
+
+/// Compares a presented secret with the configured one in constant time.
+pub(crate) fn secret_matches(expected: &SecretString, presented: &str) -> bool {
+    expected.expose_secret().as_bytes().ct_eq(presented.as_bytes()).into()
+}

@@ -1,0 +1,207 @@
+//! The read-only agent API under `/v1`, behind a bearer token.
+//!
+//! - `GET /v1/conversations?mode=bot|handoff|human&limit=N&after=ID` — a page of summaries;
+//! - `GET /v1/conversations/{id}` — state and transcript (`id` is `{phone_number_id}:{wa_id}`);
+//! - `GET /v1/dead-letters?limit=N` — signed input kept raw, newest first;
+//! - `GET /v1/accounts/{id}` — recent account or number events.
+//!
+//! Bad parameters get a 400 that says which parameter and why.
+
+use std::collections::HashMap;
+use std::time::{Duration, UNIX_EPOCH};
+
+use axum::Json;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::Response;
+use serde::Serialize;
+use serde_json::{Value, json};
+use tandem_domain::{
+    ContactUpdate, Conversation, ConversationId, DeliveryStatus, Mode, PausedBy, Role, Timestamp, TranscriptEntry,
+};
+use tandem_store::ListQuery;
+
+use super::{AppState, secret_matches};
+use crate::error::ApiError;
+
+const DEFAULT_LIMIT: usize = 50;
+const MAX_LIMIT: usize = 500;
+const WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+/// Lets a request through only with the configured bearer token (open in dev mode).
+pub async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Result<Response, ApiError> {
+    if let Some(expected) = &state.api_token {
+        let presented = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !secret_matches(expected, presented) {
+            return Err(ApiError::Unauthorized);
+        }
+    }
+    Ok(next.run(request).await)
+}
+
+fn rfc3339(t: Timestamp) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(t.as_millis())).to_string()
+}
+
+fn rfc3339_opt(t: Option<Timestamp>) -> Option<String> {
+    t.map(rfc3339)
+}
+
+#[derive(Serialize)]
+struct Summary {
+    id: String,
+    mode: Mode,
+    paused_by: Option<PausedBy>,
+    contact_name: Option<String>,
+    profile_name: Option<String>,
+    human_last_at: Option<String>,
+    resume_at: Option<String>,
+    customer_last_at: Option<String>,
+    window_open: bool,
+    events_applied: u64,
+    created_at: String,
+    updated_at: String,
+}
+
+fn summary(c: &Conversation, contact: Option<&ContactUpdate>, now: Timestamp) -> Summary {
+    let contact_name = contact.filter(|c| !c.removed).and_then(|c| c.full_name.clone().or_else(|| c.first_name.clone()));
+    Summary {
+        id: c.id.to_string(),
+        mode: c.mode,
+        paused_by: c.paused_by,
+        contact_name,
+        profile_name: c.profile_name.clone(),
+        human_last_at: rfc3339_opt(c.human_last_at),
+        resume_at: rfc3339_opt(c.resume_at),
+        customer_last_at: rfc3339_opt(c.customer_last_at),
+        window_open: c.customer_last_at.is_some_and(|t| t.plus(WINDOW) > now),
+        events_applied: c.events_applied,
+        created_at: rfc3339(c.created_at),
+        updated_at: rfc3339(c.updated_at),
+    }
+}
+
+/// A transcript line as the API shows it: the stored line with a readable time.
+#[derive(Serialize)]
+struct Line<'a> {
+    at: String,
+    role: Role,
+    text: &'a str,
+    kind: &'a str,
+    message_id: Option<&'a str>,
+    historical: bool,
+    status: Option<DeliveryStatus>,
+    edited: bool,
+    deleted: bool,
+}
+
+impl<'a> From<&'a TranscriptEntry> for Line<'a> {
+    fn from(e: &'a TranscriptEntry) -> Self {
+        Line {
+            at: rfc3339(e.at),
+            role: e.role,
+            text: &e.text,
+            kind: &e.kind,
+            message_id: e.message_id.as_ref().map(|id| id.as_str()),
+            historical: e.historical,
+            status: e.status,
+            edited: e.edited,
+            deleted: e.deleted,
+        }
+    }
+}
+
+fn parse_limit(raw: Option<&String>) -> Result<usize, ApiError> {
+    match raw {
+        None => Ok(DEFAULT_LIMIT),
+        Some(raw) => match raw.parse::<usize>() {
+            Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+            _ => Err(ApiError::invalid(format!("limit must be a whole number from 1 to {MAX_LIMIT}, got {raw:?}"))),
+        },
+    }
+}
+
+fn refuse_unknown(params: &HashMap<String, String>, known: &[&str]) -> Result<(), ApiError> {
+    match params.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(unknown) => Err(ApiError::invalid(format!("unknown query parameter {unknown:?}; expected one of {known:?}"))),
+        None => Ok(()),
+    }
+}
+
+fn parse_id(raw: &str) -> Result<ConversationId, ApiError> {
+    ConversationId::parse(raw).map_err(|e| ApiError::invalid(format!("bad conversation id {raw:?}: {e}")))
+}
+
+/// Lists conversations, optionally by mode, in id order with `after` paging.
+pub async fn list(State(state): State<AppState>, Query(params): Query<HashMap<String, String>>) -> Result<Json<Value>, ApiError> {
+    refuse_unknown(&params, &["mode", "limit", "after"])?;
+    let mode = match params.get("mode") {
+        Some(raw) => Some(Mode::parse(raw).ok_or_else(|| ApiError::invalid(format!("mode must be bot, handoff or human, got {raw:?}")))?),
+        None => None,
+    };
+    let limit = parse_limit(params.get("limit"))?;
+    let after = params.get("after").map(|a| parse_id(a)).transpose()?;
+    let page = state.store.list_conversations(&ListQuery { mode, after, limit }).await?;
+    let now = state.clock.now();
+    let mut items = Vec::with_capacity(page.len());
+    for c in &page {
+        let contact = state.store.contact(&c.id).await?;
+        items.push(summary(c, contact.as_ref(), now));
+    }
+    let next = if page.len() == limit { page.last().map(|c| c.id.to_string()) } else { None };
+    Ok(Json(json!({"conversations": items, "next": next})))
+}
+
+/// Returns one conversation's state and transcript.
+pub async fn get(State(state): State<AppState>, Path(raw): Path<String>) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&raw)?;
+    let conversation =
+        state.store.conversation(&id).await?.ok_or_else(|| ApiError::not_found(format!("no conversation {id}")))?;
+    let contact = state.store.contact(&id).await?;
+    let transcript: Vec<Line<'_>> = conversation.transcript.iter().map(Line::from).collect();
+    let mut body = serde_json::to_value(summary(&conversation, contact.as_ref(), state.clock.now()))
+        .map_err(|e| ApiError::Kind(tandem_domain::ErrorKind::Internal, e.to_string()))?;
+    if let Some(object) = body.as_object_mut() {
+        object.insert("transcript".into(), json!(transcript));
+    }
+    Ok(Json(body))
+}
+
+/// Lists dead letters, newest first.
+pub async fn dead_letters(State(state): State<AppState>, Query(params): Query<HashMap<String, String>>) -> Result<Json<Value>, ApiError> {
+    refuse_unknown(&params, &["limit"])?;
+    let limit = parse_limit(params.get("limit"))?;
+    let letters = state.store.dead_letters(limit).await?;
+    let items: Vec<Value> = letters
+        .into_iter()
+        .map(|(id, letter)| {
+            json!({
+                "id": id,
+                "received_at": rfc3339(letter.received_at),
+                "reason": letter.reason,
+                "field": letter.field,
+                "detail": letter.detail,
+                "body": letter.body,
+                "body_base64": letter.body_base64,
+            })
+        })
+        .collect();
+    Ok(Json(json!({"dead_letters": items})))
+}
+
+/// Returns the recent events of an account (WABA id) or number (phone number id).
+pub async fn account(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let found = state.store.account(&id).await?.ok_or_else(|| ApiError::not_found(format!("no events for account {id:?}")))?;
+    let events: Vec<Value> = found
+        .events
+        .iter()
+        .map(|e| json!({"event": e.event, "at": rfc3339(e.at), "value": e.raw}))
+        .collect();
+    Ok(Json(json!({"account": found.account, "events": events})))
+}

@@ -1,0 +1,108 @@
+//! Building and running the application: store, engine, listener, routes, shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tandem_domain::{Clock, SystemClock};
+use tandem_engine::{Dispatcher, Ingress};
+use tandem_store::Store;
+use tokio::net::TcpListener;
+use tower_http::trace::TraceLayer;
+
+use crate::config::Settings;
+use crate::routes::{AppState, api, health, webhook};
+
+/// A built server: the store is open, the engine runs and the listener is bound.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    dispatcher: Dispatcher,
+    settings: Settings,
+}
+
+/// Builds the router over a state. Exposed so tests can serve it without a real socket.
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    let v1 = Router::new()
+        .route("/conversations", get(api::list))
+        .route("/conversations/{id}", get(api::get))
+        .route("/dead-letters", get(api::dead_letters))
+        .route("/accounts/{id}", get(api::account))
+        .route_layer(middleware::from_fn_with_state(state.clone(), api::require_token));
+    Router::new()
+        .route("/webhook", get(webhook::handshake).post(webhook::receive))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .nest("/v1", v1)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+impl Application {
+    /// Opens the store, starts the engine and binds the listener.
+    ///
+    /// # Errors
+    /// Fails when the store cannot be opened or the address cannot be bound.
+    pub async fn build(settings: Settings, metrics: Option<PrometheusHandle>) -> anyhow::Result<Self> {
+        let store: Arc<dyn Store> = tandem_store::open(&settings.store_url, settings.store.clone())
+            .await
+            .with_context(|| format!("opening the store {}", redact(&settings.store_url)))?;
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let dispatcher = Dispatcher::start(Arc::clone(&store), settings.engine.clone(), Arc::clone(&clock));
+        let state = AppState {
+            ingress: Ingress::new(Arc::clone(&store), settings.engine.human_idle),
+            store,
+            clock,
+            app_secret: settings.app_secret_bytes().map(Arc::from),
+            verify_token: settings.verify_token.clone().map(Arc::new),
+            api_token: settings.api_token.clone().map(Arc::new),
+            metrics,
+        };
+        let listener = TcpListener::bind(settings.listen).await.with_context(|| format!("binding {}", settings.listen))?;
+        let router = router(state, settings.max_body_bytes);
+        Ok(Self { listener, router, dispatcher, settings })
+    }
+
+    /// Returns the bound address (the real port when 0 was asked for).
+    ///
+    /// # Errors
+    /// Fails when the socket has no local address.
+    pub fn addr(&self) -> anyhow::Result<SocketAddr> {
+        self.listener.local_addr().context("reading the bound address")
+    }
+
+    /// Serves until `shutdown` resolves, then stops the engine within the grace period.
+    ///
+    /// # Errors
+    /// Fails when the server stops on an IO error.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let served = axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown).await;
+        self.dispatcher.shutdown(self.settings.shutdown_grace).await;
+        served.context("serving HTTP")
+    }
+}
+
+/// Hides a password in a Redis URL before it is logged.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://***{}", &url[..scheme], &url[at..]),
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(super::redact("redis://:pw@host:6379"), "redis://***@host:6379");
+        assert_eq!(super::redact("data/tandem.redb"), "data/tandem.redb");
+    }
+}
