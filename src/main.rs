@@ -13,7 +13,11 @@ use tandem_server::{Application, CliOverrides, telemetry};
 const EXIT_CONFIG: u8 = 64;
 
 #[derive(Parser)]
-#[command(name = "tandem", version, about = "Bot-and-human engine for WhatsApp Coexistence numbers")]
+#[command(
+    name = "tandem",
+    version,
+    about = "Bot-and-human engine for WhatsApp Coexistence numbers"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -45,7 +49,12 @@ struct ConfigArgs {
 
 impl ConfigArgs {
     fn overrides(&self) -> CliOverrides {
-        CliOverrides { config: self.config.clone(), listen: self.listen.clone(), store: self.store.clone(), dev: self.dev }
+        CliOverrides {
+            config: self.config.clone(),
+            listen: self.listen.clone(),
+            store: self.store.clone(),
+            dev: self.dev,
+        }
     }
 }
 
@@ -64,7 +73,10 @@ fn main() -> ExitCode {
         }
     };
     if !serve {
-        eprintln!("tandem: configuration is valid (store: {})", tandem_server::startup::redact(&settings.store_url));
+        eprintln!(
+            "tandem: configuration is valid (store: {})",
+            tandem_server::startup::redact(&settings.store_url)
+        );
         return ExitCode::SUCCESS;
     }
     match run(settings) {
@@ -78,7 +90,10 @@ fn main() -> ExitCode {
 
 fn run(settings: tandem_server::Settings) -> anyhow::Result<()> {
     telemetry::init_tracing(settings.log_format);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
     runtime.block_on(async move {
         let metrics = telemetry::init_metrics()?;
         if settings.dev {

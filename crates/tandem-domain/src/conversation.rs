@@ -221,7 +221,10 @@ impl Conversation {
         self.mode = Mode::Bot;
         self.paused_by = None;
         self.resume_at = None;
-        self.push(TranscriptEntry::system(at, format!("bot resumed: {reason}")), cap);
+        self.push(
+            TranscriptEntry::system(at, format!("bot resumed: {reason}")),
+            cap,
+        );
     }
 
     /// Appends a line and keeps at most `cap` lines, dropping the oldest.
@@ -232,14 +235,20 @@ impl Conversation {
 
     /// Returns true when the transcript already holds a line for this message.
     pub fn has_message(&self, id: &MessageId) -> bool {
-        self.transcript.iter().any(|e| e.message_id.as_ref() == Some(id))
+        self.transcript
+            .iter()
+            .any(|e| e.message_id.as_ref() == Some(id))
     }
 
     /// Merges imported history lines in time order, skipping messages already present, and
     /// keeps at most `cap` lines.
     pub fn merge_historical(&mut self, entries: Vec<TranscriptEntry>, cap: usize) {
         for mut entry in entries {
-            if entry.message_id.as_ref().is_some_and(|id| self.has_message(id)) {
+            if entry
+                .message_id
+                .as_ref()
+                .is_some_and(|id| self.has_message(id))
+            {
                 continue;
             }
             entry.historical = true;
@@ -255,7 +264,10 @@ impl Conversation {
         let Some(target) = content.amends() else {
             return false;
         };
-        let Some(entry) = self.transcript.iter_mut().find(|e| e.message_id.as_ref() == Some(&target))
+        let Some(entry) = self
+            .transcript
+            .iter_mut()
+            .find(|e| e.message_id.as_ref() == Some(&target))
         else {
             return false;
         };
@@ -275,7 +287,11 @@ impl Conversation {
     /// Records a delivery status on the line of the message it refers to, never moving it
     /// backwards. Returns false when that message is not in the transcript.
     pub fn record_status(&mut self, id: &MessageId, status: DeliveryStatus) -> bool {
-        match self.transcript.iter_mut().find(|e| e.message_id.as_ref() == Some(id)) {
+        match self
+            .transcript
+            .iter_mut()
+            .find(|e| e.message_id.as_ref() == Some(id))
+        {
             Some(entry) => {
                 entry.status = Some(entry.status.map_or(status, |s| s.advance(status)));
                 true
@@ -302,7 +318,12 @@ mod tests {
 
     fn text(at: u64, id: &str) -> TranscriptEntry {
         let content = MessageContent::Text { body: id.into() };
-        TranscriptEntry::message(Timestamp(at), Role::Customer, MessageId::parse(id).unwrap(), &content)
+        TranscriptEntry::message(
+            Timestamp(at),
+            Role::Customer,
+            MessageId::parse(id).unwrap(),
+            &content,
+        )
     }
 
     #[test]
@@ -316,11 +337,17 @@ mod tests {
         c.record_human_activity(PausedBy::Echo, Timestamp(5_000), idle);
         c.record_human_activity(PausedBy::Echo, Timestamp(2_000), idle);
         assert_eq!(c.resume_at, Some(Timestamp(65_000)));
-        assert_eq!(c.idle_decision(Timestamp(64_999)), IdleDecision::WaitUntil(Timestamp(65_000)));
+        assert_eq!(
+            c.idle_decision(Timestamp(64_999)),
+            IdleDecision::WaitUntil(Timestamp(65_000))
+        );
         assert_eq!(c.idle_decision(Timestamp(65_000)), IdleDecision::Resume);
         c.resume(Timestamp(65_000), "idle", 10);
         assert_eq!(c.mode, Mode::Bot);
-        assert_eq!(c.idle_decision(Timestamp(99_000)), IdleDecision::NotPausedByPhone);
+        assert_eq!(
+            c.idle_decision(Timestamp(99_000)),
+            IdleDecision::NotPausedByPhone
+        );
         assert_eq!(c.transcript.last().unwrap().role, Role::System);
     }
 
@@ -330,7 +357,10 @@ mod tests {
         c.record_human_activity(PausedBy::AgentApi, Timestamp(0), Duration::from_secs(1));
         c.record_human_activity(PausedBy::Echo, Timestamp(0), Duration::from_secs(1));
         assert_eq!(c.paused_by, Some(PausedBy::AgentApi));
-        assert_eq!(c.idle_decision(Timestamp(10_000)), IdleDecision::NotPausedByPhone);
+        assert_eq!(
+            c.idle_decision(Timestamp(10_000)),
+            IdleDecision::NotPausedByPhone
+        );
     }
 
     #[test]
@@ -351,13 +381,20 @@ mod tests {
     fn edits_deletions_and_statuses_change_the_referenced_line() {
         let mut c = conv();
         c.push(text(1, "wamid.1"), 10);
-        let edit = MessageContent::Edit { original_message_id: "wamid.1".into(), body: Some("new".into()) };
+        let edit = MessageContent::Edit {
+            original_message_id: "wamid.1".into(),
+            body: Some("new".into()),
+        };
         assert!(c.amend(&edit));
         assert_eq!(c.transcript[0].text, "new");
         assert!(c.transcript[0].edited);
-        assert!(c.amend(&MessageContent::Revoke { original_message_id: "wamid.1".into() }));
+        assert!(c.amend(&MessageContent::Revoke {
+            original_message_id: "wamid.1".into()
+        }));
         assert!(c.transcript[0].deleted);
-        assert!(!c.amend(&MessageContent::Revoke { original_message_id: "wamid.9".into() }));
+        assert!(!c.amend(&MessageContent::Revoke {
+            original_message_id: "wamid.9".into()
+        }));
         let id = MessageId::parse("wamid.1").unwrap();
         assert!(c.record_status(&id, DeliveryStatus::Read));
         assert!(c.record_status(&id, DeliveryStatus::Delivered));

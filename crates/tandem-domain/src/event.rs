@@ -202,7 +202,10 @@ mod tests {
     fn delivery_status_never_moves_backwards() {
         let s = DeliveryStatus::Read.advance(DeliveryStatus::Delivered);
         assert_eq!(s, DeliveryStatus::Read);
-        assert_eq!(DeliveryStatus::Delivered.advance(DeliveryStatus::Failed), DeliveryStatus::Failed);
+        assert_eq!(
+            DeliveryStatus::Delivered.advance(DeliveryStatus::Failed),
+            DeliveryStatus::Failed
+        );
         assert_eq!(DeliveryStatus::parse("played"), DeliveryStatus::Played);
         assert_eq!(DeliveryStatus::parse("weird"), DeliveryStatus::Other);
     }

@@ -40,7 +40,12 @@ pub enum IdError {
     MissingSeparator,
 }
 
-fn check(value: &str, what: &'static str, max: usize, allowed: fn(char) -> bool) -> Result<(), IdError> {
+fn check(
+    value: &str,
+    what: &'static str,
+    max: usize,
+    allowed: fn(char) -> bool,
+) -> Result<(), IdError> {
     if value.is_empty() {
         return Err(IdError::Empty { what });
     }
@@ -147,7 +152,10 @@ pub struct ConversationId {
 impl ConversationId {
     /// Builds the id from its two parts.
     pub fn new(phone_number_id: PhoneNumberId, wa_id: WaId) -> Self {
-        Self { phone_number_id, wa_id }
+        Self {
+            phone_number_id,
+            wa_id,
+        }
     }
 
     /// Parses `{phone_number_id}:{wa_id}`.
@@ -213,11 +221,22 @@ mod tests {
 
     #[test]
     fn bad_ids_are_refused_with_a_reason() {
-        assert_eq!(ConversationId::parse("nocolon"), Err(IdError::MissingSeparator));
-        assert_eq!(PhoneNumberId::parse(""), Err(IdError::Empty { what: "phone_number_id" }));
+        assert_eq!(
+            ConversationId::parse("nocolon"),
+            Err(IdError::MissingSeparator)
+        );
+        assert_eq!(
+            PhoneNumberId::parse(""),
+            Err(IdError::Empty {
+                what: "phone_number_id"
+            })
+        );
         assert_eq!(
             PhoneNumberId::parse("12a"),
-            Err(IdError::BadCharacter { what: "phone_number_id", found: 'a' })
+            Err(IdError::BadCharacter {
+                what: "phone_number_id",
+                found: 'a'
+            })
         );
         assert!(WaId::parse("US.13491208600000000001").is_ok());
         assert!(MessageId::parse("wamid.HBgL+/==").is_ok());

@@ -130,9 +130,13 @@ impl MessageContent {
     /// Returns the message this one edits or deletes, if it is an edit or a revoke.
     pub fn amends(&self) -> Option<MessageId> {
         match self {
-            Self::Edit { original_message_id, .. } | Self::Revoke { original_message_id } => {
-                MessageId::parse(original_message_id.as_str()).ok()
+            Self::Edit {
+                original_message_id,
+                ..
             }
+            | Self::Revoke {
+                original_message_id,
+            } => MessageId::parse(original_message_id.as_str()).ok(),
             _ => None,
         }
     }
@@ -143,14 +147,24 @@ impl MessageContent {
             Self::Text { body } => body.clone(),
             Self::ButtonReply { title, .. } | Self::ListReply { title, .. } => title.clone(),
             Self::TemplateButton { text, .. } => text.clone(),
-            Self::Media { kind, caption, filename, .. } => {
+            Self::Media {
+                kind,
+                caption,
+                filename,
+                ..
+            } => {
                 let label = caption.as_deref().or(filename.as_deref());
                 match label {
                     Some(label) => format!("[{kind}] {label}"),
                     None => format!("[{kind}]"),
                 }
             }
-            Self::Location { latitude, longitude, name, .. } => match name {
+            Self::Location {
+                latitude,
+                longitude,
+                name,
+                ..
+            } => match name {
                 Some(name) => format!("[location] {name}"),
                 None => format!("[location] {latitude},{longitude}"),
             },
@@ -182,9 +196,14 @@ mod tests {
             filename: None,
         };
         assert_eq!(image.transcript_text(), "[image] The box");
-        let removed = MessageContent::Reaction { message_id: "x".into(), emoji: String::new() };
+        let removed = MessageContent::Reaction {
+            message_id: "x".into(),
+            emoji: String::new(),
+        };
         assert_eq!(removed.transcript_text(), "[reaction removed]");
-        let revoke = MessageContent::Revoke { original_message_id: "wamid.A".into() };
+        let revoke = MessageContent::Revoke {
+            original_message_id: "wamid.A".into(),
+        };
         assert_eq!(revoke.amends().unwrap().as_str(), "wamid.A");
     }
 

@@ -71,7 +71,10 @@ mod tests {
         let t = Timestamp(u64::MAX - 1);
         assert_eq!(t.plus(Duration::from_secs(10)), Timestamp(u64::MAX));
         assert_eq!(Timestamp(5).since(Timestamp(10)), Duration::ZERO);
-        assert_eq!(Timestamp(10_000).since(Timestamp(4_000)), Duration::from_secs(6));
+        assert_eq!(
+            Timestamp(10_000).since(Timestamp(4_000)),
+            Duration::from_secs(6)
+        );
         assert_eq!(Timestamp::from_unix_seconds(2), Timestamp(2000));
     }
 }

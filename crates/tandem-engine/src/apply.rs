@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use tandem_domain::conversation::IdleDecision;
 use tandem_domain::{
-    Conversation, ConversationEvent, HistoryThread, InboundMessage, MessageContent, PausedBy, Role, Timestamp,
-    TranscriptEntry,
+    Conversation, ConversationEvent, HistoryThread, InboundMessage, MessageContent, PausedBy, Role,
+    Timestamp, TranscriptEntry,
 };
 use tandem_store::{InboxItem, TimerChange};
 
@@ -46,9 +46,16 @@ pub fn apply(mut conversation: Conversation, item: &InboxItem, ctx: &ApplyContex
     match &item.event {
         ConversationEvent::Customer(message) => customer_message(c, message, cap),
         ConversationEvent::Echo(echo) => {
-            let role = if item.own_echo { Role::Bot } else { Role::Human };
+            let role = if item.own_echo {
+                Role::Bot
+            } else {
+                Role::Human
+            };
             if !c.amend(&echo.content) && !c.has_message(&echo.id) {
-                c.push(TranscriptEntry::message(echo.sent_at, role, echo.id.clone(), &echo.content), cap);
+                c.push(
+                    TranscriptEntry::message(echo.sent_at, role, echo.id.clone(), &echo.content),
+                    cap,
+                );
             }
         }
         ConversationEvent::Status(status) => {
@@ -62,7 +69,11 @@ pub fn apply(mut conversation: Conversation, item: &InboxItem, ctx: &ApplyContex
         ConversationEvent::IdleCheck => match c.idle_decision(ctx.now) {
             IdleDecision::Resume => {
                 let idle = humanize(ctx.human_idle);
-                c.resume(ctx.now, &format!("no message from a person for {idle}"), cap);
+                c.resume(
+                    ctx.now,
+                    &format!("no message from a person for {idle}"),
+                    cap,
+                );
                 timer = TimerChange::Clear;
                 resumed = Some("human_idle");
             }
@@ -70,35 +81,65 @@ pub fn apply(mut conversation: Conversation, item: &InboxItem, ctx: &ApplyContex
             IdleDecision::NotPausedByPhone => {}
         },
     }
-    Step { conversation, timer, resumed }
+    Step {
+        conversation,
+        timer,
+        resumed,
+    }
 }
 
 fn customer_message(c: &mut Conversation, message: &InboundMessage, cap: usize) {
     if let Some(name) = &message.profile_name {
         c.profile_name = Some(name.clone());
     }
-    c.customer_last_at = Some(c.customer_last_at.map_or(message.sent_at, |t| t.max(message.sent_at)));
-    let amended = matches!(message.content, MessageContent::Edit { .. } | MessageContent::Revoke { .. })
-        && c.amend(&message.content);
+    c.customer_last_at = Some(
+        c.customer_last_at
+            .map_or(message.sent_at, |t| t.max(message.sent_at)),
+    );
+    let amended = matches!(
+        message.content,
+        MessageContent::Edit { .. } | MessageContent::Revoke { .. }
+    ) && c.amend(&message.content);
     if !amended && !c.has_message(&message.id) {
-        c.push(TranscriptEntry::message(message.sent_at, Role::Customer, message.id.clone(), &message.content), cap);
+        c.push(
+            TranscriptEntry::message(
+                message.sent_at,
+                Role::Customer,
+                message.id.clone(),
+                &message.content,
+            ),
+            cap,
+        );
     }
 }
 
 /// Imports past messages. Never opens the 24-hour window and never replies; a conversation
 /// whose latest business-side message is more recent than `human_idle` is handed to people.
 /// Returns the idle timer to arm when it did that.
-fn import_history(c: &mut Conversation, thread: &HistoryThread, ctx: &ApplyContext) -> Option<Timestamp> {
+fn import_history(
+    c: &mut Conversation,
+    thread: &HistoryThread,
+    ctx: &ApplyContext,
+) -> Option<Timestamp> {
     let entries = thread
         .messages
         .iter()
         .map(|m| {
-            let role = if m.from_business { Role::Human } else { Role::Customer };
+            let role = if m.from_business {
+                Role::Human
+            } else {
+                Role::Customer
+            };
             TranscriptEntry::message(m.sent_at, role, m.id.clone(), &m.content)
         })
         .collect();
     c.merge_historical(entries, ctx.transcript_cap);
-    let latest_business = thread.messages.iter().filter(|m| m.from_business).map(|m| m.sent_at).max()?;
+    let latest_business = thread
+        .messages
+        .iter()
+        .filter(|m| m.from_business)
+        .map(|m| m.sent_at)
+        .max()?;
     if latest_business.plus(ctx.human_idle) <= ctx.now {
         return None;
     }
@@ -107,30 +148,34 @@ fn import_history(c: &mut Conversation, thread: &HistoryThread, ctx: &ApplyConte
 }
 
 fn humanize(d: Duration) -> String {
-    let secs = d.as_secs();
-    if secs >= 3600 && secs % 3600 == 0 {
-        format!("{}h", secs / 3600)
-    } else if secs >= 60 && secs % 60 == 0 {
-        format!("{}m", secs / 60)
-    } else {
-        format!("{secs}s")
-    }
+    humantime::format_duration(d).to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tandem_domain::{ConversationId, Echo, HistoryMessage, MessageId, Mode, StatusUpdate, DeliveryStatus};
+    use tandem_domain::{
+        ConversationId, DeliveryStatus, Echo, HistoryMessage, MessageId, Mode, StatusUpdate,
+    };
 
     const NOW: Timestamp = Timestamp(10_000_000);
-    const CTX: ApplyContext = ApplyContext { now: NOW, human_idle: Duration::from_secs(60), transcript_cap: 50 };
+    const CTX: ApplyContext = ApplyContext {
+        now: NOW,
+        human_idle: Duration::from_secs(60),
+        transcript_cap: 50,
+    };
 
     fn record() -> Conversation {
         Conversation::new(ConversationId::parse("1:2").unwrap(), Timestamp(0))
     }
 
     fn item(event: ConversationEvent) -> InboxItem {
-        InboxItem { seq: 1, received_at: NOW, own_echo: false, event }
+        InboxItem {
+            seq: 1,
+            received_at: NOW,
+            own_echo: false,
+            event,
+        }
     }
 
     fn text(id: &str, body: &str, at: u64) -> InboundMessage {
@@ -150,19 +195,32 @@ mod tests {
         let once = apply(record(), &event, &CTX);
         let twice = apply(once.conversation.clone(), &event, &CTX);
         assert_eq!(once.conversation.transcript.len(), 1);
-        assert_eq!(twice.conversation.transcript.len(), 1, "a replayed event adds nothing");
+        assert_eq!(
+            twice.conversation.transcript.len(),
+            1,
+            "a replayed event adds nothing"
+        );
         assert_eq!(once.conversation.customer_last_at, Some(Timestamp(5_000)));
         assert_eq!(once.conversation.profile_name.as_deref(), Some("Ana"));
     }
 
     #[test]
     fn echoes_are_human_lines_unless_they_are_our_own_sends() {
-        let echo = Echo { id: MessageId::parse("e1").unwrap(), sent_at: NOW, content: MessageContent::Text { body: "hello".into() } };
+        let echo = Echo {
+            id: MessageId::parse("e1").unwrap(),
+            sent_at: NOW,
+            content: MessageContent::Text {
+                body: "hello".into(),
+            },
+        };
         let human = apply(record(), &item(ConversationEvent::Echo(echo.clone())), &CTX);
         assert_eq!(human.conversation.transcript[0].role, Role::Human);
         let mut own = item(ConversationEvent::Echo(echo));
         own.own_echo = true;
-        assert_eq!(apply(record(), &own, &CTX).conversation.transcript[0].role, Role::Bot);
+        assert_eq!(
+            apply(record(), &own, &CTX).conversation.transcript[0].role,
+            Role::Bot
+        );
     }
 
     #[test]
@@ -172,12 +230,18 @@ mod tests {
         let early = apply(c.clone(), &item(ConversationEvent::IdleCheck), &CTX);
         assert_eq!(early.conversation.mode, Mode::Human);
         assert_eq!(early.timer, TimerChange::Set(NOW.plus(CTX.human_idle)));
-        let late_ctx = ApplyContext { now: NOW.plus(CTX.human_idle), ..CTX };
+        let late_ctx = ApplyContext {
+            now: NOW.plus(CTX.human_idle),
+            ..CTX
+        };
         let late = apply(c, &item(ConversationEvent::IdleCheck), &late_ctx);
         assert_eq!(late.conversation.mode, Mode::Bot);
         assert_eq!(late.timer, TimerChange::Clear);
         assert_eq!(late.resumed, Some("human_idle"));
-        assert_eq!(late.conversation.transcript.last().unwrap().text, "bot resumed: no message from a person for 1m");
+        assert_eq!(
+            late.conversation.transcript.last().unwrap().text,
+            "bot resumed: no message from a person for 1m"
+        );
     }
 
     #[test]
@@ -187,30 +251,68 @@ mod tests {
             chunk_order: Some(1),
             progress: Some(100),
             messages: vec![
-                HistoryMessage { id: MessageId::parse("h1").unwrap(), sent_at: Timestamp(1_000), from_business: false, content: MessageContent::Text { body: "q".into() }, status: None },
-                HistoryMessage { id: MessageId::parse("h2").unwrap(), sent_at: Timestamp(business_at), from_business: true, content: MessageContent::Text { body: "a".into() }, status: None },
+                HistoryMessage {
+                    id: MessageId::parse("h1").unwrap(),
+                    sent_at: Timestamp(1_000),
+                    from_business: false,
+                    content: MessageContent::Text { body: "q".into() },
+                    status: None,
+                },
+                HistoryMessage {
+                    id: MessageId::parse("h2").unwrap(),
+                    sent_at: Timestamp(business_at),
+                    from_business: true,
+                    content: MessageContent::Text { body: "a".into() },
+                    status: None,
+                },
             ],
         };
-        let old = apply(record(), &item(ConversationEvent::History(thread(2_000))), &CTX);
+        let old = apply(
+            record(),
+            &item(ConversationEvent::History(thread(2_000))),
+            &CTX,
+        );
         assert_eq!(old.conversation.mode, Mode::Bot);
         assert_eq!(old.conversation.customer_last_at, None);
         assert_eq!(old.timer, TimerChange::Keep);
         assert!(old.conversation.transcript.iter().all(|e| e.historical));
         let recent_at = NOW.as_millis() - 10_000;
-        let recent = apply(record(), &item(ConversationEvent::History(thread(recent_at))), &CTX);
+        let recent = apply(
+            record(),
+            &item(ConversationEvent::History(thread(recent_at))),
+            &CTX,
+        );
         assert_eq!(recent.conversation.mode, Mode::Human);
         assert_eq!(recent.conversation.paused_by, Some(PausedBy::History));
-        assert_eq!(recent.timer, TimerChange::Set(Timestamp(recent_at).plus(CTX.human_idle)));
+        assert_eq!(
+            recent.timer,
+            TimerChange::Set(Timestamp(recent_at).plus(CTX.human_idle))
+        );
     }
 
     #[test]
     fn statuses_update_our_message_and_never_move_backwards() {
         let mut c = record();
         let id = MessageId::parse("ours").unwrap();
-        c.push(TranscriptEntry::message(NOW, Role::Bot, id.clone(), &MessageContent::Text { body: "x".into() }), 10);
-        let status = |s: DeliveryStatus| item(ConversationEvent::Status(StatusUpdate {
-            message_id: id.clone(), status: s, status_raw: String::new(), at: NOW, error_codes: vec![], callback_data: None,
-        }));
+        c.push(
+            TranscriptEntry::message(
+                NOW,
+                Role::Bot,
+                id.clone(),
+                &MessageContent::Text { body: "x".into() },
+            ),
+            10,
+        );
+        let status = |s: DeliveryStatus| {
+            item(ConversationEvent::Status(StatusUpdate {
+                message_id: id.clone(),
+                status: s,
+                status_raw: String::new(),
+                at: NOW,
+                error_codes: vec![],
+                callback_data: None,
+            }))
+        };
         let read = apply(c, &status(DeliveryStatus::Read), &CTX).conversation;
         let after = apply(read, &status(DeliveryStatus::Delivered), &CTX).conversation;
         assert_eq!(after.transcript[0].status, Some(DeliveryStatus::Read));

@@ -13,7 +13,8 @@ pub struct EngineConfig {
     pub human_idle: Duration,
     /// How many conversation lanes this process runs at once; 0 makes it an ingest-only node.
     pub workers: usize,
-    /// How long a worker owns a lane before another may take it over.
+    /// How long a worker owns a lane before another may take it over (renewed by every
+    /// step), so a crashed replica's lanes are taken over within this time.
     #[serde(with = "humantime_serde")]
     pub lease: Duration,
     /// How often due idle timers are looked for.
@@ -33,7 +34,7 @@ impl Default for EngineConfig {
         Self {
             human_idle: Duration::from_secs(30 * 60),
             workers: 8,
-            lease: Duration::from_secs(30),
+            lease: Duration::from_secs(5),
             timer_tick: Duration::from_millis(250),
             poll: Duration::from_millis(100),
             lane_budget: 64,
@@ -55,7 +56,10 @@ impl EngineConfig {
             return Err(("engine.lease", "must be at least 1s".into()));
         }
         if self.timer_tick.is_zero() || self.poll.is_zero() {
-            return Err(("engine.timer_tick", "timer_tick and poll must be longer than zero".into()));
+            return Err((
+                "engine.timer_tick",
+                "timer_tick and poll must be longer than zero".into(),
+            ));
         }
         if self.lane_budget == 0 {
             return Err(("engine.lane_budget", "must be at least 1".into()));

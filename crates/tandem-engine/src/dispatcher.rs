@@ -41,7 +41,11 @@ impl Dispatcher {
     /// Starts `config.workers` lane workers, the timer pump and the purge task.
     pub fn start(store: Arc<dyn Store>, config: EngineConfig, clock: Arc<dyn Clock>) -> Self {
         let (stop, stopped) = watch::channel(false);
-        let worker = Worker { store, config, clock };
+        let worker = Worker {
+            store,
+            config,
+            clock,
+        };
         let mut tasks = JoinSet::new();
         for _ in 0..worker.config.workers {
             tasks.spawn(worker.clone().run_lanes(stopped.clone()));
@@ -55,9 +59,14 @@ impl Dispatcher {
 
     /// Asks every task to stop after its current step and waits for them, at most `grace`.
     pub async fn shutdown(mut self, grace: Duration) {
-        // Receivers may already be gone if every task ended; nothing to signal then.
-        let _ = self.stop.send(true);
-        let drained = tokio::time::timeout(grace, async { while self.tasks.join_next().await.is_some() {} }).await;
+        // An error means every task already ended: nothing left to signal.
+        if self.stop.send(true).is_err() {
+            tracing::debug!("engine tasks had already stopped");
+        }
+        let drained = tokio::time::timeout(grace, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
         if drained.is_err() {
             tracing::warn!(?grace, "engine tasks did not stop in time; aborting them");
             self.tasks.abort_all();
@@ -66,7 +75,8 @@ impl Dispatcher {
 }
 
 fn record_error(stage: &'static str, error: &StoreError) {
-    ::metrics::counter!(metrics::ERRORS, "stage" => stage, "error_kind" => error.kind().as_str()).increment(1);
+    ::metrics::counter!(metrics::ERRORS, "stage" => stage, "error_kind" => error.kind().as_str())
+        .increment(1);
     tracing::warn!(stage, error = %error, "engine store operation failed");
 }
 
@@ -125,10 +135,20 @@ impl Worker {
         };
         let span = tracing::debug_span!("conversation", event = item.event.label(), seq = item.seq);
         let _entered = span.enter();
-        let ctx = ApplyContext { now, human_idle: self.config.human_idle, transcript_cap: self.config.transcript_cap };
+        let ctx = ApplyContext {
+            now,
+            human_idle: self.config.human_idle,
+            transcript_cap: self.config.transcript_cap,
+        };
         let expected_rev = conversation.rev;
         let step = apply(conversation, &item, &ctx);
-        let commit = StepCommit { now, seq: item.seq, expected_rev, conversation: step.conversation, timer: step.timer };
+        let commit = StepCommit {
+            now,
+            seq: item.seq,
+            expected_rev,
+            conversation: step.conversation,
+            timer: step.timer,
+        };
         let outcome = self.store.commit(claim, commit, self.config.lease).await?;
         if outcome == CommitOutcome::Applied {
             ::metrics::counter!(metrics::APPLIED, "event" => item.event.label()).increment(1);

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tandem_domain::{ConversationEvent, MessageContent, Timestamp};
-use tandem_store::{IngestBatch, IngestItem, IngestKind, ItemOutcome, PauseOnIngest, Store, StoreError};
+use tandem_store::{
+    IngestBatch, IngestItem, IngestKind, ItemOutcome, PauseOnIngest, Store, StoreError,
+};
 use tandem_whatsapp::{WebhookEvent, parse_webhook};
 
 use crate::metrics;
@@ -46,7 +48,11 @@ impl Ingress {
     /// # Errors
     /// Returns the store's error when the delivery could not be made durable; the caller
     /// answers 503 so Meta retries, and nothing of the delivery was stored.
-    pub async fn accept(&self, body: &[u8], received_at: Timestamp) -> Result<IngressReport, StoreError> {
+    pub async fn accept(
+        &self,
+        body: &[u8],
+        received_at: Timestamp,
+    ) -> Result<IngressReport, StoreError> {
         let events = parse_webhook(body, received_at);
         let labels: Vec<&'static str> = events.iter().map(WebhookEvent::field_label).collect();
         let kept: Vec<Option<&'static str>> = events
@@ -58,7 +64,10 @@ impl Ingress {
             .collect();
         let unknown_types = events.iter().filter(|e| has_unknown_type(e)).count();
         let items = events.into_iter().map(|e| self.item(e)).collect();
-        let outcome = self.store.ingest(IngestBatch { received_at, items }).await?;
+        let outcome = self
+            .store
+            .ingest(IngestBatch { received_at, items })
+            .await?;
 
         let mut report = IngressReport::default();
         for ((outcome, field), kept) in outcome.outcomes.iter().zip(labels).zip(kept) {
@@ -92,29 +101,56 @@ impl Ingress {
 
     fn item(&self, event: WebhookEvent) -> IngestItem {
         match event {
-            WebhookEvent::Conversation { key, conversation, event, .. } => {
+            WebhookEvent::Conversation {
+                key,
+                conversation,
+                event,
+                ..
+            } => {
                 let pause = match &event {
-                    ConversationEvent::Echo(echo) => {
-                        Some(PauseOnIngest { echo_id: echo.id.clone(), human_idle: self.human_idle })
-                    }
+                    ConversationEvent::Echo(echo) => Some(PauseOnIngest {
+                        echo_id: echo.id.clone(),
+                        human_idle: self.human_idle,
+                    }),
                     _ => None,
                 };
-                IngestItem { key, kind: IngestKind::Conversation { conversation, event, pause } }
+                IngestItem {
+                    key,
+                    kind: IngestKind::Conversation {
+                        conversation,
+                        event,
+                        pause,
+                    },
+                }
             }
-            WebhookEvent::Contact { key, update } => IngestItem { key, kind: IngestKind::Contact(update) },
-            WebhookEvent::Account { key, update, .. } => IngestItem { key, kind: IngestKind::Account(update) },
-            WebhookEvent::Kept { key, letter, .. } => IngestItem { key, kind: IngestKind::DeadLetter(letter) },
+            WebhookEvent::Contact { key, update } => IngestItem {
+                key,
+                kind: IngestKind::Contact(update),
+            },
+            WebhookEvent::Account { key, update, .. } => IngestItem {
+                key,
+                kind: IngestKind::Account(update),
+            },
+            WebhookEvent::Kept { key, letter, .. } => IngestItem {
+                key,
+                kind: IngestKind::DeadLetter(letter),
+            },
         }
     }
 }
 
 fn has_unknown_type(event: &WebhookEvent) -> bool {
-    let WebhookEvent::Conversation { event, .. } = event else { return false };
+    let WebhookEvent::Conversation { event, .. } = event else {
+        return false;
+    };
     let content = match event {
         ConversationEvent::Customer(m) => &m.content,
         ConversationEvent::Echo(e) => &e.content,
         ConversationEvent::History(h) => {
-            return h.messages.iter().any(|m| matches!(m.content, MessageContent::Unknown { .. }));
+            return h
+                .messages
+                .iter()
+                .any(|m| matches!(m.content, MessageContent::Unknown { .. }));
         }
         _ => return false,
     };

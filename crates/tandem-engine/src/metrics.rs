@@ -28,14 +28,39 @@ pub const ERRORS: &str = "tandem_errors_total";
 /// Registers help texts and units with the installed recorder.
 pub fn describe() {
     describe_counter!(EVENTS, "Webhook events stored, by field");
-    describe_counter!(DUPLICATES, "Webhook events dropped as retries of stored ones");
-    describe_counter!(KEPT, "Signed webhook input kept raw in the dead-letter list, by reason");
-    describe_counter!(UNKNOWN_MESSAGE_TYPES, "Messages of a type Tandem does not know, kept raw");
-    describe_counter!(PAUSES, "Conversations paused because a person wrote from the phone");
-    describe_counter!(OWN_ECHOES, "Echoes recognised as messages Tandem sent itself");
-    describe_counter!(APPLIED, "Inbox events applied by conversation lanes, by event");
-    describe_counter!(CONFLICTS, "Lane steps recomputed because the record changed meanwhile");
+    describe_counter!(
+        DUPLICATES,
+        "Webhook events dropped as retries of stored ones"
+    );
+    describe_counter!(
+        KEPT,
+        "Signed webhook input kept raw in the dead-letter list, by reason"
+    );
+    describe_counter!(
+        UNKNOWN_MESSAGE_TYPES,
+        "Messages of a type Tandem does not know, kept raw"
+    );
+    describe_counter!(
+        PAUSES,
+        "Conversations paused because a person wrote from the phone"
+    );
+    describe_counter!(
+        OWN_ECHOES,
+        "Echoes recognised as messages Tandem sent itself"
+    );
+    describe_counter!(
+        APPLIED,
+        "Inbox events applied by conversation lanes, by event"
+    );
+    describe_counter!(
+        CONFLICTS,
+        "Lane steps recomputed because the record changed meanwhile"
+    );
     describe_counter!(RESUMES, "Conversations handed back to the bot, by reason");
-    describe_histogram!(ACK_TO_EFFECT, Unit::Seconds, "Time from webhook acknowledgement to the event taking effect");
+    describe_histogram!(
+        ACK_TO_EFFECT,
+        Unit::Seconds,
+        "Time from webhook acknowledgement to the event taking effect"
+    );
     describe_counter!(ERRORS, "Errors, by stage and error kind");
 }

@@ -29,7 +29,10 @@ pub struct ConfigError {
 
 impl ConfigError {
     fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { key: key.into(), message: message.into() }
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -200,7 +203,8 @@ pub fn load(cli: &CliOverrides, env: &HashMap<String, String>) -> Result<Setting
 
 fn parse_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let key = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::new(&key, format!("cannot read the file: {e}")))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(&key, format!("cannot read the file: {e}")))?;
     toml::from_str(&text).map_err(|e| {
         let mut message = e.message().to_owned();
         if let Some(span) = e.span() {
@@ -211,53 +215,104 @@ fn parse_file(path: &Path) -> Result<FileConfig, ConfigError> {
     })
 }
 
-fn refuse_inline(key: &str, env_name: &str, value: Option<&toml::Value>) -> Result<(), ConfigError> {
+fn refuse_inline(
+    key: &str,
+    env_name: &str,
+    value: Option<&toml::Value>,
+) -> Result<(), ConfigError> {
     match value {
         Some(_) => Err(ConfigError::new(
             key,
-            format!("secrets are not read from the config file; set {env_name} or {key}_file (a file holding it)"),
+            format!(
+                "secrets are not read from the config file; set {env_name} or {key}_file (a file holding it)"
+            ),
         )),
         None => Ok(()),
     }
 }
 
 /// Reads a secret from `NAME`, `NAME_FILE` or the config's `*_file` path, in that order.
-fn secret(env: &HashMap<String, String>, name: &str, key: &str, file: Option<&PathBuf>) -> Result<Option<SecretString>, ConfigError> {
+fn secret(
+    env: &HashMap<String, String>,
+    name: &str,
+    key: &str,
+    file: Option<&PathBuf>,
+) -> Result<Option<SecretString>, ConfigError> {
     let file_var = format!("{name}_FILE");
     let value = if let Some(value) = env.get(name) {
         Some((name.to_owned(), value.clone()))
     } else {
-        let path = env.get(&file_var).map(PathBuf::from).or_else(|| file.cloned());
+        let path = env
+            .get(&file_var)
+            .map(PathBuf::from)
+            .or_else(|| file.cloned());
         match path {
             Some(path) => {
-                let source = if env.contains_key(&file_var) { file_var.clone() } else { format!("{key}_file") };
-                let text = std::fs::read_to_string(&path)
-                    .map_err(|e| ConfigError::new(&source, format!("cannot read {}: {e}", path.display())))?;
+                let source = if env.contains_key(&file_var) {
+                    file_var.clone()
+                } else {
+                    format!("{key}_file")
+                };
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    ConfigError::new(&source, format!("cannot read {}: {e}", path.display()))
+                })?;
                 Some((source, text.trim_end_matches(['\n', '\r']).to_owned()))
             }
             None => None,
         }
     };
     match value {
-        Some((source, value)) if value.trim().is_empty() => Err(ConfigError::new(source, "is empty")),
+        Some((source, value)) if value.trim().is_empty() => {
+            Err(ConfigError::new(source, "is empty"))
+        }
         Some((_, value)) => Ok(Some(SecretString::from(value))),
         None => Ok(None),
     }
 }
 
-fn env_duration(env: &HashMap<String, String>, name: &str, target: &mut Duration) -> Result<(), ConfigError> {
+fn env_duration(
+    env: &HashMap<String, String>,
+    name: &str,
+    target: &mut Duration,
+) -> Result<(), ConfigError> {
     if let Some(raw) = env.get(name) {
-        *target = humantime::parse_duration(raw)
-            .map_err(|e| ConfigError::new(name, format!("{raw:?} is not a duration such as 30m or 2s: {e}")))?;
+        *target = humantime::parse_duration(raw).map_err(|e| {
+            ConfigError::new(
+                name,
+                format!("{raw:?} is not a duration such as 30m or 2s: {e}"),
+            )
+        })?;
     }
     Ok(())
 }
 
-fn build(file: FileConfig, cli: &CliOverrides, env: &HashMap<String, String>) -> Result<Settings, ConfigError> {
-    let FileConfig { mut server, mut store, mut engine, mut meta, api } = file;
-    refuse_inline("meta.app_secret", "TANDEM_APP_SECRET", meta.app_secret.as_ref())?;
-    refuse_inline("meta.verify_token", "TANDEM_VERIFY_TOKEN", meta.verify_token.as_ref())?;
-    refuse_inline("meta.access_token", "TANDEM_ACCESS_TOKEN", meta.access_token.as_ref())?;
+fn build(
+    file: FileConfig,
+    cli: &CliOverrides,
+    env: &HashMap<String, String>,
+) -> Result<Settings, ConfigError> {
+    let FileConfig {
+        mut server,
+        mut store,
+        mut engine,
+        mut meta,
+        api,
+    } = file;
+    refuse_inline(
+        "meta.app_secret",
+        "TANDEM_APP_SECRET",
+        meta.app_secret.as_ref(),
+    )?;
+    refuse_inline(
+        "meta.verify_token",
+        "TANDEM_VERIFY_TOKEN",
+        meta.verify_token.as_ref(),
+    )?;
+    refuse_inline(
+        "meta.access_token",
+        "TANDEM_ACCESS_TOKEN",
+        meta.access_token.as_ref(),
+    )?;
     refuse_inline("api.token", "TANDEM_API_TOKEN", api.token.as_ref())?;
 
     if let Some(v) = env.get("TANDEM_LISTEN") {
@@ -276,11 +331,18 @@ fn build(file: FileConfig, cli: &CliOverrides, env: &HashMap<String, String>) ->
         server.log_format = match v.as_str() {
             "pretty" => LogFormat::Pretty,
             "json" => LogFormat::Json,
-            other => return Err(ConfigError::new("TANDEM_LOG_FORMAT", format!("{other:?} is not pretty or json"))),
+            other => {
+                return Err(ConfigError::new(
+                    "TANDEM_LOG_FORMAT",
+                    format!("{other:?} is not pretty or json"),
+                ));
+            }
         };
     }
     if let Some(v) = env.get("TANDEM_WORKERS") {
-        engine.workers = v.parse().map_err(|_| ConfigError::new("TANDEM_WORKERS", format!("{v:?} is not a whole number")))?;
+        engine.workers = v.parse().map_err(|_| {
+            ConfigError::new("TANDEM_WORKERS", format!("{v:?} is not a whole number"))
+        })?;
     }
     env_duration(env, "TANDEM_HUMAN_IDLE", &mut engine.human_idle)?;
     if let Some(v) = &cli.listen {
@@ -290,34 +352,81 @@ fn build(file: FileConfig, cli: &CliOverrides, env: &HashMap<String, String>) ->
         store.url.clone_from(v);
     }
 
-    let listen: SocketAddr = server
-        .listen
-        .parse()
-        .map_err(|_| ConfigError::new("server.listen", format!("{:?} is not an address such as 127.0.0.1:8080", server.listen)))?;
+    let listen: SocketAddr = server.listen.parse().map_err(|_| {
+        ConfigError::new(
+            "server.listen",
+            format!(
+                "{:?} is not an address such as 127.0.0.1:8080",
+                server.listen
+            ),
+        )
+    })?;
     if server.max_body_bytes < 1024 {
-        return Err(ConfigError::new("server.max_body_bytes", "must be at least 1024"));
+        return Err(ConfigError::new(
+            "server.max_body_bytes",
+            "must be at least 1024",
+        ));
     }
     if store.url.trim().is_empty() {
-        return Err(ConfigError::new("store.url", "is empty; give a file path or a redis:// URL"));
+        return Err(ConfigError::new(
+            "store.url",
+            "is empty; give a file path or a redis:// URL",
+        ));
     }
     if store.redis_prefix.is_empty() || store.redis_prefix.contains(['{', '}', ' ']) {
-        return Err(ConfigError::new("store.redis_prefix", "must be non-empty, without spaces or braces"));
+        return Err(ConfigError::new(
+            "store.redis_prefix",
+            "must be non-empty, without spaces or braces",
+        ));
     }
     if store.dedupe_ttl < Duration::from_secs(60) {
-        return Err(ConfigError::new("store.dedupe_ttl", "must be at least 1m (Meta retries for up to 7 days)"));
+        return Err(ConfigError::new(
+            "store.dedupe_ttl",
+            "must be at least 1m (Meta retries for up to 7 days)",
+        ));
     }
-    engine.validate().map_err(|(key, message)| ConfigError::new(key, message))?;
+    engine
+        .validate()
+        .map_err(|(key, message)| ConfigError::new(key, message))?;
     if !(meta.graph_url.starts_with("http://") || meta.graph_url.starts_with("https://")) {
-        return Err(ConfigError::new("meta.graph_url", format!("{:?} is not an http(s) URL", meta.graph_url)));
+        return Err(ConfigError::new(
+            "meta.graph_url",
+            format!("{:?} is not an http(s) URL", meta.graph_url),
+        ));
     }
 
-    let app_secret = secret(env, "TANDEM_APP_SECRET", "meta.app_secret", meta.app_secret_file.as_ref())?;
-    let verify_token = secret(env, "TANDEM_VERIFY_TOKEN", "meta.verify_token", meta.verify_token_file.as_ref())?;
-    let access_token = secret(env, "TANDEM_ACCESS_TOKEN", "meta.access_token", meta.access_token_file.as_ref())?;
-    let api_token = secret(env, "TANDEM_API_TOKEN", "api.token", api.token_file.as_ref())?;
+    let app_secret = secret(
+        env,
+        "TANDEM_APP_SECRET",
+        "meta.app_secret",
+        meta.app_secret_file.as_ref(),
+    )?;
+    let verify_token = secret(
+        env,
+        "TANDEM_VERIFY_TOKEN",
+        "meta.verify_token",
+        meta.verify_token_file.as_ref(),
+    )?;
+    let access_token = secret(
+        env,
+        "TANDEM_ACCESS_TOKEN",
+        "meta.access_token",
+        meta.access_token_file.as_ref(),
+    )?;
+    let api_token = secret(
+        env,
+        "TANDEM_API_TOKEN",
+        "api.token",
+        api.token_file.as_ref(),
+    )?;
     if !cli.dev {
         let missing = |key: &str, var: &str| {
-            ConfigError::new(key, format!("missing; set {var} (or {var}_FILE), or start with --dev to run without it"))
+            ConfigError::new(
+                key,
+                format!(
+                    "missing; set {var} (or {var}_FILE), or start with --dev to run without it"
+                ),
+            )
         };
         if app_secret.is_none() {
             return Err(missing("meta.app_secret", "TANDEM_APP_SECRET"));
@@ -355,7 +464,9 @@ fn build(file: FileConfig, cli: &CliOverrides, env: &HashMap<String, String>) ->
 impl Settings {
     /// Returns the app secret's bytes, when signatures are checked.
     pub fn app_secret_bytes(&self) -> Option<Vec<u8>> {
-        self.app_secret.as_ref().map(|s| s.expose_secret().as_bytes().to_vec())
+        self.app_secret
+            .as_ref()
+            .map(|s| s.expose_secret().as_bytes().to_vec())
     }
 }
 
@@ -364,18 +475,31 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
     }
 
     fn full_env() -> HashMap<String, String> {
-        env(&[("TANDEM_APP_SECRET", "s"), ("TANDEM_VERIFY_TOKEN", "v"), ("TANDEM_API_TOKEN", "a")])
+        env(&[
+            ("TANDEM_APP_SECRET", "s"),
+            ("TANDEM_VERIFY_TOKEN", "v"),
+            ("TANDEM_API_TOKEN", "a"),
+        ])
     }
 
     fn from_toml(text: &str, env: &HashMap<String, String>) -> Result<Settings, ConfigError> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tandem.toml");
         std::fs::write(&path, text).unwrap();
-        load(&CliOverrides { config: Some(path), ..CliOverrides::default() }, env)
+        load(
+            &CliOverrides {
+                config: Some(path),
+                ..CliOverrides::default()
+            },
+            env,
+        )
     }
 
     #[test]
@@ -383,7 +507,14 @@ mod tests {
         let err = load(&CliOverrides::default(), &HashMap::new()).unwrap_err();
         assert_eq!(err.key, "meta.app_secret");
         assert!(err.message.contains("TANDEM_APP_SECRET"), "{err}");
-        let dev = load(&CliOverrides { dev: true, ..CliOverrides::default() }, &HashMap::new()).unwrap();
+        let dev = load(
+            &CliOverrides {
+                dev: true,
+                ..CliOverrides::default()
+            },
+            &HashMap::new(),
+        )
+        .unwrap();
         assert!(dev.app_secret.is_none());
         assert!(dev.dev);
     }
@@ -393,11 +524,18 @@ mod tests {
         let mut e = full_env();
         e.insert("TANDEM_HUMAN_IDLE".into(), "2s".into());
         e.insert("TANDEM_STORE".into(), "from-env.redb".into());
-        let cli = CliOverrides { store: Some("from-cli.redb".into()), ..CliOverrides::default() };
+        let cli = CliOverrides {
+            store: Some("from-cli.redb".into()),
+            ..CliOverrides::default()
+        };
         let s = load(&cli, &e).unwrap();
         assert_eq!(s.engine.human_idle, Duration::from_secs(2));
         assert_eq!(s.store_url, "from-cli.redb");
-        let s = from_toml("[engine]\nhuman_idle = \"5m\"\n[store]\nurl = \"x.redb\"\n", &full_env()).unwrap();
+        let s = from_toml(
+            "[engine]\nhuman_idle = \"5m\"\n[store]\nurl = \"x.redb\"\n",
+            &full_env(),
+        )
+        .unwrap();
         assert_eq!(s.engine.human_idle, Duration::from_secs(300));
         assert_eq!(s.store_url, "x.redb");
     }
@@ -413,12 +551,21 @@ mod tests {
         assert!(err.message.contains("human_idl"), "{err}");
         let mut e = full_env();
         e.insert("TANDEM_HUMAN_IDLE".into(), "soon".into());
-        assert_eq!(load(&CliOverrides::default(), &e).unwrap_err().key, "TANDEM_HUMAN_IDLE");
-        let cli = CliOverrides { listen: Some("nowhere".into()), ..CliOverrides::default() };
+        assert_eq!(
+            load(&CliOverrides::default(), &e).unwrap_err().key,
+            "TANDEM_HUMAN_IDLE"
+        );
+        let cli = CliOverrides {
+            listen: Some("nowhere".into()),
+            ..CliOverrides::default()
+        };
         assert_eq!(load(&cli, &full_env()).unwrap_err().key, "server.listen");
         e = full_env();
         e.insert("TANDEM_API_TOKEN".into(), "  ".into());
-        assert_eq!(load(&CliOverrides::default(), &e).unwrap_err().key, "TANDEM_API_TOKEN");
+        assert_eq!(
+            load(&CliOverrides::default(), &e).unwrap_err().key,
+            "TANDEM_API_TOKEN"
+        );
     }
 
     #[test]
@@ -428,10 +575,19 @@ mod tests {
         std::fs::write(&secret_path, "from-file\n").unwrap();
         let mut e = full_env();
         e.remove("TANDEM_APP_SECRET");
-        e.insert("TANDEM_APP_SECRET_FILE".into(), secret_path.display().to_string());
+        e.insert(
+            "TANDEM_APP_SECRET_FILE".into(),
+            secret_path.display().to_string(),
+        );
         let s = load(&CliOverrides::default(), &e).unwrap();
         assert_eq!(s.app_secret_bytes().unwrap(), b"from-file");
-        e.insert("TANDEM_APP_SECRET_FILE".into(), "/nonexistent/secret".into());
-        assert_eq!(load(&CliOverrides::default(), &e).unwrap_err().key, "TANDEM_APP_SECRET_FILE");
+        e.insert(
+            "TANDEM_APP_SECRET_FILE".into(),
+            "/nonexistent/secret".into(),
+        );
+        assert_eq!(
+            load(&CliOverrides::default(), &e).unwrap_err().key,
+            "TANDEM_APP_SECRET_FILE"
+        );
     }
 }

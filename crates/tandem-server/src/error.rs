@@ -46,7 +46,17 @@ impl From<StoreError> for ApiError {
         // The details go to the log; the client gets the category only.
         tracing::error!(error = %error, "store error while answering an API request");
         let kind = error.kind();
-        Self::Kind(kind, format!("the store is {}", if error.is_retryable() { "unavailable; retry later" } else { "failing" }))
+        Self::Kind(
+            kind,
+            format!(
+                "the store is {}",
+                if error.is_retryable() {
+                    "unavailable; retry later"
+                } else {
+                    "failing"
+                }
+            ),
+        )
     }
 }
 

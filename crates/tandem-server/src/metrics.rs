@@ -19,8 +19,15 @@ pub const CONVERSATIONS: &str = "tandem_conversations";
 pub fn describe() {
     describe_counter!(WEBHOOK_REQUESTS, "Webhook POST requests, by outcome");
     describe_counter!(WEBHOOK_REJECTS, "Webhook requests refused, by reason");
-    describe_histogram!(WEBHOOK_ACK, Unit::Seconds, "Time to acknowledge a webhook POST");
-    describe_gauge!(INBOX_DEPTH, "Events stored and not yet applied by their lane");
+    describe_histogram!(
+        WEBHOOK_ACK,
+        Unit::Seconds,
+        "Time to acknowledge a webhook POST"
+    );
+    describe_gauge!(
+        INBOX_DEPTH,
+        "Events stored and not yet applied by their lane"
+    );
     describe_gauge!(DEAD_LETTERS, "Entries in the dead-letter list");
     describe_gauge!(CONVERSATIONS, "Conversations known to the store");
 }

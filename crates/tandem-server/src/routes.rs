@@ -37,5 +37,9 @@ pub struct AppState {
 
 /// Compares a presented secret with the configured one in constant time.
 pub(crate) fn secret_matches(expected: &SecretString, presented: &str) -> bool {
-    expected.expose_secret().as_bytes().ct_eq(presented.as_bytes()).into()
+    expected
+        .expose_secret()
+        .as_bytes()
+        .ct_eq(presented.as_bytes())
+        .into()
 }

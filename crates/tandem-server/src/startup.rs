@@ -34,7 +34,10 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/conversations/{id}", get(api::get))
         .route("/dead-letters", get(api::dead_letters))
         .route("/accounts/{id}", get(api::account))
-        .route_layer(middleware::from_fn_with_state(state.clone(), api::require_token));
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            api::require_token,
+        ));
     Router::new()
         .route("/webhook", get(webhook::handshake).post(webhook::receive))
         .route("/healthz", get(health::healthz))
@@ -51,12 +54,19 @@ impl Application {
     ///
     /// # Errors
     /// Fails when the store cannot be opened or the address cannot be bound.
-    pub async fn build(settings: Settings, metrics: Option<PrometheusHandle>) -> anyhow::Result<Self> {
+    pub async fn build(
+        settings: Settings,
+        metrics: Option<PrometheusHandle>,
+    ) -> anyhow::Result<Self> {
         let store: Arc<dyn Store> = tandem_store::open(&settings.store_url, settings.store.clone())
             .await
             .with_context(|| format!("opening the store {}", redact(&settings.store_url)))?;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let dispatcher = Dispatcher::start(Arc::clone(&store), settings.engine.clone(), Arc::clone(&clock));
+        let dispatcher = Dispatcher::start(
+            Arc::clone(&store),
+            settings.engine.clone(),
+            Arc::clone(&clock),
+        );
         let state = AppState {
             ingress: Ingress::new(Arc::clone(&store), settings.engine.human_idle),
             store,
@@ -66,9 +76,16 @@ impl Application {
             api_token: settings.api_token.clone().map(Arc::new),
             metrics,
         };
-        let listener = TcpListener::bind(settings.listen).await.with_context(|| format!("binding {}", settings.listen))?;
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("binding {}", settings.listen))?;
         let router = router(state, settings.max_body_bytes);
-        Ok(Self { listener, router, dispatcher, settings })
+        Ok(Self {
+            listener,
+            router,
+            dispatcher,
+            settings,
+        })
     }
 
     /// Returns the bound address (the real port when 0 was asked for).
@@ -76,15 +93,22 @@ impl Application {
     /// # Errors
     /// Fails when the socket has no local address.
     pub fn addr(&self) -> anyhow::Result<SocketAddr> {
-        self.listener.local_addr().context("reading the bound address")
+        self.listener
+            .local_addr()
+            .context("reading the bound address")
     }
 
     /// Serves until `shutdown` resolves, then stops the engine within the grace period.
     ///
     /// # Errors
     /// Fails when the server stops on an IO error.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let served = axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown).await;
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let served = axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await;
         self.dispatcher.shutdown(self.settings.shutdown_grace).await;
         served.context("serving HTTP")
     }
@@ -93,7 +117,9 @@ impl Application {
 /// Hides a password in a Redis URL before it is logged.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => format!("{}://***{}", &url[..scheme], &url[at..]),
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***{}", &url[..scheme], &url[at..])
+        }
         _ => url.to_owned(),
     }
 }
@@ -102,7 +128,10 @@ pub fn redact(url: &str) -> String {
 mod tests {
     #[test]
     fn passwords_are_redacted() {
-        assert_eq!(super::redact("redis://:pw@host:6379"), "redis://***@host:6379");
+        assert_eq!(
+            super::redact("redis://:pw@host:6379"),
+            "redis://***@host:6379"
+        );
         assert_eq!(super::redact("data/tandem.redb"), "data/tandem.redb");
     }
 }

@@ -17,7 +17,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
 use tandem_domain::{
-    ContactUpdate, Conversation, ConversationEvent, ConversationId, DeadLetter, MessageId, PausedBy, Timestamp,
+    ContactUpdate, Conversation, ConversationEvent, ConversationId, DeadLetter, MessageId,
+    PausedBy, Timestamp,
 };
 use tokio::sync::{Notify, mpsc, oneshot};
 
@@ -25,8 +26,8 @@ use self::lanes::LaneBook;
 use self::tables::*;
 use crate::error::StoreError;
 use crate::model::{
-    AccountState, Claim, CommitOutcome, IngestBatch, IngestKind, IngestReport, InboxItem, ItemOutcome, ListQuery,
-    StepCommit, StoreOptions, StoreStats, TimerChange, contact_wins,
+    AccountState, Claim, CommitOutcome, InboxItem, IngestBatch, IngestKind, IngestReport,
+    ItemOutcome, ListQuery, StepCommit, StoreOptions, StoreStats, TimerChange, contact_wins,
 };
 use crate::store::Store;
 
@@ -51,15 +52,30 @@ struct Shared {
 impl Shared {
     // A std Mutex: held for a few map operations, never across an await.
     fn lanes(&self) -> MutexGuard<'_, LaneBook> {
-        self.lanes.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.lanes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
 enum Job {
-    Ingest(IngestBatch, oneshot::Sender<Result<IngestReport, StoreError>>),
-    Commit(Claim, StepCommit, Duration, oneshot::Sender<Result<CommitOutcome, StoreError>>),
+    Ingest(
+        IngestBatch,
+        oneshot::Sender<Result<IngestReport, StoreError>>,
+    ),
+    Commit(
+        Claim,
+        // Boxed: a conversation record is much larger than the other jobs.
+        Box<StepCommit>,
+        Duration,
+        oneshot::Sender<Result<CommitOutcome, StoreError>>,
+    ),
     FireTimers(Timestamp, usize, oneshot::Sender<Result<usize, StoreError>>),
-    RecordOutbound(MessageId, Timestamp, oneshot::Sender<Result<(), StoreError>>),
+    RecordOutbound(
+        MessageId,
+        Timestamp,
+        oneshot::Sender<Result<(), StoreError>>,
+    ),
     Purge(Timestamp, oneshot::Sender<Result<usize, StoreError>>),
 }
 
@@ -81,11 +97,18 @@ impl EmbeddedStore {
             std::fs::create_dir_all(dir).map_err(redb_err("creating the data directory"))?;
         }
         let db = Database::create(path).map_err(redb_err("opening the database file"))?;
-        let txn = db.begin_write().map_err(redb_err("starting a transaction"))?;
+        let txn = db
+            .begin_write()
+            .map_err(redb_err("starting a transaction"))?;
         create_all(&txn)?;
         txn.commit().map_err(redb_err("committing"))?;
         let lanes = rebuild_lanes(&db)?;
-        let shared = Arc::new(Shared { db, options, lanes: Mutex::new(lanes), signal: Arc::new(Notify::new()) });
+        let shared = Arc::new(Shared {
+            db,
+            options,
+            lanes: Mutex::new(lanes),
+            signal: Arc::new(Notify::new()),
+        });
         let (writer, jobs) = mpsc::unbounded_channel();
         let thread_shared = Arc::clone(&shared);
         std::thread::Builder::new()
@@ -95,7 +118,10 @@ impl EmbeddedStore {
         Ok(Self { shared, writer })
     }
 
-    async fn submit<T>(&self, job: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Job) -> Result<T, StoreError> {
+    async fn submit<T>(
+        &self,
+        job: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Job,
+    ) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
         self.writer.send(job(tx)).map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
@@ -107,7 +133,10 @@ impl EmbeddedStore {
     ) -> Result<T, StoreError> {
         let shared = Arc::clone(&self.shared);
         tokio::task::spawn_blocking(move || {
-            let txn = shared.db.begin_read().map_err(redb_err("starting a read"))?;
+            let txn = shared
+                .db
+                .begin_read()
+                .map_err(redb_err("starting a read"))?;
             f(&txn)
         })
         .await
@@ -117,7 +146,9 @@ impl EmbeddedStore {
 
 fn rebuild_lanes(db: &Database) -> Result<LaneBook, StoreError> {
     let txn = db.begin_read().map_err(redb_err("starting a read"))?;
-    let inbox = txn.open_table(INBOX).map_err(redb_err("opening the inbox"))?;
+    let inbox = txn
+        .open_table(INBOX)
+        .map_err(redb_err("opening the inbox"))?;
     let mut book = LaneBook::default();
     for row in inbox.iter().map_err(redb_err("reading the inbox"))? {
         let (key, _) = row.map_err(redb_err("reading the inbox"))?;
@@ -143,15 +174,25 @@ fn run_writer(shared: &Shared, mut jobs: mpsc::UnboundedReceiver<Job>) {
 
 /// A job's reply, held back until the group is committed.
 enum Reply {
-    Ingest(oneshot::Sender<Result<IngestReport, StoreError>>, IngestReport),
-    Commit(oneshot::Sender<Result<CommitOutcome, StoreError>>, CommitOutcome, Option<(ConversationId, Timestamp)>),
+    Ingest(
+        oneshot::Sender<Result<IngestReport, StoreError>>,
+        IngestReport,
+    ),
+    Commit(
+        oneshot::Sender<Result<CommitOutcome, StoreError>>,
+        CommitOutcome,
+        Option<(ConversationId, Timestamp)>,
+    ),
     Count(oneshot::Sender<Result<usize, StoreError>>, usize),
     Unit(oneshot::Sender<Result<(), StoreError>>),
 }
 
 impl Reply {
     fn fail(self, error: &StoreError) {
-        let error = || StoreError::Embedded { context: "group commit failed", source: error.to_string().into() };
+        let error = || StoreError::Embedded {
+            context: "group commit failed",
+            source: error.to_string().into(),
+        };
         // A caller that stopped waiting does not need the answer.
         match self {
             Reply::Ingest(tx, _) => drop(tx.send(Err(error()))),
@@ -166,7 +207,10 @@ fn run_group(shared: &Shared, batch: Vec<Job>) {
     let mut replies = Vec::with_capacity(batch.len());
     let mut delta = LaneDelta::default();
     let outcome = (|| -> Result<(), StoreError> {
-        let txn = shared.db.begin_write().map_err(redb_err("starting a transaction"))?;
+        let txn = shared
+            .db
+            .begin_write()
+            .map_err(redb_err("starting a transaction"))?;
         for job in batch {
             replies.push(run_job(shared, &txn, job, &mut delta)?);
         }
@@ -211,12 +255,17 @@ fn run_group(shared: &Shared, batch: Vec<Job>) {
 }
 
 /// Runs one job inside the group's transaction. Storage errors abort the whole group.
-fn run_job(shared: &Shared, txn: &WriteTransaction, job: Job, delta: &mut LaneDelta) -> Result<Reply, StoreError> {
+fn run_job(
+    shared: &Shared,
+    txn: &WriteTransaction,
+    job: Job,
+    delta: &mut LaneDelta,
+) -> Result<Reply, StoreError> {
     Ok(match job {
         Job::Ingest(batch, tx) => Reply::Ingest(tx, ingest(shared, txn, batch, delta)?),
         Job::Commit(claim, step, lease, tx) => {
             let until = step.now.plus(lease);
-            let outcome = commit(shared, txn, &claim, step, delta)?;
+            let outcome = commit(shared, txn, &claim, *step, delta)?;
             Reply::Commit(tx, outcome, Some((claim.conversation, until)))
         }
         Job::FireTimers(now, limit, tx) => Reply::Count(tx, fire_timers(txn, now, limit, delta)?),
@@ -232,7 +281,12 @@ fn outbound_key(id: &MessageId) -> String {
     format!("outbound:{id}")
 }
 
-fn ingest(shared: &Shared, txn: &WriteTransaction, batch: IngestBatch, delta: &mut LaneDelta) -> Result<IngestReport, StoreError> {
+fn ingest(
+    shared: &Shared,
+    txn: &WriteTransaction,
+    batch: IngestBatch,
+    delta: &mut LaneDelta,
+) -> Result<IngestReport, StoreError> {
     let now = batch.received_at;
     let expires = now.plus(shared.options.dedupe_ttl);
     let mut report = IngestReport::default();
@@ -247,7 +301,11 @@ fn ingest(shared: &Shared, txn: &WriteTransaction, batch: IngestBatch, delta: &m
         }
         remember(txn, &item.key, expires)?;
         let outcome = match item.kind {
-            IngestKind::Conversation { conversation, event, pause } => {
+            IngestKind::Conversation {
+                conversation,
+                event,
+                pause,
+            } => {
                 let mut outcome = ItemOutcome::Stored;
                 let mut own_echo = false;
                 if let Some(pause) = pause {
@@ -261,34 +319,65 @@ fn ingest(shared: &Shared, txn: &WriteTransaction, batch: IngestBatch, delta: &m
                         outcome = ItemOutcome::Paused;
                     }
                 }
-                enqueue(txn, &conversation, &InboxItem { seq: 0, received_at: now, own_echo, event })?;
+                enqueue(
+                    txn,
+                    &conversation,
+                    &InboxItem {
+                        seq: 0,
+                        received_at: now,
+                        own_echo,
+                        event,
+                    },
+                )?;
                 delta.enqueued.push(conversation);
                 outcome
             }
             IngestKind::Contact(update) => {
-                let key = ConversationId::new(update.phone_number_id.clone(), update.wa_id.clone()).to_string();
-                let mut contacts = txn.open_table(CONTACTS).map_err(redb_err("opening contacts"))?;
-                let stored: Option<ContactUpdate> =
-                    contacts.get(key.as_str()).map_err(redb_err("reading a contact"))?.map(|v| decode(&key, v.value())).transpose()?;
+                let key = ConversationId::new(update.phone_number_id.clone(), update.wa_id.clone())
+                    .to_string();
+                let mut contacts = txn
+                    .open_table(CONTACTS)
+                    .map_err(redb_err("opening contacts"))?;
+                let stored: Option<ContactUpdate> = contacts
+                    .get(key.as_str())
+                    .map_err(redb_err("reading a contact"))?
+                    .map(|v| decode(&key, v.value()))
+                    .transpose()?;
                 if contact_wins(stored.as_ref(), &update) {
-                    contacts.insert(key.as_str(), encode(&update)?.as_slice()).map_err(redb_err("writing a contact"))?;
+                    contacts
+                        .insert(key.as_str(), encode(&update)?.as_slice())
+                        .map_err(redb_err("writing a contact"))?;
                 }
                 ItemOutcome::Stored
             }
             IngestKind::Account(update) => {
-                let mut accounts = txn.open_table(ACCOUNTS).map_err(redb_err("opening accounts"))?;
+                let mut accounts = txn
+                    .open_table(ACCOUNTS)
+                    .map_err(redb_err("opening accounts"))?;
                 let key = update.account.clone();
-                let stored: Option<AccountState> =
-                    accounts.get(key.as_str()).map_err(redb_err("reading an account"))?.map(|v| decode(&key, v.value())).transpose()?;
-                let mut state = stored.unwrap_or_else(|| AccountState { account: key.clone(), events: Vec::new() });
+                let stored: Option<AccountState> = accounts
+                    .get(key.as_str())
+                    .map_err(redb_err("reading an account"))?
+                    .map(|v| decode(&key, v.value()))
+                    .transpose()?;
+                let mut state = stored.unwrap_or_else(|| AccountState {
+                    account: key.clone(),
+                    events: Vec::new(),
+                });
                 state.record(update);
-                accounts.insert(key.as_str(), encode(&state)?.as_slice()).map_err(redb_err("writing an account"))?;
+                accounts
+                    .insert(key.as_str(), encode(&state)?.as_slice())
+                    .map_err(redb_err("writing an account"))?;
                 ItemOutcome::Stored
             }
             IngestKind::DeadLetter(letter) => {
                 let id = bump(txn, DEAD_LETTER_SEQ, 1)?;
-                let mut letters = txn.open_table(DEAD_LETTERS).map_err(redb_err("opening dead letters"))?;
-                letters.insert(id, encode(&letter)?.as_slice()).map_err(redb_err("writing a dead letter"))?;
+                let mut letters = txn
+                    .open_table(DEAD_LETTERS)
+                    .map_err(redb_err("opening dead letters"))?;
+                letters
+                    .insert(id, encode(&letter)?.as_slice())
+                    .map_err(redb_err("writing a dead letter"))?;
                 ItemOutcome::Stored
             }
         };
@@ -297,34 +386,63 @@ fn ingest(shared: &Shared, txn: &WriteTransaction, batch: IngestBatch, delta: &m
     Ok(report)
 }
 
-fn pause_conversation(txn: &WriteTransaction, id: &ConversationId, now: Timestamp, idle: Duration) -> Result<(), StoreError> {
+fn pause_conversation(
+    txn: &WriteTransaction,
+    id: &ConversationId,
+    now: Timestamp,
+    idle: Duration,
+) -> Result<(), StoreError> {
     let key = id.to_string();
     let previous = read_conversation(txn, &key)?;
-    let mut next = previous.clone().unwrap_or_else(|| Conversation::new(id.clone(), now));
+    let mut next = previous
+        .clone()
+        .unwrap_or_else(|| Conversation::new(id.clone(), now));
     next.record_human_activity(PausedBy::Echo, now, idle);
     let resume_at = next.resume_at;
     write_conversation(txn, previous.as_ref(), next, now)?;
     set_timer(txn, &key, resume_at)
 }
 
-fn enqueue(txn: &WriteTransaction, id: &ConversationId, item: &InboxItem) -> Result<(), StoreError> {
+fn enqueue(
+    txn: &WriteTransaction,
+    id: &ConversationId,
+    item: &InboxItem,
+) -> Result<(), StoreError> {
     let seq = bump(txn, SEQ, 1)?;
     bump(txn, INBOX_DEPTH, 1)?;
     let key = id.to_string();
-    let mut inbox = txn.open_table(INBOX).map_err(redb_err("opening the inbox"))?;
-    inbox.insert((key.as_str(), seq), encode(item)?.as_slice()).map_err(redb_err("writing the inbox"))?;
+    let mut inbox = txn
+        .open_table(INBOX)
+        .map_err(redb_err("opening the inbox"))?;
+    inbox
+        .insert((key.as_str(), seq), encode(item)?.as_slice())
+        .map_err(redb_err("writing the inbox"))?;
     Ok(())
 }
 
-fn commit(shared: &Shared, txn: &WriteTransaction, claim: &Claim, step: StepCommit, delta: &mut LaneDelta) -> Result<CommitOutcome, StoreError> {
+fn commit(
+    shared: &Shared,
+    txn: &WriteTransaction,
+    claim: &Claim,
+    step: StepCommit,
+    delta: &mut LaneDelta,
+) -> Result<CommitOutcome, StoreError> {
     if !shared.lanes().holds(&claim.conversation, &claim.token) {
         return Ok(CommitOutcome::LeaseLost);
     }
     let key = claim.conversation.to_string();
     let head_seq = {
-        let inbox = txn.open_table(INBOX).map_err(redb_err("opening the inbox"))?;
-        let mut range = inbox.range((key.as_str(), 0)..=(key.as_str(), u64::MAX)).map_err(redb_err("reading the inbox"))?;
-        range.next().transpose().map_err(redb_err("reading the inbox"))?.map(|(k, _)| k.value().1)
+        let inbox = txn
+            .open_table(INBOX)
+            .map_err(redb_err("opening the inbox"))?;
+        let mut range = inbox
+            .range((key.as_str(), 0)..=(key.as_str(), u64::MAX))
+            .map_err(redb_err("reading the inbox"))?;
+        range
+            .next()
+            .transpose()
+            .map_err(redb_err("reading the inbox"))?
+            .map(|(k, _)| k.value().1)
     };
     let previous = read_conversation(txn, &key)?;
     if head_seq != Some(step.seq) || previous.as_ref().map_or(0, |p| p.rev) != step.expected_rev {
@@ -332,8 +450,12 @@ fn commit(shared: &Shared, txn: &WriteTransaction, claim: &Claim, step: StepComm
     }
     write_conversation(txn, previous.as_ref(), step.conversation, step.now)?;
     {
-        let mut inbox = txn.open_table(INBOX).map_err(redb_err("opening the inbox"))?;
-        inbox.remove((key.as_str(), step.seq)).map_err(redb_err("writing the inbox"))?;
+        let mut inbox = txn
+            .open_table(INBOX)
+            .map_err(redb_err("opening the inbox"))?;
+        inbox
+            .remove((key.as_str(), step.seq))
+            .map_err(redb_err("writing the inbox"))?;
     }
     bump(txn, INBOX_DEPTH, -1)?;
     match step.timer {
@@ -345,10 +467,19 @@ fn commit(shared: &Shared, txn: &WriteTransaction, claim: &Claim, step: StepComm
     Ok(CommitOutcome::Applied)
 }
 
-fn fire_timers(txn: &WriteTransaction, now: Timestamp, limit: usize, delta: &mut LaneDelta) -> Result<usize, StoreError> {
+fn fire_timers(
+    txn: &WriteTransaction,
+    now: Timestamp,
+    limit: usize,
+    delta: &mut LaneDelta,
+) -> Result<usize, StoreError> {
     let due: Vec<(u64, String)> = {
-        let queue = txn.open_table(TIMER_QUEUE).map_err(redb_err("opening timers"))?;
-        let range = queue.range(..=(now.as_millis(), "\u{10FFFF}")).map_err(redb_err("reading timers"))?;
+        let queue = txn
+            .open_table(TIMER_QUEUE)
+            .map_err(redb_err("opening timers"))?;
+        let range = queue
+            .range(..=(now.as_millis(), "\u{10FFFF}"))
+            .map_err(redb_err("reading timers"))?;
         let mut due = Vec::new();
         for row in range.take(limit) {
             let (key, _) = row.map_err(redb_err("reading timers"))?;
@@ -359,8 +490,14 @@ fn fire_timers(txn: &WriteTransaction, now: Timestamp, limit: usize, delta: &mut
     };
     for (_, id) in &due {
         set_timer(txn, id, None)?;
-        let conversation = ConversationId::parse(id).map_err(|e| StoreError::corrupt("timer key", e))?;
-        let item = InboxItem { seq: 0, received_at: now, own_echo: false, event: ConversationEvent::IdleCheck };
+        let conversation =
+            ConversationId::parse(id).map_err(|e| StoreError::corrupt("timer key", e))?;
+        let item = InboxItem {
+            seq: 0,
+            received_at: now,
+            own_echo: false,
+            event: ConversationEvent::IdleCheck,
+        };
         enqueue(txn, &conversation, &item)?;
         delta.enqueued.push(conversation);
     }
@@ -369,8 +506,12 @@ fn fire_timers(txn: &WriteTransaction, now: Timestamp, limit: usize, delta: &mut
 
 fn purge(txn: &WriteTransaction, now: Timestamp) -> Result<usize, StoreError> {
     let expired: Vec<(u64, String)> = {
-        let expiry = txn.open_table(DEDUPE_EXPIRY).map_err(redb_err("opening dedupe"))?;
-        let range = expiry.range(..(now.as_millis(), "")).map_err(redb_err("reading dedupe"))?;
+        let expiry = txn
+            .open_table(DEDUPE_EXPIRY)
+            .map_err(redb_err("opening dedupe"))?;
+        let range = expiry
+            .range(..(now.as_millis(), ""))
+            .map_err(redb_err("reading dedupe"))?;
         let mut out = Vec::new();
         for row in range.take(10_000) {
             let (key, _) = row.map_err(redb_err("reading dedupe"))?;
@@ -380,10 +521,16 @@ fn purge(txn: &WriteTransaction, now: Timestamp) -> Result<usize, StoreError> {
         out
     };
     let mut dedupe = txn.open_table(DEDUPE).map_err(redb_err("opening dedupe"))?;
-    let mut expiry = txn.open_table(DEDUPE_EXPIRY).map_err(redb_err("opening dedupe"))?;
+    let mut expiry = txn
+        .open_table(DEDUPE_EXPIRY)
+        .map_err(redb_err("opening dedupe"))?;
     for (at, key) in &expired {
-        expiry.remove((*at, key.as_str())).map_err(redb_err("purging dedupe"))?;
-        dedupe.remove(key.as_str()).map_err(redb_err("purging dedupe"))?;
+        expiry
+            .remove((*at, key.as_str()))
+            .map_err(redb_err("purging dedupe"))?;
+        dedupe
+            .remove(key.as_str())
+            .map_err(redb_err("purging dedupe"))?;
     }
     Ok(expired.len())
 }
@@ -404,22 +551,43 @@ impl Store for EmbeddedStore {
 
     async fn claim(&self, now: Timestamp, lease: Duration) -> Result<Option<Claim>, StoreError> {
         let token = uuid::Uuid::new_v4().to_string();
-        let claimed = self.shared.lanes().claim(now, now.plus(lease), token.clone());
-        Ok(claimed.map(|conversation| Claim { conversation, token }))
+        let claimed = self
+            .shared
+            .lanes()
+            .claim(now, now.plus(lease), token.clone());
+        Ok(claimed.map(|conversation| Claim {
+            conversation,
+            token,
+        }))
     }
 
-    async fn head(&self, claim: &Claim, now: Timestamp) -> Result<Option<(Conversation, InboxItem)>, StoreError> {
+    async fn head(
+        &self,
+        claim: &Claim,
+        now: Timestamp,
+    ) -> Result<Option<(Conversation, InboxItem)>, StoreError> {
         let id = claim.conversation.clone();
         self.read(move |txn| {
             let key = id.to_string();
-            let inbox = txn.open_table(INBOX).map_err(redb_err("opening the inbox"))?;
-            let mut range = inbox.range((key.as_str(), 0)..=(key.as_str(), u64::MAX)).map_err(redb_err("reading the inbox"))?;
-            let Some(row) = range.next() else { return Ok(None) };
+            let inbox = txn
+                .open_table(INBOX)
+                .map_err(redb_err("opening the inbox"))?;
+            let mut range = inbox
+                .range((key.as_str(), 0)..=(key.as_str(), u64::MAX))
+                .map_err(redb_err("reading the inbox"))?;
+            let Some(row) = range.next() else {
+                return Ok(None);
+            };
             let (k, v) = row.map_err(redb_err("reading the inbox"))?;
             let mut item: InboxItem = decode(&key, v.value())?;
             item.seq = k.value().1;
-            let table = txn.open_table(CONVERSATIONS).map_err(redb_err("opening conversations"))?;
-            let conversation = match table.get(key.as_str()).map_err(redb_err("reading a conversation"))? {
+            let table = txn
+                .open_table(CONVERSATIONS)
+                .map_err(redb_err("opening conversations"))?;
+            let conversation = match table
+                .get(key.as_str())
+                .map_err(redb_err("reading a conversation"))?
+            {
                 Some(v) => decode(&key, v.value())?,
                 None => Conversation::new(id, now),
             };
@@ -428,13 +596,23 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn commit(&self, claim: &Claim, commit: StepCommit, lease: Duration) -> Result<CommitOutcome, StoreError> {
+    async fn commit(
+        &self,
+        claim: &Claim,
+        commit: StepCommit,
+        lease: Duration,
+    ) -> Result<CommitOutcome, StoreError> {
         let claim = claim.clone();
-        self.submit(|tx| Job::Commit(claim, commit, lease, tx)).await
+        self.submit(|tx| Job::Commit(claim, Box::new(commit), lease, tx))
+            .await
     }
 
     async fn release(&self, claim: Claim, _now: Timestamp) -> Result<(), StoreError> {
-        if self.shared.lanes().release(&claim.conversation, &claim.token) {
+        if self
+            .shared
+            .lanes()
+            .release(&claim.conversation, &claim.token)
+        {
             self.shared.signal.notify_waiters();
         }
         Ok(())
@@ -452,8 +630,12 @@ impl Store for EmbeddedStore {
     async fn conversation(&self, id: &ConversationId) -> Result<Option<Conversation>, StoreError> {
         let key = id.to_string();
         self.read(move |txn| {
-            let table = txn.open_table(CONVERSATIONS).map_err(redb_err("opening conversations"))?;
-            let found = table.get(key.as_str()).map_err(redb_err("reading a conversation"))?;
+            let table = txn
+                .open_table(CONVERSATIONS)
+                .map_err(redb_err("opening conversations"))?;
+            let found = table
+                .get(key.as_str())
+                .map_err(redb_err("reading a conversation"))?;
             found.map(|v| decode(&key, v.value())).transpose()
         })
         .await
@@ -462,14 +644,21 @@ impl Store for EmbeddedStore {
     async fn list_conversations(&self, query: &ListQuery) -> Result<Vec<Conversation>, StoreError> {
         let query = query.clone();
         self.read(move |txn| {
-            let table = txn.open_table(CONVERSATIONS).map_err(redb_err("opening conversations"))?;
+            let table = txn
+                .open_table(CONVERSATIONS)
+                .map_err(redb_err("opening conversations"))?;
             let after = query.after.as_ref().map(ToString::to_string);
             let ids: Vec<String> = match query.mode {
                 Some(mode) => {
-                    let index = txn.open_table(BY_MODE).map_err(redb_err("opening the mode index"))?;
+                    let index = txn
+                        .open_table(BY_MODE)
+                        .map_err(redb_err("opening the mode index"))?;
                     let start = after.as_deref().unwrap_or("");
                     let mut ids = Vec::new();
-                    for row in index.range((mode.as_str(), start)..).map_err(redb_err("reading the mode index"))? {
+                    for row in index
+                        .range((mode.as_str(), start)..)
+                        .map_err(redb_err("reading the mode index"))?
+                    {
                         let (key, _) = row.map_err(redb_err("reading the mode index"))?;
                         let (m, id) = key.value();
                         if m != mode.as_str() || ids.len() >= query.limit {
@@ -484,7 +673,10 @@ impl Store for EmbeddedStore {
                 None => {
                     let start = after.clone().unwrap_or_default();
                     let mut ids = Vec::new();
-                    for row in table.range(start.as_str()..).map_err(redb_err("reading conversations"))? {
+                    for row in table
+                        .range(start.as_str()..)
+                        .map_err(redb_err("reading conversations"))?
+                    {
                         let (key, _) = row.map_err(redb_err("reading conversations"))?;
                         if ids.len() >= query.limit {
                             break;
@@ -498,7 +690,10 @@ impl Store for EmbeddedStore {
             };
             let mut out = Vec::with_capacity(ids.len());
             for id in ids {
-                if let Some(v) = table.get(id.as_str()).map_err(redb_err("reading a conversation"))? {
+                if let Some(v) = table
+                    .get(id.as_str())
+                    .map_err(redb_err("reading a conversation"))?
+                {
                     out.push(decode(&id, v.value())?);
                 }
             }
@@ -510,8 +705,12 @@ impl Store for EmbeddedStore {
     async fn contact(&self, id: &ConversationId) -> Result<Option<ContactUpdate>, StoreError> {
         let key = id.to_string();
         self.read(move |txn| {
-            let table = txn.open_table(CONTACTS).map_err(redb_err("opening contacts"))?;
-            let found = table.get(key.as_str()).map_err(redb_err("reading a contact"))?;
+            let table = txn
+                .open_table(CONTACTS)
+                .map_err(redb_err("opening contacts"))?;
+            let found = table
+                .get(key.as_str())
+                .map_err(redb_err("reading a contact"))?;
             found.map(|v| decode(&key, v.value())).transpose()
         })
         .await
@@ -520,8 +719,12 @@ impl Store for EmbeddedStore {
     async fn account(&self, account: &str) -> Result<Option<AccountState>, StoreError> {
         let key = account.to_owned();
         self.read(move |txn| {
-            let table = txn.open_table(ACCOUNTS).map_err(redb_err("opening accounts"))?;
-            let found = table.get(key.as_str()).map_err(redb_err("reading an account"))?;
+            let table = txn
+                .open_table(ACCOUNTS)
+                .map_err(redb_err("opening accounts"))?;
+            let found = table
+                .get(key.as_str())
+                .map_err(redb_err("reading an account"))?;
             found.map(|v| decode(&key, v.value())).transpose()
         })
         .await
@@ -529,9 +732,16 @@ impl Store for EmbeddedStore {
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<(u64, DeadLetter)>, StoreError> {
         self.read(move |txn| {
-            let table = txn.open_table(DEAD_LETTERS).map_err(redb_err("opening dead letters"))?;
+            let table = txn
+                .open_table(DEAD_LETTERS)
+                .map_err(redb_err("opening dead letters"))?;
             let mut out = Vec::new();
-            for row in table.iter().map_err(redb_err("reading dead letters"))?.rev().take(limit) {
+            for row in table
+                .iter()
+                .map_err(redb_err("reading dead letters"))?
+                .rev()
+                .take(limit)
+            {
                 let (k, v) = row.map_err(redb_err("reading dead letters"))?;
                 out.push((k.value(), decode("dead letter", v.value())?));
             }
@@ -544,14 +754,23 @@ impl Store for EmbeddedStore {
         self.read(|txn| {
             let meta = txn.open_table(META).map_err(redb_err("opening meta"))?;
             let counter = |name: &str| -> Result<u64, StoreError> {
-                Ok(meta.get(name).map_err(redb_err("reading a counter"))?.map_or(0, |v| v.value()))
+                Ok(meta
+                    .get(name)
+                    .map_err(redb_err("reading a counter"))?
+                    .map_or(0, |v| v.value()))
             };
-            let letters = txn.open_table(DEAD_LETTERS).map_err(redb_err("opening dead letters"))?;
-            let conversations = txn.open_table(CONVERSATIONS).map_err(redb_err("opening conversations"))?;
+            let letters = txn
+                .open_table(DEAD_LETTERS)
+                .map_err(redb_err("opening dead letters"))?;
+            let conversations = txn
+                .open_table(CONVERSATIONS)
+                .map_err(redb_err("opening conversations"))?;
             Ok(StoreStats {
                 inbox_depth: counter(INBOX_DEPTH)?,
                 dead_letters: letters.len().map_err(redb_err("counting dead letters"))?,
-                conversations: conversations.len().map_err(redb_err("counting conversations"))?,
+                conversations: conversations
+                    .len()
+                    .map_err(redb_err("counting conversations"))?,
             })
         })
         .await

@@ -40,19 +40,30 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    pub(crate) fn embedded(context: &'static str, source: impl std::error::Error + Send + Sync + 'static) -> Self {
-        Self::Embedded { context, source: Box::new(source) }
+    pub(crate) fn embedded(
+        context: &'static str,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Embedded {
+            context,
+            source: Box::new(source),
+        }
     }
 
     pub(crate) fn corrupt(what: impl Into<String>, detail: impl std::fmt::Display) -> Self {
-        Self::Corrupt { what: what.into(), detail: detail.to_string() }
+        Self::Corrupt {
+            what: what.into(),
+            detail: detail.to_string(),
+        }
     }
 
     /// Returns the error's category.
     pub fn kind(&self) -> ErrorKind {
         match self {
             Self::Redis(e) if e.is_timeout() => ErrorKind::Timeout,
-            Self::Redis(_) | Self::Embedded { .. } | Self::Closed | Self::Contention(_) => ErrorKind::Unavailable,
+            Self::Redis(_) | Self::Embedded { .. } | Self::Closed | Self::Contention(_) => {
+                ErrorKind::Unavailable
+            }
             Self::Config(_) => ErrorKind::Invalid,
             Self::Corrupt { .. } | Self::Protocol(_) => ErrorKind::Internal,
         }

@@ -29,8 +29,9 @@ mod store;
 pub use embedded::EmbeddedStore;
 pub use error::StoreError;
 pub use model::{
-    AccountState, Claim, CommitOutcome, IngestBatch, IngestItem, IngestKind, IngestReport, InboxItem,
-    ItemOutcome, ListQuery, PauseOnIngest, StepCommit, StoreOptions, StoreStats, TimerChange,
+    AccountState, Claim, CommitOutcome, InboxItem, IngestBatch, IngestItem, IngestKind,
+    IngestReport, ItemOutcome, ListQuery, PauseOnIngest, StepCommit, StoreOptions, StoreStats,
+    TimerChange,
 };
 pub use redis::RedisStore;
 pub use store::{Store, open};

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tandem_domain::{
-    AccountUpdate, ContactUpdate, Conversation, ConversationEvent, ConversationId, DeadLetter, MessageId, Mode,
-    Timestamp,
+    AccountUpdate, ContactUpdate, Conversation, ConversationEvent, ConversationId, DeadLetter,
+    MessageId, Mode, Timestamp,
 };
 
 /// Settings every backend shares.

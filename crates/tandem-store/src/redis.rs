@@ -20,15 +20,16 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 use serde::Serialize;
 use tandem_domain::{
-    ContactUpdate, Conversation, ConversationEvent, ConversationId, DeadLetter, MessageId, Mode, PausedBy, Timestamp,
+    ContactUpdate, Conversation, ConversationEvent, ConversationId, DeadLetter, MessageId, Mode,
+    PausedBy, Timestamp,
 };
 use tokio::sync::Notify;
 
 use self::keys::Keys;
 use crate::error::StoreError;
 use crate::model::{
-    AccountState, Claim, CommitOutcome, IngestBatch, IngestKind, IngestReport, InboxItem, ItemOutcome, ListQuery,
-    StepCommit, StoreOptions, StoreStats, TimerChange, contact_wins,
+    AccountState, Claim, CommitOutcome, InboxItem, IngestBatch, IngestKind, IngestReport,
+    ItemOutcome, ListQuery, StepCommit, StoreOptions, StoreStats, TimerChange, contact_wins,
 };
 use crate::store::Store;
 
@@ -48,7 +49,9 @@ pub struct RedisStore {
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The URL may hold a password, so it is not shown.
-        f.debug_struct("RedisStore").field("prefix", &self.options.redis_prefix).finish_non_exhaustive()
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.options.redis_prefix)
+            .finish_non_exhaustive()
     }
 }
 
@@ -103,13 +106,19 @@ fn json<T: Serialize>(value: &T) -> Result<String, StoreError> {
 }
 
 fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX).max(1)
+    u64::try_from(duration.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 /// Splits a stored `seq:json` entry.
 fn split_seq(entry: &str) -> Result<(u64, &str), StoreError> {
-    let (seq, body) = entry.split_once(':').ok_or_else(|| StoreError::corrupt("list entry", "no sequence prefix"))?;
-    let seq = seq.parse().map_err(|e| StoreError::corrupt("list entry", e))?;
+    let (seq, body) = entry
+        .split_once(':')
+        .ok_or_else(|| StoreError::corrupt("list entry", "no sequence prefix"))?;
+    let seq = seq
+        .parse()
+        .map_err(|e| StoreError::corrupt("list entry", e))?;
     Ok((seq, body))
 }
 
@@ -168,10 +177,17 @@ impl RedisStore {
         }
     }
 
-    fn write_conversation(&self, plan: &mut Plan, expected_rev: u64, mut conversation: Conversation, now: Timestamp) -> Result<(), StoreError> {
+    fn write_conversation(
+        &self,
+        plan: &mut Plan,
+        expected_rev: u64,
+        mut conversation: Conversation,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
         conversation.rev = expected_rev + 1;
         conversation.updated_at = now;
-        plan.revs.push((self.keys.conversation(&conversation.id), expected_rev));
+        plan.revs
+            .push((self.keys.conversation(&conversation.id), expected_rev));
         plan.convs.push(ConversationWrite {
             key: self.keys.conversation(&conversation.id),
             cid: conversation.id.to_string(),
@@ -184,11 +200,19 @@ impl RedisStore {
 
     async fn run(&self, plan: &Plan) -> Result<Vec<String>, StoreError> {
         let mut con = self.con.clone();
-        let answer: Vec<String> = self.scripts.apply.arg(json(plan)?).invoke_async(&mut con).await?;
+        let answer: Vec<String> = self
+            .scripts
+            .apply
+            .arg(json(plan)?)
+            .invoke_async(&mut con)
+            .await?;
         Ok(answer)
     }
 
-    async fn read_conversation(&self, id: &ConversationId) -> Result<Option<Conversation>, StoreError> {
+    async fn read_conversation(
+        &self,
+        id: &ConversationId,
+    ) -> Result<Option<Conversation>, StoreError> {
         let mut con = self.con.clone();
         let raw: Option<String> = con.hget(self.keys.conversation(id), "data").await?;
         raw.map(|r| decode(&id.to_string(), &r)).transpose()
@@ -208,7 +232,8 @@ impl RedisStore {
         let mut paused: HashMap<ConversationId, (u64, Conversation)> = HashMap::new();
         let mut keys_in_batch = std::collections::HashSet::new();
         // Several items of one batch may change the same record: fold them, write once.
-        let mut contacts: HashMap<String, (Option<String>, Option<ContactUpdate>, bool)> = HashMap::new();
+        let mut contacts: HashMap<String, (Option<String>, Option<ContactUpdate>, bool)> =
+            HashMap::new();
         let mut accounts: HashMap<String, (Option<String>, AccountState)> = HashMap::new();
         let ttl = millis(self.options.dedupe_ttl);
         for (item, seen) in batch.items.iter().zip(seen) {
@@ -220,7 +245,11 @@ impl RedisStore {
             plan.absent.push(dedupe.clone());
             plan.set_px.push((dedupe, "1".to_owned(), ttl));
             let outcome = match &item.kind {
-                IngestKind::Conversation { conversation, event, pause } => {
+                IngestKind::Conversation {
+                    conversation,
+                    event,
+                    pause,
+                } => {
                     let mut outcome = ItemOutcome::Stored;
                     let mut own_echo = false;
                     if let Some(pause) = pause {
@@ -233,7 +262,9 @@ impl RedisStore {
                             if !paused.contains_key(conversation) {
                                 let current = self.read_conversation(conversation).await?;
                                 let rev = current.as_ref().map_or(0, |c| c.rev);
-                                let record = current.unwrap_or_else(|| Conversation::new(conversation.clone(), now));
+                                let record = current.unwrap_or_else(|| {
+                                    Conversation::new(conversation.clone(), now)
+                                });
                                 paused.insert(conversation.clone(), (rev, record));
                             }
                             if let Some((_, record)) = paused.get_mut(conversation) {
@@ -242,16 +273,27 @@ impl RedisStore {
                             outcome = ItemOutcome::Paused;
                         }
                     }
-                    let stored = InboxItem { seq: 0, received_at: now, own_echo, event: event.clone() };
-                    plan.enqueue.push((self.keys.inbox(conversation), conversation.to_string(), json(&stored)?));
+                    let stored = InboxItem {
+                        seq: 0,
+                        received_at: now,
+                        own_echo,
+                        event: event.clone(),
+                    };
+                    plan.enqueue.push((
+                        self.keys.inbox(conversation),
+                        conversation.to_string(),
+                        json(&stored)?,
+                    ));
                     outcome
                 }
                 IngestKind::Contact(update) => {
-                    let id = ConversationId::new(update.phone_number_id.clone(), update.wa_id.clone());
+                    let id =
+                        ConversationId::new(update.phone_number_id.clone(), update.wa_id.clone());
                     let key = self.keys.contact(&id);
                     if !contacts.contains_key(&key) {
                         let raw: Option<String> = con.get(&key).await?;
-                        let stored: Option<ContactUpdate> = raw.as_deref().map(|r| decode(&key, r)).transpose()?;
+                        let stored: Option<ContactUpdate> =
+                            raw.as_deref().map(|r| decode(&key, r)).transpose()?;
                         contacts.insert(key.clone(), (raw, stored, false));
                     }
                     if let Some((_, stored, changed)) = contacts.get_mut(&key)
@@ -268,7 +310,10 @@ impl RedisStore {
                         let raw: Option<String> = con.get(&key).await?;
                         let state: AccountState = match raw.as_deref() {
                             Some(r) => decode(&key, r)?,
-                            None => AccountState { account: update.account.clone(), events: Vec::new() },
+                            None => AccountState {
+                                account: update.account.clone(),
+                                events: Vec::new(),
+                            },
                         };
                         accounts.insert(key.clone(), (raw, state));
                     }
@@ -297,7 +342,8 @@ impl RedisStore {
         for (id, (rev, record)) in paused {
             let resume_at = record.resume_at;
             self.write_conversation(&mut plan, rev, record, now)?;
-            plan.timers.push((id.to_string(), resume_at.map(|t| t.to_string())));
+            plan.timers
+                .push((id.to_string(), resume_at.map(|t| t.to_string())));
         }
         let answer = self.run(&plan).await?;
         match answer.first().map(String::as_str) {
@@ -347,13 +393,21 @@ impl Store for RedisStore {
             .await?;
         claimed
             .map(|id| {
-                let conversation = ConversationId::parse(&id).map_err(|e| StoreError::corrupt("ready set", e))?;
-                Ok(Claim { conversation, token })
+                let conversation =
+                    ConversationId::parse(&id).map_err(|e| StoreError::corrupt("ready set", e))?;
+                Ok(Claim {
+                    conversation,
+                    token,
+                })
             })
             .transpose()
     }
 
-    async fn head(&self, claim: &Claim, now: Timestamp) -> Result<Option<(Conversation, InboxItem)>, StoreError> {
+    async fn head(
+        &self,
+        claim: &Claim,
+        now: Timestamp,
+    ) -> Result<Option<(Conversation, InboxItem)>, StoreError> {
         let mut con = self.con.clone();
         let id = &claim.conversation;
         let (head, record): (Option<String>, Option<String>) = redis::pipe()
@@ -372,12 +426,22 @@ impl Store for RedisStore {
         Ok(Some((conversation, item)))
     }
 
-    async fn commit(&self, claim: &Claim, commit: StepCommit, lease: Duration) -> Result<CommitOutcome, StoreError> {
+    async fn commit(
+        &self,
+        claim: &Claim,
+        commit: StepCommit,
+        lease: Duration,
+    ) -> Result<CommitOutcome, StoreError> {
         let id = &claim.conversation;
         let mut plan = self.plan(commit.now);
         plan.lease = Some((self.keys.lease(id), claim.token.clone(), millis(lease)));
         plan.head = Some((self.keys.inbox(id), commit.seq.to_string()));
-        self.write_conversation(&mut plan, commit.expected_rev, commit.conversation, commit.now)?;
+        self.write_conversation(
+            &mut plan,
+            commit.expected_rev,
+            commit.conversation,
+            commit.now,
+        )?;
         match commit.timer {
             TimerChange::Keep => {}
             TimerChange::Set(due) => plan.timers.push((id.to_string(), Some(due.to_string()))),
@@ -411,7 +475,12 @@ impl Store for RedisStore {
     }
 
     async fn fire_due_timers(&self, now: Timestamp, limit: usize) -> Result<usize, StoreError> {
-        let item = InboxItem { seq: 0, received_at: now, own_echo: false, event: ConversationEvent::IdleCheck };
+        let item = InboxItem {
+            seq: 0,
+            received_at: now,
+            own_echo: false,
+            event: ConversationEvent::IdleCheck,
+        };
         let mut con = self.con.clone();
         let fired: usize = self
             .scripts
@@ -434,7 +503,13 @@ impl Store for RedisStore {
 
     async fn record_outbound(&self, id: &MessageId, _now: Timestamp) -> Result<(), StoreError> {
         let mut con = self.con.clone();
-        let () = con.pset_ex(self.keys.outbound(id.as_str()), 1, millis(self.options.dedupe_ttl)).await?;
+        let () = con
+            .pset_ex(
+                self.keys.outbound(id.as_str()),
+                1,
+                millis(self.options.dedupe_ttl),
+            )
+            .await?;
         Ok(())
     }
 
@@ -447,9 +522,20 @@ impl Store for RedisStore {
             Some(mode) => self.keys.mode_index(mode),
             None => self.keys.all_conversations(),
         };
-        let min = query.after.as_ref().map_or_else(|| "-".to_owned(), |a| format!("({a}"));
+        let min = query
+            .after
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), |a| format!("({a}"));
         let mut con = self.con.clone();
-        let ids: Vec<String> = con.zrangebylex_limit(index, min, "+", 0, isize::try_from(query.limit).unwrap_or(isize::MAX)).await?;
+        let ids: Vec<String> = con
+            .zrangebylex_limit(
+                index,
+                min,
+                "+",
+                0,
+                isize::try_from(query.limit).unwrap_or(isize::MAX),
+            )
+            .await?;
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -459,7 +545,11 @@ impl Store for RedisStore {
             pipe.hget(self.keys.conversation(&id), "data");
         }
         let records: Vec<Option<String>> = pipe.query_async(&mut con).await?;
-        records.into_iter().flatten().map(|raw| decode("conversation", &raw)).collect()
+        records
+            .into_iter()
+            .flatten()
+            .map(|raw| decode("conversation", &raw))
+            .collect()
     }
 
     async fn contact(&self, id: &ConversationId) -> Result<Option<ContactUpdate>, StoreError> {

@@ -4,13 +4,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tandem_domain::{ContactUpdate, Conversation, ConversationId, DeadLetter, MessageId, Timestamp};
+use tandem_domain::{
+    ContactUpdate, Conversation, ConversationId, DeadLetter, MessageId, Timestamp,
+};
 use tokio::sync::Notify;
 
 use crate::error::StoreError;
 use crate::model::{
-    AccountState, Claim, CommitOutcome, IngestBatch, IngestReport, InboxItem, ListQuery, StepCommit, StoreOptions,
-    StoreStats,
+    AccountState, Claim, CommitOutcome, InboxItem, IngestBatch, IngestReport, ListQuery,
+    StepCommit, StoreOptions, StoreStats,
 };
 use crate::{EmbeddedStore, RedisStore};
 
@@ -33,10 +35,19 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Returns the claimed conversation's record (a new one if it has none) and its oldest
     /// waiting event, or `None` when the inbox is empty.
-    async fn head(&self, claim: &Claim, now: Timestamp) -> Result<Option<(Conversation, InboxItem)>, StoreError>;
+    async fn head(
+        &self,
+        claim: &Claim,
+        now: Timestamp,
+    ) -> Result<Option<(Conversation, InboxItem)>, StoreError>;
 
     /// Writes the result of applying the head event and removes it from the inbox, atomically.
-    async fn commit(&self, claim: &Claim, commit: StepCommit, lease: Duration) -> Result<CommitOutcome, StoreError>;
+    async fn commit(
+        &self,
+        claim: &Claim,
+        commit: StepCommit,
+        lease: Duration,
+    ) -> Result<CommitOutcome, StoreError>;
 
     /// Gives the lane back; it is offered again at once if events are still waiting.
     async fn release(&self, claim: Claim, now: Timestamp) -> Result<(), StoreError>;
@@ -78,7 +89,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 /// # Errors
 /// Returns a [`StoreError`] when the file cannot be opened or Redis cannot be reached.
 pub async fn open(url: &str, options: StoreOptions) -> Result<Arc<dyn Store>, StoreError> {
-    if url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+unix://") {
+    if url.starts_with("redis://")
+        || url.starts_with("rediss://")
+        || url.starts_with("redis+unix://")
+    {
         Ok(Arc::new(RedisStore::connect(url, options).await?))
     } else {
         let path = std::path::PathBuf::from(url);

@@ -9,12 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tandem_domain::{
-    AccountUpdate, ContactUpdate, Conversation, ConversationEvent, ConversationId, DeadLetter, Echo, InboundMessage,
-    MessageContent, MessageId, Mode, PhoneNumberId, Timestamp, WaId,
+    AccountUpdate, ContactUpdate, Conversation, ConversationEvent, ConversationId, DeadLetter,
+    Echo, InboundMessage, MessageContent, MessageId, Mode, PhoneNumberId, Timestamp, WaId,
 };
 use tandem_store::{
-    Claim, CommitOutcome, IngestBatch, IngestItem, IngestKind, ItemOutcome, ListQuery, PauseOnIngest, StepCommit,
-    Store, StoreOptions, TimerChange,
+    Claim, CommitOutcome, IngestBatch, IngestItem, IngestKind, ItemOutcome, ListQuery,
+    PauseOnIngest, StepCommit, Store, StoreOptions, TimerChange,
 };
 
 const T0: Timestamp = Timestamp(1_768_041_000_000);
@@ -29,12 +29,18 @@ struct Fixture {
 async fn embedded() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tandem.redb");
-    let store = tandem_store::open(path.to_str().unwrap(), StoreOptions::default()).await.unwrap();
-    Fixture { store, _dir: Some(dir) }
+    let store = tandem_store::open(path.to_str().unwrap(), StoreOptions::default())
+        .await
+        .unwrap();
+    Fixture {
+        store,
+        _dir: Some(dir),
+    }
 }
 
 async fn redis() -> Fixture {
-    let url = std::env::var("TANDEM_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let url = std::env::var("TANDEM_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
     let options = StoreOptions {
         redis_prefix: format!("tandem-test:{}", uuid::Uuid::new_v4()),
         ..StoreOptions::default()
@@ -49,14 +55,19 @@ async fn redis() -> Fixture {
 }
 
 fn conv(wa: &str) -> ConversationId {
-    ConversationId::new(PhoneNumberId::parse("106").unwrap(), WaId::parse(wa).unwrap())
+    ConversationId::new(
+        PhoneNumberId::parse("106").unwrap(),
+        WaId::parse(wa).unwrap(),
+    )
 }
 
 fn text(id: &str) -> ConversationEvent {
     ConversationEvent::Customer(InboundMessage {
         id: MessageId::parse(id).unwrap(),
         sent_at: T0,
-        content: MessageContent::Text { body: id.to_owned() },
+        content: MessageContent::Text {
+            body: id.to_owned(),
+        },
         profile_name: None,
         context_id: None,
         forwarded: false,
@@ -66,7 +77,11 @@ fn text(id: &str) -> ConversationEvent {
 fn message(wa: &str, id: &str) -> IngestItem {
     IngestItem {
         key: format!("msg:{wa}:{id}"),
-        kind: IngestKind::Conversation { conversation: conv(wa), event: text(id), pause: None },
+        kind: IngestKind::Conversation {
+            conversation: conv(wa),
+            event: text(id),
+            pause: None,
+        },
     }
 }
 
@@ -74,29 +89,47 @@ fn echo(wa: &str, id: &str) -> IngestItem {
     let event = ConversationEvent::Echo(Echo {
         id: MessageId::parse(id).unwrap(),
         sent_at: T0,
-        content: MessageContent::Text { body: "from the phone".into() },
+        content: MessageContent::Text {
+            body: "from the phone".into(),
+        },
     });
     IngestItem {
         key: format!("echo:{wa}:{id}"),
         kind: IngestKind::Conversation {
             conversation: conv(wa),
             event,
-            pause: Some(PauseOnIngest { echo_id: MessageId::parse(id).unwrap(), human_idle: IDLE }),
+            pause: Some(PauseOnIngest {
+                echo_id: MessageId::parse(id).unwrap(),
+                human_idle: IDLE,
+            }),
         },
     }
 }
 
 fn batch(at: Timestamp, items: Vec<IngestItem>) -> IngestBatch {
-    IngestBatch { received_at: at, items }
+    IngestBatch {
+        received_at: at,
+        items,
+    }
 }
 
 /// Applies the lane's head event the way a worker would (the content of the change does not
 /// matter to the store) and returns the commit outcome.
-async fn step(store: &dyn Store, claim: &Claim, now: Timestamp) -> Option<(ConversationEvent, CommitOutcome)> {
+async fn step(
+    store: &dyn Store,
+    claim: &Claim,
+    now: Timestamp,
+) -> Option<(ConversationEvent, CommitOutcome)> {
     let (mut record, item) = store.head(claim, now).await.unwrap()?;
     let expected_rev = record.rev;
     record.events_applied += 1;
-    let commit = StepCommit { now, seq: item.seq, expected_rev, conversation: record, timer: TimerChange::Keep };
+    let commit = StepCommit {
+        now,
+        seq: item.seq,
+        expected_rev,
+        conversation: record,
+        timer: TimerChange::Keep,
+    };
     let outcome = store.commit(claim, commit, LEASE).await.unwrap();
     Some((item.event, outcome))
 }
@@ -115,32 +148,62 @@ async fn drain(store: &dyn Store, now: Timestamp) -> Vec<(ConversationId, Conver
 
 async fn events_apply_once_in_arrival_order(f: Fixture) {
     let s = f.store.as_ref();
-    s.ingest(batch(T0, vec![message("a", "m1"), message("b", "m2"), message("a", "m3")])).await.unwrap();
+    s.ingest(batch(
+        T0,
+        vec![message("a", "m1"), message("b", "m2"), message("a", "m3")],
+    ))
+    .await
+    .unwrap();
     s.ingest(batch(T0, vec![message("a", "m4")])).await.unwrap();
     assert_eq!(s.stats().await.unwrap().inbox_depth, 4);
     let applied = drain(s, T0).await;
     let of = |wa: &str| -> Vec<ConversationEvent> {
-        applied.iter().filter(|(c, _)| *c == conv(wa)).map(|(_, e)| e.clone()).collect()
+        applied
+            .iter()
+            .filter(|(c, _)| *c == conv(wa))
+            .map(|(_, e)| e.clone())
+            .collect()
     };
     assert_eq!(of("a"), vec![text("m1"), text("m3"), text("m4")]);
     assert_eq!(of("b"), vec![text("m2")]);
     assert_eq!(s.stats().await.unwrap().inbox_depth, 0);
-    assert_eq!(s.conversation(&conv("a")).await.unwrap().unwrap().events_applied, 3);
+    assert_eq!(
+        s.conversation(&conv("a"))
+            .await
+            .unwrap()
+            .unwrap()
+            .events_applied,
+        3
+    );
     assert!(drain(s, T0).await.is_empty(), "nothing is applied twice");
 }
 
 async fn retries_are_deduplicated(f: Fixture) {
     let s = f.store.as_ref();
-    let first = s.ingest(batch(T0, vec![message("a", "m1"), message("a", "m1")])).await.unwrap();
-    assert_eq!(first.outcomes, vec![ItemOutcome::Stored, ItemOutcome::Duplicate]);
-    let retry = s.ingest(batch(T0, vec![message("a", "m1"), message("a", "m2")])).await.unwrap();
-    assert_eq!(retry.outcomes, vec![ItemOutcome::Duplicate, ItemOutcome::Stored]);
+    let first = s
+        .ingest(batch(T0, vec![message("a", "m1"), message("a", "m1")]))
+        .await
+        .unwrap();
+    assert_eq!(
+        first.outcomes,
+        vec![ItemOutcome::Stored, ItemOutcome::Duplicate]
+    );
+    let retry = s
+        .ingest(batch(T0, vec![message("a", "m1"), message("a", "m2")]))
+        .await
+        .unwrap();
+    assert_eq!(
+        retry.outcomes,
+        vec![ItemOutcome::Duplicate, ItemOutcome::Stored]
+    );
     assert_eq!(drain(s, T0).await.len(), 2);
 }
 
 async fn an_echo_pauses_in_the_same_write(f: Fixture) {
     let s = f.store.as_ref();
-    s.ingest(batch(T0, vec![message("a", "m1"), message("a", "m2")])).await.unwrap();
+    s.ingest(batch(T0, vec![message("a", "m1"), message("a", "m2")]))
+        .await
+        .unwrap();
     let report = s.ingest(batch(T0, vec![echo("a", "e1")])).await.unwrap();
     assert_eq!(report.outcomes, vec![ItemOutcome::Paused]);
     // Nothing of the lane has run yet: the pause did not wait behind the queued messages.
@@ -148,16 +211,33 @@ async fn an_echo_pauses_in_the_same_write(f: Fixture) {
     assert_eq!(c.mode, Mode::Human);
     assert_eq!(c.resume_at, Some(T0.plus(IDLE)));
     assert_eq!(s.stats().await.unwrap().inbox_depth, 3);
-    let listed = s.list_conversations(&ListQuery { mode: Some(Mode::Human), after: None, limit: 10 }).await.unwrap();
-    assert_eq!(listed.iter().map(|c| c.id.clone()).collect::<Vec<_>>(), vec![conv("a")]);
+    let listed = s
+        .list_conversations(&ListQuery {
+            mode: Some(Mode::Human),
+            after: None,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        listed.iter().map(|c| c.id.clone()).collect::<Vec<_>>(),
+        vec![conv("a")]
+    );
 }
 
 async fn an_echo_of_our_own_send_is_not_a_person(f: Fixture) {
     let s = f.store.as_ref();
-    s.record_outbound(&MessageId::parse("ours").unwrap(), T0).await.unwrap();
+    s.record_outbound(&MessageId::parse("ours").unwrap(), T0)
+        .await
+        .unwrap();
     let report = s.ingest(batch(T0, vec![echo("a", "ours")])).await.unwrap();
     assert_eq!(report.outcomes, vec![ItemOutcome::OwnEcho]);
-    assert!(s.conversation(&conv("a")).await.unwrap().is_none_or(|c| c.mode == Mode::Bot));
+    assert!(
+        s.conversation(&conv("a"))
+            .await
+            .unwrap()
+            .is_none_or(|c| c.mode == Mode::Bot)
+    );
     let claim = s.claim(T0, LEASE).await.unwrap().unwrap();
     let (_, item) = s.head(&claim, T0).await.unwrap().unwrap();
     assert!(item.own_echo);
@@ -171,19 +251,37 @@ async fn a_lane_step_never_overwrites_a_pause(f: Fixture) {
     assert_eq!(record.mode, Mode::Bot);
     // A person writes from the phone while the lane works on m1.
     s.ingest(batch(T0, vec![echo("a", "e1")])).await.unwrap();
-    let stale = StepCommit { now: T0, seq: item.seq, expected_rev: record.rev, conversation: record, timer: TimerChange::Keep };
-    assert_eq!(s.commit(&claim, stale, LEASE).await.unwrap(), CommitOutcome::Conflict);
+    let stale = StepCommit {
+        now: T0,
+        seq: item.seq,
+        expected_rev: record.rev,
+        conversation: record,
+        timer: TimerChange::Keep,
+    };
+    assert_eq!(
+        s.commit(&claim, stale, LEASE).await.unwrap(),
+        CommitOutcome::Conflict
+    );
     let (event, outcome) = step(s, &claim, T0).await.unwrap();
     assert_eq!((event, outcome), (text("m1"), CommitOutcome::Applied));
-    assert_eq!(s.conversation(&conv("a")).await.unwrap().unwrap().mode, Mode::Human);
+    assert_eq!(
+        s.conversation(&conv("a")).await.unwrap().unwrap().mode,
+        Mode::Human
+    );
 }
 
 async fn one_owner_per_lane_and_stale_owners_are_fenced(f: Fixture) {
     let s = f.store.as_ref();
-    s.ingest(batch(T0, vec![message("a", "m1"), message("a", "m2")])).await.unwrap();
+    s.ingest(batch(T0, vec![message("a", "m1"), message("a", "m2")]))
+        .await
+        .unwrap();
     let short = Duration::from_millis(50);
     let first = s.claim(T0, short).await.unwrap().unwrap();
-    assert_eq!(s.claim(T0, LEASE).await.unwrap(), None, "a held lane is not offered again");
+    assert_eq!(
+        s.claim(T0, LEASE).await.unwrap(),
+        None,
+        "a held lane is not offered again"
+    );
     // The first owner stalls past its lease; a second worker takes over.
     let later = T0.plus(Duration::from_secs(1));
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -191,14 +289,29 @@ async fn one_owner_per_lane_and_stale_owners_are_fenced(f: Fixture) {
         if let Some(c) = s.claim(later, LEASE).await.unwrap() {
             break c;
         }
-        assert!(std::time::Instant::now() < deadline, "an expired lease was never offered again");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "an expired lease was never offered again"
+        );
         tokio::task::yield_now().await;
     };
     assert_eq!(second.conversation, first.conversation);
     let (record, item) = s.head(&first, later).await.unwrap().unwrap();
-    let stale = StepCommit { now: later, seq: item.seq, expected_rev: record.rev, conversation: record, timer: TimerChange::Keep };
-    assert_eq!(s.commit(&first, stale, LEASE).await.unwrap(), CommitOutcome::LeaseLost);
-    assert_eq!(step(s, &second, later).await.unwrap().1, CommitOutcome::Applied);
+    let stale = StepCommit {
+        now: later,
+        seq: item.seq,
+        expected_rev: record.rev,
+        conversation: record,
+        timer: TimerChange::Keep,
+    };
+    assert_eq!(
+        s.commit(&first, stale, LEASE).await.unwrap(),
+        CommitOutcome::LeaseLost
+    );
+    assert_eq!(
+        step(s, &second, later).await.unwrap().1,
+        CommitOutcome::Applied
+    );
     // Released with work left, the lane is offered again.
     s.release(second, later).await.unwrap();
     let third = s.claim(later, LEASE).await.unwrap().unwrap();
@@ -212,7 +325,11 @@ async fn due_timers_become_idle_checks(f: Fixture) {
     s.ingest(batch(T0, vec![echo("a", "e1")])).await.unwrap();
     drain(s, T0).await;
     assert_eq!(s.fire_due_timers(T0.plus(IDLE), 10).await.unwrap(), 1);
-    assert_eq!(s.fire_due_timers(T0.plus(IDLE * 2), 10).await.unwrap(), 0, "a timer fires once");
+    assert_eq!(
+        s.fire_due_timers(T0.plus(IDLE * 2), 10).await.unwrap(),
+        0,
+        "a timer fires once"
+    );
     let applied = drain(s, T0.plus(IDLE)).await;
     assert_eq!(applied, vec![(conv("a"), ConversationEvent::IdleCheck)]);
     // A lane step can arm it again.
@@ -220,8 +337,17 @@ async fn due_timers_become_idle_checks(f: Fixture) {
     let claim = s.claim(T0, LEASE).await.unwrap().unwrap();
     let (record, item) = s.head(&claim, T0).await.unwrap().unwrap();
     let due = T0.plus(Duration::from_secs(5));
-    let commit = StepCommit { now: T0, seq: item.seq, expected_rev: record.rev, conversation: record, timer: TimerChange::Set(due) };
-    assert_eq!(s.commit(&claim, commit, LEASE).await.unwrap(), CommitOutcome::Applied);
+    let commit = StepCommit {
+        now: T0,
+        seq: item.seq,
+        expected_rev: record.rev,
+        conversation: record,
+        timer: TimerChange::Set(due),
+    };
+    assert_eq!(
+        s.commit(&claim, commit, LEASE).await.unwrap(),
+        CommitOutcome::Applied
+    );
     s.release(claim, T0).await.unwrap();
     assert_eq!(s.fire_due_timers(due, 10).await.unwrap(), 1);
 }
@@ -236,21 +362,86 @@ async fn contacts_accounts_and_dead_letters_are_kept(f: Fixture) {
         removed,
         at: Timestamp(at),
     };
-    let item = |key: &str, kind| IngestItem { key: key.to_owned(), kind };
-    s.ingest(batch(T0, vec![
-        item("c2", IngestKind::Contact(contact(Some("Ana (VIP)"), 2000, false))),
-        item("c1", IngestKind::Contact(contact(Some("Ana"), 1000, false))),
-        item("a1", IngestKind::Account(AccountUpdate { account: "waba".into(), event: "PARTNER_REMOVED".into(), at: Timestamp(5), raw: serde_json::json!({}) })),
-        item("a0", IngestKind::Account(AccountUpdate { account: "waba".into(), event: "PARTNER_ADDED".into(), at: Timestamp(1), raw: serde_json::json!({}) })),
-        item("d1", IngestKind::DeadLetter(DeadLetter { received_at: T0, reason: "unparseable_body".into(), field: None, detail: "x".into(), body: "first".into(), body_base64: false })),
-        item("d2", IngestKind::DeadLetter(DeadLetter { received_at: T0, reason: "unknown_field".into(), field: Some("f".into()), detail: "y".into(), body: "second".into(), body_base64: false })),
-    ])).await.unwrap();
+    let item = |key: &str, kind| IngestItem {
+        key: key.to_owned(),
+        kind,
+    };
+    s.ingest(batch(
+        T0,
+        vec![
+            item(
+                "c2",
+                IngestKind::Contact(contact(Some("Ana (VIP)"), 2000, false)),
+            ),
+            item("c1", IngestKind::Contact(contact(Some("Ana"), 1000, false))),
+            item(
+                "a1",
+                IngestKind::Account(AccountUpdate {
+                    account: "waba".into(),
+                    event: "PARTNER_REMOVED".into(),
+                    at: Timestamp(5),
+                    raw: serde_json::json!({}),
+                }),
+            ),
+            item(
+                "a0",
+                IngestKind::Account(AccountUpdate {
+                    account: "waba".into(),
+                    event: "PARTNER_ADDED".into(),
+                    at: Timestamp(1),
+                    raw: serde_json::json!({}),
+                }),
+            ),
+            item(
+                "d1",
+                IngestKind::DeadLetter(DeadLetter {
+                    received_at: T0,
+                    reason: "unparseable_body".into(),
+                    field: None,
+                    detail: "x".into(),
+                    body: "first".into(),
+                    body_base64: false,
+                }),
+            ),
+            item(
+                "d2",
+                IngestKind::DeadLetter(DeadLetter {
+                    received_at: T0,
+                    reason: "unknown_field".into(),
+                    field: Some("f".into()),
+                    detail: "y".into(),
+                    body: "second".into(),
+                    body_base64: false,
+                }),
+            ),
+        ],
+    ))
+    .await
+    .unwrap();
     let stored = s.contact(&conv("a")).await.unwrap().unwrap();
-    assert_eq!(stored.full_name.as_deref(), Some("Ana (VIP)"), "an older change does not win");
-    let events: Vec<String> = s.account("waba").await.unwrap().unwrap().events.into_iter().map(|e| e.event).collect();
+    assert_eq!(
+        stored.full_name.as_deref(),
+        Some("Ana (VIP)"),
+        "an older change does not win"
+    );
+    let events: Vec<String> = s
+        .account("waba")
+        .await
+        .unwrap()
+        .unwrap()
+        .events
+        .into_iter()
+        .map(|e| e.event)
+        .collect();
     assert_eq!(events, ["PARTNER_ADDED", "PARTNER_REMOVED"]);
     let letters = s.dead_letters(10).await.unwrap();
-    assert_eq!(letters.iter().map(|(_, l)| l.body.as_str()).collect::<Vec<_>>(), ["second", "first"]);
+    assert_eq!(
+        letters
+            .iter()
+            .map(|(_, l)| l.body.as_str())
+            .collect::<Vec<_>>(),
+        ["second", "first"]
+    );
     assert!(letters[0].0 > letters[1].0);
     assert_eq!(s.stats().await.unwrap().dead_letters, 2);
     assert!(s.account("nobody").await.unwrap().is_none());
@@ -258,11 +449,32 @@ async fn contacts_accounts_and_dead_letters_are_kept(f: Fixture) {
 
 async fn conversations_are_listed_by_mode_in_pages(f: Fixture) {
     let s = f.store.as_ref();
-    s.ingest(batch(T0, vec![echo("c", "e1"), echo("a", "e2"), echo("b", "e3"), message("d", "m1")])).await.unwrap();
+    s.ingest(batch(
+        T0,
+        vec![
+            echo("c", "e1"),
+            echo("a", "e2"),
+            echo("b", "e3"),
+            message("d", "m1"),
+        ],
+    ))
+    .await
+    .unwrap();
     drain(s, T0).await;
     let page = |mode, after: Option<&str>| {
-        let query = ListQuery { mode, after: after.map(conv), limit: 2 };
-        async move { s.list_conversations(&query).await.unwrap().into_iter().map(|c| c.id.wa_id().to_string()).collect::<Vec<_>>() }
+        let query = ListQuery {
+            mode,
+            after: after.map(conv),
+            limit: 2,
+        };
+        async move {
+            s.list_conversations(&query)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|c| c.id.wa_id().to_string())
+                .collect::<Vec<_>>()
+        }
     };
     assert_eq!(page(Some(Mode::Human), None).await, ["a", "b"]);
     assert_eq!(page(Some(Mode::Human), Some("b")).await, ["c"]);

@@ -8,7 +8,13 @@ use serde_json::{Map, Value};
 use tandem_domain::MessageContent;
 
 const MEDIA_TYPES: [&str; 5] = ["image", "video", "audio", "document", "sticker"];
-const STRUCTURED_TYPES: [&str; 5] = ["contacts", "order", "unsupported", "interactive", "request_welcome"];
+const STRUCTURED_TYPES: [&str; 5] = [
+    "contacts",
+    "order",
+    "unsupported",
+    "interactive",
+    "request_welcome",
+];
 
 fn text_field(object: &Value, key: &str) -> Option<String> {
     object.get(key).and_then(Value::as_str).map(str::to_owned)
@@ -16,20 +22,29 @@ fn text_field(object: &Value, key: &str) -> Option<String> {
 
 /// Maps a message object to its content. Never fails: unreadable shapes are kept raw.
 pub(crate) fn parse_content(message: &Map<String, Value>) -> MessageContent {
-    let kind = message.get("type").and_then(Value::as_str).unwrap_or("").to_owned();
+    let kind = message
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
     let body = message.get(&kind).cloned().unwrap_or(Value::Null);
     typed_content(&kind, &body).unwrap_or_else(|| {
         if STRUCTURED_TYPES.contains(&kind.as_str()) || MEDIA_TYPES.contains(&kind.as_str()) {
             MessageContent::Structured { kind, raw: body }
         } else {
-            MessageContent::Unknown { kind, raw: Value::Object(message.clone()) }
+            MessageContent::Unknown {
+                kind,
+                raw: Value::Object(message.clone()),
+            }
         }
     })
 }
 
 fn typed_content(kind: &str, body: &Value) -> Option<MessageContent> {
     Some(match kind {
-        "text" => MessageContent::Text { body: text_field(body, "body")? },
+        "text" => MessageContent::Text {
+            body: text_field(body, "body")?,
+        },
         "interactive" => interactive(body)?,
         "button" => MessageContent::TemplateButton {
             payload: text_field(body, "payload").unwrap_or_default(),
@@ -59,7 +74,9 @@ fn typed_content(kind: &str, body: &Value) -> Option<MessageContent> {
                 .and_then(|m| m.get("text"))
                 .and_then(|t| text_field(t, "body")),
         },
-        "revoke" => MessageContent::Revoke { original_message_id: text_field(body, "original_message_id")? },
+        "revoke" => MessageContent::Revoke {
+            original_message_id: text_field(body, "original_message_id")?,
+        },
         "media_placeholder" => MessageContent::MediaPlaceholder,
         "system" => MessageContent::System {
             kind: text_field(body, "type").unwrap_or_else(|| "system".to_owned()),
@@ -73,7 +90,10 @@ fn interactive(body: &Value) -> Option<MessageContent> {
     match body.get("type")?.as_str()? {
         "button_reply" => {
             let reply = body.get("button_reply")?;
-            Some(MessageContent::ButtonReply { id: text_field(reply, "id")?, title: text_field(reply, "title")? })
+            Some(MessageContent::ButtonReply {
+                id: text_field(reply, "id")?,
+                title: text_field(reply, "title")?,
+            })
         }
         "list_reply" => {
             let reply = body.get("list_reply")?;
@@ -98,7 +118,10 @@ mod tests {
 
     #[test]
     fn every_documented_type_maps_to_a_variant() {
-        assert_eq!(parse(json!({"type":"text","text":{"body":"hi"}})), MessageContent::Text { body: "hi".into() });
+        assert_eq!(
+            parse(json!({"type":"text","text":{"body":"hi"}})),
+            MessageContent::Text { body: "hi".into() }
+        );
         assert!(matches!(
             parse(json!({"type":"audio","audio":{"id":"1","voice":true}})),
             MessageContent::Media { kind, .. } if kind == "audio"
@@ -124,8 +147,19 @@ mod tests {
     #[test]
     fn unknown_types_and_bad_shapes_are_kept_raw() {
         let raw = json!({"type":"hologram","hologram":{"x":1}});
-        assert_eq!(parse(raw.clone()), MessageContent::Unknown { kind: "hologram".into(), raw });
-        assert!(matches!(parse(json!({"type":"text","text":{"body":5}})), MessageContent::Unknown { .. }));
-        assert!(matches!(parse(json!({"id":"x"})), MessageContent::Unknown { kind, .. } if kind.is_empty()));
+        assert_eq!(
+            parse(raw.clone()),
+            MessageContent::Unknown {
+                kind: "hologram".into(),
+                raw
+            }
+        );
+        assert!(matches!(
+            parse(json!({"type":"text","text":{"body":5}})),
+            MessageContent::Unknown { .. }
+        ));
+        assert!(
+            matches!(parse(json!({"id":"x"})), MessageContent::Unknown { kind, .. } if kind.is_empty())
+        );
     }
 }

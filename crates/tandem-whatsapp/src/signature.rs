@@ -42,12 +42,15 @@ impl SignatureError {
 /// Returns which way the signature is wrong; the caller answers 401 and stores nothing.
 pub fn verify(secret: &[u8], body: &[u8], header: Option<&[u8]>) -> Result<(), SignatureError> {
     let header = header.ok_or(SignatureError::Missing)?;
-    let hex_digest = header.strip_prefix(PREFIX.as_bytes()).ok_or(SignatureError::Malformed)?;
+    let hex_digest = header
+        .strip_prefix(PREFIX.as_bytes())
+        .ok_or(SignatureError::Malformed)?;
     let mut digest = [0u8; 32];
     hex::decode_to_slice(hex_digest, &mut digest).map_err(|_| SignatureError::Malformed)?;
     let mut mac = HmacSha256::new_from_slice(secret).map_err(|_| SignatureError::Mismatch)?;
     mac.update(body);
-    mac.verify_slice(&digest).map_err(|_| SignatureError::Mismatch)
+    mac.verify_slice(&digest)
+        .map_err(|_| SignatureError::Mismatch)
 }
 
 /// Computes the `X-Hub-Signature-256` header value Meta would send for `body`.
@@ -73,19 +76,34 @@ mod tests {
         // printf '{"a":1}' | openssl dgst -sha256 -hmac secret
         let header = "sha256=aa9e2e3575f5d7098b6caccd790888c36d5fdb63342a73bada2d6a51747a8494";
         assert_eq!(sign(b"secret", br#"{"a":1}"#), header);
-        assert_eq!(verify(b"secret", br#"{"a":1}"#, Some(header.as_bytes())), Ok(()));
+        assert_eq!(
+            verify(b"secret", br#"{"a":1}"#, Some(header.as_bytes())),
+            Ok(())
+        );
     }
 
     #[test]
     fn each_way_of_being_wrong_has_its_own_reason() {
         let body = b"{}";
         assert_eq!(verify(b"k", body, None), Err(SignatureError::Missing));
-        assert_eq!(verify(b"k", body, Some(b"md5=00")), Err(SignatureError::Malformed));
-        assert_eq!(verify(b"k", body, Some(b"sha256=zz")), Err(SignatureError::Malformed));
+        assert_eq!(
+            verify(b"k", body, Some(b"md5=00")),
+            Err(SignatureError::Malformed)
+        );
+        assert_eq!(
+            verify(b"k", body, Some(b"sha256=zz")),
+            Err(SignatureError::Malformed)
+        );
         let other = sign(b"other", body);
-        assert_eq!(verify(b"k", body, Some(other.as_bytes())), Err(SignatureError::Mismatch));
+        assert_eq!(
+            verify(b"k", body, Some(other.as_bytes())),
+            Err(SignatureError::Mismatch)
+        );
         let upper = sign(b"k", body).replace("sha256=", "").to_uppercase();
-        assert_eq!(verify(b"k", body, Some(format!("sha256={upper}").as_bytes())), Ok(()));
+        assert_eq!(
+            verify(b"k", body, Some(format!("sha256={upper}").as_bytes())),
+            Ok(())
+        );
     }
 
     proptest! {

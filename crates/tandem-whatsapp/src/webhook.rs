@@ -13,8 +13,9 @@ use base64::Engine;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use tandem_domain::{
-    AccountUpdate, ContactUpdate, ConversationEvent, ConversationId, DeadLetter, DeliveryStatus, Echo,
-    HistoryMessage, HistoryThread, InboundMessage, MessageId, PhoneNumberId, StatusUpdate, Timestamp, WaId,
+    AccountUpdate, ContactUpdate, ConversationEvent, ConversationId, DeadLetter, DeliveryStatus,
+    Echo, HistoryMessage, HistoryThread, InboundMessage, MessageId, PhoneNumberId, StatusUpdate,
+    Timestamp, WaId,
 };
 
 use crate::content::parse_content;
@@ -98,7 +99,10 @@ impl WebhookEvent {
         match self {
             Self::Conversation { field, .. } | Self::Account { field, .. } => field,
             Self::Contact { .. } => "smb_app_state_sync",
-            Self::Kept { reason: KeptReason::UnknownField, .. } => "unknown",
+            Self::Kept {
+                reason: KeptReason::UnknownField,
+                ..
+            } => "unknown",
             Self::Kept { .. } => "unparseable",
         }
     }
@@ -130,13 +134,26 @@ pub fn parse_webhook(body: &[u8], received_at: Timestamp) -> Vec<WebhookEvent> {
     let mut out = Vec::new();
     for entry in entries {
         let Some(changes) = entry.get("changes").and_then(Value::as_array) else {
-            out.push(kept_value(entry, None, KeptReason::UnparseableItem, "entry has no `changes` array", received_at));
+            out.push(kept_value(
+                entry,
+                None,
+                KeptReason::UnparseableItem,
+                "entry has no `changes` array",
+                received_at,
+            ));
             continue;
         };
         let entry_id = entry.get("id").and_then(Value::as_str).unwrap_or("");
-        let entry_time = entry.get("time").and_then(Value::as_u64).map(Timestamp::from_unix_seconds);
+        let entry_time = entry
+            .get("time")
+            .and_then(Value::as_u64)
+            .map(Timestamp::from_unix_seconds);
         for change in changes {
-            let ctx = ChangeContext { entry_id, entry_time, received_at };
+            let ctx = ChangeContext {
+                entry_id,
+                entry_time,
+                received_at,
+            };
             parse_change(change, &ctx, &mut out);
         }
     }
@@ -149,18 +166,36 @@ struct ChangeContext<'a> {
     received_at: Timestamp,
 }
 
-const FIELDS: [&str; 5] = ["messages", "smb_message_echoes", "smb_app_state_sync", "history", "account_update"];
+const FIELDS: [&str; 5] = [
+    "messages",
+    "smb_message_echoes",
+    "smb_app_state_sync",
+    "history",
+    "account_update",
+];
 
 fn parse_change(change: &Value, ctx: &ChangeContext<'_>, out: &mut Vec<WebhookEvent>) {
     let field_name = change.get("field").and_then(Value::as_str).unwrap_or("");
     let value = change.get("value");
     let Some(field) = FIELDS.iter().copied().find(|f| *f == field_name) else {
         let detail = format!("webhook field {field_name:?} is not handled; kept as received");
-        out.push(kept_value(change, Some(field_name), KeptReason::UnknownField, &detail, ctx.received_at));
+        out.push(kept_value(
+            change,
+            Some(field_name),
+            KeptReason::UnknownField,
+            &detail,
+            ctx.received_at,
+        ));
         return;
     };
     let Some(value) = value.and_then(Value::as_object) else {
-        out.push(kept_value(change, Some(field), KeptReason::UnparseableItem, "change has no `value` object", ctx.received_at));
+        out.push(kept_value(
+            change,
+            Some(field),
+            KeptReason::UnparseableItem,
+            "change has no `value` object",
+            ctx.received_at,
+        ));
         return;
     };
     if field == "account_update" {
@@ -176,16 +211,33 @@ fn parse_change(change: &Value, ctx: &ChangeContext<'_>, out: &mut Vec<WebhookEv
         Some(Ok(pnid)) => pnid,
         Some(Err(error)) => {
             let detail = format!("metadata.phone_number_id: {error}");
-            out.push(kept_value(change, Some(field), KeptReason::UnparseableItem, &detail, ctx.received_at));
+            out.push(kept_value(
+                change,
+                Some(field),
+                KeptReason::UnparseableItem,
+                &detail,
+                ctx.received_at,
+            ));
             return;
         }
         None => {
             let detail = "change has no metadata.phone_number_id";
-            out.push(kept_value(change, Some(field), KeptReason::UnparseableItem, detail, ctx.received_at));
+            out.push(kept_value(
+                change,
+                Some(field),
+                KeptReason::UnparseableItem,
+                detail,
+                ctx.received_at,
+            ));
             return;
         }
     };
-    let items = Items { field, pnid: &pnid, value, received_at: ctx.received_at };
+    let items = Items {
+        field,
+        pnid: &pnid,
+        value,
+        received_at: ctx.received_at,
+    };
     match field {
         "messages" => items.messages(out),
         "smb_message_echoes" => items.echoes(out),
@@ -195,13 +247,22 @@ fn parse_change(change: &Value, ctx: &ChangeContext<'_>, out: &mut Vec<WebhookEv
 }
 
 fn account_update(value: &Map<String, Value>, ctx: &ChangeContext<'_>) -> WebhookEvent {
-    let event = value.get("event").and_then(Value::as_str).unwrap_or("UNKNOWN").to_owned();
+    let event = value
+        .get("event")
+        .and_then(Value::as_str)
+        .unwrap_or("UNKNOWN")
+        .to_owned();
     let raw = Value::Object(value.clone());
     let at = ctx.entry_time.unwrap_or(ctx.received_at);
     WebhookEvent::Account {
         key: format!("account:{}:{}:{}", ctx.entry_id, at, digest_json(&raw)),
         field: "account_update",
-        update: AccountUpdate { account: ctx.entry_id.to_owned(), event, at, raw },
+        update: AccountUpdate {
+            account: ctx.entry_id.to_owned(),
+            event,
+            at,
+            raw,
+        },
     }
 }
 
@@ -214,7 +275,10 @@ struct Items<'a> {
 
 /// Reads the fields every message object has: `id` and `timestamp`.
 fn message_head(item: &Map<String, Value>) -> Result<(MessageId, Timestamp), String> {
-    let id = item.get("id").and_then(Value::as_str).ok_or("message has no `id`")?;
+    let id = item
+        .get("id")
+        .and_then(Value::as_str)
+        .ok_or("message has no `id`")?;
     let id = MessageId::parse(id).map_err(|e| e.to_string())?;
     let at = timestamp(item.get("timestamp")).ok_or("message has no numeric `timestamp`")?;
     Ok((id, at))
@@ -223,18 +287,27 @@ fn message_head(item: &Map<String, Value>) -> Result<(MessageId, Timestamp), Str
 /// WhatsApp timestamps are strings of Unix seconds; numbers are accepted too.
 fn timestamp(value: Option<&Value>) -> Option<Timestamp> {
     let value = value?;
-    let seconds = value.as_u64().or_else(|| value.as_str().and_then(|s| s.parse().ok()))?;
+    let seconds = value
+        .as_u64()
+        .or_else(|| value.as_str().and_then(|s| s.parse().ok()))?;
     Some(Timestamp::from_unix_seconds(seconds))
 }
 
 fn wa_id(item: &Map<String, Value>, key: &str) -> Result<WaId, String> {
-    let raw = item.get(key).and_then(Value::as_str).ok_or_else(|| format!("item has no `{key}`"))?;
+    let raw = item
+        .get(key)
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("item has no `{key}`"))?;
     WaId::parse(raw).map_err(|e| format!("{key}: {e}"))
 }
 
 impl Items<'_> {
     fn array(&self, key: &str) -> impl Iterator<Item = &Value> {
-        self.value.get(key).and_then(Value::as_array).into_iter().flatten()
+        self.value
+            .get(key)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
     }
 
     fn conversation(&self, wa: WaId) -> ConversationId {
@@ -242,10 +315,21 @@ impl Items<'_> {
     }
 
     fn kept(&self, item: &Value, detail: &str) -> WebhookEvent {
-        kept_value(item, Some(self.field), KeptReason::UnparseableItem, detail, self.received_at)
+        kept_value(
+            item,
+            Some(self.field),
+            KeptReason::UnparseableItem,
+            detail,
+            self.received_at,
+        )
     }
 
-    fn each_object(&self, key: &str, out: &mut Vec<WebhookEvent>, parse: impl Fn(&Map<String, Value>) -> Result<WebhookEvent, String>) {
+    fn each_object(
+        &self,
+        key: &str,
+        out: &mut Vec<WebhookEvent>,
+        parse: impl Fn(&Map<String, Value>) -> Result<WebhookEvent, String>,
+    ) {
         for item in self.array(key) {
             let event = match item.as_object() {
                 Some(object) => parse(object).unwrap_or_else(|detail| self.kept(item, &detail)),
@@ -271,10 +355,15 @@ impl Items<'_> {
                 sent_at,
                 content: parse_content(item),
                 profile_name: self.profile_name(&from),
-                context_id: context.and_then(|c| c.get("id")).and_then(Value::as_str).map(str::to_owned),
+                context_id: context
+                    .and_then(|c| c.get("id"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
                 forwarded: context.is_some_and(|c| {
                     c.get("forwarded").and_then(Value::as_bool).unwrap_or(false)
-                        || c.get("frequently_forwarded").and_then(Value::as_bool).unwrap_or(false)
+                        || c.get("frequently_forwarded")
+                            .and_then(Value::as_bool)
+                            .unwrap_or(false)
                 }),
                 id,
             };
@@ -286,9 +375,16 @@ impl Items<'_> {
             })
         });
         self.each_object("statuses", out, |item| {
-            let id = item.get("id").and_then(Value::as_str).ok_or("status has no `id`")?;
+            let id = item
+                .get("id")
+                .and_then(Value::as_str)
+                .ok_or("status has no `id`")?;
             let message_id = MessageId::parse(id).map_err(|e| e.to_string())?;
-            let status_raw = item.get("status").and_then(Value::as_str).ok_or("status has no `status`")?.to_owned();
+            let status_raw = item
+                .get("status")
+                .and_then(Value::as_str)
+                .ok_or("status has no `status`")?
+                .to_owned();
             let recipient = wa_id(item, "recipient_id")?;
             let error_codes = item
                 .get("errors")
@@ -300,13 +396,19 @@ impl Items<'_> {
             let update = StatusUpdate {
                 status: DeliveryStatus::parse(&status_raw),
                 at: timestamp(item.get("timestamp")).unwrap_or(self.received_at),
-                callback_data: item.get("biz_opaque_callback_data").and_then(Value::as_str).map(str::to_owned),
+                callback_data: item
+                    .get("biz_opaque_callback_data")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
                 error_codes,
                 message_id,
                 status_raw,
             };
             Ok(WebhookEvent::Conversation {
-                key: format!("status:{}:{}:{}", self.pnid, update.message_id, update.status_raw),
+                key: format!(
+                    "status:{}:{}:{}",
+                    self.pnid, update.message_id, update.status_raw
+                ),
                 conversation: self.conversation(recipient),
                 field: "statuses",
                 event: ConversationEvent::Status(update),
@@ -321,7 +423,12 @@ impl Items<'_> {
         WebhookEvent::Account {
             key: format!("number:{}:{event}:{}", self.pnid, digest_json(&raw)),
             field: self.field,
-            update: AccountUpdate { account: self.pnid.to_string(), event: event.to_owned(), at: self.received_at, raw },
+            update: AccountUpdate {
+                account: self.pnid.to_string(),
+                event: event.to_owned(),
+                at: self.received_at,
+                raw,
+            },
         }
     }
 
@@ -329,7 +436,11 @@ impl Items<'_> {
         self.each_object("message_echoes", out, |item| {
             let (id, sent_at) = message_head(item)?;
             let to = wa_id(item, "to")?;
-            let echo = Echo { id, sent_at, content: parse_content(item) };
+            let echo = Echo {
+                id,
+                sent_at,
+                content: parse_content(item),
+            };
             Ok(WebhookEvent::Conversation {
                 key: format!("echo:{}:{}", self.pnid, echo.id),
                 conversation: self.conversation(to),
@@ -345,11 +456,17 @@ impl Items<'_> {
             if kind != "contact" {
                 return Err(format!("state_sync item of type {kind:?} is not handled"));
             }
-            let contact = item.get("contact").ok_or("state_sync item has no `contact`")?;
-            let phone = contact.get("phone_number").and_then(Value::as_str).ok_or("contact has no `phone_number`")?;
+            let contact = item
+                .get("contact")
+                .ok_or("state_sync item has no `contact`")?;
+            let phone = contact
+                .get("phone_number")
+                .and_then(Value::as_str)
+                .ok_or("contact has no `phone_number`")?;
             let wa = WaId::parse(phone).map_err(|e| format!("contact.phone_number: {e}"))?;
             let action = item.get("action").and_then(Value::as_str).unwrap_or("add");
-            let at = timestamp(item.get("metadata").and_then(|m| m.get("timestamp"))).unwrap_or(self.received_at);
+            let at = timestamp(item.get("metadata").and_then(|m| m.get("timestamp")))
+                .unwrap_or(self.received_at);
             let name = |key: &str| contact.get(key).and_then(Value::as_str).map(str::to_owned);
             let update = ContactUpdate {
                 phone_number_id: self.pnid.clone(),
@@ -359,15 +476,24 @@ impl Items<'_> {
                 wa_id: wa,
                 at,
             };
-            Ok(WebhookEvent::Contact { key: format!("contact:{}:{}:{action}:{at}", self.pnid, update.wa_id), update })
+            Ok(WebhookEvent::Contact {
+                key: format!("contact:{}:{}:{action}:{at}", self.pnid, update.wa_id),
+                update,
+            })
         });
     }
 
     fn history(&self, out: &mut Vec<WebhookEvent>) {
         for chunk in self.array("history") {
             if let Some(errors) = chunk.get("errors").and_then(Value::as_array) {
-                let declined = errors.iter().any(|e| e.get("code").and_then(Value::as_i64) == Some(2_593_109));
-                let event = if declined { "HISTORY_DECLINED" } else { "HISTORY_ERROR" };
+                let declined = errors
+                    .iter()
+                    .any(|e| e.get("code").and_then(Value::as_i64) == Some(2_593_109));
+                let event = if declined {
+                    "HISTORY_DECLINED"
+                } else {
+                    "HISTORY_ERROR"
+                };
                 out.push(self.number_fact(event, chunk.clone()));
                 continue;
             }
@@ -386,16 +512,30 @@ impl Items<'_> {
         }
         // Media ids for history placeholders may arrive as `messages[]` under this field.
         for item in self.array("messages") {
-            out.push(self.kept(item, "history media update is not imported yet; kept as received"));
+            out.push(self.kept(
+                item,
+                "history media update is not imported yet; kept as received",
+            ));
         }
     }
 
-    fn history_thread(&self, thread: &Value, phase: Option<u8>, chunk_order: Option<u32>, progress: Option<u8>) -> WebhookEvent {
+    fn history_thread(
+        &self,
+        thread: &Value,
+        phase: Option<u8>,
+        chunk_order: Option<u32>,
+        progress: Option<u8>,
+    ) -> WebhookEvent {
         let parsed = (|| -> Result<WebhookEvent, String> {
             let object = thread.as_object().ok_or("thread is not an object")?;
             let customer = wa_id(object, "id")?;
             let mut messages = Vec::new();
-            for item in object.get("messages").and_then(Value::as_array).into_iter().flatten() {
+            for item in object
+                .get("messages")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 let item = item.as_object().ok_or("history message is not an object")?;
                 let (id, sent_at) = message_head(item)?;
                 let from = item.get("from").and_then(Value::as_str).unwrap_or("");
@@ -417,7 +557,12 @@ impl Items<'_> {
                 key: format!("history:{}:{customer}:{}", self.pnid, digest_json(thread)),
                 conversation: self.conversation(customer),
                 field: "history",
-                event: ConversationEvent::History(HistoryThread { phase, chunk_order, progress, messages }),
+                event: ConversationEvent::History(HistoryThread {
+                    phase,
+                    chunk_order,
+                    progress,
+                    messages,
+                }),
             })
         })();
         parsed.unwrap_or_else(|detail| self.kept(thread, &detail))
@@ -443,7 +588,13 @@ fn kept_body(body: &[u8], received_at: Timestamp, detail: String) -> WebhookEven
     }
 }
 
-fn kept_value(value: &Value, field: Option<&str>, reason: KeptReason, detail: &str, received_at: Timestamp) -> WebhookEvent {
+fn kept_value(
+    value: &Value,
+    field: Option<&str>,
+    reason: KeptReason,
+    detail: &str,
+    received_at: Timestamp,
+) -> WebhookEvent {
     WebhookEvent::Kept {
         key: format!("kept:{}:{}", reason.as_str(), digest_json(value)),
         reason,
@@ -482,11 +633,15 @@ mod tests {
         for body in [&b"not json"[..], b"{\"object\":1}", b"[]", b"\xff\xfe"] {
             let events = parse_webhook(body, NOW);
             assert_eq!(events.len(), 1);
-            let WebhookEvent::Kept { reason, letter, .. } = &events[0] else { panic!("not kept") };
+            let WebhookEvent::Kept { reason, letter, .. } = &events[0] else {
+                panic!("not kept")
+            };
             assert_eq!(*reason, KeptReason::UnparseableBody);
             assert!(!letter.detail.is_empty());
         }
-        let WebhookEvent::Kept { letter, .. } = &parse_webhook(b"\xff\xfe", NOW)[0] else { panic!() };
+        let WebhookEvent::Kept { letter, .. } = &parse_webhook(b"\xff\xfe", NOW)[0] else {
+            panic!()
+        };
         assert!(letter.body_base64);
         assert_eq!(letter.body, "//4=");
     }
@@ -500,17 +655,39 @@ mod tests {
         ]});
         let events = parse(envelope("messages", value));
         assert_eq!(events.len(), 3);
-        assert!(matches!(&events[0], WebhookEvent::Conversation { key, .. } if key == "msg:1065:wamid.A"));
-        assert!(matches!(&events[1], WebhookEvent::Kept { reason: KeptReason::UnparseableItem, .. }));
-        assert!(matches!(&events[2], WebhookEvent::Kept { reason: KeptReason::UnparseableItem, .. }));
+        assert!(
+            matches!(&events[0], WebhookEvent::Conversation { key, .. } if key == "msg:1065:wamid.A")
+        );
+        assert!(matches!(
+            &events[1],
+            WebhookEvent::Kept {
+                reason: KeptReason::UnparseableItem,
+                ..
+            }
+        ));
+        assert!(matches!(
+            &events[2],
+            WebhookEvent::Kept {
+                reason: KeptReason::UnparseableItem,
+                ..
+            }
+        ));
     }
 
     #[test]
     fn unknown_fields_are_kept_with_their_name() {
-        let events = parse(envelope("message_template_status_update", json!({"event":"APPROVED"})));
-        let WebhookEvent::Kept { reason, letter, .. } = &events[0] else { panic!() };
+        let events = parse(envelope(
+            "message_template_status_update",
+            json!({"event":"APPROVED"}),
+        ));
+        let WebhookEvent::Kept { reason, letter, .. } = &events[0] else {
+            panic!()
+        };
         assert_eq!(*reason, KeptReason::UnknownField);
-        assert_eq!(letter.field.as_deref(), Some("message_template_status_update"));
+        assert_eq!(
+            letter.field.as_deref(),
+            Some("message_template_status_update")
+        );
     }
 
     #[test]
@@ -528,12 +705,18 @@ mod tests {
     #[test]
     fn history_direction_is_read_from_the_sender() {
         let value = json!({"metadata":meta(),"history":[{"metadata":{"phase":0,"chunk_order":2,"progress":35},
-            "threads":[{"id":"155","messages":[
-                {"from":"155","id":"wamid.1","timestamp":"10","type":"text","text":{"body":"q"}},
-                {"from":"15550001111","to":"155","id":"wamid.2","timestamp":"20","type":"text","text":{"body":"a"}}
-            ]}]}]});
+        "threads":[{"id":"155","messages":[
+            {"from":"155","id":"wamid.1","timestamp":"10","type":"text","text":{"body":"q"}},
+            {"from":"15550001111","to":"155","id":"wamid.2","timestamp":"20","type":"text","text":{"body":"a"}}
+        ]}]}]});
         let events = parse(envelope("history", value));
-        let WebhookEvent::Conversation { event: ConversationEvent::History(thread), .. } = &events[0] else { panic!() };
+        let WebhookEvent::Conversation {
+            event: ConversationEvent::History(thread),
+            ..
+        } = &events[0]
+        else {
+            panic!()
+        };
         assert_eq!(thread.chunk_order, Some(2));
         assert!(!thread.messages[0].from_business);
         assert!(thread.messages[1].from_business);

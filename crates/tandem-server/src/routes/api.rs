@@ -18,7 +18,8 @@ use axum::response::Response;
 use serde::Serialize;
 use serde_json::{Value, json};
 use tandem_domain::{
-    ContactUpdate, Conversation, ConversationId, DeliveryStatus, Mode, PausedBy, Role, Timestamp, TranscriptEntry,
+    ContactUpdate, Conversation, ConversationId, DeliveryStatus, Mode, PausedBy, Role, Timestamp,
+    TranscriptEntry,
 };
 use tandem_store::ListQuery;
 
@@ -30,7 +31,11 @@ const MAX_LIMIT: usize = 500;
 const WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 /// Lets a request through only with the configured bearer token (open in dev mode).
-pub async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Result<Response, ApiError> {
+pub async fn require_token(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     if let Some(expected) = &state.api_token {
         let presented = request
             .headers()
@@ -70,7 +75,9 @@ struct Summary {
 }
 
 fn summary(c: &Conversation, contact: Option<&ContactUpdate>, now: Timestamp) -> Summary {
-    let contact_name = contact.filter(|c| !c.removed).and_then(|c| c.full_name.clone().or_else(|| c.first_name.clone()));
+    let contact_name = contact
+        .filter(|c| !c.removed)
+        .and_then(|c| c.full_name.clone().or_else(|| c.first_name.clone()));
     Summary {
         id: c.id.to_string(),
         mode: c.mode,
@@ -122,51 +129,75 @@ fn parse_limit(raw: Option<&String>) -> Result<usize, ApiError> {
         None => Ok(DEFAULT_LIMIT),
         Some(raw) => match raw.parse::<usize>() {
             Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
-            _ => Err(ApiError::invalid(format!("limit must be a whole number from 1 to {MAX_LIMIT}, got {raw:?}"))),
+            _ => Err(ApiError::invalid(format!(
+                "limit must be a whole number from 1 to {MAX_LIMIT}, got {raw:?}"
+            ))),
         },
     }
 }
 
 fn refuse_unknown(params: &HashMap<String, String>, known: &[&str]) -> Result<(), ApiError> {
     match params.keys().find(|k| !known.contains(&k.as_str())) {
-        Some(unknown) => Err(ApiError::invalid(format!("unknown query parameter {unknown:?}; expected one of {known:?}"))),
+        Some(unknown) => Err(ApiError::invalid(format!(
+            "unknown query parameter {unknown:?}; expected one of {known:?}"
+        ))),
         None => Ok(()),
     }
 }
 
 fn parse_id(raw: &str) -> Result<ConversationId, ApiError> {
-    ConversationId::parse(raw).map_err(|e| ApiError::invalid(format!("bad conversation id {raw:?}: {e}")))
+    ConversationId::parse(raw)
+        .map_err(|e| ApiError::invalid(format!("bad conversation id {raw:?}: {e}")))
 }
 
 /// Lists conversations, optionally by mode, in id order with `after` paging.
-pub async fn list(State(state): State<AppState>, Query(params): Query<HashMap<String, String>>) -> Result<Json<Value>, ApiError> {
+pub async fn list(
+    State(state): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
     refuse_unknown(&params, &["mode", "limit", "after"])?;
     let mode = match params.get("mode") {
-        Some(raw) => Some(Mode::parse(raw).ok_or_else(|| ApiError::invalid(format!("mode must be bot, handoff or human, got {raw:?}")))?),
+        Some(raw) => Some(Mode::parse(raw).ok_or_else(|| {
+            ApiError::invalid(format!("mode must be bot, handoff or human, got {raw:?}"))
+        })?),
         None => None,
     };
     let limit = parse_limit(params.get("limit"))?;
     let after = params.get("after").map(|a| parse_id(a)).transpose()?;
-    let page = state.store.list_conversations(&ListQuery { mode, after, limit }).await?;
+    let page = state
+        .store
+        .list_conversations(&ListQuery { mode, after, limit })
+        .await?;
     let now = state.clock.now();
     let mut items = Vec::with_capacity(page.len());
     for c in &page {
         let contact = state.store.contact(&c.id).await?;
         items.push(summary(c, contact.as_ref(), now));
     }
-    let next = if page.len() == limit { page.last().map(|c| c.id.to_string()) } else { None };
+    let next = if page.len() == limit {
+        page.last().map(|c| c.id.to_string())
+    } else {
+        None
+    };
     Ok(Json(json!({"conversations": items, "next": next})))
 }
 
 /// Returns one conversation's state and transcript.
-pub async fn get(State(state): State<AppState>, Path(raw): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn get(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&raw)?;
-    let conversation =
-        state.store.conversation(&id).await?.ok_or_else(|| ApiError::not_found(format!("no conversation {id}")))?;
+    let conversation = state
+        .store
+        .conversation(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no conversation {id}")))?;
     let contact = state.store.contact(&id).await?;
     let transcript: Vec<Line<'_>> = conversation.transcript.iter().map(Line::from).collect();
-    let mut body = serde_json::to_value(summary(&conversation, contact.as_ref(), state.clock.now()))
-        .map_err(|e| ApiError::Kind(tandem_domain::ErrorKind::Internal, e.to_string()))?;
+    let mut body =
+        serde_json::to_value(summary(&conversation, contact.as_ref(), state.clock.now()))
+            .map_err(|e| ApiError::Kind(tandem_domain::ErrorKind::Internal, e.to_string()))?;
     if let Some(object) = body.as_object_mut() {
         object.insert("transcript".into(), json!(transcript));
     }
@@ -174,7 +205,10 @@ pub async fn get(State(state): State<AppState>, Path(raw): Path<String>) -> Resu
 }
 
 /// Lists dead letters, newest first.
-pub async fn dead_letters(State(state): State<AppState>, Query(params): Query<HashMap<String, String>>) -> Result<Json<Value>, ApiError> {
+pub async fn dead_letters(
+    State(state): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
     refuse_unknown(&params, &["limit"])?;
     let limit = parse_limit(params.get("limit"))?;
     let letters = state.store.dead_letters(limit).await?;
@@ -196,8 +230,15 @@ pub async fn dead_letters(State(state): State<AppState>, Query(params): Query<Ha
 }
 
 /// Returns the recent events of an account (WABA id) or number (phone number id).
-pub async fn account(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let found = state.store.account(&id).await?.ok_or_else(|| ApiError::not_found(format!("no events for account {id:?}")))?;
+pub async fn account(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let found = state
+        .store
+        .account(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no events for account {id:?}")))?;
     let events: Vec<Value> = found
         .events
         .iter()

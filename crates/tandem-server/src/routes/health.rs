@@ -20,7 +20,10 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         Ok(()) => Json(json!({"status": "ready", "store": state.store.backend()})).into_response(),
         Err(error) => {
             tracing::warn!(error = %error, "readiness check failed");
-            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "unavailable", "store": state.store.backend()})))
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"status": "unavailable", "store": state.store.backend()})),
+            )
                 .into_response()
         }
     }
@@ -40,5 +43,9 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         Err(error) => tracing::warn!(error = %error, "store stats unavailable for /metrics"),
     }
     handle.run_upkeep();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        handle.render(),
+    )
+        .into_response()
 }

@@ -23,11 +23,20 @@ fn reject(reason: &'static str) {
 }
 
 /// Answers Meta's handshake: the challenge when the verify token matches, else 403.
-pub async fn handshake(State(state): State<AppState>, Query(params): Query<HashMap<String, String>>) -> Response {
+pub async fn handshake(
+    State(state): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
     let mode = params.get("hub.mode").map(String::as_str);
-    let token = params.get("hub.verify_token").map(String::as_str).unwrap_or("");
+    let token = params
+        .get("hub.verify_token")
+        .map(String::as_str)
+        .unwrap_or("");
     let challenge = params.get("hub.challenge");
-    let token_ok = state.verify_token.as_ref().is_none_or(|expected| secret_matches(expected, token));
+    let token_ok = state
+        .verify_token
+        .as_ref()
+        .is_none_or(|expected| secret_matches(expected, token));
     match (mode, challenge) {
         (Some("subscribe"), Some(challenge)) if token_ok => {
             tracing::info!("webhook subscription verified");
@@ -42,14 +51,22 @@ pub async fn handshake(State(state): State<AppState>, Query(params): Query<HashM
 }
 
 /// Receives an event delivery.
-pub async fn receive(State(state): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+pub async fn receive(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let started = Instant::now();
     let response = deliver(&state, &headers, body).await;
     ::metrics::histogram!(metrics::WEBHOOK_ACK).record(started.elapsed().as_secs_f64());
     response
 }
 
-async fn deliver(state: &AppState, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+async fn deliver(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let body = match body {
         Ok(body) => body,
         Err(rejection) => {
@@ -65,7 +82,10 @@ async fn deliver(state: &AppState, headers: &HeaderMap, body: Result<Bytes, Byte
             reject(error.label());
             ::metrics::counter!(metrics::WEBHOOK_REQUESTS, "outcome" => "rejected").increment(1);
             tracing::warn!(reason = error.label(), "webhook signature refused");
-            return (StatusCode::UNAUTHORIZED, Json(json!({"error": {"kind": "unauthorized", "message": error.to_string()}})))
+            return (
+                StatusCode::UNAUTHORIZED,
+                Json(json!({"error": {"kind": "unauthorized", "message": error.to_string()}})),
+            )
                 .into_response();
         }
     }

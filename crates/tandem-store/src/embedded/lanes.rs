@@ -42,10 +42,19 @@ impl LaneBook {
         }
     }
 
-    pub(super) fn claim(&mut self, now: Timestamp, until: Timestamp, token: String) -> Option<ConversationId> {
+    pub(super) fn claim(
+        &mut self,
+        now: Timestamp,
+        until: Timestamp,
+        token: String,
+    ) -> Option<ConversationId> {
         // A lane whose owner vanished (a crashed task) becomes claimable when its lease ends.
-        let expired: Vec<ConversationId> =
-            self.leased.iter().filter(|(_, (_, end))| *end <= now).map(|(id, _)| id.clone()).collect();
+        let expired: Vec<ConversationId> = self
+            .leased
+            .iter()
+            .filter(|(_, (_, end))| *end <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
         for id in expired {
             self.leased.remove(&id);
             if self.pending.contains_key(&id) {
@@ -94,13 +103,19 @@ mod tests {
     fn a_claimed_lane_is_not_offered_twice_and_comes_back_when_released_with_work() {
         let mut book = LaneBook::default();
         book.add_pending(&id("1:a"), 2);
-        assert_eq!(book.claim(Timestamp(0), Timestamp(100), "t".into()), Some(id("1:a")));
+        assert_eq!(
+            book.claim(Timestamp(0), Timestamp(100), "t".into()),
+            Some(id("1:a"))
+        );
         book.add_pending(&id("1:a"), 1);
         assert_eq!(book.claim(Timestamp(0), Timestamp(100), "u".into()), None);
         book.consumed(&id("1:a"));
         assert!(!book.release(&id("1:a"), "wrong"));
         assert!(book.release(&id("1:a"), "t"));
-        assert_eq!(book.claim(Timestamp(0), Timestamp(100), "v".into()), Some(id("1:a")));
+        assert_eq!(
+            book.claim(Timestamp(0), Timestamp(100), "v".into()),
+            Some(id("1:a"))
+        );
     }
 
     #[test]
@@ -109,7 +124,10 @@ mod tests {
         book.add_pending(&id("1:a"), 1);
         book.claim(Timestamp(0), Timestamp(100), "t".into());
         assert_eq!(book.claim(Timestamp(50), Timestamp(150), "u".into()), None);
-        assert_eq!(book.claim(Timestamp(100), Timestamp(200), "u".into()), Some(id("1:a")));
+        assert_eq!(
+            book.claim(Timestamp(100), Timestamp(200), "u".into()),
+            Some(id("1:a"))
+        );
         assert!(!book.holds(&id("1:a"), "t"));
     }
 }

@@ -13,7 +13,9 @@ pub(crate) struct Keys {
 
 impl Keys {
     pub(crate) fn new(prefix: &str) -> Self {
-        Self { prefix: prefix.trim_end_matches(':').to_owned() }
+        Self {
+            prefix: prefix.trim_end_matches(':').to_owned(),
+        }
     }
 
     pub(crate) fn conversation(&self, id: &ConversationId) -> String {

@@ -1,0 +1,107 @@
+//! The read-only agent API: bearer token, readable 4xx answers, listing by mode.
+
+use crate::helpers::{API_TOKEN, Backend, PNID, Server, Spec, echo_body, messages_body};
+
+#[tokio::test]
+async fn the_api_needs_the_token_and_explains_bad_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(Spec::new(Backend::embedded(dir.path())));
+    let unauthorized = server
+        .client
+        .get(server.url("/v1/conversations"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthorized.status(), 401);
+    let wrong = server
+        .client
+        .get(server.url("/v1/conversations"))
+        .bearer_auth("nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    assert_eq!(wrong.headers()["www-authenticate"], "Bearer");
+
+    for (path, status, says) in [
+        (
+            "/v1/conversations?mode=robot",
+            400,
+            "mode must be bot, handoff or human",
+        ),
+        (
+            "/v1/conversations?limit=0",
+            400,
+            "limit must be a whole number",
+        ),
+        (
+            "/v1/conversations?limit=abc",
+            400,
+            "limit must be a whole number",
+        ),
+        (
+            "/v1/conversations?colour=red",
+            400,
+            "unknown query parameter",
+        ),
+        (
+            "/v1/conversations?after=nocolon",
+            400,
+            "bad conversation id",
+        ),
+        ("/v1/conversations/nocolon", 400, "bad conversation id"),
+        ("/v1/conversations/1:2", 404, "no conversation 1:2"),
+        ("/v1/accounts/123", 404, "no events"),
+    ] {
+        let (got, body) = server.api(path).await;
+        assert_eq!(got, status, "{path}: {body}");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(says),
+            "{path}: {body}"
+        );
+    }
+    let _ = API_TOKEN;
+}
+
+#[tokio::test]
+async fn conversations_are_listed_by_mode_and_paged() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(Spec::new(Backend::embedded(dir.path())));
+    for wa in ["15550000001", "15550000002", "15550000003"] {
+        server
+            .post_signed(&messages_body(&[(wa, &format!("wamid.{wa}"), "hi")]))
+            .await;
+    }
+    server
+        .post_signed(&echo_body("15550000002", "wamid.e", "taking over"))
+        .await;
+    let (_, human) = server.api("/v1/conversations?mode=human").await;
+    let ids: Vec<&str> = human["conversations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [format!("{PNID}:15550000002")]);
+    let (_, page1) = server.api("/v1/conversations?limit=2").await;
+    assert_eq!(page1["conversations"].as_array().unwrap().len(), 2);
+    let next = page1["next"].as_str().unwrap().to_owned();
+    let (_, page2) = server
+        .api(&format!("/v1/conversations?limit=2&after={next}"))
+        .await;
+    let rest: Vec<&str> = page2["conversations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(rest, [format!("{PNID}:15550000003")]);
+    assert!(page2["next"].is_null());
+    let ready = server
+        .client
+        .get(server.url("/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+}

@@ -1,0 +1,362 @@
+//! Starting the real binary and talking to it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const SECRET: &str = "test-app-secret";
+pub const VERIFY_TOKEN: &str = "test-verify-token";
+pub const API_TOKEN: &str = "test-api-token";
+pub const PNID: &str = "106540000000001";
+
+/// Where a server keeps its state.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// A redb file.
+    Embedded(PathBuf),
+    /// A Redis URL and key prefix.
+    Redis { url: String, prefix: String },
+}
+
+impl Backend {
+    /// A fresh embedded store in `dir`.
+    pub fn embedded(dir: &Path) -> Self {
+        Self::Embedded(dir.join("data").join("tandem.redb"))
+    }
+
+    /// A fresh key prefix on the test Redis, which must be running.
+    pub fn redis() -> Self {
+        let url = redis_url();
+        assert_redis_answers(&url);
+        Self::Redis {
+            url,
+            prefix: format!("tandem-e2e:{}", uuid::Uuid::new_v4()),
+        }
+    }
+}
+
+pub fn redis_url() -> String {
+    std::env::var("TANDEM_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// Fails the test with instructions when Redis does not answer PING.
+pub fn assert_redis_answers(url: &str) {
+    let host = url.trim_start_matches("redis://").trim_end_matches('/');
+    let answered = TcpStream::connect(host).and_then(|mut s| {
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.write_all(b"PING\r\n")?;
+        let mut buf = [0u8; 7];
+        s.read_exact(&mut buf)?;
+        Ok(buf.starts_with(b"+PONG"))
+    });
+    if !matches!(answered, Ok(true)) {
+        panic!(
+            "Redis is required for this test and did not answer at {url} ({answered:?}).\n\
+             Start one with: redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' --appendonly no"
+        );
+    }
+}
+
+/// Options of one server process.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub backend: Backend,
+    pub human_idle: &'static str,
+    pub workers: usize,
+    pub config: Option<PathBuf>,
+}
+
+impl Spec {
+    pub fn new(backend: Backend) -> Self {
+        Self {
+            backend,
+            human_idle: "30m",
+            workers: 4,
+            config: None,
+        }
+    }
+}
+
+/// A running `tandem serve` process.
+pub struct Server {
+    child: Child,
+    pub base: String,
+    pub client: reqwest::Client,
+}
+
+impl Server {
+    /// Starts the binary and waits for it to print its address.
+    pub fn start(spec: Spec) -> Server {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tandem"));
+        command.arg("serve").arg("--listen").arg("127.0.0.1:0");
+        if let Some(config) = &spec.config {
+            command.arg("--config").arg(config);
+        }
+        command
+            .env("TANDEM_APP_SECRET", SECRET)
+            .env("TANDEM_VERIFY_TOKEN", VERIFY_TOKEN)
+            .env("TANDEM_API_TOKEN", API_TOKEN)
+            .env("TANDEM_HUMAN_IDLE", spec.human_idle)
+            .env("TANDEM_WORKERS", spec.workers.to_string())
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_LOG").map_or("warn", |_| "info"),
+            )
+            .stdout(Stdio::piped())
+            .stderr(if std::env::var("TEST_LOG").is_ok() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            });
+        match &spec.backend {
+            Backend::Embedded(path) => command.env("TANDEM_STORE", path),
+            Backend::Redis { url, prefix } => command
+                .env("TANDEM_STORE", url)
+                .env("TANDEM_REDIS_PREFIX", prefix),
+        };
+        let mut child = command.spawn().expect("the tandem binary starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("tandem listening on ") {
+                    let _ = tx.send(addr.to_owned());
+                }
+            }
+        });
+        let base = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(base) => base,
+            Err(_) => {
+                let status = child.try_wait();
+                let _ = child.kill();
+                panic!("tandem did not report its address within 30s (exit status: {status:?})");
+            }
+        };
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        Server {
+            child,
+            base,
+            client,
+        }
+    }
+
+    /// Kills the process with SIGKILL: no shutdown code runs.
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Stops the process with SIGTERM and waits for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(&pid)
+            .status()
+            .unwrap();
+        self.child.wait().unwrap()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Posts a body signed with the test secret.
+    pub async fn post_signed(&self, body: &[u8]) -> reqwest::Response {
+        let signature = tandem_whatsapp::sign(SECRET.as_bytes(), body);
+        self.post_with(body, Some(&signature)).await
+    }
+
+    /// Posts signed bodies all at once; returns the statuses in the order given.
+    pub async fn post_signed_concurrently(&self, bodies: Vec<Vec<u8>>) -> Vec<u16> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (index, body) in bodies.into_iter().enumerate() {
+            let client = self.client.clone();
+            let url = self.url("/webhook");
+            tasks.spawn(async move {
+                let signature = tandem_whatsapp::sign(SECRET.as_bytes(), &body);
+                let response = client
+                    .post(url)
+                    .header("x-hub-signature-256", signature)
+                    .body(body)
+                    .send()
+                    .await;
+                (index, response.map(|r| r.status().as_u16()).unwrap_or(0))
+            });
+        }
+        let mut statuses = tasks.join_all().await;
+        statuses.sort_unstable();
+        statuses.into_iter().map(|(_, status)| status).collect()
+    }
+
+    /// Posts a body with the given signature header (or none).
+    pub async fn post_with(&self, body: &[u8], signature: Option<&str>) -> reqwest::Response {
+        let mut request = self
+            .client
+            .post(self.url("/webhook"))
+            .header("content-type", "application/json")
+            .body(body.to_vec());
+        if let Some(signature) = signature {
+            request = request.header("x-hub-signature-256", signature);
+        }
+        request.send().await.unwrap()
+    }
+
+    /// GETs an API path with the bearer token; returns status and JSON.
+    pub async fn api(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .get(self.url(path))
+            .bearer_auth(API_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Reads one conversation, `None` when it does not exist yet.
+    pub async fn conversation(&self, wa_id: &str) -> Option<Value> {
+        let (status, body) = self.api(&format!("/v1/conversations/{PNID}:{wa_id}")).await;
+        match status {
+            200 => Some(body),
+            404 => None,
+            other => panic!("unexpected status {other}: {body}"),
+        }
+    }
+
+    /// Reads a metric's value (summed over its labels) from `/metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self
+            .client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `check` until it returns `Some`, failing after `deadline`.
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < end,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Reads a fixture from `tests/fixtures/whatsapp`.
+pub fn fixture(name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/whatsapp")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// Every fixture file name, sorted.
+pub fn fixture_names() -> Vec<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/whatsapp");
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".json"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// A webhook body with customer text messages (`wa_id`, wamid, text) for the test number.
+pub fn messages_body(messages: &[(&str, &str, &str)]) -> Vec<u8> {
+    let items: Vec<Value> = messages
+        .iter()
+        .map(|(wa, id, text)| {
+            serde_json::json!({"from": wa, "id": id, "timestamp": "1768041000", "type": "text", "text": {"body": text}})
+        })
+        .collect();
+    envelope("messages", serde_json::json!({"messages": items}))
+}
+
+/// A webhook body with one human echo to `wa_id`.
+pub fn echo_body(wa_id: &str, id: &str, text: &str) -> Vec<u8> {
+    let echo = serde_json::json!({"from": "15550001111", "to": wa_id, "id": id, "timestamp": "1768041500", "type": "text", "text": {"body": text}});
+    envelope(
+        "smb_message_echoes",
+        serde_json::json!({"message_echoes": [echo]}),
+    )
+}
+
+fn envelope(field: &str, mut value: Value) -> Vec<u8> {
+    value["messaging_product"] = "whatsapp".into();
+    value["metadata"] =
+        serde_json::json!({"display_phone_number": "15550001111", "phone_number_id": PNID});
+    let body = serde_json::json!({"object": "whatsapp_business_account", "entry": [{"id": "104810000000001", "changes": [{"field": field, "value": value}]}]});
+    serde_json::to_vec(&body).unwrap()
+}
+
+/// The texts of a conversation's transcript lines with the given role.
+pub fn texts(conversation: &Value, role: &str) -> Vec<String> {
+    conversation["transcript"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["role"] == role)
+        .map(|l| l["text"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Runs a test body against each backend.
+#[macro_export]
+macro_rules! both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let dir = tempfile::tempdir().unwrap();
+                    super::$name($crate::helpers::Backend::embedded(dir.path())).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::redis()).await;
+                }
+            )*
+        }
+    };
+}
