@@ -246,10 +246,16 @@ mod tests {
 
     proptest! {
         #[test]
-        fn parsing_never_panics(s in "\\PC{0,80}") {
-            let _ = ConversationId::parse(&s);
-            let _ = MessageId::parse(s.clone());
-            let _ = WaId::parse(s);
+        fn whatever_parses_prints_back_unchanged(s in "\\PC{0,80}") {
+            if let Ok(id) = ConversationId::parse(&s) {
+                prop_assert_eq!(id.to_string(), s.clone());
+            }
+            if let Ok(id) = MessageId::parse(s.clone()) {
+                prop_assert_eq!(id.as_str(), s.as_str());
+            }
+            if let Ok(id) = WaId::parse(s.clone()) {
+                prop_assert_eq!(id.as_str(), s.as_str());
+            }
         }
     }
 }

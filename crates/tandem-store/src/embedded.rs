@@ -9,13 +9,14 @@
 
 mod lanes;
 mod tables;
+mod write;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use tandem_domain::{
     ContactUpdate, Conversation, ConversationEvent, ConversationId, DeadLetter, MessageId,
     PausedBy, Timestamp,
@@ -24,6 +25,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use self::lanes::LaneBook;
 use self::tables::*;
+use self::write::Group;
 use crate::error::StoreError;
 use crate::model::{
     AccountState, Claim, CommitOutcome, InboxItem, IngestBatch, IngestKind, IngestReport,
@@ -211,9 +213,11 @@ fn run_group(shared: &Shared, batch: Vec<Job>) {
             .db
             .begin_write()
             .map_err(redb_err("starting a transaction"))?;
+        let mut group = Group::open(&txn)?;
         for job in batch {
-            replies.push(run_job(shared, &txn, job, &mut delta)?);
+            replies.push(run_job(shared, &mut group, job, &mut delta)?);
         }
+        group.finish()?;
         txn.commit().map_err(redb_err("committing"))
     })();
     if let Err(error) = outcome {
@@ -257,23 +261,23 @@ fn run_group(shared: &Shared, batch: Vec<Job>) {
 /// Runs one job inside the group's transaction. Storage errors abort the whole group.
 fn run_job(
     shared: &Shared,
-    txn: &WriteTransaction,
+    group: &mut Group<'_>,
     job: Job,
     delta: &mut LaneDelta,
 ) -> Result<Reply, StoreError> {
     Ok(match job {
-        Job::Ingest(batch, tx) => Reply::Ingest(tx, ingest(shared, txn, batch, delta)?),
+        Job::Ingest(batch, tx) => Reply::Ingest(tx, ingest(shared, group, batch, delta)?),
         Job::Commit(claim, step, lease, tx) => {
             let until = step.now.plus(lease);
-            let outcome = commit(shared, txn, &claim, *step, delta)?;
+            let outcome = commit(shared, group, &claim, *step, delta)?;
             Reply::Commit(tx, outcome, Some((claim.conversation, until)))
         }
-        Job::FireTimers(now, limit, tx) => Reply::Count(tx, fire_timers(txn, now, limit, delta)?),
+        Job::FireTimers(now, limit, tx) => Reply::Count(tx, fire_timers(group, now, limit, delta)?),
         Job::RecordOutbound(id, now, tx) => {
-            remember(txn, &outbound_key(&id), now.plus(shared.options.dedupe_ttl))?;
+            group.remember(&outbound_key(&id), now.plus(shared.options.dedupe_ttl))?;
             Reply::Unit(tx)
         }
-        Job::Purge(now, tx) => Reply::Count(tx, purge(txn, now)?),
+        Job::Purge(now, tx) => Reply::Count(tx, group.purge(now, 10_000)?),
     })
 }
 
@@ -283,7 +287,7 @@ fn outbound_key(id: &MessageId) -> String {
 
 fn ingest(
     shared: &Shared,
-    txn: &WriteTransaction,
+    group: &mut Group<'_>,
     batch: IngestBatch,
     delta: &mut LaneDelta,
 ) -> Result<IngestReport, StoreError> {
@@ -291,15 +295,11 @@ fn ingest(
     let expires = now.plus(shared.options.dedupe_ttl);
     let mut report = IngestReport::default();
     for item in batch.items {
-        let duplicate = {
-            let dedupe = txn.open_table(DEDUPE).map_err(redb_err("opening dedupe"))?;
-            seen(&dedupe, &item.key, now)?
-        };
-        if duplicate {
+        if group.seen(&item.key, now)? {
             report.outcomes.push(ItemOutcome::Duplicate);
             continue;
         }
-        remember(txn, &item.key, expires)?;
+        group.remember(&item.key, expires)?;
         let outcome = match item.kind {
             IngestKind::Conversation {
                 conversation,
@@ -309,18 +309,15 @@ fn ingest(
                 let mut outcome = ItemOutcome::Stored;
                 let mut own_echo = false;
                 if let Some(pause) = pause {
-                    let dedupe = txn.open_table(DEDUPE).map_err(redb_err("opening dedupe"))?;
-                    own_echo = seen(&dedupe, &outbound_key(&pause.echo_id), now)?;
-                    drop(dedupe);
+                    own_echo = group.seen(&outbound_key(&pause.echo_id), now)?;
                     if own_echo {
                         outcome = ItemOutcome::OwnEcho;
                     } else {
-                        pause_conversation(txn, &conversation, now, pause.human_idle)?;
+                        pause_conversation(group, &conversation, now, pause.human_idle)?;
                         outcome = ItemOutcome::Paused;
                     }
                 }
-                enqueue(
-                    txn,
+                group.enqueue(
                     &conversation,
                     &InboxItem {
                         seq: 0,
@@ -335,27 +332,25 @@ fn ingest(
             IngestKind::Contact(update) => {
                 let key = ConversationId::new(update.phone_number_id.clone(), update.wa_id.clone())
                     .to_string();
-                let mut contacts = txn
-                    .open_table(CONTACTS)
-                    .map_err(redb_err("opening contacts"))?;
-                let stored: Option<ContactUpdate> = contacts
+                let stored: Option<ContactUpdate> = group
+                    .contacts
                     .get(key.as_str())
                     .map_err(redb_err("reading a contact"))?
                     .map(|v| decode(&key, v.value()))
                     .transpose()?;
                 if contact_wins(stored.as_ref(), &update) {
-                    contacts
-                        .insert(key.as_str(), encode(&update)?.as_slice())
+                    let bytes = encode(&update)?;
+                    group
+                        .contacts
+                        .insert(key.as_str(), bytes.as_slice())
                         .map_err(redb_err("writing a contact"))?;
                 }
                 ItemOutcome::Stored
             }
             IngestKind::Account(update) => {
-                let mut accounts = txn
-                    .open_table(ACCOUNTS)
-                    .map_err(redb_err("opening accounts"))?;
                 let key = update.account.clone();
-                let stored: Option<AccountState> = accounts
+                let stored: Option<AccountState> = group
+                    .accounts
                     .get(key.as_str())
                     .map_err(redb_err("reading an account"))?
                     .map(|v| decode(&key, v.value()))
@@ -365,19 +360,15 @@ fn ingest(
                     events: Vec::new(),
                 });
                 state.record(update);
-                accounts
-                    .insert(key.as_str(), encode(&state)?.as_slice())
+                let bytes = encode(&state)?;
+                group
+                    .accounts
+                    .insert(key.as_str(), bytes.as_slice())
                     .map_err(redb_err("writing an account"))?;
                 ItemOutcome::Stored
             }
             IngestKind::DeadLetter(letter) => {
-                let id = bump(txn, DEAD_LETTER_SEQ, 1)?;
-                let mut letters = txn
-                    .open_table(DEAD_LETTERS)
-                    .map_err(redb_err("opening dead letters"))?;
-                letters
-                    .insert(id, encode(&letter)?.as_slice())
-                    .map_err(redb_err("writing a dead letter"))?;
+                group.add_dead_letter(&encode(&letter)?)?;
                 ItemOutcome::Stored
             }
         };
@@ -387,42 +378,25 @@ fn ingest(
 }
 
 fn pause_conversation(
-    txn: &WriteTransaction,
+    group: &mut Group<'_>,
     id: &ConversationId,
     now: Timestamp,
     idle: Duration,
 ) -> Result<(), StoreError> {
     let key = id.to_string();
-    let previous = read_conversation(txn, &key)?;
+    let previous = group.read_conversation(&key)?;
     let mut next = previous
         .clone()
         .unwrap_or_else(|| Conversation::new(id.clone(), now));
     next.record_human_activity(PausedBy::Echo, now, idle);
     let resume_at = next.resume_at;
-    write_conversation(txn, previous.as_ref(), next, now)?;
-    set_timer(txn, &key, resume_at)
-}
-
-fn enqueue(
-    txn: &WriteTransaction,
-    id: &ConversationId,
-    item: &InboxItem,
-) -> Result<(), StoreError> {
-    let seq = bump(txn, SEQ, 1)?;
-    bump(txn, INBOX_DEPTH, 1)?;
-    let key = id.to_string();
-    let mut inbox = txn
-        .open_table(INBOX)
-        .map_err(redb_err("opening the inbox"))?;
-    inbox
-        .insert((key.as_str(), seq), encode(item)?.as_slice())
-        .map_err(redb_err("writing the inbox"))?;
-    Ok(())
+    group.write_conversation(previous.as_ref(), next, now)?;
+    group.set_timer(&key, resume_at)
 }
 
 fn commit(
     shared: &Shared,
-    txn: &WriteTransaction,
+    group: &mut Group<'_>,
     claim: &Claim,
     step: StepCommit,
     delta: &mut LaneDelta,
@@ -431,65 +405,41 @@ fn commit(
         return Ok(CommitOutcome::LeaseLost);
     }
     let key = claim.conversation.to_string();
-    let head_seq = {
-        let inbox = txn
-            .open_table(INBOX)
-            .map_err(redb_err("opening the inbox"))?;
-        let mut range = inbox
-            .range((key.as_str(), 0)..=(key.as_str(), u64::MAX))
-            .map_err(redb_err("reading the inbox"))?;
-        range
-            .next()
-            .transpose()
-            .map_err(redb_err("reading the inbox"))?
-            .map(|(k, _)| k.value().1)
-    };
-    let previous = read_conversation(txn, &key)?;
-    if head_seq != Some(step.seq) || previous.as_ref().map_or(0, |p| p.rev) != step.expected_rev {
+    let previous = group.read_conversation(&key)?;
+    if group.head_seq(&key)? != Some(step.seq)
+        || previous.as_ref().map_or(0, |p| p.rev) != step.expected_rev
+    {
         return Ok(CommitOutcome::Conflict);
     }
-    write_conversation(txn, previous.as_ref(), step.conversation, step.now)?;
-    {
-        let mut inbox = txn
-            .open_table(INBOX)
-            .map_err(redb_err("opening the inbox"))?;
-        inbox
-            .remove((key.as_str(), step.seq))
-            .map_err(redb_err("writing the inbox"))?;
-    }
-    bump(txn, INBOX_DEPTH, -1)?;
+    group.write_conversation(previous.as_ref(), step.conversation, step.now)?;
+    group.consume(&key, step.seq)?;
     match step.timer {
         TimerChange::Keep => {}
-        TimerChange::Set(due) => set_timer(txn, &key, Some(due))?,
-        TimerChange::Clear => set_timer(txn, &key, None)?,
+        TimerChange::Set(due) => group.set_timer(&key, Some(due))?,
+        TimerChange::Clear => group.set_timer(&key, None)?,
     }
     delta.consumed.push(claim.conversation.clone());
     Ok(CommitOutcome::Applied)
 }
 
 fn fire_timers(
-    txn: &WriteTransaction,
+    group: &mut Group<'_>,
     now: Timestamp,
     limit: usize,
     delta: &mut LaneDelta,
 ) -> Result<usize, StoreError> {
-    let due: Vec<(u64, String)> = {
-        let queue = txn
-            .open_table(TIMER_QUEUE)
-            .map_err(redb_err("opening timers"))?;
-        let range = queue
-            .range(..=(now.as_millis(), "\u{10FFFF}"))
-            .map_err(redb_err("reading timers"))?;
-        let mut due = Vec::new();
-        for row in range.take(limit) {
-            let (key, _) = row.map_err(redb_err("reading timers"))?;
-            let (at, id) = key.value();
-            due.push((at, id.to_owned()));
-        }
-        due
-    };
-    for (_, id) in &due {
-        set_timer(txn, id, None)?;
+    let mut due = Vec::new();
+    for row in group
+        .timer_queue
+        .range(..=(now.as_millis(), "\u{10FFFF}"))
+        .map_err(redb_err("reading timers"))?
+        .take(limit)
+    {
+        let (key, _) = row.map_err(redb_err("reading timers"))?;
+        due.push(key.value().1.to_owned());
+    }
+    for id in &due {
+        group.set_timer(id, None)?;
         let conversation =
             ConversationId::parse(id).map_err(|e| StoreError::corrupt("timer key", e))?;
         let item = InboxItem {
@@ -498,41 +448,10 @@ fn fire_timers(
             own_echo: false,
             event: ConversationEvent::IdleCheck,
         };
-        enqueue(txn, &conversation, &item)?;
+        group.enqueue(&conversation, &item)?;
         delta.enqueued.push(conversation);
     }
     Ok(due.len())
-}
-
-fn purge(txn: &WriteTransaction, now: Timestamp) -> Result<usize, StoreError> {
-    let expired: Vec<(u64, String)> = {
-        let expiry = txn
-            .open_table(DEDUPE_EXPIRY)
-            .map_err(redb_err("opening dedupe"))?;
-        let range = expiry
-            .range(..(now.as_millis(), ""))
-            .map_err(redb_err("reading dedupe"))?;
-        let mut out = Vec::new();
-        for row in range.take(10_000) {
-            let (key, _) = row.map_err(redb_err("reading dedupe"))?;
-            let (at, k) = key.value();
-            out.push((at, k.to_owned()));
-        }
-        out
-    };
-    let mut dedupe = txn.open_table(DEDUPE).map_err(redb_err("opening dedupe"))?;
-    let mut expiry = txn
-        .open_table(DEDUPE_EXPIRY)
-        .map_err(redb_err("opening dedupe"))?;
-    for (at, key) in &expired {
-        expiry
-            .remove((*at, key.as_str()))
-            .map_err(redb_err("purging dedupe"))?;
-        dedupe
-            .remove(key.as_str())
-            .map_err(redb_err("purging dedupe"))?;
-    }
-    Ok(expired.len())
 }
 
 #[async_trait]
