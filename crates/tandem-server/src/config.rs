@@ -569,6 +569,25 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_file_is_valid_and_holds_the_defaults() {
+        let path = PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tandem.example.toml"
+        ));
+        let cli = CliOverrides {
+            config: Some(path),
+            ..CliOverrides::default()
+        };
+        let from_file = load(&cli, &full_env()).unwrap();
+        let defaults = load(&CliOverrides::default(), &full_env()).unwrap();
+        assert_eq!(from_file.engine, defaults.engine);
+        assert_eq!(from_file.listen, defaults.listen);
+        assert_eq!(from_file.store_url, defaults.store_url);
+        assert_eq!(from_file.store.dedupe_ttl, defaults.store.dedupe_ttl);
+        assert_eq!(from_file.max_body_bytes, defaults.max_body_bytes);
+    }
+
+    #[test]
     fn secrets_can_come_from_files() {
         let dir = tempfile::tempdir().unwrap();
         let secret_path = dir.path().join("secret");
