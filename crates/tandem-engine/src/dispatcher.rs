@@ -1,7 +1,8 @@
 //! Lane workers, the idle-timer pump and store upkeep.
 //!
-//! A worker claims one conversation's lane from the store, applies its waiting events one at
-//! a time in arrival order (each step one atomic commit), and gives the lane back. Several
+//! A worker claims one conversation's lane from the store, applies its waiting events in
+//! arrival order (the events waiting at that moment together, in one atomic commit), and
+//! gives the lane back. Several
 //! workers run lanes of different conversations in parallel; with a shared Redis store,
 //! workers of several processes do, and the store's lease guarantees one owner per lane.
 //!
@@ -16,7 +17,7 @@ use tandem_store::{Claim, CommitOutcome, StepCommit, Store, StoreError};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::apply::{ApplyContext, apply};
+use crate::apply::{ApplyContext, apply_batch};
 use crate::config::EngineConfig;
 use crate::metrics;
 
@@ -106,15 +107,15 @@ impl Worker {
     }
 
     async fn run_lane(&self, claim: Claim) {
-        let mut steps = 0;
-        while steps < self.config.lane_budget {
-            match self.step(&claim).await {
-                Ok(Some(CommitOutcome::Applied)) => steps += 1,
-                Ok(Some(CommitOutcome::Conflict)) => {
+        let mut applied = 0;
+        while applied < self.config.lane_budget {
+            match self.step(&claim, self.config.lane_budget - applied).await {
+                Ok(Some((CommitOutcome::Applied, n))) => applied += n,
+                Ok(Some((CommitOutcome::Conflict, _))) => {
                     ::metrics::counter!(metrics::CONFLICTS).increment(1);
                 }
                 // Another worker owns the lane now; it is not ours to release.
-                Ok(Some(CommitOutcome::LeaseLost)) => return,
+                Ok(Some((CommitOutcome::LeaseLost, _))) => return,
                 Ok(None) => break,
                 Err(error) => {
                     record_error("processing", &error);
@@ -127,13 +128,18 @@ impl Worker {
         }
     }
 
-    /// Applies the lane's oldest event. `None` when the inbox is empty.
-    async fn step(&self, claim: &Claim) -> Result<Option<CommitOutcome>, StoreError> {
+    /// Applies up to `max` of the lane's oldest events in one commit; returns the outcome and
+    /// how many events it covered, or `None` when the inbox is empty.
+    async fn step(
+        &self,
+        claim: &Claim,
+        max: usize,
+    ) -> Result<Option<(CommitOutcome, usize)>, StoreError> {
         let now = self.clock.now();
-        let Some((conversation, item)) = self.store.head(claim, now).await? else {
+        let Some((conversation, items)) = self.store.head(claim, now, max).await? else {
             return Ok(None);
         };
-        let span = tracing::debug_span!("conversation", event = item.event.label(), seq = item.seq);
+        let span = tracing::debug_span!("conversation", events = items.len());
         let _entered = span.enter();
         let ctx = ApplyContext {
             now,
@@ -141,25 +147,28 @@ impl Worker {
             transcript_cap: self.config.transcript_cap,
         };
         let expected_rev = conversation.rev;
-        let step = apply(conversation, &item, &ctx);
+        let batch = apply_batch(conversation, &items, &ctx);
         let commit = StepCommit {
             now,
-            seq: item.seq,
+            seqs: items.iter().map(|i| i.seq).collect(),
             expected_rev,
-            conversation: step.conversation,
-            timer: step.timer,
+            conversation: batch.conversation,
+            timer: batch.timer,
         };
         let outcome = self.store.commit(claim, commit, self.config.lease).await?;
         if outcome == CommitOutcome::Applied {
-            ::metrics::counter!(metrics::APPLIED, "event" => item.event.label()).increment(1);
-            let delay = self.clock.now().since(item.received_at).as_secs_f64();
-            ::metrics::histogram!(metrics::ACK_TO_EFFECT).record(delay);
-            if let Some(reason) = step.resumed {
+            let done = self.clock.now();
+            for item in &items {
+                ::metrics::counter!(metrics::APPLIED, "event" => item.event.label()).increment(1);
+                ::metrics::histogram!(metrics::ACK_TO_EFFECT)
+                    .record(done.since(item.received_at).as_secs_f64());
+            }
+            for reason in batch.resumed {
                 ::metrics::counter!(metrics::RESUMES, "reason" => reason).increment(1);
                 tracing::info!(reason, "bot resumed");
             }
         }
-        Ok(Some(outcome))
+        Ok(Some((outcome, items.len())))
     }
 
     async fn run_timers(self, mut stopped: watch::Receiver<bool>) {

@@ -18,7 +18,7 @@ pub mod dispatcher;
 pub mod ingress;
 pub mod metrics;
 
-pub use apply::{ApplyContext, Step, apply};
+pub use apply::{ApplyContext, Batch, Step, apply, apply_batch};
 pub use config::EngineConfig;
 pub use dispatcher::Dispatcher;
 pub use ingress::{Ingress, IngressReport};

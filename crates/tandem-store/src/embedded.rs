@@ -85,7 +85,7 @@ enum Job {
 #[derive(Default)]
 struct LaneDelta {
     enqueued: Vec<ConversationId>,
-    consumed: Vec<ConversationId>,
+    consumed: Vec<(ConversationId, u64)>,
 }
 
 impl EmbeddedStore {
@@ -233,8 +233,8 @@ fn run_group(shared: &Shared, batch: Vec<Job>) {
         for id in &delta.enqueued {
             lanes.add_pending(id, 1);
         }
-        for id in &delta.consumed {
-            lanes.consumed(id);
+        for (id, count) in &delta.consumed {
+            lanes.consumed(id, *count);
         }
         for reply in &replies {
             if let Reply::Commit(_, CommitOutcome::Applied, Some((id, until))) = reply {
@@ -406,19 +406,24 @@ fn commit(
     }
     let key = claim.conversation.to_string();
     let previous = group.read_conversation(&key)?;
-    if group.head_seq(&key)? != Some(step.seq)
+    if step.seqs.is_empty()
+        || group.head_seqs(&key, step.seqs.len())? != step.seqs
         || previous.as_ref().map_or(0, |p| p.rev) != step.expected_rev
     {
         return Ok(CommitOutcome::Conflict);
     }
     group.write_conversation(previous.as_ref(), step.conversation, step.now)?;
-    group.consume(&key, step.seq)?;
+    for seq in &step.seqs {
+        group.consume(&key, *seq)?;
+    }
     match step.timer {
         TimerChange::Keep => {}
         TimerChange::Set(due) => group.set_timer(&key, Some(due))?,
         TimerChange::Clear => group.set_timer(&key, None)?,
     }
-    delta.consumed.push(claim.conversation.clone());
+    delta
+        .consumed
+        .push((claim.conversation.clone(), step.seqs.len() as u64));
     Ok(CommitOutcome::Applied)
 }
 
@@ -484,22 +489,27 @@ impl Store for EmbeddedStore {
         &self,
         claim: &Claim,
         now: Timestamp,
-    ) -> Result<Option<(Conversation, InboxItem)>, StoreError> {
+        max: usize,
+    ) -> Result<Option<(Conversation, Vec<InboxItem>)>, StoreError> {
         let id = claim.conversation.clone();
         self.read(move |txn| {
             let key = id.to_string();
             let inbox = txn
                 .open_table(INBOX)
                 .map_err(redb_err("opening the inbox"))?;
-            let mut range = inbox
+            let range = inbox
                 .range((key.as_str(), 0)..=(key.as_str(), u64::MAX))
                 .map_err(redb_err("reading the inbox"))?;
-            let Some(row) = range.next() else {
+            let mut items = Vec::new();
+            for row in range.take(max.max(1)) {
+                let (k, v) = row.map_err(redb_err("reading the inbox"))?;
+                let mut item: InboxItem = decode(&key, v.value())?;
+                item.seq = k.value().1;
+                items.push(item);
+            }
+            if items.is_empty() {
                 return Ok(None);
-            };
-            let (k, v) = row.map_err(redb_err("reading the inbox"))?;
-            let mut item: InboxItem = decode(&key, v.value())?;
-            item.seq = k.value().1;
+            }
             let table = txn
                 .open_table(CONVERSATIONS)
                 .map_err(redb_err("opening conversations"))?;
@@ -510,7 +520,7 @@ impl Store for EmbeddedStore {
                 Some(v) => decode(&key, v.value())?,
                 None => Conversation::new(id, now),
             };
-            Ok(Some((conversation, item)))
+            Ok(Some((conversation, items)))
         })
         .await
     }

@@ -134,13 +134,13 @@ pub enum TimerChange {
     Clear,
 }
 
-/// The result of applying the head event of a lane.
+/// The result of applying the oldest events of a lane, in order.
 #[derive(Debug, Clone)]
 pub struct StepCommit {
     /// When the step was applied.
     pub now: Timestamp,
-    /// The inbox item applied.
-    pub seq: u64,
+    /// The inbox items applied: the lane's oldest ones, oldest first.
+    pub seqs: Vec<u64>,
     /// The record revision the step was computed from.
     pub expected_rev: u64,
     /// The new record; the store sets its revision.

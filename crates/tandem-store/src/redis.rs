@@ -71,7 +71,8 @@ struct Plan {
     revs: Vec<(String, u64)>,
     equals: Vec<(String, Option<String>)>,
     lease: Option<(String, String, u64)>,
-    head: Option<(String, String)>,
+    /// Inbox key, first and last applied seq, and how many were applied.
+    head: Option<(String, String, String, usize)>,
     set_px: Vec<(String, String, u64)>,
     set: Vec<(String, String)>,
     convs: Vec<ConversationWrite>,
@@ -407,23 +408,31 @@ impl Store for RedisStore {
         &self,
         claim: &Claim,
         now: Timestamp,
-    ) -> Result<Option<(Conversation, InboxItem)>, StoreError> {
+        max: usize,
+    ) -> Result<Option<(Conversation, Vec<InboxItem>)>, StoreError> {
         let mut con = self.con.clone();
         let id = &claim.conversation;
-        let (head, record): (Option<String>, Option<String>) = redis::pipe()
-            .lindex(self.keys.inbox(id), 0)
+        let last = isize::try_from(max.max(1)).unwrap_or(isize::MAX) - 1;
+        let (entries, record): (Vec<String>, Option<String>) = redis::pipe()
+            .lrange(self.keys.inbox(id), 0, last)
             .hget(self.keys.conversation(id), "data")
             .query_async(&mut con)
             .await?;
-        let Some(head) = head else { return Ok(None) };
-        let (seq, body) = split_seq(&head)?;
-        let mut item: InboxItem = decode(&id.to_string(), body)?;
-        item.seq = seq;
+        if entries.is_empty() {
+            return Ok(None);
+        }
+        let mut items = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            let (seq, body) = split_seq(entry)?;
+            let mut item: InboxItem = decode(&id.to_string(), body)?;
+            item.seq = seq;
+            items.push(item);
+        }
         let conversation = match record {
             Some(raw) => decode(&id.to_string(), &raw)?,
             None => Conversation::new(id.clone(), now),
         };
-        Ok(Some((conversation, item)))
+        Ok(Some((conversation, items)))
     }
 
     async fn commit(
@@ -435,7 +444,15 @@ impl Store for RedisStore {
         let id = &claim.conversation;
         let mut plan = self.plan(commit.now);
         plan.lease = Some((self.keys.lease(id), claim.token.clone(), millis(lease)));
-        plan.head = Some((self.keys.inbox(id), commit.seq.to_string()));
+        let (Some(first), Some(last)) = (commit.seqs.first(), commit.seqs.last()) else {
+            return Ok(CommitOutcome::Conflict);
+        };
+        plan.head = Some((
+            self.keys.inbox(id),
+            first.to_string(),
+            last.to_string(),
+            commit.seqs.len(),
+        ));
         self.write_conversation(
             &mut plan,
             commit.expected_rev,

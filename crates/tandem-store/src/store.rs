@@ -34,14 +34,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn claim(&self, now: Timestamp, lease: Duration) -> Result<Option<Claim>, StoreError>;
 
     /// Returns the claimed conversation's record (a new one if it has none) and its oldest
-    /// waiting event, or `None` when the inbox is empty.
+    /// waiting events (at most `max`, oldest first), or `None` when the inbox is empty.
     async fn head(
         &self,
         claim: &Claim,
         now: Timestamp,
-    ) -> Result<Option<(Conversation, InboxItem)>, StoreError>;
+        max: usize,
+    ) -> Result<Option<(Conversation, Vec<InboxItem>)>, StoreError>;
 
-    /// Writes the result of applying the head event and removes it from the inbox, atomically.
+    /// Writes the result of applying the lane's oldest events and removes them from the inbox,
+    /// atomically. Refused with `Conflict` when the record or the inbox head changed since
+    /// [`Store::head`], and with `LeaseLost` when the claim is no longer the lane's owner.
     async fn commit(
         &self,
         claim: &Claim,

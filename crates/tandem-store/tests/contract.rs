@@ -120,12 +120,14 @@ async fn step(
     claim: &Claim,
     now: Timestamp,
 ) -> Option<(ConversationEvent, CommitOutcome)> {
-    let (mut record, item) = store.head(claim, now).await.unwrap()?;
+    let (mut record, mut items) = store.head(claim, now, 1).await.unwrap()?;
+    assert_eq!(items.len(), 1, "head returns at most the number asked for");
+    let item = items.remove(0);
     let expected_rev = record.rev;
     record.events_applied += 1;
     let commit = StepCommit {
         now,
-        seq: item.seq,
+        seqs: vec![item.seq],
         expected_rev,
         conversation: record,
         timer: TimerChange::Keep,
@@ -239,21 +241,22 @@ async fn an_echo_of_our_own_send_is_not_a_person(f: Fixture) {
             .is_none_or(|c| c.mode == Mode::Bot)
     );
     let claim = s.claim(T0, LEASE).await.unwrap().unwrap();
-    let (_, item) = s.head(&claim, T0).await.unwrap().unwrap();
-    assert!(item.own_echo);
+    let (_, items) = s.head(&claim, T0, 10).await.unwrap().unwrap();
+    assert!(items[0].own_echo);
 }
 
 async fn a_lane_step_never_overwrites_a_pause(f: Fixture) {
     let s = f.store.as_ref();
     s.ingest(batch(T0, vec![message("a", "m1")])).await.unwrap();
     let claim = s.claim(T0, LEASE).await.unwrap().unwrap();
-    let (record, item) = s.head(&claim, T0).await.unwrap().unwrap();
+    let (record, items) = s.head(&claim, T0, 1).await.unwrap().unwrap();
+    let item = &items[0];
     assert_eq!(record.mode, Mode::Bot);
     // A person writes from the phone while the lane works on m1.
     s.ingest(batch(T0, vec![echo("a", "e1")])).await.unwrap();
     let stale = StepCommit {
         now: T0,
-        seq: item.seq,
+        seqs: vec![item.seq],
         expected_rev: record.rev,
         conversation: record,
         timer: TimerChange::Keep,
@@ -296,10 +299,11 @@ async fn one_owner_per_lane_and_stale_owners_are_fenced(f: Fixture) {
         tokio::task::yield_now().await;
     };
     assert_eq!(second.conversation, first.conversation);
-    let (record, item) = s.head(&first, later).await.unwrap().unwrap();
+    let (record, items) = s.head(&first, later, 1).await.unwrap().unwrap();
+    let item = &items[0];
     let stale = StepCommit {
         now: later,
-        seq: item.seq,
+        seqs: vec![item.seq],
         expected_rev: record.rev,
         conversation: record,
         timer: TimerChange::Keep,
@@ -335,11 +339,12 @@ async fn due_timers_become_idle_checks(f: Fixture) {
     // A lane step can arm it again.
     s.ingest(batch(T0, vec![message("a", "m1")])).await.unwrap();
     let claim = s.claim(T0, LEASE).await.unwrap().unwrap();
-    let (record, item) = s.head(&claim, T0).await.unwrap().unwrap();
+    let (record, items) = s.head(&claim, T0, 1).await.unwrap().unwrap();
+    let item = &items[0];
     let due = T0.plus(Duration::from_secs(5));
     let commit = StepCommit {
         now: T0,
-        seq: item.seq,
+        seqs: vec![item.seq],
         expected_rev: record.rev,
         conversation: record,
         timer: TimerChange::Set(due),
@@ -350,6 +355,62 @@ async fn due_timers_become_idle_checks(f: Fixture) {
     );
     s.release(claim, T0).await.unwrap();
     assert_eq!(s.fire_due_timers(due, 10).await.unwrap(), 1);
+}
+
+async fn several_events_commit_together_and_only_as_the_head(f: Fixture) {
+    let s = f.store.as_ref();
+    s.ingest(batch(
+        T0,
+        vec![message("a", "m1"), message("a", "m2"), message("a", "m3")],
+    ))
+    .await
+    .unwrap();
+    let claim = s.claim(T0, LEASE).await.unwrap().unwrap();
+    let (record, items) = s.head(&claim, T0, 2).await.unwrap().unwrap();
+    assert_eq!(
+        items.iter().map(|i| i.event.clone()).collect::<Vec<_>>(),
+        vec![text("m1"), text("m2")]
+    );
+    let commit = |seqs: Vec<u64>| StepCommit {
+        now: T0,
+        seqs,
+        expected_rev: record.rev,
+        conversation: record.clone(),
+        timer: TimerChange::Keep,
+    };
+    // Not the head of the inbox, or not a prefix of it: refused, nothing removed.
+    assert_eq!(
+        s.commit(&claim, commit(vec![items[1].seq]), LEASE)
+            .await
+            .unwrap(),
+        CommitOutcome::Conflict
+    );
+    assert_eq!(
+        s.commit(
+            &claim,
+            commit(vec![items[0].seq, items[1].seq + 100]),
+            LEASE
+        )
+        .await
+        .unwrap(),
+        CommitOutcome::Conflict
+    );
+    assert_eq!(
+        s.commit(&claim, commit(vec![]), LEASE).await.unwrap(),
+        CommitOutcome::Conflict
+    );
+    assert_eq!(s.stats().await.unwrap().inbox_depth, 3);
+    let both = items.iter().map(|i| i.seq).collect();
+    assert_eq!(
+        s.commit(&claim, commit(both), LEASE).await.unwrap(),
+        CommitOutcome::Applied
+    );
+    assert_eq!(s.stats().await.unwrap().inbox_depth, 1);
+    let (_, rest) = s.head(&claim, T0, 10).await.unwrap().unwrap();
+    assert_eq!(
+        rest.iter().map(|i| i.event.clone()).collect::<Vec<_>>(),
+        vec![text("m3")]
+    );
 }
 
 async fn contacts_accounts_and_dead_letters_are_kept(f: Fixture) {
@@ -508,6 +569,7 @@ macro_rules! suite {
             a_lane_step_never_overwrites_a_pause,
             one_owner_per_lane_and_stale_owners_are_fenced,
             due_timers_become_idle_checks,
+            several_events_commit_together_and_only_as_the_head,
             contacts_accounts_and_dead_letters_are_kept,
             conversations_are_listed_by_mode_in_pages,
         );)*

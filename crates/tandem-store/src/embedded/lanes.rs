@@ -27,9 +27,9 @@ impl LaneBook {
         }
     }
 
-    pub(super) fn consumed(&mut self, id: &ConversationId) {
+    pub(super) fn consumed(&mut self, id: &ConversationId, count: u64) {
         if let Some(n) = self.pending.get_mut(id) {
-            *n = n.saturating_sub(1);
+            *n = n.saturating_sub(count);
             if *n == 0 {
                 self.pending.remove(id);
             }
@@ -109,7 +109,7 @@ mod tests {
         );
         book.add_pending(&id("1:a"), 1);
         assert_eq!(book.claim(Timestamp(0), Timestamp(100), "u".into()), None);
-        book.consumed(&id("1:a"));
+        book.consumed(&id("1:a"), 1);
         assert!(!book.release(&id("1:a"), "wrong"));
         assert!(book.release(&id("1:a"), "t"));
         assert_eq!(

@@ -208,17 +208,17 @@ impl<'t> Group<'t> {
         Ok(())
     }
 
-    /// Returns the sequence number of a conversation's oldest waiting event.
-    pub(super) fn head_seq(&self, id: &str) -> Result<Option<u64>, StoreError> {
-        let mut range = self
+    /// Returns the sequence numbers of a conversation's `n` oldest waiting events.
+    pub(super) fn head_seqs(&self, id: &str, n: usize) -> Result<Vec<u64>, StoreError> {
+        let range = self
             .inbox
             .range((id, 0)..=(id, u64::MAX))
             .map_err(redb_err("reading the inbox"))?;
-        Ok(range
-            .next()
-            .transpose()
-            .map_err(redb_err("reading the inbox"))?
-            .map(|(k, _)| k.value().1))
+        let mut seqs = Vec::with_capacity(n);
+        for row in range.take(n) {
+            seqs.push(row.map_err(redb_err("reading the inbox"))?.0.value().1);
+        }
+        Ok(seqs)
     }
 
     /// Removes an applied event.

@@ -19,18 +19,23 @@ end
 if plan.lease ~= cjson.null then
   if redis.call('GET', plan.lease[1]) ~= plan.lease[2] then return {'lease_lost'} end
 end
+-- A lane commit names the first and last of the events it applied. Only the lane owner
+-- pops and everything else appends, so equal ends mean the same events.
+local function starts_with(entry, seq)
+  local want = seq .. ':'
+  return entry and string.sub(entry, 1, #want) == want
+end
 if plan.head ~= cjson.null then
-  local head = redis.call('LINDEX', plan.head[1], 0)
-  local want = plan.head[2] .. ':'
-  if not head or string.sub(head, 1, #want) ~= want then return {'conflict', 'head'} end
+  if not starts_with(redis.call('LINDEX', plan.head[1], 0), plan.head[2]) then return {'conflict', 'head'} end
+  if not starts_with(redis.call('LINDEX', plan.head[1], plan.head[4] - 1), plan.head[3]) then return {'conflict', 'head'} end
 end
 
 if plan.lease ~= cjson.null then
   redis.call('PEXPIRE', plan.lease[1], plan.lease[3])
 end
 if plan.head ~= cjson.null then
-  redis.call('LPOP', plan.head[1])
-  redis.call('DECR', k.depth)
+  redis.call('LTRIM', plan.head[1], plan.head[4], -1)
+  redis.call('DECRBY', k.depth, plan.head[4])
 end
 for _, d in ipairs(plan.set_px) do redis.call('SET', d[1], d[2], 'PX', d[3]) end
 for _, s in ipairs(plan.set) do redis.call('SET', s[1], s[2]) end
