@@ -74,11 +74,25 @@ struct Plan {
     /// Inbox key, first and last applied seq, and how many were applied.
     head: Option<(String, String, String, usize)>,
     set_px: Vec<(String, String, u64)>,
-    set: Vec<(String, String)>,
+    /// Key and blob index.
+    set: Vec<(String, usize)>,
     convs: Vec<ConversationWrite>,
-    enqueue: Vec<(String, String, String)>,
+    /// Inbox key, conversation id, blob index.
+    enqueue: Vec<(String, String, usize)>,
     timers: Vec<(String, Option<String>)>,
-    dead_letters: Vec<String>,
+    /// Blob indexes.
+    dead_letters: Vec<usize>,
+    /// Large values (records, events) travel as separate script arguments, so the script
+    /// does not decode them as JSON; the plan refers to them by 1-based index.
+    #[serde(skip)]
+    blobs: Vec<String>,
+}
+
+impl Plan {
+    fn blob(&mut self, value: String) -> usize {
+        self.blobs.push(value);
+        self.blobs.len()
+    }
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -98,7 +112,7 @@ struct ConversationWrite {
     key: String,
     cid: String,
     rev: u64,
-    data: String,
+    data: usize,
     mode_key: String,
 }
 
@@ -189,12 +203,13 @@ impl RedisStore {
         conversation.updated_at = now;
         plan.revs
             .push((self.keys.conversation(&conversation.id), expected_rev));
+        let data = plan.blob(json(&conversation)?);
         plan.convs.push(ConversationWrite {
             key: self.keys.conversation(&conversation.id),
             cid: conversation.id.to_string(),
             rev: conversation.rev,
             mode_key: self.keys.mode_index(conversation.mode),
-            data: json(&conversation)?,
+            data,
         });
         Ok(())
     }
@@ -205,6 +220,7 @@ impl RedisStore {
             .scripts
             .apply
             .arg(json(plan)?)
+            .arg(&plan.blobs)
             .invoke_async(&mut con)
             .await?;
         Ok(answer)
@@ -280,10 +296,11 @@ impl RedisStore {
                         own_echo,
                         event: event.clone(),
                     };
+                    let blob = plan.blob(json(&stored)?);
                     plan.enqueue.push((
                         self.keys.inbox(conversation),
                         conversation.to_string(),
-                        json(&stored)?,
+                        blob,
                     ));
                     outcome
                 }
@@ -324,7 +341,8 @@ impl RedisStore {
                     ItemOutcome::Stored
                 }
                 IngestKind::DeadLetter(letter) => {
-                    plan.dead_letters.push(json(letter)?);
+                    let blob = plan.blob(json(letter)?);
+                    plan.dead_letters.push(blob);
                     ItemOutcome::Stored
                 }
             };
@@ -333,12 +351,14 @@ impl RedisStore {
         for (key, (raw, stored, changed)) in contacts {
             if let (true, Some(update)) = (changed, stored) {
                 plan.equals.push((key.clone(), raw));
-                plan.set.push((key, json(&update)?));
+                let blob = plan.blob(json(&update)?);
+                plan.set.push((key, blob));
             }
         }
         for (key, (raw, state)) in accounts {
             plan.equals.push((key.clone(), raw));
-            plan.set.push((key, json(&state)?));
+            let blob = plan.blob(json(&state)?);
+            plan.set.push((key, blob));
         }
         for (id, (rev, record)) in paused {
             let resume_at = record.resume_at;

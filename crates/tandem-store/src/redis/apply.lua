@@ -1,8 +1,11 @@
 -- Applies one write plan atomically: first every guard, then every write.
--- ARGV[1] is the plan as JSON (see `Plan` in redis.rs). Returns {'ok'}, {'conflict', what}
--- or {'lease_lost'}. Guards run before any write, so a refused plan changes nothing.
+-- ARGV[1] is the plan as JSON (see `Plan` in redis.rs); ARGV[2..] are the large values it
+-- refers to by index (records, events), passed apart so they are never decoded here.
+-- Returns {'ok'}, {'conflict', what} or {'lease_lost'}. Guards run before any write, so a
+-- refused plan changes nothing.
 local plan = cjson.decode(ARGV[1])
 local k = plan.keys
+local function blob(i) return ARGV[i + 1] end
 
 for _, key in ipairs(plan.absent) do
   if redis.call('EXISTS', key) == 1 then return {'conflict', key} end
@@ -38,16 +41,16 @@ if plan.head ~= cjson.null then
   redis.call('DECRBY', k.depth, plan.head[4])
 end
 for _, d in ipairs(plan.set_px) do redis.call('SET', d[1], d[2], 'PX', d[3]) end
-for _, s in ipairs(plan.set) do redis.call('SET', s[1], s[2]) end
+for _, s in ipairs(plan.set) do redis.call('SET', s[1], blob(s[2])) end
 for _, c in ipairs(plan.convs) do
-  redis.call('HSET', c.key, 'rev', c.rev, 'data', c.data)
+  redis.call('HSET', c.key, 'rev', c.rev, 'data', blob(c.data))
   for _, m in ipairs(k.modes) do redis.call('ZREM', m, c.cid) end
   redis.call('ZADD', c.mode_key, 0, c.cid)
   redis.call('ZADD', k.convs, 0, c.cid)
 end
 for _, e in ipairs(plan.enqueue) do
   local seq = redis.call('INCR', k.seq)
-  redis.call('RPUSH', e[1], seq .. ':' .. e[3])
+  redis.call('RPUSH', e[1], seq .. ':' .. blob(e[3]))
   redis.call('ZADD', k.ready, 'NX', plan.now, e[2])
   redis.call('INCR', k.depth)
 end
@@ -60,6 +63,6 @@ for _, t in ipairs(plan.timers) do
 end
 for _, letter in ipairs(plan.dead_letters) do
   local id = redis.call('INCR', k.dead_letter_seq)
-  redis.call('LPUSH', k.dead_letters, id .. ':' .. letter)
+  redis.call('LPUSH', k.dead_letters, id .. ':' .. blob(letter))
 end
 return {'ok'}
