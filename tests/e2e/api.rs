@@ -60,7 +60,15 @@ async fn the_api_needs_the_token_and_explains_bad_requests() {
             "{path}: {body}"
         );
     }
-    let _ = API_TOKEN;
+    // The scheme is case-insensitive (RFC 7235).
+    let lower = server
+        .client
+        .get(server.url("/v1/conversations"))
+        .header("authorization", format!("bearer {API_TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lower.status(), 200);
 }
 
 #[tokio::test]

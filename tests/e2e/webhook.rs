@@ -199,3 +199,62 @@ async fn a_body_over_the_limit_is_refused_and_counted() {
         200
     );
 }
+
+#[tokio::test]
+async fn unknown_fields_and_message_types_are_kept_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(Spec::new(Backend::embedded(dir.path())));
+    let body = serde_json::json!({"object": "whatsapp_business_account", "entry": [{"id": "104810000000001", "changes": [
+        {"field": "message_template_status_update", "value": {"event": "APPROVED", "message_template_name": "order_update"}},
+        {"field": "messages", "value": {"messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "15550001111", "phone_number_id": PNID},
+            "messages": [
+                {"from": "15550001234", "id": "wamid.holo", "timestamp": "1768041000", "type": "hologram", "hologram": {"frames": 3}},
+                {"from": "15550001234", "timestamp": "1768041001", "type": "text", "text": {"body": "no id"}}
+            ]}}
+    ]}]});
+    let response = server
+        .post_signed(&serde_json::to_vec(&body).unwrap())
+        .await;
+    assert_eq!(response.status(), 200, "signed content is never refused");
+    let report: Value = response.json().await.unwrap();
+    assert_eq!(
+        report["kept"], 2,
+        "the unknown field and the item without an id"
+    );
+
+    let (_, letters) = server.api("/v1/dead-letters").await;
+    let reasons: Vec<&str> = letters["dead_letters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons, ["unparseable_item", "unknown_field"]);
+    assert!(
+        letters["dead_letters"][1]["body"]
+            .as_str()
+            .unwrap()
+            .contains("order_update"),
+        "kept raw"
+    );
+    assert_eq!(
+        server
+            .metric("tandem_webhook_unknown_message_types_total")
+            .await,
+        1.0
+    );
+    assert_eq!(server.metric("tandem_webhook_kept_total").await, 2.0);
+    let c = wait_for(
+        "the unknown message to take effect",
+        std::time::Duration::from_secs(10),
+        || async {
+            server
+                .conversation("15550001234")
+                .await
+                .filter(|c| c["events_applied"] == 1)
+        },
+    )
+    .await;
+    assert_eq!(texts(&c, "customer"), ["[hologram]"]);
+}

@@ -22,7 +22,7 @@ use crate::config::EngineConfig;
 use crate::metrics;
 
 /// How often expired deduplication keys are purged.
-const PURGE_EVERY: Duration = Duration::from_secs(600);
+const PURGE_EVERY: Duration = Duration::from_secs(60);
 
 /// The running background work of the engine. Stop it with [`Dispatcher::shutdown`].
 #[derive(Debug)]
@@ -192,10 +192,24 @@ impl Worker {
                 _ = tick.tick() => {}
                 _ = stopped.changed() => break,
             }
-            match self.store.purge_expired(self.clock.now()).await {
-                Ok(n) if n > 0 => tracing::debug!(purged = n, "expired deduplication keys purged"),
-                Ok(_) => {}
-                Err(error) => record_error("upkeep", &error),
+            // Each call removes one batch in its own write, so webhooks interleave; keep going
+            // until a call finds nothing, so purging keeps up with any ingest rate.
+            let mut purged = 0;
+            loop {
+                match self.store.purge_expired(self.clock.now()).await {
+                    Ok(0) => break,
+                    Ok(n) => purged += n,
+                    Err(error) => {
+                        record_error("upkeep", &error);
+                        break;
+                    }
+                }
+                if *stopped.borrow() {
+                    break;
+                }
+            }
+            if purged > 0 {
+                tracing::debug!(purged, "expired deduplication keys purged");
             }
         }
     }

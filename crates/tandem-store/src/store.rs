@@ -82,7 +82,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Checks that the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
 
-    /// Removes expired deduplication keys (where the backend does not expire them itself).
+    /// Removes one batch of expired deduplication keys (where the backend does not expire them
+    /// itself) and returns how many; 0 means none are left.
     async fn purge_expired(&self, now: Timestamp) -> Result<usize, StoreError>;
 }
 

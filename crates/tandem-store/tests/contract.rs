@@ -26,10 +26,53 @@ struct Fixture {
     _dir: Option<tempfile::TempDir>,
 }
 
+/// The dedupe window of the test that checks its expiry; the others keep the default.
+const DEDUPE_TTL: Duration = Duration::from_secs(1);
+
+fn options() -> StoreOptions {
+    StoreOptions::default()
+}
+
+/// A fresh store of the same backend as `f`, with a short dedupe window.
+async fn short_window(f: &Fixture) -> Fixture {
+    let short = StoreOptions {
+        dedupe_ttl: DEDUPE_TTL,
+        ..options()
+    };
+    match f.store.backend() {
+        "embedded" => {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("short.redb");
+            let store = tandem_store::open(path.to_str().unwrap(), short)
+                .await
+                .unwrap();
+            Fixture {
+                store,
+                _dir: Some(dir),
+            }
+        }
+        _ => {
+            let url = std::env::var("TANDEM_TEST_REDIS_URL")
+                .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+            let prefix = format!("tandem-test:{}", uuid::Uuid::new_v4());
+            let store = tandem_store::open(
+                &url,
+                StoreOptions {
+                    redis_prefix: prefix,
+                    ..short
+                },
+            )
+            .await
+            .unwrap();
+            Fixture { store, _dir: None }
+        }
+    }
+}
+
 async fn embedded() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tandem.redb");
-    let store = tandem_store::open(path.to_str().unwrap(), StoreOptions::default())
+    let store = tandem_store::open(path.to_str().unwrap(), options())
         .await
         .unwrap();
     Fixture {
@@ -43,7 +86,7 @@ async fn redis() -> Fixture {
         .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
     let options = StoreOptions {
         redis_prefix: format!("tandem-test:{}", uuid::Uuid::new_v4()),
-        ..StoreOptions::default()
+        ..options()
     };
     match tandem_store::open(&url, options).await {
         Ok(store) => Fixture { store, _dir: None },
@@ -413,6 +456,46 @@ async fn several_events_commit_together_and_only_as_the_head(f: Fixture) {
     );
 }
 
+async fn a_retry_after_the_dedupe_window_is_stored_again(f: Fixture) {
+    let f = short_window(&f).await;
+    let s = f.store.as_ref();
+    assert_eq!(
+        s.ingest(batch(T0, vec![message("a", "m1")]))
+            .await
+            .unwrap()
+            .outcomes,
+        vec![ItemOutcome::Stored]
+    );
+    let later = T0.plus(DEDUPE_TTL * 2);
+    // The embedded store compares expiry times with the delivery's time; Redis expires keys
+    // on its own clock, so wait for that with a deadline.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let outcome = s
+            .ingest(batch(later, vec![message("a", "m1")]))
+            .await
+            .unwrap()
+            .outcomes;
+        if outcome == vec![ItemOutcome::Stored] {
+            break;
+        }
+        assert_eq!(outcome, vec![ItemOutcome::Duplicate]);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dedupe window never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let much_later = later.plus(DEDUPE_TTL * 2);
+    let purged = s.purge_expired(much_later).await.unwrap();
+    match s.backend() {
+        // Both keys (the first delivery's and the retry's) have expired by then.
+        "embedded" => assert_eq!(purged, 1, "the first key was replaced by the retry's"),
+        _ => assert_eq!(purged, 0, "Redis expires keys itself"),
+    }
+    assert_eq!(s.purge_expired(much_later).await.unwrap(), 0);
+}
+
 async fn contacts_accounts_and_dead_letters_are_kept(f: Fixture) {
     let s = f.store.as_ref();
     let contact = |name: Option<&str>, at: u64, removed: bool| ContactUpdate {
@@ -570,6 +653,7 @@ macro_rules! suite {
             one_owner_per_lane_and_stale_owners_are_fenced,
             due_timers_become_idle_checks,
             several_events_commit_together_and_only_as_the_head,
+            a_retry_after_the_dedupe_window_is_stored_again,
             contacts_accounts_and_dead_letters_are_kept,
             conversations_are_listed_by_mode_in_pages,
         );)*

@@ -41,7 +41,11 @@ pub async fn require_token(
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|v| {
+                v.split_once(' ')
+                    .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            })
+            .map(|(_, token)| token.trim())
             .unwrap_or("");
         if !secret_matches(expected, presented) {
             return Err(ApiError::Unauthorized);
