@@ -1,9 +1,11 @@
 //! The Redis backend, for several replicas sharing one Redis server.
 //!
-//! Reads go straight to Redis. Every write is one Lua script ([`Plan`] applied by
-//! `apply.lua`), so it is atomic. Ingest is optimistic: it reads what it needs (dedupe keys,
-//! records it will pause, contacts), computes the writes, and the script re-checks every guard
-//! before writing; if another replica got there first, the attempt is repeated from the reads.
+//! Reads go straight to Redis. Every write is one Lua script, so it is atomic. A delivery of
+//! plain events (no echo, contact or account fact; most deliveries) is one call of
+//! `ingest.lua`, which drops duplicates with `SET NX`. Anything else goes through a [`Plan`]
+//! applied by `apply.lua`, optimistically: it reads what it needs (dedupe keys, records it will
+//! pause, contacts), computes the writes, and the script re-checks every guard before writing;
+//! if another replica got there first, the attempt is repeated from the reads.
 //! Lane commits are fenced by the claim's lease token and the record's revision.
 //!
 //! Scripts name their keys through arguments, so this backend needs a single Redis server
@@ -20,7 +22,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 use serde::Serialize;
 use tandem_domain::{
-    ContactUpdate, Conversation, ConversationEvent, ConversationId, DeadLetter, MessageId, Mode,
+    ContactUpdate, Conversation, ConversationEvent, ConversationId, DeadLetter, MessageId,
     PausedBy, Timestamp,
 };
 use tokio::sync::Notify;
@@ -28,8 +30,9 @@ use tokio::sync::Notify;
 use self::keys::Keys;
 use crate::error::StoreError;
 use crate::model::{
-    AccountState, Claim, CommitOutcome, InboxItem, IngestBatch, IngestKind, IngestReport,
-    ItemOutcome, ListQuery, StepCommit, StoreOptions, StoreStats, TimerChange, contact_wins,
+    AccountState, Claim, CommitOutcome, InboxItem, IngestBatch, IngestItem, IngestKind,
+    IngestReport, ItemOutcome, ListQuery, StepCommit, StoreOptions, StoreStats, TimerChange,
+    contact_wins,
 };
 use crate::store::Store;
 
@@ -57,6 +60,7 @@ impl std::fmt::Debug for RedisStore {
 
 struct Scripts {
     apply: Script,
+    ingest: Script,
     claim: Script,
     release: Script,
     fire_timers: Script,
@@ -102,7 +106,7 @@ struct PlanKeys {
     depth: String,
     timers: String,
     convs: String,
-    modes: Vec<String>,
+    mode_prefix: String,
     dead_letters: String,
     dead_letter_seq: String,
 }
@@ -113,7 +117,7 @@ struct ConversationWrite {
     cid: String,
     rev: u64,
     data: usize,
-    mode_key: String,
+    mode: &'static str,
 }
 
 fn json<T: Serialize>(value: &T) -> Result<String, StoreError> {
@@ -164,6 +168,7 @@ impl RedisStore {
             options,
             scripts: Arc::new(Scripts {
                 apply: Script::new(include_str!("redis/apply.lua")),
+                ingest: Script::new(include_str!("redis/ingest.lua")),
                 claim: Script::new(include_str!("redis/claim.lua")),
                 release: Script::new(include_str!("redis/release.lua")),
                 fire_timers: Script::new(include_str!("redis/fire_timers.lua")),
@@ -184,7 +189,7 @@ impl RedisStore {
                 depth: k.inbox_depth(),
                 timers: k.timers(),
                 convs: k.all_conversations(),
-                modes: Mode::ALL.iter().map(|m| k.mode_index(*m)).collect(),
+                mode_prefix: k.mode_index_prefix(),
                 dead_letters: k.dead_letters(),
                 dead_letter_seq: k.dead_letter_seq(),
             },
@@ -208,7 +213,7 @@ impl RedisStore {
             key: self.keys.conversation(&conversation.id),
             cid: conversation.id.to_string(),
             rev: conversation.rev,
-            mode_key: self.keys.mode_index(conversation.mode),
+            mode: conversation.mode.as_str(),
             data,
         });
         Ok(())
@@ -380,6 +385,91 @@ impl RedisStore {
     }
 }
 
+/// True for items the one-round-trip ingest can store: they need nothing read first.
+fn is_plain(item: &IngestItem) -> bool {
+    matches!(
+        item.kind,
+        IngestKind::Conversation { pause: None, .. } | IngestKind::DeadLetter(_)
+    )
+}
+
+impl RedisStore {
+    /// Stores a delivery of plain items (see [`is_plain`]) in one script call.
+    async fn ingest_plain(&self, batch: &IngestBatch) -> Result<IngestReport, StoreError> {
+        let now = batch.received_at;
+        let mut script = self.scripts.ingest.prepare_invoke();
+        script
+            .arg(self.keys.seq())
+            .arg(self.keys.ready())
+            .arg(self.keys.inbox_depth())
+            .arg(self.keys.dead_letters())
+            .arg(self.keys.dead_letter_seq())
+            .arg(now.as_millis())
+            .arg(millis(self.options.dedupe_ttl));
+        let mut enqueued = false;
+        for item in &batch.items {
+            let dedupe = self.keys.dedupe(&item.key);
+            match &item.kind {
+                IngestKind::Conversation {
+                    conversation,
+                    event,
+                    ..
+                } => {
+                    let stored = InboxItem {
+                        seq: 0,
+                        received_at: now,
+                        own_echo: false,
+                        event: event.clone(),
+                    };
+                    script
+                        .arg("q")
+                        .arg(dedupe)
+                        .arg(self.keys.inbox(conversation))
+                        .arg(conversation.to_string())
+                        .arg(json(&stored)?);
+                    enqueued = true;
+                }
+                IngestKind::DeadLetter(letter) => {
+                    script
+                        .arg("d")
+                        .arg(dedupe)
+                        .arg("")
+                        .arg("")
+                        .arg(json(letter)?);
+                }
+                IngestKind::Contact(_) | IngestKind::Account(_) => {
+                    return Err(StoreError::Protocol(
+                        "a non-plain item reached the plain ingest".into(),
+                    ));
+                }
+            }
+        }
+        let mut con = self.con.clone();
+        let stored: Vec<i64> = script.invoke_async(&mut con).await?;
+        if stored.len() != batch.items.len() {
+            return Err(StoreError::Protocol(format!(
+                "ingest answered {} outcomes for {} items",
+                stored.len(),
+                batch.items.len()
+            )));
+        }
+        if enqueued && stored.contains(&1) {
+            self.signal.notify_waiters();
+        }
+        let outcomes = stored
+            .into_iter()
+            .map(|s| {
+                if s == 1 {
+                    ItemOutcome::Stored
+                } else {
+                    ItemOutcome::Duplicate
+                }
+            })
+            .collect();
+        Ok(IngestReport { outcomes })
+    }
+}
+
 #[async_trait]
 impl Store for RedisStore {
     fn backend(&self) -> &'static str {
@@ -391,6 +481,9 @@ impl Store for RedisStore {
     }
 
     async fn ingest(&self, batch: IngestBatch) -> Result<IngestReport, StoreError> {
+        if batch.items.iter().all(is_plain) {
+            return self.ingest_plain(&batch).await;
+        }
         for _ in 0..MAX_ATTEMPTS {
             if let Attempt::Done(report) = self.try_ingest(&batch).await? {
                 return Ok(report);

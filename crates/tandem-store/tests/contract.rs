@@ -627,6 +627,26 @@ async fn conversations_are_listed_by_mode_in_pages(f: Fixture) {
     assert!(page(Some(Mode::Handoff), None).await.is_empty());
     let record: Conversation = s.conversation(&conv("a")).await.unwrap().unwrap();
     assert_eq!(record.events_applied, 1);
+    // A lane step that changes the mode moves the conversation between the lists.
+    s.ingest(batch(T0, vec![message("a", "m9")])).await.unwrap();
+    let claim = s.claim(T0, LEASE).await.unwrap().unwrap();
+    let (mut record, items) = s.head(&claim, T0, 10).await.unwrap().unwrap();
+    let expected_rev = record.rev;
+    record.mode = Mode::Bot;
+    let commit = StepCommit {
+        now: T0,
+        seqs: items.iter().map(|i| i.seq).collect(),
+        expected_rev,
+        conversation: record,
+        timer: TimerChange::Clear,
+    };
+    assert_eq!(
+        s.commit(&claim, commit, LEASE).await.unwrap(),
+        CommitOutcome::Applied
+    );
+    assert_eq!(page(Some(Mode::Human), None).await, ["b", "c"]);
+    assert_eq!(page(Some(Mode::Bot), None).await, ["a", "d"]);
+    assert_eq!(s.stats().await.unwrap().conversations, 4);
 }
 
 macro_rules! contract {

@@ -43,10 +43,17 @@ end
 for _, d in ipairs(plan.set_px) do redis.call('SET', d[1], d[2], 'PX', d[3]) end
 for _, s in ipairs(plan.set) do redis.call('SET', s[1], blob(s[2])) end
 for _, c in ipairs(plan.convs) do
-  redis.call('HSET', c.key, 'rev', c.rev, 'data', blob(c.data))
-  for _, m in ipairs(k.modes) do redis.call('ZREM', m, c.cid) end
-  redis.call('ZADD', c.mode_key, 0, c.cid)
-  redis.call('ZADD', k.convs, 0, c.cid)
+  -- The mode indexes change only when the mode does; a new record joins the list of all.
+  local old = redis.call('HGET', c.key, 'mode')
+  redis.call('HSET', c.key, 'rev', c.rev, 'data', blob(c.data), 'mode', c.mode)
+  if old ~= c.mode then
+    if old then
+      redis.call('ZREM', k.mode_prefix .. old, c.cid)
+    else
+      redis.call('ZADD', k.convs, 0, c.cid)
+    end
+    redis.call('ZADD', k.mode_prefix .. c.mode, 0, c.cid)
+  end
 end
 for _, e in ipairs(plan.enqueue) do
   local seq = redis.call('INCR', k.seq)

@@ -54,8 +54,12 @@ impl Keys {
         format!("{}:outbound:{wamid}", self.prefix)
     }
 
+    pub(crate) fn mode_index_prefix(&self) -> String {
+        format!("{}:mode:", self.prefix)
+    }
+
     pub(crate) fn mode_index(&self, mode: Mode) -> String {
-        format!("{}:mode:{}", self.prefix, mode.as_str())
+        format!("{}{}", self.mode_index_prefix(), mode.as_str())
     }
 
     pub(crate) fn all_conversations(&self) -> String {
