@@ -1,0 +1,466 @@
+//! Messages Tandem sends through the Cloud API, validated against WhatsApp's limits before
+//! they are sent, and their exact wire bodies.
+
+use serde_json::{Value, json};
+use tandem_domain::{MessageId, WaId};
+
+/// A message to send to one customer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboundMessage {
+    /// The customer.
+    pub to: WaId,
+    /// What to send.
+    pub content: OutboundContent,
+    /// Quote this message (`context.message_id`).
+    pub reply_to: Option<MessageId>,
+    /// `biz_opaque_callback_data`: comes back on the message's statuses.
+    pub callback_data: Option<String>,
+}
+
+/// The content of an outbound message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OutboundContent {
+    /// Free text (only inside the 24-hour customer-service window).
+    Text {
+        /// The text, at most 4096 characters.
+        body: String,
+        /// Whether WhatsApp renders a link preview.
+        preview_url: bool,
+    },
+    /// Up to three reply buttons.
+    Buttons {
+        /// Optional header text (at most 60 characters).
+        header: Option<String>,
+        /// The body (at most 1024 characters).
+        body: String,
+        /// Optional footer (at most 60 characters).
+        footer: Option<String>,
+        /// The buttons: id (at most 256) and title (at most 20 characters).
+        buttons: Vec<(String, String)>,
+    },
+    /// A list of choices behind a button.
+    List {
+        /// Optional header text (at most 60 characters).
+        header: Option<String>,
+        /// The body (at most 1024 characters).
+        body: String,
+        /// Optional footer (at most 60 characters).
+        footer: Option<String>,
+        /// The label of the button that opens the list (at most 20 characters).
+        button: String,
+        /// Sections: optional title and rows (at most 10 rows in all).
+        sections: Vec<ListSection>,
+    },
+    /// An approved template (the only kind allowed outside the 24-hour window).
+    Template {
+        /// The template's name.
+        name: String,
+        /// Its language code, such as `en_US`.
+        language: String,
+        /// Values of the body's `{{1}}`, `{{2}}`, … in order.
+        body_parameters: Vec<String>,
+    },
+}
+
+/// One section of a list message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListSection {
+    /// The section title (required by WhatsApp when there are several sections).
+    pub title: Option<String>,
+    /// The rows.
+    pub rows: Vec<ListRow>,
+}
+
+/// One row of a list message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListRow {
+    /// The id the customer's choice comes back with (at most 200 characters).
+    pub id: String,
+    /// The title (at most 24 characters).
+    pub title: String,
+    /// An optional description (at most 72 characters).
+    pub description: Option<String>,
+}
+
+/// A message WhatsApp would refuse, caught before sending.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct InvalidMessage {
+    /// Which part of the message.
+    pub field: &'static str,
+    /// What is wrong.
+    pub problem: String,
+}
+
+fn limit(field: &'static str, value: &str, max: usize) -> Result<(), InvalidMessage> {
+    let len = value.chars().count();
+    if len == 0 {
+        return Err(InvalidMessage {
+            field,
+            problem: "is empty".into(),
+        });
+    }
+    if len > max {
+        return Err(InvalidMessage {
+            field,
+            problem: format!("has {len} characters; WhatsApp allows {max}"),
+        });
+    }
+    Ok(())
+}
+
+fn optional(field: &'static str, value: Option<&String>, max: usize) -> Result<(), InvalidMessage> {
+    value.map_or(Ok(()), |v| limit(field, v, max))
+}
+
+impl OutboundMessage {
+    /// Checks the message against WhatsApp's documented limits.
+    ///
+    /// # Errors
+    /// Names the part that is empty or too long, or a count out of range.
+    pub fn validate(&self) -> Result<(), InvalidMessage> {
+        match &self.content {
+            OutboundContent::Text { body, .. } => limit("text.body", body, 4096),
+            OutboundContent::Buttons {
+                header,
+                body,
+                footer,
+                buttons,
+            } => {
+                optional("header", header.as_ref(), 60)?;
+                limit("body", body, 1024)?;
+                optional("footer", footer.as_ref(), 60)?;
+                if !(1..=3).contains(&buttons.len()) {
+                    let problem = format!("has {}; WhatsApp allows 1 to 3", buttons.len());
+                    return Err(InvalidMessage {
+                        field: "buttons",
+                        problem,
+                    });
+                }
+                for (id, title) in buttons {
+                    limit("button id", id, 256)?;
+                    limit("button title", title, 20)?;
+                }
+                Ok(())
+            }
+            OutboundContent::List {
+                header,
+                body,
+                footer,
+                button,
+                sections,
+            } => {
+                optional("header", header.as_ref(), 60)?;
+                limit("body", body, 1024)?;
+                optional("footer", footer.as_ref(), 60)?;
+                limit("list button", button, 20)?;
+                let rows: usize = sections.iter().map(|s| s.rows.len()).sum();
+                if sections.is_empty() || sections.len() > 10 || !(1..=10).contains(&rows) {
+                    let problem = format!(
+                        "{} sections and {rows} rows; WhatsApp allows 1–10 of each",
+                        sections.len()
+                    );
+                    return Err(InvalidMessage {
+                        field: "sections",
+                        problem,
+                    });
+                }
+                for section in sections {
+                    optional("section title", section.title.as_ref(), 24)?;
+                    for row in &section.rows {
+                        limit("row id", &row.id, 200)?;
+                        limit("row title", &row.title, 24)?;
+                        optional("row description", row.description.as_ref(), 72)?;
+                    }
+                }
+                Ok(())
+            }
+            OutboundContent::Template { name, language, .. } => {
+                limit("template name", name, 512)?;
+                limit("template language", language, 15)
+            }
+        }
+    }
+
+    /// Returns the JSON body of `POST /{phone_number_id}/messages`.
+    pub fn to_wire(&self) -> Value {
+        let mut body = json!({"messaging_product": "whatsapp", "recipient_type": "individual", "to": self.to.as_str()});
+        let text_object = |text: &String| json!({"type": "text", "text": text});
+        match &self.content {
+            OutboundContent::Text {
+                body: text,
+                preview_url,
+            } => {
+                body["type"] = "text".into();
+                body["text"] = json!({"preview_url": preview_url, "body": text});
+            }
+            OutboundContent::Buttons {
+                header,
+                body: text,
+                footer,
+                buttons,
+            } => {
+                let buttons: Vec<Value> = buttons
+                    .iter()
+                    .map(
+                        |(id, title)| json!({"type": "reply", "reply": {"id": id, "title": title}}),
+                    )
+                    .collect();
+                let mut interactive = json!({"type": "button", "body": {"text": text}, "action": {"buttons": buttons}});
+                if let Some(header) = header {
+                    interactive["header"] = text_object(header);
+                }
+                if let Some(footer) = footer {
+                    interactive["footer"] = json!({"text": footer});
+                }
+                body["type"] = "interactive".into();
+                body["interactive"] = interactive;
+            }
+            OutboundContent::List {
+                header,
+                body: text,
+                footer,
+                button,
+                sections,
+            } => {
+                let sections: Vec<Value> = sections
+                    .iter()
+                    .map(|s| {
+                        let rows: Vec<Value> = s
+                            .rows
+                            .iter()
+                            .map(|r| {
+                                let mut row = json!({"id": r.id, "title": r.title});
+                                if let Some(d) = &r.description {
+                                    row["description"] = d.as_str().into();
+                                }
+                                row
+                            })
+                            .collect();
+                        let mut section = json!({"rows": rows});
+                        if let Some(title) = &s.title {
+                            section["title"] = title.as_str().into();
+                        }
+                        section
+                    })
+                    .collect();
+                let mut interactive = json!({"type": "list", "body": {"text": text}, "action": {"button": button, "sections": sections}});
+                if let Some(header) = header {
+                    interactive["header"] = text_object(header);
+                }
+                if let Some(footer) = footer {
+                    interactive["footer"] = json!({"text": footer});
+                }
+                body["type"] = "interactive".into();
+                body["interactive"] = interactive;
+            }
+            OutboundContent::Template {
+                name,
+                language,
+                body_parameters,
+            } => {
+                let mut template = json!({"name": name, "language": {"code": language}});
+                if !body_parameters.is_empty() {
+                    let parameters: Vec<Value> = body_parameters
+                        .iter()
+                        .map(|p| json!({"type": "text", "text": p}))
+                        .collect();
+                    template["components"] = json!([{"type": "body", "parameters": parameters}]);
+                }
+                body["type"] = "template".into();
+                body["template"] = template;
+            }
+        }
+        if let Some(reply_to) = &self.reply_to {
+            body["context"] = json!({"message_id": reply_to.as_str()});
+        }
+        if let Some(data) = &self.callback_data {
+            body["biz_opaque_callback_data"] = data.as_str().into();
+        }
+        body
+    }
+}
+
+/// Returns the body that marks an inbound message read and, optionally, shows the typing
+/// indicator (it disappears when we reply or after 25 seconds).
+pub fn mark_read_wire(message_id: &MessageId, typing: bool) -> Value {
+    let mut body = json!({"messaging_product": "whatsapp", "status": "read", "message_id": message_id.as_str()});
+    if typing {
+        body["typing_indicator"] = json!({"type": "text"});
+    }
+    body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> Value {
+        let path = format!(
+            "{}/../../tests/fixtures/whatsapp/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    fn to(wa: &str, content: OutboundContent, callback: Option<&str>) -> OutboundMessage {
+        OutboundMessage {
+            to: WaId::parse(wa).unwrap(),
+            content,
+            reply_to: None,
+            callback_data: callback.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn wire_bodies_match_the_recorded_requests() {
+        let text = to(
+            "15550002222",
+            OutboundContent::Text {
+                body: "We open 9:00-18:00 Monday to Saturday. Anything else I can help with?"
+                    .into(),
+                preview_url: false,
+            },
+            Some("engine=bot;conv=c_01HZX8"),
+        );
+        assert_eq!(text.to_wire(), fixture("send_text_request.json"));
+        let buttons = to(
+            "15550002222",
+            OutboundContent::Buttons {
+                header: Some("How can we help?".into()),
+                body: "Pick a topic below, or just type your question.".into(),
+                footer: Some("Reply HUMAN at any time to reach our team".into()),
+                buttons: vec![
+                    ("intent.opening_hours".into(), "Opening hours".into()),
+                    ("intent.order_status".into(), "Where is my order".into()),
+                    ("intent.human".into(), "Talk to a person".into()),
+                ],
+            },
+            Some("engine=bot;conv=c_01HZX8"),
+        );
+        assert_eq!(
+            buttons.to_wire(),
+            fixture("send_interactive_buttons_request.json")
+        );
+        let row = |id: &str, title: &str, d: Option<&str>| ListRow {
+            id: id.into(),
+            title: title.into(),
+            description: d.map(str::to_owned),
+        };
+        let list = to(
+            "15550002222",
+            OutboundContent::List {
+                header: None,
+                body: "What do you need help with?".into(),
+                footer: Some("Choose one option".into()),
+                button: "See topics".into(),
+                sections: vec![
+                    ListSection {
+                        title: Some("Orders".into()),
+                        rows: vec![
+                            row(
+                                "topic.order_status",
+                                "Order status",
+                                Some("Track a shipment"),
+                            ),
+                            row(
+                                "topic.returns",
+                                "Returns & refunds",
+                                Some("Send back an item or ask about a refund"),
+                            ),
+                        ],
+                    },
+                    ListSection {
+                        title: Some("Store".into()),
+                        rows: vec![
+                            row("topic.hours", "Opening hours", None),
+                            row("topic.human", "Talk to a person", None),
+                        ],
+                    },
+                ],
+            },
+            None,
+        );
+        assert_eq!(
+            list.to_wire(),
+            fixture("send_interactive_list_request.json")
+        );
+        let template = to(
+            "15550004444",
+            OutboundContent::Template {
+                name: "order_follow_up".into(),
+                language: "en_US".into(),
+                body_parameters: vec!["Chloe".into(), "#4411".into()],
+            },
+            Some("engine=bot;reason=window_closed"),
+        );
+        assert_eq!(template.to_wire(), fixture("send_template_request.json"));
+        let id = MessageId::parse("wamid.HBgLMTU1NTAwMDIyMjIFQIAEhgUZPrKLcu4Vb7cjAAA==").unwrap();
+        assert_eq!(
+            mark_read_wire(&id, true),
+            fixture("send_mark_read_typing_request.json")
+        );
+        for m in [text, buttons, list, template] {
+            assert_eq!(m.validate(), Ok(()));
+        }
+    }
+
+    #[test]
+    fn limits_are_checked_before_sending() {
+        let long = "x".repeat(21);
+        let m = to(
+            "1",
+            OutboundContent::Buttons {
+                header: None,
+                body: "b".into(),
+                footer: None,
+                buttons: vec![("a".into(), long)],
+            },
+            None,
+        );
+        assert_eq!(
+            m.validate().unwrap_err().to_string(),
+            "button title: has 21 characters; WhatsApp allows 20"
+        );
+        let four = (0..4).map(|i| (i.to_string(), "t".to_owned())).collect();
+        let m = to(
+            "1",
+            OutboundContent::Buttons {
+                header: None,
+                body: "b".into(),
+                footer: None,
+                buttons: four,
+            },
+            None,
+        );
+        assert_eq!(m.validate().unwrap_err().field, "buttons");
+        let m = to(
+            "1",
+            OutboundContent::Text {
+                body: String::new(),
+                preview_url: false,
+            },
+            None,
+        );
+        assert_eq!(m.validate().unwrap_err().to_string(), "text.body: is empty");
+        let rows = (0..11)
+            .map(|i| ListRow {
+                id: i.to_string(),
+                title: "t".into(),
+                description: None,
+            })
+            .collect();
+        let m = to(
+            "1",
+            OutboundContent::List {
+                header: None,
+                body: "b".into(),
+                footer: None,
+                button: "go".into(),
+                sections: vec![ListSection { title: None, rows }],
+            },
+            None,
+        );
+        assert_eq!(m.validate().unwrap_err().field, "sections");
+    }
+}
