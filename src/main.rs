@@ -1,4 +1,5 @@
-//! The `tandem` command: `serve` runs the server, `check` validates the configuration.
+//! The `tandem` command: `serve` runs the server, `check` validates the configuration,
+//! `replay` posts recorded webhooks to a server, signed.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -34,6 +35,21 @@ enum Command {
     Serve(ConfigArgs),
     /// Validate the configuration and exit (0 when valid, 64 when not).
     Check(ConfigArgs),
+    /// Post recorded webhook bodies to a server, signed as Meta signs them.
+    Replay(ReplayArgs),
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    /// Webhook URL of the server.
+    #[arg(long, default_value = "http://127.0.0.1:8080/webhook")]
+    url: String,
+    /// Sign with this app secret (default: $TANDEM_APP_SECRET; unsigned when neither is set).
+    #[arg(long, env = "TANDEM_APP_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// Files holding webhook bodies (JSON as Meta posts it), sent in the order given.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
 }
 
 #[derive(Args)]
@@ -69,6 +85,16 @@ fn main() -> ExitCode {
     let (args, serve) = match &cli.command {
         Command::Serve(args) => (args, true),
         Command::Check(args) => (args, false),
+        Command::Replay(args) => {
+            return match replay(args) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(error) => {
+                    eprintln!("tandem: {error:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
     };
     let settings = match tandem_server::load(&args.overrides(), &env) {
         Ok(settings) => settings,
@@ -114,6 +140,45 @@ fn run(settings: tandem_server::Settings) -> anyhow::Result<()> {
         }
         std::io::stdout().flush().context("writing to stdout")?;
         app.run_until_stopped(shutdown_signal()).await
+    })
+}
+
+/// Posts each file; returns false when any answer was not 200.
+#[allow(clippy::print_stdout)]
+fn replay(args: &ReplayArgs) -> anyhow::Result<bool> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .build()
+            .context("building the HTTP client")?;
+        let mut all_ok = true;
+        for file in &args.files {
+            let body =
+                std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+            let mut request = client
+                .post(&args.url)
+                .header("content-type", "application/json");
+            if let Some(secret) = &args.secret {
+                request = request.header(
+                    "x-hub-signature-256",
+                    tandem_whatsapp::sign(secret.as_bytes(), &body),
+                );
+            }
+            let response = request
+                .body(body)
+                .send()
+                .await
+                .with_context(|| format!("posting to {}", args.url))?;
+            let status = response.status();
+            let answer = response.text().await.unwrap_or_default();
+            all_ok &= status.is_success();
+            println!("{} {} {}", file.display(), status.as_u16(), answer.trim());
+        }
+        Ok(all_ok)
     })
 }
 

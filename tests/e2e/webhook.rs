@@ -258,3 +258,49 @@ async fn unknown_fields_and_message_types_are_kept_and_counted() {
     .await;
     assert_eq!(texts(&c, "customer"), ["[hologram]"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tandem_replay_posts_recorded_webhooks_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(Spec::new(Backend::embedded(dir.path())));
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/whatsapp");
+    let replay = |secret: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
+            .args([
+                "replay",
+                "--url",
+                &server.url("/webhook"),
+                "--secret",
+                secret,
+            ])
+            .arg(fixtures.join("inbound_text.json"))
+            .arg(fixtures.join("smb_message_echo_text.json"))
+            .env_remove("TANDEM_APP_SECRET")
+            .output()
+            .unwrap()
+    };
+    let wrong = replay("not-the-secret");
+    assert!(
+        !wrong.status.success(),
+        "a refused delivery makes replay fail"
+    );
+    assert!(String::from_utf8_lossy(&wrong.stdout).contains(" 401 "));
+    assert!(server.conversation("15550002222").await.is_none());
+
+    let right = replay(crate::helpers::SECRET);
+    assert!(
+        right.status.success(),
+        "{}",
+        String::from_utf8_lossy(&right.stderr)
+    );
+    let out = String::from_utf8_lossy(&right.stdout);
+    assert_eq!(
+        out.lines().filter(|l| l.contains(" 200 ")).count(),
+        2,
+        "{out}"
+    );
+    assert_eq!(
+        server.conversation("15550002222").await.unwrap()["mode"],
+        "human"
+    );
+}
