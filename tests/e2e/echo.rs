@@ -60,6 +60,11 @@ async fn an_answered_echo_has_already_paused_the_conversation(backend: Backend) 
         c["mode"], "human",
         "paused as soon as the echo was answered"
     );
+    assert_eq!(
+        texts(&c, "human"),
+        ["I'll take this one"],
+        "and the echo is in the transcript"
+    );
 
     // Random interleavings of customer messages and echoes over several conversations.
     for seed in 1..=6u64 {
@@ -81,6 +86,16 @@ async fn an_answered_echo_has_already_paused_the_conversation(backend: Backend) 
                     "seed {seed} step {step}: not paused when the echo was answered"
                 );
                 assert_eq!(c["paused_by"], "echo");
+                let ids: Vec<&str> = c["transcript"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter_map(|l| l["message_id"].as_str())
+                    .collect();
+                assert!(
+                    ids.contains(&id.as_str()),
+                    "seed {seed} step {step}: the echo is not in the transcript"
+                );
             } else {
                 assert_eq!(
                     server

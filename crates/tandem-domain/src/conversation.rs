@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::DeliveryStatus;
+use crate::event::{DeliveryStatus, Echo};
 use crate::ids::{ConversationId, MessageId};
 use crate::message::MessageContent;
 use crate::time::Timestamp;
@@ -228,9 +228,28 @@ impl Conversation {
     }
 
     /// Appends a line and keeps at most `cap` lines, dropping the oldest.
+    ///
+    /// Lines are kept in the order their messages were sent (a line goes after every line
+    /// sent at the same time or earlier), so an echo recorded at ingress and a customer
+    /// message applied later by the lane still read in the order people wrote them.
     pub fn push(&mut self, entry: TranscriptEntry, cap: usize) {
-        self.transcript.push(entry);
+        let index = self.transcript.partition_point(|e| e.at <= entry.at);
+        self.transcript.insert(index, entry);
         self.trim(cap);
+    }
+
+    /// Records a message a person sent from the phone: pauses the bot (see
+    /// [`Conversation::record_human_activity`], measured from `received_at`) and adds the
+    /// message to the transcript, or applies it to the line it edits or deletes. Applying
+    /// the same echo twice changes nothing more.
+    pub fn record_echo(&mut self, echo: &Echo, received_at: Timestamp, idle: Duration, cap: usize) {
+        self.record_human_activity(PausedBy::Echo, received_at, idle);
+        if !self.amend(&echo.content) && !self.has_message(&echo.id) {
+            self.push(
+                TranscriptEntry::message(echo.sent_at, Role::Human, echo.id.clone(), &echo.content),
+                cap,
+            );
+        }
     }
 
     /// Returns true when the transcript already holds a line for this message.
@@ -349,6 +368,27 @@ mod tests {
             IdleDecision::NotPausedByPhone
         );
         assert_eq!(c.transcript.last().unwrap().role, Role::System);
+    }
+
+    #[test]
+    fn lines_read_in_the_order_they_were_sent_and_an_echo_is_recorded_once() {
+        let mut c = conv();
+        let echo = Echo {
+            id: MessageId::parse("e1").unwrap(),
+            sent_at: Timestamp(200),
+            content: MessageContent::Text {
+                body: "on it".into(),
+            },
+        };
+        c.record_echo(&echo, Timestamp(5_000), Duration::from_secs(60), 10);
+        c.record_echo(&echo, Timestamp(5_000), Duration::from_secs(60), 10);
+        // A customer message sent before the echo, applied after it, goes before it.
+        c.push(text(100, "m1"), 10);
+        c.push(text(300, "m2"), 10);
+        let texts: Vec<_> = c.transcript.iter().map(|e| e.text.as_str()).collect();
+        assert_eq!(texts, ["m1", "on it", "m2"]);
+        assert_eq!(c.mode, Mode::Human);
+        assert_eq!(c.resume_at, Some(Timestamp(65_000)));
     }
 
     #[test]

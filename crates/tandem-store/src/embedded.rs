@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use tandem_domain::{
     ContactUpdate, Conversation, ConversationEvent, ConversationId, DeadLetter, MessageId,
-    PausedBy, Timestamp,
+    Timestamp,
 };
 use tokio::sync::{Notify, mpsc, oneshot};
 
@@ -29,7 +29,8 @@ use self::write::Group;
 use crate::error::StoreError;
 use crate::model::{
     AccountState, Claim, CommitOutcome, InboxItem, IngestBatch, IngestKind, IngestReport,
-    ItemOutcome, ListQuery, StepCommit, StoreOptions, StoreStats, TimerChange, contact_wins,
+    ItemOutcome, ListQuery, PauseOnIngest, StepCommit, StoreOptions, StoreStats, TimerChange,
+    apply_pause, contact_wins,
 };
 use crate::store::Store;
 
@@ -313,7 +314,7 @@ fn ingest(
                     if own_echo {
                         outcome = ItemOutcome::OwnEcho;
                     } else {
-                        pause_conversation(group, &conversation, now, pause.human_idle)?;
+                        pause_conversation(shared, group, &conversation, &event, &pause, now)?;
                         outcome = ItemOutcome::Paused;
                     }
                 }
@@ -378,17 +379,19 @@ fn ingest(
 }
 
 fn pause_conversation(
+    shared: &Shared,
     group: &mut Group<'_>,
     id: &ConversationId,
+    event: &ConversationEvent,
+    pause: &PauseOnIngest,
     now: Timestamp,
-    idle: Duration,
 ) -> Result<(), StoreError> {
     let key = id.to_string();
     let previous = group.read_conversation(&key)?;
     let mut next = previous
         .clone()
         .unwrap_or_else(|| Conversation::new(id.clone(), now));
-    next.record_human_activity(PausedBy::Echo, now, idle);
+    apply_pause(&mut next, event, pause, now, shared.options.transcript_cap);
     let resume_at = next.resume_at;
     group.write_conversation(previous.as_ref(), next, now)?;
     group.set_timer(&key, resume_at)

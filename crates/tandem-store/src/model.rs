@@ -206,6 +206,21 @@ pub struct StoreStats {
     pub conversations: u64,
 }
 
+/// Applies a pause requested at ingress to a record. For an echo this also records the
+/// message in the transcript, so both are in place when the webhook is answered.
+pub(crate) fn apply_pause(
+    record: &mut Conversation,
+    event: &ConversationEvent,
+    pause: &PauseOnIngest,
+    now: Timestamp,
+    cap: usize,
+) {
+    match event {
+        ConversationEvent::Echo(echo) => record.record_echo(echo, now, pause.human_idle, cap),
+        _ => record.record_human_activity(tandem_domain::PausedBy::Echo, now, pause.human_idle),
+    }
+}
+
 /// Returns whether a contact change should replace the stored one (last writer by time wins).
 pub(crate) fn contact_wins(stored: Option<&ContactUpdate>, update: &ContactUpdate) -> bool {
     stored.is_none_or(|s| s.at <= update.at)

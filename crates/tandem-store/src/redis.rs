@@ -23,7 +23,7 @@ use redis::{AsyncCommands, Script};
 use serde::Serialize;
 use tandem_domain::{
     ContactUpdate, Conversation, ConversationEvent, ConversationId, DeadLetter, MessageId,
-    PausedBy, Timestamp,
+    Timestamp,
 };
 use tokio::sync::Notify;
 
@@ -32,7 +32,7 @@ use crate::error::StoreError;
 use crate::model::{
     AccountState, Claim, CommitOutcome, InboxItem, IngestBatch, IngestItem, IngestKind,
     IngestReport, ItemOutcome, ListQuery, StepCommit, StoreOptions, StoreStats, TimerChange,
-    contact_wins,
+    apply_pause, contact_wins,
 };
 use crate::store::Store;
 
@@ -290,7 +290,7 @@ impl RedisStore {
                                 paused.insert(conversation.clone(), (rev, record));
                             }
                             if let Some((_, record)) = paused.get_mut(conversation) {
-                                record.record_human_activity(PausedBy::Echo, now, pause.human_idle);
+                                apply_pause(record, event, pause, now, self.options.transcript_cap);
                             }
                             outcome = ItemOutcome::Paused;
                         }

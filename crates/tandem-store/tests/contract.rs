@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tandem_domain::{
     AccountUpdate, ContactUpdate, Conversation, ConversationEvent, ConversationId, DeadLetter,
-    Echo, InboundMessage, MessageContent, MessageId, Mode, PhoneNumberId, Timestamp, WaId,
+    Echo, InboundMessage, MessageContent, MessageId, Mode, PhoneNumberId, Role, Timestamp, WaId,
 };
 use tandem_store::{
     Claim, CommitOutcome, IngestBatch, IngestItem, IngestKind, ItemOutcome, ListQuery,
@@ -255,6 +255,17 @@ async fn an_echo_pauses_in_the_same_write(f: Fixture) {
     let c = s.conversation(&conv("a")).await.unwrap().unwrap();
     assert_eq!(c.mode, Mode::Human);
     assert_eq!(c.resume_at, Some(T0.plus(IDLE)));
+    let human: Vec<&str> = c
+        .transcript
+        .iter()
+        .filter(|l| l.role == Role::Human)
+        .map(|l| l.text.as_str())
+        .collect();
+    assert_eq!(
+        human,
+        ["from the phone"],
+        "the echo is in the transcript in the same write"
+    );
     assert_eq!(s.stats().await.unwrap().inbox_depth, 3);
     let listed = s
         .list_conversations(&ListQuery {
