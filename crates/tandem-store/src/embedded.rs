@@ -11,6 +11,7 @@ mod lanes;
 mod tables;
 mod write;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -19,7 +20,7 @@ use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use tandem_domain::{
     ContactUpdate, Conversation, ConversationEvent, ConversationId, DeadLetter, MessageId,
-    Timestamp,
+    PhoneNumberId, Timestamp,
 };
 use tokio::sync::{Notify, mpsc, oneshot};
 
@@ -30,7 +31,7 @@ use crate::error::StoreError;
 use crate::model::{
     AccountState, Claim, CommitOutcome, InboxItem, IngestBatch, IngestKind, IngestReport,
     ItemOutcome, ListQuery, PauseOnIngest, StepCommit, StoreOptions, StoreStats, TimerChange,
-    apply_pause, contact_wins,
+    apply_pause, contact_wins, next_slot,
 };
 use crate::store::Store;
 
@@ -49,6 +50,9 @@ struct Shared {
     db: Database,
     options: StoreOptions,
     lanes: Mutex<LaneBook>,
+    /// Next free send slot per business number (Unix ms). One process owns the file, so
+    /// this in-memory schedule is the whole truth; it need not survive a restart.
+    send_slots: Mutex<HashMap<PhoneNumberId, u64>>,
     signal: Arc<Notify>,
 }
 
@@ -110,6 +114,7 @@ impl EmbeddedStore {
             db,
             options,
             lanes: Mutex::new(lanes),
+            send_slots: Mutex::new(HashMap::new()),
             signal: Arc::new(Notify::new()),
         });
         let (writer, jobs) = mpsc::unbounded_channel();
@@ -557,6 +562,23 @@ impl Store for EmbeddedStore {
     async fn record_outbound(&self, id: &MessageId, now: Timestamp) -> Result<(), StoreError> {
         let id = id.clone();
         self.submit(|tx| Job::RecordOutbound(id, now, tx)).await
+    }
+
+    async fn reserve_send_slot(
+        &self,
+        phone_number_id: &PhoneNumberId,
+        now: Timestamp,
+        per_second: u32,
+    ) -> Result<Timestamp, StoreError> {
+        let mut slots = self
+            .shared
+            .send_slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let next_free = slots.get(phone_number_id).copied();
+        let (slot, next) = next_slot(next_free, now, per_second);
+        slots.insert(phone_number_id.clone(), next);
+        Ok(slot)
     }
 
     async fn conversation(&self, id: &ConversationId) -> Result<Option<Conversation>, StoreError> {

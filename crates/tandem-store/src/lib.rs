@@ -16,7 +16,9 @@
 //! - a human echo pauses its conversation in the same atomic write that stores it;
 //! - a lane step ([`Store::commit`]) removes the event it applied and writes the new record in
 //!   one atomic write, so every event takes effect exactly once;
-//! - at most one worker holds a conversation's lane at a time ([`Store::claim`]).
+//! - at most one worker holds a conversation's lane at a time ([`Store::claim`]);
+//! - a business number's send slots are spaced by its rate limit across every process
+//!   ([`Store::reserve_send_slot`]), for the sender to wait on.
 //!
 //! It does not decide what events mean: that is the engine's job.
 

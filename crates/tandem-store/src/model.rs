@@ -225,3 +225,19 @@ pub(crate) fn apply_pause(
 pub(crate) fn contact_wins(stored: Option<&ContactUpdate>, update: &ContactUpdate) -> bool {
     stored.is_none_or(|s| s.at <= update.at)
 }
+
+/// The spacing of send slots for a rate, in milliseconds (at least 1).
+pub(crate) fn send_interval_ms(per_second: u32) -> u64 {
+    (1000 / u64::from(per_second.max(1))).max(1)
+}
+
+/// Gives the next send slot: `now` if the number's last slot has passed, else right after it.
+/// Returns the slot and the number's new "next free" time.
+pub(crate) fn next_slot(
+    next_free: Option<u64>,
+    now: Timestamp,
+    per_second: u32,
+) -> (Timestamp, u64) {
+    let slot = next_free.map_or(now.as_millis(), |t| t.max(now.as_millis()));
+    (Timestamp(slot), slot + send_interval_ms(per_second))
+}

@@ -23,7 +23,7 @@ use redis::{AsyncCommands, Script};
 use serde::Serialize;
 use tandem_domain::{
     ContactUpdate, Conversation, ConversationEvent, ConversationId, DeadLetter, MessageId,
-    Timestamp,
+    PhoneNumberId, Timestamp,
 };
 use tokio::sync::Notify;
 
@@ -32,7 +32,7 @@ use crate::error::StoreError;
 use crate::model::{
     AccountState, Claim, CommitOutcome, InboxItem, IngestBatch, IngestItem, IngestKind,
     IngestReport, ItemOutcome, ListQuery, StepCommit, StoreOptions, StoreStats, TimerChange,
-    apply_pause, contact_wins,
+    apply_pause, contact_wins, send_interval_ms,
 };
 use crate::store::Store;
 
@@ -64,6 +64,7 @@ struct Scripts {
     claim: Script,
     release: Script,
     fire_timers: Script,
+    reserve_send_slot: Script,
 }
 
 /// A write plan for `apply.lua`: guards first, then writes. Field names are the script's.
@@ -172,6 +173,7 @@ impl RedisStore {
                 claim: Script::new(include_str!("redis/claim.lua")),
                 release: Script::new(include_str!("redis/release.lua")),
                 fire_timers: Script::new(include_str!("redis/fire_timers.lua")),
+                reserve_send_slot: Script::new(include_str!("redis/reserve_send_slot.lua")),
             }),
             signal: Arc::new(Notify::new()),
         };
@@ -641,6 +643,26 @@ impl Store for RedisStore {
             )
             .await?;
         Ok(())
+    }
+
+    async fn reserve_send_slot(
+        &self,
+        phone_number_id: &PhoneNumberId,
+        now: Timestamp,
+        per_second: u32,
+    ) -> Result<Timestamp, StoreError> {
+        let mut con = self.con.clone();
+        let slot: String = self
+            .scripts
+            .reserve_send_slot
+            .arg(self.keys.send_slot(phone_number_id))
+            .arg(now.as_millis())
+            .arg(send_interval_ms(per_second))
+            .invoke_async(&mut con)
+            .await?;
+        slot.parse()
+            .map(Timestamp)
+            .map_err(|e| StoreError::corrupt("send slot", e))
     }
 
     async fn conversation(&self, id: &ConversationId) -> Result<Option<Conversation>, StoreError> {

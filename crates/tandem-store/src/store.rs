@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tandem_domain::{
-    ContactUpdate, Conversation, ConversationId, DeadLetter, MessageId, Timestamp,
+    ContactUpdate, Conversation, ConversationId, DeadLetter, MessageId, PhoneNumberId, Timestamp,
 };
 use tokio::sync::Notify;
 
@@ -60,6 +60,18 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Records the wamid of a message we sent, so an echo of it is not taken for a person.
     async fn record_outbound(&self, id: &MessageId, now: Timestamp) -> Result<(), StoreError>;
+
+    /// Reserves the next send slot of a business number that may send `per_second` messages
+    /// a second, and returns when that send may start (`now` or later). Slots are spaced
+    /// `1/per_second` apart across every process sharing the store, so a number's send rate
+    /// never exceeds its limit; a number that was quiet gets a slot at once (no burst is saved
+    /// up).
+    async fn reserve_send_slot(
+        &self,
+        phone_number_id: &PhoneNumberId,
+        now: Timestamp,
+        per_second: u32,
+    ) -> Result<Timestamp, StoreError>;
 
     /// Reads one conversation.
     async fn conversation(&self, id: &ConversationId) -> Result<Option<Conversation>, StoreError>;

@@ -507,6 +507,55 @@ async fn a_retry_after_the_dedupe_window_is_stored_again(f: Fixture) {
     assert_eq!(s.purge_expired(much_later).await.unwrap(), 0);
 }
 
+async fn send_slots_keep_each_numbers_rate_across_callers(f: Fixture) {
+    let s = f.store.clone();
+    let number = |id: &str| PhoneNumberId::parse(id).unwrap();
+    let ms = Duration::from_millis;
+    // One caller after another: 20 a second means one slot every 50 ms.
+    let mut slots = Vec::new();
+    for _ in 0..5 {
+        slots.push(s.reserve_send_slot(&number("1"), T0, 20).await.unwrap());
+    }
+    assert_eq!(
+        slots,
+        (0..5).map(|i| T0.plus(ms(50 * i))).collect::<Vec<_>>()
+    );
+    // Another number has its own schedule; a quiet number does not save up a burst.
+    assert_eq!(s.reserve_send_slot(&number("2"), T0, 20).await.unwrap(), T0);
+    let later = T0.plus(Duration::from_secs(10));
+    assert_eq!(
+        s.reserve_send_slot(&number("1"), later, 20).await.unwrap(),
+        later
+    );
+    // Many callers at once (as several lanes or replicas would): no two slots closer than
+    // the interval, so no one-second window holds more than the rate.
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..40 {
+        let s = Arc::clone(&s);
+        tasks.spawn(async move {
+            s.reserve_send_slot(&PhoneNumberId::parse("3").unwrap(), T0, 5)
+                .await
+                .unwrap()
+        });
+    }
+    let mut slots = tasks.join_all().await;
+    slots.sort();
+    assert!(
+        slots.windows(2).all(|w| w[1].since(w[0]) == ms(200)),
+        "{slots:?}"
+    );
+    for start in &slots {
+        let in_window = slots
+            .iter()
+            .filter(|t| **t >= *start && t.since(*start) < Duration::from_secs(1))
+            .count();
+        assert!(
+            in_window <= 5,
+            "{in_window} sends within one second at rate 5"
+        );
+    }
+}
+
 async fn contacts_accounts_and_dead_letters_are_kept(f: Fixture) {
     let s = f.store.as_ref();
     let contact = |name: Option<&str>, at: u64, removed: bool| ContactUpdate {
@@ -685,6 +734,7 @@ macro_rules! suite {
             due_timers_become_idle_checks,
             several_events_commit_together_and_only_as_the_head,
             a_retry_after_the_dedupe_window_is_stored_again,
+            send_slots_keep_each_numbers_rate_across_callers,
             contacts_accounts_and_dead_letters_are_kept,
             conversations_are_listed_by_mode_in_pages,
         );)*

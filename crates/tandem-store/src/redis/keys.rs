@@ -3,7 +3,7 @@
 //! Keys of one conversation put the conversation id in a hash tag (`{…}`), so they would land
 //! in one Redis Cluster slot.
 
-use tandem_domain::{ConversationId, Mode};
+use tandem_domain::{ConversationId, Mode, PhoneNumberId};
 
 /// Builds keys under one prefix (default `tandem:v1`).
 #[derive(Debug, Clone)]
@@ -52,6 +52,10 @@ impl Keys {
 
     pub(crate) fn outbound(&self, wamid: &str) -> String {
         format!("{}:outbound:{wamid}", self.prefix)
+    }
+
+    pub(crate) fn send_slot(&self, phone_number_id: &PhoneNumberId) -> String {
+        format!("{}:send_slot:{phone_number_id}", self.prefix)
     }
 
     pub(crate) fn mode_index_prefix(&self) -> String {
