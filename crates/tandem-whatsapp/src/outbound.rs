@@ -127,9 +127,7 @@ impl OutboundMessage {
                 footer,
                 buttons,
             } => {
-                optional("header", header.as_ref(), 60)?;
-                limit("body", body, 1024)?;
-                optional("footer", footer.as_ref(), 60)?;
+                check_frame(header.as_ref(), body, footer.as_ref())?;
                 if !(1..=3).contains(&buttons.len()) {
                     let problem = format!("has {}; WhatsApp allows 1 to 3", buttons.len());
                     return Err(InvalidMessage {
@@ -150,9 +148,7 @@ impl OutboundMessage {
                 button,
                 sections,
             } => {
-                optional("header", header.as_ref(), 60)?;
-                limit("body", body, 1024)?;
-                optional("footer", footer.as_ref(), 60)?;
+                check_frame(header.as_ref(), body, footer.as_ref())?;
                 limit("list button", button, 20)?;
                 let rows: usize = sections.iter().map(|s| s.rows.len()).sum();
                 if sections.is_empty() || sections.len() > 10 || !(1..=10).contains(&rows) {
@@ -185,7 +181,6 @@ impl OutboundMessage {
     /// Returns the JSON body of `POST /{phone_number_id}/messages`.
     pub fn to_wire(&self) -> Value {
         let mut body = json!({"messaging_product": "whatsapp", "recipient_type": "individual", "to": self.to.as_str()});
-        let text_object = |text: &String| json!({"type": "text", "text": text});
         match &self.content {
             OutboundContent::Text {
                 body: text,
@@ -206,15 +201,9 @@ impl OutboundMessage {
                         |(id, title)| json!({"type": "reply", "reply": {"id": id, "title": title}}),
                     )
                     .collect();
-                let mut interactive = json!({"type": "button", "body": {"text": text}, "action": {"buttons": buttons}});
-                if let Some(header) = header {
-                    interactive["header"] = text_object(header);
-                }
-                if let Some(footer) = footer {
-                    interactive["footer"] = json!({"text": footer});
-                }
                 body["type"] = "interactive".into();
-                body["interactive"] = interactive;
+                body["interactive"] =
+                    interactive("button", header, text, footer, json!({"buttons": buttons}));
             }
             OutboundContent::List {
                 header,
@@ -244,15 +233,9 @@ impl OutboundMessage {
                         section
                     })
                     .collect();
-                let mut interactive = json!({"type": "list", "body": {"text": text}, "action": {"button": button, "sections": sections}});
-                if let Some(header) = header {
-                    interactive["header"] = text_object(header);
-                }
-                if let Some(footer) = footer {
-                    interactive["footer"] = json!({"text": footer});
-                }
+                let action = json!({"button": button, "sections": sections});
                 body["type"] = "interactive".into();
-                body["interactive"] = interactive;
+                body["interactive"] = interactive("list", header, text, footer, action);
             }
             OutboundContent::Template {
                 name,
@@ -279,6 +262,35 @@ impl OutboundMessage {
         }
         body
     }
+}
+
+/// Builds an `interactive` object: its type, optional text header and footer, body and action.
+fn interactive(
+    kind: &str,
+    header: &Option<String>,
+    body: &str,
+    footer: &Option<String>,
+    action: Value,
+) -> Value {
+    let mut interactive = json!({"type": kind, "body": {"text": body}, "action": action});
+    if let Some(header) = header {
+        interactive["header"] = json!({"type": "text", "text": header});
+    }
+    if let Some(footer) = footer {
+        interactive["footer"] = json!({"text": footer});
+    }
+    interactive
+}
+
+/// Checks the header, body and footer every interactive message has.
+fn check_frame(
+    header: Option<&String>,
+    body: &str,
+    footer: Option<&String>,
+) -> Result<(), InvalidMessage> {
+    optional("header", header, 60)?;
+    limit("body", body, 1024)?;
+    optional("footer", footer, 60)
 }
 
 /// Returns the body that marks an inbound message read and, optionally, shows the typing
