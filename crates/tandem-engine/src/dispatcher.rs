@@ -109,7 +109,11 @@ impl Worker {
     async fn run_lane(&self, claim: Claim) {
         let mut applied = 0;
         while applied < self.config.lane_budget {
-            match self.step(&claim, self.config.lane_budget - applied).await {
+            let asked = self.config.lane_budget - applied;
+            match self.step(&claim, asked).await {
+                // Fewer than asked: the inbox was drained. Events that arrived since make the
+                // release offer the lane again, so there is no need to look once more.
+                Ok(Some((CommitOutcome::Applied, n))) if n < asked => break,
                 Ok(Some((CommitOutcome::Applied, n))) => applied += n,
                 Ok(Some((CommitOutcome::Conflict, _))) => {
                     ::metrics::counter!(metrics::CONFLICTS).increment(1);
