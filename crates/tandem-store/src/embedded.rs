@@ -6,7 +6,11 @@
 //! A job checks its preconditions before it writes anything, so a refused job (a conflict, a
 //! lost lease) never leaves half a write in the shared transaction. If the commit itself
 //! fails, every job of the batch gets the error and nothing of the batch is visible.
+//!
+//! Layout: `tables` (table definitions, encoding), `write` (a group's open tables and
+//! counters), `jobs` (ingest, lane commit, timers), `lanes` (who holds which lane, in memory).
 
+mod jobs;
 mod lanes;
 mod tables;
 mod write;
@@ -19,8 +23,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use tandem_domain::{
-    ContactUpdate, Conversation, ConversationEvent, ConversationId, DeadLetter, MessageId,
-    PhoneNumberId, Timestamp,
+    ContactUpdate, Conversation, ConversationId, DeadLetter, MessageId, PhoneNumberId, Timestamp,
 };
 use tokio::sync::{Notify, mpsc, oneshot};
 
@@ -29,9 +32,8 @@ use self::tables::*;
 use self::write::Group;
 use crate::error::StoreError;
 use crate::model::{
-    AccountState, Claim, CommitOutcome, InboxItem, IngestBatch, IngestKind, IngestReport,
-    ItemOutcome, ListQuery, PauseOnIngest, StepCommit, StoreOptions, StoreStats, TimerChange,
-    apply_pause, contact_wins, next_slot,
+    AccountState, Claim, CommitOutcome, InboxItem, IngestBatch, IngestReport, ListQuery,
+    StepCommit, StoreOptions, StoreStats, next_slot,
 };
 use crate::store::Store;
 
@@ -272,199 +274,24 @@ fn run_job(
     delta: &mut LaneDelta,
 ) -> Result<Reply, StoreError> {
     Ok(match job {
-        Job::Ingest(batch, tx) => Reply::Ingest(tx, ingest(shared, group, batch, delta)?),
+        Job::Ingest(batch, tx) => Reply::Ingest(tx, jobs::ingest(shared, group, batch, delta)?),
         Job::Commit(claim, step, lease, tx) => {
             let until = step.now.plus(lease);
-            let outcome = commit(shared, group, &claim, *step, delta)?;
+            let outcome = jobs::commit(shared, group, &claim, *step, delta)?;
             Reply::Commit(tx, outcome, Some((claim.conversation, until)))
         }
-        Job::FireTimers(now, limit, tx) => Reply::Count(tx, fire_timers(group, now, limit, delta)?),
+        Job::FireTimers(now, limit, tx) => {
+            Reply::Count(tx, jobs::fire_timers(group, now, limit, delta)?)
+        }
         Job::RecordOutbound(id, now, tx) => {
-            group.remember(&outbound_key(&id), now.plus(shared.options.dedupe_ttl))?;
+            group.remember(
+                &jobs::outbound_key(&id),
+                now.plus(shared.options.dedupe_ttl),
+            )?;
             Reply::Unit(tx)
         }
         Job::Purge(now, tx) => Reply::Count(tx, group.purge(now, 10_000)?),
     })
-}
-
-fn outbound_key(id: &MessageId) -> String {
-    format!("outbound:{id}")
-}
-
-fn ingest(
-    shared: &Shared,
-    group: &mut Group<'_>,
-    batch: IngestBatch,
-    delta: &mut LaneDelta,
-) -> Result<IngestReport, StoreError> {
-    let now = batch.received_at;
-    let expires = now.plus(shared.options.dedupe_ttl);
-    let mut report = IngestReport::default();
-    for item in batch.items {
-        if group.seen(&item.key, now)? {
-            report.outcomes.push(ItemOutcome::Duplicate);
-            continue;
-        }
-        group.remember(&item.key, expires)?;
-        let outcome = match item.kind {
-            IngestKind::Conversation {
-                conversation,
-                event,
-                pause,
-            } => {
-                let mut outcome = ItemOutcome::Stored;
-                let mut own_echo = false;
-                if let Some(pause) = pause {
-                    own_echo = group.seen(&outbound_key(&pause.echo_id), now)?;
-                    if own_echo {
-                        outcome = ItemOutcome::OwnEcho;
-                    } else {
-                        pause_conversation(shared, group, &conversation, &event, &pause, now)?;
-                        outcome = ItemOutcome::Paused;
-                    }
-                }
-                group.enqueue(
-                    &conversation,
-                    &InboxItem {
-                        seq: 0,
-                        received_at: now,
-                        own_echo,
-                        event,
-                    },
-                )?;
-                delta.enqueued.push(conversation);
-                outcome
-            }
-            IngestKind::Contact(update) => {
-                let key = ConversationId::new(update.phone_number_id.clone(), update.wa_id.clone())
-                    .to_string();
-                let stored: Option<ContactUpdate> = group
-                    .contacts
-                    .get(key.as_str())
-                    .map_err(redb_err("reading a contact"))?
-                    .map(|v| decode(&key, v.value()))
-                    .transpose()?;
-                if contact_wins(stored.as_ref(), &update) {
-                    let bytes = encode(&update)?;
-                    group
-                        .contacts
-                        .insert(key.as_str(), bytes.as_slice())
-                        .map_err(redb_err("writing a contact"))?;
-                }
-                ItemOutcome::Stored
-            }
-            IngestKind::Account(update) => {
-                let key = update.account.clone();
-                let stored: Option<AccountState> = group
-                    .accounts
-                    .get(key.as_str())
-                    .map_err(redb_err("reading an account"))?
-                    .map(|v| decode(&key, v.value()))
-                    .transpose()?;
-                let mut state = stored.unwrap_or_else(|| AccountState {
-                    account: key.clone(),
-                    events: Vec::new(),
-                });
-                state.record(update);
-                let bytes = encode(&state)?;
-                group
-                    .accounts
-                    .insert(key.as_str(), bytes.as_slice())
-                    .map_err(redb_err("writing an account"))?;
-                ItemOutcome::Stored
-            }
-            IngestKind::DeadLetter(letter) => {
-                group.add_dead_letter(&encode(&letter)?)?;
-                ItemOutcome::Stored
-            }
-        };
-        report.outcomes.push(outcome);
-    }
-    Ok(report)
-}
-
-fn pause_conversation(
-    shared: &Shared,
-    group: &mut Group<'_>,
-    id: &ConversationId,
-    event: &ConversationEvent,
-    pause: &PauseOnIngest,
-    now: Timestamp,
-) -> Result<(), StoreError> {
-    let key = id.to_string();
-    let previous = group.read_conversation(&key)?;
-    let mut next = previous
-        .clone()
-        .unwrap_or_else(|| Conversation::new(id.clone(), now));
-    apply_pause(&mut next, event, pause, now, shared.options.transcript_cap);
-    let resume_at = next.resume_at;
-    group.write_conversation(previous.as_ref(), next, now)?;
-    group.set_timer(&key, resume_at)
-}
-
-fn commit(
-    shared: &Shared,
-    group: &mut Group<'_>,
-    claim: &Claim,
-    step: StepCommit,
-    delta: &mut LaneDelta,
-) -> Result<CommitOutcome, StoreError> {
-    if !shared.lanes().holds(&claim.conversation, &claim.token) {
-        return Ok(CommitOutcome::LeaseLost);
-    }
-    let key = claim.conversation.to_string();
-    let previous = group.read_conversation(&key)?;
-    if step.seqs.is_empty()
-        || group.head_seqs(&key, step.seqs.len())? != step.seqs
-        || previous.as_ref().map_or(0, |p| p.rev) != step.expected_rev
-    {
-        return Ok(CommitOutcome::Conflict);
-    }
-    group.write_conversation(previous.as_ref(), step.conversation, step.now)?;
-    for seq in &step.seqs {
-        group.consume(&key, *seq)?;
-    }
-    match step.timer {
-        TimerChange::Keep => {}
-        TimerChange::Set(due) => group.set_timer(&key, Some(due))?,
-        TimerChange::Clear => group.set_timer(&key, None)?,
-    }
-    delta
-        .consumed
-        .push((claim.conversation.clone(), step.seqs.len() as u64));
-    Ok(CommitOutcome::Applied)
-}
-
-fn fire_timers(
-    group: &mut Group<'_>,
-    now: Timestamp,
-    limit: usize,
-    delta: &mut LaneDelta,
-) -> Result<usize, StoreError> {
-    let mut due = Vec::new();
-    for row in group
-        .timer_queue
-        .range(..=(now.as_millis(), "\u{10FFFF}"))
-        .map_err(redb_err("reading timers"))?
-        .take(limit)
-    {
-        let (key, _) = row.map_err(redb_err("reading timers"))?;
-        due.push(key.value().1.to_owned());
-    }
-    for id in &due {
-        group.set_timer(id, None)?;
-        let conversation =
-            ConversationId::parse(id).map_err(|e| StoreError::corrupt("timer key", e))?;
-        let item = InboxItem {
-            seq: 0,
-            received_at: now,
-            own_echo: false,
-            event: ConversationEvent::IdleCheck,
-        };
-        group.enqueue(&conversation, &item)?;
-        delta.enqueued.push(conversation);
-    }
-    Ok(due.len())
 }
 
 #[async_trait]
