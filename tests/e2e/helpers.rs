@@ -85,6 +85,7 @@ impl Spec {
 /// A running `tandem serve` process.
 pub struct Server {
     child: Child,
+    backend: Backend,
     pub base: String,
     pub client: reqwest::Client,
 }
@@ -145,6 +146,7 @@ impl Server {
             child,
             base,
             client,
+            backend: spec.backend,
         }
     }
 
@@ -252,9 +254,29 @@ impl Server {
 }
 
 impl Drop for Server {
+    /// Stops the process and removes its Redis keys, so the shared server does not fill up
+    /// run after run (for replicas, whichever stops last removes what is left).
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Backend::Redis { url, prefix } = &self.backend {
+            delete_prefix(url, prefix);
+        }
+    }
+}
+
+fn delete_prefix(url: &str, prefix: &str) {
+    let Ok(mut con) = redis::Client::open(url).and_then(|c| c.get_connection()) else {
+        return;
+    };
+    let Ok(keys) = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query::<Vec<String>>(&mut con)
+    else {
+        return;
+    };
+    for chunk in keys.chunks(500) {
+        let _: redis::RedisResult<i64> = redis::cmd("DEL").arg(chunk).query(&mut con);
     }
 }
 

@@ -24,6 +24,35 @@ const IDLE: Duration = Duration::from_secs(60);
 struct Fixture {
     store: Arc<dyn Store>,
     _dir: Option<tempfile::TempDir>,
+    /// The Redis key prefix to delete when the test ends.
+    redis_prefix: Option<String>,
+}
+
+fn redis_url() -> String {
+    std::env::var("TANDEM_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+impl Drop for Fixture {
+    /// Removes the test's Redis keys, so the shared server does not fill up run after run.
+    fn drop(&mut self) {
+        let Some(prefix) = &self.redis_prefix else {
+            return;
+        };
+        let Ok(mut con) = ::redis::Client::open(redis_url()).and_then(|c| c.get_connection())
+        else {
+            return;
+        };
+        let keys: Vec<String> = match ::redis::cmd("KEYS")
+            .arg(format!("{prefix}:*"))
+            .query(&mut con)
+        {
+            Ok(keys) => keys,
+            Err(_) => return,
+        };
+        for chunk in keys.chunks(500) {
+            let _: ::redis::RedisResult<i64> = ::redis::cmd("DEL").arg(chunk).query(&mut con);
+        }
+    }
 }
 
 /// The dedupe window of the test that checks its expiry; the others keep the default.
@@ -49,22 +78,21 @@ async fn short_window(f: &Fixture) -> Fixture {
             Fixture {
                 store,
                 _dir: Some(dir),
+                redis_prefix: None,
             }
         }
         _ => {
-            let url = std::env::var("TANDEM_TEST_REDIS_URL")
-                .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
             let prefix = format!("tandem-test:{}", uuid::Uuid::new_v4());
-            let store = tandem_store::open(
-                &url,
-                StoreOptions {
-                    redis_prefix: prefix,
-                    ..short
-                },
-            )
-            .await
-            .unwrap();
-            Fixture { store, _dir: None }
+            let options = StoreOptions {
+                redis_prefix: prefix.clone(),
+                ..short
+            };
+            let store = tandem_store::open(&redis_url(), options).await.unwrap();
+            Fixture {
+                store,
+                _dir: None,
+                redis_prefix: Some(prefix),
+            }
         }
     }
 }
@@ -78,18 +106,23 @@ async fn embedded() -> Fixture {
     Fixture {
         store,
         _dir: Some(dir),
+        redis_prefix: None,
     }
 }
 
 async fn redis() -> Fixture {
-    let url = std::env::var("TANDEM_TEST_REDIS_URL")
-        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let url = redis_url();
+    let prefix = format!("tandem-test:{}", uuid::Uuid::new_v4());
     let options = StoreOptions {
-        redis_prefix: format!("tandem-test:{}", uuid::Uuid::new_v4()),
+        redis_prefix: prefix.clone(),
         ..options()
     };
     match tandem_store::open(&url, options).await {
-        Ok(store) => Fixture { store, _dir: None },
+        Ok(store) => Fixture {
+            store,
+            _dir: None,
+            redis_prefix: Some(prefix),
+        },
         Err(e) => panic!(
             "Redis is required for these tests and did not answer at {url}: {e}\n\
              start one with: redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' --appendonly no"
