@@ -14,11 +14,12 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use tandem_domain::{
     AccountUpdate, ContactUpdate, ConversationEvent, ConversationId, DeadLetter, DeliveryStatus,
-    Echo, HistoryMessage, HistoryThread, InboundMessage, MessageId, PhoneNumberId, StatusUpdate,
-    Timestamp, WaId,
+    Echo, InboundMessage, MessageId, PhoneNumberId, StatusUpdate, Timestamp, WaId,
 };
 
 use crate::content::parse_content;
+
+mod history;
 
 /// Why a piece of signed input was kept raw instead of being acted on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -481,91 +482,6 @@ impl Items<'_> {
                 update,
             })
         });
-    }
-
-    fn history(&self, out: &mut Vec<WebhookEvent>) {
-        for chunk in self.array("history") {
-            if let Some(errors) = chunk.get("errors").and_then(Value::as_array) {
-                let declined = errors
-                    .iter()
-                    .any(|e| e.get("code").and_then(Value::as_i64) == Some(2_593_109));
-                let event = if declined {
-                    "HISTORY_DECLINED"
-                } else {
-                    "HISTORY_ERROR"
-                };
-                out.push(self.number_fact(event, chunk.clone()));
-                continue;
-            }
-            let meta = chunk.get("metadata");
-            let number = |key: &str| meta.and_then(|m| m.get(key)).and_then(Value::as_u64);
-            let phase = number("phase").and_then(|n| u8::try_from(n).ok());
-            let chunk_order = number("chunk_order").and_then(|n| u32::try_from(n).ok());
-            let progress = number("progress").and_then(|n| u8::try_from(n).ok());
-            let Some(threads) = chunk.get("threads").and_then(Value::as_array) else {
-                out.push(self.kept(chunk, "history chunk has neither `threads` nor `errors`"));
-                continue;
-            };
-            for thread in threads {
-                out.push(self.history_thread(thread, phase, chunk_order, progress));
-            }
-        }
-        // Media ids for history placeholders may arrive as `messages[]` under this field.
-        for item in self.array("messages") {
-            out.push(self.kept(
-                item,
-                "history media update is not imported yet; kept as received",
-            ));
-        }
-    }
-
-    fn history_thread(
-        &self,
-        thread: &Value,
-        phase: Option<u8>,
-        chunk_order: Option<u32>,
-        progress: Option<u8>,
-    ) -> WebhookEvent {
-        let parsed = (|| -> Result<WebhookEvent, String> {
-            let object = thread.as_object().ok_or("thread is not an object")?;
-            let customer = wa_id(object, "id")?;
-            let mut messages = Vec::new();
-            for item in object
-                .get("messages")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                let item = item.as_object().ok_or("history message is not an object")?;
-                let (id, sent_at) = message_head(item)?;
-                let from = item.get("from").and_then(Value::as_str).unwrap_or("");
-                messages.push(HistoryMessage {
-                    id,
-                    sent_at,
-                    // The customer's messages come from the customer; everything else in the
-                    // thread was sent by the business (and carries `to`).
-                    from_business: from != customer.as_str(),
-                    content: parse_content(item),
-                    status: item
-                        .get("history_context")
-                        .and_then(|h| h.get("status"))
-                        .and_then(Value::as_str)
-                        .map(str::to_owned),
-                });
-            }
-            Ok(WebhookEvent::Conversation {
-                key: format!("history:{}:{customer}:{}", self.pnid, digest_json(thread)),
-                conversation: self.conversation(customer),
-                field: "history",
-                event: ConversationEvent::History(HistoryThread {
-                    phase,
-                    chunk_order,
-                    progress,
-                    messages,
-                }),
-            })
-        })();
-        parsed.unwrap_or_else(|detail| self.kept(thread, &detail))
     }
 }
 
