@@ -34,6 +34,11 @@ fn bodies(tag: &str, per: usize) -> (Vec<Vec<u8>>, HashMap<String, Vec<String>>)
     (bodies, expected)
 }
 
+/// Every delivery was answered 200.
+fn assert_all_acknowledged(statuses: &[u16]) {
+    assert!(statuses.iter().all(|s| *s == 200), "statuses: {statuses:?}");
+}
+
 async fn assert_each_applied_once(server: &Server, expected: &HashMap<String, Vec<String>>) {
     for (wa, texts_sent) in expected {
         let n = texts_sent.len();
@@ -66,26 +71,16 @@ async fn a_kill_9_after_the_200_loses_nothing(backend: Backend) {
     spec.workers = 0;
     let mut server = Server::start(spec.clone());
     let (bodies, expected) = bodies("k", 10);
-    assert!(
-        server
-            .post_signed_concurrently(bodies.clone())
-            .await
-            .iter()
-            .all(|s| *s == 200)
-    );
+    let statuses = server.post_signed_concurrently(bodies.clone()).await;
+    assert_all_acknowledged(&statuses);
     server.kill9();
 
     spec.workers = 4;
     let server = Server::start(spec);
     assert_each_applied_once(&server, &expected).await;
     // Meta retries the same deliveries after the restart: nothing happens twice.
-    assert!(
-        server
-            .post_signed_concurrently(bodies)
-            .await
-            .iter()
-            .all(|s| *s == 200)
-    );
+    let statuses = server.post_signed_concurrently(bodies).await;
+    assert_all_acknowledged(&statuses);
     assert_eq!(server.metric("tandem_webhook_duplicates_total").await, 40.0);
     assert_each_applied_once(&server, &expected).await;
 }
@@ -94,13 +89,8 @@ async fn a_kill_9_while_lanes_run_applies_each_event_once(backend: Backend) {
     let spec = Spec::new(backend);
     let mut server = Server::start(spec.clone());
     let (bodies, expected) = bodies("r", 25);
-    assert!(
-        server
-            .post_signed_concurrently(bodies)
-            .await
-            .iter()
-            .all(|s| *s == 200)
-    );
+    let statuses = server.post_signed_concurrently(bodies).await;
+    assert_all_acknowledged(&statuses);
     server.kill9();
     let server = Server::start(spec);
     assert_each_applied_once(&server, &expected).await;

@@ -13,7 +13,7 @@ use tandem_domain::{
     Echo, InboundMessage, MessageContent, MessageId, Mode, PhoneNumberId, Role, Timestamp, WaId,
 };
 use tandem_store::{
-    Claim, CommitOutcome, IngestBatch, IngestItem, IngestKind, ItemOutcome, ListQuery,
+    Claim, CommitOutcome, InboxItem, IngestBatch, IngestItem, IngestKind, ItemOutcome, ListQuery,
     PauseOnIngest, StepCommit, Store, StoreOptions, TimerChange,
 };
 
@@ -195,6 +195,23 @@ fn batch(at: Timestamp, items: Vec<IngestItem>) -> IngestBatch {
     }
 }
 
+/// A commit of `items` (the lane's oldest) with `record` as the result, based on the
+/// revision `record` was read at (the store sets the new one).
+fn commit_of(
+    now: Timestamp,
+    record: Conversation,
+    items: &[InboxItem],
+    timer: TimerChange,
+) -> StepCommit {
+    StepCommit {
+        now,
+        seqs: items.iter().map(|i| i.seq).collect(),
+        expected_rev: record.rev,
+        conversation: record,
+        timer,
+    }
+}
+
 /// Applies the lane's head event the way a worker would (the content of the change does not
 /// matter to the store) and returns the commit outcome.
 async fn step(
@@ -205,15 +222,8 @@ async fn step(
     let (mut record, mut items) = store.head(claim, now, 1).await.unwrap()?;
     assert_eq!(items.len(), 1, "head returns at most the number asked for");
     let item = items.remove(0);
-    let expected_rev = record.rev;
     record.events_applied += 1;
-    let commit = StepCommit {
-        now,
-        seqs: vec![item.seq],
-        expected_rev,
-        conversation: record,
-        timer: TimerChange::Keep,
-    };
+    let commit = commit_of(now, record, std::slice::from_ref(&item), TimerChange::Keep);
     let outcome = store.commit(claim, commit, LEASE).await.unwrap();
     Some((item.event, outcome))
 }
@@ -343,17 +353,10 @@ async fn a_lane_step_never_overwrites_a_pause(f: Fixture) {
     s.ingest(batch(T0, vec![message("a", "m1")])).await.unwrap();
     let claim = s.claim(T0, LEASE).await.unwrap().unwrap();
     let (record, items) = s.head(&claim, T0, 1).await.unwrap().unwrap();
-    let item = &items[0];
     assert_eq!(record.mode, Mode::Bot);
     // A person writes from the phone while the lane works on m1.
     s.ingest(batch(T0, vec![echo("a", "e1")])).await.unwrap();
-    let stale = StepCommit {
-        now: T0,
-        seqs: vec![item.seq],
-        expected_rev: record.rev,
-        conversation: record,
-        timer: TimerChange::Keep,
-    };
+    let stale = commit_of(T0, record, &items, TimerChange::Keep);
     assert_eq!(
         s.commit(&claim, stale, LEASE).await.unwrap(),
         CommitOutcome::Conflict
@@ -393,14 +396,7 @@ async fn one_owner_per_lane_and_stale_owners_are_fenced(f: Fixture) {
     };
     assert_eq!(second.conversation, first.conversation);
     let (record, items) = s.head(&first, later, 1).await.unwrap().unwrap();
-    let item = &items[0];
-    let stale = StepCommit {
-        now: later,
-        seqs: vec![item.seq],
-        expected_rev: record.rev,
-        conversation: record,
-        timer: TimerChange::Keep,
-    };
+    let stale = commit_of(later, record, &items, TimerChange::Keep);
     assert_eq!(
         s.commit(&first, stale, LEASE).await.unwrap(),
         CommitOutcome::LeaseLost
@@ -433,15 +429,8 @@ async fn due_timers_become_idle_checks(f: Fixture) {
     s.ingest(batch(T0, vec![message("a", "m1")])).await.unwrap();
     let claim = s.claim(T0, LEASE).await.unwrap().unwrap();
     let (record, items) = s.head(&claim, T0, 1).await.unwrap().unwrap();
-    let item = &items[0];
     let due = T0.plus(Duration::from_secs(5));
-    let commit = StepCommit {
-        now: T0,
-        seqs: vec![item.seq],
-        expected_rev: record.rev,
-        conversation: record,
-        timer: TimerChange::Set(due),
-    };
+    let commit = commit_of(T0, record, &items, TimerChange::Set(due));
     assert_eq!(
         s.commit(&claim, commit, LEASE).await.unwrap(),
         CommitOutcome::Applied
@@ -730,15 +719,8 @@ async fn conversations_are_listed_by_mode_in_pages(f: Fixture) {
     s.ingest(batch(T0, vec![message("a", "m9")])).await.unwrap();
     let claim = s.claim(T0, LEASE).await.unwrap().unwrap();
     let (mut record, items) = s.head(&claim, T0, 10).await.unwrap().unwrap();
-    let expected_rev = record.rev;
     record.mode = Mode::Bot;
-    let commit = StepCommit {
-        now: T0,
-        seqs: items.iter().map(|i| i.seq).collect(),
-        expected_rev,
-        conversation: record,
-        timer: TimerChange::Clear,
-    };
+    let commit = commit_of(T0, record, &items, TimerChange::Clear);
     assert_eq!(
         s.commit(&claim, commit, LEASE).await.unwrap(),
         CommitOutcome::Applied
