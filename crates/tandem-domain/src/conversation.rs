@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::bot::{BotState, HandoffRequest, PendingSend, SendAction, SendOrigin};
 use crate::event::{DeliveryStatus, Echo};
 use crate::ids::{ConversationId, MessageId};
 use crate::message::MessageContent;
@@ -134,6 +135,9 @@ impl TranscriptEntry {
     }
 }
 
+/// How long after a customer's last message free-form messages may be sent.
+pub const CUSTOMER_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
 /// What the human-idle rule says about a conversation at a given time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IdleDecision {
@@ -166,6 +170,24 @@ pub struct Conversation {
     pub transcript: Vec<TranscriptEntry>,
     /// How many inbox events the lane has applied.
     pub events_applied: u64,
+    /// The flow position, slots and variables.
+    #[serde(default)]
+    pub bot: BotState,
+    /// The customer asked the bot to stop writing (until they opt back in).
+    #[serde(default)]
+    pub opted_out: bool,
+    /// The language replies are written in, when known (`en`, `pt`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
+    /// The open request for a person, while the conversation waits for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handoff: Option<HandoffRequest>,
+    /// Messages waiting to be sent, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outbox: Vec<PendingSend>,
+    /// The id the next queued send gets.
+    #[serde(default)]
+    pub next_send_id: u64,
     /// Incremented by every write; stores refuse a write based on an older revision.
     pub rev: u64,
     /// When the record was created.
@@ -187,6 +209,12 @@ impl Conversation {
             profile_name: None,
             transcript: Vec::new(),
             events_applied: 0,
+            bot: BotState::default(),
+            opted_out: false,
+            language: None,
+            handoff: None,
+            outbox: Vec::new(),
+            next_send_id: 0,
             rev: 0,
             created_at: now,
             updated_at: now,
@@ -195,10 +223,12 @@ impl Conversation {
 
     /// Pauses the bot because a person on the business side is active, and moves the
     /// resume time to `at + idle`. Keeps the original reason when already paused.
+    /// Bot messages still waiting in the outbox are cancelled: a person is talking now.
     pub fn record_human_activity(&mut self, by: PausedBy, at: Timestamp, idle: Duration) {
         if self.mode != Mode::Human {
             self.paused_by = Some(by);
         }
+        self.cancel_bot_sends(at);
         self.mode = Mode::Human;
         let last = self.human_last_at.map_or(at, |prev| prev.max(at));
         self.human_last_at = Some(last);
@@ -216,11 +246,15 @@ impl Conversation {
         }
     }
 
-    /// Hands the conversation back to the bot and notes why in the transcript.
+    /// Hands the conversation back to the bot and notes why in the transcript. The flow
+    /// the bot was in is left: the customer starts afresh.
     pub fn resume(&mut self, at: Timestamp, reason: &str, cap: usize) {
         self.mode = Mode::Bot;
         self.paused_by = None;
         self.resume_at = None;
+        self.handoff = None;
+        self.bot.position = None;
+        self.bot.misses = 0;
         self.push(
             TranscriptEntry::system(at, format!("bot resumed: {reason}")),
             cap,
@@ -250,6 +284,65 @@ impl Conversation {
                 cap,
             );
         }
+    }
+
+    /// Asks for a person: the bot stops answering and the conversation waits in `handoff`.
+    pub fn request_handoff(&mut self, request: HandoffRequest) {
+        if self.mode == Mode::Bot {
+            self.mode = Mode::Handoff;
+            self.paused_by = Some(PausedBy::Handoff);
+        }
+        self.bot.position = None;
+        self.handoff = Some(request);
+    }
+
+    /// Queues a message for the sender and returns its id.
+    pub fn queue_send(&mut self, origin: SendOrigin, action: SendAction, now: Timestamp) -> u64 {
+        let id = self.next_send_id;
+        self.next_send_id += 1;
+        self.outbox.push(PendingSend {
+            id,
+            origin,
+            action,
+            queued_at: now,
+            attempts: 0,
+            not_before: None,
+        });
+        id
+    }
+
+    /// Drops every bot message still waiting to be sent and notes it in the transcript.
+    /// Returns how many were dropped.
+    pub fn cancel_bot_sends(&mut self, at: Timestamp) -> usize {
+        let before = self.outbox.len();
+        self.outbox.retain(|s| s.origin != SendOrigin::Bot);
+        let dropped = before - self.outbox.len();
+        if dropped > 0 {
+            let note = format!("{dropped} bot message(s) not sent: a person is talking");
+            // Not trimmed here: the next line pushed with the cap trims.
+            self.push(TranscriptEntry::system(at, note), usize::MAX);
+        }
+        dropped
+    }
+
+    /// Returns true while free-form messages may be sent: the customer wrote in the last
+    /// 24 hours.
+    pub fn window_open(&self, now: Timestamp) -> bool {
+        self.customer_last_at
+            .is_some_and(|at| at.plus(CUSTOMER_WINDOW) > now)
+    }
+
+    /// Returns when the customer-service window closes, if it is open at `now`.
+    pub fn window_closes_at(&self, now: Timestamp) -> Option<Timestamp> {
+        self.customer_last_at
+            .map(|at| at.plus(CUSTOMER_WINDOW))
+            .filter(|closes| *closes > now)
+    }
+
+    /// Returns true when the bot may write in this conversation now (no person on it, and
+    /// the customer has not opted out).
+    pub fn bot_may_write(&self) -> bool {
+        self.mode == Mode::Bot && !self.opted_out
     }
 
     /// Returns true when the transcript already holds a line for this message.

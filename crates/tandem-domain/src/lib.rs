@@ -11,15 +11,20 @@
 //! - [`message`]: the content of a WhatsApp message as Tandem keeps it.
 //! - [`event`]: events that ingress writes to a conversation's inbox, and account-level facts.
 //! - [`conversation`]: the conversation record, its modes and the rules that change it.
+//! - [`bot`]: the bot's part of the record: flow position, slots, handoff request, outbox.
+//! - [`outbound`]: the content of messages Tandem sends.
 //! - [`error`]: the small shared [`ErrorKind`] every crate's errors map to.
 
+pub mod bot;
 pub mod conversation;
 pub mod error;
 pub mod event;
 pub mod ids;
 pub mod message;
+pub mod outbound;
 pub mod time;
 
+pub use bot::{BotState, FlowPosition, HandoffRequest, PendingSend, SendAction, SendOrigin};
 pub use conversation::{Conversation, Mode, PausedBy, Role, TranscriptEntry};
 pub use error::ErrorKind;
 pub use event::{
@@ -28,4 +33,5 @@ pub use event::{
 };
 pub use ids::{ConversationId, IdError, MessageId, PhoneNumberId, WaId, WabaId};
 pub use message::MessageContent;
+pub use outbound::{ListRow, ListSection, OutboundContent};
 pub use time::{Clock, SystemClock, Timestamp};

@@ -17,70 +17,7 @@ pub struct OutboundMessage {
     pub callback_data: Option<String>,
 }
 
-/// The content of an outbound message.
-#[derive(Debug, Clone, PartialEq)]
-pub enum OutboundContent {
-    /// Free text (only inside the 24-hour customer-service window).
-    Text {
-        /// The text, at most 4096 characters.
-        body: String,
-        /// Whether WhatsApp renders a link preview.
-        preview_url: bool,
-    },
-    /// Up to three reply buttons.
-    Buttons {
-        /// Optional header text (at most 60 characters).
-        header: Option<String>,
-        /// The body (at most 1024 characters).
-        body: String,
-        /// Optional footer (at most 60 characters).
-        footer: Option<String>,
-        /// The buttons: id (at most 256) and title (at most 20 characters).
-        buttons: Vec<(String, String)>,
-    },
-    /// A list of choices behind a button.
-    List {
-        /// Optional header text (at most 60 characters).
-        header: Option<String>,
-        /// The body (at most 1024 characters).
-        body: String,
-        /// Optional footer (at most 60 characters).
-        footer: Option<String>,
-        /// The label of the button that opens the list (at most 20 characters).
-        button: String,
-        /// Sections: optional title and rows (at most 10 rows in all).
-        sections: Vec<ListSection>,
-    },
-    /// An approved template (the only kind allowed outside the 24-hour window).
-    Template {
-        /// The template's name.
-        name: String,
-        /// Its language code, such as `en_US`.
-        language: String,
-        /// Values of the body's `{{1}}`, `{{2}}`, … in order.
-        body_parameters: Vec<String>,
-    },
-}
-
-/// One section of a list message.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ListSection {
-    /// The section title (required by WhatsApp when there are several sections).
-    pub title: Option<String>,
-    /// The rows.
-    pub rows: Vec<ListRow>,
-}
-
-/// One row of a list message.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ListRow {
-    /// The id the customer's choice comes back with (at most 200 characters).
-    pub id: String,
-    /// The title (at most 24 characters).
-    pub title: String,
-    /// An optional description (at most 72 characters).
-    pub description: Option<String>,
-}
+pub use tandem_domain::outbound::{ListRow, ListSection, OutboundContent};
 
 /// A message WhatsApp would refuse, caught before sending.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

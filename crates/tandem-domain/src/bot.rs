@@ -1,0 +1,104 @@
+//! What the bot keeps in a conversation record: the flow position with its slots and
+//! variables, the opt-out flag, the pending handoff and the outbox of messages waiting to be
+//! sent.
+//!
+//! The outbox lives in the record so that a step's replies are written in the same atomic
+//! write as the state that produced them: an event either took effect with all its replies
+//! queued, or not at all.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::MessageId;
+use crate::outbound::OutboundContent;
+use crate::time::Timestamp;
+
+/// Where a conversation stands in the flows, and what it has collected.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BotState {
+    /// The flow step waiting for the customer's answer, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<FlowPosition>,
+    /// Values collected by `ask` steps and button choices, by slot name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub slots: BTreeMap<String, serde_json::Value>,
+    /// Values set by `set` and `call` steps, by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vars: BTreeMap<String, serde_json::Value>,
+    /// Messages in a row the bot did not understand.
+    #[serde(default)]
+    pub misses: u32,
+    /// When the bot last sent the after-hours notice (sent at most once a day).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_hours_noted_at: Option<Timestamp>,
+}
+
+/// A flow step waiting for the customer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowPosition {
+    /// The flow's id.
+    pub flow: String,
+    /// The step's id within the flow.
+    pub step: String,
+    /// Answers already refused at this step.
+    #[serde(default)]
+    pub tries: u32,
+}
+
+/// A request for a person, made by a flow or by the customer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoffRequest {
+    /// The team asked for, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+    /// Why (a short label such as `customer_request` or `flow:returns`).
+    pub reason: String,
+    /// `low`, `normal`, `high` or `urgent`.
+    pub priority: String,
+    /// When it was asked for.
+    pub at: Timestamp,
+}
+
+/// Who asked for a message to be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SendOrigin {
+    /// The bot: held back while a person has the conversation, and cancelled by a pause.
+    Bot,
+}
+
+/// What a pending send does.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum SendAction {
+    /// Send a message.
+    Message {
+        /// The content.
+        content: OutboundContent,
+    },
+    /// Mark the customer's message as read and show the typing indicator.
+    MarkRead {
+        /// The customer's message.
+        message_id: MessageId,
+    },
+}
+
+/// A message waiting in a conversation's outbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingSend {
+    /// Unique within the conversation, increasing.
+    pub id: u64,
+    /// Who asked for it.
+    pub origin: SendOrigin,
+    /// What to do.
+    pub action: SendAction,
+    /// When it was queued.
+    pub queued_at: Timestamp,
+    /// Failed attempts so far.
+    #[serde(default)]
+    pub attempts: u32,
+    /// Not before this time (set after a failed attempt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<Timestamp>,
+}

@@ -1,0 +1,185 @@
+//! Texts and the minijinja templates behind them: strict about undefined variables, checked
+//! at load time for syntax and for variables nobody sets, and rendered per language.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use minijinja::{Environment, UndefinedBehavior, Value};
+
+use crate::diagnostic::{Loc, Report};
+
+/// The names a template may start from.
+pub const ROOTS: &[&str] = &[
+    "contact", "slots", "vars", "config", "now", "message", "language", "hours",
+];
+
+/// A text with one template per language code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Text {
+    /// Template name per language (`""` when the text is the same in every language).
+    pub variants: BTreeMap<String, String>,
+}
+
+/// Every template of the loaded flows, compiled once.
+#[derive(Debug)]
+pub struct Templates {
+    env: Environment<'static>,
+    /// Variables templates read, with where, checked once every flow is known.
+    pub(crate) reads: Vec<(Loc, String)>,
+}
+
+impl Default for Templates {
+    fn default() -> Self {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.set_keep_trailing_newline(false);
+        Self {
+            env,
+            reads: Vec::new(),
+        }
+    }
+}
+
+/// A template that failed to render (a variable missing at run time, a filter error).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("template {name}: {detail}")]
+pub struct RenderError {
+    /// The template's name (its `file:line:col`).
+    pub name: String,
+    /// What went wrong.
+    pub detail: String,
+}
+
+impl Templates {
+    /// Compiles `source`, named after where it is written; records the problems in `report`.
+    /// Returns the template's name, or `None` when it does not compile.
+    pub(crate) fn add(
+        &mut self,
+        at: &Loc,
+        suffix: &str,
+        source: &str,
+        report: &mut Report,
+    ) -> Option<String> {
+        let name = format!("{at}{suffix}");
+        if let Err(error) = self.env.add_template_owned(name.clone(), source.to_owned()) {
+            let line = error.line().map_or(0, |l| l as u64 - 1);
+            let here = Loc {
+                line: at.line + line,
+                ..at.clone()
+            };
+            let detail = error.detail().unwrap_or("syntax error");
+            report.error(
+                &here,
+                format!("template syntax: {detail}"),
+                Some("templates are minijinja (Jinja2): {{ slots.name }}, {% if … %}…{% endif %}"),
+            );
+            return None;
+        }
+        if let Ok(template) = self.env.get_template(&name) {
+            for var in template.undeclared_variables(true) {
+                self.reads.push((at.clone(), var));
+            }
+        }
+        Some(name)
+    }
+
+    /// Compiles a condition (`when:`) as a template that renders `1` when it is true.
+    pub(crate) fn add_condition(
+        &mut self,
+        at: &Loc,
+        expr: &str,
+        report: &mut Report,
+    ) -> Option<String> {
+        self.add(at, "?", &format!("{{% if {expr} %}}1{{% endif %}}"), report)
+    }
+
+    /// Renders a template with `context`.
+    ///
+    /// # Errors
+    /// A [`RenderError`] naming the template when a variable is missing or a filter fails.
+    pub fn render(&self, name: &str, context: &Value) -> Result<String, RenderError> {
+        let failed = |e: minijinja::Error| RenderError {
+            name: name.to_owned(),
+            detail: e.to_string(),
+        };
+        self.env
+            .get_template(name)
+            .map_err(failed)?
+            .render(context)
+            .map_err(failed)
+    }
+
+    /// Renders a condition compiled by `add_condition`.
+    ///
+    /// # Errors
+    /// As [`Templates::render`].
+    pub fn test(&self, name: &str, context: &Value) -> Result<bool, RenderError> {
+        Ok(self.render(name, context)? == "1")
+    }
+
+    /// Renders `text` in `language`, or in the default language when it has no variant for
+    /// it.
+    ///
+    /// # Errors
+    /// As [`Templates::render`].
+    pub fn render_text(
+        &self,
+        text: &Text,
+        language: Option<&str>,
+        default_language: &str,
+        context: &Value,
+    ) -> Result<String, RenderError> {
+        let name = language
+            .and_then(|l| text.variants.get(l))
+            .or_else(|| text.variants.get(default_language))
+            .or_else(|| text.variants.get(""))
+            .or_else(|| text.variants.values().next());
+        match name {
+            Some(name) => self.render(name, context).map(|s| s.trim().to_owned()),
+            None => Ok(String::new()),
+        }
+    }
+}
+
+/// Checks every variable a template reads against what the flows provide: the root must be
+/// one of [`ROOTS`]; `slots.x` must be a declared slot, `vars.x` set by some `set` or `call`,
+/// and `config.x` a configured variable.
+pub(crate) fn check_reads(
+    reads: &[(Loc, String)],
+    slots: &BTreeSet<String>,
+    vars: &BTreeSet<String>,
+    config: &BTreeSet<String>,
+    report: &mut Report,
+) {
+    for (at, var) in reads {
+        let mut parts = var.split('.');
+        let root = parts.next().unwrap_or_default();
+        let field = parts.next();
+        if !ROOTS.contains(&root) {
+            report.error(
+                at,
+                format!("undefined variable `{var}`"),
+                Some("templates can read contact, slots, vars, config, now, message, language and hours"),
+            );
+            continue;
+        }
+        let (known, what, hint) = match root {
+            "slots" => (slots, "slot", "declare it under `slots:` in a flow"),
+            "vars" => (
+                vars,
+                "variable",
+                "set it with a `set:` step or a `call:` with `save:`",
+            ),
+            "config" => (
+                config,
+                "config variable",
+                "add it under `variables:` in bot.yaml",
+            ),
+            _ => continue,
+        };
+        if let Some(field) = field
+            && !known.contains(field)
+        {
+            report.error(at, format!("undefined {what} `{root}.{field}`"), Some(hint));
+        }
+    }
+}
