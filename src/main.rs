@@ -33,8 +33,11 @@ struct Cli {
 enum Command {
     /// Run the server: webhook, engine, agent API, health and metrics.
     Serve(ConfigArgs),
-    /// Validate the configuration and exit (0 when valid, 64 when not).
-    Check(ConfigArgs),
+    /// Validate the configuration and the flows in DIR (default: ./flows) and exit: 0 when
+    /// valid, 1 when the flows have errors (each with file:line:col), 64 for configuration.
+    Check(CheckArgs),
+    /// Print the JSON Schema of flow files and bot.yaml, for editors.
+    Schema,
     /// Post recorded webhook bodies to a server, signed as Meta signs them.
     Replay(ReplayArgs),
 }
@@ -53,6 +56,14 @@ struct ReplayArgs {
 }
 
 #[derive(Args)]
+struct CheckArgs {
+    /// The flows directory to check (default: the configured one, else ./flows).
+    dir: Option<PathBuf>,
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+#[derive(Args)]
 struct ConfigArgs {
     /// Configuration file (TOML); defaults to ./tandem.toml when it exists.
     #[arg(long, env = "TANDEM_CONFIG")]
@@ -66,6 +77,9 @@ struct ConfigArgs {
     /// Run without Meta credentials; webhook signatures are NOT checked.
     #[arg(long)]
     dev: bool,
+    /// The flows directory (default: ./flows when it exists).
+    #[arg(long)]
+    flows: Option<PathBuf>,
 }
 
 impl ConfigArgs {
@@ -75,6 +89,7 @@ impl ConfigArgs {
             listen: self.listen.clone(),
             store: self.store.clone(),
             dev: self.dev,
+            flows: self.flows.clone(),
         }
     }
 }
@@ -84,7 +99,19 @@ fn main() -> ExitCode {
     let env: HashMap<String, String> = std::env::vars().collect();
     let (args, serve) = match &cli.command {
         Command::Serve(args) => (args, true),
-        Command::Check(args) => (args, false),
+        Command::Check(args) => return check(args, &env),
+        Command::Schema => {
+            let schema = tandem_flows::schema();
+            let mut out = std::io::stdout().lock();
+            let written = serde_json::to_writer_pretty(&mut out, &schema)
+                .map_err(std::io::Error::from)
+                .and_then(|()| writeln!(out));
+            return if written.is_ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            };
+        }
         Command::Replay(args) => {
             return match replay(args) {
                 Ok(true) => ExitCode::SUCCESS,
@@ -103,17 +130,54 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if !serve {
-        eprintln!(
-            "tandem: configuration is valid (store: {})",
-            tandem_server::startup::redact(&settings.store_url)
-        );
-        return ExitCode::SUCCESS;
-    }
+    debug_assert!(serve);
     match run(settings) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("tandem: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `tandem check [DIR]`: the configuration, then every problem of the flows.
+fn check(args: &CheckArgs, env: &HashMap<String, String>) -> ExitCode {
+    let mut overrides = args.config.overrides();
+    // Checking is not serving: missing credentials are not a problem here.
+    overrides.dev = true;
+    if args.dir.is_some() {
+        overrides.flows.clone_from(&args.dir);
+    }
+    let settings = match tandem_server::load(&overrides, env) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("tandem: configuration error: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    eprintln!(
+        "tandem: configuration is valid (store: {})",
+        tandem_server::startup::redact(&settings.store_url)
+    );
+    let Some(dir) = settings.flows_dir else {
+        eprintln!("tandem: no flows directory (./flows does not exist): nothing else to check");
+        return ExitCode::SUCCESS;
+    };
+    match tandem_flows::load_dir(&dir, &settings.flow_variables) {
+        Ok(loaded) => {
+            for warning in &loaded.warnings {
+                eprintln!("{warning}");
+            }
+            eprintln!(
+                "tandem: {} flows in {} are valid ({} warning(s))",
+                loaded.bot.flows.len(),
+                dir.display(),
+                loaded.warnings.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("{error}");
             ExitCode::FAILURE
         }
     }

@@ -69,6 +69,11 @@ pub struct Spec {
     pub human_idle: &'static str,
     pub workers: usize,
     pub config: Option<PathBuf>,
+    /// Flows directory; without one the server runs with no bot (from a directory with no
+    /// ./flows).
+    pub flows: Option<PathBuf>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
 }
 
 impl Spec {
@@ -78,7 +83,22 @@ impl Spec {
             human_idle: "30m",
             workers: 4,
             config: None,
+            flows: None,
+            env: Vec::new(),
         }
+    }
+
+    /// A server running the shipped flows, sending to `graph`, calling `shop`.
+    pub fn with_bot(backend: Backend, graph: &str, shop: &str) -> Self {
+        let mut spec = Self::new(backend);
+        spec.flows = Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("flows"));
+        spec.env = vec![
+            ("TANDEM_GRAPH_URL".into(), graph.into()),
+            ("TANDEM_ACCESS_TOKEN".into(), "test-access-token".into()),
+            ("TANDEM_FLOW_SHOP_API".into(), shop.into()),
+            ("TANDEM_SEND_BACKOFF".into(), "100ms".into()),
+        ];
+        spec
     }
 }
 
@@ -98,6 +118,15 @@ impl Server {
         if let Some(config) = &spec.config {
             command.arg("--config").arg(config);
         }
+        match &spec.flows {
+            Some(flows) => {
+                command.arg("--flows").arg(flows);
+            }
+            None => {
+                command.current_dir(std::env::temp_dir());
+            }
+        }
+        command.envs(spec.env.iter().map(|(k, v)| (k, v)));
         command
             .env("TANDEM_APP_SECRET", SECRET)
             .env("TANDEM_VERIFY_TOKEN", VERIFY_TOKEN)

@@ -15,7 +15,9 @@
 mod helpers;
 
 mod api;
+mod bot;
 mod durability;
 mod echo;
 mod replicas;
+mod standin;
 mod webhook;

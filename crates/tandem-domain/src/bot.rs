@@ -66,6 +66,15 @@ pub struct HandoffRequest {
 pub enum SendOrigin {
     /// The bot: held back while a person has the conversation, and cancelled by a pause.
     Bot,
+    /// The bot's confirmation of an opt-out: the one message sent after it.
+    OptOutNotice,
+}
+
+impl SendOrigin {
+    /// Returns true for messages the bot wrote (cancelled when a person takes over).
+    pub fn is_bot(self) -> bool {
+        matches!(self, Self::Bot | Self::OptOutNotice)
+    }
 }
 
 /// What a pending send does.

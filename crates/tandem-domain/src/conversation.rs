@@ -14,6 +14,7 @@ use crate::bot::{BotState, HandoffRequest, PendingSend, SendAction, SendOrigin};
 use crate::event::{DeliveryStatus, Echo};
 use crate::ids::{ConversationId, MessageId};
 use crate::message::MessageContent;
+use crate::outbound::OutboundContent;
 use crate::time::Timestamp;
 
 /// Who is talking to the customer.
@@ -111,6 +112,21 @@ impl TranscriptEntry {
             role,
             text: content.transcript_text(),
             kind: content.type_label().to_owned(),
+            message_id: Some(id),
+            historical: false,
+            status: None,
+            edited: false,
+            deleted: false,
+        }
+    }
+
+    /// Builds the line of a message Tandem sent.
+    pub fn sent(at: Timestamp, role: Role, id: MessageId, content: &OutboundContent) -> Self {
+        Self {
+            at,
+            role,
+            text: content.transcript_text(),
+            kind: content.kind().to_owned(),
             message_id: Some(id),
             historical: false,
             status: None,
@@ -315,7 +331,7 @@ impl Conversation {
     /// Returns how many were dropped.
     pub fn cancel_bot_sends(&mut self, at: Timestamp) -> usize {
         let before = self.outbox.len();
-        self.outbox.retain(|s| s.origin != SendOrigin::Bot);
+        self.outbox.retain(|s| !s.origin.is_bot());
         let dropped = before - self.outbox.len();
         if dropped > 0 {
             let note = format!("{dropped} bot message(s) not sent: a person is talking");
@@ -339,10 +355,30 @@ impl Conversation {
             .filter(|closes| *closes > now)
     }
 
-    /// Returns true when the bot may write in this conversation now (no person on it, and
-    /// the customer has not opted out).
-    pub fn bot_may_write(&self) -> bool {
-        self.mode == Mode::Bot && !self.opted_out
+    /// Returns true when a queued message from `origin` may be sent now: no person is
+    /// talking, and the customer has not opted out (except for the opt-out confirmation).
+    pub fn may_send(&self, origin: SendOrigin) -> bool {
+        self.mode != Mode::Human && (!self.opted_out || origin == SendOrigin::OptOutNotice)
+    }
+
+    /// Returns when the conversation's timer should next fire: when a phone pause may end,
+    /// when a failed send may be retried, or — while sends wait — `recovery` from now, so
+    /// that sends a crashed process left behind are picked up again.
+    pub fn next_wake(&self, now: Timestamp, recovery: Duration) -> Option<Timestamp> {
+        let idle = match self.idle_decision(now) {
+            IdleDecision::WaitUntil(at) => Some(at),
+            IdleDecision::Resume => Some(now),
+            IdleDecision::NotPausedByPhone => None,
+        };
+        let sends = self
+            .outbox
+            .iter()
+            .map(|s| s.not_before.unwrap_or(now.plus(recovery)))
+            .min();
+        match (idle, sends) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Returns true when the transcript already holds a line for this message.

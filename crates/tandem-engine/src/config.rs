@@ -27,6 +27,18 @@ pub struct EngineConfig {
     pub lane_budget: usize,
     /// How many transcript lines a conversation keeps.
     pub transcript_cap: usize,
+    /// Messages a second the bot sends per business number (Coexistence numbers: 20 at
+    /// most, 5 to be careful); shared by every replica on one store.
+    pub send_rate: u32,
+    /// Attempts before a message that keeps failing is given up (and noted in the
+    /// transcript).
+    pub send_attempts: u32,
+    /// The first retry delay of a failed send; doubled each attempt up to 5 minutes.
+    #[serde(with = "humantime_serde")]
+    pub send_backoff: Duration,
+    /// Sends left waiting (a crashed process) are picked up again after this long.
+    #[serde(with = "humantime_serde")]
+    pub send_recovery: Duration,
 }
 
 impl Default for EngineConfig {
@@ -34,11 +46,15 @@ impl Default for EngineConfig {
         Self {
             human_idle: Duration::from_secs(30 * 60),
             workers: 8,
-            lease: Duration::from_secs(5),
+            lease: Duration::from_secs(15),
             timer_tick: Duration::from_millis(250),
             poll: Duration::from_millis(100),
             lane_budget: 64,
             transcript_cap: 200,
+            send_rate: 20,
+            send_attempts: 6,
+            send_backoff: Duration::from_secs(1),
+            send_recovery: Duration::from_secs(30),
         }
     }
 }
@@ -63,6 +79,21 @@ impl EngineConfig {
         }
         if self.lane_budget == 0 {
             return Err(("engine.lane_budget", "must be at least 1".into()));
+        }
+        if !(1..=1000).contains(&self.send_rate) {
+            return Err((
+                "engine.send_rate",
+                "must be between 1 and 1000 messages a second".into(),
+            ));
+        }
+        if self.send_attempts == 0 {
+            return Err(("engine.send_attempts", "must be at least 1".into()));
+        }
+        if self.send_recovery < self.lease {
+            return Err((
+                "engine.send_recovery",
+                "must be at least engine.lease".into(),
+            ));
         }
         if self.transcript_cap == 0 {
             return Err(("engine.transcript_cap", "must be at least 1".into()));

@@ -12,14 +12,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tandem_domain::Clock;
-use tandem_store::{Claim, CommitOutcome, StepCommit, Store, StoreError};
+use tandem_domain::{Clock, ConversationEvent, Mode};
+use tandem_store::{Claim, CommitOutcome, StepCommit, Store, StoreError, TimerChange};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::apply::{ApplyContext, apply_batch};
+use crate::apply::{ApplyContext, apply};
 use crate::config::EngineConfig;
 use crate::metrics;
+use crate::responder::Responder;
+use crate::sender::Sender;
 
 /// How often expired deduplication keys are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(60);
@@ -36,16 +38,34 @@ struct Worker {
     store: Arc<dyn Store>,
     config: EngineConfig,
     clock: Arc<dyn Clock>,
+    bot: Bot,
+}
+
+/// The bot's parts a lane uses: the flows that answer customers and the sender of the
+/// outbox. Without a responder the lanes only record; without a sender replies wait in the
+/// outbox.
+#[derive(Debug, Clone, Default)]
+pub struct Bot {
+    /// Runs the flows for customer messages.
+    pub responder: Option<Responder>,
+    /// Sends outboxes through the Graph API.
+    pub sender: Option<Sender>,
 }
 
 impl Dispatcher {
     /// Starts `config.workers` lane workers, the timer pump and the purge task.
-    pub fn start(store: Arc<dyn Store>, config: EngineConfig, clock: Arc<dyn Clock>) -> Self {
+    pub fn start(
+        store: Arc<dyn Store>,
+        config: EngineConfig,
+        clock: Arc<dyn Clock>,
+        bot: Bot,
+    ) -> Self {
         let (stop, stopped) = watch::channel(false);
         let worker = Worker {
             store,
             config,
             clock,
+            bot,
         };
         let mut tasks = JoinSet::new();
         for _ in 0..worker.config.workers {
@@ -151,13 +171,53 @@ impl Worker {
             transcript_cap: self.config.transcript_cap,
         };
         let expected_rev = conversation.rev;
-        let batch = apply_batch(conversation, &items, &ctx);
+        let mut record = conversation;
+        let mut resumed = Vec::new();
+        let mut timer = TimerChange::Keep;
+        for item in &items {
+            let step = apply(record, item, &ctx);
+            record = step.conversation;
+            resumed.extend(step.resumed);
+            if step.timer != TimerChange::Keep {
+                timer = step.timer;
+            }
+            if let (Some(responder), ConversationEvent::Customer(message)) =
+                (&self.bot.responder, &item.event)
+                && record.mode == Mode::Bot
+            {
+                let contact = self.store.contact(&record.id).await?;
+                let name = contact
+                    .as_ref()
+                    .filter(|c| !c.removed)
+                    .and_then(|c| c.full_name.as_deref());
+                let summary = responder
+                    .respond(&mut record, message, name, now, self.config.transcript_cap)
+                    .await;
+                let ended = if summary.handoff.is_some() {
+                    "handoff"
+                } else if summary.queued > 0 {
+                    "reply"
+                } else {
+                    "silent"
+                };
+                ::metrics::counter!(metrics::TURNS, "ended" => ended).increment(1);
+                tracing::debug!(decisions = ?summary.decisions, "bot turn");
+            }
+        }
+        // The timer follows the record: idle pause, retries and waiting sends.
+        if self.bot.responder.is_some() || !record.outbox.is_empty() {
+            timer = match record.next_wake(now, self.config.send_recovery) {
+                Some(at) => TimerChange::Set(at),
+                None => TimerChange::Clear,
+            };
+        }
+        let has_sends = !record.outbox.is_empty();
         let commit = StepCommit {
             now,
             seqs: items.iter().map(|i| i.seq).collect(),
             expected_rev,
-            conversation: batch.conversation,
-            timer: batch.timer,
+            conversation: record,
+            timer,
         };
         let outcome = self.store.commit(claim, commit, self.config.lease).await?;
         if outcome == CommitOutcome::Applied {
@@ -167,9 +227,12 @@ impl Worker {
                 ::metrics::histogram!(metrics::ACK_TO_EFFECT)
                     .record(done.since(item.received_at).as_secs_f64());
             }
-            for reason in batch.resumed {
+            for reason in resumed {
                 ::metrics::counter!(metrics::RESUMES, "reason" => reason).increment(1);
                 tracing::info!(reason, "bot resumed");
+            }
+            if has_sends && let Some(sender) = &self.bot.sender {
+                sender.drain(claim, self.config.lease).await?;
             }
         }
         Ok(Some((outcome, items.len())))

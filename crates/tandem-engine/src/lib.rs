@@ -8,17 +8,23 @@
 //!   timer change. No IO.
 //! - [`dispatcher`]: lane workers (one conversation at a time per lane, lanes in parallel,
 //!   across processes when the store is shared), the idle-timer pump and store upkeep.
+//! - [`responder`]: runs the flows for a customer message inside the lane step and queues
+//!   the replies in the record's outbox (same atomic write as the event).
+//! - [`sender`]: sends the outbox through the Graph API after the commit: pause re-read,
+//!   24-hour window, per-number rate, retries with backoff.
 //! - [`metrics`]: the metric names this crate records, and their descriptions.
-//!
-//! It does not speak HTTP, and it decides nothing about bot replies yet.
 
 pub mod apply;
 pub mod config;
 pub mod dispatcher;
 pub mod ingress;
 pub mod metrics;
+pub mod responder;
+pub mod sender;
 
 pub use apply::{ApplyContext, Batch, Step, apply, apply_batch};
 pub use config::EngineConfig;
-pub use dispatcher::Dispatcher;
+pub use dispatcher::{Bot, Dispatcher};
 pub use ingress::{Ingress, IngressReport};
+pub use responder::{FlowsHandle, Responder};
+pub use sender::{SendPolicy, Sender};

@@ -22,6 +22,18 @@ pub const CONFLICTS: &str = "tandem_lane_conflicts_total";
 pub const RESUMES: &str = "tandem_conversations_resumed_total";
 /// Time from the webhook's acknowledgement to the event taking effect.
 pub const ACK_TO_EFFECT: &str = "tandem_ack_to_effect_seconds";
+/// Template or flow failures during a turn (the fallback was said instead).
+pub const FLOW_ERRORS: &str = "tandem_flow_errors_total";
+/// `call` steps, by outcome (`ok`, `error_status`, `failed`).
+pub const FLOW_CALLS: &str = "tandem_flow_calls_total";
+/// Duration of `call` steps.
+pub const FLOW_CALL_SECONDS: &str = "tandem_flow_call_seconds";
+/// Bot turns, by what ended them (`reply`, `handoff`, `silent`).
+pub const TURNS: &str = "tandem_bot_turns_total";
+/// Graph API sends, by action and outcome (`sent`, `retry`, `failed`, `cancelled`, `template`).
+pub const SENDS: &str = "tandem_sends_total";
+/// Time from a webhook's acknowledgement to the Graph API accepting the bot's reply.
+pub const ACK_TO_SEND: &str = "tandem_ack_to_send_seconds";
 /// Errors, by stage and kind.
 pub const ERRORS: &str = "tandem_errors_total";
 
@@ -63,4 +75,21 @@ pub fn describe() {
         "Time from webhook acknowledgement to the event taking effect"
     );
     describe_counter!(ERRORS, "Errors, by stage and error kind");
+    describe_counter!(
+        FLOW_ERRORS,
+        "Flow failures during a turn (the fallback was said)"
+    );
+    describe_counter!(FLOW_CALLS, "Backend calls of flow `call` steps, by outcome");
+    describe_histogram!(
+        FLOW_CALL_SECONDS,
+        Unit::Seconds,
+        "Duration of flow `call` steps"
+    );
+    describe_counter!(TURNS, "Bot turns, by how they ended");
+    describe_counter!(SENDS, "Graph API sends, by action and outcome");
+    describe_histogram!(
+        ACK_TO_SEND,
+        Unit::Seconds,
+        "Time from webhook acknowledgement to the Graph API accepting the reply"
+    );
 }

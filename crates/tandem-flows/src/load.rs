@@ -742,12 +742,7 @@ impl Compiler {
         match value {
             Value::String(s) => Value::String(
                 self.templates
-                    .add(
-                        at,
-                        &format!("#body{}", self.templates.reads.len()),
-                        s,
-                        report,
-                    )
+                    .add(at, "#body", s, report)
                     .unwrap_or_default(),
             ),
             Value::Array(items) => {

@@ -219,7 +219,7 @@ pub struct Call {
     pub on_error: Option<usize>,
 }
 
-/// A `handoff` step.
+/// A `handoff` step, or a handoff the bot decides itself.
 #[derive(Debug)]
 pub struct Handoff {
     /// The team.
@@ -230,4 +230,17 @@ pub struct Handoff {
     pub priority: String,
     /// What to tell the customer (default: `texts.handoff`).
     pub message: Option<Text>,
+}
+
+impl Handoff {
+    /// A handoff the bot decides for `reason` (a request for a person, too many misses),
+    /// to the configured team, saying the built-in text.
+    pub fn asked(reason: &str) -> Self {
+        Self {
+            team: None,
+            reason: reason.to_owned(),
+            priority: "normal".to_owned(),
+            message: None,
+        }
+    }
 }

@@ -22,7 +22,7 @@ use tandem_domain::{
 };
 
 use crate::hours::zoned;
-use crate::model::{Bot, Choice, Route, StepKind};
+use crate::model::{Bot, Choice, Handoff, Route, StepKind};
 use crate::template::{RenderError, Text};
 use crate::validate::answer_text;
 
@@ -151,16 +151,7 @@ impl Bot {
         }
         if text.is_some_and(|t| self.settings.human_patterns.iter().any(|p| p.is_match(t))) {
             turn.decide("asked for a person");
-            self.hand_off(
-                c,
-                None,
-                "customer_request",
-                "normal",
-                None,
-                content,
-                ctx,
-                &mut turn,
-            );
+            self.hand_off(c, &Handoff::asked("customer_request"), content, ctx, &mut turn);
             return turn;
         }
         if let Some(position) = c.bot.position.clone()
@@ -263,7 +254,7 @@ impl Bot {
                     }
                     c.bot.position = None;
                     c.bot.misses = 0;
-                    self.route(c, flow, after, &option.route, content, ctx, turn);
+                    self.route(c, (flow, after), &option.route, content, ctx, turn);
                     return true;
                 }
                 (choice.tries, choice.on_fail, choice.retry.as_ref())
@@ -393,7 +384,7 @@ impl Bot {
         if limit > 0 && c.bot.misses >= limit {
             turn.decide(format!("not understood {} times in a row", c.bot.misses));
             c.bot.misses = 0;
-            self.hand_off(c, None, "fallback", "normal", None, content, ctx, turn);
+            self.hand_off(c, &Handoff::asked("fallback"), content, ctx, turn);
             return;
         }
         match self
@@ -437,14 +428,10 @@ impl Bot {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn hand_off(
         &self,
         c: &mut Conversation,
-        team: Option<&str>,
-        reason: &str,
-        priority: &str,
-        message: Option<&Text>,
+        handoff: &Handoff,
         content: &MessageContent,
         ctx: &TurnContext<'_>,
         turn: &mut Turn,
@@ -454,7 +441,8 @@ impl Bot {
             .hours
             .as_ref()
             .is_some_and(|h| !h.is_open(ctx.now, &self.settings.timezone));
-        match message {
+        let reason = handoff.reason.as_str();
+        match &handoff.message {
             Some(text) => {
                 self.say(c, text, content, ctx, turn);
             }
@@ -467,11 +455,12 @@ impl Bot {
             ),
         }
         let request = HandoffRequest {
-            team: team
-                .map(str::to_owned)
+            team: handoff
+                .team
+                .clone()
                 .or_else(|| self.settings.human_team.clone()),
             reason: reason.to_owned(),
-            priority: priority.to_owned(),
+            priority: handoff.priority.clone(),
             at: ctx.now,
         };
         turn.decide(format!("handoff ({reason})"));
@@ -479,11 +468,11 @@ impl Bot {
         turn.effects.push(Effect::Handoff(request));
     }
 
+    /// Follows `route` from `flow`, where `after` is the step that comes next by default.
     fn route(
         &self,
         c: &mut Conversation,
-        flow: usize,
-        after: usize,
+        (flow, after): (usize, usize),
         route: &Route,
         content: &MessageContent,
         ctx: &TurnContext<'_>,
@@ -620,16 +609,7 @@ impl Bot {
                 }
                 StepKind::Handoff(h) => {
                     c.bot.position = None;
-                    self.hand_off(
-                        c,
-                        h.team.as_deref(),
-                        &h.reason,
-                        &h.priority,
-                        h.message.as_ref(),
-                        content,
-                        ctx,
-                        turn,
-                    );
+                    self.hand_off(c, h, content, ctx, turn);
                     return;
                 }
                 StepKind::Goto(id) => {

@@ -25,6 +25,7 @@ pub struct Templates {
     env: Environment<'static>,
     /// Variables templates read, with where, checked once every flow is known.
     pub(crate) reads: Vec<(Loc, String)>,
+    count: usize,
 }
 
 impl Default for Templates {
@@ -35,6 +36,7 @@ impl Default for Templates {
         Self {
             env,
             reads: Vec::new(),
+            count: 0,
         }
     }
 }
@@ -59,7 +61,9 @@ impl Templates {
         source: &str,
         report: &mut Report,
     ) -> Option<String> {
-        let name = format!("{at}{suffix}");
+        // A counter keeps names unique when several templates share a position.
+        let name = format!("{at}{suffix}#{}", self.count);
+        self.count += 1;
         if let Err(error) = self.env.add_template_owned(name.clone(), source.to_owned()) {
             let line = error.line().map_or(0, |l| l as u64 - 1);
             let here = Loc {

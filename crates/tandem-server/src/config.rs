@@ -47,6 +47,8 @@ pub struct CliOverrides {
     pub store: Option<String>,
     /// `--dev`: run without Meta credentials and without signature checks.
     pub dev: bool,
+    /// `--flows DIR`.
+    pub flows: Option<PathBuf>,
 }
 
 /// How log lines are written.
@@ -88,6 +90,12 @@ pub struct Settings {
     pub api_token: Option<SecretString>,
     /// Dev mode: signatures are not checked.
     pub dev: bool,
+    /// The flows directory; `None` runs without a bot (events are recorded, nobody answers).
+    pub flows_dir: Option<PathBuf>,
+    /// Values for the flows' `config.*` variables, from `TANDEM_FLOW_<NAME>` (name lower-cased).
+    pub flow_variables: std::collections::BTreeMap<String, String>,
+    /// Timeout of each Graph API request.
+    pub send_timeout: Duration,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -103,6 +111,14 @@ struct FileConfig {
     meta: MetaSection,
     #[serde(default)]
     api: ApiSection,
+    #[serde(default)]
+    flows: FlowsSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FlowsSection {
+    dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -153,6 +169,8 @@ impl Default for StoreSection {
 #[serde(deny_unknown_fields, default)]
 struct MetaSection {
     graph_url: String,
+    #[serde(with = "humantime_serde")]
+    send_timeout: Duration,
     app_secret_file: Option<PathBuf>,
     verify_token_file: Option<PathBuf>,
     access_token_file: Option<PathBuf>,
@@ -166,6 +184,7 @@ impl Default for MetaSection {
     fn default() -> Self {
         Self {
             graph_url: "https://graph.facebook.com/v23.0".into(),
+            send_timeout: Duration::from_secs(10),
             app_secret_file: None,
             verify_token_file: None,
             access_token_file: None,
@@ -297,6 +316,7 @@ fn build(
         mut engine,
         mut meta,
         api,
+        flows,
     } = file;
     refuse_inline(
         "meta.app_secret",
@@ -345,6 +365,35 @@ fn build(
         })?;
     }
     env_duration(env, "TANDEM_HUMAN_IDLE", &mut engine.human_idle)?;
+    env_duration(env, "TANDEM_SEND_BACKOFF", &mut engine.send_backoff)?;
+    if let Some(v) = env.get("TANDEM_SEND_RATE") {
+        engine.send_rate = v.parse().map_err(|_| {
+            ConfigError::new("TANDEM_SEND_RATE", format!("{v:?} is not a whole number"))
+        })?;
+    }
+    // An explicit directory must exist; the default `flows` is used when it does.
+    let flows_dir = match cli
+        .flows
+        .clone()
+        .or_else(|| env.get("TANDEM_FLOWS").map(PathBuf::from))
+        .or(flows.dir)
+    {
+        Some(dir) if !dir.is_dir() => {
+            return Err(ConfigError::new(
+                "flows.dir",
+                format!("{} is not a directory", dir.display()),
+            ));
+        }
+        Some(dir) => Some(dir),
+        None => Some(PathBuf::from("flows")).filter(|d| d.is_dir()),
+    };
+    let flow_variables = env
+        .iter()
+        .filter_map(|(k, v)| {
+            let name = k.strip_prefix("TANDEM_FLOW_")?;
+            Some((name.to_lowercase(), v.clone()))
+        })
+        .collect();
     if let Some(v) = &cli.listen {
         server.listen.clone_from(v);
     }
@@ -458,6 +507,9 @@ fn build(
         graph_url: meta.graph_url,
         api_token,
         dev: cli.dev,
+        flows_dir,
+        flow_variables,
+        send_timeout: meta.send_timeout,
     })
 }
 

@@ -10,9 +10,11 @@ use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
+use secrecy::SecretString;
 use tandem_domain::{Clock, SystemClock};
-use tandem_engine::{Dispatcher, Ingress};
+use tandem_engine::{Bot, Dispatcher, FlowsHandle, Ingress, Responder, SendPolicy, Sender};
 use tandem_store::Store;
+use tandem_whatsapp::GraphClient;
 use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 
@@ -62,11 +64,66 @@ impl Application {
             .await
             .with_context(|| format!("opening the store {}", redact(&settings.store_url)))?;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let flows = match &settings.flows_dir {
+            Some(dir) => {
+                let loaded =
+                    tandem_flows::load_dir(dir, &settings.flow_variables).map_err(|e| {
+                        anyhow::anyhow!("the flows in {} are invalid:\n{e}", dir.display())
+                    })?;
+                for warning in &loaded.warnings {
+                    tracing::warn!(%warning, "flow warning");
+                }
+                tracing::info!(dir = %dir.display(), flows = loaded.bot.flows.len(), "flows loaded");
+                Some(FlowsHandle::new(loaded.bot))
+            }
+            None => {
+                tracing::warn!(
+                    "no flows directory: events are recorded but the bot does not answer"
+                );
+                None
+            }
+        };
+        let token = settings
+            .access_token
+            .clone()
+            .unwrap_or_else(|| SecretString::from(String::new()));
+        let graph = GraphClient::new(&settings.graph_url, token, settings.send_timeout)
+            .context("building the Graph API client")?;
+        let policy = SendPolicy {
+            per_second: settings.engine.send_rate,
+            max_attempts: settings.engine.send_attempts,
+            base_backoff: settings.engine.send_backoff,
+            max_backoff: std::time::Duration::from_secs(300),
+            recovery: settings.engine.send_recovery,
+            transcript_cap: settings.engine.transcript_cap,
+        };
+        let sender = Sender::new(
+            Arc::clone(&store),
+            graph,
+            flows.clone(),
+            policy,
+            Arc::clone(&clock),
+        );
+        let responder = match &flows {
+            Some(handle) => Some(Responder::new(
+                handle.clone(),
+                tandem_engine::responder::call_client()
+                    .context("building the HTTP client of call steps")?,
+            )),
+            None => None,
+        };
         let dispatcher = Dispatcher::start(
             Arc::clone(&store),
             settings.engine.clone(),
             Arc::clone(&clock),
+            Bot {
+                responder,
+                sender: Some(sender),
+            },
         );
+        if let (Some(handle), Some(dir)) = (flows.clone(), settings.flows_dir.clone()) {
+            spawn_reload_on_sighup(handle, dir, settings.flow_variables.clone());
+        }
         let state = AppState {
             ingress: Ingress::new(Arc::clone(&store), settings.engine.human_idle),
             store,
@@ -112,6 +169,47 @@ impl Application {
         self.dispatcher.shutdown(self.settings.shutdown_grace).await;
         served.context("serving HTTP")
     }
+}
+
+/// Reloads the flows on SIGHUP; invalid new flows are reported and the running ones kept.
+fn spawn_reload_on_sighup(
+    handle: FlowsHandle,
+    dir: std::path::PathBuf,
+    variables: std::collections::BTreeMap<String, String>,
+) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP: flows reload is off");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            match reload(&handle, &dir, &variables) {
+                Ok(count) => tracing::info!(flows = count, "flows reloaded"),
+                Err(error) => {
+                    tracing::error!(%error, "flows not reloaded: the running flows stay in force")
+                }
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = (handle, dir, variables);
+}
+
+/// Loads the flows in `dir` and puts them in force when they are valid; returns how many.
+///
+/// # Errors
+/// The load error; the flows in force are unchanged.
+pub fn reload(
+    handle: &FlowsHandle,
+    dir: &std::path::Path,
+    variables: &std::collections::BTreeMap<String, String>,
+) -> Result<usize, tandem_flows::LoadError> {
+    let loaded = tandem_flows::load_dir(dir, variables)?;
+    let count = loaded.bot.flows.len();
+    handle.replace(loaded.bot);
+    Ok(count)
 }
 
 /// Hides a password in a Redis URL before it is logged.

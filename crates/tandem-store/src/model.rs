@@ -139,7 +139,8 @@ pub enum TimerChange {
 pub struct StepCommit {
     /// When the step was applied.
     pub now: Timestamp,
-    /// The inbox items applied: the lane's oldest ones, oldest first.
+    /// The inbox items applied: the lane's oldest ones, oldest first. Empty for a commit
+    /// that only changes the record (the sender's bookkeeping of the outbox).
     pub seqs: Vec<u64>,
     /// The record revision the step was computed from.
     pub expected_rev: u64,

@@ -332,15 +332,14 @@ impl Store for RedisStore {
         let id = &claim.conversation;
         let mut plan = self.plan(commit.now);
         plan.lease = Some((self.keys.lease(id), claim.token.clone(), millis(lease)));
-        let (Some(first), Some(last)) = (commit.seqs.first(), commit.seqs.last()) else {
-            return Ok(CommitOutcome::Conflict);
-        };
-        plan.head = Some((
-            self.keys.inbox(id),
-            first.to_string(),
-            last.to_string(),
-            commit.seqs.len(),
-        ));
+        if let (Some(first), Some(last)) = (commit.seqs.first(), commit.seqs.last()) {
+            plan.head = Some((
+                self.keys.inbox(id),
+                first.to_string(),
+                last.to_string(),
+                commit.seqs.len(),
+            ));
+        }
         self.write_conversation(
             &mut plan,
             commit.expected_rev,

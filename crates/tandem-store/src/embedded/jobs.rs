@@ -143,8 +143,7 @@ pub(super) fn commit(
     }
     let key = claim.conversation.to_string();
     let previous = group.read_conversation(&key)?;
-    if step.seqs.is_empty()
-        || group.head_seqs(&key, step.seqs.len())? != step.seqs
+    if (!step.seqs.is_empty() && group.head_seqs(&key, step.seqs.len())? != step.seqs)
         || previous.as_ref().map_or(0, |p| p.rev) != step.expected_rev
     {
         return Ok(CommitOutcome::Conflict);

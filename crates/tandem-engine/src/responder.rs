@@ -1,0 +1,224 @@
+//! The bot's side of a lane step: run the flows for a customer message, perform the `call`
+//! steps they ask for, and queue the replies in the conversation's outbox.
+//!
+//! Everything the turn decides lands in the record handed in, which the lane then commits in
+//! one atomic write together with the event it answers. If the commit is refused (a person
+//! paused the conversation meanwhile), the lane re-reads the record and runs the turn again
+//! from there, so a reply computed before the pause is never queued.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tandem_domain::{
+    Conversation, InboundMessage, SendAction, SendOrigin, Timestamp, TranscriptEntry,
+};
+use tandem_flows::{Bot, CallOutcome, CallRequest, Effect, TurnContext};
+
+use crate::metrics;
+
+/// Most `call` steps one turn may run.
+const CALLS_PER_TURN: usize = 8;
+
+/// The flows in force; replaced as a whole by a reload.
+#[derive(Debug, Clone)]
+pub struct FlowsHandle(Arc<RwLock<Arc<Bot>>>);
+
+impl FlowsHandle {
+    /// Wraps loaded flows.
+    pub fn new(bot: Bot) -> Self {
+        Self(Arc::new(RwLock::new(Arc::new(bot))))
+    }
+
+    /// Returns the flows in force now.
+    pub fn current(&self) -> Arc<Bot> {
+        Arc::clone(
+            &self
+                .0
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// Puts new flows in force; turns already running finish on the old ones.
+    pub fn replace(&self, bot: Bot) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(bot);
+    }
+}
+
+/// Runs the flows for customer messages.
+#[derive(Debug, Clone)]
+pub struct Responder {
+    flows: FlowsHandle,
+    http: reqwest::Client,
+}
+
+/// What a turn did, for logs and metrics.
+#[derive(Debug, Clone, Default)]
+pub struct TurnSummary {
+    /// Messages queued.
+    pub queued: usize,
+    /// The decisions, in order.
+    pub decisions: Vec<String>,
+    /// Set when the turn handed the conversation to a person.
+    pub handoff: Option<String>,
+}
+
+impl Responder {
+    /// Builds a responder over `flows`; `call` steps go out through `http`.
+    pub fn new(flows: FlowsHandle, http: reqwest::Client) -> Self {
+        Self { flows, http }
+    }
+
+    /// Returns the flows handle (for reloads and the sender's window template).
+    pub fn flows(&self) -> &FlowsHandle {
+        &self.flows
+    }
+
+    /// Answers a customer message in a conversation the bot is in charge of: runs the
+    /// flows, performs their calls, and queues the replies (after a mark-as-read with the
+    /// typing indicator). Adds system lines for handoffs, opt-outs and flow errors.
+    pub async fn respond(
+        &self,
+        c: &mut Conversation,
+        message: &InboundMessage,
+        contact_name: Option<&str>,
+        now: Timestamp,
+        cap: usize,
+    ) -> TurnSummary {
+        let bot = self.flows.current();
+        let ctx = TurnContext { now, contact_name };
+        let intent = tandem_flows::validate::answer_text(&message.content)
+            .and_then(|text| bot.match_trigger(text));
+        let mut turn = bot.on_message(c, &message.content, intent, &ctx);
+        let mut effects = std::mem::take(&mut turn.effects);
+        let mut decisions = std::mem::take(&mut turn.decisions);
+        let mut errors = std::mem::take(&mut turn.errors);
+        let mut calls = 0;
+        while let Some(request) = turn.call.take() {
+            calls += 1;
+            let outcome = if calls > CALLS_PER_TURN {
+                CallOutcome::Failed(format!("more than {CALLS_PER_TURN} calls in one turn"))
+            } else {
+                self.call(&request).await
+            };
+            turn = bot.on_call_result(c, outcome, &ctx);
+            effects.append(&mut turn.effects);
+            decisions.append(&mut turn.decisions);
+            errors.append(&mut turn.errors);
+        }
+        let mut summary = TurnSummary {
+            decisions,
+            ..TurnSummary::default()
+        };
+        for error in &errors {
+            tracing::warn!(conversation = %c.id, error, "flow error");
+            ::metrics::counter!(metrics::FLOW_ERRORS).increment(1);
+            c.push(
+                TranscriptEntry::system(now, format!("flow error: {error}")),
+                cap,
+            );
+        }
+        let replies = effects
+            .iter()
+            .any(|e| matches!(e, Effect::Reply(_) | Effect::OptedOut(_)));
+        if replies {
+            c.queue_send(
+                SendOrigin::Bot,
+                SendAction::MarkRead {
+                    message_id: message.id.clone(),
+                },
+                now,
+            );
+        }
+        for effect in effects {
+            match effect {
+                Effect::Reply(content) => {
+                    c.queue_send(SendOrigin::Bot, SendAction::Message { content }, now);
+                    summary.queued += 1;
+                }
+                Effect::OptedOut(content) => {
+                    c.queue_send(
+                        SendOrigin::OptOutNotice,
+                        SendAction::Message { content },
+                        now,
+                    );
+                    summary.queued += 1;
+                    c.push(TranscriptEntry::system(now, "customer opted out"), cap);
+                }
+                Effect::OptedIn => {
+                    c.push(TranscriptEntry::system(now, "customer opted back in"), cap)
+                }
+                Effect::Handoff(request) => {
+                    let team = request.team.as_deref().unwrap_or("any team");
+                    c.push(
+                        TranscriptEntry::system(
+                            now,
+                            format!("handed to a person ({team}): {}", request.reason),
+                        ),
+                        cap,
+                    );
+                    summary.handoff = Some(request.reason);
+                }
+            }
+        }
+        summary
+    }
+
+    async fn call(&self, request: &CallRequest) -> CallOutcome {
+        let method =
+            reqwest::Method::from_bytes(request.method.as_bytes()).unwrap_or(reqwest::Method::GET);
+        let mut builder = self
+            .http
+            .request(method, &request.url)
+            .timeout(request.timeout);
+        for (name, value) in &request.headers {
+            builder = builder.header(name, value);
+        }
+        if let Some(body) = &request.body {
+            builder = builder.json(body);
+        }
+        let started = std::time::Instant::now();
+        let result = builder.send().await;
+        let outcome = match result {
+            Err(e) if e.is_timeout() => CallOutcome::Failed(format!(
+                "no answer within {}",
+                humantime::format_duration(request.timeout)
+            )),
+            Err(e) => CallOutcome::Failed(format!("request failed: {e}")),
+            Ok(response) => {
+                let status = response.status().as_u16();
+                match response.bytes().await {
+                    Err(e) => CallOutcome::Failed(format!("reading the answer failed: {e}")),
+                    Ok(bytes) => {
+                        let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                            serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
+                        });
+                        CallOutcome::Answered { status, body }
+                    }
+                }
+            }
+        };
+        let label = match &outcome {
+            CallOutcome::Answered { status, .. } if (200..300).contains(status) => "ok",
+            CallOutcome::Answered { .. } => "error_status",
+            CallOutcome::Failed(_) => "failed",
+        };
+        ::metrics::counter!(metrics::FLOW_CALLS, "outcome" => label).increment(1);
+        ::metrics::histogram!(metrics::FLOW_CALL_SECONDS).record(started.elapsed().as_secs_f64());
+        outcome
+    }
+}
+
+/// Builds the HTTP client `call` steps use.
+///
+/// # Errors
+/// Fails when the TLS set-up fails.
+pub fn call_client() -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(3))
+        .user_agent(concat!("tandem/", env!("CARGO_PKG_VERSION")))
+        .build()
+}

@@ -1,0 +1,341 @@
+//! The outbound side: sends what a conversation's outbox holds through the Cloud API, in
+//! order, one message at a time.
+//!
+//! Before every send the sender re-reads the record from the store — so a person who
+//! replied from the phone a moment ago stops the bot's next message — and checks the
+//! 24-hour window (outside it only the configured template goes, or the send is recorded as
+//! failed) and the number's send rate (a slot reserved in the store, so replicas share the
+//! limit). After a send it removes the message from the outbox, records the wamid in the
+//! outbound registry and the transcript, in one guarded write.
+//!
+//! Temporary failures (5xx, 130429 throttling, network errors, timeouts) are retried with
+//! exponential backoff and jitter by the conversation's timer; later messages wait behind
+//! them so the customer reads them in order. A send whose outcome is unknown (a timeout
+//! after the request left) is retried too: a rare duplicate is preferred over a lost reply.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tandem_domain::{
+    Clock, Conversation, ConversationId, OutboundContent, PendingSend, Role, SendAction, Timestamp,
+    TranscriptEntry,
+};
+use tandem_store::{Claim, CommitOutcome, StepCommit, Store, StoreError, TimerChange};
+use tandem_whatsapp::{GraphClient, OutboundMessage, SendError};
+
+use crate::metrics;
+use crate::responder::FlowsHandle;
+
+/// How the sender behaves; part of `[engine]`.
+#[derive(Debug, Clone)]
+pub struct SendPolicy {
+    /// Messages a second per business number.
+    pub per_second: u32,
+    /// Attempts before a message is given up.
+    pub max_attempts: u32,
+    /// The first retry delay; doubled each attempt, up to `max_backoff`.
+    pub base_backoff: Duration,
+    /// The longest retry delay.
+    pub max_backoff: Duration,
+    /// How long waiting sends may sit before the conversation's timer picks them up again
+    /// (after a crash).
+    pub recovery: Duration,
+    /// How many transcript lines a conversation keeps.
+    pub transcript_cap: usize,
+}
+
+/// Sends outboxes through the Graph API.
+#[derive(Debug, Clone)]
+pub struct Sender {
+    store: Arc<dyn Store>,
+    graph: GraphClient,
+    flows: Option<FlowsHandle>,
+    policy: SendPolicy,
+    clock: Arc<dyn Clock>,
+}
+
+/// What happened to the message at the head of the outbox.
+enum Outcome {
+    /// Accepted by WhatsApp with this wamid (none for a mark-as-read).
+    Sent(Option<tandem_domain::MessageId>, Option<OutboundContent>),
+    /// Not sent and never will be; the reason goes in the transcript.
+    Dropped(String),
+    /// Try again at this time.
+    Retry(Timestamp, String),
+}
+
+impl Sender {
+    /// Builds a sender.
+    pub fn new(
+        store: Arc<dyn Store>,
+        graph: GraphClient,
+        flows: Option<FlowsHandle>,
+        policy: SendPolicy,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            store,
+            graph,
+            flows,
+            policy,
+            clock,
+        }
+    }
+
+    /// Sends the due messages of the claimed conversation's outbox, oldest first, and stops
+    /// at the first one that must wait. The claim must be held.
+    ///
+    /// # Errors
+    /// A store error; what was sent before it is recorded.
+    pub async fn drain(&self, claim: &Claim, lease: Duration) -> Result<(), StoreError> {
+        let id = &claim.conversation;
+        loop {
+            let now = self.clock.now();
+            // Re-read: a person may have paused the conversation since the last look.
+            let Some(record) = self.store.conversation(id).await? else {
+                return Ok(());
+            };
+            let Some(head) = record.outbox.first().cloned() else {
+                return Ok(());
+            };
+            if head.not_before.is_some_and(|t| t > now) {
+                return Ok(());
+            }
+            let outcome = if record.may_send(head.origin) {
+                self.attempt(&record, &head).await
+            } else {
+                Outcome::Dropped("a person is talking or the customer opted out".into())
+            };
+            let stop = matches!(outcome, Outcome::Retry(..));
+            if !self.settle(claim, id, &head, outcome, lease).await? {
+                return Ok(());
+            }
+            if stop {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Sends one message, after waiting for the number's next send slot.
+    async fn attempt(&self, record: &Conversation, head: &PendingSend) -> Outcome {
+        let phone = record.id.phone_number_id();
+        let now = self.clock.now();
+        let mut content = match &head.action {
+            SendAction::Message { content } => Some(content.clone()),
+            SendAction::MarkRead { .. } => None,
+        };
+        if let Some(c) = &content
+            && !c.is_template()
+            && !record.window_open(now)
+        {
+            match self.window_template() {
+                Some(template) => content = Some(template),
+                None => {
+                    return Outcome::Dropped(
+                        "not sent: more than 24 hours since the customer wrote, and no window_template is configured".into(),
+                    );
+                }
+            }
+        }
+        match self
+            .store
+            .reserve_send_slot(phone, now, self.policy.per_second)
+            .await
+        {
+            Ok(slot) => {
+                let wait = slot.since(now);
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
+            }
+            Err(e) => return self.retry(head, &format!("rate limiter unavailable: {e}")),
+        }
+        let result = match (&head.action, content) {
+            (SendAction::MarkRead { message_id }, _) => {
+                self.graph.mark_read(phone, message_id, true).await
+            }
+            (SendAction::Message { .. }, Some(content)) => {
+                let message = OutboundMessage {
+                    to: record.id.wa_id().clone(),
+                    content: content.clone(),
+                    reply_to: None,
+                    // Statuses carry it back: which conversation and which queued send.
+                    callback_data: Some(format!("tandem:{}:{}", record.id, head.id)),
+                };
+                let sent = self.graph.send(phone, &message).await;
+                if let Err(e) = &sent
+                    && e.window_closed()
+                    && !content.is_template()
+                    && let Some(template) = self.window_template()
+                {
+                    // 131047: the window closed by WhatsApp's clock; the template may go.
+                    let message = OutboundMessage {
+                        content: template.clone(),
+                        ..message
+                    };
+                    return match self.graph.send(phone, &message).await {
+                        Ok(sent) => Outcome::Sent(Some(sent.message_id), Some(template)),
+                        Err(e) => self.classify(head, &e),
+                    };
+                }
+                return match sent {
+                    Ok(sent) => Outcome::Sent(Some(sent.message_id), Some(content)),
+                    Err(e) => self.classify(head, &e),
+                };
+            }
+            (SendAction::Message { .. }, None) => {
+                return Outcome::Dropped("nothing to send".into());
+            }
+        };
+        match result {
+            Ok(_) => Outcome::Sent(None, None),
+            // A mark-as-read that fails is not worth holding the replies behind it.
+            Err(e) => Outcome::Dropped(format!("mark as read failed: {e}")),
+        }
+    }
+
+    fn classify(&self, head: &PendingSend, error: &SendError) -> Outcome {
+        if error.window_closed() && self.window_template().is_some() {
+            return Outcome::Dropped(
+                "not sent: WhatsApp refused even the window template (131047)".into(),
+            );
+        }
+        if error.window_closed() {
+            return Outcome::Dropped(
+                "not sent: WhatsApp says the 24-hour window is closed (131047) and no window_template is configured".into(),
+            );
+        }
+        if error.is_retryable() || error.may_have_sent() {
+            return self.retry(head, &error.to_string());
+        }
+        Outcome::Dropped(format!("not sent: {error}"))
+    }
+
+    fn retry(&self, head: &PendingSend, reason: &str) -> Outcome {
+        let attempts = head.attempts + 1;
+        if attempts >= self.policy.max_attempts {
+            return Outcome::Dropped(format!("not sent after {attempts} attempts: {reason}"));
+        }
+        let now = self.clock.now();
+        Outcome::Retry(now.plus(self.backoff(attempts)), reason.to_owned())
+    }
+
+    /// Exponential backoff with up to 25 % jitter, so a throttled number's conversations do
+    /// not all come back at once.
+    fn backoff(&self, attempts: u32) -> Duration {
+        let base = self
+            .policy
+            .base_backoff
+            .saturating_mul(1 << attempts.min(16).saturating_sub(1));
+        let capped = base.min(self.policy.max_backoff);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let jitter = capped.mul_f64(f64::from(nanos % 1000) / 4000.0);
+        capped + jitter
+    }
+
+    fn window_template(&self) -> Option<OutboundContent> {
+        let bot = self.flows.as_ref()?.current();
+        let (name, language) = bot.settings.window_template.clone()?;
+        Some(OutboundContent::Template {
+            name,
+            language,
+            body_parameters: Vec::new(),
+        })
+    }
+
+    /// Records the outcome: removes the message (sent or dropped) or schedules its retry,
+    /// with its transcript line, in one guarded write. Returns false when the lane was lost.
+    async fn settle(
+        &self,
+        claim: &Claim,
+        id: &ConversationId,
+        head: &PendingSend,
+        outcome: Outcome,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        let now = self.clock.now();
+        let action = match head.action {
+            SendAction::Message { .. } => "message",
+            SendAction::MarkRead { .. } => "mark_read",
+        };
+        let label = match &outcome {
+            Outcome::Sent(..) => "sent",
+            Outcome::Dropped(_) => "failed",
+            Outcome::Retry(..) => "retry",
+        };
+        ::metrics::counter!(metrics::SENDS, "action" => action, "outcome" => label).increment(1);
+        if let Outcome::Sent(Some(wamid), _) = &outcome {
+            self.store.record_outbound(wamid, now).await?;
+            ::metrics::histogram!(metrics::ACK_TO_SEND)
+                .record(now.since(head.queued_at).as_secs_f64());
+        }
+        match &outcome {
+            Outcome::Dropped(reason) if action == "message" => {
+                tracing::warn!(conversation = %id, reason, "bot message not sent");
+            }
+            Outcome::Retry(at, reason) => {
+                tracing::info!(conversation = %id, %reason, retry_at = at.as_millis(), "send will be retried")
+            }
+            _ => {}
+        }
+        for _ in 0..8 {
+            let Some(mut record) = self.store.conversation(id).await? else {
+                return Ok(true);
+            };
+            let expected_rev = record.rev;
+            let position = record.outbox.iter().position(|s| s.id == head.id);
+            match &outcome {
+                Outcome::Sent(wamid, content) => {
+                    if let Some(i) = position {
+                        record.outbox.remove(i);
+                    }
+                    if let (Some(wamid), Some(content)) = (wamid, content)
+                        && !record.has_message(wamid)
+                    {
+                        record.push(
+                            TranscriptEntry::sent(now, Role::Bot, wamid.clone(), content),
+                            self.policy.transcript_cap,
+                        );
+                    }
+                }
+                Outcome::Dropped(reason) => {
+                    if let Some(i) = position {
+                        record.outbox.remove(i);
+                        if matches!(head.action, SendAction::Message { .. }) {
+                            record.push(
+                                TranscriptEntry::system(now, reason.clone()),
+                                self.policy.transcript_cap,
+                            );
+                        }
+                    }
+                }
+                Outcome::Retry(at, _) => {
+                    let Some(i) = position else { return Ok(true) };
+                    record.outbox[i].attempts += 1;
+                    record.outbox[i].not_before = Some(*at);
+                }
+            }
+            let timer = match record.next_wake(now, self.policy.recovery) {
+                Some(at) => TimerChange::Set(at),
+                None => TimerChange::Clear,
+            };
+            let commit = StepCommit {
+                now,
+                seqs: Vec::new(),
+                expected_rev,
+                conversation: record,
+                timer,
+            };
+            match self.store.commit(claim, commit, lease).await? {
+                CommitOutcome::Applied => return Ok(true),
+                CommitOutcome::Conflict => {}
+                CommitOutcome::LeaseLost => return Ok(false),
+            }
+        }
+        Err(StoreError::Protocol(
+            "the record kept changing while a send was recorded".into(),
+        ))
+    }
+}

@@ -1,0 +1,284 @@
+//! The bot end to end: the real server runs the shipped flows, calls the stand-in shop
+//! backend and sends through the stand-in Graph API.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::{Backend, PNID, Server, Spec, fixture, wait_for};
+use crate::standin::{Graph, Shop};
+
+const DEADLINE: Duration = Duration::from_secs(15);
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A webhook with one customer message of `content` (a WhatsApp message object without
+/// `from`, `id` and `timestamp`), sent at `sent_at` (Unix seconds).
+fn customer(wa_id: &str, id: &str, sent_at: u64, content: Value) -> Vec<u8> {
+    let mut message = content;
+    message["from"] = wa_id.into();
+    message["id"] = id.into();
+    message["timestamp"] = sent_at.to_string().into();
+    let value = json!({
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "15550001111", "phone_number_id": PNID},
+        "contacts": [{"profile": {"name": "Ana Silva"}, "wa_id": wa_id}],
+        "messages": [message],
+    });
+    serde_json::to_vec(&json!({"object": "whatsapp_business_account", "entry": [{"id": "104810000000001", "changes": [{"field": "messages", "value": value}]}]})).unwrap()
+}
+
+fn text(wa_id: &str, id: &str, body: &str) -> Vec<u8> {
+    customer(
+        wa_id,
+        id,
+        now_secs(),
+        json!({"type": "text", "text": {"body": body}}),
+    )
+}
+
+fn echo(wa_id: &str, id: &str, body: &str) -> Vec<u8> {
+    let echo = json!({"from": "15550001111", "to": wa_id, "id": id, "timestamp": now_secs().to_string(), "type": "text", "text": {"body": body}});
+    let value = json!({"messaging_product": "whatsapp", "metadata": {"display_phone_number": "15550001111", "phone_number_id": PNID}, "message_echoes": [echo]});
+    serde_json::to_vec(&json!({"object": "whatsapp_business_account", "entry": [{"id": "104810000000001", "changes": [{"field": "smb_message_echoes", "value": value}]}]})).unwrap()
+}
+
+async fn post(server: &Server, body: Vec<u8>) {
+    assert_eq!(server.post_signed(&body).await.status(), 200);
+}
+
+/// Waits until the Graph stand-in got a message whose text contains `needle`.
+async fn wait_for_text(graph: &Graph, needle: &str) -> Vec<String> {
+    wait_for(
+        &format!("a Graph send containing {needle:?}"),
+        DEADLINE,
+        || async {
+            let texts = graph.texts();
+            texts.iter().any(|t| t.contains(needle)).then_some(texts)
+        },
+    )
+    .await
+}
+
+async fn started(backend: Backend, shop_delay: Duration) -> (Server, Graph, Shop) {
+    let graph = Graph::start().await;
+    let shop = Shop::start(shop_delay).await;
+    let server = Server::start(Spec::with_bot(backend, &graph.url, &shop.url));
+    (server, graph, shop)
+}
+
+async fn an_order_question_is_answered_from_the_shop_backend(backend: Backend) {
+    let (server, graph, shop) = started(backend, Duration::ZERO).await;
+    let wa = "351910000001";
+    post(&server, text(wa, "wamid.in.1", "where is my order?")).await;
+    wait_for_text(&graph, "What's your order number?").await;
+    // The customer's message was marked read with the typing indicator, first.
+    let first = &graph.requests()[0];
+    assert_eq!(first.phone_number_id, PNID);
+    assert_eq!(
+        first.authorization.as_deref(),
+        Some("Bearer test-access-token")
+    );
+    assert_eq!(
+        first.body,
+        json!({"messaging_product": "whatsapp", "status": "read", "message_id": "wamid.in.1", "typing_indicator": {"type": "text"}})
+    );
+    post(&server, text(wa, "wamid.in.2", "12")).await;
+    wait_for_text(&graph, "That doesn't look like an order number").await;
+    post(&server, text(wa, "wamid.in.3", "#10442")).await;
+    let texts = wait_for_text(&graph, "on its way").await;
+    assert!(
+        texts.contains(&"Order #10442 is on its way with CTT 🚚 Expected 2026-11-25.".to_owned()),
+        "{texts:?}"
+    );
+    assert_eq!(shop.calls.lock().unwrap()[0].0, "GET /orders/10442");
+    // The reply has the exact shape of WhatsApp's text send.
+    let reply = graph
+        .messages()
+        .into_iter()
+        .find(|m| {
+            m["text"]["body"]
+                .as_str()
+                .is_some_and(|b| b.contains("on its way"))
+        })
+        .unwrap();
+    let shape = fixture("send_text_request.json");
+    let shape: Value = serde_json::from_slice(&shape).unwrap();
+    let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&reply), keys(&shape));
+    assert_eq!(reply["to"], wa);
+    // The transcript holds the bot's lines with the wamids WhatsApp gave them.
+    let conversation = wait_for("the reply recorded", DEADLINE, || async {
+        let c = server.conversation(wa).await?;
+        let recorded = c["transcript"].as_array()?.iter().any(|l| {
+            l["role"] == "bot" && l["text"].as_str().is_some_and(|t| t.contains("on its way"))
+        });
+        recorded.then_some(c)
+    })
+    .await;
+    let bot_lines: Vec<&Value> = conversation["transcript"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["role"] == "bot")
+        .collect();
+    assert!(
+        bot_lines
+            .iter()
+            .all(|l| l["message_id"].as_str().unwrap().starts_with("wamid.OUT"))
+    );
+    assert_eq!(conversation["mode"], "bot");
+    assert!(
+        conversation.get("outbox").is_none(),
+        "nothing left to send: {conversation}"
+    );
+    // A status for our reply is recorded on its line.
+    let wamid = bot_lines.last().unwrap()["message_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let status = json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
+        "messaging_product": "whatsapp", "metadata": {"display_phone_number": "15550001111", "phone_number_id": PNID},
+        "statuses": [{"id": wamid, "status": "delivered", "timestamp": now_secs().to_string(), "recipient_id": wa}]}}]}]});
+    post(&server, serde_json::to_vec(&status).unwrap()).await;
+    wait_for("the delivered status", DEADLINE, || async {
+        let c = server.conversation(wa).await?;
+        c["transcript"]
+            .as_array()?
+            .iter()
+            .any(|l| l["message_id"] == wamid.as_str() && l["status"] == "delivered")
+            .then_some(())
+    })
+    .await;
+}
+
+async fn an_echo_during_a_slow_call_means_the_reply_is_never_sent(backend: Backend) {
+    let (server, graph, shop) = started(backend, Duration::from_millis(1500)).await;
+    let wa = "351910000002";
+    post(&server, text(wa, "wamid.in.1", "where is my order?")).await;
+    wait_for_text(&graph, "What's your order number?").await;
+    post(&server, text(wa, "wamid.in.2", "10442")).await;
+    wait_for("the backend call to start", DEADLINE, || async {
+        (!shop.calls.lock().unwrap().is_empty()).then_some(())
+    })
+    .await;
+    // A person answers from the phone while the backend is still thinking.
+    post(
+        &server,
+        echo(
+            wa,
+            "wamid.echo.1",
+            "Hi Ana, Rui here, let me check that for you",
+        ),
+    )
+    .await;
+    let conversation = server.conversation(wa).await.unwrap();
+    assert_eq!(conversation["mode"], "human");
+    // Long after the backend answered, the bot's reply has not gone out.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let texts = graph.texts();
+    assert!(
+        !texts.iter().any(|t| t.contains("on its way")),
+        "the bot talked over a person: {texts:?}"
+    );
+    let conversation = server.conversation(wa).await.unwrap();
+    assert_eq!(conversation["mode"], "human");
+    let transcript = conversation["transcript"].to_string();
+    assert!(!transcript.contains("on its way"), "{transcript}");
+    assert!(transcript.contains("Rui here"), "{transcript}");
+}
+
+async fn throttling_is_retried_and_a_closed_window_gets_the_template(backend: Backend) {
+    let (server, graph, _shop) = started(backend, Duration::ZERO).await;
+    let throttled: Value = serde_json::from_slice(&fixture("send_error_130429.json")).unwrap();
+    graph.script(400, throttled);
+    let wa = "351910000003";
+    post(&server, text(wa, "wamid.in.1", "delivery fees?")).await;
+    // The first send (the after-hours notice at night, else the question) was refused with
+    // 130429, then retried after the backoff; the messages after it waited their turn.
+    let texts = wait_for_text(&graph, "What's your postcode?").await;
+    assert_eq!(texts[0], texts[1], "{texts:?}");
+    assert!(
+        texts.last().unwrap().contains("What's your postcode?"),
+        "{texts:?}"
+    );
+    // WhatsApp itself says the window is closed (131047): the template goes instead.
+    let closed: Value = serde_json::from_slice(&fixture("send_error_131047.json")).unwrap();
+    graph.script(400, closed);
+    let wa_closed = "351910000005";
+    post(&server, text(wa_closed, "wamid.c.1", "opening hours")).await;
+    wait_for("a template to the closed window", DEADLINE, || async {
+        graph
+            .messages()
+            .iter()
+            .any(|m| m["to"] == wa_closed && m["type"] == "template")
+            .then_some(())
+    })
+    .await;
+    // The refused free-text message was sent once, refused, and replaced by the template.
+    let to_closed: Vec<Value> = graph
+        .messages()
+        .into_iter()
+        .filter(|m| m["to"] == wa_closed)
+        .collect();
+    assert_eq!(to_closed[0]["type"], "text", "{to_closed:?}");
+    assert_eq!(to_closed[1]["type"], "template", "{to_closed:?}");
+    // A message sent more than 24 hours ago: only the approved template may answer it.
+    let wa_old = "351910000004";
+    let old = now_secs() - 30 * 3600;
+    post(
+        &server,
+        customer(
+            wa_old,
+            "wamid.old.1",
+            old,
+            json!({"type": "text", "text": {"body": "delivery fees?"}}),
+        ),
+    )
+    .await;
+    let template = wait_for("a template to the old conversation", DEADLINE, || async {
+        graph
+            .messages()
+            .into_iter()
+            .find(|m| m["to"] == wa_old && m["type"] == "template")
+    })
+    .await;
+    assert_eq!(template["template"]["name"], "verde_follow_up");
+    assert_eq!(template["template"]["language"]["code"], "en");
+    assert!(
+        graph
+            .messages()
+            .iter()
+            .all(|m| m["to"] != wa_old || m["type"] == "template"),
+        "no free text outside the window"
+    );
+}
+
+async fn a_retried_webhook_is_answered_once(backend: Backend) {
+    let (server, graph, _shop) = started(backend, Duration::ZERO).await;
+    let wa = "351910000006";
+    let body = text(wa, "wamid.dup.1", "opening hours");
+    post(&server, body.clone()).await;
+    post(&server, body.clone()).await;
+    wait_for_text(&graph, "Rua das Flores").await;
+    post(&server, body).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let answers = graph
+        .texts()
+        .iter()
+        .filter(|t| t.contains("Rua das Flores"))
+        .count();
+    assert_eq!(answers, 1, "{:?}", graph.texts());
+}
+
+crate::both_stores!(
+    an_order_question_is_answered_from_the_shop_backend,
+    an_echo_during_a_slow_call_means_the_reply_is_never_sent,
+    throttling_is_retried_and_a_closed_window_gets_the_template,
+    a_retried_webhook_is_answered_once,
+);

@@ -1,0 +1,208 @@
+//! Loopback stand-ins for the services Tandem talks to: the Graph API (recording every
+//! request, answering like WhatsApp, including its errors) and a shop backend for `call`
+//! steps (with a configurable delay).
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+/// One request the Graph stand-in received.
+#[derive(Debug, Clone)]
+pub struct GraphRequest {
+    pub phone_number_id: String,
+    pub authorization: Option<String>,
+    pub body: Value,
+}
+
+#[derive(Default)]
+struct GraphState {
+    requests: Vec<GraphRequest>,
+    /// Answers for the next message sends (not mark-as-read), used before the default.
+    scripted: VecDeque<(u16, Value)>,
+    sent: u64,
+}
+
+/// A Graph API stand-in on a loopback port.
+#[derive(Clone)]
+pub struct Graph {
+    pub url: String,
+    state: Arc<Mutex<GraphState>>,
+}
+
+impl Graph {
+    pub async fn start() -> Graph {
+        let state = Arc::new(Mutex::new(GraphState::default()));
+        let app = axum::Router::new()
+            .route("/v23.0/{pnid}/messages", post(graph_messages))
+            .with_state(Arc::clone(&state));
+        let addr = serve(app).await;
+        Graph {
+            url: format!("http://{addr}/v23.0"),
+            state,
+        }
+    }
+
+    /// Makes the next message send answer `status` with `body` (a WhatsApp error fixture).
+    pub fn script(&self, status: u16, body: Value) {
+        self.state
+            .lock()
+            .unwrap()
+            .scripted
+            .push_back((status, body));
+    }
+
+    pub fn requests(&self) -> Vec<GraphRequest> {
+        self.state.lock().unwrap().requests.clone()
+    }
+
+    /// The bodies of message sends (not mark-as-read), in order.
+    pub fn messages(&self) -> Vec<Value> {
+        self.requests()
+            .into_iter()
+            .map(|r| r.body)
+            .filter(|b| b.get("type").is_some())
+            .collect()
+    }
+
+    /// The text of each message send: the text body, the interactive body or the template name.
+    pub fn texts(&self) -> Vec<String> {
+        self.messages()
+            .iter()
+            .map(|b| match b["type"].as_str() {
+                Some("text") => b["text"]["body"].as_str().unwrap_or_default().to_owned(),
+                Some("interactive") => b["interactive"]["body"]["text"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                Some("template") => format!(
+                    "template:{}",
+                    b["template"]["name"].as_str().unwrap_or_default()
+                ),
+                _ => String::new(),
+            })
+            .collect()
+    }
+}
+
+async fn graph_messages(
+    State(state): State<Arc<Mutex<GraphState>>>,
+    Path(pnid): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> (StatusCode, Json<Value>) {
+    let mut state = state.lock().unwrap();
+    state.requests.push(GraphRequest {
+        phone_number_id: pnid,
+        authorization: headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        body: body.clone(),
+    });
+    if body.get("status").and_then(Value::as_str) == Some("read") {
+        return (StatusCode::OK, Json(json!({"success": true})));
+    }
+    if let Some((status, answer)) = state.scripted.pop_front() {
+        return (StatusCode::from_u16(status).unwrap(), Json(answer));
+    }
+    state.sent += 1;
+    let to = body["to"].clone();
+    let mut message = json!({"id": format!("wamid.OUT{:06}", state.sent)});
+    if body["type"] == "template" {
+        message["message_status"] = "accepted".into();
+    }
+    (
+        StatusCode::OK,
+        Json(
+            json!({"messaging_product": "whatsapp", "contacts": [{"input": to, "wa_id": to}], "messages": [message]}),
+        ),
+    )
+}
+
+/// The shop backend the shipped flows call (`config.shop_api`).
+#[derive(Clone)]
+pub struct Shop {
+    pub url: String,
+    pub calls: Arc<Mutex<Vec<(String, Value)>>>,
+}
+
+#[derive(Clone)]
+struct ShopState {
+    delay: Duration,
+    calls: Arc<Mutex<Vec<(String, Value)>>>,
+}
+
+impl Shop {
+    /// Starts the stand-in; every answer waits `delay` first.
+    pub async fn start(delay: Duration) -> Shop {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let state = ShopState {
+            delay,
+            calls: Arc::clone(&calls),
+        };
+        let app = axum::Router::new()
+            .route("/orders/{number}", get(order))
+            .route("/returns", post(create_return))
+            .with_state(state);
+        let addr = serve(app).await;
+        Shop {
+            url: format!("http://{addr}"),
+            calls,
+        }
+    }
+}
+
+async fn order(
+    State(state): State<ShopState>,
+    Path(number): Path<String>,
+) -> (StatusCode, Json<Value>) {
+    state
+        .calls
+        .lock()
+        .unwrap()
+        .push((format!("GET /orders/{number}"), Value::Null));
+    tokio::time::sleep(state.delay).await;
+    match number.as_str() {
+        "10442" => (
+            StatusCode::OK,
+            Json(json!({"status": "shipped", "carrier": "CTT", "eta": "2026-11-25"})),
+        ),
+        "10443" => (
+            StatusCode::OK,
+            Json(json!({"status": "delivered", "delivered_on": "2026-11-20"})),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "no such order"})),
+        ),
+    }
+}
+
+async fn create_return(
+    State(state): State<ShopState>,
+    Json(body): Json<Value>,
+) -> (StatusCode, Json<Value>) {
+    state
+        .calls
+        .lock()
+        .unwrap()
+        .push(("POST /returns".into(), body));
+    tokio::time::sleep(state.delay).await;
+    (StatusCode::CREATED, Json(json!({"id": "R-881"})))
+}
+
+async fn serve(app: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    addr
+}
