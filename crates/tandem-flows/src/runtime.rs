@@ -151,7 +151,13 @@ impl Bot {
         }
         if text.is_some_and(|t| self.settings.human_patterns.iter().any(|p| p.is_match(t))) {
             turn.decide("asked for a person");
-            self.hand_off(c, &Handoff::asked("customer_request"), content, ctx, &mut turn);
+            self.hand_off(
+                c,
+                &Handoff::asked("customer_request"),
+                content,
+                ctx,
+                &mut turn,
+            );
             return turn;
         }
         if let Some(position) = c.bot.position.clone()

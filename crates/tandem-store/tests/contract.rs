@@ -477,10 +477,6 @@ async fn several_events_commit_together_and_only_as_the_head(f: Fixture) {
         .unwrap(),
         CommitOutcome::Conflict
     );
-    assert_eq!(
-        s.commit(&claim, commit(vec![]), LEASE).await.unwrap(),
-        CommitOutcome::Conflict
-    );
     assert_eq!(s.stats().await.unwrap().inbox_depth, 3);
     let both = items.iter().map(|i| i.seq).collect();
     assert_eq!(
@@ -492,6 +488,41 @@ async fn several_events_commit_together_and_only_as_the_head(f: Fixture) {
     assert_eq!(
         rest.iter().map(|i| i.event.clone()).collect::<Vec<_>>(),
         vec![text("m3")]
+    );
+}
+
+async fn a_record_only_commit_keeps_the_inbox_and_is_guarded_by_the_revision(f: Fixture) {
+    let s = f.store.as_ref();
+    s.ingest(batch(T0, vec![message("a", "m1")])).await.unwrap();
+    let claim = s.claim(T0, LEASE).await.unwrap().unwrap();
+    let (mut record, _) = s.head(&claim, T0, 10).await.unwrap().unwrap();
+    let rev = record.rev;
+    record.opted_out = true;
+    let commit = |conversation: tandem_domain::Conversation, expected_rev: u64| StepCommit {
+        now: T0,
+        seqs: vec![],
+        expected_rev,
+        conversation,
+        timer: TimerChange::Keep,
+    };
+    assert_eq!(
+        s.commit(&claim, commit(record.clone(), rev), LEASE)
+            .await
+            .unwrap(),
+        CommitOutcome::Applied
+    );
+    assert_eq!(
+        s.stats().await.unwrap().inbox_depth,
+        1,
+        "the event is still waiting"
+    );
+    let stored = s.conversation(&claim.conversation).await.unwrap().unwrap();
+    assert!(stored.opted_out);
+    assert_eq!(stored.rev, rev + 1);
+    // Written from the old revision: refused.
+    assert_eq!(
+        s.commit(&claim, commit(record, rev), LEASE).await.unwrap(),
+        CommitOutcome::Conflict
     );
 }
 
@@ -754,6 +785,7 @@ macro_rules! suite {
             one_owner_per_lane_and_stale_owners_are_fenced,
             due_timers_become_idle_checks,
             several_events_commit_together_and_only_as_the_head,
+            a_record_only_commit_keeps_the_inbox_and_is_guarded_by_the_revision,
             a_retry_after_the_dedupe_window_is_stored_again,
             send_slots_keep_each_numbers_rate_across_callers,
             contacts_accounts_and_dead_letters_are_kept,
