@@ -1,5 +1,6 @@
-//! The `tandem` command: `serve` runs the server, `check` validates the configuration,
-//! `replay` posts recorded webhooks to a server, signed.
+//! The `tandem` command: `serve` runs the server; `check` validates the configuration and
+//! the flows; `schema` prints the flows' JSON Schema; `test` runs conversation tests; `chat`
+//! talks to the flows in the terminal; `replay` posts recorded webhooks to a server, signed.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -9,6 +10,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tandem_server::{Application, CliOverrides, telemetry};
+
+mod chat;
+mod convtest;
 
 // mimalloc: the request path allocates many small, short-lived values (JSON, keys, events);
 // it measured faster than the system allocator under load (docs/PERFORMANCE.md).
@@ -38,6 +42,11 @@ enum Command {
     Check(CheckArgs),
     /// Print the JSON Schema of flow files and bot.yaml, for editors.
     Schema,
+    /// Run the conversation tests of a project (DIR/tests/conversations/*.yaml against
+    /// DIR/flows); exit 1 when one fails, with a readable difference.
+    Test(TestArgs),
+    /// Talk to the flows in the terminal, with no WhatsApp account.
+    Chat(ChatArgs),
     /// Post recorded webhook bodies to a server, signed as Meta signs them.
     Replay(ReplayArgs),
 }
@@ -53,6 +62,29 @@ struct ReplayArgs {
     /// Files holding webhook bodies (JSON as Meta posts it), sent in the order given.
     #[arg(required = true)]
     files: Vec<PathBuf>,
+}
+
+#[derive(Args)]
+struct TestArgs {
+    /// The project directory (default: the current one).
+    #[arg(default_value = ".")]
+    dir: PathBuf,
+    /// The flows directory (default: DIR/flows).
+    #[arg(long)]
+    flows: Option<PathBuf>,
+    /// A test file or a directory of them (default: DIR/tests/conversations).
+    #[arg(long)]
+    tests: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ChatArgs {
+    /// The flows directory.
+    #[arg(default_value = "flows")]
+    dir: PathBuf,
+    /// The customer's name as the business's address book has it.
+    #[arg(long)]
+    contact: Option<String>,
 }
 
 #[derive(Args)]
@@ -100,6 +132,30 @@ fn main() -> ExitCode {
     let (args, serve) = match &cli.command {
         Command::Serve(args) => (args, true),
         Command::Check(args) => return check(args, &env),
+        Command::Test(args) => {
+            let flows = args.flows.clone().unwrap_or_else(|| args.dir.join("flows"));
+            let tests = args
+                .tests
+                .clone()
+                .unwrap_or_else(|| args.dir.join("tests/conversations"));
+            return match convtest::run(&flows, &tests, &flow_variables(&env)) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(error) => {
+                    eprintln!("tandem: {error:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Command::Chat(args) => {
+            return match chat::run(&args.dir, &flow_variables(&env), args.contact.clone()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("tandem: {error:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Command::Schema => {
             let schema = tandem_flows::schema();
             let mut out = std::io::stdout().lock();
@@ -138,6 +194,13 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The flows' `config.*` overrides from `TANDEM_FLOW_<NAME>`.
+fn flow_variables(env: &HashMap<String, String>) -> std::collections::BTreeMap<String, String> {
+    env.iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix("TANDEM_FLOW_")?.to_lowercase(), v.clone())))
+        .collect()
 }
 
 /// `tandem check [DIR]`: the configuration, then every problem of the flows.

@@ -16,6 +16,7 @@ mod helpers;
 
 mod api;
 mod bot;
+mod cli;
 mod durability;
 mod echo;
 mod replicas;

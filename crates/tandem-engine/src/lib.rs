@@ -12,6 +12,8 @@
 //!   the replies in the record's outbox (same atomic write as the event).
 //! - [`sender`]: sends the outbox through the Graph API after the commit: pause re-read,
 //!   24-hour window, per-number rate, retries with backoff.
+//! - [`sandbox`]: one conversation against the flows with no store and no WhatsApp account
+//!   (`tandem chat`, `tandem test`).
 //! - [`metrics`]: the metric names this crate records, and their descriptions.
 
 pub mod apply;
@@ -20,6 +22,7 @@ pub mod dispatcher;
 pub mod ingress;
 pub mod metrics;
 pub mod responder;
+pub mod sandbox;
 pub mod sender;
 
 pub use apply::{ApplyContext, Batch, Step, apply, apply_batch};
@@ -27,4 +30,5 @@ pub use config::EngineConfig;
 pub use dispatcher::{Bot, Dispatcher};
 pub use ingress::{Ingress, IngressReport};
 pub use responder::{FlowsHandle, Responder};
+pub use sandbox::Sandbox;
 pub use sender::{SendPolicy, Sender};

@@ -44,6 +44,45 @@ pub struct SendPolicy {
     pub transcript_cap: usize,
 }
 
+/// What to do with the message at the head of an outbox, decided from the freshly read
+/// record: the pause and opt-out, then the 24-hour window.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prepared {
+    /// Send this content (the queued one, or the window template in its place).
+    Send(OutboundContent),
+    /// Mark the customer's message read.
+    MarkRead,
+    /// Do not send; the reason goes in the transcript.
+    Drop(String),
+}
+
+/// Decides what becomes of `head` at `now`: dropped when a person is talking or the
+/// customer opted out, replaced by `window_template` (or dropped without one) when it is
+/// free text and the customer's 24-hour window has closed, sent otherwise.
+pub fn prepare(
+    record: &Conversation,
+    head: &PendingSend,
+    now: Timestamp,
+    window_template: Option<OutboundContent>,
+) -> Prepared {
+    if !record.may_send(head.origin) {
+        return Prepared::Drop("not sent: a person is talking or the customer opted out".into());
+    }
+    let content = match &head.action {
+        SendAction::MarkRead { .. } => return Prepared::MarkRead,
+        SendAction::Message { content } => content,
+    };
+    if content.is_template() || record.window_open(now) {
+        return Prepared::Send(content.clone());
+    }
+    match window_template {
+        Some(template) => Prepared::Send(template),
+        None => Prepared::Drop(
+            "not sent: more than 24 hours since the customer wrote, and no window_template is configured".into(),
+        ),
+    }
+}
+
 /// Sends outboxes through the Graph API.
 #[derive(Debug, Clone)]
 pub struct Sender {
@@ -101,11 +140,7 @@ impl Sender {
             if head.not_before.is_some_and(|t| t > now) {
                 return Ok(());
             }
-            let outcome = if record.may_send(head.origin) {
-                self.attempt(&record, &head).await
-            } else {
-                Outcome::Dropped("a person is talking or the customer opted out".into())
-            };
+            let outcome = self.attempt(&record, &head).await;
             let stop = matches!(outcome, Outcome::Retry(..));
             if !self.settle(claim, id, &head, outcome, lease).await? {
                 return Ok(());
@@ -120,23 +155,11 @@ impl Sender {
     async fn attempt(&self, record: &Conversation, head: &PendingSend) -> Outcome {
         let phone = record.id.phone_number_id();
         let now = self.clock.now();
-        let mut content = match &head.action {
-            SendAction::Message { content } => Some(content.clone()),
-            SendAction::MarkRead { .. } => None,
+        let content = match prepare(record, head, now, self.window_template()) {
+            Prepared::Drop(reason) => return Outcome::Dropped(reason),
+            Prepared::MarkRead => None,
+            Prepared::Send(content) => Some(content),
         };
-        if let Some(c) = &content
-            && !c.is_template()
-            && !record.window_open(now)
-        {
-            match self.window_template() {
-                Some(template) => content = Some(template),
-                None => {
-                    return Outcome::Dropped(
-                        "not sent: more than 24 hours since the customer wrote, and no window_template is configured".into(),
-                    );
-                }
-            }
-        }
         match self
             .store
             .reserve_send_slot(phone, now, self.policy.per_second)
@@ -338,4 +361,14 @@ impl Sender {
             "the record kept changing while a send was recorded".into(),
         ))
     }
+}
+
+/// The template the flows configure for a closed window, as sendable content.
+pub fn window_template(bot: &tandem_flows::Bot) -> Option<OutboundContent> {
+    let (name, language) = bot.settings.window_template.clone()?;
+    Some(OutboundContent::Template {
+        name,
+        language,
+        body_parameters: Vec::new(),
+    })
 }

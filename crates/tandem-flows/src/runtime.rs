@@ -599,11 +599,7 @@ impl Bot {
                         let scope = self.scope(c, content, ctx);
                         match self.templates.render(template, &scope) {
                             Ok(value) => {
-                                let typed = serde_json::from_str::<serde_json::Value>(&value)
-                                    .ok()
-                                    .filter(|v| v.is_number() || v.is_boolean() || v.is_null())
-                                    .unwrap_or(serde_json::Value::String(value));
-                                c.bot.vars.insert(name.clone(), typed);
+                                c.bot.vars.insert(name.clone(), typed_value(value));
                             }
                             Err(e) => {
                                 turn.errors.push(e.to_string());
@@ -874,6 +870,21 @@ impl Bot {
             "language": c.language.as_deref().unwrap_or(self.default_language()),
         }))
     }
+}
+
+/// Reads a rendered `set:` value back as a number, a boolean (minijinja prints `True` and
+/// `False`) or none; anything else stays text.
+fn typed_value(rendered: String) -> serde_json::Value {
+    match rendered.trim() {
+        "True" | "true" => return serde_json::Value::Bool(true),
+        "False" | "false" => return serde_json::Value::Bool(false),
+        "None" | "none" | "null" => return serde_json::Value::Null,
+        _ => {}
+    }
+    serde_json::from_str::<serde_json::Value>(&rendered)
+        .ok()
+        .filter(serde_json::Value::is_number)
+        .unwrap_or(serde_json::Value::String(rendered))
 }
 
 fn text_message(body: String) -> OutboundContent {

@@ -1,0 +1,149 @@
+//! The flow authoring commands of the real binary: check, schema, test and chat.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+fn tandem(args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("TANDEM_FLOWS")
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn write(dir: &Path, name: &str, text: &str) {
+    std::fs::write(dir.join(name), text).unwrap();
+}
+
+#[test]
+fn check_accepts_the_shipped_flows_and_reports_each_problem_with_its_position() {
+    let (code, _, err) = tandem(&["check", "flows"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("6 flows in flows are valid"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "greet.yaml",
+        "id: greet\nsteps:\n  - say: \"Hi {{ contact.name }}\"\n  - ask: \"Order?\"\n    slot: order\n  - goto: nowhere\n  - say: never\n",
+    );
+    write(
+        dir.path(),
+        "broken.yaml",
+        "id: broken\ntriggers: ['(unclosed']\nsteps:\n  - say: \"{{ slots.missing }}\"\n  - buttons: Pick\n    options:\n      - {id: a, title: \"A title far too long for a button\"}\n      - {id: a, title: B, next: nope}\n",
+    );
+    write(
+        dir.path(),
+        "typo.yaml",
+        "id: typo\nsteps:\n  - sya: hello\n",
+    );
+    write(dir.path(), "dup.yaml", "id: greet\nsteps:\n  - end: true\n");
+    let (code, _, err) = tandem(&["check", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    let f = |name: &str| dir.path().join(name).display().to_string();
+    for expected in [
+        format!("{}:2:12: error: bad regex `(unclosed`", f("broken.yaml")),
+        format!(
+            "{}:4:10: error: undefined slot `slots.missing`",
+            f("broken.yaml")
+        ),
+        format!(
+            "{}:7:14: error: title `A title far too long for a button` has 33 characters",
+            f("broken.yaml")
+        ),
+        format!("{}:8:14: error: duplicate option id `a`", f("broken.yaml")),
+        format!(
+            "{}:8:33: error: no step `nope` in flow `broken`",
+            f("broken.yaml")
+        ),
+        format!(
+            "{}:5:11: error: slot `order` is not declared in flow `greet`",
+            f("greet.yaml")
+        ),
+        format!(
+            "{}:6:11: error: `goto: nowhere` names no flow",
+            f("greet.yaml")
+        ),
+        format!(
+            "{}:7:5: warning: step `4` of flow `greet` is never reached",
+            f("greet.yaml")
+        ),
+        format!("{}:3:5: error: unknown field `sya`", f("typo.yaml")),
+        format!("{}:1:5: error: duplicate flow id `greet`", f("greet.yaml")),
+    ] {
+        assert!(err.contains(&expected), "missing {expected:?} in:\n{err}");
+    }
+    assert!(err.contains("hint: "), "{err}");
+}
+
+#[test]
+fn schema_prints_a_json_schema_of_flow_files() {
+    let (code, out, err) = tandem(&["schema"]);
+    assert_eq!(code, 0, "{err}");
+    let schema: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let flow = &schema["anyOf"][0];
+    assert_eq!(flow["title"], "Tandem flow");
+    assert_eq!(flow["required"], serde_json::json!(["id", "steps"]));
+    assert!(out.contains("\"say\""));
+}
+
+#[test]
+fn the_shipped_conversation_tests_pass_and_a_failing_one_shows_the_difference() {
+    let (code, _, err) = tandem(&["test"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("5 passed, 0 failed"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "wrong.yaml",
+        "name: wrong expectation\nstart: 2026-11-23T10:00\nturns:\n  - customer: opening hours\n    expect:\n      replies: [\"We are closed forever\"]\n      mode: human\n",
+    );
+    let (code, _, err) = tandem(&["test", "--tests", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("FAIL"), "{err}");
+    assert!(
+        err.contains("turn 1 (line 4, customer: \"opening hours\")"),
+        "{err}"
+    );
+    assert!(err.contains("expected \"We are closed forever\""), "{err}");
+    assert!(err.contains("got      \"We're open Mon–Fri"), "{err}");
+    assert!(err.contains("mode: expected human, is bot"), "{err}");
+    assert!(err.contains("0 passed, 1 failed"), "{err}");
+}
+
+#[test]
+fn chat_shows_replies_choices_decisions_and_mode() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(["chat", "flows", "--contact", "Ana Silva"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"hi\n3\n1200-195\n/echo hello from the shop\nwhere is my order\n/quit\n")
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{out}");
+    assert!(out.contains("bot> Hi Ana! Welcome to Verde"), "{out}");
+    assert!(out.contains("     3. Delivery fees"), "{out}");
+    assert!(out.contains("bot> What's your postcode?"), "{out}");
+    assert!(out.contains("by bike"), "{out}");
+    assert!(out.contains("slots {\"postcode\":{"), "{out}");
+    assert!(out.contains("\"area\":\"1\""), "{out}");
+    assert!(out.contains("mode human"), "{out}");
+    assert!(out.contains("mode human: the bot stays silent"), "{out}");
+}
