@@ -218,6 +218,7 @@ impl Worker {
             expected_rev,
             conversation: record,
             timer,
+            outbound: Vec::new(),
         };
         let outcome = self.store.commit(claim, commit, self.config.lease).await?;
         if outcome == CommitOutcome::Applied {

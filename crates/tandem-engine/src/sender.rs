@@ -121,34 +121,41 @@ impl Sender {
         }
     }
 
-    /// Sends the due messages of the claimed conversation's outbox, oldest first, and stops
-    /// at the first one that must wait. The claim must be held.
+    /// Sends the due messages of the claimed conversation's outbox, oldest first, re-reading
+    /// the record before each one, and stops at the first one that must wait. Then records
+    /// every outcome in one guarded write. The claim must be held.
     ///
     /// # Errors
-    /// A store error; what was sent before it is recorded.
+    /// A store error; messages already sent are sent again after recovery (at least once).
     pub async fn drain(&self, claim: &Claim, lease: Duration) -> Result<(), StoreError> {
         let id = &claim.conversation;
+        let mut outcomes: Vec<(PendingSend, Outcome)> = Vec::new();
         loop {
             let now = self.clock.now();
-            // Re-read: a person may have paused the conversation since the last look.
+            // Re-read: a person may have paused the conversation since the last send.
             let Some(record) = self.store.conversation(id).await? else {
-                return Ok(());
+                break;
             };
-            let Some(head) = record.outbox.first().cloned() else {
-                return Ok(());
-            };
+            let next = record
+                .outbox
+                .iter()
+                .find(|s| !outcomes.iter().any(|(done, _)| done.id == s.id))
+                .cloned();
+            let Some(head) = next else { break };
             if head.not_before.is_some_and(|t| t > now) {
-                return Ok(());
+                break;
             }
             let outcome = self.attempt(&record, &head).await;
             let stop = matches!(outcome, Outcome::Retry(..));
-            if !self.settle(claim, id, &head, outcome, lease).await? {
-                return Ok(());
-            }
+            outcomes.push((head, outcome));
             if stop {
-                return Ok(());
+                break;
             }
         }
+        if outcomes.is_empty() {
+            return Ok(());
+        }
+        self.settle(claim, id, outcomes, lease).await
     }
 
     /// Sends one message, after waiting for the number's next send slot.
@@ -160,18 +167,21 @@ impl Sender {
             Prepared::MarkRead => None,
             Prepared::Send(content) => Some(content),
         };
-        match self
-            .store
-            .reserve_send_slot(phone, now, self.policy.per_second)
-            .await
-        {
-            Ok(slot) => {
-                let wait = slot.since(now);
-                if !wait.is_zero() {
-                    tokio::time::sleep(wait).await;
+        // Only messages count against the number's throughput; a mark-as-read does not.
+        if content.is_some() {
+            match self
+                .store
+                .reserve_send_slot(phone, now, self.policy.per_second)
+                .await
+            {
+                Ok(slot) => {
+                    let wait = slot.since(now);
+                    if !wait.is_zero() {
+                        tokio::time::sleep(wait).await;
+                    }
                 }
+                Err(e) => return self.retry(head, &format!("rate limiter unavailable: {e}")),
             }
-            Err(e) => return self.retry(head, &format!("rate limiter unavailable: {e}")),
         }
         let result = match (&head.action, content) {
             (SendAction::MarkRead { message_id }, _) => {
@@ -268,76 +278,85 @@ impl Sender {
         })
     }
 
-    /// Records the outcome: removes the message (sent or dropped) or schedules its retry,
-    /// with its transcript line, in one guarded write. Returns false when the lane was lost.
+    /// Records the outcomes: removes each message sent or dropped (with its transcript line)
+    /// or schedules its retry, and adds the wamids to the outbound registry, in one guarded
+    /// write. A lost lane is not an error: its new owner sees the messages still queued.
     async fn settle(
         &self,
         claim: &Claim,
         id: &ConversationId,
-        head: &PendingSend,
-        outcome: Outcome,
+        outcomes: Vec<(PendingSend, Outcome)>,
         lease: Duration,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<(), StoreError> {
         let now = self.clock.now();
-        let action = match head.action {
-            SendAction::Message { .. } => "message",
-            SendAction::MarkRead { .. } => "mark_read",
-        };
-        let label = match &outcome {
-            Outcome::Sent(..) => "sent",
-            Outcome::Dropped(_) => "failed",
-            Outcome::Retry(..) => "retry",
-        };
-        ::metrics::counter!(metrics::SENDS, "action" => action, "outcome" => label).increment(1);
-        if let Outcome::Sent(Some(wamid), _) = &outcome {
-            self.store.record_outbound(wamid, now).await?;
-            ::metrics::histogram!(metrics::ACK_TO_SEND)
-                .record(now.since(head.queued_at).as_secs_f64());
-        }
-        match &outcome {
-            Outcome::Dropped(reason) if action == "message" => {
-                tracing::warn!(conversation = %id, reason, "bot message not sent");
+        let mut outbound = Vec::new();
+        for (head, outcome) in &outcomes {
+            let action = match head.action {
+                SendAction::Message { .. } => "message",
+                SendAction::MarkRead { .. } => "mark_read",
+            };
+            let label = match outcome {
+                Outcome::Sent(..) => "sent",
+                Outcome::Dropped(_) => "failed",
+                Outcome::Retry(..) => "retry",
+            };
+            ::metrics::counter!(metrics::SENDS, "action" => action, "outcome" => label)
+                .increment(1);
+            match outcome {
+                Outcome::Sent(Some(wamid), _) => {
+                    outbound.push(wamid.clone());
+                    ::metrics::histogram!(metrics::ACK_TO_SEND)
+                        .record(now.since(head.queued_at).as_secs_f64());
+                }
+                Outcome::Dropped(reason) if action == "message" => {
+                    tracing::warn!(conversation = %id, reason, "bot message not sent");
+                }
+                Outcome::Retry(at, reason) => tracing::info!(
+                    conversation = %id,
+                    %reason,
+                    retry_at = at.as_millis(),
+                    "send will be retried"
+                ),
+                _ => {}
             }
-            Outcome::Retry(at, reason) => {
-                tracing::info!(conversation = %id, %reason, retry_at = at.as_millis(), "send will be retried")
-            }
-            _ => {}
         }
+        let cap = self.policy.transcript_cap;
         for _ in 0..8 {
             let Some(mut record) = self.store.conversation(id).await? else {
-                return Ok(true);
+                return Ok(());
             };
             let expected_rev = record.rev;
-            let position = record.outbox.iter().position(|s| s.id == head.id);
-            match &outcome {
-                Outcome::Sent(wamid, content) => {
-                    if let Some(i) = position {
-                        record.outbox.remove(i);
-                    }
-                    if let (Some(wamid), Some(content)) = (wamid, content)
-                        && !record.has_message(wamid)
-                    {
-                        record.push(
-                            TranscriptEntry::sent(now, Role::Bot, wamid.clone(), content),
-                            self.policy.transcript_cap,
-                        );
-                    }
-                }
-                Outcome::Dropped(reason) => {
-                    if let Some(i) = position {
-                        record.outbox.remove(i);
-                        if matches!(head.action, SendAction::Message { .. }) {
+            for (head, outcome) in &outcomes {
+                let position = record.outbox.iter().position(|s| s.id == head.id);
+                match outcome {
+                    Outcome::Sent(wamid, content) => {
+                        if let Some(i) = position {
+                            record.outbox.remove(i);
+                        }
+                        // Recorded even when a pause cancelled the queue meanwhile: it was sent.
+                        if let (Some(wamid), Some(content)) = (wamid, content)
+                            && !record.has_message(wamid)
+                        {
                             record.push(
-                                TranscriptEntry::system(now, reason.clone()),
-                                self.policy.transcript_cap,
+                                TranscriptEntry::sent(now, Role::Bot, wamid.clone(), content),
+                                cap,
                             );
                         }
                     }
-                }
-                Outcome::Retry(at, _) => {
-                    let Some(i) = position else { return Ok(true) };
-                    record.outbox[i].attempts += 1;
-                    record.outbox[i].not_before = Some(*at);
+                    Outcome::Dropped(reason) => {
+                        if let Some(i) = position {
+                            record.outbox.remove(i);
+                            if matches!(head.action, SendAction::Message { .. }) {
+                                record.push(TranscriptEntry::system(now, reason.clone()), cap);
+                            }
+                        }
+                    }
+                    Outcome::Retry(at, _) => {
+                        if let Some(i) = position {
+                            record.outbox[i].attempts += 1;
+                            record.outbox[i].not_before = Some(*at);
+                        }
+                    }
                 }
             }
             let timer = match record.next_wake(now, self.policy.recovery) {
@@ -350,15 +369,15 @@ impl Sender {
                 expected_rev,
                 conversation: record,
                 timer,
+                outbound: outbound.clone(),
             };
             match self.store.commit(claim, commit, lease).await? {
-                CommitOutcome::Applied => return Ok(true),
+                CommitOutcome::Applied | CommitOutcome::LeaseLost => return Ok(()),
                 CommitOutcome::Conflict => {}
-                CommitOutcome::LeaseLost => return Ok(false),
             }
         }
         Err(StoreError::Protocol(
-            "the record kept changing while a send was recorded".into(),
+            "the record kept changing while sends were recorded".into(),
         ))
     }
 }

@@ -54,7 +54,7 @@ struct Shared {
     lanes: Mutex<LaneBook>,
     /// Next free send slot per business number (Unix ms). One process owns the file, so
     /// this in-memory schedule is the whole truth; it need not survive a restart.
-    send_slots: Mutex<HashMap<PhoneNumberId, u64>>,
+    send_slots: Mutex<HashMap<PhoneNumberId, std::collections::VecDeque<u64>>>,
     signal: Arc<Notify>,
 }
 
@@ -402,10 +402,8 @@ impl Store for EmbeddedStore {
             .send_slots
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let next_free = slots.get(phone_number_id).copied();
-        let (slot, next) = next_slot(next_free, now, per_second);
-        slots.insert(phone_number_id.clone(), next);
-        Ok(slot)
+        let recent = slots.entry(phone_number_id.clone()).or_default();
+        Ok(next_slot(recent, now, per_second))
     }
 
     async fn conversation(&self, id: &ConversationId) -> Result<Option<Conversation>, StoreError> {

@@ -148,6 +148,8 @@ pub struct StepCommit {
     pub conversation: Conversation,
     /// The timer change.
     pub timer: TimerChange,
+    /// Wamids of messages just sent, added to the outbound registry in the same write.
+    pub outbound: Vec<MessageId>,
 }
 
 /// Whether a step was written.
@@ -227,18 +229,28 @@ pub(crate) fn contact_wins(stored: Option<&ContactUpdate>, update: &ContactUpdat
     stored.is_none_or(|s| s.at <= update.at)
 }
 
-/// The spacing of send slots for a rate, in milliseconds (at least 1).
-pub(crate) fn send_interval_ms(per_second: u32) -> u64 {
-    (1000 / u64::from(per_second.max(1))).max(1)
-}
-
-/// Gives the next send slot: `now` if the number's last slot has passed, else right after it.
-/// Returns the slot and the number's new "next free" time.
+/// Gives the next send slot of a number whose latest slots (oldest first, at most
+/// `per_second`) are `recent`, in a sliding one-second window: `now`, unless `per_second`
+/// slots already lie in the second before, then one second after the oldest of them (and
+/// never before the latest). Updates `recent`.
 pub(crate) fn next_slot(
-    next_free: Option<u64>,
+    recent: &mut std::collections::VecDeque<u64>,
     now: Timestamp,
     per_second: u32,
-) -> (Timestamp, u64) {
-    let slot = next_free.map_or(now.as_millis(), |t| t.max(now.as_millis()));
-    (Timestamp(slot), slot + send_interval_ms(per_second))
+) -> Timestamp {
+    let rate = per_second.max(1) as usize;
+    let mut slot = now.as_millis();
+    if recent.len() >= rate
+        && let Some(oldest) = recent.get(recent.len() - rate)
+    {
+        slot = slot.max(oldest + 1000);
+    }
+    if let Some(last) = recent.back() {
+        slot = slot.max(*last);
+    }
+    recent.push_back(slot);
+    while recent.len() > rate {
+        recent.pop_front();
+    }
+    Timestamp(slot)
 }

@@ -34,7 +34,7 @@ use self::keys::Keys;
 use crate::error::StoreError;
 use crate::model::{
     AccountState, Claim, CommitOutcome, InboxItem, IngestBatch, IngestReport, ListQuery,
-    StepCommit, StoreOptions, StoreStats, TimerChange, send_interval_ms,
+    StepCommit, StoreOptions, StoreStats, TimerChange,
 };
 use crate::store::Store;
 
@@ -351,6 +351,13 @@ impl Store for RedisStore {
             TimerChange::Set(due) => plan.timers.push((id.to_string(), Some(due.to_string()))),
             TimerChange::Clear => plan.timers.push((id.to_string(), None)),
         }
+        for sent in &commit.outbound {
+            plan.set_px.push((
+                self.keys.outbound(sent.as_str()),
+                "1".to_owned(),
+                millis(self.options.dedupe_ttl),
+            ));
+        }
         let answer = self.run(&plan).await?;
         match answer.first().map(String::as_str) {
             Some("ok") => Ok(CommitOutcome::Applied),
@@ -429,7 +436,7 @@ impl Store for RedisStore {
             .reserve_send_slot
             .arg(self.keys.send_slot(phone_number_id))
             .arg(now.as_millis())
-            .arg(send_interval_ms(per_second))
+            .arg(per_second.max(1))
             .invoke_async(&mut con)
             .await?;
         slot.parse()

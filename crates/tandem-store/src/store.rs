@@ -62,10 +62,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn record_outbound(&self, id: &MessageId, now: Timestamp) -> Result<(), StoreError>;
 
     /// Reserves the next send slot of a business number that may send `per_second` messages
-    /// a second, and returns when that send may start (`now` or later). Slots are spaced
-    /// `1/per_second` apart across every process sharing the store, so a number's send rate
-    /// never exceeds its limit; a number that was quiet gets a slot at once (no burst is saved
-    /// up).
+    /// a second, and returns when that send may start (`now` or later). Slots are counted in
+    /// a sliding one-second window across every process sharing the store: a quiet number may
+    /// send a burst of up to `per_second` at once, and no one-second window ever holds more.
     async fn reserve_send_slot(
         &self,
         phone_number_id: &PhoneNumberId,

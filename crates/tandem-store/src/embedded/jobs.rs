@@ -149,6 +149,9 @@ pub(super) fn commit(
         return Ok(CommitOutcome::Conflict);
     }
     group.write_conversation(previous.as_ref(), step.conversation, step.now)?;
+    for id in &step.outbound {
+        group.remember(&outbound_key(id), step.now.plus(shared.options.dedupe_ttl))?;
+    }
     for seq in &step.seqs {
         group.consume(&key, *seq)?;
     }

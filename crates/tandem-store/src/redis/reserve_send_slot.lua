@@ -1,8 +1,20 @@
--- Reserves a business number's next send slot. ARGV: slot key, now (ms), interval (ms).
--- The key holds the number's next free slot; it expires once it is in the past.
+-- Reserves a business number's next send slot in a sliding one-second window.
+-- ARGV: slots key, now (ms), sends allowed per second.
+-- The key is a list of the number's latest slots (at most `rate`, oldest first). A new send
+-- may start at `now`, unless `rate` slots already lie within the second before it: then it
+-- starts one second after the oldest of them. So no one-second window ever holds more than
+-- `rate` sends, and a quiet number may send a burst of up to `rate` at once.
+local key = ARGV[1]
 local now = tonumber(ARGV[2])
-local interval = tonumber(ARGV[3])
-local next_free = tonumber(redis.call('GET', ARGV[1]) or '0')
-local slot = math.max(next_free, now)
-redis.call('SET', ARGV[1], string.format('%d', slot + interval), 'PX', string.format('%d', slot - now + interval + 60000))
+local rate = tonumber(ARGV[3])
+local slot = now
+if redis.call('LLEN', key) >= rate then
+  local oldest = tonumber(redis.call('LINDEX', key, -rate))
+  slot = math.max(now, oldest + 1000)
+end
+local last = tonumber(redis.call('LINDEX', key, -1) or '0')
+slot = math.max(slot, last)
+redis.call('RPUSH', key, string.format('%d', slot))
+redis.call('LTRIM', key, -rate, -1)
+redis.call('PEXPIRE', key, string.format('%d', slot - now + 2000))
 return string.format('%d', slot)
