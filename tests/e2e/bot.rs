@@ -155,6 +155,107 @@ async fn an_order_question_is_answered_from_the_shop_backend(backend: Backend) {
             .then_some(())
     })
     .await;
+    // WhatsApp reports a reply failed because the window had closed (131047): the window
+    // template goes instead, once.
+    let failed = json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
+        "messaging_product": "whatsapp", "metadata": {"display_phone_number": "15550001111", "phone_number_id": PNID},
+        "statuses": [{"id": wamid, "status": "failed", "timestamp": now_secs().to_string(), "recipient_id": wa,
+            "errors": [{"code": 131047, "title": "Re-engagement message"}]}]}}]}]});
+    post(&server, serde_json::to_vec(&failed).unwrap()).await;
+    post(&server, serde_json::to_vec(&failed).unwrap()).await;
+    wait_for_text(&graph, "template:verde_follow_up").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let templates = graph
+        .messages()
+        .iter()
+        .filter(|m| m["to"] == wa && m["type"] == "template")
+        .count();
+    assert_eq!(templates, 1);
+}
+
+async fn a_reply_in_flight_when_the_process_dies_is_sent_after_restart(backend: Backend) {
+    let graph = Graph::start().await;
+    let shop = Shop::start(Duration::ZERO).await;
+    let mut spec = Spec::with_bot(backend, &graph.url, &shop.url);
+    spec.env.push(("TANDEM_SEND_RECOVERY".into(), "1s".into()));
+    spec.env.push(("TANDEM_LEASE".into(), "1s".into()));
+    let mut server = Server::start(spec.clone());
+    graph.stall(true);
+    let wa = "351910000007";
+    post(&server, text(wa, "wamid.k.1", "opening hours")).await;
+    // A reply has reached the Graph API, which has not answered yet: kill -9 now.
+    wait_for("a send in flight", DEADLINE, || async {
+        (!graph.messages().is_empty()).then_some(())
+    })
+    .await;
+    server.kill9();
+    graph.stall(false);
+    let restarted = Server::start(spec);
+    // After the restart the queued replies go out again (at least once: the first attempt's
+    // outcome was never known), and the transcript records them.
+    let conversation = wait_for(
+        "the reply recorded after restart",
+        Duration::from_secs(30),
+        || async {
+            let c = restarted.conversation(wa).await?;
+            let sent = c["transcript"].as_array()?.iter().any(|l| {
+                l["role"] == "bot"
+                    && l["text"]
+                        .as_str()
+                        .is_some_and(|t| t.contains("Rua das Flores"))
+            });
+            (sent && c.get("outbox").is_none()).then_some(c)
+        },
+    )
+    .await;
+    assert_eq!(conversation["mode"], "bot");
+    let attempts = graph
+        .texts()
+        .iter()
+        .filter(|t| t.contains("Rua das Flores"))
+        .count();
+    assert!((1..=2).contains(&attempts), "{:?}", graph.texts());
+}
+
+async fn a_numbers_sends_never_exceed_its_rate(backend: Backend) {
+    let graph = Graph::start().await;
+    let shop = Shop::start(Duration::ZERO).await;
+    let mut spec = Spec::with_bot(backend, &graph.url, &shop.url);
+    spec.env.push(("TANDEM_SEND_RATE".into(), "3".into()));
+    let server = Server::start(spec);
+    for i in 0..4 {
+        post(
+            &server,
+            text(&format!("35191000010{i}"), &format!("wamid.r.{i}"), "hi"),
+        )
+        .await;
+    }
+    // Each greeting is two or three messages: at least 8, at 3 a second.
+    wait_for("every greeting sent", Duration::from_secs(20), || async {
+        (graph
+            .texts()
+            .iter()
+            .filter(|t| t.contains("How can I help"))
+            .count()
+            == 4)
+            .then_some(())
+    })
+    .await;
+    let times = graph.message_times();
+    assert!(times.len() >= 8, "{}", times.len());
+    for (i, start) in times.iter().enumerate() {
+        let within = times[i..]
+            .iter()
+            .filter(|t| t.duration_since(*start) < Duration::from_millis(990))
+            .count();
+        assert!(within <= 3, "{within} messages within one second at rate 3");
+    }
+    let span = times.last().unwrap().duration_since(times[0]);
+    assert!(
+        span >= Duration::from_millis(1900),
+        "{} messages in {span:?}",
+        times.len()
+    );
 }
 
 async fn an_echo_during_a_slow_call_means_the_reply_is_never_sent(backend: Backend) {
@@ -281,4 +382,6 @@ crate::both_stores!(
     an_echo_during_a_slow_call_means_the_reply_is_never_sent,
     throttling_is_retried_and_a_closed_window_gets_the_template,
     a_retried_webhook_is_answered_once,
+    a_reply_in_flight_when_the_process_dies_is_sent_after_restart,
+    a_numbers_sends_never_exceed_its_rate,
 );

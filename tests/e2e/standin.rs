@@ -24,6 +24,10 @@ pub struct GraphRequest {
 #[derive(Default)]
 struct GraphState {
     requests: Vec<GraphRequest>,
+    /// When each message send (not mark-as-read) arrived.
+    times: Vec<std::time::Instant>,
+    /// While set, message sends are recorded but never answered.
+    stalled: bool,
     /// Answers for the next message sends (not mark-as-read), used before the default.
     scripted: VecDeque<(u16, Value)>,
     sent: u64,
@@ -56,6 +60,16 @@ impl Graph {
             .unwrap()
             .scripted
             .push_back((status, body));
+    }
+
+    /// Makes message sends hang (recorded, never answered) until called with `false`.
+    pub fn stall(&self, on: bool) {
+        self.state.lock().unwrap().stalled = on;
+    }
+
+    /// When each message send arrived, in order.
+    pub fn message_times(&self) -> Vec<std::time::Instant> {
+        self.state.lock().unwrap().times.clone()
     }
 
     pub fn requests(&self) -> Vec<GraphRequest> {
@@ -97,6 +111,22 @@ async fn graph_messages(
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> (StatusCode, Json<Value>) {
+    let stalled = {
+        let mut state = state.lock().unwrap();
+        if body.get("type").is_some() {
+            state.times.push(std::time::Instant::now());
+        }
+        state.stalled && body.get("type").is_some()
+    };
+    if stalled {
+        state.lock().unwrap().requests.push(GraphRequest {
+            phone_number_id: pnid,
+            authorization: None,
+            body,
+        });
+        // Never answers: the caller times out or dies waiting.
+        return std::future::pending().await;
+    }
     let mut state = state.lock().unwrap();
     state.requests.push(GraphRequest {
         phone_number_id: pnid,

@@ -181,6 +181,12 @@ impl Worker {
             if step.timer != TimerChange::Keep {
                 timer = step.timer;
             }
+            if let (Some(responder), ConversationEvent::Status(status)) =
+                (&self.bot.responder, &item.event)
+                && status.status == tandem_domain::DeliveryStatus::Failed
+            {
+                responder.on_failed_send(&mut record, status, now, self.config.transcript_cap);
+            }
             if let (Some(responder), ConversationEvent::Customer(message)) =
                 (&self.bot.responder, &item.event)
                 && record.mode == Mode::Bot

@@ -10,7 +10,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tandem_domain::{
-    Conversation, InboundMessage, SendAction, SendOrigin, Timestamp, TranscriptEntry,
+    Conversation, InboundMessage, Role, SendAction, SendOrigin, StatusUpdate, Timestamp,
+    TranscriptEntry,
 };
 use tandem_flows::{Bot, CallOutcome, CallRequest, Effect, TurnContext};
 
@@ -165,6 +166,45 @@ impl Responder {
             }
         }
         summary
+    }
+
+    /// Handles a delivery failure WhatsApp reported for one of the bot's messages: for 131047
+    /// (the 24-hour window had closed) the configured window template is queued once, so the
+    /// customer still hears from the business; other failures are noted in the transcript.
+    pub fn on_failed_send(
+        &self,
+        c: &mut Conversation,
+        status: &StatusUpdate,
+        now: Timestamp,
+        cap: usize,
+    ) {
+        let ours = c.transcript.iter().any(|e| {
+            e.role == Role::Bot
+                && e.message_id.as_ref() == Some(&status.message_id)
+                && e.kind != "template"
+        });
+        if !ours {
+            return;
+        }
+        let codes: Vec<String> = status.error_codes.iter().map(i64::to_string).collect();
+        let window_closed = status.error_codes.contains(&131_047);
+        let template = crate::sender::window_template(&self.flows.current());
+        match template {
+            Some(content) if window_closed && c.may_send(SendOrigin::Bot) => {
+                c.push(
+                    TranscriptEntry::system(now, "a bot message failed: the 24-hour window had closed (131047); the window template is queued"),
+                    cap,
+                );
+                c.queue_send(SendOrigin::Bot, SendAction::Message { content }, now);
+            }
+            _ => c.push(
+                TranscriptEntry::system(
+                    now,
+                    format!("a bot message failed (error {})", codes.join(", ")),
+                ),
+                cap,
+            ),
+        }
     }
 
     async fn call(&self, request: &CallRequest) -> CallOutcome {
