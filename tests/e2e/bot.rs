@@ -385,3 +385,91 @@ crate::both_stores!(
     a_reply_in_flight_when_the_process_dies_is_sent_after_restart,
     a_numbers_sends_never_exceed_its_rate,
 );
+
+/// Copies the shipped flows into a directory the test may edit.
+fn editable_flows() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("flows");
+    for entry in std::fs::read_dir(shipped).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flows_reload_on_sighup_and_on_change_and_invalid_ones_are_refused() {
+    let store = tempfile::tempdir().unwrap();
+    let graph = Graph::start().await;
+    let shop = Shop::start(Duration::ZERO).await;
+    let flows = editable_flows();
+    let mut spec = Spec::with_bot(Backend::embedded(store.path()), &graph.url, &shop.url);
+    spec.flows = Some(flows.path().to_owned());
+    let server = Server::start(spec);
+    post(&server, text("351910000201", "wamid.h.1", "opening hours")).await;
+    wait_for_text(&graph, "Rua das Flores").await;
+
+    // A broken edit, then SIGHUP: refused, the running flows stay in force.
+    let hours = flows.path().join("hours.yaml");
+    let original = std::fs::read_to_string(&hours).unwrap();
+    std::fs::write(&hours, original.replace("steps:", "stepz:")).unwrap();
+    server.hangup();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    post(&server, text("351910000202", "wamid.h.2", "opening hours")).await;
+    wait_for("the old flows to answer", DEADLINE, || async {
+        (graph
+            .texts()
+            .iter()
+            .filter(|t| t.contains("Rua das Flores"))
+            .count()
+            == 2)
+            .then_some(())
+    })
+    .await;
+
+    // A valid edit: picked up by the file watch without a signal.
+    std::fs::write(&hours, original.replace("Rua das Flores 12", "Rua Nova 1")).unwrap();
+    wait_for("the new flows to answer", DEADLINE, || async {
+        post(
+            &server,
+            text(
+                "351910000203",
+                &format!("wamid.h.3.{}", now_secs()),
+                "opening hours",
+            ),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        graph
+            .texts()
+            .iter()
+            .any(|t| t.contains("Rua Nova 1"))
+            .then_some(())
+    })
+    .await;
+}
+
+#[test]
+fn the_server_refuses_to_start_on_invalid_flows() {
+    let flows = editable_flows();
+    std::fs::write(
+        flows.path().join("broken.yaml"),
+        "id: broken\nsteps:\n  - goto: nowhere\n",
+    )
+    .unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--flows"])
+        .arg(flows.path())
+        .env("TANDEM_STORE", store.path().join("t.redb"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        err.contains("broken.yaml:3:11: error: `goto: nowhere` names no flow"),
+        "{err}"
+    );
+}

@@ -171,30 +171,90 @@ impl Application {
     }
 }
 
-/// Reloads the flows on SIGHUP; invalid new flows are reported and the running ones kept.
+/// How often the flows directory is looked at for changes.
+const FLOWS_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reloads the flows on SIGHUP and when a file in the directory changes; invalid new flows
+/// are reported and the running ones kept.
 fn spawn_reload_on_sighup(
     handle: FlowsHandle,
     dir: std::path::PathBuf,
     variables: std::collections::BTreeMap<String, String>,
 ) {
-    #[cfg(unix)]
+    let watched_dir = dir.clone();
+    let dir_fingerprint = move || fingerprint(&watched_dir);
+    let reload_now = move |why: &str, handle: &FlowsHandle| match reload(handle, &dir, &variables) {
+        Ok(count) => tracing::info!(flows = count, why, "flows reloaded"),
+        Err(error) => {
+            tracing::error!(why, %error, "flows not reloaded: the running flows stay in force");
+        }
+    };
+    let watched = handle;
     tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-            tracing::warn!("cannot listen for SIGHUP: flows reload is off");
-            return;
-        };
-        while hangups.recv().await.is_some() {
-            match reload(&handle, &dir, &variables) {
-                Ok(count) => tracing::info!(flows = count, "flows reloaded"),
+        #[cfg(unix)]
+        let mut hangups = {
+            use tokio::signal::unix::{SignalKind, signal};
+            match signal(SignalKind::hangup()) {
+                Ok(s) => Some(s),
                 Err(error) => {
-                    tracing::error!(%error, "flows not reloaded: the running flows stay in force")
+                    tracing::warn!(%error, "cannot listen for SIGHUP; flows reload on file changes only");
+                    None
+                }
+            }
+        };
+        let mut last = dir_fingerprint();
+        let mut tick = tokio::time::interval(FLOWS_POLL);
+        loop {
+            #[cfg(unix)]
+            let hangup = async {
+                match hangups.as_mut() {
+                    Some(s) => s.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let hangup = std::future::pending::<Option<()>>();
+            tokio::select! {
+                got = hangup => {
+                    if got.is_none() {
+                        return;
+                    }
+                    last = dir_fingerprint();
+                    reload_now("SIGHUP", &watched);
+                }
+                _ = tick.tick() => {
+                    let now = dir_fingerprint();
+                    if now != last {
+                        last = now;
+                        reload_now("file change", &watched);
+                    }
                 }
             }
         }
     });
-    #[cfg(not(unix))]
-    let _ = (handle, dir, variables);
+}
+
+/// Names, sizes and modification times of the YAML files in `dir`: changes when a flow file
+/// is added, removed or edited.
+fn fingerprint(
+    dir: &std::path::Path,
+) -> Vec<(std::path::PathBuf, u64, Option<std::time::SystemTime>)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.path()
+                .extension()
+                .is_some_and(|x| x == "yaml" || x == "yml")
+        })
+        .filter_map(|e| {
+            let meta = e.metadata().ok()?;
+            Some((e.path(), meta.len(), meta.modified().ok()))
+        })
+        .collect();
+    files.sort();
+    files
 }
 
 /// Loads the flows in `dir` and puts them in force when they are valid; returns how many.
