@@ -14,6 +14,7 @@
 #   1k    — 10 connections each paced at one request per 10 ms (about 1,000 requests/s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+root=$PWD
 
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-64}
@@ -40,7 +41,9 @@ python3 bench/gen_requests.py "$N" "$SECRET" "$work/requests.tsv"
 # start NAME COMMAND...: starts a server, waits for its "listening on" line, sets $url.
 start() {
   local name=$1; shift
-  "$@" >"$work/$name.out" 2>"$work/$name.err" &
+  # From the scratch directory: no ./flows there, so the bot stays off and only the
+  # acknowledgement path is measured (examples/reply_latency.rs measures replies).
+  (cd "$work" && exec "$@") >"$work/$name.out" 2>"$work/$name.err" &
   pids+=($!)
   for _ in $(seq 1 200); do
     url=$(sed -n 's/.*listening on \(http[^ ]*\).*/\1/p' "$work/$name.out" | head -n1)
@@ -77,12 +80,12 @@ drained() {
 run() {
   local target=$1 shape=$2 prefix
   case $target in
-    bare) start bare ./target/release/examples/bare_ack 127.0.0.1:0 ;;
+    bare) start bare "$root/target/release/examples/bare_ack" 127.0.0.1:0 ;;
     embedded) start embedded env TANDEM_APP_SECRET=$SECRET TANDEM_VERIFY_TOKEN=v TANDEM_API_TOKEN=a RUST_LOG=warn \
-                ./target/release/tandem serve --listen 127.0.0.1:0 --store "$work/store-$shape.redb" ;;
+                "$root/target/release/tandem" serve --listen 127.0.0.1:0 --store "$work/store-$shape.redb" ;;
     redis) prefix="tandem-bench:$$:$shape"
            start redis env TANDEM_APP_SECRET=$SECRET TANDEM_VERIFY_TOKEN=v TANDEM_API_TOKEN=a RUST_LOG=warn \
-                TANDEM_REDIS_PREFIX=$prefix ./target/release/tandem serve --listen 127.0.0.1:0 --store "$REDIS_URL" ;;
+                TANDEM_REDIS_PREFIX=$prefix "$root/target/release/tandem" serve --listen 127.0.0.1:0 --store "$REDIS_URL" ;;
   esac
   local result; result=$(load "$shape")
   local drain="-"

@@ -45,6 +45,11 @@ fn check_accepts_the_shipped_flows_and_reports_each_problem_with_its_position() 
         "id: typo\nsteps:\n  - sya: hello\n",
     );
     write(dir.path(), "dup.yaml", "id: greet\nsteps:\n  - end: true\n");
+    write(
+        dir.path(),
+        "lonely.yaml",
+        "id: lonely\nsteps:\n  - end: true\n  - say: never\n",
+    );
     let (code, _, err) = tandem(&["check", dir.path().to_str().unwrap()]);
     assert_eq!(code, 1, "{err}");
     let f = |name: &str| dir.path().join(name).display().to_string();
@@ -72,8 +77,8 @@ fn check_accepts_the_shipped_flows_and_reports_each_problem_with_its_position() 
             f("greet.yaml")
         ),
         format!(
-            "{}:7:5: warning: step `4` of flow `greet` is never reached",
-            f("greet.yaml")
+            "{}:4:5: warning: step `2` of flow `lonely` is never reached",
+            f("lonely.yaml")
         ),
         format!("{}:3:5: error: unknown field `sya`", f("typo.yaml")),
         format!("{}:1:5: error: duplicate flow id `greet`", f("greet.yaml")),

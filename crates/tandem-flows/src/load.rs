@@ -465,6 +465,7 @@ impl Compiler {
         if raw.steps.is_empty() {
             report.error(&at, format!("flow `{}` has no steps", raw.id.value), None);
         }
+        let errors_before = report.error_count();
         // Step ids first, so routes can point forwards.
         let mut ids: Vec<String> = Vec::new();
         for (i, step) in raw.steps.iter().enumerate() {
@@ -516,7 +517,11 @@ impl Compiler {
                 at: step_at,
             });
         }
-        warn_unreachable(&raw.id.value, &steps, report);
+        // A step that failed to compile stands in as an `end`, which would make the steps
+        // after it look unreachable: only look for unreachable steps in a clean flow.
+        if report.error_count() == errors_before {
+            warn_unreachable(&raw.id.value, &steps, report);
+        }
         Flow {
             id: raw.id.value,
             description: raw.description,

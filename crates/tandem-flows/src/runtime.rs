@@ -708,8 +708,18 @@ impl Bot {
         ctx: &TurnContext<'_>,
     ) -> Result<String, RenderError> {
         let scope = self.scope(c, content, ctx);
+        self.render_in(c, text, &scope)
+    }
+
+    /// Renders `text` in the conversation's language with an already built scope.
+    fn render_in(
+        &self,
+        c: &Conversation,
+        text: &Text,
+        scope: &Value,
+    ) -> Result<String, RenderError> {
         self.templates
-            .render_text(text, c.language.as_deref(), self.default_language(), &scope)
+            .render_text(text, c.language.as_deref(), self.default_language(), scope)
     }
 
     fn render_choice(
@@ -719,12 +729,14 @@ impl Bot {
         content: &MessageContent,
         ctx: &TurnContext<'_>,
     ) -> Result<OutboundContent, RenderError> {
-        let body = self.render(c, &choice.text, content, ctx)?;
+        // One scope for the whole message: its texts see the same state.
+        let scope = self.scope(c, content, ctx);
+        let body = self.render_in(c, &choice.text, &scope)?;
         let mut rows = Vec::new();
         for option in &choice.options {
-            let title = self.render(c, &option.title, content, ctx)?;
+            let title = self.render_in(c, &option.title, &scope)?;
             let description = match &option.description {
-                Some(d) => Some(self.render(c, d, content, ctx)?),
+                Some(d) => Some(self.render_in(c, d, &scope)?),
                 None => None,
             };
             rows.push(ListRow {
@@ -744,7 +756,7 @@ impl Bot {
                 header: None,
                 body,
                 footer: None,
-                button: self.render(c, button, content, ctx)?,
+                button: self.render_in(c, button, &scope)?,
                 sections: vec![ListSection { title: None, rows }],
             },
         })
@@ -769,10 +781,11 @@ impl Bot {
         {
             return Some(n - 1);
         }
+        let scope = self.scope(c, content, ctx);
         choice.options.iter().position(|o| {
             o.id.to_lowercase() == text
                 || self
-                    .render(c, &o.title, content, ctx)
+                    .render_in(c, &o.title, &scope)
                     .is_ok_and(|t| t.trim().to_lowercase() == text)
         })
     }

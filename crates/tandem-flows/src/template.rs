@@ -101,9 +101,13 @@ impl Templates {
     /// # Errors
     /// A [`RenderError`] naming the template when a variable is missing or a filter fails.
     pub fn render(&self, name: &str, context: &Value) -> Result<String, RenderError> {
+        // The name's `#n` suffix only keeps names unique; people want the position.
+        let position = name.split('#').next().unwrap_or(name);
         let failed = |e: minijinja::Error| RenderError {
-            name: name.to_owned(),
-            detail: e.to_string(),
+            name: position.to_owned(),
+            detail: e
+                .detail()
+                .map_or_else(|| e.kind().to_string(), str::to_owned),
         };
         self.env
             .get_template(name)
