@@ -237,6 +237,8 @@ fn parse<T: serde::de::DeserializeOwned>(file: &str, text: &str, report: &mut Re
 #[derive(Debug, Default)]
 struct Compiler {
     templates: Templates,
+    /// `texts.list_button`, compiled with the settings.
+    list_button: Option<Text>,
     flow_ids: BTreeSet<String>,
     slots: BTreeSet<String>,
     vars: BTreeSet<String>,
@@ -404,6 +406,7 @@ impl Compiler {
                 texts.insert(name.clone(), text);
             }
         }
+        self.list_button = texts.get("list_button").cloned();
         let mut variables = raw.variables;
         for (name, value) in overrides {
             variables.insert(name.clone(), value.clone());
@@ -831,14 +834,11 @@ impl Compiler {
                 route,
             });
         }
-        let list_button = if is_list {
-            let label = raw
-                .button
-                .clone()
-                .unwrap_or_else(|| RawText::One("Options".into()));
-            Some(self.text(at, &label, report)?)
-        } else {
-            None
+        // A list without its own `button:` label uses the bot's `texts.list_button`.
+        let list_button = match (&raw.button, is_list) {
+            (_, false) => None,
+            (Some(label), true) => Some(self.text(at, label, report)?),
+            (None, true) => Some(self.list_button.clone()?),
         };
         let slot = raw.slot.as_ref().map(|s| ctx.slot(s, report));
         Some(Choice {
