@@ -60,8 +60,21 @@ struct ReplayArgs {
     #[arg(long, env = "TANDEM_APP_SECRET", hide_env_values = true)]
     secret: Option<String>,
     /// Files holding webhook bodies (JSON as Meta posts it), sent in the order given.
-    #[arg(required = true)]
+    #[arg(required_unless_present = "text")]
     files: Vec<PathBuf>,
+    /// Set every `timestamp` in the files to now (recorded payloads are old, and a customer
+    /// message older than 24 hours may only be answered with a template).
+    #[arg(long)]
+    now: bool,
+    /// Instead of files: send customer text messages, written now, one per --text.
+    #[arg(long)]
+    text: Vec<String>,
+    /// The customer of --text messages (a WhatsApp id).
+    #[arg(long, default_value = "15550002222")]
+    from: String,
+    /// The business number of --text messages.
+    #[arg(long, default_value = "106540000000001")]
+    phone_number_id: String,
 }
 
 #[derive(Args)]
@@ -283,9 +296,35 @@ fn replay(args: &ReplayArgs) -> anyhow::Result<bool> {
             .build()
             .context("building the HTTP client")?;
         let mut all_ok = true;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut bodies = Vec::new();
         for file in &args.files {
             let body =
                 std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+            let body = if args.now {
+                let mut value: serde_json::Value = serde_json::from_slice(&body)
+                    .with_context(|| format!("{} is not JSON", file.display()))?;
+                set_timestamps(&mut value, &now.to_string());
+                serde_json::to_vec(&value)?
+            } else {
+                body
+            };
+            bodies.push((file.display().to_string(), body));
+        }
+        for (i, text) in args.text.iter().enumerate() {
+            // Unique per run, so two replays in the same second are not taken for a retry.
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            let id = format!("wamid.replay.{nanos}.{i}");
+            bodies.push((
+                format!("--text {text:?}"),
+                text_webhook(args, &id, text, now),
+            ));
+        }
+        for (label, body) in bodies {
             let mut request = client
                 .post(&args.url)
                 .header("content-type", "application/json");
@@ -303,10 +342,41 @@ fn replay(args: &ReplayArgs) -> anyhow::Result<bool> {
             let status = response.status();
             let answer = response.text().await.unwrap_or_default();
             all_ok &= status.is_success();
-            println!("{} {} {}", file.display(), status.as_u16(), answer.trim());
+            println!("{label} {} {}", status.as_u16(), answer.trim());
         }
         Ok(all_ok)
     })
+}
+
+/// Sets every string field named `timestamp` to `now`.
+fn set_timestamps(value: &mut serde_json::Value, now: &str) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                if key == "timestamp" && v.is_string() {
+                    *v = serde_json::Value::String(now.to_owned());
+                } else {
+                    set_timestamps(v, now);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|v| set_timestamps(v, now)),
+        _ => {}
+    }
+}
+
+/// A `messages` webhook with one customer text message, as Meta posts it.
+fn text_webhook(args: &ReplayArgs, id: &str, text: &str, now: u64) -> Vec<u8> {
+    let value = serde_json::json!({
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "104810000000001", "changes": [{"field": "messages", "value": {
+            "messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "15550001111", "phone_number_id": args.phone_number_id},
+            "contacts": [{"profile": {"name": "Replay"}, "wa_id": args.from}],
+            "messages": [{"from": args.from, "id": id, "timestamp": now.to_string(), "type": "text", "text": {"body": text}}],
+        }}]}],
+    });
+    serde_json::to_vec(&value).unwrap_or_default()
 }
 
 fn warn_dev_mode(settings: &tandem_server::Settings) {

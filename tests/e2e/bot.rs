@@ -473,3 +473,61 @@ fn the_server_refuses_to_start_on_invalid_flows() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_plays_the_customer_and_the_phone_as_the_readme_shows() {
+    let store = tempfile::tempdir().unwrap();
+    let graph = Graph::start().await;
+    let shop = Shop::start(Duration::ZERO).await;
+    let server = Server::start(Spec::with_bot(
+        Backend::embedded(store.path()),
+        &graph.url,
+        &shop.url,
+    ));
+    let replay = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
+            .arg("replay")
+            .arg("--url")
+            .arg(server.url("/webhook"))
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("TANDEM_APP_SECRET", crate::helpers::SECRET)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+    };
+    replay(&["--text", "where is my order?"]);
+    wait_for_text(&graph, "What's your order number?").await;
+    replay(&["--text", "10442"]);
+    wait_for_text(&graph, "on its way with CTT").await;
+    replay(&[
+        "--now",
+        "tests/fixtures/whatsapp/smb_message_echo_text.json",
+    ]);
+    replay(&["--text", "hello?"]);
+    let conversation = wait_for("the customer's last line", DEADLINE, || async {
+        let c = server.conversation("15550002222").await?;
+        c["transcript"].to_string().contains("hello?").then_some(c)
+    })
+    .await;
+    assert_eq!(conversation["mode"], "human");
+    assert_eq!(conversation["paused_by"], "echo");
+    let roles: Vec<&str> = conversation["transcript"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["role"].as_str().unwrap())
+        .collect();
+    assert!(roles.contains(&"human"), "{roles:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let last = graph.texts().last().cloned().unwrap_or_default();
+    assert!(
+        last.contains("on its way"),
+        "the bot stayed silent after the person: {:?}",
+        graph.texts()
+    );
+}

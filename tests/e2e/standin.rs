@@ -2,6 +2,9 @@
 //! request, answering like WhatsApp, including its errors) and a shop backend for `call`
 //! steps (with a configurable delay).
 
+#[path = "../support/shop.rs"]
+mod shop;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -10,7 +13,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::{get, post};
+use axum::routing::post;
 use serde_json::{Value, json};
 
 /// One request the Graph stand-in received.
@@ -156,76 +159,23 @@ async fn graph_messages(
     )
 }
 
-/// The shop backend the shipped flows call (`config.shop_api`).
+/// The shop backend the shipped flows call (`config.shop_api`), on a loopback port.
 #[derive(Clone)]
 pub struct Shop {
     pub url: String,
-    pub calls: Arc<Mutex<Vec<(String, Value)>>>,
-}
-
-#[derive(Clone)]
-struct ShopState {
-    delay: Duration,
-    calls: Arc<Mutex<Vec<(String, Value)>>>,
+    pub calls: shop::Calls,
 }
 
 impl Shop {
     /// Starts the stand-in; every answer waits `delay` first.
     pub async fn start(delay: Duration) -> Shop {
-        let calls = Arc::new(Mutex::new(Vec::new()));
-        let state = ShopState {
-            delay,
-            calls: Arc::clone(&calls),
-        };
-        let app = axum::Router::new()
-            .route("/orders/{number}", get(order))
-            .route("/returns", post(create_return))
-            .with_state(state);
-        let addr = serve(app).await;
+        let calls = shop::Calls::default();
+        let addr = serve(shop::router(delay, Arc::clone(&calls))).await;
         Shop {
             url: format!("http://{addr}"),
             calls,
         }
     }
-}
-
-async fn order(
-    State(state): State<ShopState>,
-    Path(number): Path<String>,
-) -> (StatusCode, Json<Value>) {
-    state
-        .calls
-        .lock()
-        .unwrap()
-        .push((format!("GET /orders/{number}"), Value::Null));
-    tokio::time::sleep(state.delay).await;
-    match number.as_str() {
-        "10442" => (
-            StatusCode::OK,
-            Json(json!({"status": "shipped", "carrier": "CTT", "eta": "2026-11-25"})),
-        ),
-        "10443" => (
-            StatusCode::OK,
-            Json(json!({"status": "delivered", "delivered_on": "2026-11-20"})),
-        ),
-        _ => (
-            StatusCode::NOT_FOUND,
-            Json(json!({"error": "no such order"})),
-        ),
-    }
-}
-
-async fn create_return(
-    State(state): State<ShopState>,
-    Json(body): Json<Value>,
-) -> (StatusCode, Json<Value>) {
-    state
-        .calls
-        .lock()
-        .unwrap()
-        .push(("POST /returns".into(), body));
-    tokio::time::sleep(state.delay).await;
-    (StatusCode::CREATED, Json(json!({"id": "R-881"})))
 }
 
 async fn serve(app: axum::Router) -> SocketAddr {

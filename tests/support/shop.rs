@@ -1,0 +1,66 @@
+//! A stand-in of the shop's backend the shipped flows call (`config.shop_api`): order
+//! status and returns. Used by the end-to-end tests and by `examples/shop_backend.rs`.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+/// Every request the stand-in received: `"METHOD /path"` and the JSON body.
+pub(crate) type Calls = Arc<Mutex<Vec<(String, Value)>>>;
+
+#[derive(Clone)]
+struct ShopState {
+    delay: Duration,
+    calls: Calls,
+}
+
+/// The routes: `GET /orders/{number}` (10442 shipped, 10443 delivered, others 404) and
+/// `POST /returns` (201 with id R-881). Every answer waits `delay` first.
+pub(crate) fn router(delay: Duration, calls: Calls) -> axum::Router {
+    axum::Router::new()
+        .route("/orders/{number}", get(order))
+        .route("/returns", post(create_return))
+        .with_state(ShopState { delay, calls })
+}
+
+fn record(state: &ShopState, call: String, body: Value) {
+    if let Ok(mut calls) = state.calls.lock() {
+        calls.push((call, body));
+    }
+}
+
+async fn order(
+    State(state): State<ShopState>,
+    Path(number): Path<String>,
+) -> (StatusCode, Json<Value>) {
+    record(&state, format!("GET /orders/{number}"), Value::Null);
+    tokio::time::sleep(state.delay).await;
+    match number.as_str() {
+        "10442" => (
+            StatusCode::OK,
+            Json(json!({"status": "shipped", "carrier": "CTT", "eta": "2026-11-25"})),
+        ),
+        "10443" => (
+            StatusCode::OK,
+            Json(json!({"status": "delivered", "delivered_on": "2026-11-20"})),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "no such order"})),
+        ),
+    }
+}
+
+async fn create_return(
+    State(state): State<ShopState>,
+    Json(body): Json<Value>,
+) -> (StatusCode, Json<Value>) {
+    record(&state, "POST /returns".into(), body);
+    tokio::time::sleep(state.delay).await;
+    (StatusCode::CREATED, Json(json!({"id": "R-881"})))
+}
