@@ -47,6 +47,10 @@ enum Command {
     Test(TestArgs),
     /// Talk to the flows in the terminal, with no WhatsApp account.
     Chat(ChatArgs),
+    /// Evaluate the intent classifier on labelled JSONL (`{"text", "intent"}`, `oos` for
+    /// out of scope): accuracy, macro-F1, out-of-scope precision and recall, stage shares,
+    /// latency.
+    Eval(EvalArgs),
     /// Post recorded webhook bodies to a server, signed as Meta signs them.
     Replay(ReplayArgs),
 }
@@ -88,6 +92,32 @@ struct TestArgs {
     /// A test file or a directory of them (default: DIR/tests/conversations).
     #[arg(long)]
     tests: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// The labelled messages to classify.
+    #[arg(long)]
+    data: PathBuf,
+    /// Train on these labelled messages (`oos` lines are skipped) instead of the flows'
+    /// examples.
+    #[arg(long)]
+    train: Option<PathBuf>,
+    /// The flows whose examples train the model when --train is not given.
+    #[arg(long, default_value = "flows")]
+    flows: PathBuf,
+    /// The local stage answers alone at this confidence or above.
+    #[arg(long, default_value_t = tandem_classify::DEFAULT_THRESHOLD)]
+    threshold: f32,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Training passes (default: the built-in setting).
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// First step size of training.
+    #[arg(long)]
+    learning_rate: Option<f32>,
 }
 
 #[derive(Args)]
@@ -160,6 +190,15 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Command::Eval(args) => {
+            return match eval(args, &env) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("tandem: {error:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Command::Chat(args) => {
             return match chat::run(&args.dir, &flow_variables(&env), args.contact.clone()) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -207,6 +246,74 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `tandem eval`: trains the local model and reports on labelled data.
+fn eval(args: &EvalArgs, env: &HashMap<String, String>) -> anyhow::Result<()> {
+    let read = |path: &PathBuf| -> anyhow::Result<Vec<tandem_classify::Example>> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        tandem_classify::eval::read_jsonl(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    };
+    let training: Vec<tandem_classify::Example> = match &args.train {
+        Some(path) => read(path)?
+            .into_iter()
+            .filter(|e| e.intent != tandem_classify::eval::OUT_OF_SCOPE)
+            .collect(),
+        None => {
+            let loaded = tandem_flows::load_dir(&args.flows, &flow_variables(env))
+                .map_err(|e| anyhow::anyhow!("the flows are invalid:\n{e}"))?;
+            loaded.bot.training_examples()
+        }
+    };
+    let data = read(&args.data)?;
+    let started = std::time::Instant::now();
+    let mut options = tandem_classify::TrainOptions::default();
+    options.epochs = args.epochs.unwrap_or(options.epochs);
+    options.learning_rate = args.learning_rate.unwrap_or(options.learning_rate);
+    let model = tandem_classify::Model::train(&training, options)?;
+    let train_ms = started.elapsed().as_secs_f64() * 1e3;
+    let report = tandem_classify::eval::evaluate(&model, &data, args.threshold);
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let mut value = serde_json::to_value(&report)?;
+        value["train_examples"] = training.len().into();
+        value["intents"] = model.intents().len().into();
+        value["train_ms"] = train_ms.into();
+        writeln!(out, "{value}")?;
+    } else {
+        writeln!(
+            out,
+            "trained on {} examples of {} intents in {train_ms:.0} ms",
+            training.len(),
+            model.intents().len()
+        )?;
+        writeln!(
+            out,
+            "{} messages ({} in scope), threshold {}",
+            report.messages, report.in_scope, report.threshold
+        )?;
+        for (name, value) in [
+            ("in-scope accuracy", report.in_scope_accuracy),
+            ("macro-F1", report.macro_f1),
+            ("out-of-scope precision", report.oos_precision),
+            ("out-of-scope recall", report.oos_recall),
+            ("local precision", report.local_precision),
+            ("local coverage (in scope)", report.local_coverage),
+        ] {
+            writeln!(out, "  {name:<28}{:>7.2} %", value * 100.0)?;
+        }
+        for (stage, share) in &report.stage_share {
+            writeln!(out, "  stage {stage:<22}{:>7.2} %", share * 100.0)?;
+        }
+        writeln!(
+            out,
+            "  latency p50 {:.1} µs, p99 {:.1} µs; LLM calls {}",
+            report.p50_us, report.p99_us, report.llm_calls
+        )?;
+    }
+    Ok(())
 }
 
 /// The flows' `config.*` overrides from `TANDEM_FLOW_<NAME>`.

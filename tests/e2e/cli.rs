@@ -103,7 +103,7 @@ fn schema_prints_a_json_schema_of_flow_files() {
 fn the_shipped_conversation_tests_pass_and_a_failing_one_shows_the_difference() {
     let (code, _, err) = tandem(&["test"]);
     assert_eq!(code, 0, "{err}");
-    assert!(err.contains("5 passed, 0 failed"), "{err}");
+    assert!(err.contains("6 passed, 0 failed"), "{err}");
 
     let dir = tempfile::tempdir().unwrap();
     write(
@@ -151,4 +151,47 @@ fn chat_shows_replies_choices_decisions_and_mode() {
     assert!(out.contains("\"area\":\"1\""), "{out}");
     assert!(out.contains("mode human"), "{out}");
     assert!(out.contains("mode human: the bot stays silent"), "{out}");
+}
+
+#[test]
+fn eval_reports_the_local_model_on_labelled_data_as_json() {
+    let (code, out, err) = tandem(&[
+        "eval",
+        "--data",
+        "tests/fixtures/classify/shop_messages.jsonl",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    for key in [
+        "in_scope_accuracy",
+        "macro_f1",
+        "oos_precision",
+        "oos_recall",
+        "local_precision",
+        "local_coverage",
+        "p50_us",
+        "p99_us",
+        "llm_calls",
+    ] {
+        assert!(report[key].is_number(), "{key} in {report}");
+    }
+    assert_eq!(report["messages"], 10);
+    assert_eq!(report["in_scope"], 8);
+    assert_eq!(
+        report["intents"], 6,
+        "trained on the shipped flows' examples"
+    );
+    let shares = report["stage_share"].as_object().unwrap();
+    let total: f64 = shares.values().map(|v| v.as_f64().unwrap()).sum();
+    assert!((total - 1.0).abs() < 1e-9, "{shares:?}");
+    // Few examples per flow, yet most of these unseen phrasings land on the right flow.
+    assert!(
+        report["in_scope_accuracy"].as_f64().unwrap() >= 0.6,
+        "{report}"
+    );
+
+    let (code, _, err) = tandem(&["eval", "--data", "Cargo.toml"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("line 1"), "{err}");
 }

@@ -28,6 +28,8 @@ pub const FLOW_ERRORS: &str = "tandem_flow_errors_total";
 pub const FLOW_CALLS: &str = "tandem_flow_calls_total";
 /// Duration of `call` steps.
 pub const FLOW_CALL_SECONDS: &str = "tandem_flow_call_seconds";
+/// Customer messages classified, by the stage that decided (`rules`, `local`, `none`).
+pub const CLASSIFIER_DECISIONS: &str = "tandem_classifier_decisions_total";
 /// Bot turns, by what ended them (`reply`, `handoff`, `silent`).
 pub const TURNS: &str = "tandem_bot_turns_total";
 /// Graph API sends, by action and outcome (`sent`, `retry`, `failed`, `cancelled`, `template`).
@@ -86,6 +88,10 @@ pub fn describe() {
         "Duration of flow `call` steps"
     );
     describe_counter!(TURNS, "Bot turns, by how they ended");
+    describe_counter!(
+        CLASSIFIER_DECISIONS,
+        "Customer messages classified, by the deciding stage"
+    );
     describe_counter!(SENDS, "Graph API sends, by action and outcome");
     describe_histogram!(
         ACK_TO_SEND,

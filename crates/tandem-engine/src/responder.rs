@@ -92,10 +92,26 @@ impl Responder {
         let bot = self.flows.current();
         let ctx = TurnContext { now, contact_name };
         let intent = tandem_flows::validate::answer_text(&message.content)
-            .and_then(|text| bot.match_trigger(text));
-        let mut turn = bot.on_message(c, &message.content, intent, &ctx);
+            .and_then(|text| bot.classify(text));
+        let stage = intent.as_ref().map_or("none", |i| i.stage);
+        ::metrics::counter!(metrics::CLASSIFIER_DECISIONS, "stage" => stage).increment(1);
+        let mut turn = bot.on_message(
+            c,
+            &message.content,
+            intent.as_ref().map(|i| i.flow.as_str()),
+            &ctx,
+        );
         let mut effects = std::mem::take(&mut turn.effects);
         let mut decisions = std::mem::take(&mut turn.decisions);
+        if let Some(i) = &intent {
+            decisions.insert(
+                0,
+                format!(
+                    "classified `{}` by {} ({:.2})",
+                    i.flow, i.stage, i.confidence
+                ),
+            );
+        }
         let mut errors = std::mem::take(&mut turn.errors);
         let mut calls = 0;
         while let Some(request) = turn.call.take() {

@@ -183,6 +183,18 @@ pub fn load_sources(
             diagnostics: report.items,
         });
     }
+    let examples: Vec<tandem_classify::Example> = flows
+        .iter()
+        .flat_map(|f: &Flow| {
+            f.examples.iter().map(|text| tandem_classify::Example {
+                text: text.clone(),
+                intent: f.id.clone(),
+            })
+        })
+        .collect();
+    // Fewer than two intents with examples: no model, triggers only.
+    let classifier =
+        tandem_classify::Model::train(&examples, tandem_classify::TrainOptions::default()).ok();
     let by_id = flows
         .iter()
         .enumerate()
@@ -194,6 +206,7 @@ pub fn load_sources(
             flows,
             by_id,
             templates: compiler.templates,
+            classifier,
         },
         warnings: report.items,
     })
@@ -426,6 +439,9 @@ impl Compiler {
             texts,
             variables,
             window_template: raw.window_template.map(|t| (t.name, t.language)),
+            classifier_threshold: raw
+                .classifier_threshold
+                .unwrap_or(tandem_classify::DEFAULT_THRESHOLD),
         }
     }
 

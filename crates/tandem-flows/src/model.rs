@@ -22,12 +22,29 @@ pub struct Bot {
     pub(crate) by_id: HashMap<String, usize>,
     /// Every compiled template.
     pub templates: Templates,
+    /// The local intent model, trained from the flows' examples (when at least two flows
+    /// have some).
+    pub classifier: Option<tandem_classify::Model>,
 }
 
 impl Bot {
     /// Returns the flow with this id.
     pub fn flow(&self, id: &str) -> Option<&Flow> {
         self.by_id.get(id).map(|&i| &self.flows[i])
+    }
+
+    /// Returns every flow's example utterances labelled with the flow's id, to train the
+    /// local classifier.
+    pub fn training_examples(&self) -> Vec<tandem_classify::Example> {
+        self.flows
+            .iter()
+            .flat_map(|f| {
+                f.examples.iter().map(|text| tandem_classify::Example {
+                    text: text.clone(),
+                    intent: f.id.clone(),
+                })
+            })
+            .collect()
     }
 
     /// Returns the default language (the first configured, else `en`).
@@ -67,6 +84,8 @@ pub struct Settings {
     pub variables: BTreeMap<String, String>,
     /// The template sent instead of free text outside the 24-hour window.
     pub window_template: Option<(String, String)>,
+    /// The local model's confidence at which it picks a flow alone.
+    pub classifier_threshold: f32,
 }
 
 /// One flow.

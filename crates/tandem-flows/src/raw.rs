@@ -279,6 +279,10 @@ pub struct RawSettings {
     /// Values templates read as `config.<name>`; `TANDEM_FLOW_<NAME>` overrides one.
     #[serde(default)]
     pub variables: BTreeMap<String, String>,
+    /// The local intent model's confidence at which it picks a flow alone (default 0.8);
+    /// below it the message goes on (today: to the fallback).
+    #[serde(default)]
+    pub classifier_threshold: Option<f32>,
     /// The approved template sent instead of a free-form message when the customer's 24-hour
     /// window has closed.
     #[serde(default)]

@@ -44,6 +44,17 @@ pub enum Effect {
     Handoff(HandoffRequest),
 }
 
+/// The flow a message was classified as, by which stage, how surely.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Intent {
+    /// The flow's id.
+    pub flow: String,
+    /// `rules` (a trigger matched) or `local` (the local model).
+    pub stage: &'static str,
+    /// 1 for rules; the model's probability otherwise.
+    pub confidence: f32,
+}
+
 /// An HTTP request a `call` step needs before the flow can go on.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CallRequest {
@@ -102,6 +113,27 @@ pub struct TurnContext<'a> {
 }
 
 impl Bot {
+    /// Decides which flow a message asks for: a flow's trigger first (`rules`), then the
+    /// local model when its confidence reaches `classifier_threshold` (`local`). `None` when
+    /// neither is sure: the message goes on to the menu or the fallback.
+    pub fn classify(&self, text: &str) -> Option<Intent> {
+        if let Some(flow) = self.match_trigger(text) {
+            return Some(Intent {
+                flow: flow.to_owned(),
+                stage: "rules",
+                confidence: 1.0,
+            });
+        }
+        let prediction = self.classifier.as_ref()?.predict(text);
+        let sure = prediction.confidence >= self.settings.classifier_threshold
+            && !prediction.unknown_words_only;
+        sure.then_some(Intent {
+            flow: prediction.intent,
+            stage: "local",
+            confidence: prediction.confidence,
+        })
+    }
+
     /// Returns the flow whose trigger matches `text` first (flows in file order).
     pub fn match_trigger(&self, text: &str) -> Option<&str> {
         self.flows
