@@ -158,10 +158,7 @@ mod tests {
     use crate::TrainOptions;
 
     fn ex(text: &str, intent: &str) -> Example {
-        Example {
-            text: text.into(),
-            intent: intent.into(),
-        }
+        Example::new(text, intent)
     }
 
     #[test]

@@ -20,6 +20,16 @@ pub struct Example {
     pub intent: String,
 }
 
+impl Example {
+    /// An utterance labelled with its intent.
+    pub fn new(text: impl Into<String>, intent: impl Into<String>) -> Self {
+        Self {
+            text: text.into(),
+            intent: intent.into(),
+        }
+    }
+}
+
 /// How training runs.
 #[derive(Debug, Clone, Copy)]
 pub struct TrainOptions {
@@ -268,10 +278,7 @@ mod tests {
     use super::*;
 
     fn ex(text: &str, intent: &str) -> Example {
-        Example {
-            text: text.into(),
-            intent: intent.into(),
-        }
+        Example::new(text, intent)
     }
 
     #[test]

@@ -183,31 +183,26 @@ pub fn load_sources(
             diagnostics: report.items,
         });
     }
-    let examples: Vec<tandem_classify::Example> = flows
-        .iter()
-        .flat_map(|f: &Flow| {
-            f.examples.iter().map(|text| tandem_classify::Example {
-                text: text.clone(),
-                intent: f.id.clone(),
-            })
-        })
-        .collect();
-    // Fewer than two intents with examples: no model, triggers only.
-    let classifier =
-        tandem_classify::Model::train(&examples, tandem_classify::TrainOptions::default()).ok();
     let by_id = flows
         .iter()
         .enumerate()
         .map(|(i, f): (usize, &Flow)| (f.id.clone(), i))
         .collect();
+    let mut bot = Bot {
+        settings,
+        flows,
+        by_id,
+        templates: compiler.templates,
+        classifier: None,
+    };
+    // Fewer than two flows with examples: no model, triggers only.
+    bot.classifier = tandem_classify::Model::train(
+        &bot.training_examples(),
+        tandem_classify::TrainOptions::default(),
+    )
+    .ok();
     Ok(Loaded {
-        bot: Bot {
-            settings,
-            flows,
-            by_id,
-            templates: compiler.templates,
-            classifier,
-        },
+        bot,
         warnings: report.items,
     })
 }
