@@ -1,0 +1,241 @@
+//! The LLM stage against a loopback stand-in that speaks OpenAI's chat/completions wire
+//! format: good answers, unknown intents, malformed JSON, 429 and 500, slow answers.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+use tandem_classify::llm::{IntentInfo, Line, LlmClassifier, LlmConfig, LlmError};
+
+#[derive(Clone, Default)]
+struct StandIn {
+    /// Scripted answers: status, body, delay. When empty: a good answer.
+    script: Arc<Mutex<VecDeque<(u16, Value, Duration)>>>,
+    requests: Arc<Mutex<Vec<Value>>>,
+}
+
+fn completion(content: &str) -> Value {
+    json!({
+        "id": "chatcmpl-1", "object": "chat.completion", "created": 1_764_000_000, "model": "test-model",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop", "logprobs": null}],
+        "usage": {"prompt_tokens": 120, "completion_tokens": 30, "total_tokens": 150}
+    })
+}
+
+const GOOD: &str = r#"{"intent": "returns", "confidence": 0.91, "language": "PT", "urgency": "normal", "sentiment": "negative", "needs_human": false}"#;
+
+async fn chat(State(s): State<StandIn>, Json(body): Json<Value>) -> (StatusCode, Json<Value>) {
+    s.requests.lock().unwrap().push(body);
+    let next = s.script.lock().unwrap().pop_front();
+    let (status, answer, delay) = next.unwrap_or((200, completion(GOOD), Duration::ZERO));
+    tokio::time::sleep(delay).await;
+    (StatusCode::from_u16(status).unwrap(), Json(answer))
+}
+
+async fn start() -> (StandIn, String) {
+    let state = StandIn::default();
+    let app = axum::Router::new()
+        .route("/v1/chat/completions", axum::routing::post(chat))
+        .with_state(state.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (state, url)
+}
+
+fn intents() -> Vec<IntentInfo> {
+    vec![
+        IntentInfo {
+            id: "order_status".into(),
+            description: Some("Where an order is".into()),
+            examples: vec!["where is my order".into()],
+        },
+        IntentInfo {
+            id: "returns".into(),
+            description: Some("Return an item".into()),
+            examples: vec!["i want a refund".into()],
+        },
+    ]
+}
+
+fn classifier(url: &str, tweak: impl FnOnce(&mut LlmConfig)) -> LlmClassifier {
+    let mut config = LlmConfig::new(url, "test-model");
+    config.api_key = "sk-test".into();
+    config.timeout = Duration::from_millis(500);
+    tweak(&mut config);
+    let prompt = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../prompts/classify.j2"
+    ))
+    .unwrap();
+    LlmClassifier::new(config, prompt).unwrap()
+}
+
+fn error(code: u16, message: &str) -> Value {
+    json!({"error": {"message": message, "type": "server_error", "param": null, "code": code.to_string()}})
+}
+
+#[tokio::test]
+async fn a_good_answer_is_a_validated_triage_record_and_the_request_is_well_formed() {
+    let (standin, url) = start().await;
+    let llm = classifier(&url, |_| {});
+    let transcript = vec![Line {
+        role: "bot".into(),
+        text: "How can I help?".into(),
+    }];
+    let triage = llm
+        .triage(&intents(), &transcript, "o vaso chegou partido")
+        .await
+        .unwrap();
+    assert_eq!(triage.intent, "returns");
+    assert_eq!(triage.language, "pt");
+    assert_eq!(triage.sentiment, "negative");
+    let request = standin.requests.lock().unwrap()[0].clone();
+    assert_eq!(request["model"], "test-model");
+    assert_eq!(request["response_format"]["type"], "json_schema");
+    assert_eq!(request["response_format"]["json_schema"]["name"], "triage");
+    let system = request["messages"][0]["content"].as_str().unwrap();
+    assert!(
+        system.contains("- returns: Return an item; e.g. i want a refund"),
+        "{system}"
+    );
+    assert!(system.contains("bot: How can I help?"), "{system}");
+    assert_eq!(request["messages"][1]["content"], "o vaso chegou partido");
+    // The same message, normalised, comes from the cache.
+    llm.triage(&intents(), &transcript, "  O vaso chegou   PARTIDO ")
+        .await
+        .unwrap();
+    assert_eq!(standin.requests.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn an_unknown_intent_is_out_of_scope_and_json_mode_is_used_when_asked() {
+    let (standin, url) = start().await;
+    let llm = classifier(&url, |c| c.structured_output = false);
+    standin.script.lock().unwrap().push_back((
+        200,
+        completion(&GOOD.replace("returns", "weather")),
+        Duration::ZERO,
+    ));
+    let triage = llm.triage(&intents(), &[], "will it rain").await.unwrap();
+    assert_eq!(triage.intent, "oos");
+    assert_eq!(
+        standin.requests.lock().unwrap()[0]["response_format"],
+        json!({"type": "json_object"})
+    );
+}
+
+#[tokio::test]
+async fn malformed_json_gets_one_repair_attempt_then_fails() {
+    let (standin, url) = start().await;
+    let llm = classifier(&url, |_| {});
+    standin.script.lock().unwrap().push_back((
+        200,
+        completion("Sure! The intent is returns."),
+        Duration::ZERO,
+    ));
+    let repaired = llm.triage(&intents(), &[], "refund please").await.unwrap();
+    assert_eq!(repaired.intent, "returns");
+    let requests = standin.requests.lock().unwrap().clone();
+    assert_eq!(requests.len(), 2);
+    assert!(
+        requests[1]["messages"][2]["content"]
+            .as_str()
+            .unwrap()
+            .contains("was not valid")
+    );
+
+    standin.script.lock().unwrap().extend([
+        (200, completion("{\"intent\": \"returns\"}"), Duration::ZERO),
+        (
+            200,
+            completion("```json\n{\"intent\": 3}\n```"),
+            Duration::ZERO,
+        ),
+    ]);
+    let failed = llm
+        .triage(&intents(), &[], "another message")
+        .await
+        .unwrap_err();
+    assert!(matches!(failed, LlmError::Malformed(_)), "{failed:?}");
+    // A body that is not a chat completion at all.
+    standin
+        .script
+        .lock()
+        .unwrap()
+        .push_back((200, json!({"unexpected": true}), Duration::ZERO));
+    let garbage = llm
+        .triage(&intents(), &[], "third message")
+        .await
+        .unwrap_err();
+    assert!(matches!(garbage, LlmError::Malformed(_)), "{garbage:?}");
+}
+
+#[tokio::test]
+async fn throttling_and_server_errors_are_retried_a_bounded_number_of_times() {
+    let (standin, url) = start().await;
+    let llm = classifier(&url, |c| c.retries = 1);
+    standin.script.lock().unwrap().push_back((
+        429,
+        error(429, "Rate limit reached"),
+        Duration::ZERO,
+    ));
+    assert_eq!(
+        llm.triage(&intents(), &[], "refund").await.unwrap().intent,
+        "returns"
+    );
+    assert_eq!(standin.requests.lock().unwrap().len(), 2);
+
+    standin.script.lock().unwrap().extend([
+        (500, error(500, "The server had an error"), Duration::ZERO),
+        (500, error(500, "The server had an error"), Duration::ZERO),
+    ]);
+    let failed = llm
+        .triage(&intents(), &[], "something else")
+        .await
+        .unwrap_err();
+    assert!(matches!(failed, LlmError::Endpoint(_)), "{failed:?}");
+    assert_eq!(
+        standin.requests.lock().unwrap().len(),
+        4,
+        "one try and one retry"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_endpoint_times_out_and_repeated_failures_open_the_breaker() {
+    let (standin, url) = start().await;
+    let llm = classifier(&url, |c| {
+        c.retries = 0;
+        c.timeout = Duration::from_millis(150);
+        c.breaker_failures = 2;
+        c.breaker_cooldown = Duration::from_secs(60);
+    });
+    let slow = (200, completion(GOOD), Duration::from_millis(600));
+    standin.script.lock().unwrap().extend([slow.clone(), slow]);
+    let started = std::time::Instant::now();
+    assert!(matches!(
+        llm.triage(&intents(), &[], "a").await,
+        Err(LlmError::Timeout(_))
+    ));
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "the timeout bounds the wait"
+    );
+    assert!(matches!(
+        llm.triage(&intents(), &[], "b").await,
+        Err(LlmError::Timeout(_))
+    ));
+    // Open: no call is made.
+    let before = standin.requests.lock().unwrap().len();
+    assert_eq!(
+        llm.triage(&intents(), &[], "c").await,
+        Err(LlmError::CircuitOpen)
+    );
+    assert_eq!(standin.requests.lock().unwrap().len(), before);
+}
