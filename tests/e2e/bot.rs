@@ -531,3 +531,39 @@ async fn replay_plays_the_customer_and_the_phone_as_the_readme_shows() {
         graph.texts()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_llm_routes_what_rules_and_the_local_model_miss_and_its_failure_falls_back() {
+    let store = tempfile::tempdir().unwrap();
+    let graph = Graph::start().await;
+    let shop = Shop::start(Duration::ZERO).await;
+    let llm = crate::standin::llm().await;
+    let mut spec = Spec::with_bot(Backend::embedded(store.path()), &graph.url, &shop.url);
+    spec.env.push(("TANDEM_LLM_BASE_URL".into(), llm));
+    spec.env
+        .push(("TANDEM_LLM_MODEL".into(), "test-model".into()));
+    spec.env.push(("TANDEM_LLM_TIMEOUT".into(), "2s".into()));
+    let server = Server::start(spec);
+    post(
+        &server,
+        text("351910000301", "wamid.l.1", "o vaso chegou partido"),
+    )
+    .await;
+    wait_for_text(&graph, "What's the order number (5 digits)?").await;
+    let conversation = server.conversation("351910000301").await.unwrap();
+    assert_eq!(
+        conversation["language"], "pt",
+        "the detected language is kept"
+    );
+    // The endpoint fails: the customer still gets an answer (a first message: the menu).
+    post(&server, text("351910000302", "wamid.l.2", "zzyzx fail")).await;
+    wait_for("an answer despite the failure", DEADLINE, || async {
+        graph
+            .messages()
+            .iter()
+            .any(|m| m["to"] == "351910000302" && m["type"] == "interactive")
+            .then_some(())
+    })
+    .await;
+    assert!(server.metric("tandem_llm_calls_total").await >= 2.0);
+}

@@ -186,3 +186,37 @@ async fn serve(app: axum::Router) -> SocketAddr {
     });
     addr
 }
+
+/// An OpenAI-compatible chat/completions stand-in: a message containing "partido" is a
+/// return in Portuguese; one containing "fail" gets a 500; anything else is out of scope.
+pub async fn llm() -> String {
+    async fn chat(Json(body): Json<Value>) -> (StatusCode, Json<Value>) {
+        let text = body["messages"][1]["content"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if text.contains("fail") {
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(
+                    json!({"error": {"message": "The server had an error", "type": "server_error", "param": null, "code": null}}),
+                ),
+            );
+        }
+        let (intent, language) = if text.contains("partido") {
+            ("returns", "pt")
+        } else {
+            ("oos", "en")
+        };
+        let content = json!({"intent": intent, "confidence": 0.9, "language": language, "urgency": "normal", "sentiment": "negative", "needs_human": false}).to_string();
+        (
+            StatusCode::OK,
+            Json(
+                json!({"id": "c1", "object": "chat.completion", "created": 1, "model": "m",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}]}),
+            ),
+        )
+    }
+    let addr = serve(axum::Router::new().route("/v1/chat/completions", post(chat))).await;
+    format!("http://{addr}/v1")
+}

@@ -30,6 +30,10 @@ pub const FLOW_CALLS: &str = "tandem_flow_calls_total";
 pub const FLOW_CALL_SECONDS: &str = "tandem_flow_call_seconds";
 /// Customer messages classified, by the stage that decided (`rules`, `local`, `none`).
 pub const CLASSIFIER_DECISIONS: &str = "tandem_classifier_decisions_total";
+/// LLM triage calls, by outcome (`ok`, `timeout`, `endpoint`, `malformed`, `circuit_open`).
+pub const LLM_CALLS: &str = "tandem_llm_calls_total";
+/// Duration of LLM triage (cache hits included).
+pub const LLM_SECONDS: &str = "tandem_llm_seconds";
 /// Bot turns, by what ended them (`reply`, `handoff`, `silent`).
 pub const TURNS: &str = "tandem_bot_turns_total";
 /// Graph API sends, by action and outcome (`sent`, `retry`, `failed`, `cancelled`, `template`).
@@ -88,6 +92,8 @@ pub fn describe() {
         "Duration of flow `call` steps"
     );
     describe_counter!(TURNS, "Bot turns, by how they ended");
+    describe_counter!(LLM_CALLS, "LLM triage calls, by outcome");
+    describe_histogram!(LLM_SECONDS, Unit::Seconds, "Duration of LLM triage");
     describe_counter!(
         CLASSIFIER_DECISIONS,
         "Customer messages classified, by the deciding stage"

@@ -9,11 +9,12 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use tandem_classify::llm::{IntentInfo, Line, LlmClassifier};
 use tandem_domain::{
     Conversation, InboundMessage, Role, SendAction, SendOrigin, StatusUpdate, Timestamp,
     TranscriptEntry,
 };
-use tandem_flows::{Bot, CallOutcome, CallRequest, Effect, TurnContext};
+use tandem_flows::{Bot, CallOutcome, CallRequest, Effect, Intent, TurnContext};
 
 use crate::metrics;
 
@@ -54,6 +55,7 @@ impl FlowsHandle {
 pub struct Responder {
     flows: FlowsHandle,
     http: reqwest::Client,
+    llm: Option<Arc<LlmClassifier>>,
 }
 
 /// What a turn did, for logs and metrics.
@@ -70,7 +72,84 @@ pub struct TurnSummary {
 impl Responder {
     /// Builds a responder over `flows`; `call` steps go out through `http`.
     pub fn new(flows: FlowsHandle, http: reqwest::Client) -> Self {
-        Self { flows, http }
+        Self {
+            flows,
+            http,
+            llm: None,
+        }
+    }
+
+    /// Asks `llm` about messages neither the rules nor the local model are sure of.
+    pub fn with_llm(mut self, llm: Arc<LlmClassifier>) -> Self {
+        self.llm = Some(llm);
+        self
+    }
+
+    /// The LLM stage: a triage of a message no earlier stage was sure of, outside a question.
+    /// A failure is logged, counted and noted in `decisions`; the caller falls back.
+    async fn ask_llm(
+        &self,
+        bot: &Bot,
+        c: &mut Conversation,
+        message: &InboundMessage,
+        text: &str,
+        decisions: &mut Vec<String>,
+    ) -> Option<Intent> {
+        let llm = self.llm.as_ref()?;
+        let intents: Vec<IntentInfo> = bot
+            .flows
+            .iter()
+            .map(|f| IntentInfo {
+                id: f.id.clone(),
+                description: f.description.clone(),
+                examples: f.examples.iter().take(3).cloned().collect(),
+            })
+            .collect();
+        // The last ten lines before this message.
+        let mut transcript: Vec<Line> = c
+            .transcript
+            .iter()
+            .rev()
+            .filter(|e| e.message_id.as_ref() != Some(&message.id))
+            .take(10)
+            .map(|e| Line {
+                role: format!("{:?}", e.role).to_lowercase(),
+                text: e.text.clone(),
+            })
+            .collect();
+        transcript.reverse();
+        let started = std::time::Instant::now();
+        let answer = llm.triage(&intents, &transcript, text).await;
+        ::metrics::histogram!(metrics::LLM_SECONDS).record(started.elapsed().as_secs_f64());
+        match answer {
+            Ok(triage) => {
+                ::metrics::counter!(metrics::LLM_CALLS, "outcome" => "ok").increment(1);
+                decisions.push(format!(
+                    "llm: {} ({:.2}), language {}, urgency {}, sentiment {}, needs_human {}",
+                    triage.intent,
+                    triage.confidence,
+                    triage.language,
+                    triage.urgency,
+                    triage.sentiment,
+                    triage.needs_human
+                ));
+                // The detected language picks text variants, when the bot writes in it.
+                if bot.settings.languages.contains(&triage.language) {
+                    c.language = Some(triage.language.clone());
+                }
+                (triage.intent != tandem_classify::eval::OUT_OF_SCOPE).then_some(Intent {
+                    flow: triage.intent,
+                    stage: "llm",
+                    confidence: triage.confidence,
+                })
+            }
+            Err(error) => {
+                ::metrics::counter!(metrics::LLM_CALLS, "outcome" => error.label()).increment(1);
+                tracing::warn!(conversation = %c.id, %error, "LLM triage failed; falling back");
+                decisions.push(format!("llm failed ({error}): fallback"));
+                None
+            }
+        }
     }
 
     /// Returns the flows handle (for reloads and the sender's window template).
@@ -91,8 +170,19 @@ impl Responder {
     ) -> TurnSummary {
         let bot = self.flows.current();
         let ctx = TurnContext { now, contact_name };
-        let intent = tandem_flows::validate::answer_text(&message.content)
-            .and_then(|text| bot.classify(text));
+        let text = tandem_flows::validate::answer_text(&message.content);
+        let mut intent = text.and_then(|text| bot.classify(text));
+        let mut llm_decisions = Vec::new();
+        // Only a message that does not answer a question is worth an LLM call.
+        if intent.is_none()
+            && c.bot.position.is_none()
+            && !c.opted_out
+            && let Some(text) = text
+        {
+            intent = self
+                .ask_llm(&bot, c, message, text, &mut llm_decisions)
+                .await;
+        }
         let stage = intent.as_ref().map_or("none", |i| i.stage);
         ::metrics::counter!(metrics::CLASSIFIER_DECISIONS, "stage" => stage).increment(1);
         let mut turn = bot.on_message(

@@ -96,6 +96,26 @@ pub struct Settings {
     pub flow_variables: std::collections::BTreeMap<String, String>,
     /// Timeout of each Graph API request.
     pub send_timeout: Duration,
+    /// The LLM stage of the classifier, when `TANDEM_LLM_BASE_URL` and `TANDEM_LLM_MODEL`
+    /// are set.
+    pub llm: Option<LlmSettings>,
+    /// Where the prompt templates are (`classify.j2`).
+    pub prompts_dir: PathBuf,
+}
+
+/// How to reach the LLM.
+#[derive(Debug, Clone)]
+pub struct LlmSettings {
+    /// Base URL of an OpenAI-compatible API (`…/v1`).
+    pub base_url: String,
+    /// The model.
+    pub model: String,
+    /// The API key (`TANDEM_LLM_API_KEY` or `_FILE`), empty when the server needs none.
+    pub api_key: Option<SecretString>,
+    /// Timeout of one call.
+    pub timeout: Duration,
+    /// Ask for `json_schema` structured output (`false`: JSON mode, for servers without it).
+    pub structured_output: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -389,6 +409,43 @@ fn build(
         Some(dir) => Some(dir),
         None => Some(PathBuf::from("flows")).filter(|d| d.is_dir()),
     };
+    let llm = match (env.get("TANDEM_LLM_BASE_URL"), env.get("TANDEM_LLM_MODEL")) {
+        (Some(base_url), Some(model)) => {
+            if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+                return Err(ConfigError::new(
+                    "TANDEM_LLM_BASE_URL",
+                    format!("{base_url:?} is not an http(s) URL"),
+                ));
+            }
+            let mut timeout = Duration::from_secs(4);
+            env_duration(env, "TANDEM_LLM_TIMEOUT", &mut timeout)?;
+            Some(LlmSettings {
+                base_url: base_url.clone(),
+                model: model.clone(),
+                api_key: secret(env, "TANDEM_LLM_API_KEY", "llm.api_key", None)?,
+                timeout,
+                structured_output: env
+                    .get("TANDEM_LLM_JSON_MODE")
+                    .is_none_or(|v| v != "1" && v != "true"),
+            })
+        }
+        (Some(_), None) => {
+            return Err(ConfigError::new(
+                "TANDEM_LLM_MODEL",
+                "missing; set it with TANDEM_LLM_BASE_URL",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::new(
+                "TANDEM_LLM_BASE_URL",
+                "missing; set it with TANDEM_LLM_MODEL",
+            ));
+        }
+        (None, None) => None,
+    };
+    let prompts_dir = env
+        .get("TANDEM_PROMPTS")
+        .map_or_else(|| PathBuf::from("prompts"), PathBuf::from);
     let flow_variables = env
         .iter()
         .filter_map(|(k, v)| {
@@ -512,6 +569,8 @@ fn build(
         flows_dir,
         flow_variables,
         send_timeout: meta.send_timeout,
+        llm,
+        prompts_dir,
     })
 }
 

@@ -10,7 +10,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use tandem_domain::{Clock, SystemClock};
 use tandem_engine::{Bot, Dispatcher, FlowsHandle, Ingress, Responder, SendPolicy, Sender};
 use tandem_store::Store;
@@ -104,12 +104,22 @@ impl Application {
             policy,
             Arc::clone(&clock),
         );
+        let llm = match &settings.llm {
+            Some(llm) => Some(llm_classifier(llm, &settings.prompts_dir)?),
+            None => None,
+        };
         let responder = match &flows {
-            Some(handle) => Some(Responder::new(
-                handle.clone(),
-                tandem_engine::responder::call_client()
-                    .context("building the HTTP client of call steps")?,
-            )),
+            Some(handle) => {
+                let responder = Responder::new(
+                    handle.clone(),
+                    tandem_engine::responder::call_client()
+                        .context("building the HTTP client of call steps")?,
+                );
+                Some(match llm {
+                    Some(llm) => responder.with_llm(llm),
+                    None => responder,
+                })
+            }
             None => None,
         };
         let dispatcher = Dispatcher::start(
@@ -169,6 +179,28 @@ impl Application {
         self.dispatcher.shutdown(self.settings.shutdown_grace).await;
         served.context("serving HTTP")
     }
+}
+
+/// Builds the LLM stage from its settings and `prompts_dir/classify.j2`.
+fn llm_classifier(
+    llm: &crate::config::LlmSettings,
+    prompts_dir: &std::path::Path,
+) -> anyhow::Result<Arc<tandem_classify::llm::LlmClassifier>> {
+    let path = prompts_dir.join("classify.j2");
+    let prompt = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading the classifier prompt {}", path.display()))?;
+    let mut config = tandem_classify::llm::LlmConfig::new(&llm.base_url, &llm.model);
+    config.api_key = llm
+        .api_key
+        .as_ref()
+        .map(|k| k.expose_secret().to_owned())
+        .unwrap_or_default();
+    config.timeout = llm.timeout;
+    config.structured_output = llm.structured_output;
+    let classifier = tandem_classify::llm::LlmClassifier::new(config, prompt)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    tracing::info!(base_url = %llm.base_url, model = %llm.model, "LLM stage on");
+    Ok(Arc::new(classifier))
 }
 
 /// How often the flows directory is looked at for changes.

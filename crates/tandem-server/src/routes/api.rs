@@ -203,6 +203,16 @@ pub async fn get(
         serde_json::to_value(summary(&conversation, contact.as_ref(), state.clock.now()))
             .map_err(|e| ApiError::Kind(tandem_domain::ErrorKind::Internal, e.to_string()))?;
     if let Some(object) = body.as_object_mut() {
+        // The bot's side of the record; `outbox` and `handoff` only while there are some.
+        object.insert("language".into(), json!(conversation.language));
+        object.insert("opted_out".into(), json!(conversation.opted_out));
+        object.insert("bot".into(), json!(conversation.bot));
+        if let Some(handoff) = &conversation.handoff {
+            object.insert("handoff".into(), json!(handoff));
+        }
+        if !conversation.outbox.is_empty() {
+            object.insert("outbox".into(), json!(conversation.outbox));
+        }
         object.insert("transcript".into(), json!(transcript));
     }
     Ok(Json(body))
