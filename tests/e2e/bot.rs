@@ -565,5 +565,22 @@ async fn the_llm_routes_what_rules_and_the_local_model_miss_and_its_failure_fall
             .then_some(())
     })
     .await;
-    assert!(server.metric("tandem_llm_calls_total").await >= 2.0);
+    // The triage says the customer needs a person: handed off, whatever the intent.
+    post(
+        &server,
+        text(
+            "351910000303",
+            "wamid.l.3",
+            "this is unacceptable, I want to file a complaint",
+        ),
+    )
+    .await;
+    let conversation = wait_for("the triage handoff", DEADLINE, || async {
+        let c = server.conversation("351910000303").await?;
+        (c["mode"] == "handoff").then_some(c)
+    })
+    .await;
+    assert_eq!(conversation["handoff"]["reason"], "needs_human");
+    assert_eq!(conversation["handoff"]["team"], "support");
+    assert!(server.metric("tandem_llm_calls_total").await >= 3.0);
 }

@@ -188,7 +188,8 @@ async fn serve(app: axum::Router) -> SocketAddr {
 }
 
 /// An OpenAI-compatible chat/completions stand-in: a message containing "partido" is a
-/// return in Portuguese; one containing "fail" gets a 500; anything else is out of scope.
+/// return in Portuguese; one containing "complaint" needs a person; one containing "fail"
+/// gets a 500; anything else is out of scope.
 pub async fn llm() -> String {
     async fn chat(Json(body): Json<Value>) -> (StatusCode, Json<Value>) {
         let text = body["messages"][1]["content"]
@@ -208,7 +209,8 @@ pub async fn llm() -> String {
         } else {
             ("oos", "en")
         };
-        let content = json!({"intent": intent, "confidence": 0.9, "language": language, "urgency": "normal", "sentiment": "negative", "needs_human": false}).to_string();
+        let needs_human = text.contains("complaint");
+        let content = json!({"intent": intent, "confidence": 0.9, "language": language, "urgency": "normal", "sentiment": "negative", "needs_human": needs_human}).to_string();
         (
             StatusCode::OK,
             Json(

@@ -9,7 +9,7 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use tandem_classify::llm::{IntentInfo, Line, LlmClassifier};
+use tandem_classify::llm::{IntentInfo, Line, LlmClassifier, Triage};
 use tandem_domain::{
     Conversation, InboundMessage, Role, SendAction, SendOrigin, StatusUpdate, Timestamp,
     TranscriptEntry,
@@ -86,7 +86,8 @@ impl Responder {
     }
 
     /// The LLM stage: a triage of a message no earlier stage was sure of, outside a question.
-    /// A failure is logged, counted and noted in `decisions`; the caller falls back.
+    /// Keeps the detected language. A failure is logged, counted and noted in `decisions`;
+    /// the caller falls back.
     async fn ask_llm(
         &self,
         bot: &Bot,
@@ -94,7 +95,7 @@ impl Responder {
         message: &InboundMessage,
         text: &str,
         decisions: &mut Vec<String>,
-    ) -> Option<Intent> {
+    ) -> Option<Triage> {
         let llm = self.llm.as_ref()?;
         let intents: Vec<IntentInfo> = bot
             .flows
@@ -137,11 +138,7 @@ impl Responder {
                 if bot.settings.languages.contains(&triage.language) {
                     c.language = Some(triage.language.clone());
                 }
-                (triage.intent != tandem_classify::eval::OUT_OF_SCOPE).then_some(Intent {
-                    flow: triage.intent,
-                    stage: "llm",
-                    confidence: triage.confidence,
-                })
+                Some(triage)
             }
             Err(error) => {
                 ::metrics::counter!(metrics::LLM_CALLS, "outcome" => error.label()).increment(1);
@@ -173,24 +170,37 @@ impl Responder {
         let text = tandem_flows::validate::answer_text(&message.content);
         let mut intent = text.and_then(|text| bot.classify(text));
         let mut llm_decisions = Vec::new();
+        let mut person = None;
         // Only a message that does not answer a question is worth an LLM call.
         if intent.is_none()
             && c.bot.position.is_none()
             && !c.opted_out
             && let Some(text) = text
         {
-            intent = self
+            if let Some(triage) = self
                 .ask_llm(&bot, c, message, text, &mut llm_decisions)
-                .await;
+                .await
+            {
+                person = bot.settings.handoff_on.reason(&triage);
+                intent = (triage.intent != tandem_classify::eval::OUT_OF_SCOPE).then_some(Intent {
+                    flow: triage.intent,
+                    stage: "llm",
+                    confidence: triage.confidence,
+                });
+            }
         }
         let stage = intent.as_ref().map_or("none", |i| i.stage);
         ::metrics::counter!(metrics::CLASSIFIER_DECISIONS, "stage" => stage).increment(1);
-        let mut turn = bot.on_message(
-            c,
-            &message.content,
-            intent.as_ref().map(|i| i.flow.as_str()),
-            &ctx,
-        );
+        let mut turn = match person {
+            // A triage rule (needs a person, urgent, upset) wins over any flow.
+            Some(reason) => bot.hand_off_for(c, reason, &message.content, &ctx),
+            None => bot.on_message(
+                c,
+                &message.content,
+                intent.as_ref().map(|i| i.flow.as_str()),
+                &ctx,
+            ),
+        };
         let mut effects = std::mem::take(&mut turn.effects);
         let mut decisions = std::mem::take(&mut turn.decisions);
         if let Some(i) = &intent {

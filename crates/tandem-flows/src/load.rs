@@ -434,6 +434,11 @@ impl Compiler {
             texts,
             variables,
             window_template: raw.window_template.map(|t| (t.name, t.language)),
+            handoff_on: crate::model::HandoffOn {
+                needs_human: raw.handoff_on.needs_human.unwrap_or(true),
+                high_urgency: raw.handoff_on.high_urgency.unwrap_or(false),
+                negative_sentiment: raw.handoff_on.negative_sentiment.unwrap_or(false),
+            },
             classifier_threshold: raw
                 .classifier_threshold
                 .unwrap_or(tandem_classify::DEFAULT_THRESHOLD),

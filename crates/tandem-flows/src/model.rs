@@ -86,6 +86,34 @@ pub struct Settings {
     pub window_template: Option<(String, String)>,
     /// The local model's confidence at which it picks a flow alone.
     pub classifier_threshold: f32,
+    /// Which triage signals hand a conversation to a person.
+    pub handoff_on: HandoffOn,
+}
+
+/// Which triage signals hand a conversation to a person.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandoffOn {
+    /// The LLM says the customer needs a person.
+    pub needs_human: bool,
+    /// The LLM rates the urgency high.
+    pub high_urgency: bool,
+    /// The LLM rates the sentiment negative.
+    pub negative_sentiment: bool,
+}
+
+impl HandoffOn {
+    /// Returns the handoff reason a triage record calls for, if any.
+    pub fn reason(&self, triage: &tandem_classify::llm::Triage) -> Option<&'static str> {
+        if self.needs_human && triage.needs_human {
+            Some("needs_human")
+        } else if self.high_urgency && triage.urgency == "high" {
+            Some("high_urgency")
+        } else if self.negative_sentiment && triage.sentiment == "negative" {
+            Some("negative_sentiment")
+        } else {
+            None
+        }
+    }
 }
 
 /// One flow.

@@ -279,6 +279,9 @@ pub struct RawSettings {
     /// Values templates read as `config.<name>`; `TANDEM_FLOW_<NAME>` overrides one.
     #[serde(default)]
     pub variables: BTreeMap<String, String>,
+    /// When the LLM's triage of a message hands the conversation to a person.
+    #[serde(default)]
+    pub handoff_on: RawHandoffOn,
     /// The local intent model's confidence at which it picks a flow alone (default 0.8);
     /// below it the message goes on (today: to the fallback).
     #[serde(default)]
@@ -287,6 +290,21 @@ pub struct RawSettings {
     /// window has closed.
     #[serde(default)]
     pub window_template: Option<RawTemplateRef>,
+}
+
+/// Triage signals (from the LLM stage) that hand a conversation to a person.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawHandoffOn {
+    /// The LLM says the customer needs a person (default true).
+    #[serde(default)]
+    pub needs_human: Option<bool>,
+    /// The LLM rates the message's urgency high (default false).
+    #[serde(default)]
+    pub high_urgency: Option<bool>,
+    /// The LLM rates the message's sentiment negative (default false).
+    #[serde(default)]
+    pub negative_sentiment: Option<bool>,
 }
 
 /// Asking for a person.

@@ -201,6 +201,21 @@ impl Bot {
         turn
     }
 
+    /// Hands the conversation to a person for `reason` (a triage rule), saying the built-in
+    /// handoff text (or the after-hours one), unless the customer opted out.
+    pub fn hand_off_for(
+        &self,
+        c: &mut Conversation,
+        reason: &str,
+        content: &MessageContent,
+        ctx: &TurnContext<'_>,
+    ) -> Turn {
+        let mut turn = Turn::default();
+        turn.decide(format!("triage: {reason}"));
+        self.hand_off(c, &Handoff::asked(reason), content, ctx, &mut turn);
+        turn
+    }
+
     /// Carries on after the `call` step the last turn stopped at.
     pub fn on_call_result(
         &self,

@@ -318,3 +318,51 @@ fn every_problem_of_a_load_is_reported_at_once() {
         assert!(text.contains(expected), "missing {expected:?} in\n{text}");
     }
 }
+
+#[test]
+fn triage_rules_pick_a_handoff_reason_and_hand_off() {
+    let triage = |needs_human: bool, urgency: &str, sentiment: &str| tandem_classify::llm::Triage {
+        intent: "oos".into(),
+        confidence: 0.9,
+        language: "en".into(),
+        urgency: urgency.into(),
+        sentiment: sentiment.into(),
+        needs_human,
+    };
+    let defaults = bot(&[
+        ("bot.yaml", SETTINGS),
+        ("x.yaml", "id: x\nsteps:\n  - say: ok\n"),
+    ]);
+    let rules = defaults.settings.handoff_on;
+    assert_eq!(
+        rules.reason(&triage(true, "low", "neutral")),
+        Some("needs_human")
+    );
+    assert_eq!(
+        rules.reason(&triage(false, "high", "negative")),
+        None,
+        "off by default"
+    );
+    let strict = bot(&[
+        (
+            "bot.yaml",
+            "handoff_on: {needs_human: false, high_urgency: true, negative_sentiment: true}\n",
+        ),
+        ("x.yaml", "id: x\nsteps:\n  - say: ok\n"),
+    ]);
+    let rules = strict.settings.handoff_on;
+    assert_eq!(rules.reason(&triage(true, "low", "neutral")), None);
+    assert_eq!(
+        rules.reason(&triage(false, "high", "neutral")),
+        Some("high_urgency")
+    );
+    assert_eq!(
+        rules.reason(&triage(false, "low", "negative")),
+        Some("negative_sentiment")
+    );
+    let mut c = conversation();
+    let turn = strict.hand_off_for(&mut c, "high_urgency", &text("now!!"), &CTX);
+    assert_eq!(c.mode, Mode::Handoff);
+    assert_eq!(c.handoff.as_ref().unwrap().reason, "high_urgency");
+    assert!(matches!(turn.effects.last(), Some(Effect::Handoff(_))));
+}
