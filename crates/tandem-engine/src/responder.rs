@@ -172,22 +172,18 @@ impl Responder {
         let mut llm_decisions = Vec::new();
         let mut person = None;
         // Only a message that does not answer a question is worth an LLM call.
-        if intent.is_none()
-            && c.bot.position.is_none()
-            && !c.opted_out
-            && let Some(text) = text
-        {
-            if let Some(triage) = self
+        let consult_llm = intent.is_none() && c.bot.position.is_none() && !c.opted_out;
+        if let Some(text) = text.filter(|_| consult_llm)
+            && let Some(triage) = self
                 .ask_llm(&bot, c, message, text, &mut llm_decisions)
                 .await
-            {
-                person = bot.settings.handoff_on.reason(&triage);
-                intent = (triage.intent != tandem_classify::eval::OUT_OF_SCOPE).then_some(Intent {
-                    flow: triage.intent,
-                    stage: "llm",
-                    confidence: triage.confidence,
-                });
-            }
+        {
+            person = bot.settings.handoff_on.reason(&triage);
+            intent = (triage.intent != tandem_classify::eval::OUT_OF_SCOPE).then_some(Intent {
+                flow: triage.intent,
+                stage: "llm",
+                confidence: triage.confidence,
+            });
         }
         let stage = intent.as_ref().map_or("none", |i| i.stage);
         ::metrics::counter!(metrics::CLASSIFIER_DECISIONS, "stage" => stage).increment(1);
