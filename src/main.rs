@@ -181,7 +181,8 @@ fn main() -> ExitCode {
                 .tests
                 .clone()
                 .unwrap_or_else(|| args.dir.join("tests/conversations"));
-            return match convtest::run(&flows, &tests, &flow_variables(&env)) {
+            return match convtest::run(&flows, &tests, &tandem_server::config::flow_variables(&env))
+            {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::FAILURE,
                 Err(error) => {
@@ -200,7 +201,11 @@ fn main() -> ExitCode {
             };
         }
         Command::Chat(args) => {
-            return match chat::run(&args.dir, &flow_variables(&env), args.contact.clone()) {
+            return match chat::run(
+                &args.dir,
+                &tandem_server::config::flow_variables(&env),
+                args.contact.clone(),
+            ) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("tandem: {error:#}");
@@ -262,8 +267,9 @@ fn eval(args: &EvalArgs, env: &HashMap<String, String>) -> anyhow::Result<()> {
             .filter(|e| e.intent != tandem_classify::eval::OUT_OF_SCOPE)
             .collect(),
         None => {
-            let loaded = tandem_flows::load_dir(&args.flows, &flow_variables(env))
-                .map_err(|e| anyhow::anyhow!("the flows are invalid:\n{e}"))?;
+            let loaded =
+                tandem_flows::load_dir(&args.flows, &tandem_server::config::flow_variables(env))
+                    .map_err(|e| anyhow::anyhow!("the flows are invalid:\n{e}"))?;
             loaded.bot.training_examples()
         }
     };
@@ -314,13 +320,6 @@ fn eval(args: &EvalArgs, env: &HashMap<String, String>) -> anyhow::Result<()> {
         )?;
     }
     Ok(())
-}
-
-/// The flows' `config.*` overrides from `TANDEM_FLOW_<NAME>`.
-fn flow_variables(env: &HashMap<String, String>) -> std::collections::BTreeMap<String, String> {
-    env.iter()
-        .filter_map(|(k, v)| Some((k.strip_prefix("TANDEM_FLOW_")?.to_lowercase(), v.clone())))
-        .collect()
 }
 
 /// `tandem check [DIR]`: the configuration, then every problem of the flows.

@@ -638,21 +638,14 @@ impl Compiler {
                 &call.url.value,
                 report,
             )?;
-            let method = call
-                .method
-                .as_ref()
-                .map_or_else(|| "GET".to_owned(), |m| m.value.to_uppercase());
-            if !["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&method.as_str()) {
-                let where_ = call
-                    .method
-                    .as_ref()
-                    .map_or_else(|| at.clone(), |m| Loc::of(file, &m.referenced));
-                report.error(
-                    &where_,
-                    format!("unknown HTTP method `{method}`"),
-                    Some("use GET, POST, PUT, PATCH or DELETE"),
-                );
-            }
+            let method = one_of(
+                file,
+                call.method.as_ref(),
+                "GET",
+                &["GET", "POST", "PUT", "PATCH", "DELETE"],
+                "HTTP method",
+                report,
+            );
             let headers = call
                 .headers
                 .iter()
@@ -714,21 +707,14 @@ impl Compiler {
             return Some(StepKind::Set(pairs));
         }
         if let Some(handoff) = &raw.handoff {
-            let priority = handoff
-                .priority
-                .as_ref()
-                .map_or_else(|| "normal".to_owned(), |p| p.value.clone());
-            if !["low", "normal", "high", "urgent"].contains(&priority.as_str()) {
-                let where_ = handoff
-                    .priority
-                    .as_ref()
-                    .map_or_else(|| at.clone(), |p| Loc::of(file, &p.referenced));
-                report.error(
-                    &where_,
-                    format!("unknown priority `{priority}`"),
-                    Some("use low, normal, high or urgent"),
-                );
-            }
+            let priority = one_of(
+                file,
+                handoff.priority.as_ref(),
+                "normal",
+                &["low", "normal", "high", "urgent"],
+                "priority",
+                report,
+            );
             let message = handoff
                 .message
                 .as_ref()
@@ -954,6 +940,36 @@ impl Compiler {
                 .as_ref()
                 .and_then(|t| ctx.step_target(t, report)),
         })
+    }
+}
+
+/// Reads an optional word that must be one of `allowed` (compared in any case), reporting
+/// anything else at its position; returns it as written in `allowed`, or `default`.
+fn one_of(
+    file: &str,
+    value: Option<&Spanned<String>>,
+    default: &str,
+    allowed: &[&str],
+    what: &str,
+    report: &mut Report,
+) -> String {
+    let Some(value) = value else {
+        return default.to_owned();
+    };
+    match allowed
+        .iter()
+        .find(|a| a.eq_ignore_ascii_case(&value.value))
+    {
+        Some(found) => (*found).to_owned(),
+        None => {
+            let here = Loc::of(file, &value.referenced);
+            report.error(
+                &here,
+                format!("unknown {what} `{}`", value.value),
+                Some(&format!("use {}", allowed.join(", "))),
+            );
+            default.to_owned()
+        }
     }
 }
 

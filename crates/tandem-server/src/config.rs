@@ -309,6 +309,13 @@ fn secret(
     }
 }
 
+/// The flows' `config.<name>` values given as `TANDEM_FLOW_<NAME>` (name lower-cased).
+pub fn flow_variables(env: &HashMap<String, String>) -> std::collections::BTreeMap<String, String> {
+    env.iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix("TANDEM_FLOW_")?.to_lowercase(), v.clone())))
+        .collect()
+}
+
 fn env_duration(
     env: &HashMap<String, String>,
     name: &str,
@@ -446,13 +453,7 @@ fn build(
     let prompts_dir = env
         .get("TANDEM_PROMPTS")
         .map_or_else(|| PathBuf::from("prompts"), PathBuf::from);
-    let flow_variables = env
-        .iter()
-        .filter_map(|(k, v)| {
-            let name = k.strip_prefix("TANDEM_FLOW_")?;
-            Some((name.to_lowercase(), v.clone()))
-        })
-        .collect();
+    let flow_variables = flow_variables(env);
     if let Some(v) = &cli.listen {
         server.listen.clone_from(v);
     }
