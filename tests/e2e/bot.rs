@@ -52,6 +52,14 @@ async fn post(server: &Server, body: Vec<u8>) {
     assert_eq!(server.post_signed(&body).await.status(), 200);
 }
 
+/// Posts a delivery and returns how many of its events were retries already stored.
+async fn post_counting_duplicates(server: &Server, body: &[u8]) -> u64 {
+    let response = server.post_signed(body).await;
+    assert_eq!(response.status(), 200);
+    let report: Value = response.json().await.unwrap();
+    report["duplicates"].as_u64().unwrap()
+}
+
 /// Waits until the Graph stand-in got a message whose text contains `needle`.
 async fn wait_for_text(graph: &Graph, needle: &str) -> Vec<String> {
     wait_for(
@@ -161,10 +169,26 @@ async fn an_order_question_is_answered_from_the_shop_backend(backend: Backend) {
         "messaging_product": "whatsapp", "metadata": {"display_phone_number": "15550001111", "phone_number_id": PNID},
         "statuses": [{"id": wamid, "status": "failed", "timestamp": now_secs().to_string(), "recipient_id": wa,
             "errors": [{"code": 131047, "title": "Re-engagement message"}]}]}}]}]});
-    post(&server, serde_json::to_vec(&failed).unwrap()).await;
-    post(&server, serde_json::to_vec(&failed).unwrap()).await;
-    wait_for_text(&graph, "template:verde_follow_up").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let failed = serde_json::to_vec(&failed).unwrap();
+    assert_eq!(post_counting_duplicates(&server, &failed).await, 0);
+    assert_eq!(
+        post_counting_duplicates(&server, &failed).await,
+        1,
+        "the retry is dropped"
+    );
+    // Once the failure is recorded and nothing waits to be sent, every send it caused is out.
+    wait_for(
+        "the failure handled and the template sent",
+        DEADLINE,
+        || async {
+            let c = server.conversation(wa).await?;
+            let noted = c["transcript"]
+                .to_string()
+                .contains("the window template is queued");
+            (noted && c.get("outbox").is_none()).then_some(())
+        },
+    )
+    .await;
     let templates = graph
         .messages()
         .iter()
@@ -280,8 +304,13 @@ async fn an_echo_during_a_slow_call_means_the_reply_is_never_sent(backend: Backe
     .await;
     let conversation = server.conversation(wa).await.unwrap();
     assert_eq!(conversation["mode"], "human");
-    // Long after the backend answered, the bot's reply has not gone out.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Once the lane has applied the answer and the echo (after the slow call), nothing was
+    // sent and nothing waits to be.
+    wait_for("the answer and the echo applied", DEADLINE, || async {
+        let c = server.conversation(wa).await?;
+        (c["events_applied"].as_u64()? >= 3 && c.get("outbox").is_none()).then_some(())
+    })
+    .await;
     let texts = graph.texts();
     assert!(
         !texts.iter().any(|t| t.contains("on its way")),
@@ -364,11 +393,16 @@ async fn a_retried_webhook_is_answered_once(backend: Backend) {
     let (server, graph, _shop) = started(backend, Duration::ZERO).await;
     let wa = "351910000006";
     let body = text(wa, "wamid.dup.1", "opening hours");
-    post(&server, body.clone()).await;
-    post(&server, body.clone()).await;
+    assert_eq!(post_counting_duplicates(&server, &body).await, 0);
+    assert_eq!(post_counting_duplicates(&server, &body).await, 1);
     wait_for_text(&graph, "Rua das Flores").await;
-    post(&server, body).await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // A retry after the answer is dropped at ingress: it never reaches the bot.
+    assert_eq!(post_counting_duplicates(&server, &body).await, 1);
+    wait_for("the answer recorded", DEADLINE, || async {
+        let c = server.conversation(wa).await?;
+        c.get("outbox").is_none().then_some(())
+    })
+    .await;
     let answers = graph
         .texts()
         .iter()
@@ -416,7 +450,11 @@ async fn flows_reload_on_sighup_and_on_change_and_invalid_ones_are_refused() {
     let original = std::fs::read_to_string(&hours).unwrap();
     std::fs::write(&hours, original.replace("steps:", "stepz:")).unwrap();
     server.hangup();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let refused = r#"tandem_flows_reloads_total{outcome="refused"}"#;
+    wait_for("the reload refused", DEADLINE, || async {
+        (server.metric(refused).await >= 1.0).then_some(())
+    })
+    .await;
     post(&server, text("351910000202", "wamid.h.2", "opening hours")).await;
     wait_for("the old flows to answer", DEADLINE, || async {
         (graph
@@ -431,17 +469,13 @@ async fn flows_reload_on_sighup_and_on_change_and_invalid_ones_are_refused() {
 
     // A valid edit: picked up by the file watch without a signal.
     std::fs::write(&hours, original.replace("Rua das Flores 12", "Rua Nova 1")).unwrap();
+    let reloaded = r#"tandem_flows_reloads_total{outcome="ok"}"#;
+    wait_for("the file change reloaded", DEADLINE, || async {
+        (server.metric(reloaded).await >= 1.0).then_some(())
+    })
+    .await;
+    post(&server, text("351910000203", "wamid.h.3", "opening hours")).await;
     wait_for("the new flows to answer", DEADLINE, || async {
-        post(
-            &server,
-            text(
-                "351910000203",
-                &format!("wamid.h.3.{}", now_secs()),
-                "opening hours",
-            ),
-        )
-        .await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
         graph
             .texts()
             .iter()
@@ -514,6 +548,8 @@ async fn replay_plays_the_customer_and_the_phone_as_the_readme_shows() {
         c["transcript"].to_string().contains("hello?").then_some(c)
     })
     .await;
+    // The lane has applied it; had the bot answered, the reply would wait in the outbox.
+    assert!(conversation.get("outbox").is_none(), "{conversation}");
     assert_eq!(conversation["mode"], "human");
     assert_eq!(conversation["paused_by"], "echo");
     let roles: Vec<&str> = conversation["transcript"]
@@ -523,7 +559,6 @@ async fn replay_plays_the_customer_and_the_phone_as_the_readme_shows() {
         .map(|l| l["role"].as_str().unwrap())
         .collect();
     assert!(roles.contains(&"human"), "{roles:?}");
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let last = graph.texts().last().cloned().unwrap_or_default();
     assert!(
         last.contains("on its way"),

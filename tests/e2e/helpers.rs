@@ -286,7 +286,8 @@ impl Server {
             .await
             .unwrap();
         text.lines()
-            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            // A name with labels (`name{label="v"`) matches the series holding them.
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ', ',', '}']))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     }

@@ -14,11 +14,17 @@ pub const INBOX_DEPTH: &str = "tandem_inbox_depth";
 pub const DEAD_LETTERS: &str = "tandem_dead_letters";
 /// Conversations known.
 pub const CONVERSATIONS: &str = "tandem_conversations";
+/// Flow reloads, by outcome (`ok`, `refused`).
+pub const FLOW_RELOADS: &str = "tandem_flows_reloads_total";
 
 /// Registers help texts and units with the installed recorder.
 pub fn describe() {
     describe_counter!(WEBHOOK_REQUESTS, "Webhook POST requests, by outcome");
     describe_counter!(WEBHOOK_REJECTS, "Webhook requests refused, by reason");
+    describe_counter!(
+        FLOW_RELOADS,
+        "Flow reloads (SIGHUP or a file change), by outcome"
+    );
     describe_histogram!(
         WEBHOOK_ACK,
         Unit::Seconds,

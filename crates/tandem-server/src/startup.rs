@@ -216,8 +216,12 @@ fn spawn_reload_on_sighup(
     let watched_dir = dir.clone();
     let dir_fingerprint = move || fingerprint(&watched_dir);
     let reload_now = move |why: &str, handle: &FlowsHandle| match reload(handle, &dir, &variables) {
-        Ok(count) => tracing::info!(flows = count, why, "flows reloaded"),
+        Ok(count) => {
+            ::metrics::counter!(crate::metrics::FLOW_RELOADS, "outcome" => "ok").increment(1);
+            tracing::info!(flows = count, why, "flows reloaded");
+        }
         Err(error) => {
+            ::metrics::counter!(crate::metrics::FLOW_RELOADS, "outcome" => "refused").increment(1);
             tracing::error!(why, %error, "flows not reloaded: the running flows stay in force");
         }
     };
