@@ -500,16 +500,10 @@ async fn a_record_only_commit_keeps_the_inbox_and_is_guarded_by_the_revision(f: 
     let (mut record, _) = s.head(&claim, T0, 10).await.unwrap().unwrap();
     let rev = record.rev;
     record.opted_out = true;
-    let commit = |conversation: tandem_domain::Conversation, expected_rev: u64| StepCommit {
-        now: T0,
-        seqs: vec![],
-        expected_rev,
-        conversation,
-        timer: TimerChange::Keep,
-        outbound: Vec::new(),
-    };
+    // No inbox items: a commit of the record alone, from the revision it carries.
+    let commit = |conversation| commit_of(T0, conversation, &[], TimerChange::Keep);
     assert_eq!(
-        s.commit(&claim, commit(record.clone(), rev), LEASE)
+        s.commit(&claim, commit(record.clone()), LEASE)
             .await
             .unwrap(),
         CommitOutcome::Applied
@@ -524,11 +518,11 @@ async fn a_record_only_commit_keeps_the_inbox_and_is_guarded_by_the_revision(f: 
     assert_eq!(stored.rev, rev + 1);
     // Written from the old revision: refused.
     assert_eq!(
-        s.commit(&claim, commit(record, rev), LEASE).await.unwrap(),
+        s.commit(&claim, commit(record), LEASE).await.unwrap(),
         CommitOutcome::Conflict
     );
     // The wamids a commit names join the outbound registry in the same write.
-    let mut sent = commit(stored, rev + 1);
+    let mut sent = commit(stored);
     sent.outbound = vec![MessageId::parse("sent-by-us").unwrap()];
     assert_eq!(
         s.commit(&claim, sent, LEASE).await.unwrap(),
