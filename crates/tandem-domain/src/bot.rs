@@ -58,6 +58,42 @@ pub struct HandoffRequest {
     pub priority: String,
     /// When it was asked for.
     pub at: Timestamp,
+    /// When a person first wrote to the customer after the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answered_at: Option<Timestamp>,
+    /// Set once the customer was told they wait in a queue.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub queue_noted: bool,
+}
+
+/// Who the conversation is routed to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// The team, when routed through one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+    /// The agent, once one is chosen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// When the agent (or, while none, the team) was set.
+    pub at: Timestamp,
+}
+
+/// What the LLM read in the customer's latest message it was asked about.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TriageNote {
+    /// The intent (a flow id, or `oos`).
+    pub intent: String,
+    /// 0 to 1.
+    pub confidence: f32,
+    /// ISO 639-1 language code.
+    pub language: String,
+    /// `low`, `normal` or `high`.
+    pub urgency: String,
+    /// `negative`, `neutral` or `positive`.
+    pub sentiment: String,
+    /// The customer needs a person.
+    pub needs_human: bool,
 }
 
 /// Who asked for a message to be sent.
@@ -68,6 +104,9 @@ pub enum SendOrigin {
     Bot,
     /// The bot's confirmation of an opt-out: the one message sent after it.
     OptOutNotice,
+    /// A person on the business side, through the agent API: sent while a person has the
+    /// conversation, never cancelled by a pause.
+    Agent,
 }
 
 impl SendOrigin {

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::bot::{BotState, HandoffRequest, PendingSend, SendAction, SendOrigin};
+use crate::bot::{
+    Assignment, BotState, HandoffRequest, PendingSend, SendAction, SendOrigin, TriageNote,
+};
 use crate::event::{DeliveryStatus, Echo};
 use crate::ids::{ConversationId, MessageId};
 use crate::message::MessageContent;
@@ -157,8 +159,8 @@ pub const CUSTOMER_WINDOW: Duration = Duration::from_secs(24 * 3600);
 /// What the human-idle rule says about a conversation at a given time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IdleDecision {
-    /// The bot is not paused by a person's phone activity; nothing to do.
-    NotPausedByPhone,
+    /// No person is talking (or the conversation waits for one); nothing to do.
+    NotPaused,
     /// The person has been quiet long enough: resume the bot.
     Resume,
     /// Not yet: check again at this time.
@@ -201,6 +203,18 @@ pub struct Conversation {
     /// Messages waiting to be sent, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outbox: Vec<PendingSend>,
+    /// The team and agent the conversation is routed to, while a person is wanted or talking.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assignment: Option<Assignment>,
+    /// The agent who last served this customer (for sticky routing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_agent: Option<String>,
+    /// Set once `conversation.human_takeover` was announced for the current human stretch.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub takeover_announced: bool,
+    /// The latest LLM triage of a customer message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub triage: Option<TriageNote>,
     /// The id the next queued send gets.
     #[serde(default)]
     pub next_send_id: u64,
@@ -230,6 +244,10 @@ impl Conversation {
             language: None,
             handoff: None,
             outbox: Vec::new(),
+            assignment: None,
+            last_agent: None,
+            takeover_announced: false,
+            triage: None,
             next_send_id: 0,
             rev: 0,
             created_at: now,
@@ -238,37 +256,61 @@ impl Conversation {
     }
 
     /// Pauses the bot because a person on the business side is active, and moves the
-    /// resume time to `at + idle`. Keeps the original reason when already paused.
-    /// Bot messages still waiting in the outbox are cancelled: a person is talking now.
+    /// resume time to at least `at + idle` (never earlier than an agent's take-over holds
+    /// it). Keeps the original reason when already paused, and marks the start of the human
+    /// stretch in the transcript. Bot messages still waiting in the outbox are cancelled: a
+    /// person is talking now.
     pub fn record_human_activity(&mut self, by: PausedBy, at: Timestamp, idle: Duration) {
         if self.mode != Mode::Human {
             self.paused_by = Some(by);
+            let who = match by {
+                PausedBy::Echo => "from the WhatsApp Business App",
+                PausedBy::AgentApi => "through the agent API",
+                PausedBy::Handoff => "after a handoff",
+                PausedBy::History => "(recent history on the phone)",
+            };
+            self.push(
+                TranscriptEntry::system(at, format!("a person took over {who}; the bot is paused")),
+                usize::MAX,
+            );
         }
         self.cancel_bot_sends(at);
         self.mode = Mode::Human;
         let last = self.human_last_at.map_or(at, |prev| prev.max(at));
         self.human_last_at = Some(last);
-        self.resume_at = Some(last.plus(idle));
+        let due = last.plus(idle);
+        self.resume_at = Some(self.resume_at.map_or(due, |held| held.max(due)));
     }
 
-    /// Decides, at `now`, whether the bot may resume after a person went quiet.
+    /// Decides, at `now`, whether the bot may resume after the people went quiet. A
+    /// conversation waiting for a person (`handoff`) is never resumed by time.
     pub fn idle_decision(&self, now: Timestamp) -> IdleDecision {
-        let paused_by_phone = matches!(self.paused_by, Some(PausedBy::Echo | PausedBy::History));
-        match (self.mode, paused_by_phone, self.resume_at) {
-            (Mode::Human, true, Some(at)) if at <= now => IdleDecision::Resume,
-            (Mode::Human, true, Some(at)) => IdleDecision::WaitUntil(at),
-            (Mode::Human, true, None) => IdleDecision::Resume,
-            _ => IdleDecision::NotPausedByPhone,
+        match (self.mode, self.resume_at) {
+            (Mode::Human, Some(at)) if at <= now => IdleDecision::Resume,
+            (Mode::Human, Some(at)) => IdleDecision::WaitUntil(at),
+            (Mode::Human, None) => IdleDecision::Resume,
+            _ => IdleDecision::NotPaused,
         }
     }
 
+    /// Routes the conversation to `team` and/or `agent`. An agent becomes the customer's
+    /// last agent (sticky routing).
+    pub fn assign(&mut self, team: Option<String>, agent: Option<String>, at: Timestamp) {
+        if agent.is_some() {
+            self.last_agent.clone_from(&agent);
+        }
+        self.assignment = Some(Assignment { team, agent, at });
+    }
+
     /// Hands the conversation back to the bot and notes why in the transcript. The flow
-    /// the bot was in is left: the customer starts afresh.
+    /// the bot was in is left and the routing cleared: the customer starts afresh.
     pub fn resume(&mut self, at: Timestamp, reason: &str, cap: usize) {
         self.mode = Mode::Bot;
         self.paused_by = None;
         self.resume_at = None;
         self.handoff = None;
+        self.assignment = None;
+        self.takeover_announced = false;
         self.bot.position = None;
         self.bot.misses = 0;
         self.push(
@@ -358,7 +400,9 @@ impl Conversation {
     /// Returns true when a queued message from `origin` may be sent now: no person is
     /// talking, and the customer has not opted out (except for the opt-out confirmation).
     pub fn may_send(&self, origin: SendOrigin) -> bool {
-        self.mode != Mode::Human && (!self.opted_out || origin == SendOrigin::OptOutNotice)
+        origin == SendOrigin::Agent
+            || (self.mode != Mode::Human
+                && (!self.opted_out || origin == SendOrigin::OptOutNotice))
     }
 
     /// Returns when the conversation's timer should next fire: when a phone pause may end,
@@ -368,7 +412,7 @@ impl Conversation {
         let idle = match self.idle_decision(now) {
             IdleDecision::WaitUntil(at) => Some(at),
             IdleDecision::Resume => Some(now),
-            IdleDecision::NotPausedByPhone => None,
+            IdleDecision::NotPaused => None,
         };
         let sends = self
             .outbox
@@ -492,10 +536,7 @@ mod tests {
         assert_eq!(c.idle_decision(Timestamp(65_000)), IdleDecision::Resume);
         c.resume(Timestamp(65_000), "idle", 10);
         assert_eq!(c.mode, Mode::Bot);
-        assert_eq!(
-            c.idle_decision(Timestamp(99_000)),
-            IdleDecision::NotPausedByPhone
-        );
+        assert_eq!(c.idle_decision(Timestamp(99_000)), IdleDecision::NotPaused);
         assert_eq!(c.transcript.last().unwrap().role, Role::System);
     }
 
@@ -514,22 +555,46 @@ mod tests {
         // A customer message sent before the echo, applied after it, goes before it.
         c.push(text(100, "m1"), 10);
         c.push(text(300, "m2"), 10);
-        let texts: Vec<_> = c.transcript.iter().map(|e| e.text.as_str()).collect();
+        let texts: Vec<_> = c
+            .transcript
+            .iter()
+            .filter(|e| e.role != Role::System)
+            .map(|e| e.text.as_str())
+            .collect();
         assert_eq!(texts, ["m1", "on it", "m2"]);
         assert_eq!(c.mode, Mode::Human);
         assert_eq!(c.resume_at, Some(Timestamp(65_000)));
     }
 
     #[test]
-    fn agent_takeover_is_not_resumed_by_the_idle_rule() {
+    fn an_agent_takeover_holds_the_pause_until_its_cap_even_through_echoes() {
         let mut c = conv();
-        c.record_human_activity(PausedBy::AgentApi, Timestamp(0), Duration::from_secs(1));
-        c.record_human_activity(PausedBy::Echo, Timestamp(0), Duration::from_secs(1));
+        let cap = Duration::from_secs(3600);
+        c.record_human_activity(PausedBy::AgentApi, Timestamp(0), cap);
+        c.record_human_activity(PausedBy::Echo, Timestamp(1_000), Duration::from_secs(60));
         assert_eq!(c.paused_by, Some(PausedBy::AgentApi));
         assert_eq!(
-            c.idle_decision(Timestamp(10_000)),
-            IdleDecision::NotPausedByPhone
+            c.idle_decision(Timestamp(61_000)),
+            IdleDecision::WaitUntil(Timestamp(3_600_000))
         );
+        assert_eq!(c.idle_decision(Timestamp(3_600_000)), IdleDecision::Resume);
+        let notes = c.transcript.iter().filter(|e| e.role == Role::System).count();
+        assert_eq!(notes, 1, "one line marks the start of the human stretch");
+    }
+
+    #[test]
+    fn a_conversation_waiting_for_a_person_is_not_resumed_by_time() {
+        let mut c = conv();
+        c.request_handoff(HandoffRequest {
+            team: None,
+            reason: "customer_request".into(),
+            priority: "normal".into(),
+            at: Timestamp(0),
+            answered_at: None,
+            queue_noted: false,
+        });
+        assert_eq!(c.mode, Mode::Handoff);
+        assert_eq!(c.idle_decision(Timestamp(u64::MAX / 2)), IdleDecision::NotPaused);
     }
 
     #[test]

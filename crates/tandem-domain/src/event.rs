@@ -21,6 +21,8 @@ pub enum ConversationEvent {
     History(HistoryThread),
     /// The human-idle timer is due: check whether the bot may resume.
     IdleCheck,
+    /// An agent acted through the API, or the router assigned or queued the conversation.
+    Agent(AgentAction),
 }
 
 impl ConversationEvent {
@@ -32,6 +34,78 @@ impl ConversationEvent {
             Self::Status(_) => "status",
             Self::History(_) => "history",
             Self::IdleCheck => "idle_check",
+            Self::Agent(_) => "agent",
+        }
+    }
+}
+
+/// Something an agent (through the API) or the router did to a conversation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentAction {
+    /// The agent who acted (or was chosen), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// When it was asked for.
+    pub at: Timestamp,
+    /// What was done.
+    #[serde(flatten)]
+    pub kind: AgentActionKind,
+}
+
+/// The kinds of [`AgentAction`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum AgentActionKind {
+    /// A person takes the conversation; the bot stays silent until release or the cap.
+    Takeover,
+    /// The person hands the conversation back to the bot.
+    Release,
+    /// The conversation is done: back to the bot, with a fresh start.
+    Close,
+    /// Route to an agent or a team (the router picks the agent of a team).
+    Assign {
+        /// The team to queue the conversation for.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        team: Option<String>,
+    },
+    /// A person sends a message through Tandem (the Cloud API).
+    Message {
+        /// What to send.
+        content: crate::outbound::OutboundContent,
+    },
+    /// The router gave the conversation to `agent` (set on the action).
+    Routed {
+        /// The team it was routed for.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        team: Option<String>,
+    },
+    /// The router could not assign anyone yet: tell the customer honestly.
+    Queued {
+        /// The team waited for.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        team: Option<String>,
+        /// Place in the team's queue, from 1.
+        position: usize,
+        /// Estimated wait in seconds, when someone is on duty.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        wait_seconds: Option<u64>,
+        /// When the team is next on duty, when nobody is now (in the team's time zone).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next_opening: Option<String>,
+    },
+}
+
+impl AgentActionKind {
+    /// Returns a short name for logs, metrics and the transcript.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Takeover => "takeover",
+            Self::Release => "release",
+            Self::Close => "close",
+            Self::Assign { .. } => "assign",
+            Self::Message { .. } => "message",
+            Self::Routed { .. } => "routed",
+            Self::Queued { .. } => "queued",
         }
     }
 }

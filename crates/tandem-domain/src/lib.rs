@@ -24,11 +24,14 @@ pub mod message;
 pub mod outbound;
 pub mod time;
 
-pub use bot::{BotState, FlowPosition, HandoffRequest, PendingSend, SendAction, SendOrigin};
+pub use bot::{
+    Assignment, BotState, FlowPosition, HandoffRequest, PendingSend, SendAction, SendOrigin,
+    TriageNote,
+};
 pub use conversation::{Conversation, Mode, PausedBy, Role, TranscriptEntry};
 pub use error::ErrorKind;
 pub use event::{
-    AccountUpdate, ContactUpdate, ConversationEvent, DeadLetter, DeliveryStatus, Echo,
+    AccountUpdate, AgentAction, AgentActionKind, ContactUpdate, ConversationEvent, DeadLetter, DeliveryStatus, Echo,
     HistoryMessage, HistoryThread, InboundMessage, StatusUpdate,
 };
 pub use ids::{ConversationId, IdError, MessageId, PhoneNumberId, WaId, WabaId};

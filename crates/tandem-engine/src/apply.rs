@@ -78,7 +78,7 @@ pub fn apply(mut conversation: Conversation, item: &InboxItem, ctx: &ApplyContex
                 resumed = Some("human_idle");
             }
             IdleDecision::WaitUntil(at) => timer = TimerChange::Set(at),
-            IdleDecision::NotPausedByPhone => {}
+            IdleDecision::NotPaused => {}
         },
     }
     Step {

@@ -515,6 +515,8 @@ impl Bot {
             reason: reason.to_owned(),
             priority: handoff.priority.clone(),
             at: ctx.now,
+            answered_at: None,
+            queue_noted: false,
         };
         turn.decide(format!("handoff ({reason})"));
         c.request_handoff(request.clone());

@@ -21,7 +21,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
 use tandem_domain::{
     ContactUpdate, Conversation, ConversationId, DeadLetter, MessageId, PhoneNumberId, Timestamp,
 };
@@ -32,8 +34,8 @@ use self::tables::*;
 use self::write::Group;
 use crate::error::StoreError;
 use crate::model::{
-    AccountState, Claim, CommitOutcome, InboxItem, IngestBatch, IngestReport, ListQuery,
-    StepCommit, StoreOptions, StoreStats, next_slot,
+    AccountState, AgentState, Claim, CommitOutcome, HookJob, HookSettle, InboxItem, IngestBatch,
+    IngestReport, ListQuery, StepCommit, StoreOptions, StoreStats, next_slot,
 };
 use crate::store::Store;
 
@@ -86,7 +88,14 @@ enum Job {
         oneshot::Sender<Result<(), StoreError>>,
     ),
     Purge(Timestamp, oneshot::Sender<Result<usize, StoreError>>),
+    /// Any other write: runs in the group and answers once the group is committed.
+    Custom(CustomJob),
 }
+
+/// A write run by the writer thread; returns the function that answers its caller (with
+/// `None` once the group is committed, or the error that stopped the group).
+type CustomJob = Box<dyn for<'t> FnOnce(&mut Group<'t>) -> Result<Answer, StoreError> + Send>;
+type Answer = Box<dyn FnOnce(Option<&StoreError>) + Send>;
 
 /// Changes to the in-memory lane book that become true only once the batch is committed.
 #[derive(Default)]
@@ -134,6 +143,32 @@ impl EmbeddedStore {
     ) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
         self.writer.send(job(tx)).map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs `write` in the writer thread's next group; answers once the group is committed.
+    async fn write<T: Send + 'static>(
+        &self,
+        write: impl for<'t> FnOnce(&mut Group<'t>) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel::<Result<T, StoreError>>();
+        let job: CustomJob = Box::new(move |group| {
+            let value = write(group)?;
+            Ok(Box::new(move |failed: Option<&StoreError>| {
+                let answer = match failed {
+                    None => Ok(value),
+                    Some(error) => Err(StoreError::Embedded {
+                        context: "group commit failed",
+                        source: error.to_string().into(),
+                    }),
+                };
+                // A caller that stopped waiting does not need the answer.
+                drop(tx.send(answer));
+            }))
+        });
+        self.writer
+            .send(Job::Custom(job))
+            .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -195,6 +230,7 @@ enum Reply {
     ),
     Count(oneshot::Sender<Result<usize, StoreError>>, usize),
     Unit(oneshot::Sender<Result<(), StoreError>>),
+    Custom(Answer),
 }
 
 impl Reply {
@@ -209,6 +245,7 @@ impl Reply {
             Reply::Commit(tx, ..) => drop(tx.send(Err(error()))),
             Reply::Count(tx, _) => drop(tx.send(Err(error()))),
             Reply::Unit(tx) => drop(tx.send(Err(error()))),
+            Reply::Custom(answer) => answer(Some(&error())),
         }
     }
 }
@@ -259,6 +296,7 @@ fn run_group(shared: &Shared, batch: Vec<Job>) {
                 drop(tx.send(Ok(n)));
             }
             Reply::Unit(tx) => drop(tx.send(Ok(()))),
+            Reply::Custom(answer) => answer(None),
         }
     }
     if wake {
@@ -291,6 +329,7 @@ fn run_job(
             Reply::Unit(tx)
         }
         Job::Purge(now, tx) => Reply::Count(tx, group.purge(now, 10_000)?),
+        Job::Custom(job) => Reply::Custom(job(group)?),
     })
 }
 
@@ -544,12 +583,20 @@ impl Store for EmbeddedStore {
             let conversations = txn
                 .open_table(CONVERSATIONS)
                 .map_err(redb_err("opening conversations"))?;
+            let count = |table: TableDefinition<'_, &str, &[u8]>| -> Result<u64, StoreError> {
+                txn.open_table(table)
+                    .map_err(redb_err("opening hooks"))?
+                    .len()
+                    .map_err(redb_err("counting hooks"))
+            };
             Ok(StoreStats {
                 inbox_depth: counter(INBOX_DEPTH)?,
                 dead_letters: letters.len().map_err(redb_err("counting dead letters"))?,
                 conversations: conversations
                     .len()
                     .map_err(redb_err("counting conversations"))?,
+                hooks_pending: count(HOOKS)?,
+                hooks_dead: count(DEAD_HOOKS)?,
             })
         })
         .await
@@ -561,5 +608,140 @@ impl Store for EmbeddedStore {
 
     async fn purge_expired(&self, now: Timestamp) -> Result<usize, StoreError> {
         self.submit(|tx| Job::Purge(now, tx)).await
+    }
+
+    async fn due_hooks(
+        &self,
+        now: Timestamp,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<HookJob>, StoreError> {
+        self.write(move |group| {
+            let mut taken = Vec::new();
+            for id in group.due_hook_ids(now, limit)? {
+                if let Some(mut job) = group.remove_hook(&id)? {
+                    job.due = now.plus(lease);
+                    group.put_hook(&job)?;
+                    taken.push(job);
+                }
+            }
+            Ok(taken)
+        })
+        .await
+    }
+
+    async fn settle_hook(
+        &self,
+        job: &HookJob,
+        settle: HookSettle,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let id = job.id.clone();
+        self.write(move |group| {
+            let Some(mut stored) = group.remove_hook(&id)? else {
+                return Ok(());
+            };
+            match settle {
+                HookSettle::Delivered => {}
+                HookSettle::Retry { due, error } => {
+                    stored.attempts += 1;
+                    stored.due = due;
+                    stored.last_error = Some(error);
+                    group.put_hook(&stored)?;
+                }
+                HookSettle::Dead { error } => {
+                    stored.attempts += 1;
+                    stored.due = now;
+                    stored.last_error = Some(error);
+                    let bytes = encode(&stored)?;
+                    group
+                        .dead_hooks
+                        .insert(id.as_str(), bytes.as_slice())
+                        .map_err(redb_err("writing a dead hook"))?;
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn dead_hooks(&self, limit: usize) -> Result<Vec<HookJob>, StoreError> {
+        let mut all: Vec<HookJob> = self
+            .read(|txn| {
+                let table = txn
+                    .open_table(DEAD_HOOKS)
+                    .map_err(redb_err("opening dead hooks"))?;
+                let mut out = Vec::new();
+                for row in table.iter().map_err(redb_err("reading dead hooks"))? {
+                    let (k, v) = row.map_err(redb_err("reading dead hooks"))?;
+                    out.push(decode(k.value(), v.value())?);
+                }
+                Ok(out)
+            })
+            .await?;
+        all.sort_by(|a, b| b.due.cmp(&a.due).then_with(|| a.id.cmp(&b.id)));
+        all.truncate(limit);
+        Ok(all)
+    }
+
+    async fn redrive_hook(&self, id: &str, now: Timestamp) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.write(move |group| {
+            let Some(dead) = group
+                .dead_hooks
+                .remove(id.as_str())
+                .map_err(redb_err("writing a dead hook"))?
+                .map(|v| decode::<HookJob>(&id, v.value()))
+                .transpose()?
+            else {
+                return Ok(false);
+            };
+            let job = HookJob {
+                due: now,
+                attempts: 0,
+                ..dead
+            };
+            group.put_hook(&job)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn set_agent(&self, state: AgentState) -> Result<(), StoreError> {
+        self.write(move |group| {
+            let bytes = encode(&state)?;
+            group
+                .agents
+                .insert(state.agent.as_str(), bytes.as_slice())
+                .map_err(redb_err("writing an agent"))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn agents(&self) -> Result<Vec<AgentState>, StoreError> {
+        self.read(|txn| {
+            let table = txn
+                .open_table(AGENTS)
+                .map_err(redb_err("opening agents"))?;
+            let mut out = Vec::new();
+            for row in table.iter().map_err(redb_err("reading agents"))? {
+                let (k, v) = row.map_err(redb_err("reading agents"))?;
+                out.push(decode(k.value(), v.value())?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn lead(
+        &self,
+        _role: &str,
+        _holder: &str,
+        _now: Timestamp,
+        _ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        // One process owns the file (redb locks it), so it leads every role.
+        Ok(true)
     }
 }

@@ -1,5 +1,6 @@
 //! Durable state of Tandem: the inbox of every conversation, conversation records, timers,
-//! deduplication keys, the outbound-message registry, contacts, account facts and dead letters.
+//! deduplication keys, the outbound-message registry, contacts, account facts, dead letters,
+//! the hook outbox and agents' presence.
 //!
 //! One [`Store`] trait with two backends that pass the same behaviour suite
 //! (`tests/contract.rs`):
@@ -17,6 +18,8 @@
 //! - a lane step ([`Store::commit`]) removes the event it applied and writes the new record in
 //!   one atomic write, so every event takes effect exactly once;
 //! - at most one worker holds a conversation's lane at a time ([`Store::claim`]);
+//! - hook deliveries a step produced are written with it, handed to one deliverer at a time
+//!   ([`Store::due_hooks`], a lease), and leave the outbox only when settled;
 //! - a business number's send slots are spaced by its rate limit across every process
 //!   ([`Store::reserve_send_slot`]), for the sender to wait on.
 //!
@@ -31,9 +34,9 @@ mod store;
 pub use embedded::EmbeddedStore;
 pub use error::StoreError;
 pub use model::{
-    AccountState, Claim, CommitOutcome, InboxItem, IngestBatch, IngestItem, IngestKind,
-    IngestReport, ItemOutcome, ListQuery, PauseOnIngest, StepCommit, StoreOptions, StoreStats,
-    TimerChange,
+    AccountState, AgentState, Claim, CommitOutcome, HookJob, HookSettle, InboxItem, IngestBatch,
+    IngestItem, IngestKind, IngestReport, ItemOutcome, ListQuery, PauseOnIngest, Presence,
+    StepCommit, StoreOptions, StoreStats, TimerChange,
 };
 pub use redis::RedisStore;
 pub use store::{Store, open};

@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tandem_domain::{
     AccountUpdate, ContactUpdate, Conversation, ConversationEvent, ConversationId, DeadLetter,
-    MessageId, Mode, Timestamp,
+    MessageId, Mode, PausedBy, Timestamp,
 };
 
 /// Settings every backend shares.
@@ -70,12 +70,15 @@ pub enum IngestKind {
     DeadLetter(DeadLetter),
 }
 
-/// A pause applied at ingress, unless the echo is of a message we sent ourselves.
+/// A pause applied at ingress (a human echo, an agent's take-over or message), unless the
+/// echo is of a message we sent ourselves.
 #[derive(Debug, Clone)]
 pub struct PauseOnIngest {
-    /// The echo's wamid, looked up in the outbound registry.
-    pub echo_id: MessageId,
-    /// How long the bot stays paused after the last human message.
+    /// Who paused.
+    pub by: PausedBy,
+    /// For an echo: its wamid, looked up in the outbound registry.
+    pub echo_id: Option<MessageId>,
+    /// How long the bot stays paused after this activity at least.
     pub human_idle: Duration,
 }
 
@@ -150,6 +153,90 @@ pub struct StepCommit {
     pub timer: TimerChange,
     /// Wamids of messages just sent, added to the outbound registry in the same write.
     pub outbound: Vec<MessageId>,
+    /// Hook deliveries the step produced, added to the hook outbox in the same write.
+    pub hooks: Vec<HookJob>,
+}
+
+/// One delivery of one event to one hook target, waiting in the durable hook outbox (or,
+/// after too many failed attempts, in the hook dead-letter list).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookJob {
+    /// Unique: `{event_id}/{target}`.
+    pub id: String,
+    /// The event's id, sent as the `Idempotency-Key` (stable across retries).
+    pub event_id: String,
+    /// The event name, such as `conversation.assigned`.
+    pub event: String,
+    /// The name of the hook target it goes to.
+    pub target: String,
+    /// The JSON body, sent and signed exactly as stored.
+    pub body: String,
+    /// When the event happened.
+    pub created_at: Timestamp,
+    /// When the next attempt is due.
+    pub due: Timestamp,
+    /// Failed attempts so far.
+    pub attempts: u32,
+    /// Why the last attempt failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// What became of a hook delivery attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HookSettle {
+    /// The receiver answered 2xx: the delivery leaves the outbox.
+    Delivered,
+    /// Failed; try again at `due`.
+    Retry {
+        /// When to try again.
+        due: Timestamp,
+        /// Why it failed.
+        error: String,
+    },
+    /// Failed for the last time: move it to the dead-letter list.
+    Dead {
+        /// Why it failed.
+        error: String,
+    },
+}
+
+/// Whether an agent takes conversations now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Presence {
+    /// Takes new conversations (within capacity and schedule).
+    Online,
+    /// Keeps the conversations they have; takes no new ones.
+    Away,
+    /// Not working.
+    Offline,
+}
+
+impl Presence {
+    /// Parses `online`, `away` or `offline`.
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "online" => Some(Self::Online),
+            "away" => Some(Self::Away),
+            "offline" => Some(Self::Offline),
+            _ => None,
+        }
+    }
+}
+
+/// What the store keeps about an agent (the rest is configuration).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentState {
+    /// The agent's id, as configured.
+    pub agent: String,
+    /// Set through the API.
+    pub presence: Presence,
+    /// When the presence last changed.
+    pub since: Timestamp,
+    /// When the router last gave the agent a conversation (round-robin order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_assigned_at: Option<Timestamp>,
 }
 
 /// Whether a step was written.
@@ -207,6 +294,10 @@ pub struct StoreStats {
     pub dead_letters: u64,
     /// Conversations known.
     pub conversations: u64,
+    /// Hook deliveries waiting (or being attempted).
+    pub hooks_pending: u64,
+    /// Hook deliveries given up on, waiting for a re-drive.
+    pub hooks_dead: u64,
 }
 
 /// Applies a pause requested at ingress to a record. For an echo this also records the
@@ -220,7 +311,7 @@ pub(crate) fn apply_pause(
 ) {
     match event {
         ConversationEvent::Echo(echo) => record.record_echo(echo, now, pause.human_idle, cap),
-        _ => record.record_human_activity(tandem_domain::PausedBy::Echo, now, pause.human_idle),
+        _ => record.record_human_activity(pause.by, now, pause.human_idle),
     }
 }
 

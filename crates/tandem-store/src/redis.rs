@@ -12,7 +12,8 @@
 //! (or a primary with replicas), not Redis Cluster.
 //!
 //! Layout: `keys` (every key name), `ingest` (both ingest paths), the Lua scripts beside them
-//! (`apply`, `ingest`, `claim`, `release`, `fire_timers`, `reserve_send_slot`).
+//! (`apply`, `ingest`, `claim`, `release`, `fire_timers`, `reserve_send_slot`, `take_hooks`,
+//! `settle_hook`, `redrive_hook`, `lead`).
 
 mod ingest;
 mod keys;
@@ -33,8 +34,8 @@ use tokio::sync::Notify;
 use self::keys::Keys;
 use crate::error::StoreError;
 use crate::model::{
-    AccountState, Claim, CommitOutcome, InboxItem, IngestBatch, IngestReport, ListQuery,
-    StepCommit, StoreOptions, StoreStats, TimerChange,
+    AccountState, AgentState, Claim, CommitOutcome, HookJob, HookSettle, InboxItem, IngestBatch,
+    IngestReport, ListQuery, StepCommit, StoreOptions, StoreStats, TimerChange,
 };
 use crate::store::Store;
 
@@ -67,6 +68,10 @@ struct Scripts {
     release: Script,
     fire_timers: Script,
     reserve_send_slot: Script,
+    take_hooks: Script,
+    settle_hook: Script,
+    redrive_hook: Script,
+    lead: Script,
 }
 
 /// A write plan for `apply.lua`: guards first, then writes. Field names are the script's.
@@ -89,6 +94,8 @@ struct Plan {
     timers: Vec<(String, Option<String>)>,
     /// Blob indexes.
     dead_letters: Vec<usize>,
+    /// Hook delivery id, blob index, due time.
+    hooks: Vec<(String, usize, String)>,
     /// Large values (records, events) travel as separate script arguments, so the script
     /// does not decode them as JSON; the plan refers to them by 1-based index.
     #[serde(skip)]
@@ -112,6 +119,8 @@ struct PlanKeys {
     mode_prefix: String,
     dead_letters: String,
     dead_letter_seq: String,
+    hooks: String,
+    hooks_due: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -176,6 +185,10 @@ impl RedisStore {
                 release: Script::new(include_str!("redis/release.lua")),
                 fire_timers: Script::new(include_str!("redis/fire_timers.lua")),
                 reserve_send_slot: Script::new(include_str!("redis/reserve_send_slot.lua")),
+                take_hooks: Script::new(include_str!("redis/take_hooks.lua")),
+                settle_hook: Script::new(include_str!("redis/settle_hook.lua")),
+                redrive_hook: Script::new(include_str!("redis/redrive_hook.lua")),
+                lead: Script::new(include_str!("redis/lead.lua")),
             }),
             signal: Arc::new(Notify::new()),
         };
@@ -196,6 +209,8 @@ impl RedisStore {
                 mode_prefix: k.mode_index_prefix(),
                 dead_letters: k.dead_letters(),
                 dead_letter_seq: k.dead_letter_seq(),
+                hooks: k.hooks(),
+                hooks_due: k.hooks_due(),
             },
             ..Plan::default()
         }
@@ -358,6 +373,11 @@ impl Store for RedisStore {
                 millis(self.options.dedupe_ttl),
             ));
         }
+        for hook in &commit.hooks {
+            let blob = plan.blob(json(hook)?);
+            plan.hooks
+                .push((hook.id.clone(), blob, hook.due.as_millis().to_string()));
+        }
         let answer = self.run(&plan).await?;
         match answer.first().map(String::as_str) {
             Some("ok") => Ok(CommitOutcome::Applied),
@@ -512,16 +532,26 @@ impl Store for RedisStore {
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {
         let mut con = self.con.clone();
-        let (depth, letters, conversations): (Option<i64>, u64, u64) = redis::pipe()
+        let (depth, letters, conversations, hooks_pending, hooks_dead): (
+            Option<i64>,
+            u64,
+            u64,
+            u64,
+            u64,
+        ) = redis::pipe()
             .get(self.keys.inbox_depth())
             .llen(self.keys.dead_letters())
             .zcard(self.keys.all_conversations())
+            .hlen(self.keys.hooks())
+            .hlen(self.keys.dead_hooks())
             .query_async(&mut con)
             .await?;
         Ok(StoreStats {
             inbox_depth: u64::try_from(depth.unwrap_or(0)).unwrap_or(0),
             dead_letters: letters,
             conversations,
+            hooks_pending,
+            hooks_dead,
         })
     }
 
@@ -534,5 +564,152 @@ impl Store for RedisStore {
     async fn purge_expired(&self, _now: Timestamp) -> Result<usize, StoreError> {
         // Redis expires deduplication keys by itself (SET … PX).
         Ok(0)
+    }
+
+    async fn due_hooks(
+        &self,
+        now: Timestamp,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<HookJob>, StoreError> {
+        let mut con = self.con.clone();
+        let held = now.plus(lease);
+        let raw: Vec<String> = self
+            .scripts
+            .take_hooks
+            .arg(self.keys.hooks())
+            .arg(self.keys.hooks_due())
+            .arg(now.as_millis())
+            .arg(limit)
+            .arg(held.as_millis())
+            .invoke_async(&mut con)
+            .await?;
+        raw.iter()
+            .map(|r| {
+                let mut job: HookJob = decode("hook", r)?;
+                job.due = held;
+                Ok(job)
+            })
+            .collect()
+    }
+
+    async fn settle_hook(
+        &self,
+        job: &HookJob,
+        settle: HookSettle,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let mut next = job.clone();
+        let (outcome, score) = match settle {
+            HookSettle::Delivered => ("delivered", now),
+            HookSettle::Retry { due, error } => {
+                next.attempts += 1;
+                next.due = due;
+                next.last_error = Some(error);
+                ("retry", due)
+            }
+            HookSettle::Dead { error } => {
+                next.attempts += 1;
+                next.due = now;
+                next.last_error = Some(error);
+                ("dead", now)
+            }
+        };
+        let mut con = self.con.clone();
+        let _settled: i64 = self
+            .scripts
+            .settle_hook
+            .arg(self.keys.hooks())
+            .arg(self.keys.hooks_due())
+            .arg(self.keys.dead_hooks())
+            .arg(self.keys.dead_hooks_order())
+            .arg(&job.id)
+            .arg(outcome)
+            .arg(json(&next)?)
+            .arg(score.as_millis())
+            .invoke_async(&mut con)
+            .await?;
+        Ok(())
+    }
+
+    async fn dead_hooks(&self, limit: usize) -> Result<Vec<HookJob>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut con = self.con.clone();
+        let stop = isize::try_from(limit).unwrap_or(isize::MAX) - 1;
+        let ids: Vec<String> = con.zrevrange(self.keys.dead_hooks_order(), 0, stop).await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let raw: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(self.keys.dead_hooks())
+            .arg(&ids)
+            .query_async(&mut con)
+            .await?;
+        raw.into_iter()
+            .flatten()
+            .map(|r| decode("dead hook", &r))
+            .collect()
+    }
+
+    async fn redrive_hook(&self, id: &str, now: Timestamp) -> Result<bool, StoreError> {
+        let mut con = self.con.clone();
+        let raw: Option<String> = con.hget(self.keys.dead_hooks(), id).await?;
+        let Some(raw) = raw else {
+            return Ok(false);
+        };
+        let dead: HookJob = decode("dead hook", &raw)?;
+        let job = HookJob {
+            due: now,
+            attempts: 0,
+            ..dead
+        };
+        let moved: i64 = self
+            .scripts
+            .redrive_hook
+            .arg(self.keys.hooks())
+            .arg(self.keys.hooks_due())
+            .arg(self.keys.dead_hooks())
+            .arg(self.keys.dead_hooks_order())
+            .arg(id)
+            .arg(json(&job)?)
+            .arg(now.as_millis())
+            .invoke_async(&mut con)
+            .await?;
+        Ok(moved == 1)
+    }
+
+    async fn set_agent(&self, state: AgentState) -> Result<(), StoreError> {
+        let mut con = self.con.clone();
+        let () = con
+            .hset(self.keys.agents(), &state.agent, json(&state)?)
+            .await?;
+        Ok(())
+    }
+
+    async fn agents(&self) -> Result<Vec<AgentState>, StoreError> {
+        let mut con = self.con.clone();
+        let raw: Vec<String> = con.hvals(self.keys.agents()).await?;
+        raw.iter().map(|r| decode("agent", r)).collect()
+    }
+
+    async fn lead(
+        &self,
+        role: &str,
+        holder: &str,
+        _now: Timestamp,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut con = self.con.clone();
+        let led: i64 = self
+            .scripts
+            .lead
+            .arg(self.keys.lead(role))
+            .arg(holder)
+            .arg(millis(ttl))
+            .invoke_async(&mut con)
+            .await?;
+        Ok(led == 1)
     }
 }

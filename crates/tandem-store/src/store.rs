@@ -11,8 +11,8 @@ use tokio::sync::Notify;
 
 use crate::error::StoreError;
 use crate::model::{
-    AccountState, Claim, CommitOutcome, InboxItem, IngestBatch, IngestReport, ListQuery,
-    StepCommit, StoreOptions, StoreStats,
+    AccountState, AgentState, Claim, CommitOutcome, HookJob, HookSettle, InboxItem, IngestBatch,
+    IngestReport, ListQuery, StepCommit, StoreOptions, StoreStats,
 };
 use crate::{EmbeddedStore, RedisStore};
 
@@ -92,6 +92,47 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Checks that the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Takes up to `limit` hook deliveries due at `now`, oldest due first, and holds them for
+    /// `lease`: a delivery not settled by then is offered again (at-least-once).
+    async fn due_hooks(
+        &self,
+        now: Timestamp,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<HookJob>, StoreError>;
+
+    /// Records the outcome of an attempt; a delivery already settled is left alone.
+    async fn settle_hook(
+        &self,
+        job: &HookJob,
+        settle: HookSettle,
+        now: Timestamp,
+    ) -> Result<(), StoreError>;
+
+    /// Lists hook deliveries given up on, most recent first.
+    async fn dead_hooks(&self, limit: usize) -> Result<Vec<HookJob>, StoreError>;
+
+    /// Moves a dead hook delivery back to the outbox, due now with no attempts counted.
+    /// Returns false when there is no such dead delivery.
+    async fn redrive_hook(&self, id: &str, now: Timestamp) -> Result<bool, StoreError>;
+
+    /// Writes an agent's presence and round-robin bookkeeping.
+    async fn set_agent(&self, state: AgentState) -> Result<(), StoreError>;
+
+    /// Reads every agent's stored state.
+    async fn agents(&self) -> Result<Vec<AgentState>, StoreError>;
+
+    /// Takes or renews the single leadership of `role` (such as the router) for `ttl`.
+    /// Returns true when `holder` leads now. The embedded store has one process, which
+    /// always leads.
+    async fn lead(
+        &self,
+        role: &str,
+        holder: &str,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Result<bool, StoreError>;
 
     /// Removes one batch of expired deduplication keys (where the backend does not expire them
     /// itself) and returns how many; 0 means none are left.

@@ -10,11 +10,13 @@ use std::time::Duration;
 
 use tandem_domain::{
     AccountUpdate, ContactUpdate, Conversation, ConversationEvent, ConversationId, DeadLetter,
-    Echo, InboundMessage, MessageContent, MessageId, Mode, PhoneNumberId, Role, Timestamp, WaId,
+    Echo, InboundMessage, MessageContent, MessageId, Mode, PausedBy, PhoneNumberId, Role, Timestamp,
+    WaId,
 };
 use tandem_store::{
-    Claim, CommitOutcome, InboxItem, IngestBatch, IngestItem, IngestKind, ItemOutcome, ListQuery,
-    PauseOnIngest, StepCommit, Store, StoreOptions, TimerChange,
+    AgentState, Claim, CommitOutcome, HookJob, HookSettle, InboxItem, IngestBatch, IngestItem,
+    IngestKind, ItemOutcome, ListQuery, PauseOnIngest, Presence, StepCommit, Store, StoreOptions,
+    TimerChange,
 };
 
 const T0: Timestamp = Timestamp(1_768_041_000_000);
@@ -181,7 +183,8 @@ fn echo(wa: &str, id: &str) -> IngestItem {
             conversation: conv(wa),
             event,
             pause: Some(PauseOnIngest {
-                echo_id: MessageId::parse(id).unwrap(),
+                by: PausedBy::Echo,
+                echo_id: Some(MessageId::parse(id).unwrap()),
                 human_idle: IDLE,
             }),
         },
@@ -210,6 +213,7 @@ fn commit_of(
         conversation: record,
         timer,
         outbound: Vec::new(),
+        hooks: Vec::new(),
     }
 }
 
@@ -461,6 +465,7 @@ async fn several_events_commit_together_and_only_as_the_head(f: Fixture) {
         conversation: record.clone(),
         timer: TimerChange::Keep,
         outbound: Vec::new(),
+        hooks: Vec::new(),
     };
     // Not the head of the inbox, or not a prefix of it: refused, nothing removed.
     assert_eq!(
@@ -767,6 +772,126 @@ async fn conversations_are_listed_by_mode_in_pages(f: Fixture) {
     assert_eq!(s.stats().await.unwrap().conversations, 4);
 }
 
+fn hook(id: &str) -> HookJob {
+    HookJob {
+        id: format!("{id}/crm"),
+        event_id: id.to_owned(),
+        event: "conversation.handoff_requested".into(),
+        target: "crm".into(),
+        body: format!(r#"{{"id":"{id}"}}"#),
+        created_at: T0,
+        due: T0,
+        attempts: 0,
+        last_error: None,
+    }
+}
+
+async fn hooks_are_written_with_the_step_leased_retried_and_dead_lettered(f: Fixture) {
+    let s = &*f.store;
+    s.ingest(batch(T0, vec![message("a", "m1")])).await.unwrap();
+    let claim = s.claim(T0, LEASE).await.unwrap().unwrap();
+    let (record, items) = s.head(&claim, T0, 10).await.unwrap().unwrap();
+    let mut commit = commit_of(T0, record.clone(), &items, TimerChange::Keep);
+    commit.hooks = vec![hook("h1"), hook("h2")];
+    // A refused commit writes no hook.
+    let mut stale = commit.clone();
+    stale.expected_rev += 7;
+    assert_eq!(
+        s.commit(&claim, stale, LEASE).await.unwrap(),
+        CommitOutcome::Conflict
+    );
+    assert!(s.due_hooks(T0, 10, LEASE).await.unwrap().is_empty());
+    assert_eq!(
+        s.commit(&claim, commit, LEASE).await.unwrap(),
+        CommitOutcome::Applied
+    );
+    assert_eq!(s.stats().await.unwrap().hooks_pending, 2);
+
+    // Taken deliveries are held for the lease: nobody else gets them meanwhile.
+    let taken = s.due_hooks(T0, 10, LEASE).await.unwrap();
+    let ids: Vec<_> = taken.iter().map(|h| h.id.as_str()).collect();
+    assert_eq!(ids, ["h1/crm", "h2/crm"]);
+    assert!(
+        s.due_hooks(T0.plus(Duration::from_secs(1)), 10, LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Not settled within the lease (a crashed deliverer): offered again.
+    assert_eq!(s.due_hooks(T0.plus(LEASE), 10, LEASE).await.unwrap().len(), 2);
+    // Delivered leaves the outbox; a retry comes back at its time with the error kept.
+    s.settle_hook(&taken[0], HookSettle::Delivered, T0).await.unwrap();
+    let later = T0.plus(Duration::from_secs(5));
+    s.settle_hook(
+        &taken[1],
+        HookSettle::Retry {
+            due: later,
+            error: "HTTP 500".into(),
+        },
+        T0,
+    )
+    .await
+    .unwrap();
+    assert!(s.due_hooks(T0.plus(Duration::from_secs(4)), 10, LEASE).await.unwrap().is_empty());
+    let again = s.due_hooks(later, 10, LEASE).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].attempts, 1);
+    assert_eq!(again[0].last_error.as_deref(), Some("HTTP 500"));
+    // Settling a delivery twice changes nothing the second time.
+    s.settle_hook(&taken[0], HookSettle::Delivered, T0).await.unwrap();
+
+    // Dead: out of the outbox, listed, and re-driven once with its attempts reset.
+    s.settle_hook(
+        &again[0],
+        HookSettle::Dead {
+            error: "HTTP 500".into(),
+        },
+        later,
+    )
+    .await
+    .unwrap();
+    let stats = s.stats().await.unwrap();
+    assert_eq!((stats.hooks_pending, stats.hooks_dead), (0, 1));
+    let dead = s.dead_hooks(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!((dead[0].id.as_str(), dead[0].attempts), ("h2/crm", 2));
+    assert!(!s.redrive_hook("nope", later).await.unwrap());
+    assert!(s.redrive_hook("h2/crm", later).await.unwrap());
+    assert!(!s.redrive_hook("h2/crm", later).await.unwrap());
+    let redriven = s.due_hooks(later, 10, LEASE).await.unwrap();
+    assert_eq!(redriven.len(), 1);
+    assert_eq!(redriven[0].attempts, 0);
+    assert_eq!(redriven[0].body, r#"{"id":"h2"}"#);
+    assert!(s.dead_hooks(10).await.unwrap().is_empty());
+}
+
+async fn agents_presence_is_kept_and_one_process_leads(f: Fixture) {
+    let s = &*f.store;
+    assert!(s.agents().await.unwrap().is_empty());
+    let ana = AgentState {
+        agent: "ana".into(),
+        presence: Presence::Online,
+        since: T0,
+        last_assigned_at: None,
+    };
+    s.set_agent(ana.clone()).await.unwrap();
+    let away = AgentState {
+        presence: Presence::Away,
+        last_assigned_at: Some(T0),
+        ..ana
+    };
+    s.set_agent(away.clone()).await.unwrap();
+    assert_eq!(s.agents().await.unwrap(), [away]);
+    let ttl = Duration::from_millis(300);
+    assert!(s.lead("router", "one", T0, ttl).await.unwrap());
+    assert!(s.lead("router", "one", T0, ttl).await.unwrap(), "renewal");
+    if s.backend() == "redis" {
+        assert!(!s.lead("router", "two", T0, ttl).await.unwrap());
+        tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+        assert!(s.lead("router", "two", T0, ttl).await.unwrap(), "taken over after expiry");
+    }
+}
+
 macro_rules! contract {
     ($backend:ident: $($name:ident),* $(,)?) => {
         mod $backend {
@@ -796,6 +921,8 @@ macro_rules! suite {
             send_slots_keep_each_numbers_rate_across_callers,
             contacts_accounts_and_dead_letters_are_kept,
             conversations_are_listed_by_mode_in_pages,
+            hooks_are_written_with_the_step_leased_retried_and_dead_lettered,
+            agents_presence_is_kept_and_one_process_leads,
         );)*
     };
 }

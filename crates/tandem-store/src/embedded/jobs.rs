@@ -44,7 +44,9 @@ pub(super) fn ingest(
                 let mut outcome = ItemOutcome::Stored;
                 let mut own_echo = false;
                 if let Some(pause) = pause {
-                    own_echo = group.seen(&outbound_key(&pause.echo_id), now)?;
+                    if let Some(echo_id) = &pause.echo_id {
+                        own_echo = group.seen(&outbound_key(echo_id), now)?;
+                    }
                     if own_echo {
                         outcome = ItemOutcome::OwnEcho;
                     } else {
@@ -151,6 +153,9 @@ pub(super) fn commit(
     group.write_conversation(previous.as_ref(), step.conversation, step.now)?;
     for id in &step.outbound {
         group.remember(&outbound_key(id), step.now.plus(shared.options.dedupe_ttl))?;
+    }
+    for hook in &step.hooks {
+        group.put_hook(hook)?;
     }
     for seq in &step.seqs {
         group.consume(&key, *seq)?;

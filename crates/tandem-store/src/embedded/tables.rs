@@ -34,6 +34,15 @@ pub(super) const ACCOUNTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::n
 pub(super) const DEAD_LETTERS: TableDefinition<'_, u64, &[u8]> =
     TableDefinition::new("dead_letters");
 
+/// Hook delivery id → hook job (JSON): the hook outbox.
+pub(super) const HOOKS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("hooks");
+/// (due time, hook delivery id) → (), to take due deliveries in order.
+pub(super) const HOOK_DUE: TableDefinition<'_, (u64, &str), ()> = TableDefinition::new("hook_due");
+/// Hook delivery id → hook job (JSON), given up on.
+pub(super) const DEAD_HOOKS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("dead_hooks");
+/// Agent id → agent state (JSON).
+pub(super) const AGENTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("agents");
+
 pub(super) const SEQ: &str = "seq";
 pub(super) const DEAD_LETTER_SEQ: &str = "dead_letter_seq";
 pub(super) const INBOX_DEPTH: &str = "inbox_depth";
@@ -73,6 +82,13 @@ pub(super) fn create_all(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(ACCOUNTS)
         .map_err(redb_err("creating tables"))?;
     txn.open_table(DEAD_LETTERS)
+        .map_err(redb_err("creating tables"))?;
+    txn.open_table(HOOKS).map_err(redb_err("creating tables"))?;
+    txn.open_table(HOOK_DUE)
+        .map_err(redb_err("creating tables"))?;
+    txn.open_table(DEAD_HOOKS)
+        .map_err(redb_err("creating tables"))?;
+    txn.open_table(AGENTS)
         .map_err(redb_err("creating tables"))?;
     Ok(())
 }

@@ -9,7 +9,7 @@ use tandem_domain::{Conversation, ConversationId, Timestamp};
 
 use super::tables::*;
 use crate::error::StoreError;
-use crate::model::InboxItem;
+use crate::model::{HookJob, InboxItem};
 
 /// The open tables and counters of one write transaction.
 pub(super) struct Group<'t> {
@@ -24,6 +24,10 @@ pub(super) struct Group<'t> {
     pub(super) contacts: Table<'t, &'static str, &'static [u8]>,
     pub(super) accounts: Table<'t, &'static str, &'static [u8]>,
     dead_letters: Table<'t, u64, &'static [u8]>,
+    hooks: Table<'t, &'static str, &'static [u8]>,
+    hook_due: Table<'t, (u64, &'static str), ()>,
+    pub(super) dead_hooks: Table<'t, &'static str, &'static [u8]>,
+    pub(super) agents: Table<'t, &'static str, &'static [u8]>,
     seq: u64,
     dead_letter_seq: u64,
     depth: u64,
@@ -61,6 +65,10 @@ impl<'t> Group<'t> {
             contacts: open(txn, CONTACTS)?,
             accounts: open(txn, ACCOUNTS)?,
             dead_letters: open(txn, DEAD_LETTERS)?,
+            hooks: open(txn, HOOKS)?,
+            hook_due: open(txn, HOOK_DUE)?,
+            dead_hooks: open(txn, DEAD_HOOKS)?,
+            agents: open(txn, AGENTS)?,
             meta,
             seq,
             dead_letter_seq,
@@ -237,5 +245,55 @@ impl<'t> Group<'t> {
             .insert(self.dead_letter_seq, bytes)
             .map_err(redb_err("writing a dead letter"))?;
         Ok(())
+    }
+
+    /// Reads a hook delivery of the outbox.
+    pub(super) fn hook(&self, id: &str) -> Result<Option<HookJob>, StoreError> {
+        let found = self.hooks.get(id).map_err(redb_err("reading a hook"))?;
+        found.map(|v| decode(id, v.value())).transpose()
+    }
+
+    /// Writes a hook delivery into the outbox (replacing the one with its id).
+    pub(super) fn put_hook(&mut self, job: &HookJob) -> Result<(), StoreError> {
+        self.remove_hook(&job.id)?;
+        let bytes = encode(job)?;
+        self.hooks
+            .insert(job.id.as_str(), bytes.as_slice())
+            .map_err(redb_err("writing a hook"))?;
+        self.hook_due
+            .insert((job.due.as_millis(), job.id.as_str()), ())
+            .map_err(redb_err("writing a hook"))?;
+        Ok(())
+    }
+
+    /// Removes a hook delivery from the outbox; returns it when it was there.
+    pub(super) fn remove_hook(&mut self, id: &str) -> Result<Option<HookJob>, StoreError> {
+        let old = self.hook(id)?;
+        if let Some(old) = &old {
+            self.hooks.remove(id).map_err(redb_err("writing a hook"))?;
+            self.hook_due
+                .remove((old.due.as_millis(), id))
+                .map_err(redb_err("writing a hook"))?;
+        }
+        Ok(old)
+    }
+
+    /// Returns the ids of up to `limit` deliveries due at `now`, oldest due first.
+    pub(super) fn due_hook_ids(
+        &self,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut ids = Vec::new();
+        for row in self
+            .hook_due
+            .range(..=(now.as_millis(), "\u{10FFFF}"))
+            .map_err(redb_err("reading hooks"))?
+            .take(limit)
+        {
+            let (key, _) = row.map_err(redb_err("reading hooks"))?;
+            ids.push(key.value().1.to_owned());
+        }
+        Ok(ids)
     }
 }

@@ -68,6 +68,10 @@ for _, t in ipairs(plan.timers) do
     redis.call('ZADD', k.timers, t[2], t[1])
   end
 end
+for _, h in ipairs(plan.hooks) do
+  redis.call('HSET', k.hooks, h[1], blob(h[2]))
+  redis.call('ZADD', k.hooks_due, h[3], h[1])
+end
 for _, letter in ipairs(plan.dead_letters) do
   local id = redis.call('INCR', k.dead_letter_seq)
   redis.call('LPUSH', k.dead_letters, id .. ':' .. blob(letter))

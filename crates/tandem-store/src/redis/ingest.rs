@@ -52,12 +52,17 @@ impl RedisStore {
                     let mut outcome = ItemOutcome::Stored;
                     let mut own_echo = false;
                     if let Some(pause) = pause {
-                        let outbound = self.keys.outbound(pause.echo_id.as_str());
-                        own_echo = con.exists(&outbound).await?;
+                        let outbound = pause
+                            .echo_id
+                            .as_ref()
+                            .map(|id| self.keys.outbound(id.as_str()));
+                        if let Some(outbound) = &outbound {
+                            own_echo = con.exists(outbound).await?;
+                        }
                         if own_echo {
                             outcome = ItemOutcome::OwnEcho;
                         } else {
-                            plan.absent.push(outbound);
+                            plan.absent.extend(outbound);
                             if !paused.contains_key(conversation) {
                                 let current = self.read_conversation(conversation).await?;
                                 let rev = current.as_ref().map_or(0, |c| c.rev);

@@ -90,6 +90,30 @@ impl Keys {
         format!("{}:dead_letters", self.prefix)
     }
 
+    pub(crate) fn hooks(&self) -> String {
+        format!("{}:hooks", self.prefix)
+    }
+
+    pub(crate) fn hooks_due(&self) -> String {
+        format!("{}:hooks_due", self.prefix)
+    }
+
+    pub(crate) fn dead_hooks(&self) -> String {
+        format!("{}:dead_hooks", self.prefix)
+    }
+
+    pub(crate) fn dead_hooks_order(&self) -> String {
+        format!("{}:dead_hooks_order", self.prefix)
+    }
+
+    pub(crate) fn agents(&self) -> String {
+        format!("{}:agents", self.prefix)
+    }
+
+    pub(crate) fn lead(&self, role: &str) -> String {
+        format!("{}:lead:{role}", self.prefix)
+    }
+
     pub(crate) fn dead_letter_seq(&self) -> String {
         format!("{}:dead_letter_seq", self.prefix)
     }
