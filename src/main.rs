@@ -493,7 +493,7 @@ fn warn_dev_mode(settings: &tandem_server::Settings) {
     if settings.verify_token.is_none() {
         missing.push("any verify token is accepted (no TANDEM_VERIFY_TOKEN)");
     }
-    if settings.api_token.is_none() {
+    if settings.api_tokens.is_empty() {
         missing.push("the /v1 API is open to anyone (no TANDEM_API_TOKEN)");
     }
     for line in &missing {

@@ -173,8 +173,11 @@ async fn the_bot_resumes_after_human_idle(backend: Backend) {
     let system = texts(&resumed, "system");
     assert_eq!(
         system,
-        ["bot resumed: no message from a person for 1s"],
-        "the resume is recorded once"
+        [
+            "a person took over from the WhatsApp Business App; the bot is paused",
+            "bot resumed: no message from a person for 1s"
+        ],
+        "the human stretch is marked once at each end"
     );
     assert_eq!(
         server.metric("tandem_conversations_resumed_total").await,

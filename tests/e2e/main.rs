@@ -19,6 +19,7 @@ mod bot;
 mod cli;
 mod durability;
 mod echo;
+mod handoff;
 mod replicas;
 mod standin;
 mod webhook;

@@ -222,3 +222,88 @@ pub async fn llm() -> String {
     let addr = serve(axum::Router::new().route("/v1/chat/completions", post(chat))).await;
     format!("http://{addr}/v1")
 }
+
+/// One hook delivery the receiver stand-in got.
+#[derive(Debug, Clone)]
+pub struct ReceivedHook {
+    pub event: String,
+    pub timestamp: u64,
+    pub signature: String,
+    pub idempotency_key: String,
+    pub raw: Vec<u8>,
+    pub body: Value,
+    /// The status it answered.
+    pub answered: u16,
+}
+
+#[derive(Default)]
+struct HookState {
+    received: Vec<ReceivedHook>,
+    /// While set, every delivery is answered 500 (a receiver that is down).
+    failing: bool,
+}
+
+/// A CRM/helpdesk hook receiver on a loopback port: records every delivery with its
+/// headers, answers 200 (or 500 while failing).
+#[derive(Clone)]
+pub struct HookReceiver {
+    pub url: String,
+    state: Arc<Mutex<HookState>>,
+}
+
+impl HookReceiver {
+    pub async fn start() -> HookReceiver {
+        async fn receive(
+            State(state): State<Arc<Mutex<HookState>>>,
+            headers: HeaderMap,
+            raw: axum::body::Bytes,
+        ) -> StatusCode {
+            let header = |name: &str| {
+                headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            let mut state = state.lock().unwrap();
+            let answered = if state.failing { 500 } else { 200 };
+            state.received.push(ReceivedHook {
+                event: header("x-tandem-event"),
+                timestamp: header("x-tandem-timestamp").parse().unwrap_or(0),
+                signature: header("x-tandem-signature"),
+                idempotency_key: header("idempotency-key"),
+                body: serde_json::from_slice(&raw).unwrap_or(Value::Null),
+                raw: raw.to_vec(),
+                answered,
+            });
+            StatusCode::from_u16(answered).unwrap()
+        }
+        let state = Arc::new(Mutex::new(HookState::default()));
+        let app = axum::Router::new()
+            .route("/hooks", post(receive))
+            .with_state(Arc::clone(&state));
+        let addr = serve(app).await;
+        HookReceiver {
+            url: format!("http://{addr}/hooks"),
+            state,
+        }
+    }
+
+    /// Makes the receiver answer 500 to everything (or 200 again).
+    pub fn failing(&self, on: bool) {
+        self.state.lock().unwrap().failing = on;
+    }
+
+    /// Every delivery so far, in arrival order.
+    pub fn received(&self) -> Vec<ReceivedHook> {
+        self.state.lock().unwrap().received.clone()
+    }
+
+    /// The deliveries answered 200, in arrival order.
+    pub fn delivered(&self) -> Vec<ReceivedHook> {
+        self.received()
+            .into_iter()
+            .filter(|h| h.answered == 200)
+            .collect()
+    }
+}

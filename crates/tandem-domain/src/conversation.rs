@@ -401,8 +401,7 @@ impl Conversation {
     /// talking, and the customer has not opted out (except for the opt-out confirmation).
     pub fn may_send(&self, origin: SendOrigin) -> bool {
         origin == SendOrigin::Agent
-            || (self.mode != Mode::Human
-                && (!self.opted_out || origin == SendOrigin::OptOutNotice))
+            || (self.mode != Mode::Human && (!self.opted_out || origin == SendOrigin::OptOutNotice))
     }
 
     /// Returns when the conversation's timer should next fire: when a phone pause may end,
@@ -578,7 +577,11 @@ mod tests {
             IdleDecision::WaitUntil(Timestamp(3_600_000))
         );
         assert_eq!(c.idle_decision(Timestamp(3_600_000)), IdleDecision::Resume);
-        let notes = c.transcript.iter().filter(|e| e.role == Role::System).count();
+        let notes = c
+            .transcript
+            .iter()
+            .filter(|e| e.role == Role::System)
+            .count();
         assert_eq!(notes, 1, "one line marks the start of the human stretch");
     }
 
@@ -594,7 +597,10 @@ mod tests {
             queue_noted: false,
         });
         assert_eq!(c.mode, Mode::Handoff);
-        assert_eq!(c.idle_decision(Timestamp(u64::MAX / 2)), IdleDecision::NotPaused);
+        assert_eq!(
+            c.idle_decision(Timestamp(u64::MAX / 2)),
+            IdleDecision::NotPaused
+        );
     }
 
     #[test]

@@ -31,8 +31,8 @@ pub use bot::{
 pub use conversation::{Conversation, Mode, PausedBy, Role, TranscriptEntry};
 pub use error::ErrorKind;
 pub use event::{
-    AccountUpdate, AgentAction, AgentActionKind, ContactUpdate, ConversationEvent, DeadLetter, DeliveryStatus, Echo,
-    HistoryMessage, HistoryThread, InboundMessage, StatusUpdate,
+    AccountUpdate, AgentAction, AgentActionKind, ContactUpdate, ConversationEvent, DeadLetter,
+    DeliveryStatus, Echo, HistoryMessage, HistoryThread, InboundMessage, StatusUpdate,
 };
 pub use ids::{ConversationId, IdError, MessageId, PhoneNumberId, WaId, WabaId};
 pub use message::MessageContent;

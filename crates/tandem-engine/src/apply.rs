@@ -80,6 +80,8 @@ pub fn apply(mut conversation: Conversation, item: &InboxItem, ctx: &ApplyContex
             IdleDecision::WaitUntil(at) => timer = TimerChange::Set(at),
             IdleDecision::NotPaused => {}
         },
+        // Agent and router actions need the routing policy: the lane's desk applies them.
+        ConversationEvent::Agent(_) => {}
     }
     Step {
         conversation,

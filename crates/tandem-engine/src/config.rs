@@ -39,6 +39,19 @@ pub struct EngineConfig {
     /// Sends left waiting (a crashed process) are picked up again after this long.
     #[serde(with = "humantime_serde")]
     pub send_recovery: Duration,
+    /// Attempts of a hook delivery before it goes to the hook dead-letter list.
+    pub hook_attempts: u32,
+    /// The first retry delay of a failed hook delivery; doubled each attempt up to 10 minutes.
+    #[serde(with = "humantime_serde")]
+    pub hook_backoff: Duration,
+    /// How long a hook receiver has to answer.
+    #[serde(with = "humantime_serde")]
+    pub hook_timeout: Duration,
+    /// Transcript lines a hook payload carries.
+    pub hook_transcript: usize,
+    /// How often the router looks at the waiting queue.
+    #[serde(with = "humantime_serde")]
+    pub router_tick: Duration,
 }
 
 impl Default for EngineConfig {
@@ -55,6 +68,11 @@ impl Default for EngineConfig {
             send_attempts: 6,
             send_backoff: Duration::from_secs(1),
             send_recovery: Duration::from_secs(30),
+            hook_attempts: 10,
+            hook_backoff: Duration::from_secs(2),
+            hook_timeout: Duration::from_secs(10),
+            hook_transcript: 20,
+            router_tick: Duration::from_millis(500),
         }
     }
 }
@@ -93,6 +111,15 @@ impl EngineConfig {
             return Err((
                 "engine.send_recovery",
                 "must be at least engine.lease".into(),
+            ));
+        }
+        if self.hook_attempts == 0 {
+            return Err(("engine.hook_attempts", "must be at least 1".into()));
+        }
+        if self.hook_timeout.is_zero() || self.router_tick.is_zero() {
+            return Err((
+                "engine.hook_timeout",
+                "hook_timeout and router_tick must be longer than zero".into(),
             ));
         }
         if self.transcript_cap == 0 {

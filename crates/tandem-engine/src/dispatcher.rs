@@ -19,8 +19,11 @@ use tokio::task::JoinSet;
 
 use crate::apply::{ApplyContext, apply};
 use crate::config::EngineConfig;
+use crate::desk::{Desk, DeskContext};
+use crate::hook_sender::HookSender;
 use crate::metrics;
 use crate::responder::Responder;
+use crate::router::Router;
 use crate::sender::Sender;
 
 /// How often expired deduplication keys are purged.
@@ -50,6 +53,12 @@ pub struct Bot {
     pub responder: Option<Responder>,
     /// Sends outboxes through the Graph API.
     pub sender: Option<Sender>,
+    /// Routing and hook targets.
+    pub desk: Desk,
+    /// Raised when a commit wrote hook deliveries, so the deliverer looks at once.
+    pub hooks_ready: Arc<tokio::sync::Notify>,
+    /// Delivers the hook outbox; none when no hook is configured.
+    pub hook_sender: Option<HookSender>,
 }
 
 impl Dispatcher {
@@ -73,6 +82,18 @@ impl Dispatcher {
         }
         if worker.config.workers > 0 {
             tasks.spawn(worker.clone().run_timers(stopped.clone()));
+            if worker.bot.desk.routing.routes() {
+                let router = Router::new(
+                    Arc::clone(&worker.store),
+                    Arc::clone(&worker.bot.desk.routing),
+                    Arc::clone(&worker.clock),
+                    worker.config.clone(),
+                );
+                tasks.spawn(router.run(stopped.clone()));
+            }
+            if let Some(hooks) = worker.bot.hook_sender.clone() {
+                tasks.spawn(hooks.run(Arc::clone(&worker.bot.hooks_ready), stopped.clone()));
+            }
         }
         tasks.spawn(worker.run_purge(stopped));
         Self { stop, tasks }
@@ -174,12 +195,40 @@ impl Worker {
         let mut record = conversation;
         let mut resumed = Vec::new();
         let mut timer = TimerChange::Keep;
+        let mut happenings = Vec::new();
+        let desk = &self.bot.desk;
+        let desk_ctx = DeskContext {
+            now,
+            cap: self.config.transcript_cap,
+            responder: self.bot.responder.as_ref(),
+        };
+        let contact = self.store.contact(&record.id).await?;
+        let name = contact
+            .as_ref()
+            .filter(|c| !c.removed)
+            .and_then(|c| c.full_name.clone());
         for item in &items {
+            let mode_before = record.mode;
             let step = apply(record, item, &ctx);
             record = step.conversation;
-            resumed.extend(step.resumed);
             if step.timer != TimerChange::Keep {
                 timer = step.timer;
+            }
+            if let Some(reason) = step.resumed {
+                resumed.push(reason);
+                desk.on_resumed(&mut record, reason, &desk_ctx, &mut happenings);
+            }
+            match &item.event {
+                ConversationEvent::Echo(_) if !item.own_echo => {
+                    desk.on_echo(&mut record, self.config.human_idle, now, &mut happenings);
+                }
+                ConversationEvent::Agent(action) => {
+                    desk.on_agent(&mut record, action, &desk_ctx, &mut happenings);
+                }
+                ConversationEvent::Customer(message) if mode_before != Mode::Bot => {
+                    desk.on_customer_while_person(message, &mut happenings);
+                }
+                _ => {}
             }
             if let (Some(responder), ConversationEvent::Status(status)) =
                 (&self.bot.responder, &item.event)
@@ -191,15 +240,30 @@ impl Worker {
                 (&self.bot.responder, &item.event)
                 && record.mode == Mode::Bot
             {
-                let contact = self.store.contact(&record.id).await?;
-                let name = contact
-                    .as_ref()
-                    .filter(|c| !c.removed)
-                    .and_then(|c| c.full_name.as_deref());
+                let new_session = record
+                    .transcript
+                    .iter()
+                    .rev()
+                    .filter(|e| e.role == tandem_domain::Role::Customer && !e.historical)
+                    .nth(1)
+                    .is_none_or(|previous| {
+                        message.sent_at.since(previous.at)
+                            >= tandem_domain::conversation::CUSTOMER_WINDOW
+                    });
+                if new_session {
+                    ::metrics::counter!(metrics::SESSIONS).increment(1);
+                }
                 let summary = responder
-                    .respond(&mut record, message, name, now, self.config.transcript_cap)
+                    .respond(
+                        &mut record,
+                        message,
+                        name.as_deref(),
+                        now,
+                        self.config.transcript_cap,
+                    )
                     .await;
                 let ended = if summary.handoff.is_some() {
+                    desk.on_handoff(&mut record, summary.intent.as_deref(), &mut happenings);
                     "handoff"
                 } else if summary.queued > 0 {
                     "reply"
@@ -211,12 +275,14 @@ impl Worker {
             }
         }
         // The timer follows the record: idle pause, retries and waiting sends.
-        if self.bot.responder.is_some() || !record.outbox.is_empty() {
+        if self.bot.responder.is_some() || !record.outbox.is_empty() || record.mode == Mode::Human {
             timer = match record.next_wake(now, self.config.send_recovery) {
                 Some(at) => TimerChange::Set(at),
                 None => TimerChange::Clear,
             };
         }
+        let hooks = desk.hook_jobs(&record, name.as_deref(), happenings, now);
+        let has_hooks = !hooks.is_empty();
         let has_sends = !record.outbox.is_empty();
         let commit = StepCommit {
             now,
@@ -225,6 +291,7 @@ impl Worker {
             conversation: record,
             timer,
             outbound: Vec::new(),
+            hooks,
         };
         let outcome = self.store.commit(claim, commit, self.config.lease).await?;
         if outcome == CommitOutcome::Applied {
@@ -237,6 +304,9 @@ impl Worker {
             for reason in resumed {
                 ::metrics::counter!(metrics::RESUMES, "reason" => reason).increment(1);
                 tracing::info!(reason, "bot resumed");
+            }
+            if has_hooks {
+                self.bot.hooks_ready.notify_one();
             }
             if has_sends && let Some(sender) = &self.bot.sender {
                 sender.drain(claim, self.config.lease).await?;

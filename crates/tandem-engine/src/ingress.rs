@@ -9,7 +9,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tandem_domain::{ConversationEvent, MessageContent, Timestamp};
+use tandem_domain::{
+    AgentAction, AgentActionKind, ConversationEvent, ConversationId, MessageContent, PausedBy,
+    Timestamp,
+};
 use tandem_store::{
     IngestBatch, IngestItem, IngestKind, ItemOutcome, PauseOnIngest, Store, StoreError,
 };
@@ -22,6 +25,7 @@ use crate::metrics;
 pub struct Ingress {
     store: Arc<dyn Store>,
     human_idle: Duration,
+    takeover_cap: Duration,
 }
 
 /// What one delivery amounted to.
@@ -40,7 +44,64 @@ pub struct IngressReport {
 impl Ingress {
     /// Builds the ingress over a store; `human_idle` is how long an echo pauses the bot.
     pub fn new(store: Arc<dyn Store>, human_idle: Duration) -> Self {
-        Self { store, human_idle }
+        Self {
+            store,
+            human_idle,
+            takeover_cap: Duration::from_secs(24 * 3600),
+        }
+    }
+
+    /// Sets how long an agent's take-over or message holds the pause at least.
+    pub fn with_takeover_cap(mut self, cap: Duration) -> Self {
+        self.takeover_cap = cap;
+        self
+    }
+
+    /// Stores an agent's action on a conversation as an event of its inbox, deduplicated by
+    /// `key` (a client's idempotency key makes a repeated request harmless). A take-over or a
+    /// message pauses the bot in the same write, before this returns, like a human echo.
+    /// Returns false when `key` was seen before (nothing stored).
+    ///
+    /// # Errors
+    /// The store's error; nothing was stored.
+    pub async fn agent_action(
+        &self,
+        conversation: ConversationId,
+        action: AgentAction,
+        key: String,
+    ) -> Result<bool, StoreError> {
+        let pause = matches!(
+            action.kind,
+            AgentActionKind::Takeover | AgentActionKind::Message { .. }
+        )
+        .then(|| PauseOnIngest {
+            by: PausedBy::AgentApi,
+            echo_id: None,
+            human_idle: self.takeover_cap,
+        });
+        let paused = pause.is_some();
+        let report = self
+            .store
+            .ingest(IngestBatch {
+                received_at: action.at,
+                items: vec![IngestItem {
+                    key,
+                    kind: IngestKind::Conversation {
+                        conversation,
+                        event: ConversationEvent::Agent(action),
+                        pause,
+                    },
+                }],
+            })
+            .await?;
+        let stored = report
+            .outcomes
+            .first()
+            .is_some_and(|o| *o != ItemOutcome::Duplicate);
+        if stored && paused {
+            ::metrics::counter!(metrics::PAUSES, "by" => "agent_api").increment(1);
+        }
+        Ok(stored)
     }
 
     /// Stores one verified webhook body received at `received_at`.
@@ -109,7 +170,8 @@ impl Ingress {
             } => {
                 let pause = match &event {
                     ConversationEvent::Echo(echo) => Some(PauseOnIngest {
-                        echo_id: echo.id.clone(),
+                        by: PausedBy::Echo,
+                        echo_id: Some(echo.id.clone()),
                         human_idle: self.human_idle,
                     }),
                     _ => None,

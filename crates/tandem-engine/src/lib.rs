@@ -12,22 +12,33 @@
 //!   the replies in the record's outbox (same atomic write as the event).
 //! - [`sender`]: sends the outbox through the Graph API after the commit: pause re-read,
 //!   24-hour window, per-number rate, retries with backoff.
+//! - [`desk`]: the handoff side of a lane step: team choice, agent and router actions,
+//!   pause/resume bookkeeping, and the hooks written with the step.
+//! - [`router`]: gives waiting conversations to agents (one leader across processes) and
+//!   tells the others where they stand.
+//! - [`hook_sender`]: delivers the durable hook outbox, signed, with retries and a
+//!   dead-letter list.
 //! - [`sandbox`]: one conversation against the flows with no store and no WhatsApp account
 //!   (`tandem chat`, `tandem test`).
 //! - [`metrics`]: the metric names this crate records, and their descriptions.
 
 pub mod apply;
 pub mod config;
+pub mod desk;
 pub mod dispatcher;
+pub mod hook_sender;
 pub mod ingress;
 pub mod metrics;
 pub mod responder;
+pub mod router;
 pub mod sandbox;
 pub mod sender;
 
 pub use apply::{ApplyContext, Batch, Step, apply, apply_batch};
 pub use config::EngineConfig;
+pub use desk::Desk;
 pub use dispatcher::{Bot, Dispatcher};
+pub use hook_sender::HookSender;
 pub use ingress::{Ingress, IngressReport};
 pub use responder::{FlowsHandle, Responder};
 pub use sandbox::Sandbox;

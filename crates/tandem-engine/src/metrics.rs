@@ -1,6 +1,6 @@
 //! Metric names recorded by the engine, declared once. Labels come from bounded sets only.
 
-use metrics::{Unit, describe_counter, describe_histogram};
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 
 /// Events stored, by webhook field (`messages`, `statuses`, `smb_message_echoes`, …).
 pub const EVENTS: &str = "tandem_webhook_events_total";
@@ -42,9 +42,63 @@ pub const SENDS: &str = "tandem_sends_total";
 pub const ACK_TO_SEND: &str = "tandem_ack_to_send_seconds";
 /// Errors, by stage and kind.
 pub const ERRORS: &str = "tandem_errors_total";
+/// Counter: handoffs requested, by reason.
+pub const HANDOFFS: &str = "tandem_handoffs_total";
+/// Counter: customer sessions the bot started answering (first message after 24 h).
+pub const SESSIONS: &str = "tandem_bot_sessions_total";
+/// Histogram: seconds from a handoff request to the first message of a person.
+pub const FIRST_HUMAN_REPLY: &str = "tandem_first_human_reply_seconds";
+/// Counter: bot messages sent after a person had written (must stay 0).
+pub const COLLISIONS: &str = "tandem_collisions_total";
+/// Gauge: conversations waiting for an agent, by team.
+pub const QUEUE_LENGTH: &str = "tandem_queue_length";
+/// Gauge: seconds the longest-waiting conversation has waited, by team.
+pub const QUEUE_OLDEST: &str = "tandem_queue_oldest_wait_seconds";
+/// Histogram: seconds a conversation waited for an agent, by team.
+pub const QUEUE_WAIT: &str = "tandem_queue_wait_seconds";
+/// Counter: conversations the router assigned, by team and strategy outcome.
+pub const ASSIGNMENTS: &str = "tandem_assignments_total";
+/// Counter: hook delivery attempts, by event and outcome (delivered, retry, dead).
+pub const HOOK_DELIVERIES: &str = "tandem_hook_deliveries_total";
+/// Histogram: seconds a hook receiver took to answer.
+pub const HOOK_SECONDS: &str = "tandem_hook_seconds";
+/// Counter: agent actions applied, by action.
+pub const AGENT_ACTIONS: &str = "tandem_agent_actions_total";
 
 /// Registers help texts and units with the installed recorder.
 pub fn describe() {
+    describe_counter!(HANDOFFS, "Handoffs to a person requested, by reason");
+    describe_counter!(
+        SESSIONS,
+        "Customer sessions the bot started answering (a first message after 24 hours); containment = 1 - handoffs / sessions"
+    );
+    describe_histogram!(
+        FIRST_HUMAN_REPLY,
+        "Seconds from a handoff request to the first message of a person"
+    );
+    describe_counter!(
+        COLLISIONS,
+        "Bot messages sent after a person had written in the conversation (must stay 0)"
+    );
+    describe_gauge!(QUEUE_LENGTH, "Conversations waiting for an agent, by team");
+    describe_gauge!(
+        QUEUE_OLDEST,
+        "Seconds the longest-waiting conversation has waited, by team"
+    );
+    describe_histogram!(
+        QUEUE_WAIT,
+        "Seconds a conversation waited for an agent, by team"
+    );
+    describe_counter!(
+        ASSIGNMENTS,
+        "Conversations the router gave to an agent, by team"
+    );
+    describe_counter!(
+        HOOK_DELIVERIES,
+        "Hook delivery attempts, by event and outcome (delivered, retry, dead)"
+    );
+    describe_histogram!(HOOK_SECONDS, "Seconds a hook receiver took to answer");
+    describe_counter!(AGENT_ACTIONS, "Agent and router actions applied, by action");
     describe_counter!(EVENTS, "Webhook events stored, by field");
     describe_counter!(
         DUPLICATES,

@@ -67,6 +67,8 @@ pub struct TurnSummary {
     pub decisions: Vec<String>,
     /// Set when the turn handed the conversation to a person.
     pub handoff: Option<String>,
+    /// The intent the message was classified as, when any stage was sure.
+    pub intent: Option<String>,
 }
 
 impl Responder {
@@ -134,6 +136,14 @@ impl Responder {
                     triage.sentiment,
                     triage.needs_human
                 ));
+                c.triage = Some(tandem_domain::TriageNote {
+                    intent: triage.intent.clone(),
+                    confidence: triage.confidence,
+                    language: triage.language.clone(),
+                    urgency: triage.urgency.clone(),
+                    sentiment: triage.sentiment.clone(),
+                    needs_human: triage.needs_human,
+                });
                 // The detected language picks text variants, when the bot writes in it.
                 if bot.settings.languages.contains(&triage.language) {
                     c.language = Some(triage.language.clone());
@@ -224,6 +234,7 @@ impl Responder {
         }
         let mut summary = TurnSummary {
             decisions,
+            intent: intent.as_ref().map(|i| i.flow.clone()),
             ..TurnSummary::default()
         };
         for error in &errors {
@@ -278,6 +289,40 @@ impl Responder {
             }
         }
         summary
+    }
+
+    /// Queues the built-in text `name` (`queue_wait`, `queue_closed`, `bot_back`) with `queue`
+    /// in scope, when the business left it non-empty and the customer's window is open (these
+    /// messages are never worth a paid template).
+    pub fn notice(
+        &self,
+        c: &mut Conversation,
+        name: &str,
+        queue: serde_json::Value,
+        now: Timestamp,
+        cap: usize,
+    ) {
+        if !c.window_open(now) {
+            return;
+        }
+        let bot = self.flows.current();
+        let ctx = TurnContext {
+            now,
+            contact_name: None,
+        };
+        match bot.notice(c, name, queue, &ctx) {
+            Ok(Some(content)) => {
+                c.queue_send(SendOrigin::Bot, SendAction::Message { content }, now);
+            }
+            Ok(None) => {}
+            Err(error) => {
+                ::metrics::counter!(metrics::FLOW_ERRORS).increment(1);
+                c.push(
+                    TranscriptEntry::system(now, format!("flow error in texts.{name}: {error}")),
+                    cap,
+                );
+            }
+        }
     }
 
     /// Handles a delivery failure WhatsApp reported for one of the bot's messages: for 131047

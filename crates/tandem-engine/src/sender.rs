@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tandem_domain::{
-    Clock, Conversation, ConversationId, OutboundContent, PendingSend, Role, SendAction, Timestamp,
-    TranscriptEntry,
+    Clock, Conversation, ConversationId, OutboundContent, PendingSend, Role, SendAction,
+    SendOrigin, Timestamp, TranscriptEntry,
 };
 use tandem_store::{Claim, CommitOutcome, StepCommit, Store, StoreError, TimerChange};
 use tandem_whatsapp::{GraphClient, OutboundMessage, SendError};
@@ -74,6 +74,11 @@ pub fn prepare(
     };
     if content.is_template() || record.window_open(now) {
         return Prepared::Send(content.clone());
+    }
+    if head.origin == SendOrigin::Agent {
+        return Prepared::Drop(
+            "not sent: more than 24 hours since the customer wrote; only a template can reach them now".into(),
+        );
     }
     match window_template {
         Some(template) => Prepared::Send(template),
@@ -167,6 +172,14 @@ impl Sender {
             Prepared::MarkRead => None,
             Prepared::Send(content) => Some(content),
         };
+        if head.origin.is_bot()
+            && content.is_some()
+            && record.human_last_at.is_some_and(|h| h > head.queued_at)
+        {
+            // Must never happen: a pause cancels the bot's queue before anything else.
+            ::metrics::counter!(metrics::COLLISIONS).increment(1);
+            tracing::error!(conversation = %record.id, "a bot message goes out after a person wrote");
+        }
         // Only messages count against the number's throughput; a mark-as-read does not.
         if content.is_some() {
             match self
@@ -337,8 +350,13 @@ impl Sender {
                         if let (Some(wamid), Some(content)) = (wamid, content)
                             && !record.has_message(wamid)
                         {
+                            let role = if head.origin == SendOrigin::Agent {
+                                Role::Human
+                            } else {
+                                Role::Bot
+                            };
                             record.push(
-                                TranscriptEntry::sent(now, Role::Bot, wamid.clone(), content),
+                                TranscriptEntry::sent(now, role, wamid.clone(), content),
                                 cap,
                             );
                         }
@@ -370,6 +388,7 @@ impl Sender {
                 conversation: record,
                 timer,
                 outbound: outbound.clone(),
+                hooks: Vec::new(),
             };
             match self.store.commit(claim, commit, lease).await? {
                 CommitOutcome::Applied | CommitOutcome::LeaseLost => return Ok(()),

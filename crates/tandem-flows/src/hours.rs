@@ -88,6 +88,51 @@ impl Hours {
         hours
     }
 
+    /// Builds a schedule from plain values (`mon = ["09:00-18:00"]`, closed dates as
+    /// `YYYY-MM-DD`), as written in a configuration file.
+    ///
+    /// # Errors
+    /// Returns every problem, one per line.
+    pub fn from_spec(
+        weekly: &std::collections::BTreeMap<String, Vec<String>>,
+        closed: &[String],
+    ) -> Result<Self, String> {
+        let mut hours = Self::default();
+        let mut problems = Vec::new();
+        for (day, spans) in weekly {
+            let Some(index) = DAYS.iter().position(|(name, _)| name == day) else {
+                problems.push(format!(
+                    "unknown day `{day}` (days are mon, tue, wed, thu, fri, sat, sun)"
+                ));
+                continue;
+            };
+            for span in spans {
+                match span
+                    .split_once('-')
+                    .and_then(|(a, b)| Some((minutes(a)?, minutes(b)?)))
+                    .filter(|(a, b)| a < b)
+                {
+                    Some(interval) => hours.weekly[index].push(interval),
+                    None => problems.push(format!(
+                        "`{span}` is not an opening interval (write HH:MM-HH:MM, such as 09:00-18:00)"
+                    )),
+                }
+            }
+        }
+        for date in closed {
+            match date.parse::<Date>() {
+                Ok(d) => {
+                    hours.closed.insert(d);
+                }
+                Err(_) => problems.push(format!("`{date}` is not a date (write YYYY-MM-DD)")),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems.join("; "));
+        }
+        Ok(hours)
+    }
+
     fn day_index(weekday: Weekday) -> usize {
         usize::from(weekday.to_monday_zero_offset().unsigned_abs())
     }

@@ -53,6 +53,16 @@ pub const BUILTIN_TEXTS: &[(&str, &str)] = &[
         "Sorry, I can't check that right now. Please try again in a few minutes.",
     ),
     ("list_button", "Options"),
+    (
+        "queue_wait",
+        "All of our team are busy right now. You are number {{ queue.position }} in line; someone should reply in about {{ queue.wait }}.",
+    ),
+    (
+        "queue_closed",
+        "Our team is away right now{% if queue.next_opening %}; a person will reply from {{ queue.next_opening }}{% endif %}. Your message is in line and nothing is lost.",
+    ),
+    // Off unless a business writes one: sent once when the bot takes a conversation back.
+    ("bot_back", ""),
 ];
 
 const STEP_KINDS: &str = "say, buttons, list, ask, branch, call, set, handoff, goto or end";

@@ -733,6 +733,33 @@ impl Bot {
         }
     }
 
+    /// Renders the built-in text `name` (such as `queue_wait` or `bot_back`) for a message the
+    /// engine sends on its own, with `queue` (position, wait, next_opening) in scope. Returns
+    /// `None` when the business left the text empty.
+    ///
+    /// # Errors
+    /// A render error, reported like a flow error.
+    pub fn notice(
+        &self,
+        c: &Conversation,
+        name: &str,
+        queue: serde_json::Value,
+        ctx: &TurnContext<'_>,
+    ) -> Result<Option<OutboundContent>, RenderError> {
+        let Some(text) = self.settings.texts.get(name) else {
+            return Ok(None);
+        };
+        let empty = MessageContent::Text {
+            body: String::new(),
+        };
+        let mut scope = serde_json::to_value(self.scope(c, &empty, ctx)).unwrap_or_default();
+        if let Some(map) = scope.as_object_mut() {
+            map.insert("queue".into(), queue);
+        }
+        let body = self.render_in(c, text, &Value::from_serialize(&scope))?;
+        Ok((!body.is_empty()).then(|| text_message(body)))
+    }
+
     fn builtin(
         &self,
         c: &Conversation,
@@ -930,6 +957,7 @@ impl Bot {
             "hours": hours,
             "message": {"text": answer_text(content).unwrap_or_default(), "type": content.type_label()},
             "language": c.language.as_deref().unwrap_or(self.default_language()),
+            "queue": {"position": 0, "wait": "", "next_opening": ""},
         }))
     }
 }

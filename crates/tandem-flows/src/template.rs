@@ -9,7 +9,7 @@ use crate::diagnostic::{Loc, Report};
 
 /// The names a template may start from.
 pub const ROOTS: &[&str] = &[
-    "contact", "slots", "vars", "config", "now", "message", "language", "hours",
+    "contact", "slots", "vars", "config", "now", "message", "language", "hours", "queue",
 ];
 
 /// A text with one template per language code.
@@ -166,7 +166,7 @@ pub(crate) fn check_reads(
             report.error(
                 at,
                 format!("undefined variable `{var}`"),
-                Some("templates can read contact, slots, vars, config, now, message, language and hours"),
+                Some("templates can read contact, slots, vars, config, now, message, language, hours and queue"),
             );
             continue;
         }

@@ -86,8 +86,12 @@ pub struct Settings {
     pub access_token: Option<SecretString>,
     /// Base URL of the Graph API.
     pub graph_url: String,
-    /// Bearer token of the `/v1` API. `None` only in dev mode.
-    pub api_token: Option<SecretString>,
+    /// Bearer tokens of the `/v1` agent API; none only in dev mode (open).
+    pub api_tokens: Vec<ApiToken>,
+    /// Teams, agents and routing rules (`[handoff]`).
+    pub routing: tandem_handoff::Routing,
+    /// Handoff hook receivers (`[[hooks]]` and `TANDEM_HOOK_URL`).
+    pub hooks: Vec<tandem_handoff::HookTarget>,
     /// Dev mode: signatures are not checked.
     pub dev: bool,
     /// The flows directory; `None` runs without a bot (events are recorded, nobody answers).
@@ -133,6 +137,79 @@ struct FileConfig {
     api: ApiSection,
     #[serde(default)]
     flows: FlowsSection,
+    #[serde(default)]
+    handoff: tandem_handoff::RoutingConfig,
+    #[serde(default)]
+    hooks: Vec<HookSection>,
+}
+
+/// `[[hooks]]`: one receiver of handoff hooks.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HookSection {
+    name: String,
+    url: String,
+    /// The environment variable holding the signing secret.
+    secret_env: Option<String>,
+    /// A file holding the signing secret.
+    secret_file: Option<PathBuf>,
+    #[serde(default)]
+    teams: Vec<String>,
+    #[serde(default)]
+    events: Vec<String>,
+    // Present only to refuse it with a helpful message.
+    secret: Option<toml::Value>,
+}
+
+/// `[[api.tokens]]`: a bearer token of the agent API with its scopes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenSection {
+    name: String,
+    token_env: Option<String>,
+    token_file: Option<PathBuf>,
+    scopes: Vec<String>,
+    agent: Option<String>,
+    token: Option<toml::Value>,
+}
+
+/// What a bearer token of the agent API may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// Read conversations, the queue, agents, dead letters.
+    Read,
+    /// Act on conversations: take over, assign, release, close, send; set availability.
+    Agent,
+    /// Operate the hook outbox: list and re-drive dead deliveries.
+    Admin,
+}
+
+impl Scope {
+    /// Every scope.
+    pub const ALL: [Scope; 3] = [Scope::Read, Scope::Agent, Scope::Admin];
+
+    /// The scope's name as configured.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Agent => "agent",
+            Self::Admin => "admin",
+        }
+    }
+}
+
+/// A bearer token of the agent API.
+#[derive(Debug, Clone)]
+pub struct ApiToken {
+    /// A name for logs.
+    pub name: String,
+    /// The token.
+    pub token: SecretString,
+    /// What it may do.
+    pub scopes: Vec<Scope>,
+    /// The agent it acts as, when it is one agent's token.
+    pub agent: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -220,6 +297,8 @@ impl Default for MetaSection {
 struct ApiSection {
     token_file: Option<PathBuf>,
     token: Option<toml::Value>,
+    #[serde(default)]
+    tokens: Vec<TokenSection>,
 }
 
 /// Loads and validates the settings from the layers described in the module docs.
@@ -309,6 +388,149 @@ fn secret(
     }
 }
 
+/// The API's tokens: `TANDEM_API_TOKEN` (every scope) and `[[api.tokens]]`.
+fn api_tokens(
+    env: &HashMap<String, String>,
+    main: Option<&SecretString>,
+    sections: Vec<TokenSection>,
+) -> Result<Vec<ApiToken>, ConfigError> {
+    let mut tokens: Vec<ApiToken> = main
+        .map(|token| ApiToken {
+            name: "TANDEM_API_TOKEN".into(),
+            token: token.clone(),
+            scopes: Scope::ALL.to_vec(),
+            agent: None,
+        })
+        .into_iter()
+        .collect();
+    for (i, t) in sections.into_iter().enumerate() {
+        let key = format!("api.tokens[{i}]");
+        refuse_inline(&format!("{key}.token"), "token_env", t.token.as_ref())?;
+        let token = match (&t.token_env, &t.token_file) {
+            (Some(var), _) => secret(env, var, &format!("{key}.token"), t.token_file.as_ref())?,
+            (None, Some(file)) => secret(env, "", &format!("{key}.token"), Some(file))?,
+            (None, None) => {
+                return Err(ConfigError::new(
+                    format!("{key}.token_env"),
+                    "missing; name the environment variable (or token_file) holding the token",
+                ));
+            }
+        };
+        let Some(token) = token else {
+            return Err(ConfigError::new(
+                format!("{key}.token_env"),
+                format!(
+                    "{} is not set",
+                    t.token_env.as_deref().unwrap_or("the token variable")
+                ),
+            ));
+        };
+        let mut scopes = Vec::new();
+        for scope in &t.scopes {
+            match Scope::ALL.into_iter().find(|s| s.as_str() == scope) {
+                Some(s) => scopes.push(s),
+                None => {
+                    return Err(ConfigError::new(
+                        format!("{key}.scopes"),
+                        format!("unknown scope {scope:?}; the scopes are read, agent and admin"),
+                    ));
+                }
+            }
+        }
+        tokens.push(ApiToken {
+            name: t.name,
+            token,
+            scopes,
+            agent: t.agent,
+        });
+    }
+    Ok(tokens)
+}
+
+/// The hook receivers: `TANDEM_HOOK_URL` with `TANDEM_HOOK_SECRET` (named `default`, every
+/// event) and `[[hooks]]`.
+fn hook_targets(
+    env: &HashMap<String, String>,
+    sections: Vec<HookSection>,
+) -> Result<Vec<tandem_handoff::HookTarget>, ConfigError> {
+    let mut targets = Vec::new();
+    let url_ok = |key: &str, url: &str| {
+        if url.starts_with("http://") || url.starts_with("https://") {
+            Ok(())
+        } else {
+            Err(ConfigError::new(
+                key,
+                format!("{url:?} is not an http(s) URL"),
+            ))
+        }
+    };
+    if let Some(url) = env.get("TANDEM_HOOK_URL") {
+        url_ok("TANDEM_HOOK_URL", url)?;
+        let secret = secret(env, "TANDEM_HOOK_SECRET", "hooks.secret", None)?.ok_or_else(|| {
+            ConfigError::new(
+                "TANDEM_HOOK_SECRET",
+                "missing; hooks are always signed, set it with TANDEM_HOOK_URL",
+            )
+        })?;
+        targets.push(tandem_handoff::HookTarget {
+            name: "default".into(),
+            url: url.clone(),
+            secret: secret.expose_secret().to_owned(),
+            teams: Vec::new(),
+            events: Vec::new(),
+        });
+    }
+    for (i, h) in sections.into_iter().enumerate() {
+        let key = format!("hooks[{i}]");
+        refuse_inline(&format!("{key}.secret"), "secret_env", h.secret.as_ref())?;
+        url_ok(&format!("{key}.url"), &h.url)?;
+        if targets
+            .iter()
+            .any(|t: &tandem_handoff::HookTarget| t.name == h.name)
+        {
+            return Err(ConfigError::new(
+                format!("{key}.name"),
+                format!("{:?} is used twice", h.name),
+            ));
+        }
+        let secret = match (&h.secret_env, &h.secret_file) {
+            (Some(var), _) => secret(env, var, &format!("{key}.secret"), h.secret_file.as_ref())?,
+            (None, Some(file)) => secret(env, "", &format!("{key}.secret"), Some(file))?,
+            (None, None) => None,
+        }
+        .ok_or_else(|| {
+            ConfigError::new(
+                format!("{key}.secret_env"),
+                "missing or empty; hooks are always signed: name the variable (or secret_file) holding the secret",
+            )
+        })?;
+        let mut events = Vec::new();
+        for name in &h.events {
+            events.push(tandem_handoff::HookEvent::parse(name).ok_or_else(|| {
+                let names: Vec<&str> = tandem_handoff::HookEvent::ALL
+                    .iter()
+                    .map(|e| e.name())
+                    .collect();
+                ConfigError::new(
+                    format!("{key}.events"),
+                    format!(
+                        "unknown event {name:?}; the events are {}",
+                        names.join(", ")
+                    ),
+                )
+            })?);
+        }
+        targets.push(tandem_handoff::HookTarget {
+            name: h.name,
+            url: h.url,
+            secret: secret.expose_secret().to_owned(),
+            teams: h.teams,
+            events,
+        });
+    }
+    Ok(targets)
+}
+
 /// The flows' `config.<name>` values given as `TANDEM_FLOW_<NAME>` (name lower-cased).
 pub fn flow_variables(env: &HashMap<String, String>) -> std::collections::BTreeMap<String, String> {
     env.iter()
@@ -344,6 +566,8 @@ fn build(
         mut meta,
         api,
         flows,
+        handoff,
+        hooks,
     } = file;
     refuse_inline(
         "meta.app_secret",
@@ -528,6 +752,24 @@ fn build(
         "api.token",
         api.token_file.as_ref(),
     )?;
+    let api_tokens = api_tokens(env, api_token.as_ref(), api.tokens)?;
+    let routing = tandem_handoff::Routing::new(handoff).map_err(|errors| {
+        let first = errors.first().cloned().unwrap_or_default();
+        let (key, message) = first
+            .split_once(": ")
+            .unwrap_or(("handoff", first.as_str()));
+        let more = if errors.len() > 1 {
+            format!(
+                " (and {} more: {})",
+                errors.len() - 1,
+                errors[1..].join("; ")
+            )
+        } else {
+            String::new()
+        };
+        ConfigError::new(key, format!("{message}{more}"))
+    })?;
+    let hooks = hook_targets(env, hooks)?;
     if !cli.dev {
         let missing = |key: &str, var: &str| {
             ConfigError::new(
@@ -543,7 +785,7 @@ fn build(
         if verify_token.is_none() {
             return Err(missing("meta.verify_token", "TANDEM_VERIFY_TOKEN"));
         }
-        if api_token.is_none() {
+        if api_tokens.is_empty() {
             return Err(missing("api.token", "TANDEM_API_TOKEN"));
         }
     }
@@ -565,7 +807,9 @@ fn build(
         verify_token,
         access_token,
         graph_url: meta.graph_url,
-        api_token,
+        api_tokens,
+        routing,
+        hooks,
         dev: cli.dev,
         flows_dir,
         flow_variables,

@@ -15,12 +15,19 @@ pub enum ApiError {
     Kind(ErrorKind, String),
     /// The bearer token is missing or wrong.
     Unauthorized,
+    /// The token is valid but lacks the scope the route needs.
+    Forbidden(&'static str),
 }
 
 impl ApiError {
     /// A 400 with a readable reason.
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::Kind(ErrorKind::Invalid, message.into())
+    }
+
+    /// A 409 with a readable reason.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::Kind(ErrorKind::Conflict, message.into())
     }
 
     /// A 404 with a readable reason.
@@ -66,6 +73,11 @@ impl IntoResponse for ApiError {
             Self::Kind(kind, message) => {
                 (status_of(kind), Json(json!({"error": {"kind": kind.as_str(), "message": message}}))).into_response()
             }
+            Self::Forbidden(scope) => (
+                StatusCode::FORBIDDEN,
+                Json(json!({"error": {"kind": "forbidden", "message": format!("this token lacks the `{scope}` scope")}})),
+            )
+                .into_response(),
             Self::Unauthorized => (
                 StatusCode::UNAUTHORIZED,
                 [(header::WWW_AUTHENTICATE, "Bearer")],

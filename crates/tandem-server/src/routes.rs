@@ -1,10 +1,18 @@
 //! HTTP routes. Each file owns one surface:
 //! - [`webhook`]: Meta's subscription handshake and event delivery;
-//! - [`api`]: the read-only agent API under `/v1`, behind a bearer token;
+//! - [`api`]: reading conversations, dead letters and accounts under `/v1`;
+//! - [`agent`]: acting on conversations (take over, assign, release, close, send), the
+//!   queue, agents' availability and the hook dead-letter list;
+//! - [`openapi`]: the table of `/v1` routes the router is built from, and the OpenAPI
+//!   document generated from the same table;
+//! - [`auth`]: bearer tokens and their scopes;
 //! - [`health`]: liveness, readiness and Prometheus metrics.
 
+pub mod agent;
 pub mod api;
+pub mod auth;
 pub mod health;
+pub mod openapi;
 pub mod webhook;
 
 use std::sync::Arc;
@@ -29,8 +37,12 @@ pub struct AppState {
     pub app_secret: Option<Arc<[u8]>>,
     /// Token of the subscription handshake; `None` in dev mode (any token accepted).
     pub verify_token: Option<Arc<SecretString>>,
-    /// Bearer token of `/v1`; `None` in dev mode (open).
-    pub api_token: Option<Arc<SecretString>>,
+    /// Bearer tokens of `/v1`; empty in dev mode (open).
+    pub api_tokens: Arc<Vec<crate::config::ApiToken>>,
+    /// Teams, agents and rules.
+    pub routing: Arc<tandem_handoff::Routing>,
+    /// The flows in force (for the re-engagement template), when any.
+    pub flows: Option<tandem_engine::FlowsHandle>,
     /// Prometheus renderer, when a recorder is installed.
     pub metrics: Option<PrometheusHandle>,
 }

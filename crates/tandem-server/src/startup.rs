@@ -7,19 +7,21 @@ use std::sync::Arc;
 use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::middleware;
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use secrecy::{ExposeSecret, SecretString};
 use tandem_domain::{Clock, SystemClock};
-use tandem_engine::{Bot, Dispatcher, FlowsHandle, Ingress, Responder, SendPolicy, Sender};
+use tandem_engine::{
+    Bot, Desk, Dispatcher, FlowsHandle, HookSender, Ingress, Responder, SendPolicy, Sender,
+};
+use tandem_handoff::Hooks;
 use tandem_store::Store;
 use tandem_whatsapp::GraphClient;
 use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 
 use crate::config::Settings;
-use crate::routes::{AppState, api, health, webhook};
+use crate::routes::{AppState, health, openapi, webhook};
 
 /// A built server: the store is open, the engine runs and the listener is bound.
 pub struct Application {
@@ -31,16 +33,9 @@ pub struct Application {
 
 /// Builds the router over a state. Exposed so tests can serve it without a real socket.
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
-    let v1 = Router::new()
-        .route("/conversations", get(api::list))
-        .route("/conversations/{id}", get(api::get))
-        .route("/dead-letters", get(api::dead_letters))
-        .route("/accounts/{id}", get(api::account))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            api::require_token,
-        ));
+    let v1 = openapi::v1_router(&state);
     Router::new()
+        .route("/openapi.json", get(openapi::serve))
         .route("/webhook", get(webhook::handshake).post(webhook::receive))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -122,6 +117,23 @@ impl Application {
             }
             None => None,
         };
+        let routing = Arc::new(settings.routing.clone());
+        let hooks = Arc::new(Hooks::new(
+            settings.hooks.clone(),
+            settings.engine.hook_transcript,
+        ));
+        let hook_sender = if hooks.is_empty() {
+            None
+        } else {
+            Some(HookSender::new(
+                Arc::clone(&store),
+                Arc::clone(&hooks),
+                tandem_engine::hook_sender::client()
+                    .context("building the HTTP client of hooks")?,
+                Arc::clone(&clock),
+                settings.engine.clone(),
+            ))
+        };
         let dispatcher = Dispatcher::start(
             Arc::clone(&store),
             settings.engine.clone(),
@@ -129,18 +141,27 @@ impl Application {
             Bot {
                 responder,
                 sender: Some(sender),
+                desk: Desk {
+                    routing: Arc::clone(&routing),
+                    hooks,
+                },
+                hooks_ready: Arc::default(),
+                hook_sender,
             },
         );
         if let (Some(handle), Some(dir)) = (flows.clone(), settings.flows_dir.clone()) {
             spawn_reload_on_sighup(handle, dir, settings.flow_variables.clone());
         }
         let state = AppState {
-            ingress: Ingress::new(Arc::clone(&store), settings.engine.human_idle),
+            ingress: Ingress::new(Arc::clone(&store), settings.engine.human_idle)
+                .with_takeover_cap(routing.takeover_cap),
             store,
             clock,
             app_secret: settings.app_secret_bytes().map(Arc::from),
             verify_token: settings.verify_token.clone().map(Arc::new),
-            api_token: settings.api_token.clone().map(Arc::new),
+            api_tokens: Arc::new(settings.api_tokens.clone()),
+            routing,
+            flows: flows.clone(),
             metrics,
         };
         let listener = TcpListener::bind(settings.listen)

@@ -21,9 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redb::{
-    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
-};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use tandem_domain::{
     ContactUpdate, Conversation, ConversationId, DeadLetter, MessageId, PhoneNumberId, Timestamp,
 };
@@ -721,9 +719,7 @@ impl Store for EmbeddedStore {
 
     async fn agents(&self) -> Result<Vec<AgentState>, StoreError> {
         self.read(|txn| {
-            let table = txn
-                .open_table(AGENTS)
-                .map_err(redb_err("opening agents"))?;
+            let table = txn.open_table(AGENTS).map_err(redb_err("opening agents"))?;
             let mut out = Vec::new();
             for row in table.iter().map_err(redb_err("reading agents"))? {
                 let (k, v) = row.map_err(redb_err("reading agents"))?;

@@ -161,7 +161,7 @@ pub struct StepCommit {
 /// after too many failed attempts, in the hook dead-letter list).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HookJob {
-    /// Unique: `{event_id}/{target}`.
+    /// Unique: `{event_id}.{target}`.
     pub id: String,
     /// The event's id, sent as the `Idempotency-Key` (stable across retries).
     pub event_id: String,

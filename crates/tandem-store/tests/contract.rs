@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use tandem_domain::{
     AccountUpdate, ContactUpdate, Conversation, ConversationEvent, ConversationId, DeadLetter,
-    Echo, InboundMessage, MessageContent, MessageId, Mode, PausedBy, PhoneNumberId, Role, Timestamp,
-    WaId,
+    Echo, InboundMessage, MessageContent, MessageId, Mode, PausedBy, PhoneNumberId, Role,
+    Timestamp, WaId,
 };
 use tandem_store::{
     AgentState, Claim, CommitOutcome, HookJob, HookSettle, InboxItem, IngestBatch, IngestItem,
@@ -818,9 +818,14 @@ async fn hooks_are_written_with_the_step_leased_retried_and_dead_lettered(f: Fix
             .is_empty()
     );
     // Not settled within the lease (a crashed deliverer): offered again.
-    assert_eq!(s.due_hooks(T0.plus(LEASE), 10, LEASE).await.unwrap().len(), 2);
+    assert_eq!(
+        s.due_hooks(T0.plus(LEASE), 10, LEASE).await.unwrap().len(),
+        2
+    );
     // Delivered leaves the outbox; a retry comes back at its time with the error kept.
-    s.settle_hook(&taken[0], HookSettle::Delivered, T0).await.unwrap();
+    s.settle_hook(&taken[0], HookSettle::Delivered, T0)
+        .await
+        .unwrap();
     let later = T0.plus(Duration::from_secs(5));
     s.settle_hook(
         &taken[1],
@@ -832,13 +837,20 @@ async fn hooks_are_written_with_the_step_leased_retried_and_dead_lettered(f: Fix
     )
     .await
     .unwrap();
-    assert!(s.due_hooks(T0.plus(Duration::from_secs(4)), 10, LEASE).await.unwrap().is_empty());
+    assert!(
+        s.due_hooks(T0.plus(Duration::from_secs(4)), 10, LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let again = s.due_hooks(later, 10, LEASE).await.unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].attempts, 1);
     assert_eq!(again[0].last_error.as_deref(), Some("HTTP 500"));
     // Settling a delivery twice changes nothing the second time.
-    s.settle_hook(&taken[0], HookSettle::Delivered, T0).await.unwrap();
+    s.settle_hook(&taken[0], HookSettle::Delivered, T0)
+        .await
+        .unwrap();
 
     // Dead: out of the outbox, listed, and re-driven once with its attempts reset.
     s.settle_hook(
@@ -888,7 +900,10 @@ async fn agents_presence_is_kept_and_one_process_leads(f: Fixture) {
     if s.backend() == "redis" {
         assert!(!s.lead("router", "two", T0, ttl).await.unwrap());
         tokio::time::sleep(ttl + Duration::from_millis(100)).await;
-        assert!(s.lead("router", "two", T0, ttl).await.unwrap(), "taken over after expiry");
+        assert!(
+            s.lead("router", "two", T0, ttl).await.unwrap(),
+            "taken over after expiry"
+        );
     }
 }
 

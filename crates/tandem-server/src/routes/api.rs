@@ -1,4 +1,4 @@
-//! The read-only agent API under `/v1`, behind a bearer token.
+//! Reading under `/v1` (scope `read`).
 //!
 //! - `GET /v1/conversations?mode=bot|handoff|human&limit=N&after=ID` — a page of summaries;
 //! - `GET /v1/conversations/{id}` — state and transcript (`id` is `{phone_number_id}:{wa_id}`);
@@ -11,10 +11,7 @@ use std::collections::HashMap;
 use std::time::{Duration, UNIX_EPOCH};
 
 use axum::Json;
-use axum::extract::{Path, Query, Request, State};
-use axum::http::header;
-use axum::middleware::Next;
-use axum::response::Response;
+use axum::extract::{Path, Query, State};
 use serde::Serialize;
 use serde_json::{Value, json};
 use tandem_domain::{
@@ -23,38 +20,14 @@ use tandem_domain::{
 };
 use tandem_store::ListQuery;
 
-use super::{AppState, secret_matches};
+use super::AppState;
 use crate::error::ApiError;
 
 const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 500;
 const WINDOW: Duration = Duration::from_secs(24 * 3600);
 
-/// Lets a request through only with the configured bearer token (open in dev mode).
-pub async fn require_token(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    if let Some(expected) = &state.api_token {
-        let presented = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.split_once(' ')
-                    .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            })
-            .map(|(_, token)| token.trim())
-            .unwrap_or("");
-        if !secret_matches(expected, presented) {
-            return Err(ApiError::Unauthorized);
-        }
-    }
-    Ok(next.run(request).await)
-}
-
-fn rfc3339(t: Timestamp) -> String {
+pub(crate) fn rfc3339(t: Timestamp) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(t.as_millis())).to_string()
 }
 
@@ -128,7 +101,7 @@ impl<'a> From<&'a TranscriptEntry> for Line<'a> {
     }
 }
 
-fn parse_limit(raw: Option<&String>) -> Result<usize, ApiError> {
+pub(crate) fn parse_limit(raw: Option<&String>) -> Result<usize, ApiError> {
     match raw {
         None => Ok(DEFAULT_LIMIT),
         Some(raw) => match raw.parse::<usize>() {
@@ -140,7 +113,10 @@ fn parse_limit(raw: Option<&String>) -> Result<usize, ApiError> {
     }
 }
 
-fn refuse_unknown(params: &HashMap<String, String>, known: &[&str]) -> Result<(), ApiError> {
+pub(crate) fn refuse_unknown(
+    params: &HashMap<String, String>,
+    known: &[&str],
+) -> Result<(), ApiError> {
     match params.keys().find(|k| !known.contains(&k.as_str())) {
         Some(unknown) => Err(ApiError::invalid(format!(
             "unknown query parameter {unknown:?}; expected one of {known:?}"
@@ -149,7 +125,7 @@ fn refuse_unknown(params: &HashMap<String, String>, known: &[&str]) -> Result<()
     }
 }
 
-fn parse_id(raw: &str) -> Result<ConversationId, ApiError> {
+pub(crate) fn parse_id(raw: &str) -> Result<ConversationId, ApiError> {
     ConversationId::parse(raw)
         .map_err(|e| ApiError::invalid(format!("bad conversation id {raw:?}: {e}")))
 }
@@ -209,6 +185,13 @@ pub async fn get(
         object.insert("bot".into(), json!(conversation.bot));
         if let Some(handoff) = &conversation.handoff {
             object.insert("handoff".into(), json!(handoff));
+        }
+        if let Some(assignment) = &conversation.assignment {
+            object.insert("assignment".into(), json!(assignment));
+        }
+        object.insert("last_agent".into(), json!(conversation.last_agent));
+        if let Some(triage) = &conversation.triage {
+            object.insert("triage".into(), json!(triage));
         }
         if !conversation.outbox.is_empty() {
             object.insert("outbox".into(), json!(conversation.outbox));

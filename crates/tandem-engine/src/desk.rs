@@ -1,0 +1,416 @@
+//! The handoff side of a lane step: routing a handoff to a team, applying what agents and the
+//! router did, the pause and resume bookkeeping that goes with it, and the hooks that tell the
+//! business's CRM or helpdesk.
+//!
+//! Everything here changes the record handed in and collects [`Happening`]s; the lane turns
+//! them into hook deliveries ([`Desk::hook_jobs`]) written in the same atomic commit as the
+//! record, so a hook fires exactly when its change took effect.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tandem_domain::{
+    AgentAction, AgentActionKind, Conversation, HandoffRequest, InboundMessage, Mode, PausedBy,
+    SendAction, SendOrigin, Timestamp, TranscriptEntry,
+};
+use tandem_handoff::routing::Facts;
+use tandem_handoff::{HookEvent, Hooks, Routing};
+use tandem_store::HookJob;
+
+use crate::metrics;
+use crate::responder::Responder;
+
+/// The routing policy and hook targets in force.
+#[derive(Debug, Clone, Default)]
+pub struct Desk {
+    /// Teams, agents and rules.
+    pub routing: Arc<Routing>,
+    /// Hook targets.
+    pub hooks: Arc<Hooks>,
+}
+
+/// Something a step did that hooks announce.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Happening {
+    /// The event.
+    pub event: HookEvent,
+    /// What is particular to it, merged into the payload.
+    pub detail: Value,
+}
+
+impl Happening {
+    fn new(event: HookEvent, detail: Value) -> Self {
+        Self { event, detail }
+    }
+}
+
+/// What a step needs to know besides the record.
+#[derive(Debug, Clone, Copy)]
+pub struct DeskContext<'a> {
+    /// The step's time.
+    pub now: Timestamp,
+    /// Transcript lines kept.
+    pub cap: usize,
+    /// The flows, for the texts the engine sends on its own (queue notice, bot back).
+    pub responder: Option<&'a Responder>,
+}
+
+/// Returns the contact tags routing rules match: the flow variable `tags` (a list or a
+/// comma-separated text) and `vip` when the variable `vip` is true.
+fn tags(c: &Conversation) -> Vec<String> {
+    let mut tags: Vec<String> = match c.bot.vars.get("tags") {
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        Some(Value::String(text)) => text
+            .split(',')
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+            .collect(),
+        _ => Vec::new(),
+    };
+    let vip = matches!(c.bot.vars.get("vip"), Some(Value::Bool(true)))
+        || matches!(c.bot.vars.get("vip"), Some(Value::String(s)) if s == "true");
+    if vip {
+        tags.push("vip".into());
+    }
+    tags
+}
+
+impl Desk {
+    /// Returns the idle time after which the bot resumes in this conversation: its team's,
+    /// else `default`.
+    pub fn human_idle(&self, c: &Conversation, default: Duration) -> Duration {
+        c.assignment
+            .as_ref()
+            .and_then(|a| a.team.as_deref())
+            .and_then(|t| self.routing.team(t))
+            .and_then(|t| t.human_idle)
+            .unwrap_or(default)
+    }
+
+    /// The bot handed the conversation to a person: choose the team (rules, then the flow's
+    /// team, then the default) and announce the request.
+    pub fn on_handoff(&self, c: &mut Conversation, intent: Option<&str>, out: &mut Vec<Happening>) {
+        let Some(request) = c.handoff.clone() else {
+            return;
+        };
+        let tags = tags(c);
+        let facts = Facts {
+            intent,
+            language: c.language.as_deref(),
+            urgency: c.triage.as_ref().map(|t| t.urgency.as_str()),
+            reason: &request.reason,
+            priority: &request.priority,
+            tags: &tags,
+            requested_team: request.team.as_deref(),
+        };
+        let (team, skills) = self.routing.team_for(&facts);
+        if let Some(handoff) = c.handoff.as_mut() {
+            handoff.team.clone_from(&team);
+        }
+        c.assign(team, None, request.at);
+        if !skills.is_empty() {
+            c.bot.vars.insert("required_skills".into(), json!(skills));
+        }
+        let reason = reason_label(&request.reason);
+        ::metrics::counter!(metrics::HANDOFFS, "reason" => reason).increment(1);
+        out.push(Happening::new(HookEvent::HandoffRequested, json!({})));
+    }
+
+    /// A person wrote from the phone (not an echo of our own send).
+    pub fn on_echo(
+        &self,
+        c: &mut Conversation,
+        default_idle: Duration,
+        now: Timestamp,
+        out: &mut Vec<Happening>,
+    ) {
+        first_human_reply(c, now);
+        if c.paused_by == Some(PausedBy::Echo)
+            && let Some(last) = c.human_last_at
+        {
+            c.resume_at = Some(last.plus(self.human_idle(c, default_idle)));
+        }
+        if c.mode == Mode::Human && !c.takeover_announced {
+            c.takeover_announced = true;
+            out.push(Happening::new(
+                HookEvent::HumanTakeover,
+                json!({"by": "phone"}),
+            ));
+        }
+    }
+
+    /// The customer wrote while a person owns or is awaited in the conversation.
+    pub fn on_customer_while_person(&self, message: &InboundMessage, out: &mut Vec<Happening>) {
+        out.push(Happening::new(
+            HookEvent::Message,
+            json!({"message": {
+                "id": message.id.as_str(),
+                "type": message.content.type_label(),
+                "text": message.content.transcript_text(),
+                "sent_at": tandem_handoff::hooks::rfc3339(message.sent_at),
+            }}),
+        ));
+    }
+
+    /// The bot took the conversation back (`reason` for the transcript and the hook).
+    pub fn on_resumed(
+        &self,
+        c: &mut Conversation,
+        reason: &str,
+        ctx: &DeskContext<'_>,
+        out: &mut Vec<Happening>,
+    ) {
+        if let Some(responder) = ctx.responder {
+            responder.notice(c, "bot_back", Value::Null, ctx.now, ctx.cap);
+        }
+        out.push(Happening::new(
+            HookEvent::Resumed,
+            json!({"resumed_because": reason}),
+        ));
+    }
+
+    /// Applies what an agent (through the API) or the router did.
+    pub fn on_agent(
+        &self,
+        c: &mut Conversation,
+        action: &AgentAction,
+        ctx: &DeskContext<'_>,
+        out: &mut Vec<Happening>,
+    ) {
+        let now = ctx.now;
+        let agent = action.agent.clone();
+        let who = agent.as_deref().unwrap_or("an agent");
+        ::metrics::counter!(metrics::AGENT_ACTIONS, "action" => action.kind.label()).increment(1);
+        match &action.kind {
+            AgentActionKind::Takeover => {
+                self.take(c, agent.clone(), now, out);
+            }
+            AgentActionKind::Message { content } => {
+                self.take(c, agent.clone(), now, out);
+                first_human_reply(c, now);
+                c.queue_send(
+                    SendOrigin::Agent,
+                    SendAction::Message {
+                        content: content.clone(),
+                    },
+                    now,
+                );
+            }
+            AgentActionKind::Release => {
+                if c.mode == Mode::Bot {
+                    return;
+                }
+                c.resume(now, &format!("released by {who}"), ctx.cap);
+                self.on_resumed(c, "released", ctx, out);
+            }
+            AgentActionKind::Close => {
+                let was = c.mode;
+                c.resume(now, &format!("closed by {who}"), ctx.cap);
+                c.bot.slots.clear();
+                if was != Mode::Bot
+                    && let Some(responder) = ctx.responder
+                {
+                    responder.notice(c, "bot_back", Value::Null, now, ctx.cap);
+                }
+                out.push(Happening::new(
+                    HookEvent::Closed,
+                    json!({"closed_by": agent}),
+                ));
+            }
+            AgentActionKind::Assign { team } => {
+                if c.mode == Mode::Bot {
+                    c.request_handoff(HandoffRequest {
+                        team: team.clone(),
+                        reason: "assigned".into(),
+                        priority: "normal".into(),
+                        at: now,
+                        answered_at: None,
+                        queue_noted: false,
+                    });
+                    out.push(Happening::new(HookEvent::HandoffRequested, json!({})));
+                }
+                let team = team
+                    .clone()
+                    .or_else(|| c.assignment.as_ref().and_then(|a| a.team.clone()));
+                c.push(
+                    TranscriptEntry::system(
+                        now,
+                        format!(
+                            "routed by the API to {}",
+                            agent.as_deref().or(team.as_deref()).unwrap_or("the queue")
+                        ),
+                    ),
+                    ctx.cap,
+                );
+                let has_agent = agent.is_some();
+                c.assign(team, agent, now);
+                if has_agent {
+                    out.push(Happening::new(
+                        HookEvent::Assigned,
+                        json!({"assigned_by": "api"}),
+                    ));
+                }
+            }
+            AgentActionKind::Routed { team } => {
+                let waiting =
+                    c.mode != Mode::Bot && c.assignment.as_ref().is_none_or(|a| a.agent.is_none());
+                if !waiting || agent.is_none() {
+                    return;
+                }
+                let waited = c.handoff.as_ref().map(|h| now.since(h.at));
+                if let Some(waited) = waited {
+                    let label = team.clone().unwrap_or_default();
+                    ::metrics::histogram!(metrics::QUEUE_WAIT, "team" => label)
+                        .record(waited.as_secs_f64());
+                }
+                c.push(
+                    TranscriptEntry::system(now, format!("assigned to {who}")),
+                    ctx.cap,
+                );
+                c.assign(team.clone(), agent, now);
+                out.push(Happening::new(
+                    HookEvent::Assigned,
+                    json!({"assigned_by": "router"}),
+                ));
+            }
+            AgentActionKind::Queued {
+                position,
+                wait_seconds,
+                next_opening,
+                ..
+            } => {
+                let waiting = c.mode == Mode::Handoff
+                    && c.assignment.as_ref().is_none_or(|a| a.agent.is_none());
+                let noted = c.handoff.as_ref().is_none_or(|h| h.queue_noted);
+                if !waiting || noted {
+                    return;
+                }
+                if let Some(h) = c.handoff.as_mut() {
+                    h.queue_noted = true;
+                }
+                let (text, wait) = match wait_seconds {
+                    Some(seconds) => (
+                        "queue_wait",
+                        humantime::format_duration(Duration::from_secs(*seconds)).to_string(),
+                    ),
+                    None => ("queue_closed", String::new()),
+                };
+                if let Some(responder) = ctx.responder {
+                    let queue = json!({
+                        "position": position,
+                        "wait": wait,
+                        "next_opening": next_opening.clone().unwrap_or_default(),
+                    });
+                    responder.notice(c, text, queue, now, ctx.cap);
+                }
+            }
+        }
+    }
+
+    /// A person takes the conversation (the pause itself was set at ingress).
+    fn take(
+        &self,
+        c: &mut Conversation,
+        agent: Option<String>,
+        now: Timestamp,
+        out: &mut Vec<Happening>,
+    ) {
+        if let Some(agent) = agent {
+            let current = c.assignment.as_ref().and_then(|a| a.agent.as_deref());
+            if current != Some(agent.as_str()) {
+                let team = c.assignment.as_ref().and_then(|a| a.team.clone());
+                c.assign(team, Some(agent), now);
+            }
+        }
+        if !c.takeover_announced {
+            c.takeover_announced = true;
+            out.push(Happening::new(
+                HookEvent::HumanTakeover,
+                json!({"by": "agent_api"}),
+            ));
+        }
+    }
+
+    /// Turns a step's happenings into hook deliveries, one per happening and interested
+    /// target. Ids are derived from the record's next revision, so a step computed again
+    /// after a conflict gives the same ids.
+    pub fn hook_jobs(
+        &self,
+        c: &Conversation,
+        contact_name: Option<&str>,
+        happenings: Vec<Happening>,
+        now: Timestamp,
+    ) -> Vec<HookJob> {
+        let mut jobs = Vec::new();
+        if self.hooks.is_empty() {
+            return jobs;
+        }
+        let team = c
+            .assignment
+            .as_ref()
+            .and_then(|a| a.team.as_deref())
+            .or_else(|| c.handoff.as_ref().and_then(|h| h.team.as_deref()));
+        for (i, happening) in happenings.into_iter().enumerate() {
+            let targets = self.hooks.targets_for(happening.event, team);
+            if targets.is_empty() {
+                continue;
+            }
+            let event_id = format!("evt_{}_{}_{i}", c.id, c.rev + 1);
+            let body = self
+                .hooks
+                .payload(
+                    happening.event,
+                    &event_id,
+                    c,
+                    contact_name,
+                    happening.detail,
+                    now,
+                )
+                .to_string();
+            for target in targets {
+                jobs.push(HookJob {
+                    id: format!("{event_id}.{}", target.name),
+                    event_id: event_id.clone(),
+                    event: happening.event.name().to_owned(),
+                    target: target.name.clone(),
+                    body: body.clone(),
+                    created_at: now,
+                    due: now,
+                    attempts: 0,
+                    last_error: None,
+                });
+            }
+        }
+        jobs
+    }
+}
+
+/// Records the first message of a person after a handoff request.
+fn first_human_reply(c: &mut Conversation, now: Timestamp) {
+    if let Some(handoff) = c.handoff.as_mut()
+        && handoff.answered_at.is_none()
+    {
+        handoff.answered_at = Some(now);
+        ::metrics::histogram!(metrics::FIRST_HUMAN_REPLY)
+            .record(now.since(handoff.at).as_secs_f64());
+    }
+}
+
+/// A bounded label for a handoff reason (flow ids are folded into `flow`).
+fn reason_label(reason: &str) -> &'static str {
+    match reason {
+        "customer_request" => "customer_request",
+        "fallback" | "misses" => "fallback",
+        "after_hours" => "after_hours",
+        "needs_human" => "needs_human",
+        "urgent" | "high_urgency" => "urgency",
+        "negative_sentiment" => "sentiment",
+        "assigned" => "assigned",
+        r if r.starts_with("flow") => "flow",
+        _ => "other",
+    }
+}

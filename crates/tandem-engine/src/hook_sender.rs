@@ -1,0 +1,198 @@
+//! Delivers the hook outbox: takes due deliveries from the store (held for a lease, so a
+//! crashed process's deliveries are offered again), POSTs each signed body to its target, and
+//! settles it: delivered on 2xx, retried with exponential backoff and jitter otherwise, and
+//! moved to the hook dead-letter list after `hook_attempts`. Deliveries run concurrently, so a
+//! slow or dead receiver holds up only its own deliveries, never a conversation.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tandem_domain::Clock;
+use tandem_handoff::{Hooks, sign};
+use tandem_store::{HookJob, HookSettle, Store};
+use tokio::sync::{Notify, Semaphore, watch};
+
+use crate::config::EngineConfig;
+use crate::metrics;
+
+/// Deliveries taken per look.
+const BATCH: usize = 64;
+/// Deliveries in flight at once.
+const IN_FLIGHT: usize = 32;
+/// How often the outbox is looked at without a signal (retries come due, other replicas).
+const LOOK_EVERY: Duration = Duration::from_millis(250);
+/// The longest delay between attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(600);
+
+/// The hook deliverer of one process.
+#[derive(Debug, Clone)]
+pub struct HookSender {
+    store: Arc<dyn Store>,
+    hooks: Arc<Hooks>,
+    http: reqwest::Client,
+    clock: Arc<dyn Clock>,
+    config: EngineConfig,
+}
+
+impl HookSender {
+    /// Builds a deliverer for `hooks`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        hooks: Arc<Hooks>,
+        http: reqwest::Client,
+        clock: Arc<dyn Clock>,
+        config: EngineConfig,
+    ) -> Self {
+        Self {
+            store,
+            hooks,
+            http,
+            clock,
+            config,
+        }
+    }
+
+    /// Runs until `stopped` turns true, waking on `ready` and every [`LOOK_EVERY`].
+    pub async fn run(self, ready: Arc<Notify>, mut stopped: watch::Receiver<bool>) {
+        let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+        let lease = self.config.hook_timeout.saturating_mul(2) + Duration::from_secs(5);
+        while !*stopped.borrow() {
+            let notified = ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let now = self.clock.now();
+            let room = slots.available_permits().min(BATCH);
+            let jobs = if room == 0 {
+                Vec::new()
+            } else {
+                match self.store.due_hooks(now, room, lease).await {
+                    Ok(jobs) => jobs,
+                    Err(error) => {
+                        ::metrics::counter!(metrics::ERRORS, "stage" => "hooks", "error_kind" => error.kind().as_str()).increment(1);
+                        tracing::warn!(%error, "reading the hook outbox failed");
+                        Vec::new()
+                    }
+                }
+            };
+            let took = jobs.len();
+            for job in jobs {
+                let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
+                    return;
+                };
+                let this = self.clone();
+                tokio::spawn(async move {
+                    this.deliver(job).await;
+                    drop(permit);
+                });
+            }
+            if took == room && room > 0 {
+                continue;
+            }
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep(LOOK_EVERY) => {}
+                _ = stopped.changed() => {}
+            }
+        }
+    }
+
+    /// Makes one attempt and settles it.
+    async fn deliver(&self, job: HookJob) {
+        let started = std::time::Instant::now();
+        let result = self.attempt(&job).await;
+        ::metrics::histogram!(metrics::HOOK_SECONDS).record(started.elapsed().as_secs_f64());
+        let now = self.clock.now();
+        let settle = match result {
+            Ok(()) => HookSettle::Delivered,
+            Err(error) if job.attempts + 1 >= self.config.hook_attempts => {
+                tracing::warn!(hook = %job.id, target = %job.target, %error, "hook delivery given up: dead-lettered");
+                HookSettle::Dead { error }
+            }
+            Err(error) => {
+                let due = now.plus(self.backoff(job.attempts + 1));
+                tracing::info!(hook = %job.id, target = %job.target, %error, "hook delivery will be retried");
+                HookSettle::Retry { due, error }
+            }
+        };
+        let outcome = match &settle {
+            HookSettle::Delivered => "delivered",
+            HookSettle::Retry { .. } => "retry",
+            HookSettle::Dead { .. } => "dead",
+        };
+        ::metrics::counter!(metrics::HOOK_DELIVERIES, "event" => event_label(&job.event), "outcome" => outcome)
+            .increment(1);
+        if let Err(error) = self.store.settle_hook(&job, settle, now).await {
+            // Offered again when its lease runs out: at least once.
+            tracing::warn!(hook = %job.id, %error, "recording a hook delivery failed");
+        }
+    }
+
+    async fn attempt(&self, job: &HookJob) -> Result<(), String> {
+        let Some(target) = self.hooks.target(&job.target) else {
+            return Err(format!(
+                "hook target `{}` is no longer configured",
+                job.target
+            ));
+        };
+        let timestamp = self.clock.now().as_millis() / 1000;
+        let signature = sign(&target.secret, timestamp, job.body.as_bytes());
+        let response = self
+            .http
+            .post(&target.url)
+            .timeout(self.config.hook_timeout)
+            .header("content-type", "application/json")
+            .header("x-tandem-event", &job.event)
+            .header("x-tandem-timestamp", timestamp.to_string())
+            .header("x-tandem-signature", signature)
+            .header("idempotency-key", &job.event_id)
+            .header("x-tandem-attempt", (job.attempts + 1).to_string())
+            .body(job.body.clone())
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_timeout() {
+                    format!(
+                        "no answer within {}",
+                        humantime::format_duration(self.config.hook_timeout)
+                    )
+                } else {
+                    format!("request failed: {e}")
+                }
+            })?;
+        let status = response.status();
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("the receiver answered HTTP {}", status.as_u16()))
+        }
+    }
+
+    /// Exponential backoff from `hook_backoff` with up to 25 % jitter, at most 10 minutes.
+    fn backoff(&self, attempts: u32) -> Duration {
+        let base = self
+            .config
+            .hook_backoff
+            .saturating_mul(1 << attempts.min(20).saturating_sub(1));
+        let capped = base.min(MAX_BACKOFF);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        capped + capped.mul_f64(f64::from(nanos % 1000) / 4000.0)
+    }
+}
+
+/// Builds the HTTP client of hook deliveries (each request sets its own timeout).
+///
+/// # Errors
+/// Fails when the TLS set-up fails.
+pub fn client() -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(3))
+        .user_agent(concat!("tandem-hooks/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// A bounded label for a hook event name.
+fn event_label(event: &str) -> &'static str {
+    tandem_handoff::HookEvent::parse(event).map_or("other", |e| e.name())
+}

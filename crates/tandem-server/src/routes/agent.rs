@@ -1,0 +1,459 @@
+//! Acting on conversations through `/v1` (scope `agent`), the waiting queue and agents
+//! (scope `read`), and the hook dead-letter list (scope `admin`).
+//!
+//! An action is stored as an event of the conversation's inbox and applied by its lane in
+//! order, like a webhook; a take-over or a message also pauses the bot in that same write,
+//! before the answer, so no bot message starts after a 202. A client's `Idempotency-Key`
+//! header makes a repeated request harmless. Bad requests get a 400 that says what is wrong.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use tandem_domain::{AgentAction, AgentActionKind, Conversation, ConversationId, OutboundContent};
+use tandem_store::{AgentState, Presence};
+
+use super::AppState;
+use super::api::{parse_id, parse_limit, refuse_unknown, rfc3339};
+use super::auth::Caller;
+use crate::error::ApiError;
+
+/// The longest text WhatsApp accepts in one message.
+const MAX_TEXT: usize = 4096;
+
+/// Parses an optional JSON body into `T`, refusing unknown fields with a readable reason.
+fn body<T: DeserializeOwned + Default>(bytes: &Bytes) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(bytes).map_err(|e| ApiError::invalid(format!("bad JSON body: {e}")))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentBody {
+    /// The agent acting; default: the token's agent.
+    agent: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AssignBody {
+    agent: Option<String>,
+    team: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MessageBody {
+    text: Option<String>,
+    template: Option<TemplateBody>,
+    agent: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TemplateBody {
+    name: String,
+    language: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AvailabilityBody {
+    status: String,
+}
+
+async fn existing(state: &AppState, raw: &str) -> Result<Conversation, ApiError> {
+    let id = parse_id(raw)?;
+    state
+        .store
+        .conversation(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no conversation {id}")))
+}
+
+fn check_agent(state: &AppState, agent: Option<&str>) -> Result<(), ApiError> {
+    if let Some(agent) = agent
+        && state.routing.routes()
+        && state.routing.agent(agent).is_none()
+    {
+        return Err(ApiError::invalid(format!(
+            "unknown agent {agent:?}; agents are configured under [[handoff.agents]]"
+        )));
+    }
+    Ok(())
+}
+
+/// Stores the action and answers 202 with the conversation's state after the ingress write.
+async fn act(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    id: ConversationId,
+    agent: Option<String>,
+    kind: AgentActionKind,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let label = kind.label();
+    let key = match headers.get("idempotency-key").and_then(|v| v.to_str().ok()) {
+        Some(key) if !key.trim().is_empty() => format!("api:{}:{}:{key}", caller.name, id),
+        _ => format!("api:{}", uuid::Uuid::new_v4()),
+    };
+    let action = AgentAction {
+        agent,
+        at: state.clock.now(),
+        kind,
+    };
+    let stored = state.ingress.agent_action(id.clone(), action, key).await?;
+    let record = state.store.conversation(&id).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "conversation": id.to_string(),
+            "action": label,
+            "duplicate": !stored,
+            "mode": record.as_ref().map(|c| c.mode),
+        })),
+    ))
+}
+
+/// `POST /v1/conversations/{id}/takeover`: a person takes the conversation; the bot is
+/// paused before the answer and its queued messages are cancelled.
+pub async fn takeover(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+    bytes: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let b: AgentBody = body(&bytes)?;
+    let agent = b.agent.or_else(|| caller.agent.clone());
+    check_agent(&state, agent.as_deref())?;
+    let c = existing(&state, &raw).await?;
+    act(
+        &state,
+        &caller,
+        &headers,
+        c.id,
+        agent,
+        AgentActionKind::Takeover,
+    )
+    .await
+}
+
+/// `POST /v1/conversations/{id}/release`: hand the conversation back to the bot.
+pub async fn release(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+    bytes: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let b: AgentBody = body(&bytes)?;
+    let agent = b.agent.or_else(|| caller.agent.clone());
+    let c = existing(&state, &raw).await?;
+    act(
+        &state,
+        &caller,
+        &headers,
+        c.id,
+        agent,
+        AgentActionKind::Release,
+    )
+    .await
+}
+
+/// `POST /v1/conversations/{id}/close`: the matter is done; the bot starts afresh.
+pub async fn close(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+    bytes: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let b: AgentBody = body(&bytes)?;
+    let agent = b.agent.or_else(|| caller.agent.clone());
+    let c = existing(&state, &raw).await?;
+    act(
+        &state,
+        &caller,
+        &headers,
+        c.id,
+        agent,
+        AgentActionKind::Close,
+    )
+    .await
+}
+
+/// `POST /v1/conversations/{id}/assign` with `{"agent": …}` or `{"team": …}`.
+pub async fn assign(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+    bytes: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let b: AssignBody = body(&bytes)?;
+    if b.agent.is_none() && b.team.is_none() {
+        return Err(ApiError::invalid(
+            r#"give {"agent": "<id>"} or {"team": "<id>"}"#,
+        ));
+    }
+    check_agent(&state, b.agent.as_deref())?;
+    if let Some(team) = &b.team
+        && state.routing.team_ids().next().is_some()
+        && state.routing.team(team).is_none()
+    {
+        return Err(ApiError::invalid(format!(
+            "unknown team {team:?}; teams are configured under [[handoff.teams]]"
+        )));
+    }
+    let c = existing(&state, &raw).await?;
+    act(
+        &state,
+        &caller,
+        &headers,
+        c.id,
+        b.agent,
+        AgentActionKind::Assign { team: b.team },
+    )
+    .await
+}
+
+/// `POST /v1/conversations/{id}/messages` with `{"text": …}` (inside the customer's 24-hour
+/// window) or `{"template": {"name", "language"}}`: sent as a person through the Cloud API;
+/// the conversation turns to `human`.
+pub async fn message(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+    bytes: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let b: MessageBody = body(&bytes)?;
+    let agent = b.agent.or_else(|| caller.agent.clone());
+    check_agent(&state, agent.as_deref())?;
+    let c = existing(&state, &raw).await?;
+    let content = match (b.text, b.template) {
+        (Some(text), None) => {
+            let text = text.trim().to_owned();
+            if text.is_empty() || text.chars().count() > MAX_TEXT {
+                return Err(ApiError::invalid(format!(
+                    "text must have 1 to {MAX_TEXT} characters"
+                )));
+            }
+            let now = state.clock.now();
+            if !c.window_open(now) {
+                let template = reengage_template(&state);
+                return Err(ApiError::conflict(format!(
+                    "the customer's 24-hour window is closed; only a template can reach them: send {{\"template\": {}}}",
+                    template.unwrap_or_else(|| json!({"name": "…", "language": "…"}))
+                )));
+            }
+            OutboundContent::Text {
+                body: text,
+                preview_url: false,
+            }
+        }
+        (None, Some(t)) => OutboundContent::Template {
+            name: t.name,
+            language: t.language,
+            body_parameters: Vec::new(),
+        },
+        _ => {
+            return Err(ApiError::invalid(
+                r#"give either {"text": "…"} or {"template": {"name": "…", "language": "…"}}"#,
+            ));
+        }
+    };
+    act(
+        &state,
+        &caller,
+        &headers,
+        c.id,
+        agent,
+        AgentActionKind::Message { content },
+    )
+    .await
+}
+
+/// The template the flows configure for a closed window.
+fn reengage_template(state: &AppState) -> Option<Value> {
+    let bot = state.flows.as_ref()?.current();
+    let (name, language) = bot.settings.window_template.clone()?;
+    Some(json!({"name": name, "language": language}))
+}
+
+/// `GET /v1/queue`: conversations waiting for an agent, in the order they are served
+/// (urgency, then the time left in their 24-hour window), with the re-engagement template
+/// to use once a window has closed.
+pub async fn queue(
+    State(state): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    refuse_unknown(&params, &["team"])?;
+    let now = state.clock.now();
+    let entries = tandem_engine::router::queue(&*state.store, now).await?;
+    let template = reengage_template(&state);
+    let items: Vec<Value> = entries
+        .iter()
+        .filter(|e| {
+            params
+                .get("team")
+                .is_none_or(|t| e.team.as_deref() == Some(t.as_str()))
+        })
+        .map(|e| {
+            json!({
+                "conversation": e.conversation.to_string(),
+                "team": e.team,
+                "position": e.position,
+                "priority": e.priority,
+                "reason": e.reason,
+                "requested_at": rfc3339(e.requested_at),
+                "waited_seconds": e.waited_seconds,
+                "window_closes_at": e.window_closes_at.map(rfc3339),
+                "window_seconds_left": e.window_seconds_left,
+                "reengage_template": template,
+            })
+        })
+        .collect();
+    Ok(Json(json!({"queue": items})))
+}
+
+/// `GET /v1/agents`: configured agents with their availability and open conversations.
+pub async fn agents(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let states: HashMap<String, AgentState> = state
+        .store
+        .agents()
+        .await?
+        .into_iter()
+        .map(|s| (s.agent.clone(), s))
+        .collect();
+    let mut open: HashMap<String, u32> = HashMap::new();
+    for mode in [tandem_domain::Mode::Handoff, tandem_domain::Mode::Human] {
+        let mut after = None;
+        loop {
+            let page = state
+                .store
+                .list_conversations(&tandem_store::ListQuery {
+                    mode: Some(mode),
+                    after: after.clone(),
+                    limit: 500,
+                })
+                .await?;
+            for c in &page {
+                if let Some(agent) = c.assignment.as_ref().and_then(|a| a.agent.clone()) {
+                    *open.entry(agent).or_default() += 1;
+                }
+            }
+            if page.len() < 500 {
+                break;
+            }
+            after = page.last().map(|c| c.id.clone());
+        }
+    }
+    let items: Vec<Value> = state
+        .routing
+        .agents()
+        .iter()
+        .map(|a| {
+            let s = states.get(&a.id);
+            json!({
+                "id": a.id,
+                "name": a.name,
+                "teams": a.teams,
+                "skills": a.skills,
+                "languages": a.languages,
+                "capacity": a.capacity,
+                "status": s.map_or(Presence::Online, |s| s.presence),
+                "status_since": s.map(|s| rfc3339(s.since)),
+                "open_conversations": open.get(&a.id).copied().unwrap_or(0),
+                "last_assigned_at": s.and_then(|s| s.last_assigned_at).map(rfc3339),
+            })
+        })
+        .collect();
+    Ok(Json(json!({"agents": items})))
+}
+
+/// `PUT /v1/agents/{id}/availability` with `{"status": "online" | "away" | "offline"}`.
+pub async fn availability(
+    State(state): State<AppState>,
+    Path(agent): Path<String>,
+    bytes: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let b: AvailabilityBody = body(&bytes)?;
+    let presence = Presence::parse(&b.status).ok_or_else(|| {
+        ApiError::invalid(format!(
+            "status must be online, away or offline, got {:?}",
+            b.status
+        ))
+    })?;
+    if state.routing.agent(&agent).is_none() {
+        return Err(ApiError::not_found(format!(
+            "no agent {agent:?}; agents are configured under [[handoff.agents]]"
+        )));
+    }
+    let previous = state
+        .store
+        .agents()
+        .await?
+        .into_iter()
+        .find(|s| s.agent == agent);
+    let now = state.clock.now();
+    state
+        .store
+        .set_agent(AgentState {
+            agent: agent.clone(),
+            presence,
+            since: now,
+            last_assigned_at: previous.and_then(|p| p.last_assigned_at),
+        })
+        .await?;
+    Ok(Json(
+        json!({"agent": agent, "status": presence, "since": rfc3339(now)}),
+    ))
+}
+
+/// `GET /v1/hooks/dead`: hook deliveries given up on, most recent first.
+pub async fn dead_hooks(
+    State(state): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    refuse_unknown(&params, &["limit"])?;
+    let limit = parse_limit(params.get("limit"))?;
+    let dead = state.store.dead_hooks(limit).await?;
+    let items: Vec<Value> = dead
+        .iter()
+        .map(|h| {
+            json!({
+                "id": h.id,
+                "event_id": h.event_id,
+                "event": h.event,
+                "target": h.target,
+                "attempts": h.attempts,
+                "last_error": h.last_error,
+                "created_at": rfc3339(h.created_at),
+                "dead_at": rfc3339(h.due),
+                "body": serde_json::from_str::<Value>(&h.body).unwrap_or(Value::String(h.body.clone())),
+            })
+        })
+        .collect();
+    Ok(Json(json!({"dead_hooks": items})))
+}
+
+/// `POST /v1/hooks/dead/{id}/redrive`: queue a dead delivery again, attempts reset.
+pub async fn redrive(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    if state.store.redrive_hook(&id, state.clock.now()).await? {
+        Ok((StatusCode::ACCEPTED, Json(json!({"redriven": id}))))
+    } else {
+        Err(ApiError::not_found(format!("no dead hook delivery {id:?}")))
+    }
+}

@@ -1,0 +1,625 @@
+//! Handoff end to end: the real server runs the shipped flows with teams, agents and a hook
+//! receiver configured; the Graph API and the CRM are loopback stand-ins.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::{API_TOKEN, Backend, PNID, Server, Spec, wait_for};
+use crate::standin::{Graph, HookReceiver, ReceivedHook, Shop};
+
+const DEADLINE: Duration = Duration::from_secs(15);
+const HOOK_SECRET: &str = "test-hook-secret";
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn text(wa_id: &str, id: &str, body: &str) -> Vec<u8> {
+    let message = json!({"from": wa_id, "id": id, "timestamp": now_secs().to_string(), "type": "text", "text": {"body": body}});
+    let value = json!({
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "15550001111", "phone_number_id": PNID},
+        "contacts": [{"profile": {"name": "Ana Silva"}, "wa_id": wa_id}],
+        "messages": [message],
+    });
+    serde_json::to_vec(&json!({"object": "whatsapp_business_account", "entry": [{"id": "104810000000001", "changes": [{"field": "messages", "value": value}]}]})).unwrap()
+}
+
+fn echo(wa_id: &str, id: &str, body: &str) -> Vec<u8> {
+    let echo = json!({"from": "15550001111", "to": wa_id, "id": id, "timestamp": now_secs().to_string(), "type": "text", "text": {"body": body}});
+    let value = json!({"messaging_product": "whatsapp", "metadata": {"display_phone_number": "15550001111", "phone_number_id": PNID}, "message_echoes": [echo]});
+    serde_json::to_vec(&json!({"object": "whatsapp_business_account", "entry": [{"id": "104810000000001", "changes": [{"field": "smb_message_echoes", "value": value}]}]})).unwrap()
+}
+
+/// The test's configuration file: one team with the given agents, fast hook retries and
+/// router rounds, and the extra TOML given.
+fn config(dir: &std::path::Path, agents: &str, extra: &str) -> PathBuf {
+    let text = format!(
+        r#"
+[engine]
+hook_attempts = 3
+hook_backoff = "100ms"
+hook_timeout = "2s"
+router_tick = "100ms"
+
+[handoff]
+default_team = "support"
+
+[[handoff.teams]]
+id = "support"
+strategy = "least_busy"
+
+{agents}
+
+[[hooks]]
+name = "crm"
+url = "{{HOOK_URL}}"
+secret_env = "TEST_HOOK_SECRET"
+
+{extra}
+"#
+    );
+    let path = dir.join("tandem.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+struct Desk {
+    server: Server,
+    graph: Graph,
+    hooks: HookReceiver,
+    _shop: Shop,
+}
+
+async fn started(backend: Backend, dir: &std::path::Path, agents: &str, extra: &str) -> Desk {
+    let graph = Graph::start().await;
+    let shop = Shop::start(Duration::ZERO).await;
+    let hooks = HookReceiver::start().await;
+    let path = config(dir, agents, extra);
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("{HOOK_URL}", &hooks.url);
+    std::fs::write(&path, text).unwrap();
+    let mut spec = Spec::with_bot(backend, &graph.url, &shop.url);
+    spec.config = Some(path);
+    spec.env
+        .push(("TEST_HOOK_SECRET".into(), HOOK_SECRET.into()));
+    spec.env
+        .push(("TEST_READ_TOKEN".into(), "read-only-token".into()));
+    let server = Server::start(spec);
+    Desk {
+        server,
+        graph,
+        hooks,
+        _shop: shop,
+    }
+}
+
+const TWO_AGENTS: &str = r#"
+[[handoff.agents]]
+id = "ana"
+teams = ["support"]
+capacity = 1
+
+[[handoff.agents]]
+id = "rui"
+teams = ["support"]
+capacity = 1
+"#;
+
+const ONE_AGENT: &str = r#"
+[[handoff.agents]]
+id = "ana"
+teams = ["support"]
+capacity = 1
+"#;
+
+async fn post(server: &Server, body: Vec<u8>) {
+    assert_eq!(server.post_signed(&body).await.status(), 200);
+}
+
+/// Sends a request to the API with `token`; returns status and JSON.
+async fn call(
+    server: &Server,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+    token: &str,
+) -> (u16, Value) {
+    let mut request = server
+        .client
+        .request(method, server.url(path))
+        .bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn act(server: &Server, wa: &str, action: &str, body: Value) -> (u16, Value) {
+    call(
+        server,
+        reqwest::Method::POST,
+        &format!("/v1/conversations/{PNID}:{wa}/{action}"),
+        Some(body),
+        API_TOKEN,
+    )
+    .await
+}
+
+/// Waits until the receiver has delivered `event` for `wa` (the `n`-th one, from 1).
+async fn hook(hooks: &HookReceiver, wa: &str, event: &str, n: usize) -> ReceivedHook {
+    wait_for(&format!("hook {event} #{n} for {wa}"), DEADLINE, || async {
+        hooks
+            .delivered()
+            .into_iter()
+            .filter(|h| h.event == event && h.body["customer"]["wa_id"] == wa)
+            .nth(n - 1)
+    })
+    .await
+}
+
+fn count(hooks: &HookReceiver, wa: &str, event: &str) -> usize {
+    hooks
+        .delivered()
+        .iter()
+        .filter(|h| h.event == event && h.body["customer"]["wa_id"] == wa)
+        .count()
+}
+
+async fn wait_for_text(graph: &Graph, needle: &str) {
+    wait_for(
+        &format!("a send containing {needle:?}"),
+        DEADLINE,
+        || async {
+            graph
+                .texts()
+                .iter()
+                .any(|t| t.contains(needle))
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+async fn a_customer_asking_for_a_person_reaches_an_agent_and_the_crm_follows(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = started(backend, dir.path(), TWO_AGENTS, "").await;
+    let wa = "351920000001";
+    post(
+        &d.server,
+        text(wa, "wamid.h1", "I want to talk to a person"),
+    )
+    .await;
+
+    // The CRM hears of it, signed, with the routing and the transcript.
+    let requested = hook(&d.hooks, wa, "conversation.handoff_requested", 1).await;
+    assert!(
+        tandem_handoff::verify(
+            HOOK_SECRET,
+            requested.timestamp,
+            &requested.raw,
+            &requested.signature
+        ),
+        "the signature is the HMAC of timestamp.body"
+    );
+    assert!(requested.timestamp.abs_diff(now_secs()) < 60);
+    assert_eq!(requested.idempotency_key, requested.body["id"]);
+    assert_eq!(requested.body["team"], "support");
+    assert_eq!(requested.body["reason"], "customer_request");
+    assert_eq!(requested.body["customer"]["name"], "Ana Silva");
+    assert!(requested.body["window"]["seconds_left"].as_u64().unwrap() > 23 * 3600);
+    let lines = requested.body["transcript"].to_string();
+    assert!(lines.contains("I want to talk to a person"), "{lines}");
+
+    // The router gives it to an agent; the record and the hook say who.
+    let assigned = hook(&d.hooks, wa, "conversation.assigned", 1).await;
+    let agent = assigned.body["agent"].as_str().unwrap().to_owned();
+    assert!(agent == "ana" || agent == "rui", "{agent}");
+    let c = d.server.conversation(wa).await.unwrap();
+    assert_eq!(c["mode"], "handoff");
+    assert_eq!(c["assignment"]["agent"], agent.as_str());
+
+    // While a person is awaited, the customer's messages go to the CRM, not the bot.
+    let sent_before = d.graph.texts().len();
+    post(&d.server, text(wa, "wamid.h2", "hello? anyone?")).await;
+    let message = hook(&d.hooks, wa, "conversation.message", 1).await;
+    assert_eq!(message.body["message"]["text"], "hello? anyone?");
+
+    // The agent answers through the API: sent through the Cloud API as a person.
+    let (status, answer) = act(
+        &d.server,
+        wa,
+        "messages",
+        json!({"text": "Hi, Ana here. How can I help?"}),
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["mode"], "human", "paused before the answer");
+    wait_for_text(&d.graph, "Ana here").await;
+    let takeover = hook(&d.hooks, wa, "conversation.human_takeover", 1).await;
+    assert_eq!(takeover.body["by"], "agent_api");
+    let c = wait_for(
+        "the agent's message in the transcript",
+        DEADLINE,
+        || async {
+            let c = d.server.conversation(wa).await?;
+            crate::helpers::texts(&c, "human")
+                .iter()
+                .any(|t| t.contains("Ana here"))
+                .then_some(c)
+        },
+    )
+    .await;
+    assert_eq!(c["mode"], "human");
+    assert_eq!(
+        d.graph.texts().len(),
+        sent_before + 1,
+        "the bot did not answer the customer's message: {:?}",
+        d.graph.texts()
+    );
+
+    // Release: the bot is back, and the CRM knows.
+    let (status, _) = act(&d.server, wa, "release", json!({})).await;
+    assert_eq!(status, 202);
+    let resumed = hook(&d.hooks, wa, "conversation.resumed", 1).await;
+    assert_eq!(resumed.body["resumed_because"], "released");
+    let c = d.server.conversation(wa).await.unwrap();
+    assert_eq!(c["mode"], "bot");
+    // Every event was delivered once (idempotency keys unique, none dead).
+    let keys: std::collections::BTreeSet<String> = d
+        .hooks
+        .delivered()
+        .iter()
+        .map(|h| h.idempotency_key.clone())
+        .collect();
+    assert_eq!(keys.len(), d.hooks.delivered().len());
+    assert_eq!(d.server.metric("tandem_collisions_total").await, 0.0);
+}
+
+async fn a_full_team_queues_with_an_honest_message_and_assigns_when_someone_frees_up(
+    backend: Backend,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = started(backend, dir.path(), ONE_AGENT, "").await;
+    let (first, second) = ("351920000011", "351920000012");
+    post(&d.server, text(first, "wamid.q1", "agent please")).await;
+    let assigned = hook(&d.hooks, first, "conversation.assigned", 1).await;
+    assert_eq!(assigned.body["agent"], "ana");
+
+    // Ana is at capacity: the second customer waits, and is told so once.
+    post(&d.server, text(second, "wamid.q2", "agent please")).await;
+    wait_for_text(&d.graph, "number 1 in line").await;
+    let (status, queue) = call(
+        &d.server,
+        reqwest::Method::GET,
+        "/v1/queue",
+        None,
+        API_TOKEN,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let entries = queue["queue"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{queue}");
+    assert_eq!(entries[0]["conversation"], format!("{PNID}:{second}"));
+    assert_eq!(entries[0]["position"], 1);
+    assert!(entries[0]["window_seconds_left"].as_u64().unwrap() > 23 * 3600);
+    let (_, agents) = call(
+        &d.server,
+        reqwest::Method::GET,
+        "/v1/agents",
+        None,
+        API_TOKEN,
+    )
+    .await;
+    assert_eq!(agents["agents"][0]["open_conversations"], 1, "{agents}");
+
+    // Ana closes the first conversation: the waiting one is hers now.
+    let (status, _) = act(&d.server, first, "close", json!({"agent": "ana"})).await;
+    assert_eq!(status, 202);
+    hook(&d.hooks, first, "conversation.closed", 1).await;
+    let assigned = hook(&d.hooks, second, "conversation.assigned", 1).await;
+    assert_eq!(assigned.body["agent"], "ana");
+    let (_, queue) = call(
+        &d.server,
+        reqwest::Method::GET,
+        "/v1/queue",
+        None,
+        API_TOKEN,
+    )
+    .await;
+    assert!(queue["queue"].as_array().unwrap().is_empty(), "{queue}");
+    let notices = d
+        .graph
+        .texts()
+        .iter()
+        .filter(|t| t.contains("in line"))
+        .count();
+    assert_eq!(notices, 1, "the queue notice is sent once");
+}
+
+async fn a_takeover_pauses_before_the_answer_and_the_phone_does_not_announce_twice(
+    backend: Backend,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = started(backend, dir.path(), TWO_AGENTS, "").await;
+    let wa = "351920000021";
+    post(&d.server, text(wa, "wamid.t1", "hi")).await;
+    wait_for("the bot's greeting", DEADLINE, || async {
+        (!d.graph.texts().is_empty()).then_some(())
+    })
+    .await;
+    let (status, answer) = act(&d.server, wa, "takeover", json!({"agent": "rui"})).await;
+    assert_eq!((status, answer["mode"].as_str()), (202, Some("human")));
+    // Read straight after the answer: paused already, not behind the lane.
+    let c = d.server.conversation(wa).await.unwrap();
+    assert_eq!(c["mode"], "human");
+    assert_eq!(c["paused_by"], "agent_api");
+
+    let sent = d.graph.texts().len();
+    post(&d.server, text(wa, "wamid.t2", "where is my order?")).await;
+    post(&d.server, echo(wa, "wamid.e1", "Rui here, checking")).await;
+    hook(&d.hooks, wa, "conversation.message", 1).await;
+    let takeover = hook(&d.hooks, wa, "conversation.human_takeover", 1).await;
+    assert_eq!(takeover.body["agent"], "rui");
+    wait_for("the echo applied", DEADLINE, || async {
+        let c = d.server.conversation(wa).await?;
+        (c["events_applied"].as_u64()? >= 4).then_some(())
+    })
+    .await;
+    assert_eq!(count(&d.hooks, wa, "conversation.human_takeover"), 1);
+    assert_eq!(d.graph.texts().len(), sent, "the bot stayed silent");
+
+    // A repeated request with the same Idempotency-Key is stored once.
+    let again = |key: &'static str| {
+        let server = &d.server;
+        async move {
+            let response = server
+                .client
+                .post(server.url(&format!("/v1/conversations/{PNID}:{wa}/close")))
+                .bearer_auth(API_TOKEN)
+                .header("idempotency-key", key)
+                .send()
+                .await
+                .unwrap();
+            let body: Value = response.json().await.unwrap();
+            body["duplicate"].as_bool().unwrap()
+        }
+    };
+    assert!(!again("close-1").await);
+    assert!(again("close-1").await);
+    hook(&d.hooks, wa, "conversation.closed", 1).await;
+    let c = d.server.conversation(wa).await.unwrap();
+    assert_eq!(c["mode"], "bot");
+    assert_eq!(count(&d.hooks, wa, "conversation.closed"), 1);
+}
+
+async fn failing_hooks_are_retried_dead_lettered_and_redriven(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = started(backend, dir.path(), "", "").await;
+    d.hooks.failing(true);
+    let wa = "351920000031";
+    post(&d.server, text(wa, "wamid.d1", "agent")).await;
+    let dead = wait_for("the hook dead-lettered", DEADLINE, || async {
+        let (status, body) = call(
+            &d.server,
+            reqwest::Method::GET,
+            "/v1/hooks/dead",
+            None,
+            API_TOKEN,
+        )
+        .await;
+        assert_eq!(status, 200);
+        let items = body["dead_hooks"].as_array()?.clone();
+        (!items.is_empty()).then_some(items)
+    })
+    .await;
+    assert_eq!(dead[0]["event"], "conversation.handoff_requested");
+    assert_eq!(dead[0]["attempts"], 3);
+    assert_eq!(dead[0]["last_error"], "the receiver answered HTTP 500");
+    let attempts: Vec<ReceivedHook> = d.hooks.received();
+    assert_eq!(attempts.len(), 3, "three attempts, then given up");
+    assert!(
+        attempts
+            .iter()
+            .all(|a| a.idempotency_key == attempts[0].idempotency_key)
+    );
+    assert_eq!(d.server.metric("tandem_hook_deliveries_total{event=\"conversation.handoff_requested\",outcome=\"dead\"").await, 1.0);
+
+    // The receiver is back: re-drive it.
+    d.hooks.failing(false);
+    let id = dead[0]["id"].as_str().unwrap();
+    let (status, _) = call(
+        &d.server,
+        reqwest::Method::POST,
+        &format!("/v1/hooks/dead/{id}/redrive"),
+        None,
+        API_TOKEN,
+    )
+    .await;
+    assert_eq!(status, 202);
+    let delivered = hook(&d.hooks, wa, "conversation.handoff_requested", 1).await;
+    assert_eq!(delivered.idempotency_key, attempts[0].idempotency_key);
+    let (_, body) = call(
+        &d.server,
+        reqwest::Method::GET,
+        "/v1/hooks/dead",
+        None,
+        API_TOKEN,
+    )
+    .await;
+    assert!(body["dead_hooks"].as_array().unwrap().is_empty());
+    let (status, _) = call(
+        &d.server,
+        reqwest::Method::POST,
+        &format!("/v1/hooks/dead/{id}/redrive"),
+        None,
+        API_TOKEN,
+    )
+    .await;
+    assert_eq!(status, 404, "re-driven once");
+}
+
+async fn a_restart_in_the_middle_of_retries_loses_no_hook(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let graph = Graph::start().await;
+    let shop = Shop::start(Duration::ZERO).await;
+    let hooks = HookReceiver::start().await;
+    hooks.failing(true);
+    let path = config(dir.path(), "", "");
+    let text_config = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("{HOOK_URL}", &hooks.url)
+        .replace("hook_attempts = 3", "hook_attempts = 50")
+        .replace("hook_backoff = \"100ms\"", "hook_backoff = \"300ms\"");
+    std::fs::write(&path, text_config).unwrap();
+    let spec = || {
+        let mut spec = Spec::with_bot(backend.clone(), &graph.url, &shop.url);
+        spec.config = Some(path.clone());
+        spec.env
+            .push(("TEST_HOOK_SECRET".into(), HOOK_SECRET.into()));
+        spec
+    };
+    let mut server = Server::start(spec());
+    let wa = "351920000041";
+    post(&server, text(wa, "wamid.r1", "agent")).await;
+    wait_for("a failed attempt", DEADLINE, || async {
+        (!hooks.received().is_empty()).then_some(())
+    })
+    .await;
+    server.kill9();
+    hooks.failing(false);
+    let server = Server::start(spec());
+    let delivered = hook(&hooks, wa, "conversation.handoff_requested", 1).await;
+    assert_eq!(
+        delivered.idempotency_key,
+        hooks.received()[0].idempotency_key
+    );
+    drop(server);
+}
+
+async fn assigning_by_api_stops_the_bot_and_names_the_agent(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = started(backend, dir.path(), TWO_AGENTS, "").await;
+    let wa = "351920000051";
+    post(&d.server, text(wa, "wamid.s1", "hi")).await;
+    wait_for("the conversation", DEADLINE, || d.server.conversation(wa)).await;
+    let (status, _) = act(&d.server, wa, "assign", json!({"agent": "rui"})).await;
+    assert_eq!(status, 202);
+    hook(&d.hooks, wa, "conversation.handoff_requested", 1).await;
+    let assigned = hook(&d.hooks, wa, "conversation.assigned", 1).await;
+    assert_eq!(assigned.body["agent"], "rui");
+    let c = d.server.conversation(wa).await.unwrap();
+    assert_eq!(c["last_agent"], "rui");
+    assert_eq!(c["mode"], "handoff", "assigning by API stops the bot");
+    // Re-assigning to another agent is announced again.
+    act(&d.server, wa, "assign", json!({"agent": "ana"})).await;
+    let again = hook(&d.hooks, wa, "conversation.assigned", 2).await;
+    assert_eq!(again.body["agent"], "ana");
+}
+
+crate::both_stores!(
+    a_customer_asking_for_a_person_reaches_an_agent_and_the_crm_follows,
+    a_full_team_queues_with_an_honest_message_and_assigns_when_someone_frees_up,
+    a_takeover_pauses_before_the_answer_and_the_phone_does_not_announce_twice,
+    failing_hooks_are_retried_dead_lettered_and_redriven,
+    a_restart_in_the_middle_of_retries_loses_no_hook,
+    assigning_by_api_stops_the_bot_and_names_the_agent,
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_matches_the_routes_and_scopes_are_enforced() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = started(
+        Backend::embedded(dir.path()),
+        dir.path(),
+        ONE_AGENT,
+        r#"
+[[api.tokens]]
+name = "dashboard"
+token_env = "TEST_READ_TOKEN"
+scopes = ["read"]
+"#,
+    )
+    .await;
+    let doc: Value = d
+        .server
+        .client
+        .get(d.server.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().unwrap();
+    let mut operations = 0;
+    for (path, item) in paths {
+        for (method, op) in item.as_object().unwrap() {
+            operations += 1;
+            let concrete = path.replace("{id}", &format!("{PNID}:351920000099"));
+            let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            // Every documented operation exists: without a token it is refused, not missing.
+            let response = d
+                .server
+                .client
+                .request(method.clone(), d.server.url(&concrete))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status().as_u16(), 401, "{method} {path}");
+            // A read-only token may read and nothing else.
+            let (status, _) = call(
+                &d.server,
+                method.clone(),
+                &concrete,
+                None,
+                "read-only-token",
+            )
+            .await;
+            if op["x-tandem-scope"] == "read" {
+                assert_ne!(status, 403, "{method} {path}");
+            } else {
+                assert_eq!(status, 403, "{method} {path}");
+            }
+        }
+    }
+    assert!(operations >= 14, "{operations}");
+    // Bad requests get a readable 400.
+    let wa = "351920000061";
+    post(&d.server, text(wa, "wamid.o1", "hi")).await;
+    wait_for("the conversation", DEADLINE, || d.server.conversation(wa)).await;
+    let (status, body) = act(&d.server, wa, "assign", json!({})).await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("agent"),
+        "{body}"
+    );
+    let (status, body) = act(&d.server, wa, "assign", json!({"agent": "nobody"})).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = act(&d.server, wa, "messages", json!({"txt": "typo"})).await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("txt"),
+        "{body}"
+    );
+    let (status, _) = act(&d.server, "351999999999", "takeover", json!({})).await;
+    assert_eq!(status, 404);
+    let (status, body) = call(
+        &d.server,
+        reqwest::Method::PUT,
+        "/v1/agents/ana/availability",
+        Some(json!({"status": "busy"})),
+        API_TOKEN,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+}
