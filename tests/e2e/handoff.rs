@@ -77,6 +77,16 @@ struct Desk {
 }
 
 async fn started(backend: Backend, dir: &std::path::Path, agents: &str, extra: &str) -> Desk {
+    started_with(backend, dir, agents, extra, Vec::new()).await
+}
+
+async fn started_with(
+    backend: Backend,
+    dir: &std::path::Path,
+    agents: &str,
+    extra: &str,
+    env: Vec<(String, String)>,
+) -> Desk {
     let graph = Graph::start().await;
     let shop = Shop::start(Duration::ZERO).await;
     let hooks = HookReceiver::start().await;
@@ -91,6 +101,7 @@ async fn started(backend: Backend, dir: &std::path::Path, agents: &str, extra: &
         .push(("TEST_HOOK_SECRET".into(), HOOK_SECRET.into()));
     spec.env
         .push(("TEST_READ_TOKEN".into(), "read-only-token".into()));
+    spec.env.extend(env);
     let server = Server::start(spec);
     Desk {
         server,
@@ -523,6 +534,109 @@ async fn assigning_by_api_stops_the_bot_and_names_the_agent(backend: Backend) {
     act(&d.server, wa, "assign", json!({"agent": "ana"})).await;
     let again = hook(&d.hooks, wa, "conversation.assigned", 2).await;
     assert_eq!(again.body["agent"], "ana");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn triage_and_repeated_misses_hand_off_with_their_reason_and_a_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let llm = crate::standin::llm().await;
+    let env = vec![
+        ("TANDEM_LLM_BASE_URL".to_owned(), llm),
+        ("TANDEM_LLM_MODEL".to_owned(), "test-model".to_owned()),
+        ("TANDEM_LLM_TIMEOUT".to_owned(), "2s".to_owned()),
+    ];
+    let d = started_with(
+        Backend::embedded(dir.path()),
+        dir.path(),
+        ONE_AGENT,
+        "",
+        env,
+    )
+    .await;
+    let upset = "351920000071";
+    post(
+        &d.server,
+        text(
+            upset,
+            "wamid.u1",
+            "this is unacceptable, I want to file a complaint",
+        ),
+    )
+    .await;
+    let requested = hook(&d.hooks, upset, "conversation.handoff_requested", 1).await;
+    assert_eq!(requested.body["reason"], "needs_human");
+    assert_eq!(requested.body["triage"]["needs_human"], true);
+    assert_eq!(requested.body["triage"]["sentiment"], "negative");
+    let summary = requested.body["summary"].as_str().unwrap();
+    assert!(summary.contains("file a complaint"), "{summary}");
+    assert_eq!(summary.lines().count(), 3, "{summary}");
+
+    // Not understood again and again: the menu's question gives up after its tries, then
+    // after handoff_after_misses (3) misses in a row the bot hands over.
+    let lost = "351920000072";
+    for i in 0..8u64 {
+        post(
+            &d.server,
+            text(lost, &format!("wamid.x{i}"), &format!("qwerty{i} zxcvb")),
+        )
+        .await;
+        // Each turn applied and its replies sent before the next message.
+        wait_for("the turn done", DEADLINE, || async {
+            let c = d.server.conversation(lost).await?;
+            (c["events_applied"].as_u64()? > i && c.get("outbox").is_none()).then_some(())
+        })
+        .await;
+        if d.server.conversation(lost).await.unwrap()["mode"] == "handoff" {
+            break;
+        }
+    }
+    let requested = hook(&d.hooks, lost, "conversation.handoff_requested", 1).await;
+    assert_eq!(requested.body["reason"], "fallback");
+    assert_eq!(
+        d.server
+            .metric("tandem_handoffs_total{reason=\"needs_human\"")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        d.server
+            .metric("tandem_handoffs_total{reason=\"fallback\"")
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_hours_the_customer_hears_when_a_person_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let today = jiff::Timestamp::now()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .date();
+    let tomorrow = today.tomorrow().unwrap();
+    let back = tomorrow.tomorrow().unwrap();
+    let all_day = r#"["00:00-24:00"]"#;
+    let team_hours = format!(
+        "timezone = \"UTC\"\nhours = {{ mon = {all_day}, tue = {all_day}, wed = {all_day}, thu = {all_day}, fri = {all_day}, sat = {all_day}, sun = {all_day} }}\nclosed = [\"{today}\", \"{tomorrow}\"]\n{ONE_AGENT}"
+    );
+    let d = started(Backend::embedded(dir.path()), dir.path(), &team_hours, "").await;
+    let wa = "351920000081";
+    post(&d.server, text(wa, "wamid.n1", "agent")).await;
+    let weekday = back.strftime("%A").to_string();
+    wait_for_text(
+        &d.graph,
+        &format!("a person will reply from {weekday} 00:00"),
+    )
+    .await;
+    let (_, queue) = call(
+        &d.server,
+        reqwest::Method::GET,
+        "/v1/queue",
+        None,
+        API_TOKEN,
+    )
+    .await;
+    assert_eq!(queue["queue"][0]["team"], "support", "{queue}");
+    assert_eq!(count(&d.hooks, wa, "conversation.assigned"), 0);
 }
 
 crate::both_stores!(

@@ -189,9 +189,27 @@ async fn serve(app: axum::Router) -> SocketAddr {
 
 /// An OpenAI-compatible chat/completions stand-in: a message containing "partido" is a
 /// return in Portuguese; one containing "complaint" needs a person; one containing "fail"
-/// gets a 500; anything else is out of scope.
+/// gets a 500; anything else is out of scope. Asked for a handoff summary (the prompt of
+/// `prompts/handoff_summary.j2`), it answers three lines of plain text.
 pub async fn llm() -> String {
     async fn chat(Json(body): Json<Value>) -> (StatusCode, Json<Value>) {
+        let system = body["messages"][0]["content"].as_str().unwrap_or_default();
+        if system.contains("taking over a WhatsApp conversation") {
+            let wants = if system.contains("complaint") {
+                "to file a complaint"
+            } else {
+                "help"
+            };
+            let content =
+                format!("The customer wants {wants}.\nThe assistant handed over at once.\nUpset.");
+            return (
+                StatusCode::OK,
+                Json(
+                    json!({"id": "c2", "object": "chat.completion", "created": 1, "model": "m",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}]}),
+                ),
+            );
+        }
         let text = body["messages"][1]["content"]
             .as_str()
             .unwrap_or_default()

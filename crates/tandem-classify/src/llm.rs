@@ -151,6 +151,7 @@ pub struct LlmClassifier {
     client: Client<OpenAIConfig>,
     config: LlmConfig,
     prompt: String,
+    summary_prompt: Option<String>,
     permits: tokio::sync::Semaphore,
     breaker: Mutex<Breaker>,
     cache: Mutex<(HashMap<String, Triage>, VecDeque<String>)>,
@@ -241,6 +242,7 @@ impl LlmClassifier {
             permits: tokio::sync::Semaphore::new(config.concurrency.max(1)),
             config,
             prompt,
+            summary_prompt: None,
             breaker: Mutex::new(Breaker::default()),
             cache: Mutex::new((HashMap::new(), VecDeque::new())),
         })
@@ -334,6 +336,62 @@ impl LlmClassifier {
         }
     }
 
+    /// Writes the two or three lines a person taking over reads first, from the handoff
+    /// summary prompt (see [`LlmClassifier::with_summary_prompt`]) and the transcript.
+    ///
+    /// # Errors
+    /// An [`LlmError`], or [`LlmError::Prompt`] when no summary prompt is set; the handoff
+    /// goes on without a summary.
+    pub async fn summarize(&self, reason: &str, transcript: &[Line]) -> Result<String, LlmError> {
+        let Some(prompt) = &self.summary_prompt else {
+            return Err(LlmError::Prompt("no handoff summary prompt".into()));
+        };
+        {
+            let breaker = self.breaker.lock().map_err(|_| LlmError::CircuitOpen)?;
+            if breaker.open_until.is_some_and(|t| t > Instant::now()) {
+                return Err(LlmError::CircuitOpen);
+            }
+        }
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| LlmError::CircuitOpen)?;
+        let system = minijinja::Environment::new()
+            .render_str(prompt, minijinja::context! { transcript, reason })
+            .map_err(|e| LlmError::Prompt(e.to_string()))?;
+        let messages: Vec<ChatCompletionRequestMessage> = vec![
+            ChatCompletionRequestSystemMessage::from(system.as_str()).into(),
+            ChatCompletionRequestUserMessage::from("Write the summary now.").into(),
+        ];
+        let summary = self.complete_with(&messages, None).await?;
+        let summary = summary.trim();
+        if summary.is_empty() {
+            return Err(LlmError::Malformed("an empty summary".into()));
+        }
+        // Two or three lines; anything longer is cut, never trusted to fit a CRM field.
+        Ok(summary
+            .lines()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join("\n")
+            .chars()
+            .take(600)
+            .collect())
+    }
+
+    /// Sets the handoff summary prompt template (minijinja, sees `transcript` and `reason`).
+    ///
+    /// # Errors
+    /// The template's syntax error.
+    pub fn with_summary_prompt(mut self, prompt: String) -> Result<Self, LlmError> {
+        let mut env = minijinja::Environment::new();
+        env.add_template("check", &prompt)
+            .map_err(|e| LlmError::Prompt(e.to_string()))?;
+        self.summary_prompt = Some(prompt);
+        Ok(self)
+    }
+
     /// One completion with bounded retries of temporary failures, each within the timeout.
     async fn complete(
         &self,
@@ -351,11 +409,23 @@ impl LlmClassifier {
         } else {
             ResponseFormat::JsonObject
         };
-        let request = CreateChatCompletionRequestArgs::default()
-            .model(self.config.model.clone())
+        self.complete_with(messages, Some(format)).await
+    }
+
+    /// One completion in `format` (plain text when `None`), with bounded retries.
+    async fn complete_with(
+        &self,
+        messages: &[ChatCompletionRequestMessage],
+        format: Option<ResponseFormat>,
+    ) -> Result<String, LlmError> {
+        let mut args = CreateChatCompletionRequestArgs::default();
+        args.model(self.config.model.clone())
             .messages(messages.to_vec())
-            .response_format(format)
-            .temperature(0.0)
+            .temperature(0.0);
+        if let Some(format) = format {
+            args.response_format(format);
+        }
+        let request = args
             .build()
             .map_err(|e| LlmError::Endpoint(e.to_string()))?;
         let mut attempt = 0;

@@ -239,3 +239,77 @@ async fn a_slow_endpoint_times_out_and_repeated_failures_open_the_breaker() {
     );
     assert_eq!(standin.requests.lock().unwrap().len(), before);
 }
+
+#[tokio::test]
+async fn a_handoff_summary_is_plain_text_cut_to_three_lines_and_failures_are_errors() {
+    let (standin, url) = start().await;
+    let prompt = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../prompts/handoff_summary.j2"
+    ))
+    .unwrap();
+    let without = classifier(&url, |_| {});
+    let transcript = vec![
+        Line {
+            role: "customer".into(),
+            text: "my order 10442 never came".into(),
+        },
+        Line {
+            role: "bot".into(),
+            text: "Passing you to a person".into(),
+        },
+    ];
+    assert!(matches!(
+        without.summarize("customer_request", &transcript).await,
+        Err(LlmError::Prompt(_))
+    ));
+    let llm = classifier(&url, |_| {})
+        .with_summary_prompt(prompt)
+        .unwrap();
+    standin.script.lock().unwrap().push_back((
+        200,
+        completion("Order 10442 has not arrived.\nThe bot handed over.\nUpset.\nA fourth line."),
+        Duration::ZERO,
+    ));
+    let summary = llm
+        .summarize("customer_request", &transcript)
+        .await
+        .unwrap();
+    assert_eq!(
+        summary,
+        "Order 10442 has not arrived.\nThe bot handed over.\nUpset."
+    );
+    let request = standin.requests.lock().unwrap().last().cloned().unwrap();
+    let system = request["messages"][0]["content"].as_str().unwrap();
+    assert!(
+        system.contains("customer: my order 10442 never came"),
+        "{system}"
+    );
+    assert!(system.contains("customer_request"), "{system}");
+    assert!(
+        request.get("response_format").is_none(),
+        "plain text is asked for"
+    );
+    // A failing endpoint (after its retry) is an error, never a made-up summary.
+    for _ in 0..2 {
+        standin
+            .script
+            .lock()
+            .unwrap()
+            .push_back((500, error(500, "boom"), Duration::ZERO));
+    }
+    assert!(
+        llm.summarize("customer_request", &transcript)
+            .await
+            .is_err()
+    );
+    standin
+        .script
+        .lock()
+        .unwrap()
+        .push_back((200, completion("   "), Duration::ZERO));
+    assert!(matches!(
+        llm.summarize("customer_request", &transcript).await,
+        Err(LlmError::Malformed(_))
+    ));
+}

@@ -64,6 +64,9 @@ pub struct HandoffRequest {
     /// Set once the customer was told they wait in a queue.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub queue_noted: bool,
+    /// Two or three lines for the person taking over, written by the LLM when configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
 }
 
 /// Who the conversation is routed to.

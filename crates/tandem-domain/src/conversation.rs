@@ -595,6 +595,7 @@ mod tests {
             at: Timestamp(0),
             answered_at: None,
             queue_noted: false,
+            summary: None,
         });
         assert_eq!(c.mode, Mode::Handoff);
         assert_eq!(

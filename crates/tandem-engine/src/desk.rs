@@ -230,6 +230,7 @@ impl Desk {
                         at: now,
                         answered_at: None,
                         queue_noted: false,
+                        summary: None,
                     });
                     out.push(Happening::new(HookEvent::HandoffRequested, json!({})));
                 }

@@ -263,6 +263,7 @@ impl Worker {
                     )
                     .await;
                 let ended = if summary.handoff.is_some() {
+                    responder.summarize(&mut record).await;
                     desk.on_handoff(&mut record, summary.intent.as_deref(), &mut happenings);
                     "handoff"
                 } else if summary.queued > 0 {

@@ -291,6 +291,43 @@ impl Responder {
         summary
     }
 
+    /// Asks the LLM (when configured with a summary prompt) for the two or three lines the
+    /// person taking over reads first, and keeps them on the handoff request. A failure is
+    /// logged and counted; the handoff goes on without a summary.
+    pub async fn summarize(&self, c: &mut Conversation) {
+        let (Some(llm), Some(reason)) = (&self.llm, c.handoff.as_ref().map(|h| h.reason.clone()))
+        else {
+            return;
+        };
+        let mut lines: Vec<Line> = c
+            .transcript
+            .iter()
+            .rev()
+            .take(30)
+            .map(|e| Line {
+                role: format!("{:?}", e.role).to_lowercase(),
+                text: e.text.clone(),
+            })
+            .collect();
+        lines.reverse();
+        let started = std::time::Instant::now();
+        let answer = llm.summarize(&reason, &lines).await;
+        ::metrics::histogram!(metrics::LLM_SECONDS).record(started.elapsed().as_secs_f64());
+        match answer {
+            Ok(summary) => {
+                ::metrics::counter!(metrics::LLM_CALLS, "outcome" => "ok").increment(1);
+                if let Some(handoff) = c.handoff.as_mut() {
+                    handoff.summary = Some(summary);
+                }
+            }
+            Err(tandem_classify::llm::LlmError::Prompt(_)) => {}
+            Err(error) => {
+                ::metrics::counter!(metrics::LLM_CALLS, "outcome" => error.label()).increment(1);
+                tracing::warn!(conversation = %c.id, %error, "handoff summary failed; handing off without one");
+            }
+        }
+    }
+
     /// Queues the built-in text `name` (`queue_wait`, `queue_closed`, `bot_back`) with `queue`
     /// in scope, when the business left it non-empty and the customer's window is open (these
     /// messages are never worth a paid template).

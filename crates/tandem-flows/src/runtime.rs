@@ -517,6 +517,7 @@ impl Bot {
             at: ctx.now,
             answered_at: None,
             queue_noted: false,
+            summary: None,
         };
         turn.decide(format!("handoff ({reason})"));
         c.request_handoff(request.clone());

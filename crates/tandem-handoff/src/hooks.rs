@@ -167,7 +167,7 @@ impl Hooks {
             "reason": handoff.map(|h| h.reason.clone()),
             "priority": handoff.map(|h| h.priority.clone()),
             "triage": c.triage,
-            "summary": Value::Null,
+            "summary": handoff.and_then(|h| h.summary.clone()),
             "window": window,
             "transcript": lines,
         });
@@ -307,6 +307,7 @@ mod tests {
             at: now,
             answered_at: None,
             queue_noted: false,
+            summary: None,
         });
         c.assign(Some("support".into()), Some("ana".into()), now);
         let hooks = Hooks::new(vec![], 3);

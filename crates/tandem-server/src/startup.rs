@@ -218,9 +218,18 @@ fn llm_classifier(
         .unwrap_or_default();
     config.timeout = llm.timeout;
     config.structured_output = llm.structured_output;
-    let classifier = tandem_classify::llm::LlmClassifier::new(config, prompt)
+    let mut classifier = tandem_classify::llm::LlmClassifier::new(config, prompt)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    tracing::info!(base_url = %llm.base_url, model = %llm.model, "LLM stage on");
+    // The handoff summary is optional: without its prompt, hooks carry no summary.
+    let summary = prompts_dir.join("handoff_summary.j2");
+    if summary.exists() {
+        let prompt = std::fs::read_to_string(&summary)
+            .with_context(|| format!("reading the handoff summary prompt {}", summary.display()))?;
+        classifier = classifier
+            .with_summary_prompt(prompt)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", summary.display()))?;
+    }
+    tracing::info!(base_url = %llm.base_url, model = %llm.model, summary = summary.exists(), "LLM stage on");
     Ok(Arc::new(classifier))
 }
 
