@@ -284,6 +284,7 @@ async fn a_customer_asking_for_a_person_reaches_an_agent_and_the_crm_follows(bac
     assert_eq!(resumed.body["resumed_because"], "released");
     let c = d.server.conversation(wa).await.unwrap();
     assert_eq!(c["mode"], "bot");
+    wait_for_text(&d.graph, "I'm back").await;
     // Every event was delivered once (idempotency keys unique, none dead).
     let keys: std::collections::BTreeSet<String> = d
         .hooks
@@ -293,6 +294,23 @@ async fn a_customer_asking_for_a_person_reaches_an_agent_and_the_crm_follows(bac
         .collect();
     assert_eq!(keys.len(), d.hooks.delivered().len());
     assert_eq!(d.server.metric("tandem_collisions_total").await, 0.0);
+    assert_eq!(
+        d.server
+            .metric("tandem_handoffs_total{reason=\"customer_request\"")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        d.server
+            .metric("tandem_first_human_reply_seconds_count")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        d.server.metric("tandem_queue_wait_seconds_count").await,
+        1.0
+    );
+    assert_eq!(d.server.metric("tandem_bot_sessions_total").await, 1.0);
 }
 
 async fn a_full_team_queues_with_an_honest_message_and_assigns_when_someone_frees_up(

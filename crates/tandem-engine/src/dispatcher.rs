@@ -25,6 +25,7 @@ use crate::metrics;
 use crate::responder::Responder;
 use crate::router::Router;
 use crate::sender::Sender;
+use tandem_handoff::HookEvent;
 
 /// How often expired deduplication keys are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(60);
@@ -59,6 +60,9 @@ pub struct Bot {
     pub hooks_ready: Arc<tokio::sync::Notify>,
     /// Delivers the hook outbox; none when no hook is configured.
     pub hook_sender: Option<HookSender>,
+    /// Raised when a commit changed who waits for a person, so this process's router looks
+    /// at once instead of at its next tick.
+    pub routing_ready: Arc<tokio::sync::Notify>,
 }
 
 impl Dispatcher {
@@ -89,7 +93,7 @@ impl Dispatcher {
                     Arc::clone(&worker.clock),
                     worker.config.clone(),
                 );
-                tasks.spawn(router.run(stopped.clone()));
+                tasks.spawn(router.run(Arc::clone(&worker.bot.routing_ready), stopped.clone()));
             }
             if let Some(hooks) = worker.bot.hook_sender.clone() {
                 tasks.spawn(hooks.run(Arc::clone(&worker.bot.hooks_ready), stopped.clone()));
@@ -282,6 +286,12 @@ impl Worker {
                 None => TimerChange::Clear,
             };
         }
+        let queue_changed = happenings.iter().any(|h| {
+            matches!(
+                h.event,
+                HookEvent::HandoffRequested | HookEvent::Resumed | HookEvent::Closed
+            )
+        });
         let hooks = desk.hook_jobs(&record, name.as_deref(), happenings, now);
         let has_hooks = !hooks.is_empty();
         let has_sends = !record.outbox.is_empty();
@@ -308,6 +318,9 @@ impl Worker {
             }
             if has_hooks {
                 self.bot.hooks_ready.notify_one();
+            }
+            if queue_changed {
+                self.bot.routing_ready.notify_one();
             }
             if has_sends && let Some(sender) = &self.bot.sender {
                 sender.drain(claim, self.config.lease).await?;

@@ -22,7 +22,7 @@ use tandem_handoff::{Pick, Routing, Waiting, sort_queue};
 use tandem_store::{
     AgentState, IngestBatch, IngestItem, IngestKind, ListQuery, Presence, Store, StoreError,
 };
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use crate::config::EngineConfig;
 use crate::metrics;
@@ -164,8 +164,9 @@ impl Router {
         }
     }
 
-    /// Runs rounds every `router_tick` while this process leads, until `stopped`.
-    pub async fn run(mut self, mut stopped: watch::Receiver<bool>) {
+    /// Runs rounds every `router_tick`, and at once when `ready` is raised (a handoff or a
+    /// freed agent in this process), while this process leads, until `stopped`.
+    pub async fn run(mut self, ready: Arc<Notify>, mut stopped: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(self.config.router_tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let lead_for = self
@@ -176,6 +177,7 @@ impl Router {
         while !*stopped.borrow() {
             tokio::select! {
                 _ = tick.tick() => {}
+                () = ready.notified() => {}
                 _ = stopped.changed() => break,
             }
             let now = self.clock.now();

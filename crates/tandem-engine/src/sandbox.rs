@@ -194,6 +194,14 @@ impl Sandbox {
             self.conversation = step.conversation;
             if let Some(reason) = step.resumed {
                 outcome.decisions.push(format!("bot resumed ({reason})"));
+                // As the lane does: the one-time "the assistant is back" text, when set.
+                self.responder.notice(
+                    &mut self.conversation,
+                    "bot_back",
+                    serde_json::Value::Null,
+                    self.now,
+                    self.cap,
+                );
             }
         }
         self.deliver(&mut outcome);

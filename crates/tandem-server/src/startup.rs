@@ -146,6 +146,7 @@ impl Application {
                     hooks,
                 },
                 hooks_ready: Arc::default(),
+                routing_ready: Arc::default(),
                 hook_sender,
             },
         );
