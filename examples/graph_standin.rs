@@ -4,6 +4,9 @@
 //!   cargo run --example graph_standin                         # listens on 127.0.0.1:9999
 //!   TANDEM_GRAPH_URL=http://127.0.0.1:9999/v23.0 cargo run -- serve --dev
 //!   cargo run -- replay tests/fixtures/whatsapp/inbound_text.json
+//!
+//! It also prints handoff hooks POSTed to `/hook` (set `TANDEM_HOOK_URL` to
+//! `http://127.0.0.1:9999/hook`) with their signature headers, and answers 200.
 #![allow(clippy::print_stdout, clippy::expect_used)]
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +34,26 @@ async fn messages(
     }))
 }
 
+/// Prints a handoff hook with the headers a receiver checks.
+async fn hook(headers: axum::http::HeaderMap, Json(body): Json<Value>) -> axum::http::StatusCode {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_owned()
+    };
+    let pretty = serde_json::to_string_pretty(&body).unwrap_or_default();
+    println!(
+        "HOOK {} (timestamp {}, {}, idempotency key {})\n{pretty}\n",
+        header("x-tandem-event"),
+        header("x-tandem-timestamp"),
+        header("x-tandem-signature"),
+        header("idempotency-key"),
+    );
+    axum::http::StatusCode::OK
+}
+
 #[tokio::main]
 async fn main() {
     let addr = std::env::args()
@@ -40,7 +63,8 @@ async fn main() {
         .await
         .expect("binding the address");
     println!("Graph API stand-in on http://{addr}/v23.0 — set TANDEM_GRAPH_URL to that\n");
-    let app =
-        axum::Router::new().route("/{version}/{pnid}/messages", axum::routing::post(messages));
+    let app = axum::Router::new()
+        .route("/{version}/{pnid}/messages", axum::routing::post(messages))
+        .route("/hook", axum::routing::post(hook));
     axum::serve(listener, app).await.expect("serving");
 }

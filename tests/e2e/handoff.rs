@@ -464,6 +464,7 @@ async fn failing_hooks_are_retried_dead_lettered_and_redriven(backend: Backend) 
 
     // The receiver is back: re-drive it.
     d.hooks.failing(false);
+    assert_eq!(d.server.metric("tandem_hooks_dead").await, 1.0);
     let id = dead[0]["id"].as_str().unwrap();
     let (status, _) = call(
         &d.server,

@@ -967,4 +967,59 @@ mod tests {
             "TANDEM_APP_SECRET_FILE"
         );
     }
+
+    #[test]
+    fn handoff_hooks_and_tokens_are_checked_with_the_key_named() {
+        let mut e = full_env();
+        e.insert("CRM_SECRET".into(), "s3cret".into());
+        e.insert("DESK_TOKEN".into(), "t0ken".into());
+        let ok = from_toml(
+            "[[handoff.teams]]\nid = \"support\"\n[[handoff.agents]]\nid = \"ana\"\nteams = [\"support\"]\n\
+             [[hooks]]\nname = \"crm\"\nurl = \"http://127.0.0.1:9/h\"\nsecret_env = \"CRM_SECRET\"\nevents = [\"conversation.assigned\"]\n\
+             [[api.tokens]]\nname = \"desk\"\ntoken_env = \"DESK_TOKEN\"\nscopes = [\"read\"]\nagent = \"ana\"\n",
+            &e,
+        )
+        .unwrap();
+        assert_eq!(ok.hooks.len(), 1);
+        assert_eq!(ok.hooks[0].secret, "s3cret");
+        assert_eq!(ok.api_tokens.len(), 2, "TANDEM_API_TOKEN and desk");
+        assert_eq!(ok.api_tokens[1].scopes, [Scope::Read]);
+        assert!(ok.routing.agent("ana").is_some());
+        let key = |toml: &str| from_toml(toml, &e).unwrap_err().key;
+        assert_eq!(
+            key("[[hooks]]\nname = \"x\"\nurl = \"http://h\"\n"),
+            "hooks[0].secret_env"
+        );
+        assert_eq!(
+            key(
+                "[[hooks]]\nname = \"x\"\nurl = \"http://h\"\nsecret_env = \"CRM_SECRET\"\nevents = [\"nope\"]\n"
+            ),
+            "hooks[0].events"
+        );
+        assert_eq!(
+            key("[[hooks]]\nname = \"x\"\nurl = \"h\"\nsecret_env = \"CRM_SECRET\"\n"),
+            "hooks[0].url"
+        );
+        assert_eq!(
+            key("[[hooks]]\nname = \"x\"\nurl = \"http://h\"\nsecret = \"inline\"\n"),
+            "hooks[0].secret"
+        );
+        assert_eq!(
+            key("[[handoff.agents]]\nid = \"ana\"\nteams = [\"ghost\"]\n"),
+            "handoff.agents[0].teams"
+        );
+        assert_eq!(
+            key("[[api.tokens]]\nname = \"d\"\ntoken_env = \"DESK_TOKEN\"\nscopes = [\"root\"]\n"),
+            "api.tokens[0].scopes"
+        );
+        let mut hook_env = full_env();
+        hook_env.insert("TANDEM_HOOK_URL".into(), "http://127.0.0.1:9/h".into());
+        assert_eq!(
+            load(&CliOverrides::default(), &hook_env).unwrap_err().key,
+            "TANDEM_HOOK_SECRET"
+        );
+        hook_env.insert("TANDEM_HOOK_SECRET".into(), "k".into());
+        let s = load(&CliOverrides::default(), &hook_env).unwrap();
+        assert_eq!(s.hooks[0].name, "default");
+    }
 }

@@ -12,6 +12,10 @@ pub const WEBHOOK_ACK: &str = "tandem_webhook_ack_duration_seconds";
 pub const INBOX_DEPTH: &str = "tandem_inbox_depth";
 /// Entries in the dead-letter list.
 pub const DEAD_LETTERS: &str = "tandem_dead_letters";
+/// Gauge: hook deliveries waiting in the outbox.
+pub const HOOKS_PENDING: &str = "tandem_hooks_pending";
+/// Gauge: hook deliveries given up on (dead-letter list).
+pub const HOOKS_DEAD: &str = "tandem_hooks_dead";
 /// Conversations known.
 pub const CONVERSATIONS: &str = "tandem_conversations";
 /// Flow reloads, by outcome (`ok`, `refused`).
@@ -35,5 +39,10 @@ pub fn describe() {
         "Events stored and not yet applied by their lane"
     );
     describe_gauge!(DEAD_LETTERS, "Entries in the dead-letter list");
+    describe_gauge!(HOOKS_PENDING, "Hook deliveries waiting in the outbox");
+    describe_gauge!(
+        HOOKS_DEAD,
+        "Hook deliveries given up on, waiting for a re-drive (GET /v1/hooks/dead)"
+    );
     describe_gauge!(CONVERSATIONS, "Conversations known to the store");
 }

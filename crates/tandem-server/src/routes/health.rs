@@ -39,6 +39,8 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             ::metrics::gauge!(metrics::INBOX_DEPTH).set(stats.inbox_depth as f64);
             ::metrics::gauge!(metrics::DEAD_LETTERS).set(stats.dead_letters as f64);
             ::metrics::gauge!(metrics::CONVERSATIONS).set(stats.conversations as f64);
+            ::metrics::gauge!(metrics::HOOKS_PENDING).set(stats.hooks_pending as f64);
+            ::metrics::gauge!(metrics::HOOKS_DEAD).set(stats.hooks_dead as f64);
         }
         Err(error) => tracing::warn!(error = %error, "store stats unavailable for /metrics"),
     }
