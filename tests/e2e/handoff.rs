@@ -38,7 +38,7 @@ fn echo(wa_id: &str, id: &str, body: &str) -> Vec<u8> {
 
 /// The test's configuration file: one team with the given agents, fast hook retries and
 /// router rounds, and the extra TOML given.
-fn config(dir: &std::path::Path, agents: &str, extra: &str) -> PathBuf {
+fn config(dir: &std::path::Path, agents: &str, extra: &str, strategy: &str) -> PathBuf {
     let text = format!(
         r#"
 [engine]
@@ -52,7 +52,7 @@ default_team = "support"
 
 [[handoff.teams]]
 id = "support"
-strategy = "least_busy"
+strategy = "{strategy}"
 
 {agents}
 
@@ -77,7 +77,7 @@ struct Desk {
 }
 
 async fn started(backend: Backend, dir: &std::path::Path, agents: &str, extra: &str) -> Desk {
-    started_with(backend, dir, agents, extra, Vec::new()).await
+    started_with(backend, dir, agents, extra, Vec::new(), "least_busy").await
 }
 
 async fn started_with(
@@ -86,11 +86,12 @@ async fn started_with(
     agents: &str,
     extra: &str,
     env: Vec<(String, String)>,
+    strategy: &str,
 ) -> Desk {
     let graph = Graph::start().await;
     let shop = Shop::start(Duration::ZERO).await;
     let hooks = HookReceiver::start().await;
-    let path = config(dir, agents, extra);
+    let path = config(dir, agents, extra, strategy);
     let text = std::fs::read_to_string(&path)
         .unwrap()
         .replace("{HOOK_URL}", &hooks.url);
@@ -503,7 +504,7 @@ async fn a_restart_in_the_middle_of_retries_loses_no_hook(backend: Backend) {
     let shop = Shop::start(Duration::ZERO).await;
     let hooks = HookReceiver::start().await;
     hooks.failing(true);
-    let path = config(dir.path(), "", "");
+    let path = config(dir.path(), "", "", "least_busy");
     let text_config = std::fs::read_to_string(&path)
         .unwrap()
         .replace("{HOOK_URL}", &hooks.url)
@@ -570,6 +571,7 @@ async fn triage_and_repeated_misses_hand_off_with_their_reason_and_a_summary() {
         ONE_AGENT,
         "",
         env,
+        "least_busy",
     )
     .await;
     let upset = "351920000071";
@@ -755,4 +757,58 @@ scopes = ["read"]
     )
     .await;
     assert_eq!(status, 400, "{body}");
+}
+
+/// Sticky routing sends a returning customer to their last agent even when round robin
+/// would pick another; everyone else goes to the least busy, ties to the agent given a
+/// conversation longest ago. Under `least_busy` the same customer gets the tie-break's agent.
+async fn returning_customer(strategy: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let agents = TWO_AGENTS.replace("capacity = 1", "capacity = 5");
+    let d = started_with(
+        Backend::embedded(dir.path()),
+        dir.path(),
+        &agents,
+        "",
+        Vec::new(),
+        strategy,
+    )
+    .await;
+    let assign = |wa: &'static str, n: usize| {
+        let d = &d;
+        async move {
+            post(&d.server, text(wa, &format!("wamid.{wa}.{n}"), "agent")).await;
+            hook(&d.hooks, wa, "conversation.assigned", n).await.body["agent"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    assert_eq!(
+        assign("351920000091", 1).await,
+        "ana",
+        "a tie goes to the first in turn"
+    );
+    act(&d.server, "351920000091", "close", json!({})).await;
+    hook(&d.hooks, "351920000091", "conversation.closed", 1).await;
+    assert_eq!(
+        assign("351920000092", 1).await,
+        "rui",
+        "never assigned goes first"
+    );
+    assert_eq!(assign("351920000093", 1).await, "ana", "least busy");
+    assert_eq!(assign("351920000094", 1).await, "rui", "a tie takes turns");
+    assert_eq!(assign("351920000095", 1).await, "ana", "least busy");
+    // Both have two open; the tie-break alone picks rui.
+    assign("351920000091", 2).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_routing_returns_a_customer_to_their_last_agent() {
+    assert_eq!(returning_customer("sticky").await, "ana");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_busy_routing_takes_turns_on_ties() {
+    assert_eq!(returning_customer("least_busy").await, "rui");
 }

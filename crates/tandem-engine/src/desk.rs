@@ -415,3 +415,150 @@ fn reason_label(reason: &str) -> &'static str {
         _ => "other",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_domain::{ConversationId, Echo, MessageContent, MessageId};
+    use tandem_handoff::routing::RoutingConfig;
+    use tandem_handoff::{HookTarget, Hooks};
+
+    const NOW: Timestamp = Timestamp(1_767_603_600_000);
+
+    fn desk() -> Desk {
+        let config: RoutingConfig = serde_json::from_value(json!({
+            "default_team": "support",
+            "teams": [{"id": "support", "human_idle": "5m"}],
+            "agents": [{"id": "ana", "teams": ["support"]}]
+        }))
+        .unwrap();
+        let target = |name: &str, events: Vec<HookEvent>| HookTarget {
+            name: name.into(),
+            url: "http://127.0.0.1:1/".into(),
+            secret: "k".into(),
+            teams: Vec::new(),
+            events,
+        };
+        Desk {
+            routing: Arc::new(Routing::new(config).unwrap()),
+            hooks: Arc::new(Hooks::new(
+                vec![
+                    target("crm", Vec::new()),
+                    target("audit", vec![HookEvent::HumanTakeover]),
+                ],
+                5,
+            )),
+        }
+    }
+
+    fn handed_off() -> Conversation {
+        let mut c = Conversation::new(ConversationId::parse("106:351").unwrap(), NOW);
+        c.customer_last_at = Some(NOW);
+        c.request_handoff(HandoffRequest {
+            team: None,
+            reason: "customer_request".into(),
+            priority: "normal".into(),
+            at: NOW,
+            answered_at: None,
+            queue_noted: false,
+            summary: None,
+        });
+        c
+    }
+
+    #[test]
+    fn a_handoff_goes_to_the_default_team_and_a_phone_reply_uses_its_idle_time() {
+        let d = desk();
+        let mut c = handed_off();
+        let mut out = Vec::new();
+        d.on_handoff(&mut c, None, &mut out);
+        assert_eq!(
+            c.assignment.as_ref().unwrap().team.as_deref(),
+            Some("support")
+        );
+        assert_eq!(out[0].event, HookEvent::HandoffRequested);
+        let echo = Echo {
+            id: MessageId::parse("e1").unwrap(),
+            sent_at: NOW,
+            content: MessageContent::Text { body: "hi".into() },
+        };
+        c.record_echo(&echo, NOW, Duration::from_secs(1800), 50);
+        d.on_echo(&mut c, Duration::from_secs(1800), NOW, &mut out);
+        assert_eq!(
+            c.resume_at,
+            Some(NOW.plus(Duration::from_secs(300))),
+            "the team's 5m"
+        );
+        assert_eq!(c.handoff.as_ref().unwrap().answered_at, Some(NOW));
+        d.on_echo(&mut c, Duration::from_secs(1800), NOW, &mut out);
+        let takeovers = out
+            .iter()
+            .filter(|h| h.event == HookEvent::HumanTakeover)
+            .count();
+        assert_eq!(takeovers, 1, "announced once per human stretch");
+    }
+
+    #[test]
+    fn hook_jobs_go_to_interested_targets_with_ids_stable_across_recomputation() {
+        let d = desk();
+        let c = handed_off();
+        let happenings = vec![
+            Happening::new(HookEvent::HandoffRequested, json!({})),
+            Happening::new(HookEvent::HumanTakeover, json!({"by": "phone"})),
+        ];
+        let jobs = d.hook_jobs(&c, None, happenings.clone(), NOW);
+        let ids: Vec<_> = jobs.iter().map(|j| j.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "evt_106:351_1_0.crm",
+                "evt_106:351_1_1.crm",
+                "evt_106:351_1_1.audit"
+            ]
+        );
+        assert_eq!(jobs, d.hook_jobs(&c, None, happenings, NOW));
+        let body: Value = serde_json::from_str(&jobs[2].body).unwrap();
+        assert_eq!(body["by"], "phone");
+        assert_eq!(body["id"], jobs[2].event_id);
+    }
+
+    #[test]
+    fn the_router_late_choice_and_a_second_queue_notice_change_nothing() {
+        let d = desk();
+        let ctx = DeskContext {
+            now: NOW,
+            cap: 50,
+            responder: None,
+        };
+        let mut c = handed_off();
+        let mut out = Vec::new();
+        let routed = |agent: &str| AgentAction {
+            agent: Some(agent.into()),
+            at: NOW,
+            kind: AgentActionKind::Routed {
+                team: Some("support".into()),
+            },
+        };
+        d.on_agent(&mut c, &routed("ana"), &ctx, &mut out);
+        assert_eq!(c.assignment.as_ref().unwrap().agent.as_deref(), Some("ana"));
+        let before = c.clone();
+        d.on_agent(&mut c, &routed("rui"), &ctx, &mut out);
+        assert_eq!(c, before, "already assigned: a stale choice is ignored");
+        let queued = AgentAction {
+            agent: None,
+            at: NOW,
+            kind: AgentActionKind::Queued {
+                team: None,
+                position: 1,
+                wait_seconds: Some(60),
+                next_opening: None,
+            },
+        };
+        let mut waiting = handed_off();
+        d.on_agent(&mut waiting, &queued, &ctx, &mut out);
+        assert!(waiting.handoff.as_ref().unwrap().queue_noted);
+        let noted = waiting.clone();
+        d.on_agent(&mut waiting, &queued, &ctx, &mut out);
+        assert_eq!(waiting, noted);
+    }
+}
