@@ -33,7 +33,8 @@ use self::write::Group;
 use crate::error::StoreError;
 use crate::model::{
     AccountState, AgentState, Claim, CommitOutcome, HookJob, HookSettle, InboxItem, IngestBatch,
-    IngestReport, ListQuery, StepCommit, StoreOptions, StoreStats, next_slot,
+    IngestReport, ListQuery, NumberState, NumberTouch, StepCommit, StoreOptions, StoreStats,
+    next_slot, touched,
 };
 use crate::store::Store;
 
@@ -726,6 +727,77 @@ impl Store for EmbeddedStore {
                 out.push(decode(k.value(), v.value())?);
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn touch_number(
+        &self,
+        id: &PhoneNumberId,
+        touch: NumberTouch,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let id = id.clone();
+        self.write(move |group| {
+            let stored = group.number(id.as_str())?;
+            let next = touched(stored, &id, &touch, now);
+            group.put_number(&next)
+        })
+        .await
+    }
+
+    async fn number(&self, id: &PhoneNumberId) -> Result<Option<NumberState>, StoreError> {
+        let id = id.to_string();
+        self.read(move |txn| {
+            let table = txn
+                .open_table(NUMBERS)
+                .map_err(redb_err("opening numbers"))?;
+            let found = table
+                .get(id.as_str())
+                .map_err(redb_err("reading a number"))?;
+            found.map(|v| decode(&id, v.value())).transpose()
+        })
+        .await
+    }
+
+    async fn numbers(&self) -> Result<Vec<NumberState>, StoreError> {
+        self.read(|txn| {
+            let table = txn
+                .open_table(NUMBERS)
+                .map_err(redb_err("opening numbers"))?;
+            let mut out = Vec::new();
+            for row in table.iter().map_err(redb_err("reading numbers"))? {
+                let (k, v) = row.map_err(redb_err("reading numbers"))?;
+                out.push(decode(k.value(), v.value())?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn update_number(
+        &self,
+        state: NumberState,
+        hooks: Vec<HookJob>,
+    ) -> Result<bool, StoreError> {
+        self.write(move |group| {
+            let stored = group.number(state.phone_number_id.as_str())?;
+            if stored.as_ref().map_or(0, |s| s.rev) != state.rev {
+                return Ok(false);
+            }
+            let mut next = state;
+            if let Some(stored) = stored {
+                next.last_phone_at = stored.last_phone_at;
+                next.last_api_at = stored.last_api_at;
+                next.held_sends = stored.held_sends;
+                next.waba_id = next.waba_id.or(stored.waba_id);
+            }
+            next.rev += 1;
+            group.put_number(&next)?;
+            for hook in &hooks {
+                group.put_hook(hook)?;
+            }
+            Ok(true)
         })
         .await
     }

@@ -35,8 +35,8 @@ pub use embedded::EmbeddedStore;
 pub use error::StoreError;
 pub use model::{
     AccountState, AgentState, Claim, CommitOutcome, HookJob, HookSettle, InboxItem, IngestBatch,
-    IngestItem, IngestKind, IngestReport, ItemOutcome, ListQuery, PauseOnIngest, Presence,
-    StepCommit, StoreOptions, StoreStats, TimerChange,
+    IngestItem, IngestKind, IngestReport, ItemOutcome, Link, ListQuery, NumberState, NumberTouch,
+    PauseOnIngest, Presence, StepCommit, StoreOptions, StoreStats, TimerChange,
 };
 pub use redis::RedisStore;
 pub use store::{Store, open};

@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tandem_domain::{
     AccountUpdate, ContactUpdate, Conversation, ConversationEvent, ConversationId, DeadLetter,
-    MessageId, Mode, PausedBy, Timestamp,
+    MessageId, Mode, PausedBy, PhoneNumberId, Timestamp,
 };
 
 /// Settings every backend shares.
@@ -285,6 +285,116 @@ impl AccountState {
     }
 }
 
+/// The state of a business number's link between the WhatsApp Business App and the Cloud
+/// API (Coexistence).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Link {
+    /// Linked and recently used from the phone.
+    Linked,
+    /// Linked, but the phone has not been seen for the heartbeat time: the link may drop.
+    AtRisk,
+    /// Meta removed the link (`PARTNER_REMOVED`); sends are held.
+    Disconnected,
+    /// The companion was removed (`ACCOUNT_OFFBOARDED`); sends are held until reconnected.
+    Offboarded,
+}
+
+impl Link {
+    /// Every state, in a stable order.
+    pub const ALL: [Link; 4] = [
+        Link::Linked,
+        Link::AtRisk,
+        Link::Disconnected,
+        Link::Offboarded,
+    ];
+
+    /// The state's snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Linked => "linked",
+            Self::AtRisk => "at_risk",
+            Self::Disconnected => "disconnected",
+            Self::Offboarded => "offboarded",
+        }
+    }
+
+    /// True when sends for the number must be held.
+    pub fn holds_sends(self) -> bool {
+        matches!(self, Self::Disconnected | Self::Offboarded)
+    }
+}
+
+/// What Tandem knows about one business number (phone number id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NumberState {
+    /// The phone number id.
+    pub phone_number_id: PhoneNumberId,
+    /// The WABA the number belongs to (from webhooks' `entry.id`), once seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waba_id: Option<String>,
+    /// The link's state.
+    pub link: Link,
+    /// Why it is in that state (Meta's event and reason, or the heartbeat rule).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When the state last changed.
+    pub changed_at: Timestamp,
+    /// When Tandem first saw the number.
+    pub first_seen_at: Timestamp,
+    /// The last activity seen from the phone (echoes, history, contact sync).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_phone_at: Option<Timestamp>,
+    /// The last message Tandem sent through the Cloud API for the number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_api_at: Option<Timestamp>,
+    /// Sends held back while the number was disconnected.
+    #[serde(default)]
+    pub held_sends: u64,
+    /// The time of the latest account event applied (events at or after it are looked at).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_seen_at: Option<Timestamp>,
+    /// When the owner was reminded to open the Business App (once per at-risk stretch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reminded_at: Option<Timestamp>,
+    /// Incremented by every lifecycle write; [`crate::Store::update_number`] is guarded by it.
+    #[serde(default)]
+    pub rev: u64,
+}
+
+impl NumberState {
+    /// A number seen for the first time at `now`: linked.
+    pub fn new(phone_number_id: PhoneNumberId, now: Timestamp) -> Self {
+        Self {
+            phone_number_id,
+            waba_id: None,
+            link: Link::Linked,
+            reason: None,
+            changed_at: now,
+            first_seen_at: now,
+            last_phone_at: None,
+            last_api_at: None,
+            held_sends: 0,
+            account_seen_at: None,
+            reminded_at: None,
+            rev: 0,
+        }
+    }
+}
+
+/// Activity seen for a number, merged into its state (times only move forward; counts add).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NumberTouch {
+    /// The number's WABA, when the webhook named it.
+    pub waba_id: Option<String>,
+    /// Activity from the phone.
+    pub phone_at: Option<Timestamp>,
+    /// A send through the Cloud API.
+    pub api_at: Option<Timestamp>,
+    /// Sends held back.
+    pub held: u64,
+}
+
 /// Counts for health and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StoreStats {
@@ -344,4 +454,25 @@ pub(crate) fn next_slot(
         recent.pop_front();
     }
     Timestamp(slot)
+}
+
+/// Merges `touch` into `state` (a new number when `None`).
+pub(crate) fn touched(
+    state: Option<NumberState>,
+    id: &PhoneNumberId,
+    touch: &NumberTouch,
+    now: Timestamp,
+) -> NumberState {
+    let mut state = state.unwrap_or_else(|| NumberState::new(id.clone(), now));
+    if touch.waba_id.is_some() {
+        state.waba_id.clone_from(&touch.waba_id);
+    }
+    let later = |a: Option<Timestamp>, b: Option<Timestamp>| match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
+    state.last_phone_at = later(state.last_phone_at, touch.phone_at);
+    state.last_api_at = later(state.last_api_at, touch.api_at);
+    state.held_sends += touch.held;
+    state
 }

@@ -13,7 +13,7 @@
 //!
 //! Layout: `keys` (every key name), `ingest` (both ingest paths), the Lua scripts beside them
 //! (`apply`, `ingest`, `claim`, `release`, `fire_timers`, `reserve_send_slot`, `take_hooks`,
-//! `settle_hook`, `redrive_hook`, `lead`).
+//! `settle_hook`, `redrive_hook`, `lead`, `touch_number`).
 
 mod ingest;
 mod keys;
@@ -35,7 +35,8 @@ use self::keys::Keys;
 use crate::error::StoreError;
 use crate::model::{
     AccountState, AgentState, Claim, CommitOutcome, HookJob, HookSettle, InboxItem, IngestBatch,
-    IngestReport, ListQuery, StepCommit, StoreOptions, StoreStats, TimerChange,
+    IngestReport, ListQuery, NumberState, NumberTouch, StepCommit, StoreOptions, StoreStats,
+    TimerChange,
 };
 use crate::store::Store;
 
@@ -72,6 +73,7 @@ struct Scripts {
     settle_hook: Script,
     redrive_hook: Script,
     lead: Script,
+    touch_number: Script,
 }
 
 /// A write plan for `apply.lua`: guards first, then writes. Field names are the script's.
@@ -96,6 +98,8 @@ struct Plan {
     dead_letters: Vec<usize>,
     /// Hook delivery id, blob index, due time.
     hooks: Vec<(String, usize, String)>,
+    /// Number hash, new revision, blob index of the lifecycle JSON.
+    numbers: Vec<(String, u64, usize)>,
     /// Large values (records, events) travel as separate script arguments, so the script
     /// does not decode them as JSON; the plan refers to them by 1-based index.
     #[serde(skip)]
@@ -189,6 +193,7 @@ impl RedisStore {
                 settle_hook: Script::new(include_str!("redis/settle_hook.lua")),
                 redrive_hook: Script::new(include_str!("redis/redrive_hook.lua")),
                 lead: Script::new(include_str!("redis/lead.lua")),
+                touch_number: Script::new(include_str!("redis/touch_number.lua")),
             }),
             signal: Arc::new(Notify::new()),
         };
@@ -248,6 +253,31 @@ impl RedisStore {
             .invoke_async(&mut con)
             .await?;
         Ok(answer)
+    }
+
+    /// Reads a number's hash: the lifecycle JSON with the activity fields laid over it.
+    async fn read_number(&self, id: &PhoneNumberId) -> Result<Option<NumberState>, StoreError> {
+        let mut con = self.con.clone();
+        let fields: std::collections::HashMap<String, String> =
+            con.hgetall(self.keys.number(id)).await?;
+        let Some(data) = fields.get("data") else {
+            return Ok(None);
+        };
+        let mut state: NumberState = decode("number", data)?;
+        let time = |name: &str| {
+            fields
+                .get(name)
+                .and_then(|v| v.parse::<u64>().ok())
+                .map(Timestamp)
+        };
+        state.last_phone_at = time("phone_at");
+        state.last_api_at = time("api_at");
+        state.held_sends = fields.get("held").and_then(|v| v.parse().ok()).unwrap_or(0);
+        if let Some(waba) = fields.get("waba") {
+            state.waba_id = Some(waba.clone());
+        }
+        state.rev = fields.get("rev").and_then(|v| v.parse().ok()).unwrap_or(0);
+        Ok(Some(state))
     }
 
     async fn read_conversation(
@@ -692,6 +722,74 @@ impl Store for RedisStore {
         let mut con = self.con.clone();
         let raw: Vec<String> = con.hvals(self.keys.agents()).await?;
         raw.iter().map(|r| decode("agent", r)).collect()
+    }
+
+    async fn touch_number(
+        &self,
+        id: &PhoneNumberId,
+        touch: NumberTouch,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let initial = NumberState::new(id.clone(), now);
+        let text = |t: Option<Timestamp>| t.map_or_else(String::new, |t| t.as_millis().to_string());
+        let mut con = self.con.clone();
+        let _touched: i64 = self
+            .scripts
+            .touch_number
+            .arg(self.keys.number(id))
+            .arg(self.keys.numbers())
+            .arg(id.as_str())
+            .arg(json(&initial)?)
+            .arg(touch.waba_id.clone().unwrap_or_default())
+            .arg(text(touch.phone_at))
+            .arg(text(touch.api_at))
+            .arg(touch.held)
+            .invoke_async(&mut con)
+            .await?;
+        Ok(())
+    }
+
+    async fn number(&self, id: &PhoneNumberId) -> Result<Option<NumberState>, StoreError> {
+        self.read_number(id).await
+    }
+
+    async fn numbers(&self) -> Result<Vec<NumberState>, StoreError> {
+        let mut con = self.con.clone();
+        let ids: Vec<String> = con.zrange(self.keys.numbers(), 0, -1).await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let id = PhoneNumberId::parse(&id).map_err(|e| StoreError::corrupt("numbers", e))?;
+            if let Some(state) = self.read_number(&id).await? {
+                out.push(state);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn update_number(
+        &self,
+        state: NumberState,
+        hooks: Vec<HookJob>,
+    ) -> Result<bool, StoreError> {
+        let now = state.changed_at;
+        let mut plan = self.plan(now);
+        let key = self.keys.number(&state.phone_number_id);
+        plan.revs.push((key.clone(), state.rev));
+        let mut next = state;
+        next.rev += 1;
+        let data = plan.blob(json(&next)?);
+        plan.numbers.push((key, next.rev, data));
+        for hook in &hooks {
+            let blob = plan.blob(json(hook)?);
+            plan.hooks
+                .push((hook.id.clone(), blob, hook.due.as_millis().to_string()));
+        }
+        let answer = self.run(&plan).await?;
+        match answer.first().map(String::as_str) {
+            Some("ok") => Ok(true),
+            Some("conflict") => Ok(false),
+            _ => Err(StoreError::Protocol(format!("{answer:?}"))),
+        }
     }
 
     async fn lead(

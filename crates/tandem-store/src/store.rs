@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 use crate::error::StoreError;
 use crate::model::{
     AccountState, AgentState, Claim, CommitOutcome, HookJob, HookSettle, InboxItem, IngestBatch,
-    IngestReport, ListQuery, StepCommit, StoreOptions, StoreStats,
+    IngestReport, ListQuery, NumberState, NumberTouch, StepCommit, StoreOptions, StoreStats,
 };
 use crate::{EmbeddedStore, RedisStore};
 
@@ -132,6 +132,31 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         holder: &str,
         now: Timestamp,
         ttl: Duration,
+    ) -> Result<bool, StoreError>;
+
+    /// Merges activity into a number's state, creating it when new. Times only move forward
+    /// and held counts add, so concurrent touches from several processes all count.
+    async fn touch_number(
+        &self,
+        id: &PhoneNumberId,
+        touch: NumberTouch,
+        now: Timestamp,
+    ) -> Result<(), StoreError>;
+
+    /// Reads one number's state.
+    async fn number(&self, id: &PhoneNumberId) -> Result<Option<NumberState>, StoreError>;
+
+    /// Reads every known number's state, in id order.
+    async fn numbers(&self) -> Result<Vec<NumberState>, StoreError>;
+
+    /// Writes a number's lifecycle (link, reason, reminders, the account events seen) and the
+    /// hooks announcing it, atomically, if its revision is still `state.rev`; the stored
+    /// revision becomes `state.rev + 1`. Activity times and held counts are kept from the
+    /// store (touches win). Returns false when the revision changed (read and decide again).
+    async fn update_number(
+        &self,
+        state: NumberState,
+        hooks: Vec<HookJob>,
     ) -> Result<bool, StoreError>;
 
     /// Removes one batch of expired deduplication keys (where the backend does not expire them

@@ -15,8 +15,8 @@ use tandem_domain::{
 };
 use tandem_store::{
     AgentState, Claim, CommitOutcome, HookJob, HookSettle, InboxItem, IngestBatch, IngestItem,
-    IngestKind, ItemOutcome, ListQuery, PauseOnIngest, Presence, StepCommit, Store, StoreOptions,
-    TimerChange,
+    IngestKind, ItemOutcome, Link, ListQuery, NumberTouch, PauseOnIngest, Presence, StepCommit,
+    Store, StoreOptions, TimerChange,
 };
 
 const T0: Timestamp = Timestamp(1_768_041_000_000);
@@ -907,6 +907,97 @@ async fn agents_presence_is_kept_and_one_process_leads(f: Fixture) {
     }
 }
 
+async fn numbers_merge_activity_and_guard_their_lifecycle(f: Fixture) {
+    let s = &*f.store;
+    let pnid = PhoneNumberId::parse("106").unwrap();
+    assert!(s.number(&pnid).await.unwrap().is_none());
+    let at = |secs: u64| T0.plus(Duration::from_secs(secs));
+    s.touch_number(
+        &pnid,
+        NumberTouch {
+            waba_id: Some("104".into()),
+            phone_at: Some(at(10)),
+            ..NumberTouch::default()
+        },
+        T0,
+    )
+    .await
+    .unwrap();
+    // An older touch never moves a time back; held counts add.
+    s.touch_number(
+        &pnid,
+        NumberTouch {
+            phone_at: Some(at(5)),
+            api_at: Some(at(7)),
+            held: 2,
+            ..NumberTouch::default()
+        },
+        T0,
+    )
+    .await
+    .unwrap();
+    s.touch_number(
+        &pnid,
+        NumberTouch {
+            held: 1,
+            ..NumberTouch::default()
+        },
+        T0,
+    )
+    .await
+    .unwrap();
+    let state = s.number(&pnid).await.unwrap().unwrap();
+    assert_eq!(state.link, Link::Linked);
+    assert_eq!(state.waba_id.as_deref(), Some("104"));
+    assert_eq!(
+        (state.last_phone_at, state.last_api_at),
+        (Some(at(10)), Some(at(7)))
+    );
+    assert_eq!(state.held_sends, 3);
+    assert_eq!(state.first_seen_at, T0);
+
+    // A lifecycle write with its hooks, guarded by the revision; activity is kept.
+    let mut next = state.clone();
+    next.link = Link::Offboarded;
+    next.reason = Some("ACCOUNT_OFFBOARDED".into());
+    next.changed_at = at(20);
+    next.last_phone_at = None;
+    assert!(
+        s.update_number(next.clone(), vec![hook("n1")])
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.update_number(next, vec![hook("n2")]).await.unwrap(),
+        "stale revision"
+    );
+    let stored = s.number(&pnid).await.unwrap().unwrap();
+    assert_eq!(stored.link, Link::Offboarded);
+    assert_eq!(stored.rev, state.rev + 1);
+    assert_eq!(
+        stored.last_phone_at,
+        Some(at(10)),
+        "touches win over a lifecycle write"
+    );
+    let hooks = s.due_hooks(at(30), 10, LEASE).await.unwrap();
+    assert_eq!(hooks.len(), 1, "only the applied write's hook");
+    s.touch_number(
+        &PhoneNumberId::parse("107").unwrap(),
+        NumberTouch::default(),
+        T0,
+    )
+    .await
+    .unwrap();
+    let all: Vec<String> = s
+        .numbers()
+        .await
+        .unwrap()
+        .iter()
+        .map(|n| n.phone_number_id.to_string())
+        .collect();
+    assert_eq!(all, ["106", "107"]);
+}
+
 macro_rules! contract {
     ($backend:ident: $($name:ident),* $(,)?) => {
         mod $backend {
@@ -938,6 +1029,7 @@ macro_rules! suite {
             conversations_are_listed_by_mode_in_pages,
             hooks_are_written_with_the_step_leased_retried_and_dead_lettered,
             agents_presence_is_kept_and_one_process_leads,
+            numbers_merge_activity_and_guard_their_lifecycle,
         );)*
     };
 }

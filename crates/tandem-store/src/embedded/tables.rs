@@ -43,6 +43,9 @@ pub(super) const DEAD_HOOKS: TableDefinition<'_, &str, &[u8]> = TableDefinition:
 /// Agent id → agent state (JSON).
 pub(super) const AGENTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("agents");
 
+/// Phone number id → number state (JSON).
+pub(super) const NUMBERS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("numbers");
+
 pub(super) const SEQ: &str = "seq";
 pub(super) const DEAD_LETTER_SEQ: &str = "dead_letter_seq";
 pub(super) const INBOX_DEPTH: &str = "inbox_depth";
@@ -89,6 +92,8 @@ pub(super) fn create_all(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(DEAD_HOOKS)
         .map_err(redb_err("creating tables"))?;
     txn.open_table(AGENTS)
+        .map_err(redb_err("creating tables"))?;
+    txn.open_table(NUMBERS)
         .map_err(redb_err("creating tables"))?;
     Ok(())
 }

@@ -9,7 +9,7 @@ use tandem_domain::{Conversation, ConversationId, Timestamp};
 
 use super::tables::*;
 use crate::error::StoreError;
-use crate::model::{HookJob, InboxItem};
+use crate::model::{HookJob, InboxItem, NumberState};
 
 /// The open tables and counters of one write transaction.
 pub(super) struct Group<'t> {
@@ -28,6 +28,7 @@ pub(super) struct Group<'t> {
     hook_due: Table<'t, (u64, &'static str), ()>,
     pub(super) dead_hooks: Table<'t, &'static str, &'static [u8]>,
     pub(super) agents: Table<'t, &'static str, &'static [u8]>,
+    pub(super) numbers: Table<'t, &'static str, &'static [u8]>,
     seq: u64,
     dead_letter_seq: u64,
     depth: u64,
@@ -69,6 +70,7 @@ impl<'t> Group<'t> {
             hook_due: open(txn, HOOK_DUE)?,
             dead_hooks: open(txn, DEAD_HOOKS)?,
             agents: open(txn, AGENTS)?,
+            numbers: open(txn, NUMBERS)?,
             meta,
             seq,
             dead_letter_seq,
@@ -295,5 +297,20 @@ impl<'t> Group<'t> {
             ids.push(key.value().1.to_owned());
         }
         Ok(ids)
+    }
+
+    /// Reads a number's state.
+    pub(super) fn number(&self, id: &str) -> Result<Option<NumberState>, StoreError> {
+        let found = self.numbers.get(id).map_err(redb_err("reading a number"))?;
+        found.map(|v| decode(id, v.value())).transpose()
+    }
+
+    /// Writes a number's state.
+    pub(super) fn put_number(&mut self, state: &NumberState) -> Result<(), StoreError> {
+        let bytes = encode(state)?;
+        self.numbers
+            .insert(state.phone_number_id.as_str(), bytes.as_slice())
+            .map_err(redb_err("writing a number"))?;
+        Ok(())
     }
 }

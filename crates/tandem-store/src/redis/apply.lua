@@ -68,6 +68,9 @@ for _, t in ipairs(plan.timers) do
     redis.call('ZADD', k.timers, t[2], t[1])
   end
 end
+for _, n in ipairs(plan.numbers) do
+  redis.call('HSET', n[1], 'rev', n[2], 'data', blob(n[3]))
+end
 for _, h in ipairs(plan.hooks) do
   redis.call('HSET', k.hooks, h[1], blob(h[2]))
   redis.call('ZADD', k.hooks_due, h[3], h[1])

@@ -110,6 +110,14 @@ impl Keys {
         format!("{}:agents", self.prefix)
     }
 
+    pub(crate) fn number(&self, id: &PhoneNumberId) -> String {
+        format!("{}:number:{id}", self.prefix)
+    }
+
+    pub(crate) fn numbers(&self) -> String {
+        format!("{}:numbers", self.prefix)
+    }
+
     pub(crate) fn lead(&self, role: &str) -> String {
         format!("{}:lead:{role}", self.prefix)
     }
