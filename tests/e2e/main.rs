@@ -20,6 +20,7 @@ mod cli;
 mod durability;
 mod echo;
 mod handoff;
+mod numbers;
 mod replicas;
 mod standin;
 mod webhook;

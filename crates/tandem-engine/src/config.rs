@@ -52,6 +52,9 @@ pub struct EngineConfig {
     /// How often the router looks at the waiting queue.
     #[serde(with = "humantime_serde")]
     pub router_tick: Duration,
+    /// While a number is disconnected, its held sends are looked at again this often.
+    #[serde(with = "humantime_serde")]
+    pub hold_retry: Duration,
 }
 
 impl Default for EngineConfig {
@@ -73,6 +76,7 @@ impl Default for EngineConfig {
             hook_timeout: Duration::from_secs(10),
             hook_transcript: 20,
             router_tick: Duration::from_millis(500),
+            hold_retry: Duration::from_secs(10),
         }
     }
 }

@@ -63,6 +63,8 @@ pub struct Bot {
     /// Raised when a commit changed who waits for a person, so this process's router looks
     /// at once instead of at its next tick.
     pub routing_ready: Arc<tokio::sync::Notify>,
+    /// Watches the numbers' links; none in processes that run no lanes.
+    pub monitor: Option<Arc<crate::health::Monitor>>,
 }
 
 impl Dispatcher {
@@ -94,6 +96,9 @@ impl Dispatcher {
                     worker.config.clone(),
                 );
                 tasks.spawn(router.run(Arc::clone(&worker.bot.routing_ready), stopped.clone()));
+            }
+            if let Some(monitor) = worker.bot.monitor.clone() {
+                tasks.spawn(monitor.run(stopped.clone()));
             }
             if let Some(hooks) = worker.bot.hook_sender.clone() {
                 tasks.spawn(hooks.run(Arc::clone(&worker.bot.hooks_ready), stopped.clone()));

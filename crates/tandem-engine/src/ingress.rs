@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use tandem_domain::{
     AgentAction, AgentActionKind, ConversationEvent, ConversationId, MessageContent, PausedBy,
-    Timestamp,
+    PhoneNumberId, Timestamp,
 };
 use tandem_store::{
-    IngestBatch, IngestItem, IngestKind, ItemOutcome, PauseOnIngest, Store, StoreError,
+    IngestBatch, IngestItem, IngestKind, ItemOutcome, NumberTouch, PauseOnIngest, Store, StoreError,
 };
 use tandem_whatsapp::{WebhookEvent, parse_webhook};
 
@@ -26,7 +26,21 @@ pub struct Ingress {
     store: Arc<dyn Store>,
     human_idle: Duration,
     takeover_cap: Duration,
+    numbers: Arc<std::sync::Mutex<NumberBook>>,
 }
+
+/// What this process already told the store about numbers, so a busy number costs one
+/// extra write a minute at most.
+#[derive(Debug, Default)]
+struct NumberBook {
+    /// Numbers whose WABA this process has recorded.
+    known: std::collections::HashSet<PhoneNumberId>,
+    /// When phone activity was last recorded, per number.
+    phone: std::collections::HashMap<PhoneNumberId, Timestamp>,
+}
+
+/// Phone activity is recorded at most this often per number (the heartbeat counts in days).
+const PHONE_TOUCH_EVERY: Duration = Duration::from_secs(60);
 
 /// What one delivery amounted to.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -48,6 +62,7 @@ impl Ingress {
             store,
             human_idle,
             takeover_cap: Duration::from_secs(24 * 3600),
+            numbers: Arc::default(),
         }
     }
 
@@ -124,6 +139,27 @@ impl Ingress {
             })
             .collect();
         let unknown_types = events.iter().filter(|e| has_unknown_type(e)).count();
+        // Which numbers the delivery speaks of, and which show the phone is in use.
+        let activity: Vec<Option<(PhoneNumberId, bool)>> = events
+            .iter()
+            .map(|e| match e {
+                WebhookEvent::Conversation {
+                    conversation,
+                    event,
+                    ..
+                } => Some((
+                    conversation.phone_number_id().clone(),
+                    matches!(
+                        event,
+                        ConversationEvent::Echo(_) | ConversationEvent::History(_)
+                    ),
+                )),
+                WebhookEvent::Contact { update, .. } => {
+                    Some((update.phone_number_id.clone(), true))
+                }
+                _ => None,
+            })
+            .collect();
         let items = events.into_iter().map(|e| self.item(e)).collect();
         let outcome = self
             .store
@@ -157,7 +193,83 @@ impl Ingress {
             ::metrics::counter!(metrics::UNKNOWN_MESSAGE_TYPES).increment(unknown_types as u64);
             tracing::warn!(count = unknown_types, "messages of unknown type kept raw");
         }
+        // An echo of our own send is not the phone; duplicates were seen already.
+        let phone_seen = outcome.outcomes.iter().zip(activity).filter_map(|(o, a)| {
+            let (pnid, phone) = a?;
+            let phone = phone && !matches!(o, ItemOutcome::OwnEcho | ItemOutcome::Duplicate);
+            Some((pnid, phone))
+        });
+        self.touch_numbers(body, phone_seen.collect(), received_at)
+            .await;
         Ok(report)
+    }
+
+    /// Records the numbers a delivery spoke of (their WABA, the first time this process sees
+    /// them) and activity from their phone. After the events are stored: a failure here only
+    /// delays link-health bookkeeping, so it is logged and counted, not answered with a 503.
+    async fn touch_numbers(&self, body: &[u8], seen: Vec<(PhoneNumberId, bool)>, now: Timestamp) {
+        let mut touches: Vec<(PhoneNumberId, NumberTouch)> = Vec::new();
+        {
+            let book = self
+                .numbers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut owners: Option<Vec<(PhoneNumberId, String)>> = None;
+            for (pnid, phone) in seen {
+                let new = !book.known.contains(&pnid);
+                let phone_due = phone
+                    && book
+                        .phone
+                        .get(&pnid)
+                        .is_none_or(|last| now.since(*last) >= PHONE_TOUCH_EVERY);
+                if !new && !phone_due {
+                    continue;
+                }
+                let waba_id = if new {
+                    owners
+                        .get_or_insert_with(|| tandem_whatsapp::number_owners(body))
+                        .iter()
+                        .find(|(p, _)| p == &pnid)
+                        .map(|(_, w)| w.clone())
+                } else {
+                    None
+                };
+                match touches.iter_mut().find(|(p, _)| p == &pnid) {
+                    Some((_, touch)) => {
+                        if phone_due {
+                            touch.phone_at = Some(now);
+                        }
+                    }
+                    None => touches.push((
+                        pnid,
+                        NumberTouch {
+                            waba_id,
+                            phone_at: phone_due.then_some(now),
+                            ..NumberTouch::default()
+                        },
+                    )),
+                }
+            }
+        }
+        for (pnid, touch) in touches {
+            let phone = touch.phone_at.is_some();
+            match self.store.touch_number(&pnid, touch, now).await {
+                Ok(()) => {
+                    let mut book = self
+                        .numbers
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if phone {
+                        book.phone.insert(pnid.clone(), now);
+                    }
+                    book.known.insert(pnid);
+                }
+                Err(error) => {
+                    ::metrics::counter!(metrics::ERRORS, "stage" => "numbers", "error_kind" => error.kind().as_str()).increment(1);
+                    tracing::warn!(number = %pnid, %error, "recording number activity failed");
+                }
+            }
+        }
     }
 
     fn item(&self, event: WebhookEvent) -> IngestItem {

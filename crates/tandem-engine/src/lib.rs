@@ -18,6 +18,8 @@
 //!   tells the others where they stand.
 //! - [`hook_sender`]: delivers the durable hook outbox, signed, with retries and a
 //!   dead-letter list.
+//! - [`health`]: Coexistence link health per number (off-boarding, reconnection, the
+//!   heartbeat rule), its hooks and the owner's reminder.
 //! - [`sandbox`]: one conversation against the flows with no store and no WhatsApp account
 //!   (`tandem chat`, `tandem test`).
 //! - [`metrics`]: the metric names this crate records, and their descriptions.
@@ -26,6 +28,7 @@ pub mod apply;
 pub mod config;
 pub mod desk;
 pub mod dispatcher;
+pub mod health;
 pub mod hook_sender;
 pub mod ingress;
 pub mod metrics;

@@ -62,6 +62,12 @@ pub const ASSIGNMENTS: &str = "tandem_assignments_total";
 pub const HOOK_DELIVERIES: &str = "tandem_hook_deliveries_total";
 /// Histogram: seconds a hook receiver took to answer.
 pub const HOOK_SECONDS: &str = "tandem_hook_seconds";
+/// Gauge: 1 for a number's current link state, 0 for the others.
+pub const NUMBER_STATE: &str = "tandem_number_state";
+/// Gauge: days since the phone of a number was last seen.
+pub const DAYS_SINCE_PHONE: &str = "tandem_number_days_since_phone_activity";
+/// Counter: sends held back because their number is disconnected.
+pub const SENDS_HELD: &str = "tandem_sends_held_total";
 /// Counter: agent actions applied, by action.
 pub const AGENT_ACTIONS: &str = "tandem_agent_actions_total";
 
@@ -98,6 +104,18 @@ pub fn describe() {
         "Hook delivery attempts, by event and outcome (delivered, retry, dead)"
     );
     describe_histogram!(HOOK_SECONDS, "Seconds a hook receiver took to answer");
+    describe_gauge!(
+        NUMBER_STATE,
+        "1 for a number's link state (linked, at_risk, disconnected, offboarded), 0 for the others"
+    );
+    describe_gauge!(
+        DAYS_SINCE_PHONE,
+        "Days since activity from a number's WhatsApp Business App was last seen"
+    );
+    describe_counter!(
+        SENDS_HELD,
+        "Sends held back because their number is disconnected or off-boarded"
+    );
     describe_counter!(AGENT_ACTIONS, "Agent and router actions applied, by action");
     describe_counter!(EVENTS, "Webhook events stored, by field");
     describe_counter!(

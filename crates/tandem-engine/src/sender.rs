@@ -16,11 +16,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use tandem_domain::{
     Clock, Conversation, ConversationId, OutboundContent, PendingSend, Role, SendAction,
     SendOrigin, Timestamp, TranscriptEntry,
 };
-use tandem_store::{Claim, CommitOutcome, StepCommit, Store, StoreError, TimerChange};
+
+use tandem_domain::PhoneNumberId;
+use tandem_store::{Claim, CommitOutcome, NumberTouch, StepCommit, Store, StoreError, TimerChange};
 use tandem_whatsapp::{GraphClient, OutboundMessage, SendError};
 
 use crate::metrics;
@@ -42,6 +46,40 @@ pub struct SendPolicy {
     pub recovery: Duration,
     /// How many transcript lines a conversation keeps.
     pub transcript_cap: usize,
+    /// While a number is disconnected, its sends are held and looked at again this often.
+    pub hold_retry: Duration,
+}
+
+/// How long a number's link state is trusted before it is read again.
+const LINK_FRESH: Duration = Duration::from_secs(1);
+/// API activity is recorded at most this often per number.
+const API_TOUCH_EVERY: Duration = Duration::from_secs(30);
+
+/// What this process knows of numbers' links: whether their sends are held (read from the
+/// store at most every [`LINK_FRESH`], and set at once by this process's health monitor) and
+/// when API activity was last recorded. Shared by the sender and the monitor.
+#[derive(Debug, Clone, Default)]
+pub struct LinkCache(Arc<Mutex<Links>>);
+
+#[derive(Debug, Default)]
+struct Links {
+    state: HashMap<PhoneNumberId, (bool, std::time::Instant)>,
+    touched: HashMap<PhoneNumberId, Timestamp>,
+}
+
+impl LinkCache {
+    /// Records that `number`'s sends are (or are no longer) held, as of now.
+    pub fn set(&self, number: &PhoneNumberId, held: bool) {
+        self.lock()
+            .state
+            .insert(number.clone(), (held, std::time::Instant::now()));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Links> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// What to do with the message at the head of an outbox, decided from the freshly read
@@ -96,6 +134,7 @@ pub struct Sender {
     flows: Option<FlowsHandle>,
     policy: SendPolicy,
     clock: Arc<dyn Clock>,
+    links: LinkCache,
 }
 
 /// What happened to the message at the head of the outbox.
@@ -106,6 +145,8 @@ enum Outcome {
     Dropped(String),
     /// Try again at this time.
     Retry(Timestamp, String),
+    /// The number is disconnected: kept, looked at again at this time (not an attempt).
+    Held(Timestamp),
 }
 
 impl Sender {
@@ -123,7 +164,40 @@ impl Sender {
             flows,
             policy,
             clock,
+            links: LinkCache::default(),
         }
+    }
+
+    /// Shares `links` with the health monitor, so a disconnection it records holds sends at
+    /// once in this process.
+    pub fn with_links(mut self, links: LinkCache) -> Self {
+        self.links = links;
+        self
+    }
+
+    /// Returns true while the number's sends must be held (disconnected or off-boarded).
+    /// A store failure does not hold: the send itself will say what is wrong.
+    async fn held(&self, phone: &PhoneNumberId) -> bool {
+        if let Some((held, read)) = self.lock_links().state.get(phone)
+            && read.elapsed() < LINK_FRESH
+        {
+            return *held;
+        }
+        let held = match self.store.number(phone).await {
+            Ok(state) => state.is_some_and(|n| n.link.holds_sends()),
+            Err(error) => {
+                tracing::warn!(number = %phone, %error, "reading the number's link failed");
+                false
+            }
+        };
+        self.lock_links()
+            .state
+            .insert(phone.clone(), (held, std::time::Instant::now()));
+        held
+    }
+
+    fn lock_links(&self) -> std::sync::MutexGuard<'_, Links> {
+        self.links.lock()
     }
 
     /// Sends the due messages of the claimed conversation's outbox, oldest first, re-reading
@@ -150,8 +224,12 @@ impl Sender {
             if head.not_before.is_some_and(|t| t > now) {
                 break;
             }
-            let outcome = self.attempt(&record, &head).await;
-            let stop = matches!(outcome, Outcome::Retry(..));
+            let outcome = if self.held(record.id.phone_number_id()).await {
+                Outcome::Held(now.plus(self.policy.hold_retry))
+            } else {
+                self.attempt(&record, &head).await
+            };
+            let stop = matches!(outcome, Outcome::Retry(..) | Outcome::Held(_));
             outcomes.push((head, outcome));
             if stop {
                 break;
@@ -312,6 +390,7 @@ impl Sender {
                 Outcome::Sent(..) => "sent",
                 Outcome::Dropped(_) => "failed",
                 Outcome::Retry(..) => "retry",
+                Outcome::Held(_) => "held",
             };
             ::metrics::counter!(metrics::SENDS, "action" => action, "outcome" => label)
                 .increment(1);
@@ -333,6 +412,8 @@ impl Sender {
                 _ => {}
             }
         }
+        self.touch_number(id.phone_number_id(), &outcomes, now)
+            .await;
         let cap = self.policy.transcript_cap;
         for _ in 0..8 {
             let Some(mut record) = self.store.conversation(id).await? else {
@@ -375,6 +456,11 @@ impl Sender {
                             record.outbox[i].not_before = Some(*at);
                         }
                     }
+                    Outcome::Held(at) => {
+                        if let Some(i) = position {
+                            record.outbox[i].not_before = Some(*at);
+                        }
+                    }
                 }
             }
             let timer = match record.next_wake(now, self.policy.recovery) {
@@ -398,6 +484,49 @@ impl Sender {
         Err(StoreError::Protocol(
             "the record kept changing while sends were recorded".into(),
         ))
+    }
+}
+
+impl Sender {
+    /// Records held sends and (at most every [`API_TOUCH_EVERY`]) API activity for the
+    /// number, for link health. A failure only delays that bookkeeping.
+    async fn touch_number(
+        &self,
+        phone: &PhoneNumberId,
+        outcomes: &[(PendingSend, Outcome)],
+        now: Timestamp,
+    ) {
+        let held = outcomes
+            .iter()
+            .filter(|(_, o)| matches!(o, Outcome::Held(_)))
+            .count() as u64;
+        let sent = outcomes
+            .iter()
+            .any(|(_, o)| matches!(o, Outcome::Sent(Some(_), _)));
+        if held > 0 {
+            ::metrics::counter!(metrics::SENDS_HELD).increment(held);
+        }
+        let api_due = sent
+            && self
+                .lock_links()
+                .touched
+                .get(phone)
+                .is_none_or(|last| now.since(*last) >= API_TOUCH_EVERY);
+        if held == 0 && !api_due {
+            return;
+        }
+        let touch = NumberTouch {
+            api_at: api_due.then_some(now),
+            held,
+            ..NumberTouch::default()
+        };
+        match self.store.touch_number(phone, touch, now).await {
+            Ok(()) if api_due => {
+                self.lock_links().touched.insert(phone.clone(), now);
+            }
+            Ok(()) => {}
+            Err(error) => tracing::warn!(number = %phone, %error, "recording send activity failed"),
+        }
     }
 }
 

@@ -25,17 +25,26 @@ pub enum HookEvent {
     Resumed,
     /// The conversation was closed.
     Closed,
+    /// Meta removed a number's link (off-boarded or disconnected); its sends are held.
+    NumberDisconnected,
+    /// A disconnected number is linked again; held sends go out.
+    NumberReconnected,
+    /// No activity from the phone for the heartbeat time: the link may drop soon.
+    NumberAtRisk,
 }
 
 impl HookEvent {
     /// Every event, in lifecycle order.
-    pub const ALL: [HookEvent; 6] = [
+    pub const ALL: [HookEvent; 9] = [
         Self::HandoffRequested,
         Self::Assigned,
         Self::HumanTakeover,
         Self::Message,
         Self::Resumed,
         Self::Closed,
+        Self::NumberDisconnected,
+        Self::NumberReconnected,
+        Self::NumberAtRisk,
     ];
 
     /// The name receivers see (`conversation.assigned`).
@@ -47,6 +56,9 @@ impl HookEvent {
             Self::Message => "conversation.message",
             Self::Resumed => "conversation.resumed",
             Self::Closed => "conversation.closed",
+            Self::NumberDisconnected => "number.disconnected",
+            Self::NumberReconnected => "number.reconnected",
+            Self::NumberAtRisk => "number.at_risk",
         }
     }
 
@@ -176,6 +188,27 @@ impl Hooks {
         }
         body
     }
+}
+
+/// Builds the JSON body of a number event: `number` holds the number's state (as the API
+/// shows it), `detail` what is particular to the event (Meta's reason…).
+pub fn number_payload(
+    event: HookEvent,
+    id: &str,
+    number: Value,
+    detail: Value,
+    now: Timestamp,
+) -> Value {
+    let mut body = json!({
+        "id": id,
+        "event": event.name(),
+        "created_at": rfc3339(now),
+        "number": number,
+    });
+    if let (Value::Object(body), Value::Object(detail)) = (&mut body, detail) {
+        body.extend(detail);
+    }
+    body
 }
 
 fn line(e: &TranscriptEntry) -> Value {

@@ -10,12 +10,13 @@
 //!   team a handoff goes to and the agent the router picks.
 //! - [`queue`]: the order of conversations waiting for a person (urgency, then the time left
 //!   in their 24-hour window).
-//! - [`hooks`]: hook targets, event names, payloads and the HMAC signature.
+//! - [`hooks`]: hook targets, event names (conversation and number events), payloads and the
+//!   HMAC signature.
 
 pub mod hooks;
 pub mod queue;
 pub mod routing;
 
-pub use hooks::{HookEvent, HookTarget, Hooks, sign, verify};
+pub use hooks::{HookEvent, HookTarget, Hooks, number_payload, sign, verify};
 pub use queue::{Waiting, sort_queue};
 pub use routing::{Facts, Pick, Routing, RoutingConfig, Strategy};

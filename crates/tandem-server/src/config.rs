@@ -92,6 +92,8 @@ pub struct Settings {
     pub routing: tandem_handoff::Routing,
     /// Handoff hook receivers (`[[hooks]]` and `TANDEM_HOOK_URL`).
     pub hooks: Vec<tandem_handoff::HookTarget>,
+    /// Coexistence link health (`[health]`).
+    pub health: tandem_engine::health::HealthConfig,
     /// Dev mode: signatures are not checked.
     pub dev: bool,
     /// The flows directory; `None` runs without a bot (events are recorded, nobody answers).
@@ -141,6 +143,34 @@ struct FileConfig {
     handoff: tandem_handoff::RoutingConfig,
     #[serde(default)]
     hooks: Vec<HookSection>,
+    #[serde(default)]
+    health: HealthSection,
+}
+
+/// `[health]`: Coexistence link health.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct HealthSection {
+    #[serde(with = "humantime_serde")]
+    heartbeat: Duration,
+    #[serde(with = "humantime_serde")]
+    tick: Duration,
+    reminder_to: Option<String>,
+    reminder_template: Option<String>,
+    reminder_language: String,
+}
+
+impl Default for HealthSection {
+    fn default() -> Self {
+        let d = tandem_engine::health::HealthConfig::default();
+        Self {
+            heartbeat: d.heartbeat,
+            tick: d.tick,
+            reminder_to: None,
+            reminder_template: None,
+            reminder_language: "en".into(),
+        }
+    }
 }
 
 /// `[[hooks]]`: one receiver of handoff hooks.
@@ -388,6 +418,46 @@ fn secret(
     }
 }
 
+/// `[health]`, checked: a reminder needs both a number and a template.
+fn health_config(h: HealthSection) -> Result<tandem_engine::health::HealthConfig, ConfigError> {
+    if h.heartbeat.is_zero() || h.tick.is_zero() {
+        return Err(ConfigError::new(
+            "health.heartbeat",
+            "heartbeat and tick must be longer than zero",
+        ));
+    }
+    let reminder = match (h.reminder_to, h.reminder_template) {
+        (None, None) => None,
+        (Some(to), Some(template)) => Some(tandem_engine::health::Reminder {
+            to: tandem_domain::WaId::parse(&to).map_err(|e| {
+                ConfigError::new(
+                    "health.reminder_to",
+                    format!("{to:?} is not a WhatsApp number: {e}"),
+                )
+            })?,
+            template,
+            language: h.reminder_language,
+        }),
+        (Some(_), None) => {
+            return Err(ConfigError::new(
+                "health.reminder_template",
+                "missing; the reminder is an approved template sent to health.reminder_to",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::new(
+                "health.reminder_to",
+                "missing; the owner's own WhatsApp number, digits only",
+            ));
+        }
+    };
+    Ok(tandem_engine::health::HealthConfig {
+        heartbeat: h.heartbeat,
+        tick: h.tick,
+        reminder,
+    })
+}
+
 /// The API's tokens: `TANDEM_API_TOKEN` (every scope) and `[[api.tokens]]`.
 fn api_tokens(
     env: &HashMap<String, String>,
@@ -568,6 +638,7 @@ fn build(
         flows,
         handoff,
         hooks,
+        health,
     } = file;
     refuse_inline(
         "meta.app_secret",
@@ -770,6 +841,7 @@ fn build(
         ConfigError::new(key, format!("{message}{more}"))
     })?;
     let hooks = hook_targets(env, hooks)?;
+    let health = health_config(health)?;
     if !cli.dev {
         let missing = |key: &str, var: &str| {
             ConfigError::new(
@@ -810,6 +882,7 @@ fn build(
         api_tokens,
         routing,
         hooks,
+        health,
         dev: cli.dev,
         flows_dir,
         flow_variables,

@@ -91,14 +91,17 @@ impl Application {
             max_backoff: std::time::Duration::from_secs(300),
             recovery: settings.engine.send_recovery,
             transcript_cap: settings.engine.transcript_cap,
+            hold_retry: settings.engine.hold_retry,
         };
+        let links = tandem_engine::sender::LinkCache::default();
         let sender = Sender::new(
             Arc::clone(&store),
-            graph,
+            graph.clone(),
             flows.clone(),
             policy,
             Arc::clone(&clock),
-        );
+        )
+        .with_links(links.clone());
         let llm = match &settings.llm {
             Some(llm) => Some(llm_classifier(llm, &settings.prompts_dir)?),
             None => None,
@@ -143,10 +146,20 @@ impl Application {
                 sender: Some(sender),
                 desk: Desk {
                     routing: Arc::clone(&routing),
-                    hooks,
+                    hooks: Arc::clone(&hooks),
                 },
                 hooks_ready: Arc::default(),
                 routing_ready: Arc::default(),
+                monitor: Some(Arc::new(
+                    tandem_engine::health::Monitor::new(
+                        Arc::clone(&store),
+                        Arc::clone(&hooks),
+                        Some(graph),
+                        Arc::clone(&clock),
+                        settings.health.clone(),
+                    )
+                    .with_links(links),
+                )),
                 hook_sender,
             },
         );

@@ -351,9 +351,13 @@ pub struct NumberState {
     /// Sends held back while the number was disconnected.
     #[serde(default)]
     pub held_sends: u64,
-    /// The time of the latest account event applied (events at or after it are looked at).
+    /// The time of the latest account event applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account_seen_at: Option<Timestamp>,
+    /// How many account events at exactly `account_seen_at` were applied (several can share
+    /// one second).
+    #[serde(default)]
+    pub account_seen_count: u32,
     /// When the owner was reminded to open the Business App (once per at-risk stretch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reminded_at: Option<Timestamp>,
@@ -376,6 +380,7 @@ impl NumberState {
             last_api_at: None,
             held_sends: 0,
             account_seen_at: None,
+            account_seen_count: 0,
             reminded_at: None,
             rev: 0,
         }

@@ -21,4 +21,4 @@ pub mod webhook;
 pub use client::{GraphClient, GraphError, Remedy, SendError, Sent};
 pub use outbound::{InvalidMessage, ListRow, ListSection, OutboundContent, OutboundMessage};
 pub use signature::{SignatureError, sign, verify};
-pub use webhook::{KeptReason, WebhookEvent, parse_webhook};
+pub use webhook::{KeptReason, WebhookEvent, number_owners, parse_webhook};

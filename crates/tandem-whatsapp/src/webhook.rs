@@ -21,6 +21,59 @@ use crate::content::parse_content;
 
 mod history;
 
+/// Returns, for each business number a webhook speaks of, the WABA it belongs to
+/// (`entry[].id` with `changes[].value.metadata.phone_number_id`). Unreadable parts are
+/// skipped: this only teaches Tandem which account a number is in.
+pub fn number_owners(body: &[u8]) -> Vec<(PhoneNumberId, String)> {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        #[serde(default)]
+        entry: Vec<Entry>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        #[serde(default)]
+        id: Option<String>,
+        #[serde(default)]
+        changes: Vec<Change>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Change {
+        #[serde(default)]
+        value: Option<ChangeValue>,
+    }
+    #[derive(serde::Deserialize)]
+    struct ChangeValue {
+        #[serde(default)]
+        metadata: Option<Metadata>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Metadata {
+        #[serde(default)]
+        phone_number_id: Option<String>,
+    }
+    let Ok(parsed) = serde_json::from_slice::<Body>(body) else {
+        return Vec::new();
+    };
+    let mut owners = Vec::new();
+    for entry in parsed.entry {
+        let Some(waba) = entry.id else { continue };
+        for change in entry.changes {
+            let pnid = change
+                .value
+                .and_then(|v| v.metadata)
+                .and_then(|m| m.phone_number_id)
+                .and_then(|p| PhoneNumberId::parse(&p).ok());
+            if let Some(pnid) = pnid
+                && !owners.iter().any(|(p, _)| p == &pnid)
+            {
+                owners.push((pnid, waba.clone()));
+            }
+        }
+    }
+    owners
+}
+
 /// Why a piece of signed input was kept raw instead of being acted on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeptReason {

@@ -243,3 +243,35 @@ pub async fn account(
         .collect();
     Ok(Json(json!({"account": found.account, "events": events})))
 }
+
+/// `GET /v1/numbers`: every business number's link state, phone and API activity and sends
+/// held back.
+pub async fn numbers(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let now = state.clock.now();
+    let items: Vec<Value> = state
+        .store
+        .numbers()
+        .await?
+        .iter()
+        .map(|n| tandem_engine::health::number_view(n, now))
+        .collect();
+    Ok(Json(json!({"numbers": items})))
+}
+
+/// `GET /v1/numbers/{phone_number_id}`: one number's link state.
+pub async fn number(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = tandem_domain::PhoneNumberId::parse(&raw)
+        .map_err(|e| ApiError::invalid(format!("bad phone number id {raw:?}: {e}")))?;
+    let found = state
+        .store
+        .number(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no number {id} seen yet")))?;
+    Ok(Json(tandem_engine::health::number_view(
+        &found,
+        state.clock.now(),
+    )))
+}

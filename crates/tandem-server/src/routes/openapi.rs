@@ -156,6 +156,20 @@ pub const ROUTES: &[Route] = &[
         summary: "Recent account or number events",
         body: no_body,
     },
+    Route {
+        method: "GET",
+        path: "/numbers",
+        scope: Scope::Read,
+        summary: "Every business number's link health",
+        body: no_body,
+    },
+    Route {
+        method: "GET",
+        path: "/numbers/{id}",
+        scope: Scope::Read,
+        summary: "One number's link health: state, phone and API activity, sends held",
+        body: no_body,
+    },
 ];
 
 /// The handler of a route of [`ROUTES`].
@@ -175,6 +189,8 @@ fn handler(route: &Route) -> Option<MethodRouter<AppState>> {
         ("POST", "/hooks/dead/{id}/redrive") => post(agent::redrive),
         ("GET", "/dead-letters") => get(api::dead_letters),
         ("GET", "/accounts/{id}") => get(api::account),
+        ("GET", "/numbers") => get(api::numbers),
+        ("GET", "/numbers/{id}") => get(api::number),
         _ => return None,
     };
     Some(h)
