@@ -100,6 +100,7 @@ async fn an_offboarded_number_holds_its_sends_until_reconnected(backend: Backend
     let n = number(&server).await;
     assert_eq!(n["state"], "linked");
     assert_eq!(n["waba_id"], WABA, "learnt from the webhook");
+    assert_eq!(n["send_rate"], 20, "the throughput limit in force");
     assert!(!n["last_api_activity_at"].is_null(), "{n}");
 
     post(&server, fixture("account_update_offboarded.json")).await;

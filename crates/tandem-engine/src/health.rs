@@ -43,6 +43,8 @@ pub struct HealthConfig {
     pub tick: Duration,
     /// The reminder, when configured.
     pub reminder: Option<Reminder>,
+    /// The send rate in force per number (`engine.send_rate`), shown with the state.
+    pub send_rate: u32,
 }
 
 impl Default for HealthConfig {
@@ -51,6 +53,7 @@ impl Default for HealthConfig {
             heartbeat: Duration::from_secs(11 * 24 * 3600),
             tick: Duration::from_secs(5),
             reminder: None,
+            send_rate: 20,
         }
     }
 }
@@ -178,8 +181,8 @@ pub fn advance(
     }
 }
 
-/// A number's state as the API and hooks show it.
-pub fn number_view(n: &NumberState, now: Timestamp) -> Value {
+/// A number's state as the API and hooks show it; `send_rate` is the throughput in force.
+pub fn number_view(n: &NumberState, now: Timestamp, send_rate: u32) -> Value {
     let since = n.last_phone_at.unwrap_or(n.first_seen_at);
     json!({
         "phone_number_id": n.phone_number_id.as_str(),
@@ -192,6 +195,7 @@ pub fn number_view(n: &NumberState, now: Timestamp) -> Value {
         "days_since_phone_activity": whole_days(now.since(since)),
         "sends_held": n.held_sends,
         "reminded_at": n.reminded_at.map(tandem_handoff::hooks::rfc3339),
+        "send_rate": send_rate,
     })
 }
 
@@ -311,7 +315,7 @@ impl Monitor {
 
     fn jobs(&self, step: &Advance, now: Timestamp) -> Vec<HookJob> {
         let mut jobs = Vec::new();
-        let view = number_view(&step.state, now);
+        let view = number_view(&step.state, now, self.config.send_rate);
         for (i, (event, detail)) in step.events.iter().enumerate() {
             let event_id = format!(
                 "evt_number_{}_{}_{i}",

@@ -455,6 +455,7 @@ fn health_config(h: HealthSection) -> Result<tandem_engine::health::HealthConfig
         heartbeat: h.heartbeat,
         tick: h.tick,
         reminder,
+        ..tandem_engine::health::HealthConfig::default()
     })
 }
 
@@ -841,7 +842,8 @@ fn build(
         ConfigError::new(key, format!("{message}{more}"))
     })?;
     let hooks = hook_targets(env, hooks)?;
-    let health = health_config(health)?;
+    let mut health = health_config(health)?;
+    health.send_rate = engine.send_rate;
     if !cli.dev {
         let missing = |key: &str, var: &str| {
             ConfigError::new(
@@ -1094,5 +1096,30 @@ mod tests {
         hook_env.insert("TANDEM_HOOK_SECRET".into(), "k".into());
         let s = load(&CliOverrides::default(), &hook_env).unwrap();
         assert_eq!(s.hooks[0].name, "default");
+    }
+
+    #[test]
+    fn the_reminder_needs_a_number_and_a_template() {
+        let key = |toml: &str| from_toml(toml, &full_env()).unwrap_err().key;
+        assert_eq!(
+            key("[health]\nreminder_to = \"351910000000\"\n"),
+            "health.reminder_template"
+        );
+        assert_eq!(
+            key("[health]\nreminder_template = \"t\"\n"),
+            "health.reminder_to"
+        );
+        assert_eq!(
+            key("[health]\nreminder_to = \"+351 91\"\nreminder_template = \"t\"\n"),
+            "health.reminder_to"
+        );
+        let ok = from_toml(
+            "[engine]\nsend_rate = 5\n[health]\nheartbeat = \"2d\"\nreminder_to = \"351910000000\"\nreminder_template = \"t\"\n",
+            &full_env(),
+        )
+        .unwrap();
+        assert_eq!(ok.health.heartbeat, Duration::from_secs(2 * 86_400));
+        assert_eq!(ok.health.send_rate, 5);
+        assert_eq!(ok.health.reminder.unwrap().template, "t");
     }
 }

@@ -43,6 +43,8 @@ pub struct AppState {
     pub routing: Arc<tandem_handoff::Routing>,
     /// The flows in force (for the re-engagement template), when any.
     pub flows: Option<tandem_engine::FlowsHandle>,
+    /// Messages a second per number (`engine.send_rate`), shown with each number.
+    pub send_rate: u32,
     /// Prometheus renderer, when a recorder is installed.
     pub metrics: Option<PrometheusHandle>,
 }

@@ -176,6 +176,7 @@ impl Application {
             api_tokens: Arc::new(settings.api_tokens.clone()),
             routing,
             flows: flows.clone(),
+            send_rate: settings.engine.send_rate,
             metrics,
         };
         let listener = TcpListener::bind(settings.listen)

@@ -253,7 +253,7 @@ pub async fn numbers(State(state): State<AppState>) -> Result<Json<Value>, ApiEr
         .numbers()
         .await?
         .iter()
-        .map(|n| tandem_engine::health::number_view(n, now))
+        .map(|n| tandem_engine::health::number_view(n, now, state.send_rate))
         .collect();
     Ok(Json(json!({"numbers": items})))
 }
@@ -273,5 +273,6 @@ pub async fn number(
     Ok(Json(tandem_engine::health::number_view(
         &found,
         state.clock.now(),
+        state.send_rate,
     )))
 }
