@@ -453,8 +453,24 @@ async fn failing_hooks_are_retried_dead_lettered_and_redriven(backend: Backend) 
     .await;
     assert_eq!(dead[0]["event"], "conversation.handoff_requested");
     assert_eq!(dead[0]["attempts"], 3);
+    // A dead receiver held up nothing: the customer was answered, and answers again.
+    wait_for("the handoff reply", DEADLINE, || async {
+        (!d.graph.texts().is_empty()).then_some(())
+    })
+    .await;
+    post(&d.server, text(wa, "wamid.d2", "menu")).await;
+    wait_for("the conversation to go on", DEADLINE, || async {
+        let c = d.server.conversation(wa).await?;
+        (c["events_applied"].as_u64()? >= 2).then_some(())
+    })
+    .await;
     assert_eq!(dead[0]["last_error"], "the receiver answered HTTP 500");
-    let attempts: Vec<ReceivedHook> = d.hooks.received();
+    let attempts: Vec<ReceivedHook> = d
+        .hooks
+        .received()
+        .into_iter()
+        .filter(|h| h.event == "conversation.handoff_requested")
+        .collect();
     assert_eq!(attempts.len(), 3, "three attempts, then given up");
     assert!(
         attempts
@@ -465,7 +481,7 @@ async fn failing_hooks_are_retried_dead_lettered_and_redriven(backend: Backend) 
 
     // The receiver is back: re-drive it.
     d.hooks.failing(false);
-    assert_eq!(d.server.metric("tandem_hooks_dead").await, 1.0);
+    assert!(d.server.metric("tandem_hooks_dead").await >= 1.0);
     let id = dead[0]["id"].as_str().unwrap();
     let (status, _) = call(
         &d.server,
@@ -486,7 +502,14 @@ async fn failing_hooks_are_retried_dead_lettered_and_redriven(backend: Backend) 
         API_TOKEN,
     )
     .await;
-    assert!(body["dead_hooks"].as_array().unwrap().is_empty());
+    assert!(
+        !body["dead_hooks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["id"] == id),
+        "re-driven: no longer dead"
+    );
     let (status, _) = call(
         &d.server,
         reqwest::Method::POST,
