@@ -614,6 +614,19 @@ async fn triage_and_repeated_misses_hand_off_with_their_reason_and_a_summary() {
     let summary = requested.body["summary"].as_str().unwrap();
     assert!(summary.contains("file a complaint"), "{summary}");
     assert_eq!(summary.lines().count(), 3, "{summary}");
+    // Triage (120 + 30) and summary (200 + 40) as the endpoint reported them.
+    assert_eq!(
+        d.server
+            .metric("tandem_llm_tokens_total{kind=\"prompt\"")
+            .await,
+        320.0
+    );
+    assert_eq!(
+        d.server
+            .metric("tandem_llm_tokens_total{kind=\"completion\"")
+            .await,
+        70.0
+    );
 
     // Not understood again and again: the menu's question gives up after its tries, then
     // after handoff_after_misses (3) misses in a row the bot hands over.

@@ -206,7 +206,8 @@ pub async fn llm() -> String {
                 StatusCode::OK,
                 Json(
                     json!({"id": "c2", "object": "chat.completion", "created": 1, "model": "m",
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}]}),
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 200, "completion_tokens": 40, "total_tokens": 240}}),
                 ),
             );
         }
@@ -233,7 +234,8 @@ pub async fn llm() -> String {
             StatusCode::OK,
             Json(
                 json!({"id": "c1", "object": "chat.completion", "created": 1, "model": "m",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}]}),
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 120, "completion_tokens": 30, "total_tokens": 150}}),
             ),
         )
     }

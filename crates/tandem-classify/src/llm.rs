@@ -26,6 +26,9 @@ use async_openai::types::chat::{
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+/// Counter: tokens the LLM endpoint reported using, by kind (`prompt`, `completion`).
+pub const LLM_TOKENS: &str = "tandem_llm_tokens_total";
+
 /// Where and how to reach the LLM.
 #[derive(Debug, Clone)]
 pub struct LlmConfig {
@@ -437,6 +440,12 @@ impl LlmClassifier {
             .await;
             let error = match call {
                 Ok(Ok(response)) => {
+                    if let Some(usage) = &response.usage {
+                        ::metrics::counter!(LLM_TOKENS, "kind" => "prompt")
+                            .increment(u64::from(usage.prompt_tokens));
+                        ::metrics::counter!(LLM_TOKENS, "kind" => "completion")
+                            .increment(u64::from(usage.completion_tokens));
+                    }
                     return response
                         .choices
                         .into_iter()

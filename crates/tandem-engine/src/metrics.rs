@@ -73,6 +73,10 @@ pub const AGENT_ACTIONS: &str = "tandem_agent_actions_total";
 
 /// Registers help texts and units with the installed recorder.
 pub fn describe() {
+    describe_counter!(
+        tandem_classify::llm::LLM_TOKENS,
+        "Tokens the LLM endpoint reported using, by kind (prompt, completion)"
+    );
     describe_counter!(HANDOFFS, "Handoffs to a person requested, by reason");
     describe_counter!(
         SESSIONS,
