@@ -118,6 +118,10 @@ struct EvalArgs {
     /// First step size of training.
     #[arg(long)]
     learning_rate: Option<f32>,
+    /// Ask the LLM about the messages the local stage is unsure of, as the server does
+    /// (TANDEM_LLM_BASE_URL, TANDEM_LLM_MODEL, TANDEM_LLM_API_KEY; prompts/classify.j2).
+    #[arg(long)]
+    llm: bool,
 }
 
 #[derive(Args)]
@@ -280,7 +284,13 @@ fn eval(args: &EvalArgs, env: &HashMap<String, String>) -> anyhow::Result<()> {
     options.learning_rate = args.learning_rate.unwrap_or(options.learning_rate);
     let model = tandem_classify::Model::train(&training, options)?;
     let train_ms = started.elapsed().as_secs_f64() * 1e3;
-    let report = tandem_classify::eval::evaluate(&model, &data, args.threshold);
+    let mut run = tandem_classify::eval::run_local(&model, &data, args.threshold);
+    let llm_calls = if args.llm {
+        ask_llm(&mut run, &data, &training, env)?
+    } else {
+        0
+    };
+    let report = tandem_classify::eval::report(&data, &run, args.threshold, llm_calls);
     let mut out = std::io::stdout().lock();
     if args.json {
         let mut value = serde_json::to_value(&report)?;
@@ -320,6 +330,73 @@ fn eval(args: &EvalArgs, env: &HashMap<String, String>) -> anyhow::Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// The LLM stage of `tandem eval --llm`: every message the local stage left is asked about,
+/// eight at a time, as the server would; a failure leaves it to the fallback. Returns how
+/// many calls were made.
+fn ask_llm(
+    run: &mut tandem_classify::eval::LocalRun,
+    data: &[tandem_classify::Example],
+    training: &[tandem_classify::Example],
+    env: &HashMap<String, String>,
+) -> anyhow::Result<usize> {
+    let overrides = tandem_server::config::CliOverrides {
+        dev: true,
+        ..tandem_server::config::CliOverrides::default()
+    };
+    let settings =
+        tandem_server::config::load(&overrides, env).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let Some(llm) = &settings.llm else {
+        anyhow::bail!("--llm needs TANDEM_LLM_BASE_URL and TANDEM_LLM_MODEL");
+    };
+    let classifier = tandem_server::startup::llm_classifier(llm, &settings.prompts_dir)?;
+    let mut intents: Vec<tandem_classify::llm::IntentInfo> = Vec::new();
+    for example in training {
+        match intents.iter_mut().find(|i| i.id == example.intent) {
+            Some(info) if info.examples.len() < 3 => info.examples.push(example.text.clone()),
+            Some(_) => {}
+            None => intents.push(tandem_classify::llm::IntentInfo {
+                id: example.intent.clone(),
+                description: None,
+                examples: vec![example.text.clone()],
+            }),
+        }
+    }
+    let asked: Vec<usize> = run
+        .decisions
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| d.stage == "fallback")
+        .map(|(i, _)| i)
+        .collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let answers = runtime.block_on(async {
+        let intents = std::sync::Arc::new(intents);
+        let mut tasks = tokio::task::JoinSet::new();
+        for &i in &asked {
+            let (classifier, intents) = (classifier.clone(), std::sync::Arc::clone(&intents));
+            let text = data[i].text.clone();
+            // The classifier's own semaphore bounds the calls in flight.
+            tasks.spawn(async move { (i, classifier.triage(&intents, &[], &text).await) });
+        }
+        tasks.join_all().await
+    });
+    for (i, answer) in answers {
+        match answer {
+            Ok(triage) => {
+                run.decisions[i] = tandem_classify::eval::Decision {
+                    intent: triage.intent,
+                    stage: "llm",
+                };
+            }
+            Err(error) => tracing::warn!(%error, "LLM call failed; left to the fallback"),
+        }
+    }
+    Ok(asked.len())
 }
 
 /// `tandem check [DIR]`: the configuration, then every problem of the flows.

@@ -195,3 +195,57 @@ fn eval_reports_the_local_model_on_labelled_data_as_json() {
     assert_eq!(code, 1);
     assert!(err.contains("line 1"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eval_with_the_llm_asks_it_about_what_the_local_model_leaves() {
+    let llm = crate::standin::llm().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data.jsonl");
+    write(
+        dir.path(),
+        "data.jsonl",
+        concat!(
+            "{\"text\": \"o vaso chegou partido\", \"intent\": \"returns\"}\n",
+            "{\"text\": \"qwxz blorp\", \"intent\": \"oos\"}\n",
+            "{\"text\": \"what time do you open tomorrow\", \"intent\": \"hours\"}\n",
+        ),
+    );
+    let data = data.to_str().unwrap().to_owned();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_tandem"))
+            .args(["eval", "--data", &data, "--llm", "--json"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env_remove("TANDEM_FLOWS")
+            .env("TANDEM_LLM_BASE_URL", llm)
+            .env("TANDEM_LLM_MODEL", "test-model")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{err}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let calls = report["llm_calls"].as_u64().unwrap();
+    assert!(
+        calls >= 2,
+        "the Portuguese return and the nonsense go to the LLM: {report}"
+    );
+    let shares = &report["stage_share"];
+    let llm_share = shares["llm"].as_f64().unwrap();
+    assert!((llm_share - calls as f64 / 3.0).abs() < 1e-9, "{report}");
+    // The stand-in knows "partido" is a return and calls everything else out of scope, so
+    // the opening-hours question, if the local model left it, is lost.
+    let expected = if calls == 3 { 0.5 } else { 1.0 };
+    assert_eq!(report["in_scope_accuracy"], expected, "{report}");
+    assert_eq!(report["oos_recall"], 1.0, "{report}");
+
+    let (code, _, err) = tandem(&[
+        "eval",
+        "--data",
+        "tests/fixtures/classify/shop_messages.jsonl",
+        "--llm",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("TANDEM_LLM_BASE_URL"), "{err}");
+}

@@ -72,29 +72,90 @@ fn ratio(a: usize, b: usize) -> f64 {
     if b == 0 { 0.0 } else { a as f64 / b as f64 }
 }
 
-/// Evaluates `model` on `data` with the local stage answering at `threshold`.
-pub fn evaluate(model: &Model, data: &[Example], threshold: f32) -> Report {
-    let mut times = Vec::with_capacity(data.len());
-    let mut decisions = Vec::with_capacity(data.len());
-    let (mut in_scope, mut top_right, mut answered, mut answered_right, mut answered_in_scope) =
-        (0, 0, 0, 0, 0);
+/// What the cascade decided for one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The intent chosen, or [`OUT_OF_SCOPE`].
+    pub intent: String,
+    /// `local`, `llm` or `fallback` (nobody was sure).
+    pub stage: &'static str,
+}
+
+/// The local stage's answers on `data` at `threshold`, with the prediction times in µs and
+/// the local model's best guess (answered or not) for the in-scope accuracy.
+#[derive(Debug, Clone)]
+pub struct LocalRun {
+    /// One decision per message.
+    pub decisions: Vec<Decision>,
+    /// The local model's best intent per message, whatever its confidence.
+    pub best: Vec<String>,
+    /// Prediction times in microseconds.
+    pub times_us: Vec<f64>,
+}
+
+/// Runs the local stage over `data`: it answers alone at `threshold` or above; below, the
+/// message is left to the next stage (`fallback` until one answers).
+pub fn run_local(model: &Model, data: &[Example], threshold: f32) -> LocalRun {
+    let mut run = LocalRun {
+        decisions: Vec::with_capacity(data.len()),
+        best: Vec::with_capacity(data.len()),
+        times_us: Vec::with_capacity(data.len()),
+    };
     for example in data {
         let started = Instant::now();
         let prediction = model.predict(&example.text);
-        times.push(started.elapsed().as_secs_f64() * 1e6);
+        run.times_us.push(started.elapsed().as_secs_f64() * 1e6);
+        let answers = prediction.confidence >= threshold && !prediction.unknown_words_only;
+        run.decisions.push(if answers {
+            Decision {
+                intent: prediction.intent.clone(),
+                stage: "local",
+            }
+        } else {
+            Decision {
+                intent: OUT_OF_SCOPE.to_owned(),
+                stage: "fallback",
+            }
+        });
+        run.best.push(prediction.intent);
+    }
+    run
+}
+
+/// Evaluates `model` on `data` with the local stage answering at `threshold`.
+pub fn evaluate(model: &Model, data: &[Example], threshold: f32) -> Report {
+    let run = run_local(model, data, threshold);
+    report(data, &run, threshold, 0)
+}
+
+/// Builds the report of a cascade run: `run.decisions` may have been completed by the LLM
+/// stage (`llm_calls` calls).
+pub fn report(data: &[Example], run: &LocalRun, threshold: f32, llm_calls: usize) -> Report {
+    let mut times = run.times_us.clone();
+    let decisions: Vec<String> = run.decisions.iter().map(|d| d.intent.clone()).collect();
+    let (mut in_scope, mut top_right, mut answered, mut answered_right, mut answered_in_scope) =
+        (0, 0, 0, 0, 0);
+    let mut by_stage: BTreeMap<String, usize> = ["local", "llm", "fallback"]
+        .iter()
+        .map(|s| ((*s).to_owned(), 0))
+        .collect();
+    for ((example, decision), best) in data.iter().zip(&run.decisions).zip(&run.best) {
+        *by_stage.entry(decision.stage.to_owned()).or_default() += 1;
         let gold_in_scope = example.intent != OUT_OF_SCOPE;
         if gold_in_scope {
             in_scope += 1;
-            top_right += usize::from(prediction.intent == example.intent);
+            // The cascade's answer when a stage answered, else the local model's best guess.
+            let chosen = if decision.stage == "fallback" {
+                best
+            } else {
+                &decision.intent
+            };
+            top_right += usize::from(*chosen == example.intent);
         }
-        let answers = prediction.confidence >= threshold && !prediction.unknown_words_only;
-        if answers {
+        if decision.stage == "local" {
             answered += 1;
-            answered_right += usize::from(prediction.intent == example.intent);
+            answered_right += usize::from(decision.intent == example.intent);
             answered_in_scope += usize::from(gold_in_scope);
-            decisions.push(prediction.intent);
-        } else {
-            decisions.push(OUT_OF_SCOPE.to_owned());
         }
     }
     // Per-label counts for precision, recall and F1 of the final decision.
@@ -141,14 +202,13 @@ pub fn evaluate(model: &Model, data: &[Example], threshold: f32) -> Report {
         oos_recall: ratio(oos_tp, oos_tp + oos_fn),
         local_precision: ratio(answered_right, answered),
         local_coverage: ratio(answered_in_scope, in_scope),
-        stage_share: BTreeMap::from([
-            ("local".to_owned(), ratio(answered, total)),
-            ("llm".to_owned(), 0.0),
-            ("fallback".to_owned(), ratio(total - answered, total)),
-        ]),
+        stage_share: by_stage
+            .into_iter()
+            .map(|(stage, n)| (stage, ratio(n, total)))
+            .collect(),
         p50_us: percentile(0.5),
         p99_us: percentile(0.99),
-        llm_calls: 0,
+        llm_calls,
     }
 }
 

@@ -217,8 +217,12 @@ impl Application {
     }
 }
 
-/// Builds the LLM stage from its settings and `prompts_dir/classify.j2`.
-fn llm_classifier(
+/// Builds the LLM stage from its settings and `prompts_dir/classify.j2` (plus
+/// `handoff_summary.j2` when present).
+///
+/// # Errors
+/// A prompt that cannot be read or compiled, or a client that cannot be built.
+pub fn llm_classifier(
     llm: &crate::config::LlmSettings,
     prompts_dir: &std::path::Path,
 ) -> anyhow::Result<Arc<tandem_classify::llm::LlmClassifier>> {
