@@ -619,3 +619,65 @@ async fn the_llm_routes_what_rules_and_the_local_model_miss_and_its_failure_fall
     assert_eq!(conversation["handoff"]["team"], "support");
     assert!(server.metric("tandem_llm_calls_total").await >= 3.0);
 }
+
+/// With a burst window, three quick messages are one turn: read once, classified once,
+/// answered once — by the intent of the latest line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_messages_is_answered_once() {
+    let store = tempfile::tempdir().unwrap();
+    let graph = Graph::start().await;
+    let shop = Shop::start(Duration::ZERO).await;
+    let mut spec = Spec::with_bot(Backend::embedded(store.path()), &graph.url, &shop.url);
+    spec.env
+        .push(("TANDEM_BURST_WINDOW".into(), "500ms".into()));
+    let server = Server::start(spec);
+    let wa = "351910000401";
+    for (i, body) in ["hi", "quick question", "where is my order?"]
+        .iter()
+        .enumerate()
+    {
+        post(&server, text(wa, &format!("wamid.b.{i}"), body)).await;
+    }
+    wait_for_text(&graph, "What's your order number?").await;
+    let c = wait_for("the burst answered and sent", DEADLINE, || async {
+        let c = server.conversation(wa).await?;
+        (c.get("outbox").is_none() && c["bot"].get("burst").is_none()).then_some(c)
+    })
+    .await;
+    let to_customer: Vec<Value> = graph
+        .requests()
+        .into_iter()
+        .map(|r| r.body)
+        .filter(|b| b["to"] == wa || b.get("status").is_some())
+        .collect();
+    let reads: Vec<&Value> = to_customer
+        .iter()
+        .filter(|b| b["status"] == "read")
+        .collect();
+    assert_eq!(
+        reads.len(),
+        1,
+        "one mark-as-read for the burst: {to_customer:?}"
+    );
+    assert_eq!(
+        reads[0]["message_id"], "wamid.b.2",
+        "the latest message is marked read"
+    );
+    let replies: Vec<String> = graph.texts();
+    assert!(
+        !replies
+            .iter()
+            .any(|t| t.contains("How can I help you today?")),
+        "no menu for the greeting in the burst: {replies:?}"
+    );
+    assert_eq!(
+        server.metric("tandem_bot_turns_total").await,
+        1.0,
+        "one turn"
+    );
+    assert_eq!(
+        crate::helpers::texts(&c, "customer").len(),
+        3,
+        "every message is in the transcript"
+    );
+}

@@ -32,6 +32,24 @@ pub struct BotState {
     /// When the bot last sent the after-hours notice (sent at most once a day).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after_hours_noted_at: Option<Timestamp>,
+    /// Customer messages held to be answered as one turn (the burst window).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<Burst>,
+}
+
+/// Short customer messages in a row, held so they are classified and answered once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Burst {
+    /// The messages' texts, oldest first.
+    pub texts: Vec<String>,
+    /// The latest message's id (marked read when the burst is answered).
+    pub last_id: MessageId,
+    /// When the latest message was sent.
+    pub last_sent_at: Timestamp,
+    /// When the first message was held.
+    pub started_at: Timestamp,
+    /// When the burst is answered unless another message extends it.
+    pub due: Timestamp,
 }
 
 /// A flow step waiting for the customer.

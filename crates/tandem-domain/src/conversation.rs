@@ -275,6 +275,7 @@ impl Conversation {
             );
         }
         self.cancel_bot_sends(at);
+        self.bot.burst = None;
         self.mode = Mode::Human;
         let last = self.human_last_at.map_or(at, |prev| prev.max(at));
         self.human_last_at = Some(last);
@@ -405,8 +406,9 @@ impl Conversation {
     }
 
     /// Returns when the conversation's timer should next fire: when a phone pause may end,
-    /// when a failed send may be retried, or — while sends wait — `recovery` from now, so
-    /// that sends a crashed process left behind are picked up again.
+    /// when a held burst of messages is due, when a failed send may be retried, or — while
+    /// sends wait — `recovery` from now, so that sends a crashed process left behind are
+    /// picked up again.
     pub fn next_wake(&self, now: Timestamp, recovery: Duration) -> Option<Timestamp> {
         let idle = match self.idle_decision(now) {
             IdleDecision::WaitUntil(at) => Some(at),
@@ -418,10 +420,8 @@ impl Conversation {
             .iter()
             .map(|s| s.not_before.unwrap_or(now.plus(recovery)))
             .min();
-        match (idle, sends) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let burst = self.bot.burst.as_ref().map(|b| b.due);
+        [idle, sends, burst].into_iter().flatten().min()
     }
 
     /// Returns true when the transcript already holds a line for this message.

@@ -25,7 +25,7 @@ pub mod outbound;
 pub mod time;
 
 pub use bot::{
-    Assignment, BotState, FlowPosition, HandoffRequest, PendingSend, SendAction, SendOrigin,
+    Assignment, BotState, Burst, FlowPosition, HandoffRequest, PendingSend, SendAction, SendOrigin,
     TriageNote,
 };
 pub use conversation::{Conversation, Mode, PausedBy, Role, TranscriptEntry};

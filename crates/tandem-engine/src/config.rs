@@ -55,6 +55,10 @@ pub struct EngineConfig {
     /// While a number is disconnected, its held sends are looked at again this often.
     #[serde(with = "humantime_serde")]
     pub hold_retry: Duration,
+    /// Customer text messages arriving within this time of each other are answered as one
+    /// turn (classified once, answered once), at most four windows after the first. 0 = off.
+    #[serde(with = "humantime_serde")]
+    pub burst_window: Duration,
 }
 
 impl Default for EngineConfig {
@@ -77,6 +81,7 @@ impl Default for EngineConfig {
             hook_transcript: 20,
             router_tick: Duration::from_millis(500),
             hold_retry: Duration::from_secs(10),
+            burst_window: Duration::ZERO,
         }
     }
 }

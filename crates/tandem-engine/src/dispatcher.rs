@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tandem_domain::{Clock, ConversationEvent, Mode};
+use tandem_domain::{Burst, Clock, ConversationEvent, InboundMessage, Mode};
 use tandem_store::{Claim, CommitOutcome, StepCommit, Store, StoreError, TimerChange};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -122,6 +122,44 @@ impl Dispatcher {
             tracing::warn!(?grace, "engine tasks did not stop in time; aborting them");
             self.tasks.abort_all();
         }
+    }
+}
+
+/// Holds a customer text in the conversation's burst: answered `window` after the latest
+/// message, and at most four windows after the first.
+fn hold(
+    record: &mut tandem_domain::Conversation,
+    message: &InboundMessage,
+    text: &str,
+    now: tandem_domain::Timestamp,
+    window: Duration,
+) {
+    let burst = record.bot.burst.get_or_insert_with(|| Burst {
+        texts: Vec::new(),
+        last_id: message.id.clone(),
+        last_sent_at: message.sent_at,
+        started_at: now,
+        due: now,
+    });
+    burst.texts.push(text.to_owned());
+    burst.last_id = message.id.clone();
+    burst.last_sent_at = message.sent_at;
+    burst.due = now
+        .plus(window)
+        .min(burst.started_at.plus(window.saturating_mul(4)));
+}
+
+/// The held burst as one customer message: its texts, one per line.
+fn burst_message(burst: &Burst) -> InboundMessage {
+    InboundMessage {
+        id: burst.last_id.clone(),
+        sent_at: burst.last_sent_at,
+        content: tandem_domain::MessageContent::Text {
+            body: burst.texts.join("\n"),
+        },
+        profile_name: None,
+        context_id: None,
+        forwarded: false,
     }
 }
 
@@ -262,27 +300,57 @@ impl Worker {
                 if new_session {
                     ::metrics::counter!(metrics::SESSIONS).increment(1);
                 }
-                let summary = responder
-                    .respond(
-                        &mut record,
-                        message,
-                        name.as_deref(),
-                        now,
-                        self.config.transcript_cap,
-                    )
-                    .await;
-                let ended = if summary.handoff.is_some() {
-                    responder.summarize(&mut record).await;
-                    desk.on_handoff(&mut record, summary.intent.as_deref(), &mut happenings);
-                    "handoff"
-                } else if summary.queued > 0 {
-                    "reply"
-                } else {
-                    "silent"
-                };
-                ::metrics::counter!(metrics::TURNS, "ended" => ended).increment(1);
-                tracing::debug!(decisions = ?summary.decisions, "bot turn");
+                let window = self.config.burst_window;
+                let text = tandem_flows::validate::answer_text(&message.content);
+                match text {
+                    // Outside a question, a text may wait for the rest of a burst.
+                    Some(text)
+                        if !window.is_zero()
+                            && record.bot.position.is_none()
+                            && !record.opted_out =>
+                    {
+                        hold(&mut record, message, text, now, window);
+                    }
+                    _ => {
+                        if let Some(burst) = record.bot.burst.take() {
+                            self.bot_turn(
+                                responder,
+                                &mut record,
+                                &burst_message(&burst),
+                                name.as_deref(),
+                                now,
+                                &mut happenings,
+                            )
+                            .await;
+                        }
+                        self.bot_turn(
+                            responder,
+                            &mut record,
+                            message,
+                            name.as_deref(),
+                            now,
+                            &mut happenings,
+                        )
+                        .await;
+                    }
+                }
             }
+        }
+        // A held burst whose window has passed is answered now, as one turn.
+        if let Some(responder) = &self.bot.responder
+            && record.mode == Mode::Bot
+            && record.bot.burst.as_ref().is_some_and(|b| b.due <= now)
+            && let Some(burst) = record.bot.burst.take()
+        {
+            self.bot_turn(
+                responder,
+                &mut record,
+                &burst_message(&burst),
+                name.as_deref(),
+                now,
+                &mut happenings,
+            )
+            .await;
         }
         // The timer follows the record: idle pause, retries and waiting sends.
         if self.bot.responder.is_some() || !record.outbox.is_empty() || record.mode == Mode::Human {
@@ -332,6 +400,34 @@ impl Worker {
             }
         }
         Ok(Some((outcome, items.len())))
+    }
+
+    /// Runs one bot turn for `message` and records what it did (handoff, metrics).
+    async fn bot_turn(
+        &self,
+        responder: &Responder,
+        record: &mut tandem_domain::Conversation,
+        message: &InboundMessage,
+        name: Option<&str>,
+        now: tandem_domain::Timestamp,
+        happenings: &mut Vec<crate::desk::Happening>,
+    ) {
+        let summary = responder
+            .respond(record, message, name, now, self.config.transcript_cap)
+            .await;
+        let ended = if summary.handoff.is_some() {
+            responder.summarize(record).await;
+            self.bot
+                .desk
+                .on_handoff(record, summary.intent.as_deref(), happenings);
+            "handoff"
+        } else if summary.queued > 0 {
+            "reply"
+        } else {
+            "silent"
+        };
+        ::metrics::counter!(metrics::TURNS, "ended" => ended).increment(1);
+        tracing::debug!(decisions = ?summary.decisions, "bot turn");
     }
 
     async fn run_timers(self, mut stopped: watch::Receiver<bool>) {

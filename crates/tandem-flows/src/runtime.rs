@@ -116,7 +116,20 @@ impl Bot {
     /// Decides which flow a message asks for: a flow's trigger first (`rules`), then the
     /// local model when its confidence reaches `classifier_threshold` (`local`). `None` when
     /// neither is sure: the message goes on to the menu or the fallback.
+    ///
+    /// A text of several lines (a burst of messages taken as one turn) is read from its last
+    /// line back, the first sure answer winning; then as a whole.
     pub fn classify(&self, text: &str) -> Option<Intent> {
+        if text.contains('\n') {
+            let lines = text.lines().rev().filter(|l| !l.trim().is_empty());
+            if let Some(intent) = lines.filter_map(|line| self.classify_one(line)).next() {
+                return Some(intent);
+            }
+        }
+        self.classify_one(text)
+    }
+
+    fn classify_one(&self, text: &str) -> Option<Intent> {
         if let Some(flow) = self.match_trigger(text) {
             return Some(Intent {
                 flow: flow.to_owned(),

@@ -691,6 +691,7 @@ fn build(
     env_duration(env, "TANDEM_SEND_BACKOFF", &mut engine.send_backoff)?;
     env_duration(env, "TANDEM_SEND_RECOVERY", &mut engine.send_recovery)?;
     env_duration(env, "TANDEM_LEASE", &mut engine.lease)?;
+    env_duration(env, "TANDEM_BURST_WINDOW", &mut engine.burst_window)?;
     if let Some(v) = env.get("TANDEM_SEND_RATE") {
         engine.send_rate = v.parse().map_err(|_| {
             ConfigError::new("TANDEM_SEND_RATE", format!("{v:?} is not a whole number"))
