@@ -618,6 +618,38 @@ async fn the_llm_routes_what_rules_and_the_local_model_miss_and_its_failure_fall
     assert_eq!(conversation["handoff"]["reason"], "needs_human");
     assert_eq!(conversation["handoff"]["team"], "support");
     assert!(server.metric("tandem_llm_calls_total").await >= 3.0);
+
+    // An answer the validator refuses: the LLM reads the order number out of it.
+    let wa = "351910000304";
+    post(&server, text(wa, "wamid.l.4", "where is my order?")).await;
+    wait_for("the order question", DEADLINE, || async {
+        let c = server.conversation(wa).await?;
+        c["bot"].get("position").is_some().then_some(())
+    })
+    .await;
+    post(&server, text(wa, "wamid.l.5", "it's ten four four two")).await;
+    let c = wait_for("the order number read", DEADLINE, || async {
+        let c = server.conversation(wa).await?;
+        c["bot"]["slots"].get("order_number").is_some().then_some(c)
+    })
+    .await;
+    assert_eq!(c["bot"]["slots"]["order_number"]["text"], "10442", "{c}");
+    wait_for_text(&graph, "Order #10442 is on its way").await;
+    // Nothing to read: refused as usual (asked again).
+    let wa = "351910000305";
+    post(&server, text(wa, "wamid.l.6", "where is my order?")).await;
+    wait_for("the order question", DEADLINE, || async {
+        let c = server.conversation(wa).await?;
+        c["bot"].get("position").is_some().then_some(())
+    })
+    .await;
+    post(&server, text(wa, "wamid.l.7", "no idea, sorry")).await;
+    let c = wait_for("the refusal", DEADLINE, || async {
+        let c = server.conversation(wa).await?;
+        (c["bot"]["position"]["tries"] == 1).then_some(c)
+    })
+    .await;
+    assert!(c["bot"]["slots"].get("order_number").is_none(), "{c}");
 }
 
 /// With a burst window, three quick messages are one turn: read once, classified once,

@@ -190,10 +190,27 @@ async fn serve(app: axum::Router) -> SocketAddr {
 /// An OpenAI-compatible chat/completions stand-in: a message containing "partido" is a
 /// return in Portuguese; one containing "complaint" needs a person; one containing "fail"
 /// gets a 500; anything else is out of scope. Asked for a handoff summary (the prompt of
-/// `prompts/handoff_summary.j2`), it answers three lines of plain text.
+/// `prompts/handoff_summary.j2`), it answers three lines of plain text; asked to read a slot
+/// (`prompts/extract_slot.j2`), it finds 10442 in "ten four four two" and nothing elsewhere.
 pub async fn llm() -> String {
     async fn chat(Json(body): Json<Value>) -> (StatusCode, Json<Value>) {
         let system = body["messages"][0]["content"].as_str().unwrap_or_default();
+        if system.contains("You read one value out of") {
+            let answer = body["messages"][1]["content"].as_str().unwrap_or_default();
+            let value = if answer.contains("ten four four two") {
+                json!("10442")
+            } else {
+                Value::Null
+            };
+            let content = json!({"value": value}).to_string();
+            return (
+                StatusCode::OK,
+                Json(
+                    json!({"id": "c3", "object": "chat.completion", "created": 1, "model": "m",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}]}),
+                ),
+            );
+        }
         if system.contains("taking over a WhatsApp conversation") {
             let wants = if system.contains("complaint") {
                 "to file a complaint"

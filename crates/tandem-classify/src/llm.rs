@@ -155,6 +155,7 @@ pub struct LlmClassifier {
     config: LlmConfig,
     prompt: String,
     summary_prompt: Option<String>,
+    extract_prompt: Option<String>,
     permits: tokio::sync::Semaphore,
     breaker: Mutex<Breaker>,
     cache: Mutex<(HashMap<String, Triage>, VecDeque<String>)>,
@@ -246,6 +247,7 @@ impl LlmClassifier {
             config,
             prompt,
             summary_prompt: None,
+            extract_prompt: None,
             breaker: Mutex::new(Breaker::default()),
             cache: Mutex::new((HashMap::new(), VecDeque::new())),
         })
@@ -381,6 +383,86 @@ impl LlmClassifier {
             .chars()
             .take(600)
             .collect())
+    }
+
+    /// Reads a slot value out of a customer's answer the flow's validator refused, with the
+    /// extraction prompt (see [`LlmClassifier::with_extract_prompt`]). `Ok(None)`: the answer
+    /// holds no such value.
+    ///
+    /// # Errors
+    /// An [`LlmError`], or [`LlmError::Prompt`] when no extraction prompt is set; the flow
+    /// then refuses the answer as usual.
+    pub async fn extract(
+        &self,
+        question: &str,
+        expects: &str,
+        answer: &str,
+    ) -> Result<Option<String>, LlmError> {
+        let Some(prompt) = &self.extract_prompt else {
+            return Err(LlmError::Prompt("no slot extraction prompt".into()));
+        };
+        {
+            let breaker = self.breaker.lock().map_err(|_| LlmError::CircuitOpen)?;
+            if breaker.open_until.is_some_and(|t| t > Instant::now()) {
+                return Err(LlmError::CircuitOpen);
+            }
+        }
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| LlmError::CircuitOpen)?;
+        let system = minijinja::Environment::new()
+            .render_str(prompt, minijinja::context! { question, expects })
+            .map_err(|e| LlmError::Prompt(e.to_string()))?;
+        let messages: Vec<ChatCompletionRequestMessage> = vec![
+            ChatCompletionRequestSystemMessage::from(system.as_str()).into(),
+            ChatCompletionRequestUserMessage::from(answer).into(),
+        ];
+        let format = if self.config.structured_output {
+            ResponseFormat::JsonSchema {
+                json_schema: ResponseFormatJsonSchema {
+                    description: Some("a value read out of an answer".into()),
+                    name: "extraction".into(),
+                    schema: Some(json!({
+                        "type": "object",
+                        "properties": {"value": {"type": ["string", "null"]}},
+                        "required": ["value"],
+                        "additionalProperties": false
+                    })),
+                    strict: Some(true),
+                },
+            }
+        } else {
+            ResponseFormat::JsonObject
+        };
+        let raw = self.complete_with(&messages, Some(format)).await?;
+        let parsed: serde_json::Value = serde_json::from_str(raw.trim())
+            .map_err(|e| LlmError::Malformed(format!("not JSON: {e}")))?;
+        match &parsed["value"] {
+            serde_json::Value::Null => Ok(None),
+            serde_json::Value::String(v) if v.trim().is_empty() => Ok(None),
+            serde_json::Value::String(v) => Ok(Some(v.trim().chars().take(500).collect())),
+            serde_json::Value::Number(n) => Ok(Some(n.to_string())),
+            other => Err(LlmError::Malformed(format!("`value` is {other}"))),
+        }
+    }
+
+    /// Sets the slot extraction prompt template (minijinja, sees `question` and `expects`).
+    ///
+    /// # Errors
+    /// The template's syntax error.
+    pub fn with_extract_prompt(mut self, prompt: String) -> Result<Self, LlmError> {
+        let mut env = minijinja::Environment::new();
+        env.add_template("check", &prompt)
+            .map_err(|e| LlmError::Prompt(e.to_string()))?;
+        self.extract_prompt = Some(prompt);
+        Ok(self)
+    }
+
+    /// Returns true when a slot extraction prompt is set.
+    pub fn extracts(&self) -> bool {
+        self.extract_prompt.is_some()
     }
 
     /// Sets the handoff summary prompt template (minijinja, sees `transcript` and `reason`).

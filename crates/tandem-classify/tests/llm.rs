@@ -313,3 +313,60 @@ async fn a_handoff_summary_is_plain_text_cut_to_three_lines_and_failures_are_err
         Err(LlmError::Malformed(_))
     ));
 }
+
+#[tokio::test]
+async fn slot_extraction_reads_a_value_or_says_there_is_none() {
+    let (standin, url) = start().await;
+    let prompt = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../prompts/extract_slot.j2"
+    ))
+    .unwrap();
+    let llm = classifier(&url, |_| {})
+        .with_extract_prompt(prompt)
+        .unwrap();
+    assert!(llm.extracts());
+    let ask = |answer: &'static str| {
+        let llm = &llm;
+        async move {
+            llm.extract(
+                "What's your order number?",
+                "text matching ^\\d{5}$",
+                answer,
+            )
+            .await
+        }
+    };
+    standin.script.lock().unwrap().push_back((
+        200,
+        completion(r#"{"value": "10442"}"#),
+        Duration::ZERO,
+    ));
+    assert_eq!(
+        ask("it's ten four four two").await.unwrap().as_deref(),
+        Some("10442")
+    );
+    let request = standin.requests.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(request["messages"][1]["content"], "it's ten four four two");
+    let system = request["messages"][0]["content"].as_str().unwrap();
+    assert!(system.contains("What's your order number?"), "{system}");
+    assert_eq!(request["response_format"]["type"], "json_schema");
+    standin.script.lock().unwrap().push_back((
+        200,
+        completion(r#"{"value": null}"#),
+        Duration::ZERO,
+    ));
+    assert_eq!(ask("no idea").await.unwrap(), None);
+    standin
+        .script
+        .lock()
+        .unwrap()
+        .push_back((200, completion("sure! 10442"), Duration::ZERO));
+    assert!(matches!(ask("x").await, Err(LlmError::Malformed(_))));
+    let without = classifier(&url, |_| {});
+    assert!(!without.extracts());
+    assert!(matches!(
+        without.extract("q", "a number", "x").await,
+        Err(LlmError::Prompt(_))
+    ));
+}

@@ -176,7 +176,12 @@ impl Responder {
         cap: usize,
     ) -> TurnSummary {
         let bot = self.flows.current();
-        let ctx = TurnContext { now, contact_name };
+        let extract = self.llm.as_ref().is_some_and(|l| l.extracts());
+        let ctx = TurnContext {
+            now,
+            contact_name,
+            extract,
+        };
         let text = tandem_flows::validate::answer_text(&message.content);
         let mut intent = text.and_then(|text| bot.classify(text));
         let mut llm_decisions = Vec::new();
@@ -207,6 +212,33 @@ impl Responder {
                 &ctx,
             ),
         };
+        if let Some(request) = turn.extract.take() {
+            // The validator refused the answer: the LLM may read the value out of it, then
+            // the flow sees that value (or the original answer) once more, without this step.
+            let mut earlier = std::mem::take(&mut turn.decisions);
+            let value = self.extract(c, &request).await;
+            let content = match &value {
+                Some(value) => {
+                    earlier.push(format!("the LLM read `{}` = {value}", request.slot));
+                    tandem_domain::MessageContent::Text {
+                        body: value.clone(),
+                    }
+                }
+                None => message.content.clone(),
+            };
+            let again = TurnContext {
+                extract: false,
+                ..ctx
+            };
+            turn = bot.on_message(
+                c,
+                &content,
+                intent.as_ref().map(|i| i.flow.as_str()),
+                &again,
+            );
+            earlier.append(&mut turn.decisions);
+            turn.decisions = earlier;
+        }
         let mut effects = std::mem::take(&mut turn.effects);
         let mut decisions = std::mem::take(&mut turn.decisions);
         if let Some(i) = &intent {
@@ -291,6 +323,32 @@ impl Responder {
         summary
     }
 
+    /// Asks the LLM to read a refused answer's value; `None` when it finds none or fails
+    /// (logged and counted).
+    async fn extract(
+        &self,
+        c: &Conversation,
+        request: &tandem_flows::ExtractRequest,
+    ) -> Option<String> {
+        let llm = self.llm.as_ref()?;
+        let started = std::time::Instant::now();
+        let answer = llm
+            .extract(&request.question, &request.expects, &request.answer)
+            .await;
+        ::metrics::histogram!(metrics::LLM_SECONDS).record(started.elapsed().as_secs_f64());
+        match answer {
+            Ok(value) => {
+                ::metrics::counter!(metrics::LLM_CALLS, "outcome" => "ok").increment(1);
+                value
+            }
+            Err(error) => {
+                ::metrics::counter!(metrics::LLM_CALLS, "outcome" => error.label()).increment(1);
+                tracing::warn!(conversation = %c.id, %error, "slot extraction failed; the answer is refused as usual");
+                None
+            }
+        }
+    }
+
     /// Asks the LLM (when configured with a summary prompt) for the two or three lines the
     /// person taking over reads first, and keeps them on the handoff request. A failure is
     /// logged and counted; the handoff goes on without a summary.
@@ -346,6 +404,7 @@ impl Responder {
         let ctx = TurnContext {
             now,
             contact_name: None,
+            extract: false,
         };
         match bot.notice(c, name, queue, &ctx) {
             Ok(Some(content)) => {

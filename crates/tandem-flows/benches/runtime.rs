@@ -30,6 +30,7 @@ fn benches(c: &mut Criterion) {
     let ctx = TurnContext {
         now: NOW,
         contact_name: Some("Ana Silva"),
+        extract: false,
     };
     let fresh = Conversation::new(ConversationId::parse("1:351910000001").unwrap(), NOW);
 

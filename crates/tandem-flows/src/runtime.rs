@@ -95,6 +95,23 @@ pub struct Turn {
     pub decisions: Vec<String>,
     /// Templates that failed to render (the flow was left, the fallback said).
     pub errors: Vec<String>,
+    /// Set when an answer to an `ask` step was refused and the turn may ask the LLM to read
+    /// the value out of it: nothing else happened; perform it and call
+    /// [`Bot::on_message`] again with the value (or the original answer) and `extract` off.
+    pub extract: Option<ExtractRequest>,
+}
+
+/// An answer the validator refused, to be read by the LLM's slot extraction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtractRequest {
+    /// The slot asked for.
+    pub slot: String,
+    /// What the step expects, in words (`a number between 1 and 9`, `an e-mail address`…).
+    pub expects: String,
+    /// The question as the customer saw it.
+    pub question: String,
+    /// The customer's answer.
+    pub answer: String,
 }
 
 impl Turn {
@@ -110,6 +127,9 @@ pub struct TurnContext<'a> {
     pub now: Timestamp,
     /// The customer's name from the business's address book, when known.
     pub contact_name: Option<&'a str>,
+    /// True when a refused text answer may go to the LLM's slot extraction first
+    /// ([`Turn::extract`]).
+    pub extract: bool,
 }
 
 impl Bot {
@@ -334,6 +354,27 @@ impl Bot {
                     c.bot.position = None;
                     c.bot.misses = 0;
                     self.run(c, flow, after, content, ctx, turn);
+                    return true;
+                }
+                // A text another flow does not claim: the LLM may read the value out of it.
+                if ctx.extract
+                    && !question.expect.wants_media()
+                    && intent.is_none_or(|other| other == position.flow)
+                    && let Some(answer) = answer_text(content)
+                {
+                    let question_text = self
+                        .render(c, &question.text, content, ctx)
+                        .unwrap_or_default();
+                    turn.decide(format!(
+                        "answer refused: asking the LLM to read `{}`",
+                        question.slot
+                    ));
+                    turn.extract = Some(ExtractRequest {
+                        slot: question.slot.clone(),
+                        expects: question.expect.describe(),
+                        question: question_text,
+                        answer: answer.to_owned(),
+                    });
                     return true;
                 }
                 (question.tries, question.on_fail, question.retry.as_ref())

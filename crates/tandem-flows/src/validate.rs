@@ -45,6 +45,28 @@ pub const EXPECT_NAMES: &[&str] = &[
 ];
 
 impl Expect {
+    /// Describes the expected answer in words, for the LLM's slot extraction.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Text => "any text".into(),
+            Self::Number { min, max } => match (min, max) {
+                (Some(a), Some(b)) => format!("a number from {a} to {b}"),
+                (Some(a), None) => format!("a number of at least {a}"),
+                (None, Some(b)) => format!("a number of at most {b}"),
+                (None, None) => "a number".into(),
+            },
+            Self::Email => "an e-mail address".into(),
+            Self::Phone => "a phone number (7 to 15 digits, optional +)".into(),
+            Self::Date => "a date as YYYY-MM-DD".into(),
+            Self::Choice(options) => format!("one of: {}", options.join(", ")),
+            Self::Regex(re) => format!("text matching the regular expression {}", re.as_str()),
+            Self::Image => "an image".into(),
+            Self::Document => "a document".into(),
+            Self::Location => "a location".into(),
+            Self::Media => "a photo, video, audio or document".into(),
+        }
+    }
+
     /// Returns true when the step waits for something other than text.
     pub fn wants_media(&self) -> bool {
         matches!(

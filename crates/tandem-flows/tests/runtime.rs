@@ -14,6 +14,7 @@ const NOW: Timestamp = Timestamp(1_795_428_000_000);
 const CTX: TurnContext<'static> = TurnContext {
     now: NOW,
     contact_name: Some("Ana Silva"),
+    extract: false,
 };
 
 fn bot(files: &[(&str, &str)]) -> Bot {

@@ -248,7 +248,16 @@ pub fn llm_classifier(
             .with_summary_prompt(prompt)
             .map_err(|e| anyhow::anyhow!("{}: {e}", summary.display()))?;
     }
-    tracing::info!(base_url = %llm.base_url, model = %llm.model, summary = summary.exists(), "LLM stage on");
+    // The slot extraction is optional too: without its prompt, refused answers are refused.
+    let extract = prompts_dir.join("extract_slot.j2");
+    if extract.exists() {
+        let prompt = std::fs::read_to_string(&extract)
+            .with_context(|| format!("reading the slot extraction prompt {}", extract.display()))?;
+        classifier = classifier
+            .with_extract_prompt(prompt)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", extract.display()))?;
+    }
+    tracing::info!(base_url = %llm.base_url, model = %llm.model, summary = summary.exists(), extract = extract.exists(), "LLM stage on");
     Ok(Arc::new(classifier))
 }
 
