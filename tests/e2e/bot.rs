@@ -650,6 +650,22 @@ async fn the_llm_routes_what_rules_and_the_local_model_miss_and_its_failure_fall
     })
     .await;
     assert!(c["bot"]["slots"].get("order_number").is_none(), "{c}");
+    // Mid-flow, an upset message that is no answer is triaged: a person takes it.
+    post(
+        &server,
+        text(
+            wa,
+            "wamid.l.8",
+            "this is unacceptable, I want to file a complaint",
+        ),
+    )
+    .await;
+    let c = wait_for("the mid-flow handoff", DEADLINE, || async {
+        let c = server.conversation(wa).await?;
+        (c["mode"] == "handoff").then_some(c)
+    })
+    .await;
+    assert_eq!(c["handoff"]["reason"], "needs_human", "{c}");
 }
 
 /// With a burst window, three quick messages are one turn: read once, classified once,

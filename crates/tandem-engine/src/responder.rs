@@ -186,8 +186,11 @@ impl Responder {
         let mut intent = text.and_then(|text| bot.classify(text));
         let mut llm_decisions = Vec::new();
         let mut person = None;
-        // Only a message that does not answer a question is worth an LLM call.
-        let consult_llm = intent.is_none() && c.bot.position.is_none() && !c.opted_out;
+        // A message that is not a valid answer to the question waited on (or that comes
+        // outside one) is worth an LLM call: its triage may hand off even mid-flow.
+        let consult_llm = intent.is_none()
+            && !c.opted_out
+            && (c.bot.position.is_none() || !bot.accepts(c, &message.content, &ctx));
         if let Some(text) = text.filter(|_| consult_llm)
             && let Some(triage) = self
                 .ask_llm(&bot, c, message, text, &mut llm_decisions)

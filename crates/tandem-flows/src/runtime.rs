@@ -301,6 +301,28 @@ impl Bot {
         turn
     }
 
+    /// Returns true when `content` is an answer the step the conversation waits at would
+    /// take (true as well when it waits at no question).
+    pub fn accepts(
+        &self,
+        c: &Conversation,
+        content: &MessageContent,
+        ctx: &TurnContext<'_>,
+    ) -> bool {
+        let Some((flow, step)) = self.position(c) else {
+            return true;
+        };
+        match &self.flows[flow].steps[step].kind {
+            StepKind::Choose(choice) => self.chosen(c, choice, content, ctx).is_some(),
+            StepKind::Ask(question) => {
+                let today = zoned(ctx.now, &self.settings.timezone)
+                    .map_or(jiff::civil::date(1970, 1, 1), |z| z.date());
+                question.expect.accept(content, today).is_some()
+            }
+            _ => true,
+        }
+    }
+
     fn position(&self, c: &Conversation) -> Option<(usize, usize)> {
         let position = c.bot.position.as_ref()?;
         let flow = *self.by_id.get(&position.flow)?;
