@@ -696,6 +696,32 @@ async fn out_of_hours_the_customer_hears_when_a_person_is_back() {
     assert_eq!(count(&d.hooks, wa, "conversation.assigned"), 0);
 }
 
+/// A CRM can act in its answer to a hook: here it hands the conversation back to the bot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_answering_release_hands_the_conversation_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = started(Backend::embedded(dir.path()), dir.path(), ONE_AGENT, "").await;
+    d.hooks.answer(
+        "conversation.message",
+        json!({"action": "release", "agent": "ana"}),
+    );
+    let wa = "351920000101";
+    post(&d.server, text(wa, "wamid.r1", "agent please")).await;
+    hook(&d.hooks, wa, "conversation.assigned", 1).await;
+    post(&d.server, text(wa, "wamid.r2", "never mind, I found it")).await;
+    hook(&d.hooks, wa, "conversation.message", 1).await;
+    let resumed = hook(&d.hooks, wa, "conversation.resumed", 1).await;
+    assert_eq!(resumed.body["resumed_because"], "released");
+    let c = d.server.conversation(wa).await.unwrap();
+    assert_eq!(c["mode"], "bot");
+    assert!(
+        crate::helpers::texts(&c, "system")
+            .iter()
+            .any(|t| t.contains("released by ana")),
+        "{c}"
+    );
+}
+
 crate::both_stores!(
     a_customer_asking_for_a_person_reaches_an_agent_and_the_crm_follows,
     a_full_team_queues_with_an_honest_message_and_assigns_when_someone_frees_up,

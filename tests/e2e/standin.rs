@@ -278,6 +278,8 @@ struct HookState {
     received: Vec<ReceivedHook>,
     /// While set, every delivery is answered 500 (a receiver that is down).
     failing: bool,
+    /// Bodies to answer deliveries of an event with (an action on the conversation).
+    answers: std::collections::HashMap<String, Value>,
 }
 
 /// A CRM/helpdesk hook receiver on a loopback port: records every delivery with its
@@ -294,7 +296,7 @@ impl HookReceiver {
             State(state): State<Arc<Mutex<HookState>>>,
             headers: HeaderMap,
             raw: axum::body::Bytes,
-        ) -> StatusCode {
+        ) -> (StatusCode, Json<Value>) {
             let header = |name: &str| {
                 headers
                     .get(name)
@@ -304,6 +306,11 @@ impl HookReceiver {
             };
             let mut state = state.lock().unwrap();
             let answered = if state.failing { 500 } else { 200 };
+            let answer = state
+                .answers
+                .get(&header("x-tandem-event"))
+                .cloned()
+                .unwrap_or(Value::Null);
             state.received.push(ReceivedHook {
                 event: header("x-tandem-event"),
                 timestamp: header("x-tandem-timestamp").parse().unwrap_or(0),
@@ -313,7 +320,7 @@ impl HookReceiver {
                 raw: raw.to_vec(),
                 answered,
             });
-            StatusCode::from_u16(answered).unwrap()
+            (StatusCode::from_u16(answered).unwrap(), Json(answer))
         }
         let state = Arc::new(Mutex::new(HookState::default()));
         let app = axum::Router::new()
@@ -324,6 +331,15 @@ impl HookReceiver {
             url: format!("http://{addr}/hooks"),
             state,
         }
+    }
+
+    /// Makes the receiver answer deliveries of `event` with `body`.
+    pub fn answer(&self, event: &str, body: Value) {
+        self.state
+            .lock()
+            .unwrap()
+            .answers
+            .insert(event.to_owned(), body);
     }
 
     /// Makes the receiver answer 500 to everything (or 200 again).

@@ -2,7 +2,9 @@
 //! crashed process's deliveries are offered again), POSTs each signed body to its target, and
 //! settles it: delivered on 2xx, retried with exponential backoff and jitter otherwise, and
 //! moved to the hook dead-letter list after `hook_attempts`. Deliveries run concurrently, so a
-//! slow or dead receiver holds up only its own deliveries, never a conversation.
+//! slow or dead receiver holds up only its own deliveries, never a conversation. A receiver
+//! may answer a conversation hook with an action (`{"action": "release"}`), stored like an
+//! agent API call and deduplicated by the event, so a redelivery acts once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +25,40 @@ const IN_FLIGHT: usize = 32;
 const LOOK_EVERY: Duration = Duration::from_millis(250);
 /// The longest delay between attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(600);
+/// The longest answer read from a receiver (an action is a few bytes).
+const MAX_REPLY: usize = 64 * 1024;
+
+/// Reads an action a receiver answered a conversation hook with: `{"action": "release" |
+/// "close" | "takeover" | "assign", "agent"?: "...", "team"?: "..."}`. Anything else (an
+/// empty or other answer, a number event) is no action.
+fn reply_action(
+    hook_body: &str,
+    answer: &[u8],
+    now: tandem_domain::Timestamp,
+) -> Option<(tandem_domain::ConversationId, tandem_domain::AgentAction)> {
+    use tandem_domain::{AgentAction, AgentActionKind, ConversationId};
+    let answer: serde_json::Value = serde_json::from_slice(answer).ok()?;
+    let hook: serde_json::Value = serde_json::from_str(hook_body).ok()?;
+    let conversation = ConversationId::parse(hook["conversation"]["id"].as_str()?).ok()?;
+    let text = |key: &str| answer[key].as_str().map(str::to_owned);
+    let kind = match answer["action"].as_str()? {
+        "release" => AgentActionKind::Release,
+        "close" => AgentActionKind::Close,
+        "takeover" => AgentActionKind::Takeover,
+        "assign" if text("agent").is_some() || text("team").is_some() => {
+            AgentActionKind::Assign { team: text("team") }
+        }
+        _ => return None,
+    };
+    Some((
+        conversation,
+        AgentAction {
+            agent: text("agent"),
+            at: now,
+            kind,
+        },
+    ))
+}
 
 /// The hook deliverer of one process.
 #[derive(Debug, Clone)]
@@ -32,9 +68,17 @@ pub struct HookSender {
     http: reqwest::Client,
     clock: Arc<dyn Clock>,
     config: EngineConfig,
+    ingress: Option<crate::ingress::Ingress>,
 }
 
 impl HookSender {
+    /// Lets receivers act on a conversation in their answer (stored through `ingress`, like
+    /// an agent API call).
+    pub fn with_replies(mut self, ingress: crate::ingress::Ingress) -> Self {
+        self.ingress = Some(ingress);
+        self
+    }
+
     /// Builds a deliverer for `hooks`.
     pub fn new(
         store: Arc<dyn Store>,
@@ -49,6 +93,7 @@ impl HookSender {
             http,
             clock,
             config,
+            ingress: None,
         }
     }
 
@@ -160,11 +205,29 @@ impl HookSender {
                 }
             })?;
         let status = response.status();
-        if status.is_success() {
-            Ok(())
-        } else {
-            Err(format!("the receiver answered HTTP {}", status.as_u16()))
+        if !status.is_success() {
+            return Err(format!("the receiver answered HTTP {}", status.as_u16()));
         }
+        // A receiver may act on the conversation in its answer: {"action": "release"}.
+        if let Some(ingress) = &self.ingress
+            && let Ok(answer) = response.bytes().await
+            && answer.len() <= MAX_REPLY
+            && let Some((conversation, action)) = reply_action(&job.body, &answer, self.clock.now())
+        {
+            let key = format!("hookreply:{}:{}", job.event_id, action.kind.label());
+            let label = action.kind.label();
+            match ingress.agent_action(conversation, action, key).await {
+                Ok(_) => {
+                    tracing::info!(hook = %job.id, action = label, "the hook receiver acted on the conversation")
+                }
+                // The delivery stands; the action is lost only with the store down, and the
+                // receiver can still act through the API.
+                Err(error) => {
+                    tracing::warn!(hook = %job.id, %error, "storing the hook receiver's action failed")
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Exponential backoff from `hook_backoff` with up to 25 % jitter, at most 10 minutes.
@@ -195,4 +258,31 @@ pub fn client() -> reqwest::Result<reqwest::Client> {
 /// A bounded label for a hook event name.
 fn event_label(event: &str) -> &'static str {
     tandem_handoff::HookEvent::parse(event).map_or("other", |e| e.name())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_receiver_answer_becomes_an_action_on_the_hooked_conversation() {
+        let hook = r#"{"conversation": {"id": "106:351"}}"#;
+        let now = tandem_domain::Timestamp(1);
+        let (id, action) = reply_action(hook, br#"{"action": "release"}"#, now).unwrap();
+        assert_eq!(id.to_string(), "106:351");
+        assert_eq!(action.kind, tandem_domain::AgentActionKind::Release);
+        let (_, assign) =
+            reply_action(hook, br#"{"action": "assign", "agent": "ana"}"#, now).unwrap();
+        assert_eq!(assign.agent.as_deref(), Some("ana"));
+        for answer in [
+            &b""[..],
+            b"ok",
+            br#"{"action": "dance"}"#,
+            br#"{"action": "assign"}"#,
+            br#"{"received": true}"#,
+        ] {
+            assert!(reply_action(hook, answer, now).is_none());
+        }
+        assert!(reply_action(r#"{"number": {}}"#, br#"{"action": "release"}"#, now).is_none());
+    }
 }

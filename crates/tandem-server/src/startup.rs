@@ -125,17 +125,22 @@ impl Application {
             settings.hooks.clone(),
             settings.engine.hook_transcript,
         ));
+        let ingress = Ingress::new(Arc::clone(&store), settings.engine.human_idle)
+            .with_takeover_cap(routing.takeover_cap);
         let hook_sender = if hooks.is_empty() {
             None
         } else {
-            Some(HookSender::new(
-                Arc::clone(&store),
-                Arc::clone(&hooks),
-                tandem_engine::hook_sender::client()
-                    .context("building the HTTP client of hooks")?,
-                Arc::clone(&clock),
-                settings.engine.clone(),
-            ))
+            Some(
+                HookSender::new(
+                    Arc::clone(&store),
+                    Arc::clone(&hooks),
+                    tandem_engine::hook_sender::client()
+                        .context("building the HTTP client of hooks")?,
+                    Arc::clone(&clock),
+                    settings.engine.clone(),
+                )
+                .with_replies(ingress.clone()),
+            )
         };
         let dispatcher = Dispatcher::start(
             Arc::clone(&store),
@@ -167,8 +172,7 @@ impl Application {
             spawn_reload_on_sighup(handle, dir, settings.flow_variables.clone());
         }
         let state = AppState {
-            ingress: Ingress::new(Arc::clone(&store), settings.engine.human_idle)
-                .with_takeover_cap(routing.takeover_cap),
+            ingress,
             store,
             clock,
             app_secret: settings.app_secret_bytes().map(Arc::from),
