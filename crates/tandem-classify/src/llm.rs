@@ -216,6 +216,14 @@ pub fn parse_triage(answer: &str, known: &[IntentInfo]) -> Result<Triage, String
     Ok(triage)
 }
 
+/// Compiles a prompt template once, so a syntax error is found at start-up.
+fn check_prompt(prompt: &str) -> Result<(), LlmError> {
+    minijinja::Environment::new()
+        .template_from_str(prompt)
+        .map(|_| ())
+        .map_err(|e| LlmError::Prompt(e.to_string()))
+}
+
 fn normalise(text: &str) -> String {
     text.to_lowercase()
         .split_whitespace()
@@ -229,9 +237,7 @@ impl LlmClassifier {
     /// # Errors
     /// The template's syntax error.
     pub fn new(config: LlmConfig, prompt: String) -> Result<Self, LlmError> {
-        let mut env = minijinja::Environment::new();
-        env.add_template("check", &prompt)
-            .map_err(|e| LlmError::Prompt(e.to_string()))?;
+        check_prompt(&prompt)?;
         let openai = OpenAIConfig::new()
             .with_api_base(config.base_url.trim_end_matches('/'))
             .with_api_key(config.api_key.clone());
@@ -251,6 +257,20 @@ impl LlmClassifier {
             breaker: Mutex::new(Breaker::default()),
             cache: Mutex::new((HashMap::new(), VecDeque::new())),
         })
+    }
+
+    /// Refuses while the circuit breaker is open, then waits for a call slot.
+    async fn admit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, LlmError> {
+        {
+            let breaker = self.breaker.lock().map_err(|_| LlmError::CircuitOpen)?;
+            if breaker.open_until.is_some_and(|t| t > Instant::now()) {
+                return Err(LlmError::CircuitOpen);
+            }
+        }
+        self.permits
+            .acquire()
+            .await
+            .map_err(|_| LlmError::CircuitOpen)
     }
 
     fn render(&self, intents: &[IntentInfo], transcript: &[Line]) -> Result<String, LlmError> {
@@ -275,17 +295,7 @@ impl LlmClassifier {
         {
             return Ok(hit.clone());
         }
-        {
-            let breaker = self.breaker.lock().map_err(|_| LlmError::CircuitOpen)?;
-            if breaker.open_until.is_some_and(|t| t > Instant::now()) {
-                return Err(LlmError::CircuitOpen);
-            }
-        }
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| LlmError::CircuitOpen)?;
+        let _permit = self.admit().await?;
         let result = self.triage_uncached(intents, transcript, message).await;
         if let Ok(mut breaker) = self.breaker.lock() {
             match &result {
@@ -351,17 +361,7 @@ impl LlmClassifier {
         let Some(prompt) = &self.summary_prompt else {
             return Err(LlmError::Prompt("no handoff summary prompt".into()));
         };
-        {
-            let breaker = self.breaker.lock().map_err(|_| LlmError::CircuitOpen)?;
-            if breaker.open_until.is_some_and(|t| t > Instant::now()) {
-                return Err(LlmError::CircuitOpen);
-            }
-        }
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| LlmError::CircuitOpen)?;
+        let _permit = self.admit().await?;
         let system = minijinja::Environment::new()
             .render_str(prompt, minijinja::context! { transcript, reason })
             .map_err(|e| LlmError::Prompt(e.to_string()))?;
@@ -401,17 +401,7 @@ impl LlmClassifier {
         let Some(prompt) = &self.extract_prompt else {
             return Err(LlmError::Prompt("no slot extraction prompt".into()));
         };
-        {
-            let breaker = self.breaker.lock().map_err(|_| LlmError::CircuitOpen)?;
-            if breaker.open_until.is_some_and(|t| t > Instant::now()) {
-                return Err(LlmError::CircuitOpen);
-            }
-        }
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| LlmError::CircuitOpen)?;
+        let _permit = self.admit().await?;
         let system = minijinja::Environment::new()
             .render_str(prompt, minijinja::context! { question, expects })
             .map_err(|e| LlmError::Prompt(e.to_string()))?;
@@ -453,11 +443,14 @@ impl LlmClassifier {
     /// # Errors
     /// The template's syntax error.
     pub fn with_extract_prompt(mut self, prompt: String) -> Result<Self, LlmError> {
-        let mut env = minijinja::Environment::new();
-        env.add_template("check", &prompt)
-            .map_err(|e| LlmError::Prompt(e.to_string()))?;
+        check_prompt(&prompt)?;
         self.extract_prompt = Some(prompt);
         Ok(self)
+    }
+
+    /// Returns true when a handoff summary prompt is set.
+    pub fn summarizes(&self) -> bool {
+        self.summary_prompt.is_some()
     }
 
     /// Returns true when a slot extraction prompt is set.
@@ -470,9 +463,7 @@ impl LlmClassifier {
     /// # Errors
     /// The template's syntax error.
     pub fn with_summary_prompt(mut self, prompt: String) -> Result<Self, LlmError> {
-        let mut env = minijinja::Environment::new();
-        env.add_template("check", &prompt)
-            .map_err(|e| LlmError::Prompt(e.to_string()))?;
+        check_prompt(&prompt)?;
         self.summary_prompt = Some(prompt);
         Ok(self)
     }

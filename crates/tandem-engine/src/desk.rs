@@ -372,22 +372,34 @@ impl Desk {
                     now,
                 )
                 .to_string();
-            for target in targets {
-                jobs.push(HookJob {
-                    id: format!("{event_id}.{}", target.name),
-                    event_id: event_id.clone(),
-                    event: happening.event.name().to_owned(),
-                    target: target.name.clone(),
-                    body: body.clone(),
-                    created_at: now,
-                    due: now,
-                    attempts: 0,
-                    last_error: None,
-                });
-            }
+            jobs.extend(deliveries(&targets, happening.event, &event_id, &body, now));
         }
         jobs
     }
+}
+
+/// One hook delivery of an event to each of `targets`, due now.
+pub(crate) fn deliveries(
+    targets: &[&tandem_handoff::HookTarget],
+    event: HookEvent,
+    event_id: &str,
+    body: &str,
+    now: Timestamp,
+) -> Vec<HookJob> {
+    targets
+        .iter()
+        .map(|target| HookJob {
+            id: format!("{event_id}.{}", target.name),
+            event_id: event_id.to_owned(),
+            event: event.name().to_owned(),
+            target: target.name.clone(),
+            body: body.to_owned(),
+            created_at: now,
+            due: now,
+            attempts: 0,
+            last_error: None,
+        })
+        .collect()
 }
 
 /// Records the first message of a person after a handoff request.

@@ -312,17 +312,15 @@ impl Worker {
                         hold(&mut record, message, text, now, window);
                     }
                     _ => {
-                        if let Some(burst) = record.bot.burst.take() {
-                            self.bot_turn(
-                                responder,
-                                &mut record,
-                                &burst_message(&burst),
-                                name.as_deref(),
-                                now,
-                                &mut happenings,
-                            )
-                            .await;
-                        }
+                        // A held burst goes first, then this message.
+                        self.answer_burst(
+                            responder,
+                            &mut record,
+                            name.as_deref(),
+                            now,
+                            &mut happenings,
+                        )
+                        .await;
                         self.bot_turn(
                             responder,
                             &mut record,
@@ -340,12 +338,10 @@ impl Worker {
         if let Some(responder) = &self.bot.responder
             && record.mode == Mode::Bot
             && record.bot.burst.as_ref().is_some_and(|b| b.due <= now)
-            && let Some(burst) = record.bot.burst.take()
         {
-            self.bot_turn(
+            self.answer_burst(
                 responder,
                 &mut record,
-                &burst_message(&burst),
                 name.as_deref(),
                 now,
                 &mut happenings,
@@ -400,6 +396,28 @@ impl Worker {
             }
         }
         Ok(Some((outcome, items.len())))
+    }
+
+    /// Answers the held burst, if any, as one turn.
+    async fn answer_burst(
+        &self,
+        responder: &Responder,
+        record: &mut tandem_domain::Conversation,
+        name: Option<&str>,
+        now: tandem_domain::Timestamp,
+        happenings: &mut Vec<crate::desk::Happening>,
+    ) {
+        if let Some(burst) = record.bot.burst.take() {
+            self.bot_turn(
+                responder,
+                record,
+                &burst_message(&burst),
+                name,
+                now,
+                happenings,
+            )
+            .await;
+        }
     }
 
     /// Runs one bot turn for `message` and records what it did (handoff, metrics).

@@ -220,16 +220,13 @@ impl Monitor {
         clock: Arc<dyn Clock>,
         config: HealthConfig,
     ) -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
         Self {
             store,
             hooks,
             graph,
             clock,
             config,
-            holder: format!("health-{}-{nanos}", std::process::id()),
+            holder: crate::router::leader_name("health"),
             links: crate::sender::LinkCache::default(),
         }
     }
@@ -324,19 +321,10 @@ impl Monitor {
             );
             let body =
                 number_payload(*event, &event_id, view.clone(), detail.clone(), now).to_string();
-            for target in self.hooks.targets_for(*event, None) {
-                jobs.push(HookJob {
-                    id: format!("{event_id}.{}", target.name),
-                    event_id: event_id.clone(),
-                    event: event.name().to_owned(),
-                    target: target.name.clone(),
-                    body: body.clone(),
-                    created_at: now,
-                    due: now,
-                    attempts: 0,
-                    last_error: None,
-                });
-            }
+            let targets = self.hooks.targets_for(*event, None);
+            jobs.extend(crate::desk::deliveries(
+                &targets, *event, &event_id, &body, now,
+            ));
         }
         jobs
     }

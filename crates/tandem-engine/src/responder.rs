@@ -109,24 +109,9 @@ impl Responder {
             })
             .collect();
         // The last ten lines before this message.
-        let mut transcript: Vec<Line> = c
-            .transcript
-            .iter()
-            .rev()
-            .filter(|e| e.message_id.as_ref() != Some(&message.id))
-            .take(10)
-            .map(|e| Line {
-                role: format!("{:?}", e.role).to_lowercase(),
-                text: e.text.clone(),
-            })
-            .collect();
-        transcript.reverse();
-        let started = std::time::Instant::now();
-        let answer = llm.triage(&intents, &transcript, text).await;
-        ::metrics::histogram!(metrics::LLM_SECONDS).record(started.elapsed().as_secs_f64());
-        match answer {
+        let transcript = recent_lines(c, 10, Some(&message.id));
+        match counted(llm.triage(&intents, &transcript, text)).await {
             Ok(triage) => {
-                ::metrics::counter!(metrics::LLM_CALLS, "outcome" => "ok").increment(1);
                 decisions.push(format!(
                     "llm: {} ({:.2}), language {}, urgency {}, sentiment {}, needs_human {}",
                     triage.intent,
@@ -151,7 +136,6 @@ impl Responder {
                 Some(triage)
             }
             Err(error) => {
-                ::metrics::counter!(metrics::LLM_CALLS, "outcome" => error.label()).increment(1);
                 tracing::warn!(conversation = %c.id, %error, "LLM triage failed; falling back");
                 decisions.push(format!("llm failed ({error}): fallback"));
                 None
@@ -334,18 +318,10 @@ impl Responder {
         request: &tandem_flows::ExtractRequest,
     ) -> Option<String> {
         let llm = self.llm.as_ref()?;
-        let started = std::time::Instant::now();
-        let answer = llm
-            .extract(&request.question, &request.expects, &request.answer)
-            .await;
-        ::metrics::histogram!(metrics::LLM_SECONDS).record(started.elapsed().as_secs_f64());
-        match answer {
-            Ok(value) => {
-                ::metrics::counter!(metrics::LLM_CALLS, "outcome" => "ok").increment(1);
-                value
-            }
+        let answer = llm.extract(&request.question, &request.expects, &request.answer);
+        match counted(answer).await {
+            Ok(value) => value,
             Err(error) => {
-                ::metrics::counter!(metrics::LLM_CALLS, "outcome" => error.label()).increment(1);
                 tracing::warn!(conversation = %c.id, %error, "slot extraction failed; the answer is refused as usual");
                 None
             }
@@ -360,30 +336,17 @@ impl Responder {
         else {
             return;
         };
-        let mut lines: Vec<Line> = c
-            .transcript
-            .iter()
-            .rev()
-            .take(30)
-            .map(|e| Line {
-                role: format!("{:?}", e.role).to_lowercase(),
-                text: e.text.clone(),
-            })
-            .collect();
-        lines.reverse();
-        let started = std::time::Instant::now();
-        let answer = llm.summarize(&reason, &lines).await;
-        ::metrics::histogram!(metrics::LLM_SECONDS).record(started.elapsed().as_secs_f64());
-        match answer {
+        if !llm.summarizes() {
+            return;
+        }
+        let lines = recent_lines(c, 30, None);
+        match counted(llm.summarize(&reason, &lines)).await {
             Ok(summary) => {
-                ::metrics::counter!(metrics::LLM_CALLS, "outcome" => "ok").increment(1);
                 if let Some(handoff) = c.handoff.as_mut() {
                     handoff.summary = Some(summary);
                 }
             }
-            Err(tandem_classify::llm::LlmError::Prompt(_)) => {}
             Err(error) => {
-                ::metrics::counter!(metrics::LLM_CALLS, "outcome" => error.label()).increment(1);
                 tracing::warn!(conversation = %c.id, %error, "handoff summary failed; handing off without one");
             }
         }
@@ -506,6 +469,40 @@ impl Responder {
         ::metrics::histogram!(metrics::FLOW_CALL_SECONDS).record(started.elapsed().as_secs_f64());
         outcome
     }
+}
+
+/// Awaits one LLM call, recording its duration and outcome.
+async fn counted<T>(
+    call: impl std::future::Future<Output = Result<T, tandem_classify::llm::LlmError>>,
+) -> Result<T, tandem_classify::llm::LlmError> {
+    let started = std::time::Instant::now();
+    let answer = call.await;
+    ::metrics::histogram!(metrics::LLM_SECONDS).record(started.elapsed().as_secs_f64());
+    let outcome = answer.as_ref().map_or_else(|e| e.label(), |_| "ok");
+    ::metrics::counter!(metrics::LLM_CALLS, "outcome" => outcome).increment(1);
+    answer
+}
+
+/// The last `n` transcript lines (without the line of message `except`), oldest first, as
+/// the LLM's prompts show them.
+fn recent_lines(
+    c: &Conversation,
+    n: usize,
+    except: Option<&tandem_domain::MessageId>,
+) -> Vec<Line> {
+    let mut lines: Vec<Line> = c
+        .transcript
+        .iter()
+        .rev()
+        .filter(|e| except.is_none_or(|id| e.message_id.as_ref() != Some(id)))
+        .take(n)
+        .map(|e| Line {
+            role: format!("{:?}", e.role).to_lowercase(),
+            text: e.text.clone(),
+        })
+        .collect();
+    lines.reverse();
+    lines
 }
 
 /// Builds the HTTP client `call` steps use.

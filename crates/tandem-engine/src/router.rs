@@ -66,7 +66,10 @@ pub struct QueueEntry {
 }
 
 /// Reads every conversation that wants or has a person.
-async fn open_conversations(store: &dyn Store) -> Result<Vec<Conversation>, StoreError> {
+///
+/// # Errors
+/// The store's error.
+pub async fn open_conversations(store: &dyn Store) -> Result<Vec<Conversation>, StoreError> {
     let mut open = Vec::new();
     for mode in [Mode::Handoff, Mode::Human] {
         let mut after = None;
@@ -159,7 +162,7 @@ impl Router {
             routing,
             clock,
             config,
-            holder: uuid_like(),
+            holder: leader_name("router"),
             pending: HashMap::new(),
         }
     }
@@ -347,10 +350,10 @@ impl Router {
     }
 }
 
-/// A process-unique holder name for the router's leadership.
-fn uuid_like() -> String {
+/// A process-unique name under which this process holds the leadership of `role`.
+pub(crate) fn leader_name(role: &str) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
-    format!("router-{}-{nanos}", std::process::id())
+    format!("{role}-{}-{nanos}", std::process::id())
 }

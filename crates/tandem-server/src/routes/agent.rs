@@ -122,6 +122,26 @@ async fn act(
     ))
 }
 
+/// The request of an action whose body names at most the agent acting.
+struct PersonAction {
+    state: AppState,
+    caller: Caller,
+    headers: HeaderMap,
+    raw: String,
+    bytes: Bytes,
+}
+
+impl PersonAction {
+    /// Stores `kind` for the conversation, acted by the body's agent or the token's.
+    async fn store(self, kind: AgentActionKind) -> Result<(StatusCode, Json<Value>), ApiError> {
+        let b: AgentBody = body(&self.bytes)?;
+        let agent = b.agent.or_else(|| self.caller.agent.clone());
+        check_agent(&self.state, agent.as_deref())?;
+        let c = existing(&self.state, &self.raw).await?;
+        act(&self.state, &self.caller, &self.headers, c.id, agent, kind).await
+    }
+}
+
 /// `POST /v1/conversations/{id}/takeover`: a person takes the conversation; the bot is
 /// paused before the answer and its queued messages are cancelled.
 pub async fn takeover(
@@ -131,19 +151,14 @@ pub async fn takeover(
     Path(raw): Path<String>,
     bytes: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let b: AgentBody = body(&bytes)?;
-    let agent = b.agent.or_else(|| caller.agent.clone());
-    check_agent(&state, agent.as_deref())?;
-    let c = existing(&state, &raw).await?;
-    act(
-        &state,
-        &caller,
-        &headers,
-        c.id,
-        agent,
-        AgentActionKind::Takeover,
-    )
-    .await
+    let request = PersonAction {
+        state,
+        caller,
+        headers,
+        raw,
+        bytes,
+    };
+    request.store(AgentActionKind::Takeover).await
 }
 
 /// `POST /v1/conversations/{id}/release`: hand the conversation back to the bot.
@@ -154,18 +169,14 @@ pub async fn release(
     Path(raw): Path<String>,
     bytes: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let b: AgentBody = body(&bytes)?;
-    let agent = b.agent.or_else(|| caller.agent.clone());
-    let c = existing(&state, &raw).await?;
-    act(
-        &state,
-        &caller,
-        &headers,
-        c.id,
-        agent,
-        AgentActionKind::Release,
-    )
-    .await
+    let request = PersonAction {
+        state,
+        caller,
+        headers,
+        raw,
+        bytes,
+    };
+    request.store(AgentActionKind::Release).await
 }
 
 /// `POST /v1/conversations/{id}/close`: the matter is done; the bot starts afresh.
@@ -176,18 +187,14 @@ pub async fn close(
     Path(raw): Path<String>,
     bytes: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let b: AgentBody = body(&bytes)?;
-    let agent = b.agent.or_else(|| caller.agent.clone());
-    let c = existing(&state, &raw).await?;
-    act(
-        &state,
-        &caller,
-        &headers,
-        c.id,
-        agent,
-        AgentActionKind::Close,
-    )
-    .await
+    let request = PersonAction {
+        state,
+        caller,
+        headers,
+        raw,
+        bytes,
+    };
+    request.store(AgentActionKind::Close).await
 }
 
 /// `POST /v1/conversations/{id}/assign` with `{"agent": …}` or `{"team": …}`.
@@ -335,26 +342,9 @@ pub async fn agents(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
         .map(|s| (s.agent.clone(), s))
         .collect();
     let mut open: HashMap<String, u32> = HashMap::new();
-    for mode in [tandem_domain::Mode::Handoff, tandem_domain::Mode::Human] {
-        let mut after = None;
-        loop {
-            let page = state
-                .store
-                .list_conversations(&tandem_store::ListQuery {
-                    mode: Some(mode),
-                    after: after.clone(),
-                    limit: 500,
-                })
-                .await?;
-            for c in &page {
-                if let Some(agent) = c.assignment.as_ref().and_then(|a| a.agent.clone()) {
-                    *open.entry(agent).or_default() += 1;
-                }
-            }
-            if page.len() < 500 {
-                break;
-            }
-            after = page.last().map(|c| c.id.clone());
+    for c in tandem_engine::router::open_conversations(&*state.store).await? {
+        if let Some(agent) = c.assignment.and_then(|a| a.agent) {
+            *open.entry(agent).or_default() += 1;
         }
     }
     let items: Vec<Value> = state
