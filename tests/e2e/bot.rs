@@ -5,48 +5,12 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, PNID, Server, Spec, fixture, wait_for};
+use crate::helpers::{
+    Backend, PNID, Server, Spec, customer, echo, fixture, now_secs, text, wait_for,
+};
 use crate::standin::{Graph, Shop};
 
 const DEADLINE: Duration = Duration::from_secs(15);
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-/// A webhook with one customer message of `content` (a WhatsApp message object without
-/// `from`, `id` and `timestamp`), sent at `sent_at` (Unix seconds).
-fn customer(wa_id: &str, id: &str, sent_at: u64, content: Value) -> Vec<u8> {
-    let mut message = content;
-    message["from"] = wa_id.into();
-    message["id"] = id.into();
-    message["timestamp"] = sent_at.to_string().into();
-    let value = json!({
-        "messaging_product": "whatsapp",
-        "metadata": {"display_phone_number": "15550001111", "phone_number_id": PNID},
-        "contacts": [{"profile": {"name": "Ana Silva"}, "wa_id": wa_id}],
-        "messages": [message],
-    });
-    serde_json::to_vec(&json!({"object": "whatsapp_business_account", "entry": [{"id": "104810000000001", "changes": [{"field": "messages", "value": value}]}]})).unwrap()
-}
-
-fn text(wa_id: &str, id: &str, body: &str) -> Vec<u8> {
-    customer(
-        wa_id,
-        id,
-        now_secs(),
-        json!({"type": "text", "text": {"body": body}}),
-    )
-}
-
-fn echo(wa_id: &str, id: &str, body: &str) -> Vec<u8> {
-    let echo = json!({"from": "15550001111", "to": wa_id, "id": id, "timestamp": now_secs().to_string(), "type": "text", "text": {"body": body}});
-    let value = json!({"messaging_product": "whatsapp", "metadata": {"display_phone_number": "15550001111", "phone_number_id": PNID}, "message_echoes": [echo]});
-    serde_json::to_vec(&json!({"object": "whatsapp_business_account", "entry": [{"id": "104810000000001", "changes": [{"field": "smb_message_echoes", "value": value}]}]})).unwrap()
-}
 
 async fn post(server: &Server, body: Vec<u8>) {
     assert_eq!(server.post_signed(&body).await.status(), 200);

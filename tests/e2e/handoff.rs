@@ -6,35 +6,11 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{API_TOKEN, Backend, PNID, Server, Spec, wait_for};
+use crate::helpers::{API_TOKEN, Backend, PNID, Server, Spec, echo, now_secs, text, wait_for};
 use crate::standin::{Graph, HookReceiver, ReceivedHook, Shop};
 
 const DEADLINE: Duration = Duration::from_secs(15);
 const HOOK_SECRET: &str = "test-hook-secret";
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-fn text(wa_id: &str, id: &str, body: &str) -> Vec<u8> {
-    let message = json!({"from": wa_id, "id": id, "timestamp": now_secs().to_string(), "type": "text", "text": {"body": body}});
-    let value = json!({
-        "messaging_product": "whatsapp",
-        "metadata": {"display_phone_number": "15550001111", "phone_number_id": PNID},
-        "contacts": [{"profile": {"name": "Ana Silva"}, "wa_id": wa_id}],
-        "messages": [message],
-    });
-    serde_json::to_vec(&json!({"object": "whatsapp_business_account", "entry": [{"id": "104810000000001", "changes": [{"field": "messages", "value": value}]}]})).unwrap()
-}
-
-fn echo(wa_id: &str, id: &str, body: &str) -> Vec<u8> {
-    let echo = json!({"from": "15550001111", "to": wa_id, "id": id, "timestamp": now_secs().to_string(), "type": "text", "text": {"body": body}});
-    let value = json!({"messaging_product": "whatsapp", "metadata": {"display_phone_number": "15550001111", "phone_number_id": PNID}, "message_echoes": [echo]});
-    serde_json::to_vec(&json!({"object": "whatsapp_business_account", "entry": [{"id": "104810000000001", "changes": [{"field": "smb_message_echoes", "value": value}]}]})).unwrap()
-}
 
 /// The test's configuration file: one team with the given agents, fast hook retries and
 /// router rounds, and the extra TOML given.
@@ -327,28 +303,14 @@ async fn a_full_team_queues_with_an_honest_message_and_assigns_when_someone_free
     // Ana is at capacity: the second customer waits, and is told so once.
     post(&d.server, text(second, "wamid.q2", "agent please")).await;
     wait_for_text(&d.graph, "number 1 in line").await;
-    let (status, queue) = call(
-        &d.server,
-        reqwest::Method::GET,
-        "/v1/queue",
-        None,
-        API_TOKEN,
-    )
-    .await;
+    let (status, queue) = d.server.api("/v1/queue").await;
     assert_eq!(status, 200);
     let entries = queue["queue"].as_array().unwrap();
     assert_eq!(entries.len(), 1, "{queue}");
     assert_eq!(entries[0]["conversation"], format!("{PNID}:{second}"));
     assert_eq!(entries[0]["position"], 1);
     assert!(entries[0]["window_seconds_left"].as_u64().unwrap() > 23 * 3600);
-    let (_, agents) = call(
-        &d.server,
-        reqwest::Method::GET,
-        "/v1/agents",
-        None,
-        API_TOKEN,
-    )
-    .await;
+    let (_, agents) = d.server.api("/v1/agents").await;
     assert_eq!(agents["agents"][0]["open_conversations"], 1, "{agents}");
 
     // Ana closes the first conversation: the waiting one is hers now.
@@ -357,14 +319,7 @@ async fn a_full_team_queues_with_an_honest_message_and_assigns_when_someone_free
     hook(&d.hooks, first, "conversation.closed", 1).await;
     let assigned = hook(&d.hooks, second, "conversation.assigned", 1).await;
     assert_eq!(assigned.body["agent"], "ana");
-    let (_, queue) = call(
-        &d.server,
-        reqwest::Method::GET,
-        "/v1/queue",
-        None,
-        API_TOKEN,
-    )
-    .await;
+    let (_, queue) = d.server.api("/v1/queue").await;
     assert!(queue["queue"].as_array().unwrap().is_empty(), "{queue}");
     let notices = d
         .graph
@@ -438,14 +393,7 @@ async fn failing_hooks_are_retried_dead_lettered_and_redriven(backend: Backend) 
     let wa = "351920000031";
     post(&d.server, text(wa, "wamid.d1", "agent")).await;
     let dead = wait_for("the hook dead-lettered", DEADLINE, || async {
-        let (status, body) = call(
-            &d.server,
-            reqwest::Method::GET,
-            "/v1/hooks/dead",
-            None,
-            API_TOKEN,
-        )
-        .await;
+        let (status, body) = d.server.api("/v1/hooks/dead").await;
         assert_eq!(status, 200);
         let items = body["dead_hooks"].as_array()?.clone();
         (!items.is_empty()).then_some(items)
@@ -494,14 +442,7 @@ async fn failing_hooks_are_retried_dead_lettered_and_redriven(backend: Backend) 
     assert_eq!(status, 202);
     let delivered = hook(&d.hooks, wa, "conversation.handoff_requested", 1).await;
     assert_eq!(delivered.idempotency_key, attempts[0].idempotency_key);
-    let (_, body) = call(
-        &d.server,
-        reqwest::Method::GET,
-        "/v1/hooks/dead",
-        None,
-        API_TOKEN,
-    )
-    .await;
+    let (_, body) = d.server.api("/v1/hooks/dead").await;
     assert!(
         !body["dead_hooks"]
             .as_array()
@@ -684,14 +625,7 @@ async fn out_of_hours_the_customer_hears_when_a_person_is_back() {
         &format!("a person will reply from {weekday} 00:00"),
     )
     .await;
-    let (_, queue) = call(
-        &d.server,
-        reqwest::Method::GET,
-        "/v1/queue",
-        None,
-        API_TOKEN,
-    )
-    .await;
+    let (_, queue) = d.server.api("/v1/queue").await;
     assert_eq!(queue["queue"][0]["team"], "support", "{queue}");
     assert_eq!(count(&d.hooks, wa, "conversation.assigned"), 0);
 }

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 pub const SECRET: &str = "test-app-secret";
 pub const VERIFY_TOKEN: &str = "test-verify-token";
@@ -388,6 +388,47 @@ fn envelope(field: &str, mut value: Value) -> Vec<u8> {
         serde_json::json!({"display_phone_number": "15550001111", "phone_number_id": PNID});
     let body = serde_json::json!({"object": "whatsapp_business_account", "entry": [{"id": "104810000000001", "changes": [{"field": field, "value": value}]}]});
     serde_json::to_vec(&body).unwrap()
+}
+
+/// Now in Unix seconds, as webhooks write times.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A webhook (business account 104810000000001) with one customer message of `content` (a WhatsApp message object without
+/// `from`, `id` and `timestamp`), sent at `sent_at` (Unix seconds).
+pub fn customer(wa_id: &str, id: &str, sent_at: u64, content: Value) -> Vec<u8> {
+    let mut message = content;
+    message["from"] = wa_id.into();
+    message["id"] = id.into();
+    message["timestamp"] = sent_at.to_string().into();
+    let value = json!({
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "15550001111", "phone_number_id": PNID},
+        "contacts": [{"profile": {"name": "Ana Silva"}, "wa_id": wa_id}],
+        "messages": [message],
+    });
+    serde_json::to_vec(&json!({"object": "whatsapp_business_account", "entry": [{"id": "104810000000001", "changes": [{"field": "messages", "value": value}]}]})).unwrap()
+}
+
+/// A webhook with one customer text sent now.
+pub fn text(wa_id: &str, id: &str, body: &str) -> Vec<u8> {
+    customer(
+        wa_id,
+        id,
+        now_secs(),
+        json!({"type": "text", "text": {"body": body}}),
+    )
+}
+
+/// A webhook with one human echo (from the phone) to `wa_id`, sent now.
+pub fn echo(wa_id: &str, id: &str, body: &str) -> Vec<u8> {
+    let echo = json!({"from": "15550001111", "to": wa_id, "id": id, "timestamp": now_secs().to_string(), "type": "text", "text": {"body": body}});
+    let value = json!({"messaging_product": "whatsapp", "metadata": {"display_phone_number": "15550001111", "phone_number_id": PNID}, "message_echoes": [echo]});
+    serde_json::to_vec(&json!({"object": "whatsapp_business_account", "entry": [{"id": "104810000000001", "changes": [{"field": "smb_message_echoes", "value": value}]}]})).unwrap()
 }
 
 /// The texts of a conversation's transcript lines with the given role.

@@ -6,35 +6,11 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, PNID, Server, Spec, fixture, wait_for};
+use crate::helpers::{Backend, PNID, Server, Spec, echo, fixture, text, wait_for};
 use crate::standin::{Graph, HookReceiver, ReceivedHook, Shop};
 
 const DEADLINE: Duration = Duration::from_secs(15);
 const WABA: &str = "104810000000001";
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-fn text(wa_id: &str, id: &str, body: &str) -> Vec<u8> {
-    let message = json!({"from": wa_id, "id": id, "timestamp": now_secs().to_string(), "type": "text", "text": {"body": body}});
-    let value = json!({
-        "messaging_product": "whatsapp",
-        "metadata": {"display_phone_number": "15550001111", "phone_number_id": PNID},
-        "contacts": [{"profile": {"name": "Ana Silva"}, "wa_id": wa_id}],
-        "messages": [message],
-    });
-    serde_json::to_vec(&json!({"object": "whatsapp_business_account", "entry": [{"id": WABA, "changes": [{"field": "messages", "value": value}]}]})).unwrap()
-}
-
-fn echo(wa_id: &str, id: &str) -> Vec<u8> {
-    let echo = json!({"from": "15550001111", "to": wa_id, "id": id, "timestamp": now_secs().to_string(), "type": "text", "text": {"body": "hi from the phone"}});
-    let value = json!({"messaging_product": "whatsapp", "metadata": {"display_phone_number": "15550001111", "phone_number_id": PNID}, "message_echoes": [echo]});
-    serde_json::to_vec(&json!({"object": "whatsapp_business_account", "entry": [{"id": WABA, "changes": [{"field": "smb_message_echoes", "value": value}]}]})).unwrap()
-}
 
 fn reconnected(at: u64) -> Vec<u8> {
     serde_json::to_vec(
@@ -199,7 +175,11 @@ async fn a_quiet_number_turns_at_risk_reminds_the_owner_once_and_an_echo_clears_
     assert_eq!(n["state"], "at_risk");
     assert!(!n["reminded_at"].is_null());
     // The phone is used again: linked, and no second reminder for that stretch.
-    post(&server, echo("351930000011", "wamid.e1")).await;
+    post(
+        &server,
+        echo("351930000011", "wamid.e1", "hi from the phone"),
+    )
+    .await;
     wait_for("the risk cleared", DEADLINE, || async {
         (number(&server).await["state"] == "linked").then_some(())
     })
