@@ -118,6 +118,12 @@ struct EvalArgs {
     /// First step size of training.
     #[arg(long)]
     learning_rate: Option<f32>,
+    /// Language of the --train data, for word stems (with the flows: their `languages`).
+    #[arg(long, default_value = "en")]
+    language: String,
+    /// With --train, do not learn the intents' names as examples (flows learn their ids).
+    #[arg(long)]
+    no_names: bool,
     /// Ask the LLM about the messages the local stage is unsure of, as the server does
     /// (TANDEM_LLM_BASE_URL, TANDEM_LLM_MODEL, TANDEM_LLM_API_KEY; prompts/classify.j2).
     #[arg(long)]
@@ -265,21 +271,36 @@ fn eval(args: &EvalArgs, env: &HashMap<String, String>) -> anyhow::Result<()> {
         tandem_classify::eval::read_jsonl(&text)
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
     };
+    let mut options = tandem_classify::TrainOptions::default();
     let training: Vec<tandem_classify::Example> = match &args.train {
-        Some(path) => read(path)?
-            .into_iter()
-            .filter(|e| e.intent != tandem_classify::eval::OUT_OF_SCOPE)
-            .collect(),
+        Some(path) => {
+            let mut examples: Vec<tandem_classify::Example> = read(path)?
+                .into_iter()
+                .filter(|e| e.intent != tandem_classify::eval::OUT_OF_SCOPE)
+                .collect();
+            if !args.no_names {
+                let mut intents: Vec<String> = examples.iter().map(|e| e.intent.clone()).collect();
+                intents.sort();
+                intents.dedup();
+                examples.extend(
+                    intents
+                        .iter()
+                        .map(|i| tandem_classify::Example::from_name(i)),
+                );
+            }
+            options.languages = vec![args.language.clone()];
+            examples
+        }
         None => {
             let loaded =
                 tandem_flows::load_dir(&args.flows, &tandem_server::config::flow_variables(env))
                     .map_err(|e| anyhow::anyhow!("the flows are invalid:\n{e}"))?;
+            options.languages = loaded.bot.settings.languages.clone();
             loaded.bot.training_examples()
         }
     };
     let data = read(&args.data)?;
     let started = std::time::Instant::now();
-    let mut options = tandem_classify::TrainOptions::default();
     options.epochs = args.epochs.unwrap_or(options.epochs);
     options.learning_rate = args.learning_rate.unwrap_or(options.learning_rate);
     let model = tandem_classify::Model::train(&training, options)?;

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use crate::features::{self, Feature};
+use crate::features::{Feature, Featurizer};
 
 /// One training utterance.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -28,10 +28,16 @@ impl Example {
             intent: intent.into(),
         }
     }
+
+    /// The intent's own name as an example of itself, `_` and `-` read as spaces
+    /// (`credit_score` → "credit score"): names carry meaning a handful of examples may miss.
+    pub fn from_name(intent: &str) -> Self {
+        Self::new(intent.replace(['_', '-'], " "), intent)
+    }
 }
 
 /// How training runs.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct TrainOptions {
     /// Passes over the examples.
     pub epochs: usize,
@@ -41,6 +47,9 @@ pub struct TrainOptions {
     pub decay: f32,
     /// Features seen in fewer examples than this are ignored.
     pub min_count: u32,
+    /// Language codes whose stemmers make the word features (the first is the default; none:
+    /// words as written).
+    pub languages: Vec<String>,
 }
 
 impl Default for TrainOptions {
@@ -50,6 +59,7 @@ impl Default for TrainOptions {
             learning_rate: 8.0,
             decay: 0.3,
             min_count: 1,
+            languages: Vec::new(),
         }
     }
 }
@@ -65,6 +75,7 @@ pub enum TrainError {
 /// A trained model.
 #[derive(Debug, Clone)]
 pub struct Model {
+    featurizer: Featurizer,
     intents: Vec<String>,
     /// Feature id → row.
     rows: HashMap<u32, u32>,
@@ -132,9 +143,10 @@ impl Model {
             return Err(TrainError::TooFewIntents(intents.len()));
         }
         let classes = intents.len();
+        let featurizer = Featurizer::new(&options.languages);
         let extracted: Vec<Vec<Feature>> = examples
             .iter()
-            .map(|e| features::extract(&e.text))
+            .map(|e| featurizer.extract(&e.text))
             .collect();
         let mut document_counts: HashMap<u32, u32> = HashMap::new();
         for f in &extracted {
@@ -159,6 +171,7 @@ impl Model {
             .map(|id| (n_docs / (1.0 + document_counts[id] as f32)).ln() + 1.0)
             .collect();
         let mut model = Self {
+            featurizer,
             intents,
             rows,
             idf,
@@ -250,7 +263,7 @@ impl Model {
 
     /// Classifies a message.
     pub fn predict(&self, text: &str) -> Prediction {
-        let x = self.vectorise(&features::extract(text));
+        let x = self.vectorise(&self.featurizer.extract(text));
         let mut scores = vec![0.0f32; self.intents.len()];
         self.scores_into(&x, &mut scores);
         softmax(&mut scores);
@@ -305,6 +318,30 @@ mod tests {
         );
         assert!(model.predict("zzzz qqqq").unknown_words_only);
         assert!(model.predict("where is my order").confidence > model.predict("banana").confidence);
+    }
+
+    #[test]
+    fn names_and_stems_teach_what_examples_miss() {
+        assert_eq!(Example::from_name("credit_score").text, "credit score");
+        assert_eq!(Example::from_name("pto-request").intent, "pto-request");
+        let mut examples = vec![
+            ex("what's my number with the bureau", "credit_score"),
+            ex("when do you open", "hours"),
+            ex("are you open on sunday", "hours"),
+        ];
+        let options = TrainOptions {
+            languages: vec!["en".into()],
+            ..TrainOptions::default()
+        };
+        let without = Model::train(&examples, options.clone()).unwrap();
+        examples.push(Example::from_name("credit_score"));
+        let with = Model::train(&examples, options).unwrap();
+        let asked = "how good are my credit scores";
+        assert_eq!(with.predict(asked).intent, "credit_score");
+        assert!(
+            with.predict(asked).confidence > without.predict(asked).confidence,
+            "the name (and the stem of \"scores\") make the model surer"
+        );
     }
 
     #[test]

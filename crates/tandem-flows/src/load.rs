@@ -206,11 +206,11 @@ pub fn load_sources(
         classifier: None,
     };
     // Fewer than two flows with examples: no model, triggers only.
-    bot.classifier = tandem_classify::Model::train(
-        &bot.training_examples(),
-        tandem_classify::TrainOptions::default(),
-    )
-    .ok();
+    let options = tandem_classify::TrainOptions {
+        languages: bot.settings.languages.clone(),
+        ..tandem_classify::TrainOptions::default()
+    };
+    bot.classifier = tandem_classify::Model::train(&bot.training_examples(), options).ok();
     Ok(Loaded {
         bot,
         warnings: report.items,

@@ -34,15 +34,19 @@ impl Bot {
     }
 
     /// Returns every flow's example utterances labelled with the flow's id, to train the
-    /// local classifier.
+    /// local classifier; a flow with examples also teaches its id (`order_status` → "order
+    /// status") and its description.
     pub fn training_examples(&self) -> Vec<tandem_classify::Example> {
         self.flows
             .iter()
+            .filter(|f| !f.examples.is_empty())
             .flat_map(|f| {
-                f.examples.iter().map(|text| tandem_classify::Example {
-                    text: text.clone(),
-                    intent: f.id.clone(),
-                })
+                let written = f
+                    .examples
+                    .iter()
+                    .chain(f.description.iter())
+                    .map(|text| tandem_classify::Example::new(text.clone(), f.id.clone()));
+                written.chain(std::iter::once(tandem_classify::Example::from_name(&f.id)))
             })
             .collect()
     }
