@@ -5,6 +5,8 @@
 //! "cancelled", "cancelling" and "cancel" share a word feature; word bigrams keep some order
 //! ("order status" is not "status of my order").
 
+use std::borrow::Cow;
+
 use rust_stemmers::{Algorithm, Stemmer};
 
 /// How much more a word or word-pair feature weighs than one character n-gram: a word yields
@@ -76,20 +78,20 @@ impl Featurizer {
 
     /// The words' terms: per word, its stem in each language (distinct), the default
     /// language's first; the word itself without stemmers.
-    fn terms(&self, words: &[String]) -> Vec<Vec<String>> {
+    fn terms<'w>(&self, words: &'w [String]) -> Vec<Vec<Cow<'w, str>>> {
         let stemmers: Vec<Stemmer> = self.languages.iter().map(|a| Stemmer::create(*a)).collect();
         words
             .iter()
             .map(|word| {
-                let mut terms: Vec<String> = Vec::with_capacity(stemmers.len().max(1));
+                let mut terms: Vec<Cow<'w, str>> = Vec::with_capacity(stemmers.len().max(1));
                 for stemmer in &stemmers {
                     let stem = stemmer.stem(word);
-                    if !terms.iter().any(|t| *t == stem) {
-                        terms.push(stem.into_owned());
+                    if !terms.contains(&stem) {
+                        terms.push(stem);
                     }
                 }
                 if terms.is_empty() {
-                    terms.push(word.clone());
+                    terms.push(Cow::Borrowed(word.as_str()));
                 }
                 terms
             })
