@@ -8,6 +8,7 @@
 //! 150 intents.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::features::{Feature, Featurizer};
 
@@ -35,6 +36,31 @@ impl Example {
         Self::new(intent.replace(['_', '-'], " "), intent)
     }
 }
+
+/// Hashes a feature id to itself: ids are FNV hashes already, so hashing them again (as the
+/// default SipHash does) only costs time, in training and in every prediction.
+#[derive(Debug, Default, Clone, Copy)]
+struct FeatureIdHasher(u64);
+
+impl Hasher for FeatureIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+
+    fn write_u32(&mut self, id: u32) {
+        // Spread the id over the high bits too: the table picks buckets from them.
+        self.0 = u64::from(id).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// Feature id → value, hashed by [`FeatureIdHasher`].
+type ById<V> = HashMap<u32, V, BuildHasherDefault<FeatureIdHasher>>;
 
 /// How training runs.
 #[derive(Debug, Clone)]
@@ -78,7 +104,7 @@ pub struct Model {
     featurizer: Featurizer,
     intents: Vec<String>,
     /// Feature id → row.
-    rows: HashMap<u32, u32>,
+    rows: ById<u32>,
     /// Inverse document frequency per row.
     idf: Vec<f32>,
     /// Row-major: `rows × intents`.
@@ -148,7 +174,7 @@ impl Model {
             .iter()
             .map(|e| featurizer.extract(&e.text))
             .collect();
-        let mut document_counts: HashMap<u32, u32> = HashMap::new();
+        let mut document_counts: ById<u32> = ById::default();
         for f in &extracted {
             for (id, _) in f {
                 *document_counts.entry(*id).or_default() += 1;
@@ -161,7 +187,7 @@ impl Model {
             .collect();
         ids.sort_unstable();
         let n_docs = examples.len() as f32;
-        let rows: HashMap<u32, u32> = ids
+        let rows: ById<u32> = ids
             .iter()
             .enumerate()
             .map(|(i, id)| (*id, i as u32))
@@ -189,6 +215,7 @@ impl Model {
         let mut order: Vec<usize> = (0..data.len()).collect();
         let mut rng = Shuffle(0x9e37_79b9_7f4a_7c15);
         let mut scores = vec![0.0f32; classes];
+        let mut steps: Vec<(usize, f32)> = Vec::with_capacity(classes);
         // Averaged SGD: the model returned is the average of the weights over every step,
         // kept cheaply with sparse updates as `w - sum(t · update) / t`.
         let mut weighted = vec![0.0f32; model.weights.len()];
@@ -201,6 +228,9 @@ impl Model {
                 let (x, label) = &data[i];
                 model.scores_into(x, &mut scores);
                 softmax(&mut scores);
+                // The classes to move, then each feature's row once: the row's class
+                // weights sit together in memory.
+                steps.clear();
                 for (k, p) in scores.iter().enumerate() {
                     let gradient = p - if k == *label { 1.0 } else { 0.0 };
                     if gradient.abs() < 2e-3 {
@@ -209,10 +239,17 @@ impl Model {
                     let step = rate * gradient;
                     model.bias[k] -= step * 0.1;
                     weighted_bias[k] -= t * step * 0.1;
-                    for (row, value) in x {
-                        let at = *row as usize * classes + k;
-                        model.weights[at] -= step * value;
-                        weighted[at] -= t * step * value;
+                    steps.push((k, step));
+                }
+                for (row, value) in x {
+                    let start = *row as usize * classes;
+                    let (now, sum) = (
+                        &mut model.weights[start..start + classes],
+                        &mut weighted[start..start + classes],
+                    );
+                    for &(k, step) in &steps {
+                        now[k] -= step * value;
+                        sum[k] -= t * step * value;
                     }
                 }
                 t += 1.0;
