@@ -128,7 +128,14 @@ struct EvalArgs {
     /// (TANDEM_LLM_BASE_URL, TANDEM_LLM_MODEL, TANDEM_LLM_API_KEY; prompts/classify.j2).
     #[arg(long)]
     llm: bool,
+    /// Also show the local stage's coverage, precision and out-of-scope recall at thresholds
+    /// from 0.3 to 0.95, to choose `classifier_threshold`.
+    #[arg(long)]
+    sweep: bool,
 }
+
+/// The thresholds `tandem eval --sweep` reports.
+const SWEEP_THRESHOLDS: [f32; 9] = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95];
 
 #[derive(Args)]
 struct ChatArgs {
@@ -312,12 +319,18 @@ fn eval(args: &EvalArgs, env: &HashMap<String, String>) -> anyhow::Result<()> {
         0
     };
     let report = tandem_classify::eval::report(&data, &run, args.threshold, llm_calls);
+    let sweep = args
+        .sweep
+        .then(|| tandem_classify::eval::sweep(&data, &run, &SWEEP_THRESHOLDS));
     let mut out = std::io::stdout().lock();
     if args.json {
         let mut value = serde_json::to_value(&report)?;
         value["train_examples"] = training.len().into();
         value["intents"] = model.intents().len().into();
         value["train_ms"] = train_ms.into();
+        if let Some(sweep) = &sweep {
+            value["sweep"] = serde_json::to_value(sweep)?;
+        }
         writeln!(out, "{value}")?;
     } else {
         writeln!(
@@ -349,6 +362,63 @@ fn eval(args: &EvalArgs, env: &HashMap<String, String>) -> anyhow::Result<()> {
             "  latency p50 {:.1} µs, p99 {:.1} µs; LLM calls {}",
             report.p50_us, report.p99_us, report.llm_calls
         )?;
+        print_details(&mut out, &report, sweep.as_deref())?;
+    }
+    Ok(())
+}
+
+/// The human-readable part of `tandem eval` beyond the summary: the hardest labels, the most
+/// frequent confusions and, with `--sweep`, the threshold trade-off.
+fn print_details(
+    out: &mut impl Write,
+    report: &tandem_classify::eval::Report,
+    sweep: Option<&[tandem_classify::eval::ThresholdPoint]>,
+) -> std::io::Result<()> {
+    let hardest: Vec<_> = report
+        .labels
+        .iter()
+        .filter(|l| l.f1 < 1.0)
+        .take(10)
+        .collect();
+    if !hardest.is_empty() {
+        writeln!(out, "hardest labels (F1, precision, recall, messages):")?;
+        for l in hardest {
+            writeln!(
+                out,
+                "  {:<28}{:>7.1} %{:>7.1} %{:>7.1} %{:>6}",
+                l.label,
+                l.f1 * 100.0,
+                l.precision * 100.0,
+                l.recall * 100.0,
+                l.support
+            )?;
+        }
+    }
+    if !report.confusions.is_empty() {
+        writeln!(out, "most frequent confusions (expected -> decided):")?;
+        for c in report.confusions.iter().take(10) {
+            writeln!(
+                out,
+                "  {:>4} × {} -> {}   e.g. {:?}",
+                c.count, c.expected, c.decided, c.example
+            )?;
+        }
+    }
+    if let Some(points) = sweep {
+        writeln!(
+            out,
+            "local stage by threshold (coverage in scope, precision, out-of-scope recall):"
+        )?;
+        for p in points {
+            writeln!(
+                out,
+                "  {:<6}{:>7.1} %{:>7.1} %{:>7.1} %",
+                p.threshold,
+                p.local_coverage * 100.0,
+                p.local_precision * 100.0,
+                p.oos_recall * 100.0
+            )?;
+        }
     }
     Ok(())
 }

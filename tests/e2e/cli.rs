@@ -191,6 +191,76 @@ fn eval_reports_the_local_model_on_labelled_data_as_json() {
         "{report}"
     );
 
+    // Per label and per confusion, the same decisions: every wrong decision is one confusion.
+    let labels = report["labels"].as_array().unwrap();
+    let support: u64 = labels.iter().map(|l| l["support"].as_u64().unwrap()).sum();
+    assert_eq!(support, 10, "{labels:?}");
+    let f1s: Vec<f64> = labels.iter().map(|l| l["f1"].as_f64().unwrap()).collect();
+    assert!(
+        f1s.windows(2).all(|w| w[0] <= w[1]),
+        "hardest first: {f1s:?}"
+    );
+    let mean = f1s.iter().sum::<f64>() / f1s.len() as f64;
+    assert!((mean - report["macro_f1"].as_f64().unwrap()).abs() < 1e-9);
+    let confusions = report["confusions"].as_array().unwrap();
+    let wrong: u64 = confusions
+        .iter()
+        .map(|c| c["count"].as_u64().unwrap())
+        .sum();
+    let missed: f64 = labels
+        .iter()
+        .map(|l| l["support"].as_f64().unwrap() * (1.0 - l["recall"].as_f64().unwrap()))
+        .sum();
+    assert_eq!(wrong, missed.round() as u64, "{confusions:?}");
+    assert!(
+        wrong > 0,
+        "the fixture has messages the model leaves: {report}"
+    );
+    for c in confusions {
+        assert_ne!(c["expected"], c["decided"], "{c}");
+        let example = c["example"].as_str().unwrap();
+        assert!(
+            std::fs::read_to_string("tests/fixtures/classify/shop_messages.jsonl")
+                .unwrap()
+                .contains(example),
+            "{c}"
+        );
+    }
+
+    // --sweep: the trade-off by threshold; at the default threshold it is the report.
+    let (code, out, err) = tandem(&[
+        "eval",
+        "--data",
+        "tests/fixtures/classify/shop_messages.jsonl",
+        "--json",
+        "--sweep",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let swept: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let points = swept["sweep"].as_array().unwrap();
+    assert_eq!(points.len(), 9);
+    let coverage: Vec<f64> = points
+        .iter()
+        .map(|p| p["local_coverage"].as_f64().unwrap())
+        .collect();
+    assert!(
+        coverage.windows(2).all(|w| w[0] >= w[1]),
+        "a higher threshold never answers more: {coverage:?}"
+    );
+    let default = points.iter().find(|p| p["threshold"] == 0.8).unwrap();
+    for key in ["local_coverage", "local_precision", "oos_recall"] {
+        assert_eq!(default[key], swept[key], "{key}");
+    }
+    let (code, out, _) = tandem(&[
+        "eval",
+        "--data",
+        "tests/fixtures/classify/shop_messages.jsonl",
+        "--sweep",
+    ]);
+    assert_eq!(code, 0);
+    assert!(out.contains("hardest labels"), "{out}");
+    assert!(out.contains("local stage by threshold"), "{out}");
+
     let (code, _, err) = tandem(&["eval", "--data", "Cargo.toml"]);
     assert_eq!(code, 1);
     assert!(err.contains("line 1"), "{err}");

@@ -14,6 +14,10 @@
 //! - `macro_f1`: F1 of the final decision (an intent or `oos`) averaged over every label.
 //! - `stage_share`: the share of all messages each stage decided.
 //! - `p50_us` / `p99_us`: time of one local prediction.
+//! - `labels`: precision, recall and F1 of the final decision per label, hardest first;
+//!   `confusions`: the most frequent (expected, decided) pairs that differ, with an example.
+//! - [`sweep`]: coverage, precision and out-of-scope recall of the local stage at several
+//!   thresholds, from one run, to choose `classifier_threshold`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
@@ -66,6 +70,54 @@ pub struct Report {
     pub p99_us: f64,
     /// LLM calls made.
     pub llm_calls: usize,
+    /// Every label's scores, lowest F1 first.
+    pub labels: Vec<LabelScore>,
+    /// The most frequent wrong decisions, most frequent first (at most [`MAX_CONFUSIONS`]).
+    pub confusions: Vec<Confusion>,
+}
+
+/// How many confusions a report lists.
+pub const MAX_CONFUSIONS: usize = 20;
+
+/// How well the final decision does on one label (an intent or [`OUT_OF_SCOPE`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LabelScore {
+    /// The intent, or [`OUT_OF_SCOPE`].
+    pub label: String,
+    /// Messages labelled with it.
+    pub support: usize,
+    /// Of the messages decided as it, the share labelled with it.
+    pub precision: f64,
+    /// Of the messages labelled with it, the share decided as it.
+    pub recall: f64,
+    /// Harmonic mean of precision and recall.
+    pub f1: f64,
+}
+
+/// Messages labelled `expected` and decided as `decided`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Confusion {
+    /// The right label.
+    pub expected: String,
+    /// The label decided instead.
+    pub decided: String,
+    /// How many messages.
+    pub count: usize,
+    /// The first such message.
+    pub example: String,
+}
+
+/// The local stage's trade-off at one threshold (see [`sweep`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ThresholdPoint {
+    /// The confidence threshold (to three decimals, so JSON shows 0.8 rather than 0.800000011).
+    pub threshold: f64,
+    /// Share of in-scope messages the local stage answers alone.
+    pub local_coverage: f64,
+    /// Share of its answers that are right (out-of-scope messages included).
+    pub local_precision: f64,
+    /// Share of out-of-scope messages it leaves unanswered.
+    pub oos_recall: f64,
 }
 
 fn ratio(a: usize, b: usize) -> f64 {
@@ -91,6 +143,9 @@ pub struct LocalRun {
     pub best: Vec<String>,
     /// Prediction times in microseconds.
     pub times_us: Vec<f64>,
+    /// The best intent's confidence per message; `None` when the message shares no feature
+    /// with any example (never answered).
+    pub confidence: Vec<Option<f32>>,
 }
 
 /// Runs the local stage over `data`: it answers alone at `threshold` or above; below, the
@@ -100,12 +155,15 @@ pub fn run_local(model: &Model, data: &[Example], threshold: f32) -> LocalRun {
         decisions: Vec::with_capacity(data.len()),
         best: Vec::with_capacity(data.len()),
         times_us: Vec::with_capacity(data.len()),
+        confidence: Vec::with_capacity(data.len()),
     };
     for example in data {
         let started = Instant::now();
         let prediction = model.predict(&example.text);
         run.times_us.push(started.elapsed().as_secs_f64() * 1e6);
-        let answers = prediction.confidence >= threshold && !prediction.unknown_words_only;
+        let confidence = (!prediction.unknown_words_only).then_some(prediction.confidence);
+        run.confidence.push(confidence);
+        let answers = confidence.is_some_and(|c| c >= threshold);
         run.decisions.push(if answers {
             Decision {
                 intent: prediction.intent.clone(),
@@ -160,25 +218,53 @@ pub fn report(data: &[Example], run: &LocalRun, threshold: f32, llm_calls: usize
     }
     // Per-label counts for precision, recall and F1 of the final decision.
     let mut counts: HashMap<&str, (usize, usize, usize)> = HashMap::new(); // (tp, fp, fn)
+    let mut confused: HashMap<(&str, &str), (usize, &str)> = HashMap::new();
     for (example, decided) in data.iter().zip(&decisions) {
         if *decided == example.intent {
             counts.entry(decided).or_default().0 += 1;
         } else {
             counts.entry(decided).or_default().1 += 1;
             counts.entry(&example.intent).or_default().2 += 1;
+            confused
+                .entry((&example.intent, decided))
+                .or_insert((0, &example.text))
+                .0 += 1;
         }
     }
-    let f1s: Vec<f64> = counts
-        .values()
-        .map(|&(tp, fp, fn_)| {
-            let (p, r) = (ratio(tp, tp + fp), ratio(tp, tp + fn_));
-            if p + r == 0.0 {
+    let mut labels: Vec<LabelScore> = counts
+        .iter()
+        .map(|(label, &(tp, fp, fn_))| {
+            let (precision, recall) = (ratio(tp, tp + fp), ratio(tp, tp + fn_));
+            let f1 = if precision + recall == 0.0 {
                 0.0
             } else {
-                2.0 * p * r / (p + r)
+                2.0 * precision * recall / (precision + recall)
+            };
+            LabelScore {
+                label: (*label).to_owned(),
+                support: tp + fn_,
+                precision,
+                recall,
+                f1,
             }
         })
         .collect();
+    labels.sort_by(|a, b| a.f1.total_cmp(&b.f1).then_with(|| a.label.cmp(&b.label)));
+    let mut confusions: Vec<Confusion> = confused
+        .into_iter()
+        .map(|((expected, decided), (count, example))| Confusion {
+            expected: expected.to_owned(),
+            decided: decided.to_owned(),
+            count,
+            example: example.to_owned(),
+        })
+        .collect();
+    confusions.sort_by(|a, b| {
+        b.count
+            .cmp(&a.count)
+            .then_with(|| (&a.expected, &a.decided).cmp(&(&b.expected, &b.decided)))
+    });
+    confusions.truncate(MAX_CONFUSIONS);
     let (oos_tp, oos_fp, oos_fn) = counts.get(OUT_OF_SCOPE).copied().unwrap_or_default();
     times.sort_by(f64::total_cmp);
     let percentile = |p: f64| {
@@ -193,10 +279,10 @@ pub fn report(data: &[Example], run: &LocalRun, threshold: f32, llm_calls: usize
         in_scope,
         threshold,
         in_scope_accuracy: ratio(top_right, in_scope),
-        macro_f1: if f1s.is_empty() {
+        macro_f1: if labels.is_empty() {
             0.0
         } else {
-            f1s.iter().sum::<f64>() / f1s.len() as f64
+            labels.iter().map(|l| l.f1).sum::<f64>() / labels.len() as f64
         },
         oos_precision: ratio(oos_tp, oos_tp + oos_fp),
         oos_recall: ratio(oos_tp, oos_tp + oos_fn),
@@ -209,7 +295,42 @@ pub fn report(data: &[Example], run: &LocalRun, threshold: f32, llm_calls: usize
         p50_us: percentile(0.5),
         p99_us: percentile(0.99),
         llm_calls,
+        labels,
+        confusions,
     }
+}
+
+/// The local stage's coverage, precision and out-of-scope recall at each of `thresholds`,
+/// from the confidences of one run (no model is run again).
+pub fn sweep(data: &[Example], run: &LocalRun, thresholds: &[f32]) -> Vec<ThresholdPoint> {
+    thresholds
+        .iter()
+        .map(|&threshold| {
+            let (mut in_scope, mut oos, mut answered, mut right, mut answered_in, mut oos_left) =
+                (0, 0, 0, 0, 0, 0);
+            for ((example, best), confidence) in data.iter().zip(&run.best).zip(&run.confidence) {
+                let gold_in_scope = example.intent != OUT_OF_SCOPE;
+                if gold_in_scope {
+                    in_scope += 1;
+                } else {
+                    oos += 1;
+                }
+                if confidence.is_some_and(|c| c >= threshold) {
+                    answered += 1;
+                    right += usize::from(*best == example.intent);
+                    answered_in += usize::from(gold_in_scope);
+                } else {
+                    oos_left += usize::from(!gold_in_scope);
+                }
+            }
+            ThresholdPoint {
+                threshold: (f64::from(threshold) * 1000.0).round() / 1000.0,
+                local_coverage: ratio(answered_in, in_scope),
+                local_precision: ratio(right, answered),
+                oos_recall: ratio(oos_left, oos),
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -260,5 +381,70 @@ mod tests {
                 .unwrap_err()
                 .starts_with("line 1")
         );
+    }
+
+    #[test]
+    fn labels_confusions_and_the_threshold_sweep_follow_the_decisions() {
+        let data = vec![
+            ex("a1", "a"),
+            ex("a2", "a"),
+            ex("b1", "b"),
+            ex("o1", OUT_OF_SCOPE),
+            ex("o2", OUT_OF_SCOPE),
+        ];
+        let local = |intent: &str| Decision {
+            intent: intent.to_owned(),
+            stage: "local",
+        };
+        let left = || Decision {
+            intent: OUT_OF_SCOPE.to_owned(),
+            stage: "fallback",
+        };
+        // What the local stage does at 0.8 with these confidences.
+        let run = LocalRun {
+            decisions: vec![local("a"), left(), local("b"), local("a"), left()],
+            best: ["a", "b", "b", "a", "b"].map(str::to_owned).to_vec(),
+            times_us: vec![1.0; 5],
+            confidence: vec![Some(0.9), Some(0.6), Some(0.95), Some(0.85), None],
+        };
+        let report = report(&data, &run, 0.8, 0);
+        let scores: Vec<(&str, usize, f64)> = report
+            .labels
+            .iter()
+            .map(|l| (l.label.as_str(), l.support, l.f1))
+            .collect();
+        assert_eq!(scores, [("a", 2, 0.5), ("oos", 2, 0.5), ("b", 1, 1.0)]);
+        assert!((report.macro_f1 - 2.0 / 3.0).abs() < 1e-9);
+        let pairs: Vec<(&str, &str, usize, &str)> = report
+            .confusions
+            .iter()
+            .map(|c| {
+                (
+                    c.expected.as_str(),
+                    c.decided.as_str(),
+                    c.count,
+                    c.example.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(pairs, [("a", "oos", 1, "a2"), ("oos", "a", 1, "o1")]);
+
+        let points = sweep(&data, &run, &[0.5, 0.8, 0.99]);
+        let at = |i: usize| {
+            let p = &points[i];
+            (p.local_coverage, p.local_precision, p.oos_recall)
+        };
+        assert_eq!(at(0), (1.0, 0.5, 0.5));
+        assert_eq!(
+            at(1),
+            (
+                report.local_coverage,
+                report.local_precision,
+                report.oos_recall
+            ),
+            "the sweep at the run's threshold is the report"
+        );
+        assert_eq!(at(1), (2.0 / 3.0, 2.0 / 3.0, 0.5));
+        assert_eq!(at(2), (0.0, 0.0, 1.0), "nothing answered");
     }
 }
