@@ -104,6 +104,23 @@ async fn an_order_question_is_answered_from_the_shop_backend(backend: Backend) {
             .iter()
             .all(|l| l["message_id"].as_str().unwrap().starts_with("wamid.OUT"))
     );
+    // Each customer text keeps what the classifier made of it, through either store.
+    let understood: Vec<(&str, &Value)> = conversation["transcript"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["role"] == "customer")
+        .map(|l| (l["text"].as_str().unwrap(), &l["understood"]["stage"]))
+        .collect();
+    assert_eq!(
+        understood,
+        [
+            ("where is my order?", &json!("rules")),
+            ("12", &json!("none")),
+            ("#10442", &json!("answer")),
+        ],
+        "{conversation}"
+    );
     assert_eq!(conversation["mode"], "bot");
     assert!(
         conversation.get("outbox").is_none(),
@@ -630,6 +647,69 @@ async fn the_llm_routes_what_rules_and_the_local_model_miss_and_its_failure_fall
     })
     .await;
     assert_eq!(c["handoff"]["reason"], "needs_human", "{c}");
+
+    // Every customer text carries what the cascade made of it; the review lists the texts
+    // only the LLM understood, or nobody did, to become examples.
+    let c = server.conversation("351910000304").await.unwrap();
+    let line = |c: &serde_json::Value, text: &str| {
+        c["transcript"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["text"] == text)
+            .cloned()
+            .unwrap_or_else(|| panic!("{text:?} in {c}"))
+    };
+    let asked = line(&c, "where is my order?");
+    assert_eq!(asked["understood"]["stage"], "rules", "{asked}");
+    assert_eq!(asked["understood"]["intent"], "order_status", "{asked}");
+    let (code, review) = server.api("/v1/classifier/review").await;
+    assert_eq!(code, 200, "{review}");
+    let listed = review["messages"].as_array().unwrap();
+    let find = |text: &str| listed.iter().find(|m| m["text"] == text);
+    let vaso = find("o vaso chegou partido").expect("the LLM's catch is listed");
+    assert_eq!(vaso["stage"], "llm", "{vaso}");
+    assert_eq!(vaso["intent"], "returns", "{vaso}");
+    assert_eq!(vaso["conversation"], format!("{PNID}:351910000301"));
+    let failed = find("zzyzx fail").expect("the message nobody understood is listed");
+    assert_eq!(failed["stage"], "none", "{failed}");
+    assert!(failed["intent"].is_null(), "{failed}");
+    assert!(
+        find("where is my order?").is_none(),
+        "a rule understood it: {review}"
+    );
+    let (_, only_none) = server.api("/v1/classifier/review?stage=none").await;
+    let stages: Vec<&str> = only_none["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["stage"].as_str().unwrap())
+        .collect();
+    assert!(
+        !stages.is_empty() && stages.iter().all(|s| *s == "none"),
+        "{stages:?}"
+    );
+    // Paging by conversations: one per page here, the cursor leads to the next.
+    let (_, first) = server.api("/v1/classifier/review?limit=1").await;
+    let next = first["next"]
+        .as_str()
+        .expect("more conversations")
+        .to_owned();
+    assert!(next.ends_with("351910000301"), "{first}");
+    let (_, second) = server
+        .api(&format!("/v1/classifier/review?limit=1&after={next}"))
+        .await;
+    assert!(
+        second["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["conversation"] != first["messages"][0]["conversation"]),
+        "{second}"
+    );
+    let (code, refused) = server.api("/v1/classifier/review?stage=maybe").await;
+    assert_eq!(code, 400);
+    assert!(refused.to_string().contains("stage must be"), "{refused}");
 }
 
 /// With a burst window, three quick messages are one turn: read once, classified once,

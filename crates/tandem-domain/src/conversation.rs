@@ -104,6 +104,28 @@ pub struct TranscriptEntry {
     /// True when the author deleted the message afterwards.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub deleted: bool,
+    /// For a customer's text the bot handled: what the classifier made of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub understood: Option<Understood>,
+}
+
+/// What the classifier cascade made of a customer's text, kept on its transcript line so
+/// that messages nobody understood can be reviewed and turned into examples.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Understood {
+    /// Which stage decided: `rules`, `local`, `llm`, `answer` (the answer to the question the
+    /// bot waited on) or `none` (nobody was sure: the menu, the fallback, or an answer the
+    /// question refused).
+    pub stage: String,
+    /// The flow chosen, when a stage chose one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intent: Option<String>,
+    /// The local model's best flow, when it was not sure enough to choose it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guess: Option<String>,
+    /// The confidence of `intent` (or of `guess` when nothing was chosen), 0 to 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f32>,
 }
 
 impl TranscriptEntry {
@@ -119,6 +141,7 @@ impl TranscriptEntry {
             status: None,
             edited: false,
             deleted: false,
+            understood: None,
         }
     }
 
@@ -134,6 +157,7 @@ impl TranscriptEntry {
             status: None,
             edited: false,
             deleted: false,
+            understood: None,
         }
     }
 
@@ -149,6 +173,7 @@ impl TranscriptEntry {
             status: None,
             edited: false,
             deleted: false,
+            understood: None,
         }
     }
 }

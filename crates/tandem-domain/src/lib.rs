@@ -28,7 +28,7 @@ pub use bot::{
     Assignment, BotState, Burst, FlowPosition, HandoffRequest, PendingSend, SendAction, SendOrigin,
     TriageNote,
 };
-pub use conversation::{Conversation, Mode, PausedBy, Role, TranscriptEntry};
+pub use conversation::{Conversation, Mode, PausedBy, Role, TranscriptEntry, Understood};
 pub use error::ErrorKind;
 pub use event::{
     AccountUpdate, AgentAction, AgentActionKind, ContactUpdate, ConversationEvent, DeadLetter,

@@ -170,11 +170,11 @@ impl Responder {
         let mut intent = text.and_then(|text| bot.classify(text));
         let mut llm_decisions = Vec::new();
         let mut person = None;
+        let answers_question =
+            intent.is_none() && c.bot.position.is_some() && bot.accepts(c, &message.content, &ctx);
         // A message that is not a valid answer to the question waited on (or that comes
         // outside one) is worth an LLM call: its triage may hand off even mid-flow.
-        let consult_llm = intent.is_none()
-            && !c.opted_out
-            && (c.bot.position.is_none() || !bot.accepts(c, &message.content, &ctx));
+        let consult_llm = intent.is_none() && !c.opted_out && !answers_question;
         if let Some(text) = text.filter(|_| consult_llm)
             && let Some(triage) = self
                 .ask_llm(&bot, c, message, text, &mut llm_decisions)
@@ -189,6 +189,15 @@ impl Responder {
         }
         let stage = intent.as_ref().map_or("none", |i| i.stage);
         ::metrics::counter!(metrics::CLASSIFIER_DECISIONS, "stage" => stage).increment(1);
+        if let Some(text) = text {
+            let understood = understood(&bot, text, intent.as_ref(), answers_question);
+            if let Some(line) = c.transcript.iter_mut().rev().find(|e| {
+                e.role == tandem_domain::Role::Customer
+                    && e.message_id.as_ref() == Some(&message.id)
+            }) {
+                line.understood = Some(understood);
+            }
+        }
         let mut turn = match person {
             // A triage rule (needs a person, urgent, upset) wins over any flow.
             Some(reason) => bot.hand_off_for(c, reason, &message.content, &ctx),
@@ -481,6 +490,37 @@ async fn counted<T>(
     let outcome = answer.as_ref().map_or_else(|e| e.label(), |_| "ok");
     ::metrics::counter!(metrics::LLM_CALLS, "outcome" => outcome).increment(1);
     answer
+}
+
+/// What the cascade made of a customer's text, for its transcript line: the stage and flow
+/// that decided, or, when none did, the local model's unsure best guess.
+fn understood(
+    bot: &Bot,
+    text: &str,
+    intent: Option<&Intent>,
+    answers_question: bool,
+) -> tandem_domain::Understood {
+    match intent {
+        Some(i) => tandem_domain::Understood {
+            stage: i.stage.to_owned(),
+            intent: Some(i.flow.clone()),
+            guess: None,
+            confidence: Some(i.confidence),
+        },
+        None => {
+            let guess = if answers_question {
+                None
+            } else {
+                bot.guess(text)
+            };
+            tandem_domain::Understood {
+                stage: if answers_question { "answer" } else { "none" }.to_owned(),
+                intent: None,
+                confidence: guess.as_ref().map(|g| g.1),
+                guess: guess.map(|g| g.0),
+            }
+        }
+    }
 }
 
 /// The last `n` transcript lines (without the line of message `except`), oldest first, as

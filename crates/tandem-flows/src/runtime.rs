@@ -167,6 +167,13 @@ impl Bot {
         })
     }
 
+    /// The local model's best flow for `text` and its confidence, sure or not; `None` without
+    /// a model or when the text shares no feature with any example.
+    pub fn guess(&self, text: &str) -> Option<(String, f32)> {
+        let prediction = self.classifier.as_ref()?.predict(text);
+        (!prediction.unknown_words_only).then_some((prediction.intent, prediction.confidence))
+    }
+
     /// Returns the flow whose trigger matches `text` first (flows in file order).
     pub fn match_trigger(&self, text: &str) -> Option<&str> {
         self.flows

@@ -3,7 +3,9 @@
 //! - `GET /v1/conversations?mode=bot|handoff|human&limit=N&after=ID` — a page of summaries;
 //! - `GET /v1/conversations/{id}` — state and transcript (`id` is `{phone_number_id}:{wa_id}`);
 //! - `GET /v1/dead-letters?limit=N` — signed input kept raw, newest first;
-//! - `GET /v1/accounts/{id}` — recent account or number events.
+//! - `GET /v1/accounts/{id}` — recent account or number events;
+//! - `GET /v1/classifier/review?stage=none|llm|all&limit=N&after=ID` — customer texts the
+//!   classifier cascade was unsure of, from a page of conversations, to become examples.
 //!
 //! Bad parameters get a 400 that says which parameter and why.
 
@@ -16,7 +18,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tandem_domain::{
     ContactUpdate, Conversation, ConversationId, DeliveryStatus, Mode, PausedBy, Role, Timestamp,
-    TranscriptEntry,
+    TranscriptEntry, Understood,
 };
 use tandem_store::ListQuery;
 
@@ -83,6 +85,8 @@ struct Line<'a> {
     status: Option<DeliveryStatus>,
     edited: bool,
     deleted: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    understood: Option<&'a Understood>,
 }
 
 impl<'a> From<&'a TranscriptEntry> for Line<'a> {
@@ -97,6 +101,7 @@ impl<'a> From<&'a TranscriptEntry> for Line<'a> {
             status: e.status,
             edited: e.edited,
             deleted: e.deleted,
+            understood: e.understood.as_ref(),
         }
     }
 }
@@ -224,6 +229,64 @@ pub async fn dead_letters(
         })
         .collect();
     Ok(Json(json!({"dead_letters": items})))
+}
+
+/// Lists, from one page of conversations (id order, `after` paging), the customer texts the
+/// classifier cascade was unsure of: `none` (no stage chose a flow), `llm` (only the LLM
+/// did) or `all` (both; the default), oldest first per conversation.
+pub async fn review(
+    State(state): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    refuse_unknown(&params, &["stage", "limit", "after"])?;
+    let stages: &[&str] = match params.get("stage").map(String::as_str) {
+        None | Some("all") => &["none", "llm"],
+        Some("none") => &["none"],
+        Some("llm") => &["llm"],
+        Some(raw) => {
+            return Err(ApiError::invalid(format!(
+                "stage must be none, llm or all, got {raw:?}"
+            )));
+        }
+    };
+    let limit = parse_limit(params.get("limit"))?;
+    let after = params.get("after").map(|a| parse_id(a)).transpose()?;
+    let page = state
+        .store
+        .list_conversations(&ListQuery {
+            mode: None,
+            after,
+            limit,
+        })
+        .await?;
+    let mut messages = Vec::new();
+    for c in &page {
+        for e in &c.transcript {
+            let Some(u) = e
+                .understood
+                .as_ref()
+                .filter(|u| stages.contains(&u.stage.as_str()))
+            else {
+                continue;
+            };
+            messages.push(json!({
+                "conversation": c.id.to_string(),
+                "at": rfc3339(e.at),
+                "message_id": e.message_id.as_ref().map(|id| id.as_str()),
+                "text": e.text,
+                "stage": u.stage,
+                "intent": u.intent,
+                "guess": u.guess,
+                "confidence": u.confidence,
+            }));
+        }
+    }
+    let next = if page.len() == limit {
+        page.last().map(|c| c.id.to_string())
+    } else {
+        None
+    };
+    Ok(Json(json!({"messages": messages, "next": next})))
 }
 
 /// Returns the recent events of an account (WABA id) or number (phone number id).

@@ -144,6 +144,13 @@ pub const ROUTES: &[Route] = &[
     },
     Route {
         method: "GET",
+        path: "/classifier/review",
+        scope: Scope::Read,
+        summary: "Customer texts no stage was sure of (or only the LLM was), page by page of conversations (?stage=none|llm|all&limit=&after=)",
+        body: no_body,
+    },
+    Route {
+        method: "GET",
         path: "/dead-letters",
         scope: Scope::Read,
         summary: "Signed webhook input kept raw (?limit=)",
@@ -188,6 +195,7 @@ fn handler(route: &Route) -> Option<MethodRouter<AppState>> {
         ("GET", "/hooks/dead") => get(agent::dead_hooks),
         ("POST", "/hooks/dead/{id}/redrive") => post(agent::redrive),
         ("GET", "/dead-letters") => get(api::dead_letters),
+        ("GET", "/classifier/review") => get(api::review),
         ("GET", "/accounts/{id}") => get(api::account),
         ("GET", "/numbers") => get(api::numbers),
         ("GET", "/numbers/{id}") => get(api::number),
