@@ -162,22 +162,28 @@ pub fn run_local(model: &Model, data: &[Example], threshold: f32) -> LocalRun {
         let prediction = model.predict(&example.text);
         run.times_us.push(started.elapsed().as_secs_f64() * 1e6);
         let confidence = (!prediction.unknown_words_only).then_some(prediction.confidence);
+        run.decisions
+            .push(local_decision(&prediction.intent, confidence, threshold));
         run.confidence.push(confidence);
-        let answers = confidence.is_some_and(|c| c >= threshold);
-        run.decisions.push(if answers {
-            Decision {
-                intent: prediction.intent.clone(),
-                stage: "local",
-            }
-        } else {
-            Decision {
-                intent: OUT_OF_SCOPE.to_owned(),
-                stage: "fallback",
-            }
-        });
         run.best.push(prediction.intent);
     }
     run
+}
+
+/// The local stage's decision: `best` when its confidence reaches `threshold`, else the
+/// message is left to the next stage (`fallback` until one answers).
+fn local_decision(best: &str, confidence: Option<f32>, threshold: f32) -> Decision {
+    if confidence.is_some_and(|c| c >= threshold) {
+        Decision {
+            intent: best.to_owned(),
+            stage: "local",
+        }
+    } else {
+        Decision {
+            intent: OUT_OF_SCOPE.to_owned(),
+            stage: "fallback",
+        }
+    }
 }
 
 /// Evaluates `model` on `data` with the local stage answering at `threshold`.
@@ -301,33 +307,27 @@ pub fn report(data: &[Example], run: &LocalRun, threshold: f32, llm_calls: usize
 }
 
 /// The local stage's coverage, precision and out-of-scope recall at each of `thresholds`,
-/// from the confidences of one run (no model is run again).
+/// from the confidences of one run (no model is run again): the [`report`] of the local stage
+/// re-decided at each threshold.
 pub fn sweep(data: &[Example], run: &LocalRun, thresholds: &[f32]) -> Vec<ThresholdPoint> {
     thresholds
         .iter()
         .map(|&threshold| {
-            let (mut in_scope, mut oos, mut answered, mut right, mut answered_in, mut oos_left) =
-                (0, 0, 0, 0, 0, 0);
-            for ((example, best), confidence) in data.iter().zip(&run.best).zip(&run.confidence) {
-                let gold_in_scope = example.intent != OUT_OF_SCOPE;
-                if gold_in_scope {
-                    in_scope += 1;
-                } else {
-                    oos += 1;
-                }
-                if confidence.is_some_and(|c| c >= threshold) {
-                    answered += 1;
-                    right += usize::from(*best == example.intent);
-                    answered_in += usize::from(gold_in_scope);
-                } else {
-                    oos_left += usize::from(!gold_in_scope);
-                }
-            }
+            let decided = LocalRun {
+                decisions: run
+                    .best
+                    .iter()
+                    .zip(&run.confidence)
+                    .map(|(best, confidence)| local_decision(best, *confidence, threshold))
+                    .collect(),
+                ..run.clone()
+            };
+            let r = report(data, &decided, threshold, 0);
             ThresholdPoint {
                 threshold: (f64::from(threshold) * 1000.0).round() / 1000.0,
-                local_coverage: ratio(answered_in, in_scope),
-                local_precision: ratio(right, answered),
-                oos_recall: ratio(oos_left, oos),
+                local_coverage: r.local_coverage,
+                local_precision: r.local_precision,
+                oos_recall: r.oos_recall,
             }
         })
         .collect()

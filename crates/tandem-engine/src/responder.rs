@@ -167,7 +167,8 @@ impl Responder {
             extract,
         };
         let text = tandem_flows::validate::answer_text(&message.content);
-        let mut intent = text.and_then(|text| bot.classify(text));
+        let classified = text.map(|text| bot.classify(text)).unwrap_or_default();
+        let mut intent = classified.intent;
         let mut llm_decisions = Vec::new();
         let mut person = None;
         let answers_question =
@@ -189,8 +190,8 @@ impl Responder {
         }
         let stage = intent.as_ref().map_or("none", |i| i.stage);
         ::metrics::counter!(metrics::CLASSIFIER_DECISIONS, "stage" => stage).increment(1);
-        if let Some(text) = text {
-            let understood = understood(&bot, text, intent.as_ref(), answers_question);
+        if text.is_some() {
+            let understood = understood(intent.as_ref(), classified.guess, answers_question);
             if let Some(line) = c.transcript.iter_mut().rev().find(|e| {
                 e.role == tandem_domain::Role::Customer
                     && e.message_id.as_ref() == Some(&message.id)
@@ -495,9 +496,8 @@ async fn counted<T>(
 /// What the cascade made of a customer's text, for its transcript line: the stage and flow
 /// that decided, or, when none did, the local model's unsure best guess.
 fn understood(
-    bot: &Bot,
-    text: &str,
     intent: Option<&Intent>,
+    guess: Option<(String, f32)>,
     answers_question: bool,
 ) -> tandem_domain::Understood {
     match intent {
@@ -508,11 +508,7 @@ fn understood(
             confidence: Some(i.confidence),
         },
         None => {
-            let guess = if answers_question {
-                None
-            } else {
-                bot.guess(text)
-            };
+            let guess = guess.filter(|_| !answers_question);
             tandem_domain::Understood {
                 stage: if answers_question { "answer" } else { "none" }.to_owned(),
                 intent: None,

@@ -21,7 +21,9 @@ pub mod validate;
 pub use diagnostic::{Diagnostic, Severity};
 pub use load::{LoadError, Loaded, load_dir, load_sources};
 pub use model::Bot;
-pub use runtime::{CallOutcome, CallRequest, Effect, ExtractRequest, Intent, Turn, TurnContext};
+pub use runtime::{
+    CallOutcome, CallRequest, Classified, Effect, ExtractRequest, Intent, Turn, TurnContext,
+};
 
 /// Returns the JSON Schema of a flow file and of `bot.yaml`, for editors.
 pub fn schema() -> serde_json::Value {

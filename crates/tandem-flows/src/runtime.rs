@@ -55,6 +55,16 @@ pub struct Intent {
     pub confidence: f32,
 }
 
+/// What the rules and the local model made of a message ([`Bot::classify`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Classified {
+    /// The flow a stage was sure of.
+    pub intent: Option<Intent>,
+    /// Without one: the local model's best flow and its confidence, below the threshold
+    /// (`None` without a model, or when the text shares no feature with any example).
+    pub guess: Option<(String, f32)>,
+}
+
 /// An HTTP request a `call` step needs before the flow can go on.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CallRequest {
@@ -134,44 +144,60 @@ pub struct TurnContext<'a> {
 
 impl Bot {
     /// Decides which flow a message asks for: a flow's trigger first (`rules`), then the
-    /// local model when its confidence reaches `classifier_threshold` (`local`). `None` when
-    /// neither is sure: the message goes on to the menu or the fallback.
+    /// local model when its confidence reaches `classifier_threshold` (`local`). No intent
+    /// when neither is sure (the model's guess is kept): the message goes on to the LLM, the
+    /// menu or the fallback.
     ///
     /// A text of several lines (a burst of messages taken as one turn) is read from its last
     /// line back, the first sure answer winning; then as a whole.
-    pub fn classify(&self, text: &str) -> Option<Intent> {
+    pub fn classify(&self, text: &str) -> Classified {
         if text.contains('\n') {
             let lines = text.lines().rev().filter(|l| !l.trim().is_empty());
-            if let Some(intent) = lines.filter_map(|line| self.classify_one(line)).next() {
-                return Some(intent);
+            if let Some(intent) = lines
+                .filter_map(|line| self.classify_one(line).intent)
+                .next()
+            {
+                return Classified {
+                    intent: Some(intent),
+                    guess: None,
+                };
             }
         }
         self.classify_one(text)
     }
 
-    fn classify_one(&self, text: &str) -> Option<Intent> {
+    fn classify_one(&self, text: &str) -> Classified {
         if let Some(flow) = self.match_trigger(text) {
-            return Some(Intent {
-                flow: flow.to_owned(),
-                stage: "rules",
-                confidence: 1.0,
-            });
+            return Classified {
+                intent: Some(Intent {
+                    flow: flow.to_owned(),
+                    stage: "rules",
+                    confidence: 1.0,
+                }),
+                guess: None,
+            };
         }
-        let prediction = self.classifier.as_ref()?.predict(text);
-        let sure = prediction.confidence >= self.settings.classifier_threshold
-            && !prediction.unknown_words_only;
-        sure.then_some(Intent {
-            flow: prediction.intent,
-            stage: "local",
-            confidence: prediction.confidence,
-        })
-    }
-
-    /// The local model's best flow for `text` and its confidence, sure or not; `None` without
-    /// a model or when the text shares no feature with any example.
-    pub fn guess(&self, text: &str) -> Option<(String, f32)> {
-        let prediction = self.classifier.as_ref()?.predict(text);
-        (!prediction.unknown_words_only).then_some((prediction.intent, prediction.confidence))
+        let Some(prediction) = self.classifier.as_ref().map(|m| m.predict(text)) else {
+            return Classified::default();
+        };
+        if prediction.unknown_words_only {
+            return Classified::default();
+        }
+        if prediction.confidence >= self.settings.classifier_threshold {
+            Classified {
+                intent: Some(Intent {
+                    flow: prediction.intent,
+                    stage: "local",
+                    confidence: prediction.confidence,
+                }),
+                guess: None,
+            }
+        } else {
+            Classified {
+                intent: None,
+                guess: Some((prediction.intent, prediction.confidence)),
+            }
+        }
     }
 
     /// Returns the flow whose trigger matches `text` first (flows in file order).
