@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::bot::{
     Assignment, BotState, HandoffRequest, PendingSend, SendAction, SendOrigin, TriageNote,
 };
+use crate::customer::Identity;
 use crate::event::{DeliveryStatus, Echo};
 use crate::ids::{ConversationId, MessageId};
 use crate::message::MessageContent;
@@ -181,6 +182,19 @@ impl TranscriptEntry {
 /// How long after a customer's last message free-form messages may be sent.
 pub const CUSTOMER_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
+/// The identity implied by a customer id of the form used before aliases (a phone or a BSUID);
+/// empty for `c_…` ids.
+fn legacy_identity(id: &ConversationId) -> Identity {
+    let raw = id.customer().as_str();
+    if let Ok(phone) = crate::ids::Phone::parse(raw) {
+        return Identity::from_phone(phone);
+    }
+    Identity {
+        user_id: crate::ids::UserId::parse(raw).ok(),
+        ..Identity::default()
+    }
+}
+
 /// What the human-idle rule says about a conversation at a given time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IdleDecision {
@@ -195,8 +209,12 @@ pub enum IdleDecision {
 /// The state of one conversation (business number × customer).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Conversation {
-    /// `{phone_number_id}:{wa_id}`.
+    /// `{phone_number_id}:{customer id}`.
     pub id: ConversationId,
+    /// The customer's identifiers as last seen: where messages go (the phone when known,
+    /// else the BSUID) and what agents and hooks are shown.
+    #[serde(default, skip_serializing_if = "Identity::is_blank")]
+    pub customer: Identity,
     /// Who is talking.
     pub mode: Mode,
     /// Why the bot is paused, when it is.
@@ -255,6 +273,7 @@ impl Conversation {
     /// Creates the record of a conversation seen for the first time; the bot is in charge.
     pub fn new(id: ConversationId, now: Timestamp) -> Self {
         Self {
+            customer: legacy_identity(&id),
             id,
             mode: Mode::Bot,
             paused_by: None,
@@ -306,6 +325,48 @@ impl Conversation {
         self.human_last_at = Some(last);
         let due = last.plus(idle);
         self.resume_at = Some(self.resume_at.map_or(due, |held| held.max(due)));
+    }
+
+    /// The customer's identifiers: what webhooks showed, completed for conversations stored
+    /// before aliases existed (their customer id is the phone, or the BSUID, they were
+    /// created with).
+    pub fn who(&self) -> Identity {
+        let mut who = legacy_identity(&self.id);
+        who.merge(&self.customer);
+        who
+    }
+
+    /// The name to show for the customer when the business's address book has none: the
+    /// WhatsApp profile name, else the username.
+    pub fn display_name(&self) -> Option<&str> {
+        self.profile_name
+            .as_deref()
+            .or(self.customer.username.as_deref())
+    }
+
+    /// The customer as agents, hooks and the API show them: Tandem's id, the phone when
+    /// known, the BSUID, parent BSUID, username and name (`contact_name`, the business's
+    /// address-book label, wins over the WhatsApp profile). `wa_id` repeats the phone (or the
+    /// BSUID when there is no phone) for receivers written before usernames.
+    pub fn customer_card(&self, contact_name: Option<&str>) -> serde_json::Value {
+        let who = self.who();
+        let phone = who.phone.as_ref().map(|p| p.as_str());
+        let user_id = who.user_id.as_ref().map(|u| u.as_str());
+        serde_json::json!({
+            "id": self.id.customer().as_str(),
+            "phone": phone,
+            "user_id": user_id,
+            "parent_user_id": who.parent_user_id.as_ref().map(|u| u.as_str()),
+            "username": who.username,
+            "name": contact_name.or(self.display_name()),
+            "wa_id": phone.or(user_id),
+        })
+    }
+
+    /// Takes the identifiers a webhook carried for the customer (new ones replace old ones;
+    /// what it leaves out is kept).
+    pub fn note_identity(&mut self, seen: &Identity) {
+        self.customer.merge(seen);
     }
 
     /// Decides, at `now`, whether the bot may resume after the people went quiet. A
@@ -361,6 +422,7 @@ impl Conversation {
     /// message to the transcript, or applies it to the line it edits or deletes. Applying
     /// the same echo twice changes nothing more.
     pub fn record_echo(&mut self, echo: &Echo, received_at: Timestamp, idle: Duration, cap: usize) {
+        self.note_identity(&echo.to);
         self.record_human_activity(PausedBy::Echo, received_at, idle);
         if !self.amend(&echo.content) && !self.has_message(&echo.id) {
             self.push(
@@ -573,6 +635,7 @@ mod tests {
             content: MessageContent::Text {
                 body: "on it".into(),
             },
+            to: Identity::default(),
         };
         c.record_echo(&echo, Timestamp(5_000), Duration::from_secs(60), 10);
         c.record_echo(&echo, Timestamp(5_000), Duration::from_secs(60), 10);

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::customer::{Identity, IdentityChange};
 use crate::ids::{MessageId, PhoneNumberId, WaId};
 use crate::message::MessageContent;
 use crate::time::Timestamp;
@@ -23,6 +24,8 @@ pub enum ConversationEvent {
     IdleCheck,
     /// An agent acted through the API, or the router assigned or queued the conversation.
     Agent(AgentAction),
+    /// WhatsApp announced new identifiers for the customer (a new BSUID or phone).
+    IdentityChanged(IdentityChange),
 }
 
 impl ConversationEvent {
@@ -35,6 +38,7 @@ impl ConversationEvent {
             Self::History(_) => "history",
             Self::IdleCheck => "idle_check",
             Self::Agent(_) => "agent",
+            Self::IdentityChanged(_) => "identity_changed",
         }
     }
 }
@@ -121,6 +125,9 @@ pub struct InboundMessage {
     pub content: MessageContent,
     /// The customer's WhatsApp profile name, when the webhook carried it.
     pub profile_name: Option<String>,
+    /// Who sent it: the phone, BSUID and username the webhook carried.
+    #[serde(default, skip_serializing_if = "Identity::is_blank")]
+    pub from: Identity,
     /// The message this one replies to or was tapped on (`context.id`).
     pub context_id: Option<String>,
     /// Whether WhatsApp marked it as forwarded.
@@ -136,6 +143,9 @@ pub struct Echo {
     pub sent_at: Timestamp,
     /// What it says.
     pub content: MessageContent,
+    /// Who it went to: the phone and BSUID the webhook carried.
+    #[serde(default, skip_serializing_if = "Identity::is_blank")]
+    pub to: Identity,
 }
 
 /// The delivery state of a message we sent, ranked so it never moves backwards.
@@ -190,6 +200,9 @@ pub struct StatusUpdate {
     pub error_codes: Vec<i64>,
     /// The `biz_opaque_callback_data` we set on the send.
     pub callback_data: Option<String>,
+    /// Who the message went to: `recipient_id`, `recipient_user_id` and `contacts[]`.
+    #[serde(default, skip_serializing_if = "Identity::is_blank")]
+    pub recipient: Identity,
 }
 
 /// One conversation's share of a history-sync chunk.
@@ -203,6 +216,9 @@ pub struct HistoryThread {
     pub progress: Option<u8>,
     /// The messages, in the order the chunk lists them.
     pub messages: Vec<HistoryMessage>,
+    /// The customer of the thread (`threads[].id`: a phone, or a BSUID).
+    #[serde(default, skip_serializing_if = "Identity::is_blank")]
+    pub customer: Identity,
 }
 
 /// One past message from a history import.

@@ -1,9 +1,12 @@
 //! Validated identifiers. Past ingress no phone number or message id is a bare `String`.
 //!
-//! WhatsApp ids are digits (`phone_number_id`, `wa_id`) or opaque strings (`wamid.…`, and the
-//! business-scoped user ids rolling out in 2026 such as `US.1349…`). Each newtype accepts what
-//! WhatsApp sends and refuses what would break a store key: empty values, control characters,
-//! the `:` separator of [`ConversationId`] and absurd lengths.
+//! WhatsApp ids are digits (`phone_number_id`, a customer's phone) or opaque strings
+//! (`wamid.…`, and the business-scoped user ids of 2026 such as `US.1349…`). Each newtype
+//! accepts what WhatsApp sends and refuses what would break a store key: empty values, control
+//! characters, the `:` separator of [`ConversationId`] and absurd lengths.
+//!
+//! A customer is known inside Tandem by a [`CustomerId`]; phones ([`Phone`]) and
+//! business-scoped user ids ([`UserId`]) are aliases of it (see [`crate::customer`]).
 
 use std::fmt;
 use std::str::FromStr;
@@ -35,9 +38,12 @@ pub enum IdError {
         /// The first offending character.
         found: char,
     },
-    /// A conversation id is not of the form `{phone_number_id}:{wa_id}`.
-    #[error("conversation id must look like {{phone_number_id}}:{{wa_id}}")]
+    /// A conversation id is not of the form `{phone_number_id}:{customer}`.
+    #[error("conversation id must look like {{phone_number_id}}:{{customer}}")]
     MissingSeparator,
+    /// A business-scoped user id is not of WhatsApp's shape `CC.digits` or `CC.ENT.digits`.
+    #[error("a business-scoped user id looks like `US.1349…` or `US.ENT.1181…`")]
+    NotAUserId,
 }
 
 fn check(
@@ -130,8 +136,19 @@ id_type!(
     PhoneNumberId, "phone_number_id", 64, |c: char| c.is_ascii_digit()
 );
 id_type!(
-    /// A customer's WhatsApp id: a phone number in digits, or a business-scoped user id.
-    WaId, "wa_id", 64, user_id_char
+    /// A customer's WhatsApp id as a webhook wrote it: a phone number in digits, or a
+    /// business-scoped user id. Used where WhatsApp's field may hold either (address book).
+    WaId, "wa_id", 140, user_id_char
+);
+id_type!(
+    /// Tandem's id of a customer: `c_` and 32 hex digits for customers created since
+    /// identities have aliases; customers stored earlier keep the phone digits they were
+    /// created with. Opaque: never read a phone out of it.
+    CustomerId, "customer id", 140, user_id_char
+);
+id_type!(
+    /// A customer's phone number as WhatsApp writes it (`wa_id`): digits, no `+`.
+    Phone, "phone", 20, |c: char| c.is_ascii_digit()
 );
 id_type!(
     /// A WhatsApp Business Account id (`entry[].id`).
@@ -142,29 +159,97 @@ id_type!(
     MessageId, "message id", 512, opaque_char
 );
 
-/// One conversation: a business phone number and one customer, written `{phone_number_id}:{wa_id}`.
+impl CustomerId {
+    /// The id of a new customer, from 128 random bits: `c_` and 32 hex digits.
+    pub fn from_random(bits: u128) -> Self {
+        Self(format!("c_{bits:032x}"))
+    }
+}
+
+/// A business-scoped user id (BSUID, `US.13491208655302741918`) or a parent BSUID
+/// (`US.ENT.11815799212886844830`). Opaque, stored exactly as received; one value per user and
+/// business portfolio.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct UserId(String);
+
+impl UserId {
+    /// Parses `CC.` + up to 128 letters or digits, or `CC.ENT.` + the same.
+    ///
+    /// # Errors
+    /// [`IdError::NotAUserId`] when the value does not have that shape.
+    pub fn parse(value: impl Into<String>) -> Result<Self, IdError> {
+        let value = value.into();
+        if Self::is_shaped(&value) {
+            Ok(Self(value))
+        } else {
+            Err(IdError::NotAUserId)
+        }
+    }
+
+    /// True when `value` has the shape of a (parent) business-scoped user id.
+    pub fn is_shaped(value: &str) -> bool {
+        let Some((country, rest)) = value.split_once('.') else {
+            return false;
+        };
+        let rest = rest.strip_prefix("ENT.").unwrap_or(rest);
+        country.len() == 2
+            && country.bytes().all(|b| b.is_ascii_uppercase())
+            && (1..=128).contains(&rest.len())
+            && rest.bytes().all(|b| b.is_ascii_alphanumeric())
+    }
+
+    /// True for a parent BSUID (`CC.ENT.…`), shared by a group of linked portfolios.
+    pub fn is_parent(&self) -> bool {
+        self.0.get(2..7) == Some(".ENT.")
+    }
+
+    /// Returns the id as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for UserId {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(deserializer)?;
+        Self::parse(raw).map_err(serde::de::Error::custom)
+    }
+}
+
+/// One conversation: a business phone number and one customer, written
+/// `{phone_number_id}:{customer id}`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ConversationId {
     phone_number_id: PhoneNumberId,
-    wa_id: WaId,
+    customer: CustomerId,
 }
 
 impl ConversationId {
     /// Builds the id from its two parts.
-    pub fn new(phone_number_id: PhoneNumberId, wa_id: WaId) -> Self {
+    pub fn new(phone_number_id: PhoneNumberId, customer: CustomerId) -> Self {
         Self {
             phone_number_id,
-            wa_id,
+            customer,
         }
     }
 
-    /// Parses `{phone_number_id}:{wa_id}`.
+    /// Parses `{phone_number_id}:{customer id}`.
     ///
     /// # Errors
     /// Returns an [`IdError`] when the separator is missing or either part is invalid.
     pub fn parse(value: &str) -> Result<Self, IdError> {
-        let (pnid, wa) = value.split_once(':').ok_or(IdError::MissingSeparator)?;
-        Ok(Self::new(PhoneNumberId::parse(pnid)?, WaId::parse(wa)?))
+        let (pnid, customer) = value.split_once(':').ok_or(IdError::MissingSeparator)?;
+        Ok(Self::new(
+            PhoneNumberId::parse(pnid)?,
+            CustomerId::parse(customer)?,
+        ))
     }
 
     /// Returns the business phone number id.
@@ -172,15 +257,15 @@ impl ConversationId {
         &self.phone_number_id
     }
 
-    /// Returns the customer's WhatsApp id.
-    pub fn wa_id(&self) -> &WaId {
-        &self.wa_id
+    /// Returns Tandem's id of the customer.
+    pub fn customer(&self) -> &CustomerId {
+        &self.customer
     }
 }
 
 impl fmt::Display for ConversationId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.phone_number_id, self.wa_id)
+        write!(f, "{}:{}", self.phone_number_id, self.customer)
     }
 }
 
@@ -213,7 +298,7 @@ mod tests {
     fn conversation_id_round_trips_through_its_text_form() {
         let id = ConversationId::parse("106540000000001:15550002222").unwrap();
         assert_eq!(id.phone_number_id().as_str(), "106540000000001");
-        assert_eq!(id.wa_id().as_str(), "15550002222");
+        assert_eq!(id.customer().as_str(), "15550002222");
         assert_eq!(id.to_string(), "106540000000001:15550002222");
         let json = serde_json::to_string(&id).unwrap();
         assert_eq!(serde_json::from_str::<ConversationId>(&json).unwrap(), id);
@@ -239,6 +324,14 @@ mod tests {
             })
         );
         assert!(WaId::parse("US.13491208600000000001").is_ok());
+        assert!(UserId::parse("US.13491208600000000001").is_ok());
+        let parent = UserId::parse("US.ENT.11815799212886844830").unwrap();
+        assert!(parent.is_parent());
+        assert!(!UserId::parse("US.1349").unwrap().is_parent());
+        for bad in ["15550002222", "us.123", "USA.1", "US.", "US.12-3", "US.ENT."] {
+            assert_eq!(UserId::parse(bad), Err(IdError::NotAUserId), "{bad}");
+        }
+        assert!(Phone::parse("US.1").is_err());
         assert!(MessageId::parse("wamid.HBgL+/==").is_ok());
         assert!(MessageId::parse("a:b").is_err());
         assert!(ConversationId::parse("1:2:3").is_err());

@@ -5,8 +5,10 @@
 //! redb.
 //!
 //! Layout:
-//! - [`ids`]: validated newtypes for phone number ids, customer ids, message ids and the
-//!   conversation id `{phone_number_id}:{wa_id}`.
+//! - [`ids`]: validated newtypes for phone number ids, customer ids, phones, business-scoped
+//!   user ids, message ids and the conversation id `{phone_number_id}:{customer id}`.
+//! - [`customer`]: what a payload says about a customer ([`Identity`]) and the aliases that
+//!   resolve to one customer id.
 //! - [`time`]: [`Timestamp`] in Unix milliseconds and the injectable [`Clock`].
 //! - [`message`]: the content of a WhatsApp message as Tandem keeps it.
 //! - [`event`]: events that ingress writes to a conversation's inbox, and account-level facts.
@@ -17,6 +19,7 @@
 
 pub mod bot;
 pub mod conversation;
+pub mod customer;
 pub mod error;
 pub mod event;
 pub mod ids;
@@ -28,13 +31,16 @@ pub use bot::{
     Assignment, BotState, Burst, FlowPosition, HandoffRequest, PendingSend, SendAction, SendOrigin,
     TriageNote,
 };
+pub use customer::{Alias, AliasKind, CustomerLookup, Identity, IdentityChange, Resolved};
 pub use conversation::{Conversation, Mode, PausedBy, Role, TranscriptEntry, Understood};
 pub use error::ErrorKind;
 pub use event::{
     AccountUpdate, AgentAction, AgentActionKind, ContactUpdate, ConversationEvent, DeadLetter,
     DeliveryStatus, Echo, HistoryMessage, HistoryThread, InboundMessage, StatusUpdate,
 };
-pub use ids::{ConversationId, IdError, MessageId, PhoneNumberId, WaId, WabaId};
+pub use ids::{
+    ConversationId, CustomerId, IdError, MessageId, Phone, PhoneNumberId, UserId, WaId, WabaId,
+};
 pub use message::MessageContent;
 pub use outbound::{ListRow, ListSection, OutboundContent};
 pub use time::{Clock, SystemClock, Timestamp};

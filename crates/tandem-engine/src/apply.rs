@@ -46,6 +46,7 @@ pub fn apply(mut conversation: Conversation, item: &InboxItem, ctx: &ApplyContex
     match &item.event {
         ConversationEvent::Customer(message) => customer_message(c, message, cap),
         ConversationEvent::Echo(echo) => {
+            c.note_identity(&echo.to);
             let role = if item.own_echo {
                 Role::Bot
             } else {
@@ -59,9 +60,11 @@ pub fn apply(mut conversation: Conversation, item: &InboxItem, ctx: &ApplyContex
             }
         }
         ConversationEvent::Status(status) => {
+            c.note_identity(&status.recipient);
             c.record_status(&status.message_id, status.status);
         }
         ConversationEvent::History(thread) => {
+            c.note_identity(&thread.customer);
             if let Some(due) = import_history(c, thread, ctx) {
                 timer = TimerChange::Set(due);
             }
@@ -82,6 +85,9 @@ pub fn apply(mut conversation: Conversation, item: &InboxItem, ctx: &ApplyContex
         },
         // Agent and router actions need the routing policy: the lane's desk applies them.
         ConversationEvent::Agent(_) => {}
+        // New aliases are in the store already; the record only learns the new address.
+        // Not a chat message: no transcript line, no bot turn, pause and window untouched.
+        ConversationEvent::IdentityChanged(change) => c.note_identity(&change.current),
     }
     Step {
         conversation,
@@ -120,6 +126,7 @@ pub fn apply_batch(conversation: Conversation, items: &[InboxItem], ctx: &ApplyC
 }
 
 fn customer_message(c: &mut Conversation, message: &InboundMessage, cap: usize) {
+    c.note_identity(&message.from);
     if let Some(name) = &message.profile_name {
         c.profile_name = Some(name.clone());
     }
@@ -211,6 +218,7 @@ mod tests {
 
     fn text(id: &str, body: &str, at: u64) -> InboundMessage {
         InboundMessage {
+            from: tandem_domain::Identity::default(),
             id: MessageId::parse(id).unwrap(),
             sent_at: Timestamp(at),
             content: MessageContent::Text { body: body.into() },
@@ -238,6 +246,7 @@ mod tests {
     #[test]
     fn echoes_are_human_lines_unless_they_are_our_own_sends() {
         let echo = Echo {
+            to: tandem_domain::Identity::default(),
             id: MessageId::parse("e1").unwrap(),
             sent_at: NOW,
             content: MessageContent::Text {
@@ -278,6 +287,7 @@ mod tests {
     #[test]
     fn history_never_opens_the_window_and_pauses_only_when_recent() {
         let thread = |business_at: u64| HistoryThread {
+            customer: tandem_domain::Identity::default(),
             phase: Some(0),
             chunk_order: Some(1),
             progress: Some(100),
@@ -366,6 +376,7 @@ mod tests {
         );
         let status = |s: DeliveryStatus| {
             item(ConversationEvent::Status(StatusUpdate {
+                recipient: tandem_domain::Identity::default(),
                 message_id: id.clone(),
                 status: s,
                 status_raw: String::new(),

@@ -59,6 +59,10 @@ pub struct EngineConfig {
     /// turn (classified once, answered once), at most four windows after the first. 0 = off.
     #[serde(with = "humantime_serde")]
     pub burst_window: Duration,
+    /// Names of the business's authentication templates (one-tap, zero-tap, copy-code).
+    /// WhatsApp cannot deliver them to a customer known only by a BSUID (error 131062), so
+    /// Tandem refuses such a send before making it and says why in the transcript.
+    pub authentication_templates: Vec<String>,
 }
 
 impl Default for EngineConfig {
@@ -82,6 +86,7 @@ impl Default for EngineConfig {
             router_tick: Duration::from_millis(500),
             hold_retry: Duration::from_secs(10),
             burst_window: Duration::ZERO,
+            authentication_templates: Vec::new(),
         }
     }
 }

@@ -490,6 +490,7 @@ mod tests {
         );
         assert_eq!(out[0].event, HookEvent::HandoffRequested);
         let echo = Echo {
+            to: tandem_domain::Identity::default(),
             id: MessageId::parse("e1").unwrap(),
             sent_at: NOW,
             content: MessageContent::Text { body: "hi".into() },

@@ -158,6 +158,8 @@ fn burst_message(burst: &Burst) -> InboundMessage {
             body: burst.texts.join("\n"),
         },
         profile_name: None,
+        // The identifiers of the texts were noted when each was applied.
+        from: tandem_domain::Identity::default(),
         context_id: None,
         forwarded: false,
     }
@@ -249,7 +251,7 @@ impl Worker {
             cap: self.config.transcript_cap,
             responder: self.bot.responder.as_ref(),
         };
-        let contact = self.store.contact(&record.id).await?;
+        let contact = tandem_store::contact_for(self.store.as_ref(), &record).await?;
         let name = contact
             .as_ref()
             .filter(|c| !c.removed)

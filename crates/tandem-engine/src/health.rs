@@ -14,10 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tandem_domain::{AccountUpdate, Clock, OutboundContent, Timestamp, WaId};
+use tandem_domain::{AccountUpdate, Clock, OutboundContent, Phone, Timestamp};
 use tandem_handoff::{HookEvent, Hooks, number_payload};
 use tandem_store::{HookJob, Link, NumberState, Store, StoreError};
-use tandem_whatsapp::{GraphClient, OutboundMessage};
+use tandem_whatsapp::{GraphClient, OutboundMessage, Recipient};
 use tokio::sync::watch;
 
 use crate::metrics;
@@ -26,7 +26,7 @@ use crate::metrics;
 #[derive(Debug, Clone)]
 pub struct Reminder {
     /// The owner's WhatsApp number.
-    pub to: WaId,
+    pub to: Phone,
     /// The approved template's name.
     pub template: String,
     /// Its language code.
@@ -336,7 +336,7 @@ impl Monitor {
             return;
         };
         let message = OutboundMessage {
-            to: reminder.to.clone(),
+            to: Recipient::Phone(reminder.to.clone()),
             content: OutboundContent::Template {
                 name: reminder.template.clone(),
                 language: reminder.language.clone(),
@@ -382,7 +382,7 @@ mod tests {
     fn config(remind: bool) -> HealthConfig {
         HealthConfig {
             reminder: remind.then(|| Reminder {
-                to: WaId::parse("351910000000").unwrap(),
+                to: Phone::parse("351910000000").unwrap(),
                 template: "open_the_app".into(),
                 language: "en".into(),
             }),

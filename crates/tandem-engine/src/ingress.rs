@@ -1,23 +1,25 @@
 //! Ingress: a verified webhook body becomes one atomic store write.
 //!
 //! The signature is checked by the caller, on the raw bytes, before this runs. Here the body
-//! is parsed into events, each human echo gets its pause attached (so the store pauses the
-//! conversation in the same write that stores the echo, before the webhook is answered), and
-//! the whole delivery is handed to [`Store::ingest`]. Nothing here waits for a lane, an LLM or
-//! a send.
+//! is parsed into events, the customer of each conversation event is resolved from the
+//! identifiers it carries (phone, BSUID, parent BSUID; see [`crate::identity`]), each human
+//! echo gets its pause attached (so the store pauses the conversation in the same write that
+//! stores the echo, before the webhook is answered), and the whole delivery is handed to
+//! [`Store::ingest`]. Nothing here waits for a lane, an LLM or a send.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tandem_domain::{
-    AgentAction, AgentActionKind, ConversationEvent, ConversationId, MessageContent, PausedBy,
-    PhoneNumberId, Timestamp,
+    AgentAction, AgentActionKind, ConversationEvent, ConversationId, CustomerId, MessageContent,
+    PausedBy, PhoneNumberId, Timestamp,
 };
 use tandem_store::{
     IngestBatch, IngestItem, IngestKind, ItemOutcome, NumberTouch, PauseOnIngest, Store, StoreError,
 };
 use tandem_whatsapp::{WebhookEvent, parse_webhook};
 
+use crate::identity::Identities;
 use crate::metrics;
 
 /// Turns verified webhook bodies into stored events.
@@ -27,6 +29,7 @@ pub struct Ingress {
     human_idle: Duration,
     takeover_cap: Duration,
     numbers: Arc<std::sync::Mutex<NumberBook>>,
+    identities: Identities,
 }
 
 /// What this process already told the store about numbers, so a busy number costs one
@@ -59,6 +62,7 @@ impl Ingress {
     /// Builds the ingress over a store; `human_idle` is how long an echo pauses the bot.
     pub fn new(store: Arc<dyn Store>, human_idle: Duration) -> Self {
         Self {
+            identities: Identities::new(Arc::clone(&store), tandem_store::DEFAULT_TENANT),
             store,
             human_idle,
             takeover_cap: Duration::from_secs(24 * 3600),
@@ -130,6 +134,22 @@ impl Ingress {
         received_at: Timestamp,
     ) -> Result<IngressReport, StoreError> {
         let events = parse_webhook(body, received_at);
+        // Customers first: resolving is idempotent, so a failure here (503, Meta retries)
+        // or a crash before the delivery is stored loses nothing and duplicates nothing.
+        let lookups: Vec<_> = events
+            .iter()
+            .filter_map(|e| match e {
+                WebhookEvent::Conversation { customer, .. } => Some(customer),
+                _ => None,
+            })
+            .collect();
+        let mut customers = self.identities.resolve(&lookups).await?.into_iter();
+        if events
+            .iter()
+            .any(|e| e.field_label() == "user_id_update")
+        {
+            tracing::info!("a user_id_update webhook (withdrawn by Meta) was applied as an identity change");
+        }
         let labels: Vec<&'static str> = events.iter().map(WebhookEvent::field_label).collect();
         let kept: Vec<Option<&'static str>> = events
             .iter()
@@ -143,12 +163,8 @@ impl Ingress {
         let activity: Vec<Option<(PhoneNumberId, bool)>> = events
             .iter()
             .map(|e| match e {
-                WebhookEvent::Conversation {
-                    conversation,
-                    event,
-                    ..
-                } => Some((
-                    conversation.phone_number_id().clone(),
+                WebhookEvent::Conversation { number, event, .. } => Some((
+                    number.clone(),
                     matches!(
                         event,
                         ConversationEvent::Echo(_) | ConversationEvent::History(_)
@@ -160,7 +176,16 @@ impl Ingress {
                 _ => None,
             })
             .collect();
-        let items = events.into_iter().map(|e| self.item(e)).collect();
+        let items = events
+            .into_iter()
+            .map(|e| {
+                let customer = match &e {
+                    WebhookEvent::Conversation { .. } => customers.next(),
+                    _ => None,
+                };
+                self.item(e, customer)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let outcome = self
             .store
             .ingest(IngestBatch { received_at, items })
@@ -272,14 +297,18 @@ impl Ingress {
         }
     }
 
-    fn item(&self, event: WebhookEvent) -> IngestItem {
-        match event {
+    fn item(
+        &self,
+        event: WebhookEvent,
+        customer: Option<CustomerId>,
+    ) -> Result<IngestItem, StoreError> {
+        Ok(match event {
             WebhookEvent::Conversation {
-                key,
-                conversation,
-                event,
-                ..
+                key, number, event, ..
             } => {
+                let customer = customer
+                    .ok_or_else(|| StoreError::Protocol("an event's customer was not resolved".into()))?;
+                let conversation = ConversationId::new(number, customer);
                 let pause = match &event {
                     ConversationEvent::Echo(echo) => Some(PauseOnIngest {
                         by: PausedBy::Echo,
@@ -309,7 +338,7 @@ impl Ingress {
                 key,
                 kind: IngestKind::DeadLetter(letter),
             },
-        }
+        })
     }
 }
 

@@ -29,6 +29,7 @@ pub mod config;
 pub mod desk;
 pub mod dispatcher;
 pub mod health;
+mod identity;
 pub mod hook_sender;
 pub mod ingress;
 pub mod metrics;

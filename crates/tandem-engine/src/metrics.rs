@@ -71,8 +71,27 @@ pub const SENDS_HELD: &str = "tandem_sends_held_total";
 /// Counter: agent actions applied, by action.
 pub const AGENT_ACTIONS: &str = "tandem_agent_actions_total";
 
+/// Counter: customers created from a payload nobody matched.
+pub const CUSTOMERS_CREATED: &str = "tandem_customers_created_total";
+/// Counter: aliases attached to a known customer, by kind (`phone`, `user_id`, `parent_user_id`).
+pub const ALIASES_LINKED: &str = "tandem_customer_aliases_linked_total";
+/// Counter: aliases a payload put next to another customer's (never merged), by kind.
+pub const ALIAS_CONFLICTS: &str = "tandem_customer_alias_conflicts_total";
+
 /// Registers help texts and units with the installed recorder.
 pub fn describe() {
+    describe_counter!(
+        CUSTOMERS_CREATED,
+        "Customers created from a payload whose identifiers nobody had"
+    );
+    describe_counter!(
+        ALIASES_LINKED,
+        "Phones and BSUIDs attached to a known customer, by alias kind"
+    );
+    describe_counter!(
+        ALIAS_CONFLICTS,
+        "Identifiers a payload paired with an identifier of another customer (never merged; routed by BSUID), by alias kind"
+    );
     describe_counter!(
         tandem_classify::llm::LLM_TOKENS,
         "Tokens the LLM endpoint reported using, by kind (prompt, completion)"

@@ -119,6 +119,7 @@ impl Sandbox {
             sent_at: self.now,
             content,
             profile_name: None,
+            from: self.conversation.who(),
             context_id: None,
             forwarded: false,
         };
@@ -161,6 +162,7 @@ impl Sandbox {
             content: MessageContent::Text {
                 body: text.to_owned(),
             },
+            to: self.conversation.who(),
         };
         self.conversation
             .record_echo(&echo, self.now, self.human_idle, self.cap);

@@ -25,7 +25,7 @@ use tandem_domain::{
 
 use tandem_domain::PhoneNumberId;
 use tandem_store::{Claim, CommitOutcome, NumberTouch, StepCommit, Store, StoreError, TimerChange};
-use tandem_whatsapp::{GraphClient, OutboundMessage, SendError};
+use tandem_whatsapp::{GraphClient, OutboundMessage, Recipient, SendError};
 
 use crate::metrics;
 use crate::responder::FlowsHandle;
@@ -48,6 +48,8 @@ pub struct SendPolicy {
     pub transcript_cap: usize,
     /// While a number is disconnected, its sends are held and looked at again this often.
     pub hold_retry: Duration,
+    /// Authentication templates: refused for a customer reachable only by BSUID (131062).
+    pub authentication_templates: Vec<String>,
 }
 
 /// How long a number's link state is trusted before it is read again.
@@ -250,6 +252,26 @@ impl Sender {
             Prepared::MarkRead => None,
             Prepared::Send(content) => Some(content),
         };
+        let recipient = Recipient::of(&record.who());
+        if content.is_some() {
+            match &recipient {
+                None => {
+                    return Outcome::Dropped(
+                        "not sent: WhatsApp gave no phone or BSUID for this customer".into(),
+                    );
+                }
+                Some(to) if to.is_user_id() => {
+                    if let Some(OutboundContent::Template { name, .. }) = &content
+                        && self.policy.authentication_templates.contains(name)
+                    {
+                        return Outcome::Dropped(format!(
+                            "not sent: authentication template {name:?} cannot go to a customer known only by username (BSUID); WhatsApp refuses it with 131062"
+                        ));
+                    }
+                }
+                Some(_) => {}
+            }
+        }
         if head.origin.is_bot()
             && content.is_some()
             && record.human_last_at.is_some_and(|h| h > head.queued_at)
@@ -279,8 +301,11 @@ impl Sender {
                 self.graph.mark_read(phone, message_id, true).await
             }
             (SendAction::Message { .. }, Some(content)) => {
+                let Some(to) = recipient else {
+                    return Outcome::Dropped("nothing to send".into());
+                };
                 let message = OutboundMessage {
-                    to: record.id.wa_id().clone(),
+                    to,
                     content: content.clone(),
                     reply_to: None,
                     // Statuses carry it back: which conversation and which queued send.
@@ -319,6 +344,13 @@ impl Sender {
     }
 
     fn classify(&self, head: &PendingSend, error: &SendError) -> Outcome {
+        if let SendError::Graph { error: graph, .. } = error
+            && graph.code == 131_062
+        {
+            return Outcome::Dropped(
+                "not sent: WhatsApp cannot deliver this template to a customer known only by username (BSUID) (131062); list it in engine.authentication_templates to refuse it before sending".into(),
+            );
+        }
         if error.window_closed() && self.window_template().is_some() {
             return Outcome::Dropped(
                 "not sent: WhatsApp refused even the window template (131047)".into(),

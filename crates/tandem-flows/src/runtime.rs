@@ -1050,16 +1050,27 @@ impl Bot {
         };
         let name = ctx
             .contact_name
-            .map(str::to_owned)
-            .or_else(|| c.profile_name.clone())
-            .unwrap_or_default();
+            .or(c.display_name())
+            .unwrap_or_default()
+            .to_owned();
+        let who = c.who();
+        let phone = who.phone.as_ref().map(|p| p.as_str());
+        let user_id = who.user_id.as_ref().map(|u| u.as_str());
         let first_name = name
             .split_whitespace()
             .next()
             .unwrap_or_default()
             .to_owned();
         Value::from_serialize(json!({
-            "contact": {"name": name, "first_name": first_name, "wa_id": c.id.wa_id().as_str()},
+            "contact": {
+                "name": name,
+                "first_name": first_name,
+                "id": c.id.customer().as_str(),
+                "phone": phone,
+                "user_id": user_id,
+                "username": who.username,
+                "wa_id": phone.or(user_id),
+            },
             "slots": c.bot.slots,
             "vars": c.bot.vars,
             "config": self.settings.variables,

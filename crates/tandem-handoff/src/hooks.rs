@@ -160,9 +160,6 @@ impl Hooks {
             }),
             None => json!({"open": false, "closes_at": null, "seconds_left": 0}),
         };
-        let name = contact_name
-            .map(str::to_owned)
-            .or_else(|| c.profile_name.clone());
         let mut body = json!({
             "id": id,
             "event": event.name(),
@@ -173,7 +170,7 @@ impl Hooks {
                 "mode": c.mode.as_str(),
                 "language": c.language,
             },
-            "customer": {"wa_id": c.id.wa_id().as_str(), "name": name},
+            "customer": c.customer_card(contact_name),
             "team": assignment.and_then(|a| a.team.clone()).or_else(|| handoff.and_then(|h| h.team.clone())),
             "agent": assignment.and_then(|a| a.agent.clone()),
             "reason": handoff.map(|h| h.reason.clone()),

@@ -429,7 +429,7 @@ fn health_config(h: HealthSection) -> Result<tandem_engine::health::HealthConfig
     let reminder = match (h.reminder_to, h.reminder_template) {
         (None, None) => None,
         (Some(to), Some(template)) => Some(tandem_engine::health::Reminder {
-            to: tandem_domain::WaId::parse(&to).map_err(|e| {
+            to: tandem_domain::Phone::parse(&to).map_err(|e| {
                 ConfigError::new(
                     "health.reminder_to",
                     format!("{to:?} is not a WhatsApp number: {e}"),

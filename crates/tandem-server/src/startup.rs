@@ -92,6 +92,7 @@ impl Application {
             recovery: settings.engine.send_recovery,
             transcript_cap: settings.engine.transcript_cap,
             hold_retry: settings.engine.hold_retry,
+            authentication_templates: settings.engine.authentication_templates.clone(),
         };
         let links = tandem_engine::sender::LinkCache::default();
         let sender = Sender::new(

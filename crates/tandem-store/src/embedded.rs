@@ -10,6 +10,7 @@
 //! Layout: `tables` (table definitions, encoding), `write` (a group's open tables and
 //! counters), `jobs` (ingest, lane commit, timers), `lanes` (who holds which lane, in memory).
 
+mod aliases;
 mod jobs;
 mod lanes;
 mod tables;
@@ -23,7 +24,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use tandem_domain::{
-    ContactUpdate, Conversation, ConversationId, DeadLetter, MessageId, PhoneNumberId, Timestamp,
+    Alias, ContactUpdate, Conversation, ConversationId, CustomerId, CustomerLookup, DeadLetter,
+    MessageId, PhoneNumberId, Resolved, Timestamp,
 };
 use tokio::sync::{Notify, mpsc, oneshot};
 
@@ -118,6 +120,7 @@ impl EmbeddedStore {
             .begin_write()
             .map_err(redb_err("starting a transaction"))?;
         create_all(&txn)?;
+        aliases::migrate(&txn)?;
         txn.commit().map_err(redb_err("committing"))?;
         let lanes = rebuild_lanes(&db)?;
         let shared = Arc::new(Shared {
@@ -444,6 +447,47 @@ impl Store for EmbeddedStore {
         Ok(next_slot(recent, now, per_second))
     }
 
+    async fn resolve_customers(
+        &self,
+        tenant: &str,
+        lookups: &[CustomerLookup],
+    ) -> Result<Vec<Resolved>, StoreError> {
+        // Most lookups name customers whose aliases are all known: a read answers them
+        // without a write (and its fsync).
+        let (t, l) = (tenant.to_owned(), lookups.to_vec());
+        let answers = self
+            .read(move |txn| {
+                let table = txn
+                    .open_table(ALIASES)
+                    .map_err(redb_err("opening aliases"))?;
+                let (answers, writes) =
+                    crate::customers::resolve_all(&l, |alias| aliases::owner(&table, &t, alias))?;
+                Ok(writes.is_empty().then_some(answers))
+            })
+            .await?;
+        if let Some(answers) = answers {
+            return Ok(answers);
+        }
+        let (t, l) = (tenant.to_owned(), lookups.to_vec());
+        self.write(move |group| aliases::resolve_in(&mut group.aliases, &t, &l))
+            .await
+    }
+
+    async fn customer_of(
+        &self,
+        tenant: &str,
+        alias: &Alias,
+    ) -> Result<Option<CustomerId>, StoreError> {
+        let (t, a) = (tenant.to_owned(), alias.clone());
+        self.read(move |txn| {
+            let table = txn
+                .open_table(ALIASES)
+                .map_err(redb_err("opening aliases"))?;
+            aliases::owner(&table, &t, &a)
+        })
+        .await
+    }
+
     async fn conversation(&self, id: &ConversationId) -> Result<Option<Conversation>, StoreError> {
         let key = id.to_string();
         self.read(move |txn| {
@@ -519,8 +563,12 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn contact(&self, id: &ConversationId) -> Result<Option<ContactUpdate>, StoreError> {
-        let key = id.to_string();
+    async fn contact(
+        &self,
+        number: &PhoneNumberId,
+        who: &str,
+    ) -> Result<Option<ContactUpdate>, StoreError> {
+        let key = crate::model::contact_key(number, who);
         self.read(move |txn| {
             let table = txn
                 .open_table(CONTACTS)

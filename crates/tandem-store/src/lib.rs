@@ -14,6 +14,8 @@
 //! What the store guarantees, whichever backend:
 //! - an ingested event is durable when [`Store::ingest`] returns, is deduplicated by its key
 //!   for the configured time, and sits in its conversation's inbox in arrival order;
+//! - a customer is found by any of its aliases (phone, BSUID, parent BSUID) within a tenant,
+//!   created once, and never merged with another on Tandem's own ([`Store::resolve_customers`]);
 //! - a human echo pauses its conversation in the same atomic write that stores it;
 //! - a lane step ([`Store::commit`]) removes the event it applied and writes the new record in
 //!   one atomic write, so every event takes effect exactly once;
@@ -25,12 +27,14 @@
 //!
 //! It does not decide what events mean: that is the engine's job.
 
+mod customers;
 mod embedded;
 mod error;
 mod model;
 mod redis;
 mod store;
 
+pub use customers::DEFAULT_TENANT;
 pub use embedded::EmbeddedStore;
 pub use error::StoreError;
 pub use model::{
@@ -39,4 +43,4 @@ pub use model::{
     PauseOnIngest, Presence, StepCommit, StoreOptions, StoreStats, TimerChange,
 };
 pub use redis::RedisStore;
-pub use store::{Store, open};
+pub use store::{Store, contact_for, open};

@@ -430,6 +430,13 @@ pub(crate) fn apply_pause(
     }
 }
 
+/// The key of an address-book entry: the business number and the phone (or BSUID) the
+/// Business App keeps it under. The same text as the conversation id of customers stored
+/// before aliases existed.
+pub(crate) fn contact_key(number: &PhoneNumberId, who: &str) -> String {
+    format!("{number}:{who}")
+}
+
 /// Returns whether a contact change should replace the stored one (last writer by time wins).
 pub(crate) fn contact_wins(stored: Option<&ContactUpdate>, update: &ContactUpdate) -> bool {
     stored.is_none_or(|s| s.at <= update.at)

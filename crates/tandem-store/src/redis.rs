@@ -11,10 +11,12 @@
 //! Scripts name their keys through arguments, so this backend needs a single Redis server
 //! (or a primary with replicas), not Redis Cluster.
 //!
-//! Layout: `keys` (every key name), `ingest` (both ingest paths), the Lua scripts beside them
-//! (`apply`, `ingest`, `claim`, `release`, `fire_timers`, `reserve_send_slot`, `take_hooks`,
-//! `settle_hook`, `redrive_hook`, `lead`, `touch_number`).
+//! Layout: `keys` (every key name), `ingest` (both ingest paths), `customers` (aliases and the
+//! schema migration), the Lua scripts beside them (`apply`, `ingest`, `claim`, `release`,
+//! `fire_timers`, `reserve_send_slot`, `take_hooks`, `settle_hook`, `redrive_hook`, `lead`,
+//! `touch_number`, `resolve`).
 
+mod customers;
 mod ingest;
 mod keys;
 
@@ -26,8 +28,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 use serde::Serialize;
 use tandem_domain::{
-    ContactUpdate, Conversation, ConversationEvent, ConversationId, DeadLetter, MessageId,
-    PhoneNumberId, Timestamp,
+    Alias, ContactUpdate, Conversation, ConversationEvent, ConversationId, CustomerId,
+    CustomerLookup, DeadLetter, MessageId, PhoneNumberId, Resolved, Timestamp,
 };
 use tokio::sync::Notify;
 
@@ -74,6 +76,7 @@ struct Scripts {
     redrive_hook: Script,
     lead: Script,
     touch_number: Script,
+    resolve: Script,
 }
 
 /// A write plan for `apply.lua`: guards first, then writes. Field names are the script's.
@@ -194,10 +197,12 @@ impl RedisStore {
                 redrive_hook: Script::new(include_str!("redis/redrive_hook.lua")),
                 lead: Script::new(include_str!("redis/lead.lua")),
                 touch_number: Script::new(include_str!("redis/touch_number.lua")),
+                resolve: Script::new(include_str!("redis/resolve.lua")),
             }),
             signal: Arc::new(Notify::new()),
         };
         store.ping().await?;
+        store.migrate().await?;
         Ok(store)
     }
 
@@ -494,6 +499,22 @@ impl Store for RedisStore {
             .map_err(|e| StoreError::corrupt("send slot", e))
     }
 
+    async fn resolve_customers(
+        &self,
+        tenant: &str,
+        lookups: &[CustomerLookup],
+    ) -> Result<Vec<Resolved>, StoreError> {
+        self.resolve(tenant, lookups).await
+    }
+
+    async fn customer_of(
+        &self,
+        tenant: &str,
+        alias: &Alias,
+    ) -> Result<Option<CustomerId>, StoreError> {
+        self.owner(tenant, alias).await
+    }
+
     async fn conversation(&self, id: &ConversationId) -> Result<Option<Conversation>, StoreError> {
         self.read_conversation(id).await
     }
@@ -533,9 +554,14 @@ impl Store for RedisStore {
             .collect()
     }
 
-    async fn contact(&self, id: &ConversationId) -> Result<Option<ContactUpdate>, StoreError> {
+    async fn contact(
+        &self,
+        number: &PhoneNumberId,
+        who: &str,
+    ) -> Result<Option<ContactUpdate>, StoreError> {
         let mut con = self.con.clone();
-        let raw: Option<String> = con.get(self.keys.contact(id)).await?;
+        let key = self.keys.contact(&crate::model::contact_key(number, who));
+        let raw: Option<String> = con.get(key).await?;
         raw.map(|r| decode("contact", &r)).transpose()
     }
 

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tandem_domain::{
-    ContactUpdate, Conversation, ConversationId, DeadLetter, MessageId, PhoneNumberId, Timestamp,
+    Alias, ContactUpdate, Conversation, ConversationId, CustomerId, CustomerLookup, DeadLetter,
+    MessageId, PhoneNumberId, Resolved, Timestamp,
 };
 use tokio::sync::Notify;
 
@@ -29,6 +30,23 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// events to their inboxes, pauses conversations for human echoes, records contacts,
     /// account facts and dead letters. Durable when it returns.
     async fn ingest(&self, batch: IngestBatch) -> Result<IngestReport, StoreError>;
+
+    /// Finds the customer of each lookup among `tenant`'s aliases, creating customers nobody
+    /// knows and attaching new aliases, atomically and in order (a later lookup sees what an
+    /// earlier one created). Idempotent: the same lookups again give the same customers and
+    /// write nothing. The rule is in the `customers` module docs.
+    async fn resolve_customers(
+        &self,
+        tenant: &str,
+        lookups: &[CustomerLookup],
+    ) -> Result<Vec<Resolved>, StoreError>;
+
+    /// Returns the customer that owns `alias` in `tenant`.
+    async fn customer_of(
+        &self,
+        tenant: &str,
+        alias: &Alias,
+    ) -> Result<Option<CustomerId>, StoreError>;
 
     /// Takes the lane of one conversation with waiting events, for `lease`.
     async fn claim(&self, now: Timestamp, lease: Duration) -> Result<Option<Claim>, StoreError>;
@@ -78,8 +96,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Lists conversations in id order.
     async fn list_conversations(&self, query: &ListQuery) -> Result<Vec<Conversation>, StoreError>;
 
-    /// Reads the business's address-book entry for a conversation's customer.
-    async fn contact(&self, id: &ConversationId) -> Result<Option<ContactUpdate>, StoreError>;
+    /// Reads the business's address-book entry for `who` (a phone, or a BSUID) on a number.
+    async fn contact(
+        &self,
+        number: &PhoneNumberId,
+        who: &str,
+    ) -> Result<Option<ContactUpdate>, StoreError>;
 
     /// Reads the recent facts about an account or number.
     async fn account(&self, account: &str) -> Result<Option<AccountState>, StoreError>;
@@ -162,6 +184,28 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Removes one batch of expired deduplication keys (where the backend does not expire them
     /// itself) and returns how many; 0 means none are left.
     async fn purge_expired(&self, now: Timestamp) -> Result<usize, StoreError>;
+}
+
+/// Reads the business's address-book entry for a conversation's customer: under the phone
+/// when WhatsApp shares it, else under the BSUID.
+///
+/// # Errors
+/// The store's error.
+pub async fn contact_for(
+    store: &dyn Store,
+    conversation: &Conversation,
+) -> Result<Option<ContactUpdate>, StoreError> {
+    let who = conversation.who();
+    let number = conversation.id.phone_number_id();
+    if let Some(phone) = &who.phone
+        && let Some(found) = store.contact(number, phone.as_str()).await?
+    {
+        return Ok(Some(found));
+    }
+    match &who.user_id {
+        Some(user) => store.contact(number, user.as_str()).await,
+        None => Ok(None),
+    }
 }
 
 /// Opens the store named by `url`: `redis://…` or `rediss://…` for Redis, anything else is

@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tandem_domain::{
-    AccountUpdate, ContactUpdate, Conversation, ConversationEvent, ConversationId, DeadLetter,
-    Echo, InboundMessage, MessageContent, MessageId, Mode, PausedBy, PhoneNumberId, Role,
-    Timestamp, WaId,
+    AccountUpdate, Alias, ContactUpdate, Conversation, ConversationEvent, ConversationId,
+    CustomerId, CustomerLookup, DeadLetter, Echo, Identity, IdentityChange, InboundMessage,
+    MessageContent, MessageId, Mode, PausedBy, Phone, PhoneNumberId, Role, Timestamp, UserId,
+    WaId,
 };
 use tandem_store::{
     AgentState, Claim, CommitOutcome, HookJob, HookSettle, InboxItem, IngestBatch, IngestItem,
@@ -141,7 +142,7 @@ async fn redis() -> Fixture {
 fn conv(wa: &str) -> ConversationId {
     ConversationId::new(
         PhoneNumberId::parse("106").unwrap(),
-        WaId::parse(wa).unwrap(),
+        CustomerId::parse(wa).unwrap(),
     )
 }
 
@@ -153,6 +154,7 @@ fn text(id: &str) -> ConversationEvent {
             body: id.to_owned(),
         },
         profile_name: None,
+        from: Identity::default(),
         context_id: None,
         forwarded: false,
     })
@@ -176,6 +178,7 @@ fn echo(wa: &str, id: &str) -> IngestItem {
         content: MessageContent::Text {
             body: "from the phone".into(),
         },
+        to: Identity::default(),
     });
     IngestItem {
         key: format!("echo:{wa}:{id}"),
@@ -692,7 +695,11 @@ async fn contacts_accounts_and_dead_letters_are_kept(f: Fixture) {
     ))
     .await
     .unwrap();
-    let stored = s.contact(&conv("a")).await.unwrap().unwrap();
+    let stored = s
+        .contact(&PhoneNumberId::parse("106").unwrap(), "a")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         stored.full_name.as_deref(),
         Some("Ana (VIP)"),
@@ -746,7 +753,7 @@ async fn conversations_are_listed_by_mode_in_pages(f: Fixture) {
                 .await
                 .unwrap()
                 .into_iter()
-                .map(|c| c.id.wa_id().to_string())
+                .map(|c| c.id.customer().to_string())
                 .collect::<Vec<_>>()
         }
     };
@@ -1006,6 +1013,121 @@ async fn numbers_merge_activity_and_guard_their_lifecycle(f: Fixture) {
     assert_eq!(all, ["106", "107"]);
 }
 
+fn who(phone: Option<&str>, user: Option<&str>) -> Identity {
+    Identity {
+        phone: phone.map(|p| Phone::parse(p).unwrap()),
+        user_id: user.map(|u| UserId::parse(u).unwrap()),
+        ..Identity::default()
+    }
+}
+
+async fn customers_are_found_by_any_alias_and_never_merged(f: Fixture) {
+    let s = &f.store;
+    let t = tandem_store::DEFAULT_TENANT;
+    let resolve = |identity: Identity| async move {
+        s.resolve_customers(t, &[CustomerLookup::of(&identity)])
+            .await
+            .unwrap()
+            .remove(0)
+    };
+    // Known by phone first; the first payload with phone and BSUID links them.
+    let ana = resolve(who(Some("155"), None)).await;
+    assert!(ana.created && ana.customer.as_str().starts_with("c_"));
+    let linked = resolve(who(Some("155"), Some("US.1"))).await;
+    assert_eq!(linked.customer, ana.customer);
+    assert!(!linked.created);
+    assert_eq!(
+        linked.linked,
+        vec![Alias::user(&UserId::parse("US.1").unwrap())]
+    );
+    // Later payloads with the BSUID alone find the same customer; nothing more is written.
+    let bsuid_only = resolve(who(None, Some("US.1"))).await;
+    assert_eq!(bsuid_only.customer, ana.customer);
+    assert!(bsuid_only.linked.is_empty() && !bsuid_only.created);
+    // A username customer with no phone is created from the BSUID.
+    let dario = resolve(who(None, Some("US.4"))).await;
+    assert!(dario.created);
+    assert_ne!(dario.customer, ana.customer);
+    // A conflict: Ana's phone next to Dario's BSUID. Routed by the BSUID, never merged.
+    let conflict = resolve(who(Some("155"), Some("US.4"))).await;
+    assert_eq!(conflict.customer, dario.customer);
+    assert_eq!(
+        conflict.conflicts,
+        vec![(
+            Alias::phone(&Phone::parse("155").unwrap()),
+            ana.customer.clone()
+        )]
+    );
+    assert_eq!(
+        s.customer_of(t, &Alias::phone(&Phone::parse("155").unwrap()))
+            .await
+            .unwrap(),
+        Some(ana.customer.clone()),
+        "the phone stays with its customer"
+    );
+    // BSUIDs are scoped to a portfolio: another tenant never matches them.
+    let other = s
+        .resolve_customers("other", &[CustomerLookup::of(&who(Some("155"), Some("US.1")))])
+        .await
+        .unwrap()
+        .remove(0);
+    assert!(other.created);
+    assert_ne!(other.customer, ana.customer);
+    // A BSUID change: found by the old one, the new one linked, the old one kept.
+    let change = IdentityChange {
+        kind: "user_changed_user_id".into(),
+        previous: who(None, Some("US.4")),
+        current: who(None, Some("US.24")),
+    };
+    for _ in 0..2 {
+        let changed = s
+            .resolve_customers(t, &[CustomerLookup::of_change(&change)])
+            .await
+            .unwrap()
+            .remove(0);
+        assert_eq!(changed.customer, dario.customer);
+    }
+    assert_eq!(resolve(who(None, Some("US.24"))).await.customer, dario.customer);
+    assert_eq!(resolve(who(None, Some("US.4"))).await.customer, dario.customer);
+    // One call sees its own writes: two messages of a new customer in one delivery.
+    let pair = s
+        .resolve_customers(
+            t,
+            &[
+                CustomerLookup::of(&who(Some("177"), None)),
+                CustomerLookup::of(&who(Some("177"), Some("US.7"))),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(pair[0].customer, pair[1].customer);
+    assert!(pair[0].created && !pair[1].created);
+}
+
+async fn concurrent_first_messages_make_one_customer(f: Fixture) {
+    let t = tandem_store::DEFAULT_TENANT;
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let s = Arc::clone(&f.store);
+            // Half the callers also carry the BSUID.
+            let identity = who(Some("199"), (i % 2 == 0).then_some("US.9"));
+            tokio::spawn(async move {
+                s.resolve_customers(t, &[CustomerLookup::of(&identity)])
+                    .await
+                    .unwrap()
+                    .remove(0)
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(task.await.unwrap());
+    }
+    assert_eq!(answers.iter().filter(|a| a.created).count(), 1);
+    assert!(answers.iter().all(|a| a.customer == answers[0].customer));
+    assert!(answers.iter().all(|a| a.conflicts.is_empty()));
+}
+
 macro_rules! contract {
     ($backend:ident: $($name:ident),* $(,)?) => {
         mod $backend {
@@ -1038,6 +1160,8 @@ macro_rules! suite {
             hooks_are_written_with_the_step_leased_retried_and_dead_lettered,
             agents_presence_is_kept_and_one_process_leads,
             numbers_merge_activity_and_guard_their_lifecycle,
+            customers_are_found_by_any_alias_and_never_merged,
+            concurrent_first_messages_make_one_customer,
         );)*
     };
 }

@@ -19,6 +19,8 @@ pub mod signature;
 pub mod webhook;
 
 pub use client::{GraphClient, GraphError, Remedy, SendError, Sent};
-pub use outbound::{InvalidMessage, ListRow, ListSection, OutboundContent, OutboundMessage};
+pub use outbound::{
+    InvalidMessage, ListRow, ListSection, OutboundContent, OutboundMessage, Recipient,
+};
 pub use signature::{SignatureError, sign, verify};
 pub use webhook::{KeptReason, WebhookEvent, number_owners, parse_webhook};

@@ -2,13 +2,44 @@
 //! they are sent, and their exact wire bodies.
 
 use serde_json::{Value, json};
-use tandem_domain::{MessageId, WaId};
+use tandem_domain::{Identity, MessageId, Phone, UserId};
+
+/// Where a message goes: a phone (`to`), or a business-scoped user id (`recipient`) for a
+/// customer whose phone WhatsApp does not share. Never a BSUID in `to`: WhatsApp answers 200
+/// and drops the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recipient {
+    /// A phone number, sent as `to`.
+    Phone(Phone),
+    /// A BSUID or parent BSUID, sent as `recipient`.
+    User(UserId),
+}
+
+impl Recipient {
+    /// The address of a customer: the phone when known (it keeps the phone visible in later
+    /// webhooks), else the BSUID, else the parent BSUID.
+    pub fn of(identity: &Identity) -> Option<Self> {
+        if let Some(phone) = &identity.phone {
+            return Some(Self::Phone(phone.clone()));
+        }
+        identity
+            .user_id
+            .as_ref()
+            .or(identity.parent_user_id.as_ref())
+            .map(|u| Self::User(u.clone()))
+    }
+
+    /// True for a BSUID address.
+    pub fn is_user_id(&self) -> bool {
+        matches!(self, Self::User(_))
+    }
+}
 
 /// A message to send to one customer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboundMessage {
     /// The customer.
-    pub to: WaId,
+    pub to: Recipient,
     /// What to send.
     pub content: OutboundContent,
     /// Quote this message (`context.message_id`).
@@ -117,7 +148,11 @@ impl OutboundMessage {
 
     /// Returns the JSON body of `POST /{phone_number_id}/messages`.
     pub fn to_wire(&self) -> Value {
-        let mut body = json!({"messaging_product": "whatsapp", "recipient_type": "individual", "to": self.to.as_str()});
+        let mut body = json!({"messaging_product": "whatsapp", "recipient_type": "individual"});
+        match &self.to {
+            Recipient::Phone(phone) => body["to"] = phone.as_str().into(),
+            Recipient::User(user) => body["recipient"] = user.as_str().into(),
+        }
         match &self.content {
             OutboundContent::Text {
                 body: text,
@@ -254,7 +289,7 @@ mod tests {
 
     fn to(wa: &str, content: OutboundContent, callback: Option<&str>) -> OutboundMessage {
         OutboundMessage {
-            to: WaId::parse(wa).unwrap(),
+            to: Recipient::Phone(Phone::parse(wa).unwrap()),
             content,
             reply_to: None,
             callback_data: callback.map(str::to_owned),
@@ -352,6 +387,33 @@ mod tests {
         for m in [text, buttons, list, template] {
             assert_eq!(m.validate(), Ok(()));
         }
+    }
+
+    #[test]
+    fn a_customer_without_a_phone_is_addressed_by_recipient_never_to() {
+        let user = UserId::parse("US.13491208600000000004").unwrap();
+        let message = OutboundMessage {
+            to: Recipient::User(user.clone()),
+            content: OutboundContent::Text {
+                body: "Yes, we ship to Lisbon. Delivery takes 3-5 working days.".into(),
+                preview_url: false,
+            },
+            reply_to: None,
+            callback_data: Some("engine=bot;conv=c_01J5DARIO".into()),
+        };
+        assert_eq!(message.to_wire(), fixture("send_text_to_bsuid_request.json"));
+        let both = Identity {
+            phone: Some(Phone::parse("15550002222").unwrap()),
+            user_id: Some(user.clone()),
+            ..Identity::default()
+        };
+        assert!(matches!(Recipient::of(&both), Some(Recipient::Phone(_))));
+        let bsuid_only = Identity {
+            user_id: Some(user),
+            ..Identity::default()
+        };
+        assert!(Recipient::of(&bsuid_only).is_some_and(|r| r.is_user_id()));
+        assert_eq!(Recipient::of(&Identity::default()), None);
     }
 
     #[test]

@@ -8,13 +8,19 @@
 //! Every event carries an identity ([`WebhookEvent::key`]) built from what Meta keeps stable
 //! across retries: the wamid for messages and echoes, wamid and status for statuses, and a
 //! digest of the content for the rest.
+//!
+//! Customers are not named by a phone alone: each conversation event carries the
+//! [`CustomerLookup`] of every identifier the payload holds (phone, BSUID, parent BSUID, and
+//! the matching `contacts[]` entry), which the store resolves to a customer id. The customer
+//! of an echo is whichever party is not the business number.
 
 use base64::Engine;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use tandem_domain::{
-    AccountUpdate, ContactUpdate, ConversationEvent, ConversationId, DeadLetter, DeliveryStatus,
-    Echo, InboundMessage, MessageId, PhoneNumberId, StatusUpdate, Timestamp, WaId,
+    AccountUpdate, ContactUpdate, ConversationEvent, CustomerLookup, DeadLetter, DeliveryStatus,
+    Echo, Identity, IdentityChange, InboundMessage, MessageId, Phone, PhoneNumberId, StatusUpdate,
+    Timestamp, UserId, WaId,
 };
 
 use crate::content::parse_content;
@@ -103,8 +109,10 @@ pub enum WebhookEvent {
     Conversation {
         /// Identity for deduplication.
         key: String,
-        /// The conversation it belongs to.
-        conversation: ConversationId,
+        /// The business number of the conversation.
+        number: PhoneNumberId,
+        /// How to find the customer of the conversation.
+        customer: CustomerLookup,
         /// The webhook field it came from (a bounded label).
         field: &'static str,
         /// The event.
@@ -220,12 +228,13 @@ struct ChangeContext<'a> {
     received_at: Timestamp,
 }
 
-const FIELDS: [&str; 5] = [
+const FIELDS: [&str; 6] = [
     "messages",
     "smb_message_echoes",
     "smb_app_state_sync",
     "history",
     "account_update",
+    "user_id_update",
 ];
 
 fn parse_change(change: &Value, ctx: &ChangeContext<'_>, out: &mut Vec<WebhookEvent>) {
@@ -286,9 +295,15 @@ fn parse_change(change: &Value, ctx: &ChangeContext<'_>, out: &mut Vec<WebhookEv
             return;
         }
     };
+    let display = value
+        .get("metadata")
+        .and_then(|m| m.get("display_phone_number"))
+        .and_then(Value::as_str)
+        .map(|d| d.chars().filter(char::is_ascii_digit).collect::<String>());
     let items = Items {
         field,
         pnid: &pnid,
+        display: display.as_deref(),
         value,
         received_at: ctx.received_at,
     };
@@ -296,6 +311,7 @@ fn parse_change(change: &Value, ctx: &ChangeContext<'_>, out: &mut Vec<WebhookEv
         "messages" => items.messages(out),
         "smb_message_echoes" => items.echoes(out),
         "smb_app_state_sync" => items.state_sync(out),
+        "user_id_update" => items.user_id_update(change, out),
         _ => items.history(out),
     }
 }
@@ -323,6 +339,8 @@ fn account_update(value: &Map<String, Value>, ctx: &ChangeContext<'_>) -> Webhoo
 struct Items<'a> {
     field: &'static str,
     pnid: &'a PhoneNumberId,
+    /// The business number in digits (`metadata.display_phone_number`), when given.
+    display: Option<&'a str>,
     value: &'a Map<String, Value>,
     received_at: Timestamp,
 }
@@ -347,12 +365,65 @@ fn timestamp(value: Option<&Value>) -> Option<Timestamp> {
     Some(Timestamp::from_unix_seconds(seconds))
 }
 
-fn wa_id(item: &Map<String, Value>, key: &str) -> Result<WaId, String> {
-    let raw = item
-        .get(key)
+fn text<'v>(item: &'v Map<String, Value>, key: &str) -> Option<&'v str> {
+    item.get(key).and_then(Value::as_str).filter(|s| !s.is_empty())
+}
+
+/// Reads the customer identifiers an object holds under the given keys (phone, BSUID,
+/// parent BSUID). Values are filed by their shape: a BSUID in a phone field is a BSUID.
+/// A value of neither shape is an error naming the field.
+fn identity_at(
+    item: &Map<String, Value>,
+    phone_key: &str,
+    user_key: &str,
+    parent_key: &str,
+) -> Result<Identity, String> {
+    let mut identity = Identity::default();
+    for key in [phone_key, user_key, parent_key] {
+        if let Some(raw) = text(item, key) {
+            file_identifier(&mut identity, key, raw)?;
+        }
+    }
+    Ok(identity)
+}
+
+/// Files one identifier into `identity` by its shape.
+fn file_identifier(identity: &mut Identity, key: &str, raw: &str) -> Result<(), String> {
+    if UserId::is_shaped(raw) {
+        let user = UserId::parse(raw).map_err(|e| format!("{key}: {e}"))?;
+        if user.is_parent() {
+            identity.parent_user_id.get_or_insert(user);
+        } else {
+            identity.user_id.get_or_insert(user);
+        }
+        return Ok(());
+    }
+    let digits: String = raw.trim_start_matches('+').to_owned();
+    let phone = Phone::parse(digits)
+        .map_err(|_| format!("{key}: {raw:?} is neither a phone number nor a BSUID"))?;
+    identity.phone.get_or_insert(phone);
+    Ok(())
+}
+
+/// Reads one `contacts[]` entry: `wa_id`, `user_id`, `parent_user_id`, `profile.username`.
+fn contact_identity(contact: &Map<String, Value>) -> Identity {
+    // A malformed contact is only a missed chance to link; the item's own fields decide.
+    let mut identity =
+        identity_at(contact, "wa_id", "user_id", "parent_user_id").unwrap_or_default();
+    identity.username = contact
+        .get("profile")
+        .and_then(|p| p.get("username"))
         .and_then(Value::as_str)
-        .ok_or_else(|| format!("item has no `{key}`"))?;
-    WaId::parse(raw).map_err(|e| format!("{key}: {e}"))
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned);
+    identity
+}
+
+/// True when two identities share an identifier.
+fn same_customer(a: &Identity, b: &Identity) -> bool {
+    (a.phone.is_some() && a.phone == b.phone)
+        || (a.user_id.is_some() && a.user_id == b.user_id)
+        || (a.parent_user_id.is_some() && a.parent_user_id == b.parent_user_id)
 }
 
 impl Items<'_> {
@@ -364,8 +435,54 @@ impl Items<'_> {
             .flatten()
     }
 
-    fn conversation(&self, wa: WaId) -> ConversationId {
-        ConversationId::new(self.pnid.clone(), wa)
+    fn conversation_event(
+        &self,
+        key: String,
+        customer: CustomerLookup,
+        field: &'static str,
+        event: ConversationEvent,
+    ) -> WebhookEvent {
+        WebhookEvent::Conversation {
+            key,
+            number: self.pnid.clone(),
+            customer,
+            field,
+            event,
+        }
+    }
+
+    /// Completes `identity` from the `contacts[]` entry of the same customer (or the only
+    /// entry, when the item names nobody itself); returns the entry's profile name.
+    fn with_contact(&self, identity: &mut Identity) -> Option<String> {
+        let contacts: Vec<&Map<String, Value>> = self
+            .array("contacts")
+            .filter_map(Value::as_object)
+            .collect();
+        let found = contacts
+            .iter()
+            .find(|c| same_customer(&contact_identity(c), identity))
+            .or_else(|| contacts.first().filter(|_| identity.is_empty() && contacts.len() == 1))?;
+        let contact = contact_identity(found);
+        // The item's own fields win; the contact fills in what they leave out.
+        let mut merged = contact;
+        merged.merge(identity);
+        if merged.username.is_none() {
+            merged.username.clone_from(&identity.username);
+        }
+        *identity = merged;
+        found
+            .get("profile")
+            .and_then(|p| p.get("name"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    }
+
+    /// True when `identity` is the business number itself.
+    fn is_business(&self, identity: &Identity) -> bool {
+        match (self.display, &identity.phone) {
+            (Some(display), Some(phone)) => !display.is_empty() && phone.as_str() == display,
+            _ => false,
+        }
     }
 
     fn kept(&self, item: &Value, detail: &str) -> WebhookEvent {
@@ -393,22 +510,30 @@ impl Items<'_> {
         }
     }
 
-    fn profile_name(&self, wa: &WaId) -> Option<String> {
-        self.array("contacts")
-            .find(|c| c.get("wa_id").and_then(Value::as_str) == Some(wa.as_str()))
-            .and_then(|c| c.get("profile")?.get("name")?.as_str())
-            .map(str::to_owned)
-    }
-
     fn messages(&self, out: &mut Vec<WebhookEvent>) {
         self.each_object("messages", out, |item| {
             let (id, sent_at) = message_head(item)?;
-            let from = wa_id(item, "from")?;
+            if let Some(change) = identity_change(item)? {
+                return Ok(self.conversation_event(
+                    format!("msg:{}:{id}", self.pnid),
+                    CustomerLookup::of_change(&change),
+                    "messages",
+                    ConversationEvent::IdentityChanged(change),
+                ));
+            }
+            let mut from = identity_at(item, "from", "from_user_id", "from_parent_user_id")?;
+            let profile_name = self.with_contact(&mut from);
+            if from.is_empty() {
+                return Err(
+                    "message names no customer: no `from`, `from_user_id` or `contacts[]`".into(),
+                );
+            }
             let context = item.get("context");
             let message = InboundMessage {
                 sent_at,
                 content: parse_content(item),
-                profile_name: self.profile_name(&from),
+                profile_name,
+                from,
                 context_id: context
                     .and_then(|c| c.get("id"))
                     .and_then(Value::as_str)
@@ -421,12 +546,12 @@ impl Items<'_> {
                 }),
                 id,
             };
-            Ok(WebhookEvent::Conversation {
-                key: format!("msg:{}:{}", self.pnid, message.id),
-                conversation: self.conversation(from),
-                field: "messages",
-                event: ConversationEvent::Customer(message),
-            })
+            Ok(self.conversation_event(
+                format!("msg:{}:{}", self.pnid, message.id),
+                CustomerLookup::of(&message.from),
+                "messages",
+                ConversationEvent::Customer(message),
+            ))
         });
         self.each_object("statuses", out, |item| {
             let id = item
@@ -439,7 +564,19 @@ impl Items<'_> {
                 .and_then(Value::as_str)
                 .ok_or("status has no `status`")?
                 .to_owned();
-            let recipient = wa_id(item, "recipient_id")?;
+            let mut recipient = identity_at(
+                item,
+                "recipient_id",
+                "recipient_user_id",
+                "recipient_parent_user_id",
+            )?;
+            self.with_contact(&mut recipient);
+            if recipient.is_empty() {
+                return Err(
+                    "status names no recipient: no `recipient_id`, `recipient_user_id` or `contacts[]`"
+                        .into(),
+                );
+            }
             let error_codes = item
                 .get("errors")
                 .and_then(Value::as_array)
@@ -457,16 +594,17 @@ impl Items<'_> {
                 error_codes,
                 message_id,
                 status_raw,
+                recipient,
             };
-            Ok(WebhookEvent::Conversation {
-                key: format!(
+            Ok(self.conversation_event(
+                format!(
                     "status:{}:{}:{}",
                     self.pnid, update.message_id, update.status_raw
                 ),
-                conversation: self.conversation(recipient),
-                field: "statuses",
-                event: ConversationEvent::Status(update),
-            })
+                CustomerLookup::of(&update.recipient),
+                "statuses",
+                ConversationEvent::Status(update),
+            ))
         });
         for errors in self.value.get("errors").into_iter() {
             out.push(self.number_fact("ERRORS", errors.clone()));
@@ -489,19 +627,64 @@ impl Items<'_> {
     fn echoes(&self, out: &mut Vec<WebhookEvent>) {
         self.each_object("message_echoes", out, |item| {
             let (id, sent_at) = message_head(item)?;
-            let to = wa_id(item, "to")?;
+            let to = identity_at(item, "to", "to_user_id", "to_parent_user_id")?;
+            let from = identity_at(item, "from", "from_user_id", "from_parent_user_id")
+                .unwrap_or_default();
+            // Some libraries write echoes the other way round: the customer is whichever
+            // party is not the business number.
+            let mut to = if self.is_business(&to) && !from.is_empty() && !self.is_business(&from)
+            {
+                from
+            } else {
+                to
+            };
+            if self.is_business(&to) {
+                to.phone = None;
+            }
+            self.with_contact(&mut to);
+            if to.is_empty() {
+                return Err(
+                    "echo names no customer: no `to`, `to_user_id` or `contacts[]`".into(),
+                );
+            }
             let echo = Echo {
                 id,
                 sent_at,
                 content: parse_content(item),
+                to,
             };
-            Ok(WebhookEvent::Conversation {
-                key: format!("echo:{}:{}", self.pnid, echo.id),
-                conversation: self.conversation(to),
-                field: "smb_message_echoes",
-                event: ConversationEvent::Echo(echo),
-            })
+            Ok(self.conversation_event(
+                format!("echo:{}:{}", self.pnid, echo.id),
+                CustomerLookup::of(&echo.to),
+                "smb_message_echoes",
+                ConversationEvent::Echo(echo),
+            ))
         });
+    }
+
+    /// The withdrawn `user_id_update` field: applied only when it has the shape of
+    /// [`user_id_update`]; anything else is kept raw.
+    fn user_id_update(&self, change: &Value, out: &mut Vec<WebhookEvent>) {
+        let items: Vec<&Value> = match self.value.get("user_id_update").and_then(Value::as_array)
+        {
+            Some(items) => items.iter().collect(),
+            None => vec![change.get("value").unwrap_or(change)],
+        };
+        for item in items {
+            let parsed = item
+                .as_object()
+                .ok_or_else(|| "user_id_update item is not an object".to_owned())
+                .and_then(user_id_update);
+            out.push(match parsed {
+                Ok(update) => self.conversation_event(
+                    format!("user_id_update:{}:{}", self.pnid, digest_json(item)),
+                    CustomerLookup::of_change(&update),
+                    "user_id_update",
+                    ConversationEvent::IdentityChanged(update),
+                ),
+                Err(detail) => self.kept(item, &detail),
+            });
+        }
     }
 
     fn state_sync(&self, out: &mut Vec<WebhookEvent>) {
@@ -513,9 +696,11 @@ impl Items<'_> {
             let contact = item
                 .get("contact")
                 .ok_or("state_sync item has no `contact`")?;
-            let phone = contact
-                .get("phone_number")
-                .and_then(Value::as_str)
+            // Username users may come with a BSUID instead of a phone (field names not
+            // documented yet): either names the address-book entry.
+            let phone = ["phone_number", "wa_id", "user_id"]
+                .iter()
+                .find_map(|k| contact.get(*k).and_then(Value::as_str))
                 .ok_or("contact has no `phone_number`")?;
             let wa = WaId::parse(phone).map_err(|e| format!("contact.phone_number: {e}"))?;
             let action = item.get("action").and_then(Value::as_str).unwrap_or("add");
@@ -536,6 +721,63 @@ impl Items<'_> {
             })
         });
     }
+}
+
+/// Reads a `system` message that announces new identifiers for the customer:
+/// `user_changed_user_id` (a new BSUID, no phone) and `user_changed_number` (`from` is the old
+/// phone, `system.wa_id` the new one, with the previous and new BSUIDs since August 2026).
+/// Only typed fields are read, never `system.body`. Other system messages are `None`.
+fn identity_change(item: &Map<String, Value>) -> Result<Option<IdentityChange>, String> {
+    if text(item, "type") != Some("system") {
+        return Ok(None);
+    }
+    let Some(system) = item.get("system").and_then(Value::as_object) else {
+        return Ok(None);
+    };
+    let kind = text(system, "type").unwrap_or("");
+    if kind != "user_changed_user_id" && kind != "user_changed_number" {
+        return Ok(None);
+    }
+    let mut previous = identity_at(system, "", "previous_user_id", "previous_parent_user_id")?;
+    let mut current = identity_at(system, "wa_id", "user_id", "parent_user_id")?;
+    if let Some(old) = text(item, "from") {
+        file_identifier(&mut previous, "from", old)?;
+    }
+    if kind == "user_changed_user_id" {
+        // No phone can be shared with this one; a `wa_id` here would not be a new number.
+        current.phone = None;
+    }
+    if previous.is_empty() && current.is_empty() {
+        return Err(format!("system message {kind:?} names no previous or new identifier"));
+    }
+    Ok(Some(IdentityChange {
+        kind: kind.to_owned(),
+        previous,
+        current,
+    }))
+}
+
+/// Reads one item of the withdrawn `user_id_update` field, if it has the shape one
+/// implementer documented: `{"user_id": {"previous": "US.…", "current": "US.…"}}`, with an
+/// optional `wa_id`.
+fn user_id_update(item: &Map<String, Value>) -> Result<IdentityChange, String> {
+    let ids = item
+        .get("user_id")
+        .and_then(Value::as_object)
+        .ok_or("user_id_update without a `user_id: {previous, current}` object")?;
+    let previous = identity_at(ids, "", "previous", "")?;
+    let mut current = identity_at(ids, "", "current", "")?;
+    if let Some(phone) = text(item, "wa_id") {
+        file_identifier(&mut current, "wa_id", phone)?;
+    }
+    if previous.user_id.is_none() || current.user_id.is_none() {
+        return Err("user_id_update needs both `user_id.previous` and `user_id.current`".into());
+    }
+    Ok(IdentityChange {
+        kind: "user_id_update".to_owned(),
+        previous,
+        current,
+    })
 }
 
 fn kept_body(body: &[u8], received_at: Timestamp, detail: String) -> WebhookEvent {

@@ -11,8 +11,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::Value;
-use tandem_domain::{MessageId, PhoneNumberId, WaId};
-use tandem_whatsapp::{GraphClient, OutboundContent, OutboundMessage, Remedy, SendError};
+use tandem_domain::{MessageId, Phone, PhoneNumberId};
+use tandem_whatsapp::{
+    GraphClient, OutboundContent, OutboundMessage, Recipient, Remedy, SendError,
+};
 
 type Seen = Arc<Mutex<Vec<(String, String, Value)>>>;
 
@@ -84,7 +86,7 @@ fn client(base: &str) -> GraphClient {
 
 fn text(body: &str) -> OutboundMessage {
     OutboundMessage {
-        to: WaId::parse("15550002222").unwrap(),
+        to: Recipient::Phone(Phone::parse("15550002222").unwrap()),
         content: OutboundContent::Text {
             body: body.into(),
             preview_url: false,

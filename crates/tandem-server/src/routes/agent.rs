@@ -19,7 +19,7 @@ use tandem_domain::{AgentAction, AgentActionKind, Conversation, ConversationId, 
 use tandem_store::{AgentState, Presence};
 
 use super::AppState;
-use super::api::{parse_id, parse_limit, refuse_unknown, rfc3339};
+use super::api::{find_id, parse_limit, refuse_unknown, rfc3339};
 use super::auth::Caller;
 use crate::error::ApiError;
 
@@ -70,7 +70,7 @@ struct AvailabilityBody {
 }
 
 async fn existing(state: &AppState, raw: &str) -> Result<Conversation, ApiError> {
-    let id = parse_id(raw)?;
+    let id = find_id(state, raw).await?;
     state
         .store
         .conversation(&id)

@@ -1,7 +1,11 @@
 //! Reading under `/v1` (scope `read`).
 //!
 //! - `GET /v1/conversations?mode=bot|handoff|human&limit=N&after=ID` — a page of summaries;
-//! - `GET /v1/conversations/{id}` — state and transcript (`id` is `{phone_number_id}:{wa_id}`);
+//! - `GET /v1/conversations/{id}` — state and transcript (`id` is
+//!   `{phone_number_id}:{customer}`, the customer given by Tandem's customer id, a phone or a
+//!   BSUID);
+//! - `GET /v1/customers/{id}` — one customer (by customer id, phone or BSUID): identifiers,
+//!   names and conversations;
 //! - `GET /v1/dead-letters?limit=N` — signed input kept raw, newest first;
 //! - `GET /v1/accounts/{id}` — recent account or number events;
 //! - `GET /v1/classifier/review?stage=none|llm|all&limit=N&after=ID` — customer texts the
@@ -17,10 +21,10 @@ use axum::extract::{Path, Query, State};
 use serde::Serialize;
 use serde_json::{Value, json};
 use tandem_domain::{
-    ContactUpdate, Conversation, ConversationId, DeliveryStatus, Mode, PausedBy, Role, Timestamp,
-    TranscriptEntry, Understood,
+    Alias, ContactUpdate, Conversation, ConversationId, CustomerId, DeliveryStatus, Mode,
+    PausedBy, Phone, PhoneNumberId, Role, Timestamp, TranscriptEntry, Understood, UserId,
 };
-use tandem_store::ListQuery;
+use tandem_store::{DEFAULT_TENANT, ListQuery, contact_for};
 
 use super::AppState;
 use crate::error::ApiError;
@@ -40,6 +44,7 @@ fn rfc3339_opt(t: Option<Timestamp>) -> Option<String> {
 #[derive(Serialize)]
 struct Summary {
     id: String,
+    customer: Value,
     mode: Mode,
     paused_by: Option<PausedBy>,
     contact_name: Option<String>,
@@ -59,6 +64,7 @@ fn summary(c: &Conversation, contact: Option<&ContactUpdate>, now: Timestamp) ->
         .and_then(|c| c.full_name.clone().or_else(|| c.first_name.clone()));
     Summary {
         id: c.id.to_string(),
+        customer: c.customer_card(contact_name.as_deref()),
         mode: c.mode,
         paused_by: c.paused_by,
         contact_name,
@@ -135,6 +141,67 @@ pub(crate) fn parse_id(raw: &str) -> Result<ConversationId, ApiError> {
         .map_err(|e| ApiError::invalid(format!("bad conversation id {raw:?}: {e}")))
 }
 
+/// The alias a customer reference names: a BSUID by its shape, a phone when all digits (a
+/// leading `+` is allowed).
+fn alias_of(raw: &str) -> Option<Alias> {
+    if UserId::is_shaped(raw) {
+        return UserId::parse(raw).ok().map(|u| Alias::user(&u));
+    }
+    Phone::parse(raw.trim_start_matches('+'))
+        .ok()
+        .map(|p| Alias::phone(&p))
+}
+
+/// Finds the customer a reference names: a phone or BSUID through the alias table, else
+/// Tandem's customer id as given.
+async fn customer_ref(state: &AppState, raw: &str) -> Result<CustomerId, ApiError> {
+    if let Some(alias) = alias_of(raw)
+        && let Some(customer) = state.store.customer_of(DEFAULT_TENANT, &alias).await?
+    {
+        return Ok(customer);
+    }
+    CustomerId::parse(raw).map_err(|e| ApiError::invalid(format!("bad customer {raw:?}: {e}")))
+}
+
+/// Reads a conversation reference `{phone_number_id}:{customer}`, where the customer is
+/// Tandem's customer id, a phone or a BSUID.
+///
+/// # Errors
+/// 400 when the reference is malformed.
+pub(crate) async fn find_id(state: &AppState, raw: &str) -> Result<ConversationId, ApiError> {
+    let (number, who) = raw.split_once(':').ok_or_else(|| {
+        ApiError::invalid(format!(
+            "bad conversation id {raw:?}: expected {{phone_number_id}}:{{customer id, phone or BSUID}}"
+        ))
+    })?;
+    let number = PhoneNumberId::parse(number)
+        .map_err(|e| ApiError::invalid(format!("bad conversation id {raw:?}: {e}")))?;
+    Ok(ConversationId::new(number, customer_ref(state, who).await?))
+}
+
+/// Returns one customer: the identifiers WhatsApp showed, the names, and a summary of each of
+/// their conversations (one per business number).
+pub async fn customer(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let customer = customer_ref(&state, &raw).await?;
+    let now = state.clock.now();
+    let mut conversations = Vec::new();
+    let mut card = None;
+    for number in state.store.numbers().await? {
+        let id = ConversationId::new(number.phone_number_id, customer.clone());
+        if let Some(c) = state.store.conversation(&id).await? {
+            let contact = contact_for(state.store.as_ref(), &c).await?;
+            let s = summary(&c, contact.as_ref(), now);
+            card.get_or_insert_with(|| s.customer.clone());
+            conversations.push(s);
+        }
+    }
+    let card = card.ok_or_else(|| ApiError::not_found(format!("no customer {raw}")))?;
+    Ok(Json(json!({"customer": card, "conversations": conversations})))
+}
+
 /// Lists conversations, optionally by mode, in id order with `after` paging.
 pub async fn list(
     State(state): State<AppState>,
@@ -156,7 +223,7 @@ pub async fn list(
     let now = state.clock.now();
     let mut items = Vec::with_capacity(page.len());
     for c in &page {
-        let contact = state.store.contact(&c.id).await?;
+        let contact = contact_for(state.store.as_ref(), c).await?;
         items.push(summary(c, contact.as_ref(), now));
     }
     let next = if page.len() == limit {
@@ -172,13 +239,13 @@ pub async fn get(
     State(state): State<AppState>,
     Path(raw): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = parse_id(&raw)?;
+    let id = find_id(&state, &raw).await?;
     let conversation = state
         .store
         .conversation(&id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no conversation {id}")))?;
-    let contact = state.store.contact(&id).await?;
+    let contact = contact_for(state.store.as_ref(), &conversation).await?;
     let transcript: Vec<Line<'_>> = conversation.transcript.iter().map(Line::from).collect();
     let mut body =
         serde_json::to_value(summary(&conversation, contact.as_ref(), state.clock.now()))

@@ -69,7 +69,14 @@ pub const ROUTES: &[Route] = &[
         method: "GET",
         path: "/conversations/{id}",
         scope: Scope::Read,
-        summary: "A conversation's state, routing and transcript",
+        summary: "A conversation's state, routing and transcript ({id}: {phone_number_id}:{customer id, phone or BSUID})",
+        body: no_body,
+    },
+    Route {
+        method: "GET",
+        path: "/customers/{id}",
+        scope: Scope::Read,
+        summary: "A customer by customer id, phone or BSUID: identifiers and conversations",
         body: no_body,
     },
     Route {
@@ -184,6 +191,7 @@ fn handler(route: &Route) -> Option<MethodRouter<AppState>> {
     let h = match (route.method, route.path) {
         ("GET", "/conversations") => get(api::list),
         ("GET", "/conversations/{id}") => get(api::get),
+        ("GET", "/customers/{id}") => get(api::customer),
         ("POST", "/conversations/{id}/takeover") => post(agent::takeover),
         ("POST", "/conversations/{id}/release") => post(agent::release),
         ("POST", "/conversations/{id}/close") => post(agent::close),

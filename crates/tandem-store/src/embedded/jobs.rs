@@ -67,8 +67,7 @@ pub(super) fn ingest(
                 outcome
             }
             IngestKind::Contact(update) => {
-                let key = ConversationId::new(update.phone_number_id.clone(), update.wa_id.clone())
-                    .to_string();
+                let key = crate::model::contact_key(&update.phone_number_id, update.wa_id.as_str());
                 let stored: Option<ContactUpdate> = group
                     .contacts
                     .get(key.as_str())

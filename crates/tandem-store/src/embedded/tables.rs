@@ -46,7 +46,13 @@ pub(super) const AGENTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new
 /// Phone number id → number state (JSON).
 pub(super) const NUMBERS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("numbers");
 
+/// (tenant, alias kind, alias value) → customer id.
+pub(super) const ALIASES: TableDefinition<'_, (&str, &str, &str), &str> =
+    TableDefinition::new("customer_aliases");
+
 pub(super) const SEQ: &str = "seq";
+/// The schema version of the file (absent before version 2).
+pub(super) const SCHEMA: &str = "schema_version";
 pub(super) const DEAD_LETTER_SEQ: &str = "dead_letter_seq";
 pub(super) const INBOX_DEPTH: &str = "inbox_depth";
 
@@ -94,6 +100,8 @@ pub(super) fn create_all(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(AGENTS)
         .map_err(redb_err("creating tables"))?;
     txn.open_table(NUMBERS)
+        .map_err(redb_err("creating tables"))?;
+    txn.open_table(ALIASES)
         .map_err(redb_err("creating tables"))?;
     Ok(())
 }

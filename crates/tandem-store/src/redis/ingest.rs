@@ -92,9 +92,9 @@ impl RedisStore {
                     outcome
                 }
                 IngestKind::Contact(update) => {
-                    let id =
-                        ConversationId::new(update.phone_number_id.clone(), update.wa_id.clone());
-                    let key = self.keys.contact(&id);
+                    let key = self
+                        .keys
+                        .contact(&crate::model::contact_key(&update.phone_number_id, update.wa_id.as_str()));
                     if !contacts.contains_key(&key) {
                         let raw: Option<String> = con.get(&key).await?;
                         let stored: Option<ContactUpdate> =

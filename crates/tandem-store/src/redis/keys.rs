@@ -38,7 +38,7 @@ impl Keys {
         format!("{}{{{id}}}", self.lease_prefix())
     }
 
-    pub(crate) fn contact(&self, id: &ConversationId) -> String {
+    pub(crate) fn contact(&self, id: &str) -> String {
         format!("{}:contact:{{{id}}}", self.prefix)
     }
 
@@ -120,6 +120,15 @@ impl Keys {
 
     pub(crate) fn lead(&self, role: &str) -> String {
         format!("{}:lead:{role}", self.prefix)
+    }
+
+    /// Prefix of a tenant's alias keys; the alias (`kind:value`) follows.
+    pub(crate) fn alias_prefix(&self, tenant: &str) -> String {
+        format!("{}:alias:{tenant}:", self.prefix)
+    }
+
+    pub(crate) fn schema(&self) -> String {
+        format!("{}:schema", self.prefix)
     }
 
     pub(crate) fn dead_letter_seq(&self) -> String {

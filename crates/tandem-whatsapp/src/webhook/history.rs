@@ -2,9 +2,9 @@
 //! declined sync as a number-level fact.
 
 use serde_json::Value;
-use tandem_domain::{ConversationEvent, HistoryMessage, HistoryThread};
+use tandem_domain::{ConversationEvent, CustomerLookup, HistoryMessage, HistoryThread};
 
-use super::{Items, WebhookEvent, digest_json, message_head, wa_id};
+use super::{Items, WebhookEvent, digest_json, identity_at, message_head};
 use crate::content::parse_content;
 
 impl Items<'_> {
@@ -53,7 +53,20 @@ impl Items<'_> {
     ) -> WebhookEvent {
         let parsed = (|| -> Result<WebhookEvent, String> {
             let object = thread.as_object().ok_or("thread is not an object")?;
-            let customer = wa_id(object, "id")?;
+            // `id` is the customer's phone, or (for username users) a BSUID; a `user_id` next
+            // to it links the two.
+            let customer = identity_at(object, "id", "user_id", "parent_user_id")?;
+            if customer.is_empty() {
+                return Err("history thread has no `id`".into());
+            }
+            let own: Vec<&str> = [
+                customer.phone.as_ref().map(|p| p.as_str()),
+                customer.user_id.as_ref().map(|u| u.as_str()),
+                customer.parent_user_id.as_ref().map(|u| u.as_str()),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
             let mut messages = Vec::new();
             for item in object
                 .get("messages")
@@ -64,12 +77,14 @@ impl Items<'_> {
                 let item = item.as_object().ok_or("history message is not an object")?;
                 let (id, sent_at) = message_head(item)?;
                 let from = item.get("from").and_then(Value::as_str).unwrap_or("");
+                let from_user = item.get("from_user_id").and_then(Value::as_str);
                 messages.push(HistoryMessage {
                     id,
                     sent_at,
                     // The customer's messages come from the customer; everything else in the
                     // thread was sent by the business (and carries `to`).
-                    from_business: from != customer.as_str(),
+                    from_business: !own.contains(&from)
+                        && !from_user.is_some_and(|u| own.contains(&u)),
                     content: parse_content(item),
                     status: item
                         .get("history_context")
@@ -78,17 +93,19 @@ impl Items<'_> {
                         .map(str::to_owned),
                 });
             }
-            Ok(WebhookEvent::Conversation {
-                key: format!("history:{}:{customer}:{}", self.pnid, digest_json(thread)),
-                conversation: self.conversation(customer),
-                field: "history",
-                event: ConversationEvent::History(HistoryThread {
+            let thread_id = own.first().copied().unwrap_or_default();
+            Ok(self.conversation_event(
+                format!("history:{}:{thread_id}:{}", self.pnid, digest_json(thread)),
+                CustomerLookup::of(&customer),
+                "history",
+                ConversationEvent::History(HistoryThread {
                     phase,
                     chunk_order,
                     progress,
                     messages,
+                    customer,
                 }),
-            })
+            ))
         })();
         parsed.unwrap_or_else(|detail| self.kept(thread, &detail))
     }
