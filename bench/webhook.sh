@@ -6,6 +6,8 @@
 #
 #   bench/webhook.sh                 # full run: ~2 minutes
 #   DURATION=5s bench/webhook.sh     # shorter
+#   BASELINE=/path/to/older/tandem bench/webhook.sh   # adds that binary's embedded and Redis
+#                                    # runs to the same sitting, for a before/after ratio
 #
 # Each run starts a fresh server with a fresh store and sends unique, correctly signed
 # deliveries (no retry duplicates), one customer message each, over 1,000 conversations.
@@ -77,21 +79,25 @@ drained() {
   echo "timeout"
 }
 
+BASELINE=${BASELINE:-}
+TARGETS=${TARGETS:-bare embedded redis${BASELINE:+ embedded-baseline redis-baseline}}
+
 run() {
-  local target=$1 shape=$2 prefix
+  local target=$1 shape=$2 prefix bin=$root/target/release/tandem
+  case $target in *-baseline) bin=$BASELINE ;; esac
   case $target in
     bare) start bare "$root/target/release/examples/bare_ack" 127.0.0.1:0 ;;
-    embedded) start embedded env TANDEM_APP_SECRET=$SECRET TANDEM_VERIFY_TOKEN=v TANDEM_API_TOKEN=a RUST_LOG=warn \
-                "$root/target/release/tandem" serve --listen 127.0.0.1:0 --store "$work/store-$shape.redb" ;;
-    redis) prefix="tandem-bench:$$:$shape"
-           start redis env TANDEM_APP_SECRET=$SECRET TANDEM_VERIFY_TOKEN=v TANDEM_API_TOKEN=a RUST_LOG=warn \
-                TANDEM_REDIS_PREFIX=$prefix "$root/target/release/tandem" serve --listen 127.0.0.1:0 --store "$REDIS_URL" ;;
+    embedded*) start "$target" env TANDEM_APP_SECRET=$SECRET TANDEM_VERIFY_TOKEN=v TANDEM_API_TOKEN=a RUST_LOG=warn \
+                "$bin" serve --listen 127.0.0.1:0 --store "$work/store-$target-$shape.redb" ;;
+    redis*) prefix="tandem-bench:$$:$target:$shape"
+           start "$target" env TANDEM_APP_SECRET=$SECRET TANDEM_VERIFY_TOKEN=v TANDEM_API_TOKEN=a RUST_LOG=warn \
+                TANDEM_REDIS_PREFIX=$prefix "$bin" serve --listen 127.0.0.1:0 --store "$REDIS_URL" ;;
   esac
   local result; result=$(load "$shape")
   local drain="-"
   [ "$target" != bare ] && drain=$(drained)
   stop
-  if [ "$target" = redis ]; then
+  if [[ "$target" == redis* ]]; then
     redis-cli -u "$REDIS_URL" --scan --pattern "$prefix*" | xargs -r -n 500 redis-cli -u "$REDIS_URL" del >/dev/null
   fi
   echo "$target $shape $result drain_s=$drain"
@@ -99,7 +105,7 @@ run() {
 
 results=()
 for shape in max 1k; do
-  for target in bare embedded redis; do
+  for target in $TARGETS; do
     line=$(run "$target" "$shape")
     echo "$line" >&2
     results+=("$line")

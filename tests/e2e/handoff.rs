@@ -307,7 +307,8 @@ async fn a_full_team_queues_with_an_honest_message_and_assigns_when_someone_free
     assert_eq!(status, 200);
     let entries = queue["queue"].as_array().unwrap();
     assert_eq!(entries.len(), 1, "{queue}");
-    assert_eq!(entries[0]["conversation"], format!("{PNID}:{second}"));
+    let waiting = d.server.conversation(second).await.unwrap();
+    assert_eq!(entries[0]["conversation"], waiting["id"]);
     assert_eq!(entries[0]["position"], 1);
     assert!(entries[0]["window_seconds_left"].as_u64().unwrap() > 23 * 3600);
     let (_, agents) = d.server.api("/v1/agents").await;

@@ -146,15 +146,21 @@ async fn graph_messages(
         return (StatusCode::from_u16(status).unwrap(), Json(answer));
     }
     state.sent += 1;
-    let to = body["to"].clone();
     let mut message = json!({"id": format!("wamid.OUT{:06}", state.sent)});
     if body["type"] == "template" {
         message["message_status"] = "accepted".into();
     }
+    // Like WhatsApp: a phone send answers with the `wa_id`, a BSUID send (`recipient`) with
+    // the `user_id`. A BSUID in `to` is accepted too, and then never delivered.
+    let contact = match (body.get("to"), body.get("recipient")) {
+        (_, Some(recipient)) => json!({"input": recipient, "user_id": recipient}),
+        (Some(to), None) => json!({"input": to, "wa_id": to}),
+        (None, None) => json!({}),
+    };
     (
         StatusCode::OK,
         Json(
-            json!({"messaging_product": "whatsapp", "contacts": [{"input": to, "wa_id": to}], "messages": [message]}),
+            json!({"messaging_product": "whatsapp", "contacts": [contact], "messages": [message]}),
         ),
     )
 }

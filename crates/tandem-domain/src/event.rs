@@ -25,7 +25,7 @@ pub enum ConversationEvent {
     /// An agent acted through the API, or the router assigned or queued the conversation.
     Agent(AgentAction),
     /// WhatsApp announced new identifiers for the customer (a new BSUID or phone).
-    IdentityChanged(IdentityChange),
+    IdentityChanged(Box<IdentityChange>),
 }
 
 impl ConversationEvent {

@@ -328,7 +328,14 @@ mod tests {
         let parent = UserId::parse("US.ENT.11815799212886844830").unwrap();
         assert!(parent.is_parent());
         assert!(!UserId::parse("US.1349").unwrap().is_parent());
-        for bad in ["15550002222", "us.123", "USA.1", "US.", "US.12-3", "US.ENT."] {
+        for bad in [
+            "15550002222",
+            "us.123",
+            "USA.1",
+            "US.",
+            "US.12-3",
+            "US.ENT.",
+        ] {
             assert_eq!(UserId::parse(bad), Err(IdError::NotAUserId), "{bad}");
         }
         assert!(Phone::parse("US.1").is_err());

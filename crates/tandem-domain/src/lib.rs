@@ -31,8 +31,8 @@ pub use bot::{
     Assignment, BotState, Burst, FlowPosition, HandoffRequest, PendingSend, SendAction, SendOrigin,
     TriageNote,
 };
-pub use customer::{Alias, AliasKind, CustomerLookup, Identity, IdentityChange, Resolved};
 pub use conversation::{Conversation, Mode, PausedBy, Role, TranscriptEntry, Understood};
+pub use customer::{Alias, AliasKind, CustomerLookup, Identity, IdentityChange, Resolved};
 pub use error::ErrorKind;
 pub use event::{
     AccountUpdate, AgentAction, AgentActionKind, ContactUpdate, ConversationEvent, DeadLetter,

@@ -3,8 +3,11 @@
 //!
 //! Aliases are never moved or removed (see `tandem_store`'s customer rule), so an
 //! `alias → customer` pair once read stays true: a lookup whose every alias is cached with one
-//! customer is answered without the store. Anything else — a new customer, a new alias to
-//! link, a conflict, an identity change — goes to the store, which decides atomically.
+//! customer is answered without the store, and its aliases ride along with the event
+//! ([`tandem_store::AliasClaim`]), written where missing, so a store that lost them (a Redis
+//! restarted without persistence) gets them back. Anything else — a new customer, a new
+//! alias to link, a conflict, an identity change — goes to the store, which decides
+//! atomically.
 //! Resolution is idempotent, so a crash between resolving and storing the delivery loses
 //! nothing: Meta's retry resolves to the same customer.
 
@@ -12,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tandem_domain::{Alias, CustomerId, CustomerLookup, Resolved};
-use tandem_store::{Store, StoreError};
+use tandem_store::{AliasClaim, Store, StoreError};
 
 use crate::metrics;
 
@@ -36,14 +39,25 @@ impl Identities {
         }
     }
 
-    /// Returns the customer of each lookup, in order.
+    /// Returns the customer of each lookup, in order, with the aliases to claim along with
+    /// the event when the answer came from the cache.
     pub(crate) async fn resolve(
         &self,
         lookups: &[&CustomerLookup],
-    ) -> Result<Vec<CustomerId>, StoreError> {
-        let mut out: Vec<Option<CustomerId>> = {
+    ) -> Result<Vec<(CustomerId, Option<AliasClaim>)>, StoreError> {
+        let mut out: Vec<Option<(CustomerId, Option<AliasClaim>)>> = {
             let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-            lookups.iter().map(|l| cached(&cache, l)).collect()
+            lookups
+                .iter()
+                .map(|l| {
+                    let customer = cached(&cache, l)?;
+                    let claim = AliasClaim {
+                        tenant: self.tenant.clone(),
+                        aliases: l.link.clone(),
+                    };
+                    Some((customer, Some(claim)))
+                })
+                .collect()
         };
         let missing: Vec<CustomerLookup> = lookups
             .iter()
@@ -70,7 +84,7 @@ impl Identities {
                         cache.insert(alias.clone(), answer.customer.clone());
                     }
                 }
-                *slot = Some(answer.customer);
+                *slot = Some((answer.customer, None));
             }
         }
         out.into_iter()

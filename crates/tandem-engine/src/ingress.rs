@@ -15,7 +15,8 @@ use tandem_domain::{
     PausedBy, PhoneNumberId, Timestamp,
 };
 use tandem_store::{
-    IngestBatch, IngestItem, IngestKind, ItemOutcome, NumberTouch, PauseOnIngest, Store, StoreError,
+    AliasClaim, IngestBatch, IngestItem, IngestKind, ItemOutcome, NumberTouch, PauseOnIngest,
+    Store, StoreError,
 };
 use tandem_whatsapp::{WebhookEvent, parse_webhook};
 
@@ -109,6 +110,7 @@ impl Ingress {
                         conversation,
                         event: ConversationEvent::Agent(action),
                         pause,
+                        aliases: None,
                     },
                 }],
             })
@@ -144,11 +146,10 @@ impl Ingress {
             })
             .collect();
         let mut customers = self.identities.resolve(&lookups).await?.into_iter();
-        if events
-            .iter()
-            .any(|e| e.field_label() == "user_id_update")
-        {
-            tracing::info!("a user_id_update webhook (withdrawn by Meta) was applied as an identity change");
+        if events.iter().any(|e| e.field_label() == "user_id_update") {
+            tracing::info!(
+                "a user_id_update webhook (withdrawn by Meta) was applied as an identity change"
+            );
         }
         let labels: Vec<&'static str> = events.iter().map(WebhookEvent::field_label).collect();
         let kept: Vec<Option<&'static str>> = events
@@ -300,14 +301,15 @@ impl Ingress {
     fn item(
         &self,
         event: WebhookEvent,
-        customer: Option<CustomerId>,
+        customer: Option<(CustomerId, Option<AliasClaim>)>,
     ) -> Result<IngestItem, StoreError> {
         Ok(match event {
             WebhookEvent::Conversation {
                 key, number, event, ..
             } => {
-                let customer = customer
-                    .ok_or_else(|| StoreError::Protocol("an event's customer was not resolved".into()))?;
+                let (customer, aliases) = customer.ok_or_else(|| {
+                    StoreError::Protocol("an event's customer was not resolved".into())
+                })?;
                 let conversation = ConversationId::new(number, customer);
                 let pause = match &event {
                     ConversationEvent::Echo(echo) => Some(PauseOnIngest {
@@ -323,6 +325,7 @@ impl Ingress {
                         conversation,
                         event,
                         pause,
+                        aliases,
                     },
                 }
             }

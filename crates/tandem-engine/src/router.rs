@@ -342,6 +342,7 @@ impl Router {
                         conversation: conversation.clone(),
                         event: ConversationEvent::Agent(action),
                         pause: None,
+                        aliases: None,
                     },
                 }],
             })

@@ -28,13 +28,16 @@ pub(crate) fn new_customer_id() -> CustomerId {
     CustomerId::from_random(uuid::Uuid::new_v4().as_u128())
 }
 
+/// The answers of a resolution and the aliases it needs written (alias, owner).
+pub(crate) type Resolution = (Vec<Resolved>, Vec<(Alias, CustomerId)>);
+
 /// Applies the rule of the module docs to `lookups` in order. `owner` reads the stored owner
 /// of an alias; aliases written by earlier lookups of the same call are seen by later ones.
 /// Returns the answers and the aliases to write.
 pub(crate) fn resolve_all(
     lookups: &[CustomerLookup],
     mut owner: impl FnMut(&Alias) -> Result<Option<CustomerId>, StoreError>,
-) -> Result<(Vec<Resolved>, Vec<(Alias, CustomerId)>), StoreError> {
+) -> Result<Resolution, StoreError> {
     let mut written: HashMap<Alias, CustomerId> = HashMap::new();
     let mut answers = Vec::with_capacity(lookups.len());
     let mut writes = Vec::new();
@@ -88,7 +91,9 @@ pub(crate) fn legacy_alias(customer: &CustomerId) -> Option<Alias> {
     if let Ok(phone) = tandem_domain::Phone::parse(raw) {
         return Some(Alias::phone(&phone));
     }
-    tandem_domain::UserId::parse(raw).ok().map(|u| Alias::user(&u))
+    tandem_domain::UserId::parse(raw)
+        .ok()
+        .map(|u| Alias::user(&u))
 }
 
 #[cfg(test)]

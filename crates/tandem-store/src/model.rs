@@ -51,6 +51,9 @@ pub struct IngestItem {
 }
 
 /// What an ingested item is.
+// Conversation events are most of what is ingested and are moved a few times each, never
+// kept in bulk: boxing them would cost an allocation per event for no saving.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum IngestKind {
     /// An event appended to a conversation's inbox.
@@ -61,6 +64,9 @@ pub enum IngestKind {
         event: ConversationEvent,
         /// Set for a human echo: pause the conversation in the same write.
         pause: Option<PauseOnIngest>,
+        /// The aliases the customer was resolved from, written with the event where they
+        /// are missing (see [`AliasClaim`]).
+        aliases: Option<AliasClaim>,
     },
     /// An address-book change (last writer by timestamp wins).
     Contact(ContactUpdate),
@@ -68,6 +74,18 @@ pub enum IngestKind {
     Account(AccountUpdate),
     /// Signed input kept raw.
     DeadLetter(DeadLetter),
+}
+
+/// Aliases of the event's customer that ingress resolved from its own cache. The store
+/// writes each one that is missing, in the same write as the event, so the alias table stays
+/// whole even if it lost data the cache still remembers (a Redis restarted without
+/// persistence). An alias that exists is left as it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AliasClaim {
+    /// The tenant the aliases belong to.
+    pub tenant: String,
+    /// The aliases.
+    pub aliases: Vec<tandem_domain::Alias>,
 }
 
 /// A pause applied at ingress (a human echo, an agent's take-over or message), unless the

@@ -401,7 +401,10 @@ mod tests {
             reply_to: None,
             callback_data: Some("engine=bot;conv=c_01J5DARIO".into()),
         };
-        assert_eq!(message.to_wire(), fixture("send_text_to_bsuid_request.json"));
+        assert_eq!(
+            message.to_wire(),
+            fixture("send_text_to_bsuid_request.json")
+        );
         let both = Identity {
             phone: Some(Phone::parse("15550002222").unwrap()),
             user_id: Some(user.clone()),

@@ -103,6 +103,9 @@ impl KeptReason {
 }
 
 /// One thing a webhook told us, ready to be stored.
+// Conversation events are most of what webhooks carry and are moved a few times each, never
+// kept in bulk: boxing them would cost an allocation per event for no saving.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum WebhookEvent {
     /// An event for one conversation's lane.
@@ -366,7 +369,9 @@ fn timestamp(value: Option<&Value>) -> Option<Timestamp> {
 }
 
 fn text<'v>(item: &'v Map<String, Value>, key: &str) -> Option<&'v str> {
-    item.get(key).and_then(Value::as_str).filter(|s| !s.is_empty())
+    item.get(key)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
 }
 
 /// Reads the customer identifiers an object holds under the given keys (phone, BSUID,
@@ -461,7 +466,11 @@ impl Items<'_> {
         let found = contacts
             .iter()
             .find(|c| same_customer(&contact_identity(c), identity))
-            .or_else(|| contacts.first().filter(|_| identity.is_empty() && contacts.len() == 1))?;
+            .or_else(|| {
+                contacts
+                    .first()
+                    .filter(|_| identity.is_empty() && contacts.len() == 1)
+            })?;
         let contact = contact_identity(found);
         // The item's own fields win; the contact fills in what they leave out.
         let mut merged = contact;
@@ -518,7 +527,7 @@ impl Items<'_> {
                     format!("msg:{}:{id}", self.pnid),
                     CustomerLookup::of_change(&change),
                     "messages",
-                    ConversationEvent::IdentityChanged(change),
+                    ConversationEvent::IdentityChanged(Box::new(change)),
                 ));
             }
             let mut from = identity_at(item, "from", "from_user_id", "from_parent_user_id")?;
@@ -632,8 +641,7 @@ impl Items<'_> {
                 .unwrap_or_default();
             // Some libraries write echoes the other way round: the customer is whichever
             // party is not the business number.
-            let mut to = if self.is_business(&to) && !from.is_empty() && !self.is_business(&from)
-            {
+            let mut to = if self.is_business(&to) && !from.is_empty() && !self.is_business(&from) {
                 from
             } else {
                 to
@@ -643,9 +651,7 @@ impl Items<'_> {
             }
             self.with_contact(&mut to);
             if to.is_empty() {
-                return Err(
-                    "echo names no customer: no `to`, `to_user_id` or `contacts[]`".into(),
-                );
+                return Err("echo names no customer: no `to`, `to_user_id` or `contacts[]`".into());
             }
             let echo = Echo {
                 id,
@@ -665,8 +671,7 @@ impl Items<'_> {
     /// The withdrawn `user_id_update` field: applied only when it has the shape of
     /// [`user_id_update`]; anything else is kept raw.
     fn user_id_update(&self, change: &Value, out: &mut Vec<WebhookEvent>) {
-        let items: Vec<&Value> = match self.value.get("user_id_update").and_then(Value::as_array)
-        {
+        let items: Vec<&Value> = match self.value.get("user_id_update").and_then(Value::as_array) {
             Some(items) => items.iter().collect(),
             None => vec![change.get("value").unwrap_or(change)],
         };
@@ -680,7 +685,7 @@ impl Items<'_> {
                     format!("user_id_update:{}:{}", self.pnid, digest_json(item)),
                     CustomerLookup::of_change(&update),
                     "user_id_update",
-                    ConversationEvent::IdentityChanged(update),
+                    ConversationEvent::IdentityChanged(Box::new(update)),
                 ),
                 Err(detail) => self.kept(item, &detail),
             });
@@ -748,7 +753,9 @@ fn identity_change(item: &Map<String, Value>) -> Result<Option<IdentityChange>, 
         current.phone = None;
     }
     if previous.is_empty() && current.is_empty() {
-        return Err(format!("system message {kind:?} names no previous or new identifier"));
+        return Err(format!(
+            "system message {kind:?} names no previous or new identifier"
+        ));
     }
     Ok(Some(IdentityChange {
         kind: kind.to_owned(),

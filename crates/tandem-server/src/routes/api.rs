@@ -21,8 +21,8 @@ use axum::extract::{Path, Query, State};
 use serde::Serialize;
 use serde_json::{Value, json};
 use tandem_domain::{
-    Alias, ContactUpdate, Conversation, ConversationId, CustomerId, DeliveryStatus, Mode,
-    PausedBy, Phone, PhoneNumberId, Role, Timestamp, TranscriptEntry, Understood, UserId,
+    Alias, ContactUpdate, Conversation, ConversationId, CustomerId, DeliveryStatus, Mode, PausedBy,
+    Phone, PhoneNumberId, Role, Timestamp, TranscriptEntry, Understood, UserId,
 };
 use tandem_store::{DEFAULT_TENANT, ListQuery, contact_for};
 
@@ -199,7 +199,9 @@ pub async fn customer(
         }
     }
     let card = card.ok_or_else(|| ApiError::not_found(format!("no customer {raw}")))?;
-    Ok(Json(json!({"customer": card, "conversations": conversations})))
+    Ok(Json(
+        json!({"customer": card, "conversations": conversations}),
+    ))
 }
 
 /// Lists conversations, optionally by mode, in id order with `after` paging.

@@ -42,15 +42,38 @@ pub(super) fn resolve_in(
     Ok(answers)
 }
 
+/// Writes the aliases of `claim` that have no owner yet, for `customer`.
+pub(super) fn claim(
+    table: &mut AliasTable<'_>,
+    claim: &crate::model::AliasClaim,
+    customer: &CustomerId,
+) -> Result<(), StoreError> {
+    for alias in &claim.aliases {
+        let key = (
+            claim.tenant.as_str(),
+            alias.kind.as_str(),
+            alias.value.as_str(),
+        );
+        if table
+            .get(key)
+            .map_err(redb_err("reading an alias"))?
+            .is_none()
+        {
+            table
+                .insert(key, customer.as_str())
+                .map_err(redb_err("writing an alias"))?;
+        }
+    }
+    Ok(())
+}
+
 /// Brings a file written by an earlier version up to [`SCHEMA_VERSION`], inside the opening
 /// transaction. Version 2: every conversation (stored, or only waiting in the inbox) whose
 /// customer id is the phone it was created with gets that phone as an alias, so the
 /// customer's next message, with or without a BSUID, finds the same conversation.
 /// Idempotent; a file from a newer version is refused.
 pub(super) fn migrate(txn: &WriteTransaction) -> Result<(), StoreError> {
-    let mut meta = txn
-        .open_table(META)
-        .map_err(redb_err("opening meta"))?;
+    let mut meta = txn.open_table(META).map_err(redb_err("opening meta"))?;
     let version = meta
         .get(SCHEMA)
         .map_err(redb_err("reading the schema version"))?
@@ -88,7 +111,8 @@ pub(super) fn migrate(txn: &WriteTransaction) -> Result<(), StoreError> {
         .map_err(redb_err("opening aliases"))?;
     let mut added = 0_usize;
     for raw in ids {
-        let id = ConversationId::parse(&raw).map_err(|e| StoreError::corrupt("conversation id", e))?;
+        let id =
+            ConversationId::parse(&raw).map_err(|e| StoreError::corrupt("conversation id", e))?;
         let Some(alias) = legacy_alias(id.customer()) else {
             continue;
         };

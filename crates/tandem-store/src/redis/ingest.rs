@@ -9,8 +9,8 @@ use tandem_domain::{ContactUpdate, Conversation, ConversationId};
 use super::{Attempt, RedisStore, decode, json, millis};
 use crate::error::StoreError;
 use crate::model::{
-    AccountState, InboxItem, IngestBatch, IngestItem, IngestKind, IngestReport, ItemOutcome,
-    apply_pause, contact_wins,
+    AccountState, AliasClaim, InboxItem, IngestBatch, IngestItem, IngestKind, IngestReport,
+    ItemOutcome, apply_pause, contact_wins,
 };
 
 impl RedisStore {
@@ -48,7 +48,11 @@ impl RedisStore {
                     conversation,
                     event,
                     pause,
+                    aliases,
                 } => {
+                    for key in self.claim_keys(aliases.as_ref()) {
+                        plan.set_nx.push((key, conversation.customer().to_string()));
+                    }
                     let mut outcome = ItemOutcome::Stored;
                     let mut own_echo = false;
                     if let Some(pause) = pause {
@@ -92,9 +96,10 @@ impl RedisStore {
                     outcome
                 }
                 IngestKind::Contact(update) => {
-                    let key = self
-                        .keys
-                        .contact(&crate::model::contact_key(&update.phone_number_id, update.wa_id.as_str()));
+                    let key = self.keys.contact(&crate::model::contact_key(
+                        &update.phone_number_id,
+                        update.wa_id.as_str(),
+                    ));
                     if !contacts.contains_key(&key) {
                         let raw: Option<String> = con.get(&key).await?;
                         let stored: Option<ContactUpdate> =
@@ -188,6 +193,7 @@ impl RedisStore {
                 IngestKind::Conversation {
                     conversation,
                     event,
+                    aliases,
                     ..
                 } => {
                     let stored = InboxItem {
@@ -196,12 +202,16 @@ impl RedisStore {
                         own_echo: false,
                         event: event.clone(),
                     };
+                    let claims = self.claim_keys(aliases.as_ref());
                     script
                         .arg("q")
                         .arg(dedupe)
                         .arg(self.keys.inbox(conversation))
                         .arg(conversation.to_string())
-                        .arg(json(&stored)?);
+                        .arg(json(&stored)?)
+                        .arg(conversation.customer().as_str())
+                        .arg(claims.len())
+                        .arg(claims);
                     enqueued = true;
                 }
                 IngestKind::DeadLetter(letter) => {
@@ -210,7 +220,9 @@ impl RedisStore {
                         .arg(dedupe)
                         .arg("")
                         .arg("")
-                        .arg(json(letter)?);
+                        .arg(json(letter)?)
+                        .arg("")
+                        .arg(0);
                 }
                 IngestKind::Contact(_) | IngestKind::Account(_) => {
                     return Err(StoreError::Protocol(
@@ -242,6 +254,19 @@ impl RedisStore {
             })
             .collect();
         Ok(IngestReport { outcomes })
+    }
+}
+
+impl RedisStore {
+    /// The keys of the aliases an ingest item claims for its customer.
+    fn claim_keys(&self, claim: Option<&AliasClaim>) -> Vec<String> {
+        claim.map_or_else(Vec::new, |c| {
+            let prefix = self.keys.alias_prefix(&c.tenant);
+            c.aliases
+                .iter()
+                .map(|a| format!("{prefix}{}:{}", a.kind.as_str(), a.value))
+                .collect()
+        })
     }
 }
 
