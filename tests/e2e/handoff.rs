@@ -64,10 +64,15 @@ async fn started_with(
     env: Vec<(String, String)>,
     strategy: &str,
 ) -> Desk {
+    let path = config(dir, agents, extra, strategy);
+    started_on(backend, path, env).await
+}
+
+/// Starts the desk with the configuration file at `path` (its `{HOOK_URL}` filled in).
+async fn started_on(backend: Backend, path: PathBuf, env: Vec<(String, String)>) -> Desk {
     let graph = Graph::start().await;
     let shop = Shop::start(Duration::ZERO).await;
     let hooks = HookReceiver::start().await;
-    let path = config(dir, agents, extra, strategy);
     let text = std::fs::read_to_string(&path)
         .unwrap()
         .replace("{HOOK_URL}", &hooks.url);
@@ -657,7 +662,96 @@ async fn a_receiver_answering_release_hands_the_conversation_back() {
     );
 }
 
+/// A customer with a username and no phone: routed like anyone, the CRM told their BSUID and
+/// username, the agent API reaching them by BSUID, and authentication templates refused.
+async fn a_username_customer_reaches_an_agent_and_the_crm_knows_them_by_bsuid(backend: Backend) {
+    const BSUID: &str = "US.13491208600000000004";
+    let dir = tempfile::tempdir().unwrap();
+    // The configuration's [engine] table gets the business's authentication templates.
+    let path = config(dir.path(), ONE_AGENT, "", "least_busy");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "[engine]\n",
+        "[engine]\nauthentication_templates = [\"login_code\"]\n",
+    );
+    std::fs::write(&path, text).unwrap();
+    let d = started_on(backend, path, Vec::new()).await;
+    let body = json!({"object": "whatsapp_business_account", "entry": [{"id": "104810000000001", "changes": [{"field": "messages", "value": {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "15550001111", "phone_number_id": PNID},
+        "contacts": [{"profile": {"name": "Dario M.", "username": "dario.m_88"}, "user_id": BSUID}],
+        "messages": [{"from_user_id": BSUID, "id": "wamid.u1", "timestamp": now_secs().to_string(), "type": "text", "text": {"body": "I want to talk to a person"}}]}}]}]});
+    post(&d.server, serde_json::to_vec(&body).unwrap()).await;
+    let assigned = hook(&d.hooks, BSUID, "conversation.assigned", 1).await;
+    let customer = &assigned.body["customer"];
+    assert_eq!(customer["user_id"], BSUID, "{customer}");
+    assert_eq!(customer["username"], "dario.m_88");
+    assert_eq!(customer["name"], "Dario M.");
+    assert_eq!(customer["phone"], Value::Null);
+    assert!(customer["id"].as_str().unwrap().starts_with("c_"));
+    assert_eq!(
+        assigned.body["conversation"]["id"],
+        format!("{PNID}:{}", customer["id"].as_str().unwrap())
+    );
+    // The agent writes through the API, addressing the conversation by BSUID.
+    let (status, answer) = act(
+        &d.server,
+        BSUID,
+        "messages",
+        json!({"agent": "ana", "text": "Hi Dario, Ana here"}),
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+    let sent = wait_for("the agent's message sent", DEADLINE, || async {
+        d.graph
+            .messages()
+            .into_iter()
+            .find(|m| m["text"]["body"] == "Hi Dario, Ana here")
+    })
+    .await;
+    assert_eq!(sent["recipient"], BSUID);
+    assert!(sent.get("to").is_none(), "{sent}");
+    // An authentication template cannot reach a BSUID: refused with the reason.
+    let (status, refused) = act(
+        &d.server,
+        BSUID,
+        "messages",
+        json!({"agent": "ana", "template": {"name": "login_code", "language": "en"}}),
+    )
+    .await;
+    assert_eq!(status, 409, "{refused}");
+    assert!(refused.to_string().contains("131062"), "{refused}");
+    // One WhatsApp refuses anyway (not listed here) is noted in the transcript as such.
+    d.graph.script(400, json!({"error": {"message": "(#131062) Business-scoped user ID recipients are not supported for this template", "type": "OAuthException", "code": 131062, "fbtrace_id": "x"}}));
+    let (status, _) = act(
+        &d.server,
+        BSUID,
+        "messages",
+        json!({"agent": "ana", "template": {"name": "otp_other", "language": "en"}}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    wait_for("the 131062 note", DEADLINE, || async {
+        let c = d.server.conversation(BSUID).await?;
+        texts_of(&c, "system")
+            .iter()
+            .any(|t| t.contains("131062"))
+            .then_some(())
+    })
+    .await;
+}
+
+fn texts_of(c: &Value, role: &str) -> Vec<String> {
+    c["transcript"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["role"] == role)
+        .map(|l| l["text"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 crate::both_stores!(
+    a_username_customer_reaches_an_agent_and_the_crm_knows_them_by_bsuid,
     a_customer_asking_for_a_person_reaches_an_agent_and_the_crm_follows,
     a_full_team_queues_with_an_honest_message_and_assigns_when_someone_frees_up,
     a_takeover_pauses_before_the_answer_and_the_phone_does_not_announce_twice,

@@ -215,7 +215,7 @@ impl Sandbox {
         let template = window_template(&self.responder.flows().current());
         while !self.conversation.outbox.is_empty() {
             let head = self.conversation.outbox.remove(0);
-            match prepare(&self.conversation, &head, self.now, template.clone()) {
+            match prepare(&self.conversation, &head, self.now, template.clone(), &[]) {
                 Prepared::MarkRead => {}
                 Prepared::Drop(reason) => {
                     self.conversation

@@ -98,8 +98,45 @@ pub enum Prepared {
 
 /// Decides what becomes of `head` at `now`: dropped when a person is talking or the
 /// customer opted out, replaced by `window_template` (or dropped without one) when it is
-/// free text and the customer's 24-hour window has closed, sent otherwise.
+/// free text and the customer's 24-hour window has closed, dropped when the customer cannot
+/// be addressed (no phone and no BSUID) or when it is one of `authentication_templates` and
+/// the customer is known only by BSUID (WhatsApp refuses those with 131062), sent otherwise.
 pub fn prepare(
+    record: &Conversation,
+    head: &PendingSend,
+    now: Timestamp,
+    window_template: Option<OutboundContent>,
+    authentication_templates: &[String],
+) -> Prepared {
+    match prepare_content(record, head, now, window_template) {
+        Prepared::Send(content) => addressable(record, content, authentication_templates),
+        other => other,
+    }
+}
+
+/// Checks that `content` can reach the conversation's customer.
+fn addressable(
+    record: &Conversation,
+    content: OutboundContent,
+    authentication_templates: &[String],
+) -> Prepared {
+    match Recipient::of(&record.who()) {
+        None => {
+            Prepared::Drop("not sent: WhatsApp gave no phone or BSUID for this customer".into())
+        }
+        Some(to) if to.is_user_id() => match &content {
+            OutboundContent::Template { name, .. } if authentication_templates.contains(name) => {
+                Prepared::Drop(format!(
+                    "not sent: authentication template {name:?} cannot go to a customer known only by username (BSUID); WhatsApp refuses it with 131062"
+                ))
+            }
+            _ => Prepared::Send(content),
+        },
+        Some(_) => Prepared::Send(content),
+    }
+}
+
+fn prepare_content(
     record: &Conversation,
     head: &PendingSend,
     now: Timestamp,
@@ -247,31 +284,18 @@ impl Sender {
     async fn attempt(&self, record: &Conversation, head: &PendingSend) -> Outcome {
         let phone = record.id.phone_number_id();
         let now = self.clock.now();
-        let content = match prepare(record, head, now, self.window_template()) {
+        let content = match prepare(
+            record,
+            head,
+            now,
+            self.window_template(),
+            &self.policy.authentication_templates,
+        ) {
             Prepared::Drop(reason) => return Outcome::Dropped(reason),
             Prepared::MarkRead => None,
             Prepared::Send(content) => Some(content),
         };
         let recipient = Recipient::of(&record.who());
-        if content.is_some() {
-            match &recipient {
-                None => {
-                    return Outcome::Dropped(
-                        "not sent: WhatsApp gave no phone or BSUID for this customer".into(),
-                    );
-                }
-                Some(to) if to.is_user_id() => {
-                    if let Some(OutboundContent::Template { name, .. }) = &content
-                        && self.policy.authentication_templates.contains(name)
-                    {
-                        return Outcome::Dropped(format!(
-                            "not sent: authentication template {name:?} cannot go to a customer known only by username (BSUID); WhatsApp refuses it with 131062"
-                        ));
-                    }
-                }
-                Some(_) => {}
-            }
-        }
         if head.origin.is_bot()
             && content.is_some()
             && record.human_last_at.is_some_and(|h| h > head.queued_at)
@@ -570,4 +594,81 @@ pub fn window_template(bot: &tandem_flows::Bot) -> Option<OutboundContent> {
         language,
         body_parameters: Vec::new(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_domain::{Identity, Phone, PhoneNumberId, UserId};
+
+    const NOW: Timestamp = Timestamp(1_800_000_000_000);
+
+    fn record(who: Identity) -> Conversation {
+        let id = ConversationId::new(
+            PhoneNumberId::parse("106").unwrap(),
+            tandem_domain::CustomerId::parse("c_1").unwrap(),
+        );
+        let mut c = Conversation::new(id, NOW);
+        c.customer = who;
+        c.customer_last_at = Some(NOW);
+        c
+    }
+
+    fn send(content: OutboundContent) -> PendingSend {
+        PendingSend {
+            id: 0,
+            origin: SendOrigin::Agent,
+            action: SendAction::Message { content },
+            queued_at: NOW,
+            attempts: 0,
+            not_before: None,
+        }
+    }
+
+    fn template(name: &str) -> OutboundContent {
+        OutboundContent::Template {
+            name: name.into(),
+            language: "en".into(),
+            body_parameters: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn authentication_templates_never_go_to_a_bsuid_only_customer() {
+        let auth = ["login_code".to_owned()];
+        let bsuid_only = record(Identity {
+            user_id: Some(UserId::parse("US.4").unwrap()),
+            ..Identity::default()
+        });
+        let refused = prepare(&bsuid_only, &send(template("login_code")), NOW, None, &auth);
+        assert!(
+            matches!(&refused, Prepared::Drop(reason) if reason.contains("131062")),
+            "{refused:?}"
+        );
+        // Other templates and text go; so does the same template to a customer with a phone.
+        let other = prepare(
+            &bsuid_only,
+            &send(template("order_update")),
+            NOW,
+            None,
+            &auth,
+        );
+        assert!(matches!(other, Prepared::Send(_)));
+        let with_phone = record(Identity::from_phone(Phone::parse("155").unwrap()));
+        let sent = prepare(&with_phone, &send(template("login_code")), NOW, None, &auth);
+        assert!(matches!(sent, Prepared::Send(_)));
+    }
+
+    #[test]
+    fn a_customer_with_no_address_is_not_sent_to() {
+        let nobody = record(Identity::default());
+        let text = OutboundContent::Text {
+            body: "hi".into(),
+            preview_url: false,
+        };
+        assert!(matches!(
+            prepare(&nobody, &send(text), NOW, None, &[]),
+            Prepared::Drop(_)
+        ));
+    }
 }

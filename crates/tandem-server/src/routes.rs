@@ -45,6 +45,9 @@ pub struct AppState {
     pub flows: Option<tandem_engine::FlowsHandle>,
     /// Messages a second per number (`engine.send_rate`), shown with each number.
     pub send_rate: u32,
+    /// Authentication templates (`engine.authentication_templates`): never sent to a
+    /// customer known only by BSUID.
+    pub authentication_templates: Arc<Vec<String>>,
     /// Prometheus renderer, when a recorder is installed.
     pub metrics: Option<PrometheusHandle>,
 }

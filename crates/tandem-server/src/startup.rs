@@ -182,6 +182,7 @@ impl Application {
             routing,
             flows: flows.clone(),
             send_rate: settings.engine.send_rate,
+            authentication_templates: Arc::new(settings.engine.authentication_templates.clone()),
             metrics,
         };
         let listener = TcpListener::bind(settings.listen)

@@ -939,4 +939,162 @@ mod tests {
         assert!(!thread.messages[0].from_business);
         assert!(thread.messages[1].from_business);
     }
+
+    fn sample(name: &str) -> Vec<WebhookEvent> {
+        let path = format!(
+            "{}/../../tests/fixtures/whatsapp/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        parse_webhook(&std::fs::read(path).unwrap(), NOW)
+    }
+
+    fn only(events: Vec<WebhookEvent>) -> (CustomerLookup, ConversationEvent) {
+        assert_eq!(events.len(), 1, "{events:?}");
+        match events.into_iter().next().unwrap() {
+            WebhookEvent::Conversation {
+                customer, event, ..
+            } => (customer, event),
+            other => panic!("not a conversation event: {other:?}"),
+        }
+    }
+
+    fn user(s: &str) -> Option<UserId> {
+        Some(UserId::parse(s).unwrap())
+    }
+
+    #[test]
+    fn a_username_customer_is_named_by_bsuid_and_username() {
+        let (lookup, event) = only(sample("bsuid_inbound_text_username_only.json"));
+        let ConversationEvent::Customer(message) = event else {
+            panic!()
+        };
+        assert_eq!(message.from.phone, None);
+        assert_eq!(message.from.user_id, user("US.13491208600000000004"));
+        assert_eq!(message.from.username.as_deref(), Some("dario.m_88"));
+        assert_eq!(message.profile_name.as_deref(), Some("Dario M."));
+        assert_eq!(lookup, CustomerLookup::of(&message.from));
+        let (lookup, _) = only(sample("bsuid_inbound_text_with_phone.json"));
+        assert_eq!(lookup.find.len(), 2, "phone and BSUID are linked");
+    }
+
+    #[test]
+    fn echoes_and_statuses_by_bsuid_name_the_customer() {
+        let (_, event) = only(sample("bsuid_echo_text.json"));
+        let ConversationEvent::Echo(echo) = event else {
+            panic!()
+        };
+        assert_eq!(echo.to.user_id, user("US.13491208600000000004"));
+        assert_eq!(
+            echo.to.phone, None,
+            "the business number is never the customer"
+        );
+        let (_, event) = only(sample("bsuid_status_delivered.json"));
+        let ConversationEvent::Status(status) = event else {
+            panic!()
+        };
+        assert_eq!(status.recipient.user_id, user("US.13491208600000000004"));
+        assert_eq!(status.recipient.username.as_deref(), Some("dario.m_88"));
+    }
+
+    #[test]
+    fn an_echo_written_the_other_way_round_names_the_customer() {
+        let value = json!({"metadata":{"display_phone_number":"+1 555 000 1111","phone_number_id":"1065"},"message_echoes":[
+            {"from":"15550002222","to":"15550001111","id":"wamid.R","timestamp":"1","type":"text","text":{"body":"hi"}}]});
+        let (_, event) = only(parse(envelope("smb_message_echoes", value)));
+        let ConversationEvent::Echo(echo) = event else {
+            panic!()
+        };
+        assert_eq!(echo.to.phone.unwrap().as_str(), "15550002222");
+    }
+
+    #[test]
+    fn identity_changes_are_typed_events_not_chat() {
+        let (lookup, event) = only(sample("system_user_changed_user_id.json"));
+        let ConversationEvent::IdentityChanged(change) = event else {
+            panic!()
+        };
+        assert_eq!(change.previous.user_id, user("US.13491208600000000004"));
+        assert_eq!(change.current.user_id, user("US.13491208600000000024"));
+        assert_eq!(lookup.find, change.previous.aliases());
+        let number = json!({"metadata":meta(),"messages":[{"from":"155","id":"wamid.N","timestamp":"1","type":"system",
+            "system":{"type":"user_changed_number","body":"changed","wa_id":"166","previous_user_id":"US.1","user_id":"US.2"}}]});
+        let (_, event) = only(parse(envelope("messages", number)));
+        let ConversationEvent::IdentityChanged(change) = event else {
+            panic!()
+        };
+        assert_eq!(change.previous.phone.unwrap().as_str(), "155");
+        assert_eq!(change.current.phone.unwrap().as_str(), "166");
+        assert_eq!(change.current.user_id, user("US.2"));
+        // Other system messages stay messages.
+        let other = json!({"metadata":meta(),"messages":[{"from":"155","id":"wamid.O","timestamp":"1","type":"system",
+            "system":{"type":"customer_identity_changed","body":"x"}}]});
+        assert!(matches!(
+            only(parse(envelope("messages", other))).1,
+            ConversationEvent::Customer(_)
+        ));
+    }
+
+    #[test]
+    fn the_withdrawn_user_id_update_applies_only_with_its_documented_shape() {
+        let good = json!({"metadata":meta(),"user_id_update":[{"wa_id":"155","user_id":{"previous":"US.1","current":"US.2"}}]});
+        let (_, event) = only(parse(envelope("user_id_update", good)));
+        assert!(
+            matches!(event, ConversationEvent::IdentityChanged(c) if c.kind == "user_id_update")
+        );
+        let bad = json!({"metadata":meta(),"user_id_update":[{"something":"else"}]});
+        assert!(matches!(
+            &parse(envelope("user_id_update", bad))[0],
+            WebhookEvent::Kept { .. }
+        ));
+    }
+
+    #[test]
+    fn identifiers_are_filed_by_shape_and_garbage_is_kept() {
+        let value = json!({"metadata":meta(),"messages":[
+            {"from":"US.77","id":"wamid.S","timestamp":"1","type":"text","text":{"body":"a"}},
+            {"from":"not a number","id":"wamid.G","timestamp":"1","type":"text","text":{"body":"b"}},
+            {"id":"wamid.E","timestamp":"1","type":"text","text":{"body":"c"}}]});
+        let events = parse(envelope("messages", value));
+        let WebhookEvent::Conversation {
+            event: ConversationEvent::Customer(m),
+            ..
+        } = &events[0]
+        else {
+            panic!()
+        };
+        assert_eq!(
+            m.from.user_id,
+            user("US.77"),
+            "a BSUID in `from` is a BSUID"
+        );
+        assert_eq!(m.from.phone, None);
+        for kept in &events[1..] {
+            let WebhookEvent::Kept { letter, .. } = kept else {
+                panic!("{kept:?}")
+            };
+            assert!(
+                letter.detail.contains("neither a phone")
+                    || letter.detail.contains("names no customer"),
+                "{}",
+                letter.detail
+            );
+        }
+    }
+
+    #[test]
+    fn a_history_thread_may_be_named_by_bsuid() {
+        let value = json!({"metadata":meta(),"history":[{"metadata":{"phase":0,"chunk_order":1,"progress":100},
+        "threads":[{"id":"US.5","messages":[
+            {"from":"US.5","id":"wamid.h1","timestamp":"10","type":"text","text":{"body":"q"}},
+            {"from":"15550001111","to":"US.5","id":"wamid.h2","timestamp":"20","type":"text","text":{"body":"a"}}
+        ]}]}]});
+        let (lookup, event) = only(parse(envelope("history", value)));
+        let ConversationEvent::History(thread) = event else {
+            panic!()
+        };
+        assert_eq!(thread.customer.user_id, user("US.5"));
+        assert_eq!(lookup.find.len(), 1);
+        assert!(!thread.messages[0].from_business);
+        assert!(thread.messages[1].from_business);
+    }
 }

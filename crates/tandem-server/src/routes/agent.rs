@@ -267,11 +267,19 @@ pub async fn message(
                 preview_url: false,
             }
         }
-        (None, Some(t)) => OutboundContent::Template {
-            name: t.name,
-            language: t.language,
-            body_parameters: Vec::new(),
-        },
+        (None, Some(t)) => {
+            if state.authentication_templates.contains(&t.name) && c.who().phone.is_none() {
+                return Err(ApiError::conflict(format!(
+                    "{:?} is an authentication template, and WhatsApp cannot deliver those to a customer known only by username (BSUID), error 131062",
+                    t.name
+                )));
+            }
+            OutboundContent::Template {
+                name: t.name,
+                language: t.language,
+                body_parameters: Vec::new(),
+            }
+        }
         _ => {
             return Err(ApiError::invalid(
                 r#"give either {"text": "…"} or {"template": {"name": "…", "language": "…"}}"#,
