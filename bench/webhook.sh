@@ -8,6 +8,7 @@
 #   DURATION=5s bench/webhook.sh     # shorter
 #   BASELINE=/path/to/older/tandem bench/webhook.sh   # adds that binary's embedded and Redis
 #                                    # runs to the same sitting, for a before/after ratio
+#   SHAPES=max TARGETS="embedded embedded-baseline" bench/webhook.sh   # a subset
 #
 # Each run starts a fresh server with a fresh store and sends unique, correctly signed
 # deliveries (no retry duplicates), one customer message each, over 1,000 conversations.
@@ -103,8 +104,9 @@ run() {
   echo "$target $shape $result drain_s=$drain"
 }
 
+SHAPES=${SHAPES:-max 1k}
 results=()
-for shape in max 1k; do
+for shape in $SHAPES; do
   for target in $TARGETS; do
     line=$(run "$target" "$shape")
     echo "$line" >&2
@@ -116,7 +118,7 @@ field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$2"; }
 echo
 echo "| target | load | requests/s | vs bare | p50 ms | p99 ms | max ms | non-200 | drain s |"
 echo "|---|---|---|---|---|---|---|---|---|"
-for shape in max 1k; do
+for shape in $SHAPES; do
   base=""
   for line in "${results[@]}"; do
     read -r target s _ <<<"$line"

@@ -73,7 +73,8 @@ struct ReplayArgs {
     /// Instead of files: send customer text messages, written now, one per --text.
     #[arg(long)]
     text: Vec<String>,
-    /// The customer of --text messages (a WhatsApp id).
+    /// The customer of --text messages: a phone number, or a business-scoped user ID
+    /// (`US.1349…`) to play a customer with a username and no phone.
     #[arg(long, default_value = "15550002222")]
     from: String,
     /// The business number of --text messages.
@@ -641,13 +642,19 @@ fn set_timestamps(value: &mut serde_json::Value, now: &str) {
 
 /// A `messages` webhook with one customer text message, as Meta posts it.
 fn text_webhook(args: &ReplayArgs, id: &str, text: &str, now: u64) -> Vec<u8> {
+    // A BSUID customer comes as a username user does: no phone anywhere.
+    let (phone_key, from_key) = if tandem_domain::UserId::is_shaped(&args.from) {
+        ("user_id", "from_user_id")
+    } else {
+        ("wa_id", "from")
+    };
     let value = serde_json::json!({
         "object": "whatsapp_business_account",
         "entry": [{"id": "104810000000001", "changes": [{"field": "messages", "value": {
             "messaging_product": "whatsapp",
             "metadata": {"display_phone_number": "15550001111", "phone_number_id": args.phone_number_id},
-            "contacts": [{"profile": {"name": "Replay"}, "wa_id": args.from}],
-            "messages": [{"from": args.from, "id": id, "timestamp": now.to_string(), "type": "text", "text": {"body": text}}],
+            "contacts": [{"profile": {"name": "Replay"}, phone_key: args.from}],
+            "messages": [{from_key: args.from, "id": id, "timestamp": now.to_string(), "type": "text", "text": {"body": text}}],
         }}]}],
     });
     serde_json::to_vec(&value).unwrap_or_default()

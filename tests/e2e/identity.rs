@@ -373,7 +373,10 @@ async fn conflicting_identifiers_are_never_merged(backend: Backend) {
 }
 
 async fn kill_9_and_retries_across_an_alias_link_lose_and_duplicate_nothing(backend: Backend) {
-    let spec = Spec::new(backend);
+    let mut spec = Spec::new(backend);
+    // The dead process's lanes are taken over after the lease.
+    spec.env.push(("TANDEM_LEASE".into(), "1s".into()));
+    spec.env.push(("TANDEM_SEND_RECOVERY".into(), "1s".into()));
     let mut server = Server::start(spec.clone());
     post(&server, &text(ANA_PHONE, "wamid.k.1", "hello")).await;
     let linking = sample("bsuid_inbound_text_with_phone.json");

@@ -3,19 +3,21 @@
 //!
 //! Aliases are never moved or removed (see `tandem_store`'s customer rule), so an
 //! `alias → customer` pair once read stays true: a lookup whose every alias is cached with one
-//! customer is answered without the store, and its aliases ride along with the event
-//! ([`tandem_store::AliasClaim`]), written where missing, so a store that lost them (a Redis
-//! restarted without persistence) gets them back. Anything else — a new customer, a new
-//! alias to link, a conflict, an identity change — goes to the store, which decides
-//! atomically.
+//! customer is answered without the store. Anything else — a new customer, a new alias to
+//! link, a conflict, an identity change — goes to the store, which decides atomically.
 //! Resolution is idempotent, so a crash between resolving and storing the delivery loses
 //! nothing: Meta's retry resolves to the same customer.
+//!
+//! The one way a cached pair can stop being true is a store that lost data (a Redis restarted
+//! without persistence). Such a loss shows as failed store calls, so any store error empties
+//! the cache ([`Identities::forget`]): the next lookups ask the store again, which re-creates
+//! what it lost.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tandem_domain::{Alias, CustomerId, CustomerLookup, Resolved};
-use tandem_store::{AliasClaim, Store, StoreError};
+use tandem_store::{Store, StoreError};
 
 use crate::metrics;
 
@@ -39,25 +41,25 @@ impl Identities {
         }
     }
 
-    /// Returns the customer of each lookup, in order, with the aliases to claim along with
-    /// the event when the answer came from the cache.
+    /// Empties the cache: the store failed, and may have lost what the cache remembers.
+    pub(crate) fn forget(&self) {
+        self.cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
+    /// Returns the customer of each lookup, in order.
+    ///
+    /// # Errors
+    /// The store's error (the cache is emptied).
     pub(crate) async fn resolve(
         &self,
         lookups: &[&CustomerLookup],
-    ) -> Result<Vec<(CustomerId, Option<AliasClaim>)>, StoreError> {
-        let mut out: Vec<Option<(CustomerId, Option<AliasClaim>)>> = {
+    ) -> Result<Vec<CustomerId>, StoreError> {
+        let mut out: Vec<Option<CustomerId>> = {
             let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-            lookups
-                .iter()
-                .map(|l| {
-                    let customer = cached(&cache, l)?;
-                    let claim = AliasClaim {
-                        tenant: self.tenant.clone(),
-                        aliases: l.link.clone(),
-                    };
-                    Some((customer, Some(claim)))
-                })
-                .collect()
+            lookups.iter().map(|l| cached(&cache, l)).collect()
         };
         let missing: Vec<CustomerLookup> = lookups
             .iter()
@@ -66,7 +68,13 @@ impl Identities {
             .map(|(l, _)| (*l).clone())
             .collect();
         if !missing.is_empty() {
-            let answers = self.store.resolve_customers(&self.tenant, &missing).await?;
+            let answers = match self.store.resolve_customers(&self.tenant, &missing).await {
+                Ok(answers) => answers,
+                Err(error) => {
+                    self.forget();
+                    return Err(error);
+                }
+            };
             let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
             if cache.len() + missing.len() * 3 > CACHE_CAP {
                 cache.clear();
@@ -84,7 +92,7 @@ impl Identities {
                         cache.insert(alias.clone(), answer.customer.clone());
                     }
                 }
-                *slot = Some((answer.customer, None));
+                *slot = Some(answer.customer);
             }
         }
         out.into_iter()

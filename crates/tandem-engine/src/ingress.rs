@@ -15,8 +15,7 @@ use tandem_domain::{
     PausedBy, PhoneNumberId, Timestamp,
 };
 use tandem_store::{
-    AliasClaim, IngestBatch, IngestItem, IngestKind, ItemOutcome, NumberTouch, PauseOnIngest,
-    Store, StoreError,
+    IngestBatch, IngestItem, IngestKind, ItemOutcome, NumberTouch, PauseOnIngest, Store, StoreError,
 };
 use tandem_whatsapp::{WebhookEvent, parse_webhook};
 
@@ -110,7 +109,6 @@ impl Ingress {
                         conversation,
                         event: ConversationEvent::Agent(action),
                         pause,
-                        aliases: None,
                     },
                 }],
             })
@@ -187,10 +185,13 @@ impl Ingress {
                 self.item(e, customer)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let outcome = self
-            .store
-            .ingest(IngestBatch { received_at, items })
-            .await?;
+        let outcome = match self.store.ingest(IngestBatch { received_at, items }).await {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                self.identities.forget();
+                return Err(error);
+            }
+        };
 
         let mut report = IngressReport::default();
         for ((outcome, field), kept) in outcome.outcomes.iter().zip(labels).zip(kept) {
@@ -301,13 +302,13 @@ impl Ingress {
     fn item(
         &self,
         event: WebhookEvent,
-        customer: Option<(CustomerId, Option<AliasClaim>)>,
+        customer: Option<CustomerId>,
     ) -> Result<IngestItem, StoreError> {
         Ok(match event {
             WebhookEvent::Conversation {
                 key, number, event, ..
             } => {
-                let (customer, aliases) = customer.ok_or_else(|| {
+                let customer = customer.ok_or_else(|| {
                     StoreError::Protocol("an event's customer was not resolved".into())
                 })?;
                 let conversation = ConversationId::new(number, customer);
@@ -325,7 +326,6 @@ impl Ingress {
                         conversation,
                         event,
                         pause,
-                        aliases,
                     },
                 }
             }

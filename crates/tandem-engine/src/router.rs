@@ -342,7 +342,6 @@ impl Router {
                         conversation: conversation.clone(),
                         event: ConversationEvent::Agent(action),
                         pause: None,
-                        aliases: None,
                     },
                 }],
             })

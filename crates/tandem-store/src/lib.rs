@@ -38,9 +38,9 @@ pub use customers::DEFAULT_TENANT;
 pub use embedded::EmbeddedStore;
 pub use error::StoreError;
 pub use model::{
-    AccountState, AgentState, AliasClaim, Claim, CommitOutcome, HookJob, HookSettle, InboxItem,
-    IngestBatch, IngestItem, IngestKind, IngestReport, ItemOutcome, Link, ListQuery, NumberState,
-    NumberTouch, PauseOnIngest, Presence, StepCommit, StoreOptions, StoreStats, TimerChange,
+    AccountState, AgentState, Claim, CommitOutcome, HookJob, HookSettle, InboxItem, IngestBatch,
+    IngestItem, IngestKind, IngestReport, ItemOutcome, Link, ListQuery, NumberState, NumberTouch,
+    PauseOnIngest, Presence, StepCommit, StoreOptions, StoreStats, TimerChange,
 };
 pub use redis::RedisStore;
 pub use store::{Store, contact_for, open};

@@ -64,9 +64,6 @@ pub enum IngestKind {
         event: ConversationEvent,
         /// Set for a human echo: pause the conversation in the same write.
         pause: Option<PauseOnIngest>,
-        /// The aliases the customer was resolved from, written with the event where they
-        /// are missing (see [`AliasClaim`]).
-        aliases: Option<AliasClaim>,
     },
     /// An address-book change (last writer by timestamp wins).
     Contact(ContactUpdate),
@@ -74,18 +71,6 @@ pub enum IngestKind {
     Account(AccountUpdate),
     /// Signed input kept raw.
     DeadLetter(DeadLetter),
-}
-
-/// Aliases of the event's customer that ingress resolved from its own cache. The store
-/// writes each one that is missing, in the same write as the event, so the alias table stays
-/// whole even if it lost data the cache still remembers (a Redis restarted without
-/// persistence). An alias that exists is left as it is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AliasClaim {
-    /// The tenant the aliases belong to.
-    pub tenant: String,
-    /// The aliases.
-    pub aliases: Vec<tandem_domain::Alias>,
 }
 
 /// A pause applied at ingress (a human echo, an agent's take-over or message), unless the

@@ -93,8 +93,6 @@ struct Plan {
     set_px: Vec<(String, String, u64)>,
     /// Key and blob index.
     set: Vec<(String, usize)>,
-    /// Key and value, written only where the key is missing.
-    set_nx: Vec<(String, String)>,
     convs: Vec<ConversationWrite>,
     /// Inbox key, conversation id, blob index.
     enqueue: Vec<(String, String, usize)>,

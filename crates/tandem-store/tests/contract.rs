@@ -166,7 +166,6 @@ fn message(wa: &str, id: &str) -> IngestItem {
             conversation: conv(wa),
             event: text(id),
             pause: None,
-            aliases: None,
         },
     }
 }
@@ -190,7 +189,6 @@ fn echo(wa: &str, id: &str) -> IngestItem {
                 echo_id: Some(MessageId::parse(id).unwrap()),
                 human_idle: IDLE,
             }),
-            aliases: None,
         },
     }
 }
@@ -1114,52 +1112,6 @@ async fn customers_are_found_by_any_alias_and_never_merged(f: Fixture) {
     assert!(pair[0].created && !pair[1].created);
 }
 
-async fn claimed_aliases_are_written_with_the_event_where_missing(f: Fixture) {
-    let s = &f.store;
-    let t = tandem_store::DEFAULT_TENANT;
-    let phone = Alias::phone(&Phone::parse("188").unwrap());
-    let bsuid = Alias::user(&UserId::parse("US.8").unwrap());
-    // The BSUID already belongs to someone: a claim never moves it.
-    let owner = s
-        .resolve_customers(t, &[CustomerLookup::of(&who(None, Some("US.8")))])
-        .await
-        .unwrap()
-        .remove(0)
-        .customer;
-    let claim = || {
-        Some(tandem_store::AliasClaim {
-            tenant: t.to_owned(),
-            aliases: vec![phone.clone(), bsuid.clone()],
-        })
-    };
-    let mut plain = message("c_claim", "m1");
-    let mut paused = echo("c_claim", "e1");
-    for item in [&mut plain, &mut paused] {
-        if let IngestKind::Conversation { aliases, .. } = &mut item.kind {
-            *aliases = claim();
-        }
-    }
-    // Once on the one-round-trip path (a message), once with a pause (an echo).
-    s.ingest(batch(T0, vec![plain])).await.unwrap();
-    assert_eq!(
-        s.customer_of(t, &phone).await.unwrap(),
-        Some(CustomerId::parse("c_claim").unwrap())
-    );
-    assert_eq!(s.customer_of(t, &bsuid).await.unwrap(), Some(owner.clone()));
-    let other = Alias::phone(&Phone::parse("189").unwrap());
-    if let IngestKind::Conversation { aliases, .. } = &mut paused.kind {
-        *aliases = Some(tandem_store::AliasClaim {
-            tenant: t.to_owned(),
-            aliases: vec![other.clone()],
-        });
-    }
-    s.ingest(batch(T0, vec![paused])).await.unwrap();
-    assert_eq!(
-        s.customer_of(t, &other).await.unwrap(),
-        Some(CustomerId::parse("c_claim").unwrap())
-    );
-}
-
 async fn concurrent_first_messages_make_one_customer(f: Fixture) {
     let t = tandem_store::DEFAULT_TENANT;
     let tasks: Vec<_> = (0..8)
@@ -1218,7 +1170,6 @@ macro_rules! suite {
             numbers_merge_activity_and_guard_their_lifecycle,
             customers_are_found_by_any_alias_and_never_merged,
             concurrent_first_messages_make_one_customer,
-            claimed_aliases_are_written_with_the_event_where_missing,
         );)*
     };
 }

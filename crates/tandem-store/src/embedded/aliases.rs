@@ -42,31 +42,6 @@ pub(super) fn resolve_in(
     Ok(answers)
 }
 
-/// Writes the aliases of `claim` that have no owner yet, for `customer`.
-pub(super) fn claim(
-    table: &mut AliasTable<'_>,
-    claim: &crate::model::AliasClaim,
-    customer: &CustomerId,
-) -> Result<(), StoreError> {
-    for alias in &claim.aliases {
-        let key = (
-            claim.tenant.as_str(),
-            alias.kind.as_str(),
-            alias.value.as_str(),
-        );
-        if table
-            .get(key)
-            .map_err(redb_err("reading an alias"))?
-            .is_none()
-        {
-            table
-                .insert(key, customer.as_str())
-                .map_err(redb_err("writing an alias"))?;
-        }
-    }
-    Ok(())
-}
-
 /// Brings a file written by an earlier version up to [`SCHEMA_VERSION`], inside the opening
 /// transaction. Version 2: every conversation (stored, or only waiting in the inbox) whose
 /// customer id is the phone it was created with gets that phone as an alias, so the

@@ -40,11 +40,7 @@ pub(super) fn ingest(
                 conversation,
                 event,
                 pause,
-                aliases,
             } => {
-                if let Some(claim) = &aliases {
-                    super::aliases::claim(&mut group.aliases, claim, conversation.customer())?;
-                }
                 let mut outcome = ItemOutcome::Stored;
                 let mut own_echo = false;
                 if let Some(pause) = pause {

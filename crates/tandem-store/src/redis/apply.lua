@@ -42,7 +42,6 @@ if plan.head ~= cjson.null then
 end
 for _, d in ipairs(plan.set_px) do redis.call('SET', d[1], d[2], 'PX', d[3]) end
 for _, s in ipairs(plan.set) do redis.call('SET', s[1], blob(s[2])) end
-for _, s in ipairs(plan.set_nx) do redis.call('SET', s[1], s[2], 'NX') end
 for _, c in ipairs(plan.convs) do
   -- The mode indexes change only when the mode does; a new record joins the list of all.
   local old = redis.call('HGET', c.key, 'mode')

@@ -2,17 +2,14 @@
 -- no JSON decoding. Each item is stored only if its dedupe key was not set (SET NX), so
 -- retries and duplicates inside one delivery are dropped here, atomically.
 -- ARGV: seq key, ready zset, depth key, dead-letter list, dead-letter seq key, now (ms),
---       dedupe ttl (ms), then per item: kind ('q' inbox | 'd' dead letter), dedupe key,
---       inbox key, conversation id, payload, customer id, number of alias keys, the alias
---       keys (each set to the customer where missing, see `AliasClaim`).
+--       dedupe ttl (ms), then 5 per item: kind ('q' inbox | 'd' dead letter), dedupe key,
+--       inbox key, conversation id, payload.
 -- Returns one 1 (stored) or 0 (duplicate) per item.
 local out = {}
 local i = 8
 while i <= #ARGV do
   local kind, dedupe, inbox, cid, payload = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
-  local customer, nalias = ARGV[i + 5], tonumber(ARGV[i + 6])
   if redis.call('SET', dedupe, '1', 'NX', 'PX', ARGV[7]) then
-    for j = 1, nalias do redis.call('SET', ARGV[i + 6 + j], customer, 'NX') end
     if kind == 'q' then
       local seq = redis.call('INCR', ARGV[1])
       redis.call('RPUSH', inbox, seq .. ':' .. payload)
@@ -26,6 +23,6 @@ while i <= #ARGV do
   else
     out[#out + 1] = 0
   end
-  i = i + 7 + nalias
+  i = i + 5
 end
 return out

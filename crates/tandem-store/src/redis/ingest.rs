@@ -9,8 +9,8 @@ use tandem_domain::{ContactUpdate, Conversation, ConversationId};
 use super::{Attempt, RedisStore, decode, json, millis};
 use crate::error::StoreError;
 use crate::model::{
-    AccountState, AliasClaim, InboxItem, IngestBatch, IngestItem, IngestKind, IngestReport,
-    ItemOutcome, apply_pause, contact_wins,
+    AccountState, InboxItem, IngestBatch, IngestItem, IngestKind, IngestReport, ItemOutcome,
+    apply_pause, contact_wins,
 };
 
 impl RedisStore {
@@ -48,11 +48,7 @@ impl RedisStore {
                     conversation,
                     event,
                     pause,
-                    aliases,
                 } => {
-                    for key in self.claim_keys(aliases.as_ref()) {
-                        plan.set_nx.push((key, conversation.customer().to_string()));
-                    }
                     let mut outcome = ItemOutcome::Stored;
                     let mut own_echo = false;
                     if let Some(pause) = pause {
@@ -193,7 +189,6 @@ impl RedisStore {
                 IngestKind::Conversation {
                     conversation,
                     event,
-                    aliases,
                     ..
                 } => {
                     let stored = InboxItem {
@@ -202,16 +197,12 @@ impl RedisStore {
                         own_echo: false,
                         event: event.clone(),
                     };
-                    let claims = self.claim_keys(aliases.as_ref());
                     script
                         .arg("q")
                         .arg(dedupe)
                         .arg(self.keys.inbox(conversation))
                         .arg(conversation.to_string())
-                        .arg(json(&stored)?)
-                        .arg(conversation.customer().as_str())
-                        .arg(claims.len())
-                        .arg(claims);
+                        .arg(json(&stored)?);
                     enqueued = true;
                 }
                 IngestKind::DeadLetter(letter) => {
@@ -220,9 +211,7 @@ impl RedisStore {
                         .arg(dedupe)
                         .arg("")
                         .arg("")
-                        .arg(json(letter)?)
-                        .arg("")
-                        .arg(0);
+                        .arg(json(letter)?);
                 }
                 IngestKind::Contact(_) | IngestKind::Account(_) => {
                     return Err(StoreError::Protocol(
@@ -254,19 +243,6 @@ impl RedisStore {
             })
             .collect();
         Ok(IngestReport { outcomes })
-    }
-}
-
-impl RedisStore {
-    /// The keys of the aliases an ingest item claims for its customer.
-    fn claim_keys(&self, claim: Option<&AliasClaim>) -> Vec<String> {
-        claim.map_or_else(Vec::new, |c| {
-            let prefix = self.keys.alias_prefix(&c.tenant);
-            c.aliases
-                .iter()
-                .map(|a| format!("{prefix}{}:{}", a.kind.as_str(), a.value))
-                .collect()
-        })
     }
 }
 
