@@ -122,10 +122,13 @@ for shape in $SHAPES; do
   base=""
   for line in "${results[@]}"; do
     read -r target s _ <<<"$line"
+    if [ "$s" = "$shape" ] && [ "$target" = bare ]; then base=$(field rps "$line"); fi
+  done
+  for line in "${results[@]}"; do
+    read -r target s _ <<<"$line"
     [ "$s" = "$shape" ] || continue
     rps=$(field rps "$line")
-    [ "$target" = bare ] && base=$rps
-    ratio=$(python3 -c "print(f'{$rps/$base:.2f}')")
+    ratio=$(python3 -c "print(f'{$rps/$base:.2f}' if '$base' else '-')")
     echo "| $target | $shape | $rps | $ratio | $(field p50_ms "$line") | $(field p99_ms "$line") | $(field max_ms "$line") | $(field non200 "$line") | $(field drain_s "$line") |"
   done
 done

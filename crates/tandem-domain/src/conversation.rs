@@ -345,8 +345,8 @@ impl Conversation {
     }
 
     /// The customer as agents, hooks and the API show them: Tandem's id, the phone when
-    /// known, the BSUID, parent BSUID, username and name (`contact_name`, the business's
-    /// address-book label, wins over the WhatsApp profile). `wa_id` repeats the phone (or the
+    /// known, the BSUID, parent BSUID, username, the WhatsApp profile name, and the name to
+    /// show (`contact_name`, the business's address-book label, wins over the profile name). `wa_id` repeats the phone (or the
     /// BSUID when there is no phone) for receivers written before usernames.
     pub fn customer_card(&self, contact_name: Option<&str>) -> serde_json::Value {
         let who = self.who();
@@ -359,6 +359,7 @@ impl Conversation {
             "parent_user_id": who.parent_user_id.as_ref().map(|u| u.as_str()),
             "username": who.username,
             "name": contact_name.or(self.display_name()),
+            "profile_name": self.profile_name,
             "wa_id": phone.or(user_id),
         })
     }

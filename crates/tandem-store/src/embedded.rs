@@ -469,7 +469,7 @@ impl Store for EmbeddedStore {
             return Ok(answers);
         }
         let (t, l) = (tenant.to_owned(), lookups.to_vec());
-        self.write(move |group| aliases::resolve_in(&mut group.aliases, &t, &l))
+        self.write(move |group| aliases::resolve_in(group.aliases()?, &t, &l))
             .await
     }
 

@@ -29,7 +29,9 @@ pub(super) struct Group<'t> {
     pub(super) dead_hooks: Table<'t, &'static str, &'static [u8]>,
     pub(super) agents: Table<'t, &'static str, &'static [u8]>,
     pub(super) numbers: Table<'t, &'static str, &'static [u8]>,
-    pub(super) aliases: Table<'t, (&'static str, &'static str, &'static str), &'static str>,
+    /// Opened by the first job that needs it: most groups never touch aliases.
+    aliases: Option<Table<'t, (&'static str, &'static str, &'static str), &'static str>>,
+    txn: &'t WriteTransaction,
     seq: u64,
     dead_letter_seq: u64,
     depth: u64,
@@ -72,12 +74,26 @@ impl<'t> Group<'t> {
             dead_hooks: open(txn, DEAD_HOOKS)?,
             agents: open(txn, AGENTS)?,
             numbers: open(txn, NUMBERS)?,
-            aliases: open(txn, ALIASES)?,
+            aliases: None,
+            txn,
             meta,
             seq,
             dead_letter_seq,
             depth,
         })
+    }
+
+    /// The customer alias table.
+    pub(super) fn aliases(
+        &mut self,
+    ) -> Result<&mut Table<'t, (&'static str, &'static str, &'static str), &'static str>, StoreError>
+    {
+        if self.aliases.is_none() {
+            self.aliases = Some(open(self.txn, ALIASES)?);
+        }
+        self.aliases
+            .as_mut()
+            .ok_or_else(|| StoreError::Protocol("the alias table did not open".into()))
     }
 
     /// Writes the counters back; the tables close when the group is dropped.
