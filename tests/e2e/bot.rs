@@ -246,20 +246,23 @@ async fn a_numbers_sends_never_exceed_its_rate(backend: Backend) {
             .then_some(())
     })
     .await;
+    // The schedule itself (no one-second window holds more than the rate, across callers) is
+    // checked exactly on the stores' slots (contract test
+    // `send_slots_keep_each_numbers_rate_across_callers`). Arrival times at the stand-in also
+    // carry each request's delay, which a busy machine stretches, so here only what delays
+    // cannot fake is asserted: a message never arrives before its slot, so the last one
+    // arrives at least (n - 3) / 3 seconds after the first one's slot. Without the limit
+    // all of them would arrive within a few milliseconds.
     let times = graph.message_times();
-    assert!(times.len() >= 8, "{}", times.len());
-    for (i, start) in times.iter().enumerate() {
-        let within = times[i..]
-            .iter()
-            .filter(|t| t.duration_since(*start) < Duration::from_millis(990))
-            .count();
-        assert!(within <= 3, "{within} messages within one second at rate 3");
-    }
+    let n = times.len();
+    assert!(n >= 8, "{n}");
     let span = times.last().unwrap().duration_since(times[0]);
+    let schedule = Duration::from_millis(1000 * (n as u64 - 3) / 3);
+    // The first message may itself have arrived late, by at most this much.
+    let first_delay = Duration::from_millis(500);
     assert!(
-        span >= Duration::from_millis(1900),
-        "{} messages in {span:?}",
-        times.len()
+        span + first_delay >= schedule,
+        "{n} messages in {span:?}, at 3 a second they take at least {schedule:?}"
     );
 }
 
