@@ -5,13 +5,19 @@
 //! descriptions and examples and the recent transcript. The answer is requested as JSON
 //! (`json_schema` structured output, or JSON mode for servers without it) and validated: an
 //! intent that is not a flow becomes out of scope; malformed JSON gets one repair attempt.
-//! Every call has a timeout; temporary failures (429, 5xx, network, timeout) are retried a
-//! bounded number of times with jittered backoff; after repeated failures a circuit breaker
-//! stops calling for a while; a semaphore bounds concurrent calls; identical normalised
-//! messages are answered from a cache. Every failure comes back as an [`LlmError`] so the
-//! caller degrades to the local answer or the fallback — the LLM never blocks a reply.
+//! Every call has a timeout; only temporary failures are retried, a bounded number of times
+//! with jittered backoff: 429 and 5xx by async-openai's backoff (which alone sees the HTTP
+//! status), timeouts and connection errors here; a 400 or 401 is answered at once. After
+//! repeated failures a circuit breaker stops calling for a while; a semaphore bounds
+//! concurrent calls. Answers are cached (least recently used, bounded) under a digest of
+//! everything that shapes them: the model, the rendered prompt (the flows' intents, the
+//! conversation's recent transcript, the template) and the normalised message — so an answer
+//! is never reused for another conversation's context or after a flow reload changed the
+//! intents. Prompt templates are compiled once, when set. Every failure comes back as an
+//! [`LlmError`] so the caller degrades to the local answer or the fallback — the LLM never
+//! blocks a reply.
 
-use std::collections::{HashMap, VecDeque};
+use std::num::NonZeroUsize;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -23,8 +29,10 @@ use async_openai::types::chat::{
     ChatCompletionRequestUserMessage, CreateChatCompletionRequestArgs, ResponseFormat,
     ResponseFormatJsonSchema,
 };
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use sha2::{Digest, Sha256};
 
 /// Counter: tokens the LLM endpoint reported using, by kind (`prompt`, `completion`).
 pub const LLM_TOKENS: &str = "tandem_llm_tokens_total";
@@ -36,8 +44,8 @@ pub struct LlmConfig {
     pub base_url: String,
     /// The model name.
     pub model: String,
-    /// The API key (empty for servers that need none).
-    pub api_key: String,
+    /// The API key (empty for servers that need none); never shown by `Debug`.
+    pub api_key: SecretString,
     /// Timeout of one call.
     pub timeout: Duration,
     /// Retries after a temporary failure.
@@ -60,7 +68,7 @@ impl LlmConfig {
         Self {
             base_url: base_url.into(),
             model: model.into(),
-            api_key: String::new(),
+            api_key: SecretString::from(String::new()),
             timeout: Duration::from_secs(4),
             retries: 1,
             structured_output: true,
@@ -148,17 +156,28 @@ struct Breaker {
     open_until: Option<Instant>,
 }
 
+/// The names of the prompt templates in the classifier's environment.
+const CLASSIFY: &str = "classify";
+const SUMMARY: &str = "summary";
+const EXTRACT: &str = "extract";
+
 /// A triage client; cheap to share behind an `Arc`.
-#[derive(Debug)]
 pub struct LlmClassifier {
     client: Client<OpenAIConfig>,
     config: LlmConfig,
-    prompt: String,
-    summary_prompt: Option<String>,
-    extract_prompt: Option<String>,
+    /// The prompt templates, compiled once.
+    prompts: minijinja::Environment<'static>,
     permits: tokio::sync::Semaphore,
     breaker: Mutex<Breaker>,
-    cache: Mutex<(HashMap<String, Triage>, VecDeque<String>)>,
+    cache: Mutex<lru::LruCache<[u8; 32], Triage>>,
+}
+
+impl std::fmt::Debug for LlmClassifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LlmClassifier")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The answer's JSON Schema, for endpoints with structured output.
@@ -216,12 +235,44 @@ pub fn parse_triage(answer: &str, known: &[IntentInfo]) -> Result<Triage, String
     Ok(triage)
 }
 
-/// Compiles a prompt template once, so a syntax error is found at start-up.
-fn check_prompt(prompt: &str) -> Result<(), LlmError> {
-    minijinja::Environment::new()
-        .template_from_str(prompt)
-        .map(|_| ())
-        .map_err(|e| LlmError::Prompt(e.to_string()))
+/// Temporary failures of the HTTP call itself (async-openai leaves them to the caller).
+fn connection_failed(error: &OpenAIError) -> bool {
+    matches!(error, OpenAIError::Reqwest(e) if e.is_connect() || e.is_timeout())
+}
+
+/// async-openai alone sees the HTTP status, so its backoff retries what is temporary (429
+/// and 5xx; never 400 or 401). Its budget is time, not a count: the waits grow tenfold (100 ms,
+/// 1 s, 10 s, ±10 %), and the budget holds exactly `retries` of them plus 500 ms for the
+/// requests themselves, so the next wait never fits. The call's timeout bounds it all.
+fn status_backoff(retries: u32) -> backoff::ExponentialBackoff {
+    let first = Duration::from_millis(100);
+    let waits: Duration = (0..retries.min(3))
+        .map(|k| first * 10u32.pow(k))
+        .sum::<Duration>()
+        .mul_f64(1.1);
+    backoff::ExponentialBackoff {
+        initial_interval: first,
+        current_interval: first,
+        randomization_factor: 0.1,
+        multiplier: 10.0,
+        max_interval: Duration::from_secs(10),
+        max_elapsed_time: Some(if retries == 0 {
+            Duration::ZERO
+        } else {
+            waits + Duration::from_millis(500)
+        }),
+        ..backoff::ExponentialBackoff::default()
+    }
+}
+
+/// The digest the cache keys an answer by: everything the request says.
+fn cache_key(model: &str, system: &str, message: &str) -> [u8; 32] {
+    let mut digest = Sha256::new();
+    for part in [model, system, &normalise(message)] {
+        digest.update(part.len().to_le_bytes());
+        digest.update(part.as_bytes());
+    }
+    digest.finalize().into()
 }
 
 fn normalise(text: &str) -> String {
@@ -237,25 +288,23 @@ impl LlmClassifier {
     /// # Errors
     /// The template's syntax error.
     pub fn new(config: LlmConfig, prompt: String) -> Result<Self, LlmError> {
-        check_prompt(&prompt)?;
+        let mut prompts = minijinja::Environment::new();
+        prompts
+            .add_template_owned(CLASSIFY, prompt)
+            .map_err(|e| LlmError::Prompt(e.to_string()))?;
         let openai = OpenAIConfig::new()
             .with_api_base(config.base_url.trim_end_matches('/'))
-            .with_api_key(config.api_key.clone());
-        // Retries are ours (bounded, inside the timeout), not async-openai's.
-        let no_retries = backoff::ExponentialBackoff {
-            max_elapsed_time: Some(Duration::ZERO),
-            ..backoff::ExponentialBackoff::default()
-        };
-        let client = Client::with_config(openai).with_backoff(no_retries);
+            .with_api_key(config.api_key.expose_secret());
+        let backoff = status_backoff(config.retries);
+        let client = Client::with_config(openai).with_backoff(backoff);
+        let cache_size = NonZeroUsize::new(config.cache_size).unwrap_or(NonZeroUsize::MIN);
         Ok(Self {
             client,
             permits: tokio::sync::Semaphore::new(config.concurrency.max(1)),
             config,
-            prompt,
-            summary_prompt: None,
-            extract_prompt: None,
+            prompts,
             breaker: Mutex::new(Breaker::default()),
-            cache: Mutex::new((HashMap::new(), VecDeque::new())),
+            cache: Mutex::new(lru::LruCache::new(cache_size)),
         })
     }
 
@@ -273,9 +322,11 @@ impl LlmClassifier {
             .map_err(|_| LlmError::CircuitOpen)
     }
 
-    fn render(&self, intents: &[IntentInfo], transcript: &[Line]) -> Result<String, LlmError> {
-        let env = minijinja::Environment::new();
-        env.render_str(&self.prompt, minijinja::context! { intents, transcript })
+    /// Renders the compiled template `name` with `context`.
+    fn render(&self, name: &str, context: minijinja::Value) -> Result<String, LlmError> {
+        self.prompts
+            .get_template(name)
+            .and_then(|t| t.render(context))
             .map_err(|e| LlmError::Prompt(e.to_string()))
     }
 
@@ -289,14 +340,15 @@ impl LlmClassifier {
         transcript: &[Line],
         message: &str,
     ) -> Result<Triage, LlmError> {
-        let key = normalise(message);
-        if let Ok(cache) = self.cache.lock()
-            && let Some(hit) = cache.0.get(&key)
+        let system = self.render(CLASSIFY, minijinja::context! { intents, transcript })?;
+        let key = cache_key(&self.config.model, &system, message);
+        if let Ok(mut cache) = self.cache.lock()
+            && let Some(hit) = cache.get(&key)
         {
             return Ok(hit.clone());
         }
         let _permit = self.admit().await?;
-        let result = self.triage_uncached(intents, transcript, message).await;
+        let result = self.triage_uncached(&system, intents, message).await;
         if let Ok(mut breaker) = self.breaker.lock() {
             match &result {
                 Ok(_) | Err(LlmError::Malformed(_)) => *breaker = Breaker::default(),
@@ -309,28 +361,22 @@ impl LlmClassifier {
                 }
             }
         }
-        if let (Ok(triage), Ok(mut cache)) = (&result, self.cache.lock()) {
-            if cache.0.insert(key.clone(), triage.clone()).is_none() {
-                cache.1.push_back(key);
-            }
-            while cache.1.len() > self.config.cache_size {
-                if let Some(old) = cache.1.pop_front() {
-                    cache.0.remove(&old);
-                }
-            }
+        if let (Ok(triage), Ok(mut cache)) = (&result, self.cache.lock())
+            && self.config.cache_size > 0
+        {
+            cache.put(key, triage.clone());
         }
         result
     }
 
     async fn triage_uncached(
         &self,
+        system: &str,
         intents: &[IntentInfo],
-        transcript: &[Line],
         message: &str,
     ) -> Result<Triage, LlmError> {
-        let system = self.render(intents, transcript)?;
         let mut messages: Vec<ChatCompletionRequestMessage> = vec![
-            ChatCompletionRequestSystemMessage::from(system.as_str()).into(),
+            ChatCompletionRequestSystemMessage::from(system).into(),
             ChatCompletionRequestUserMessage::from(message).into(),
         ];
         let answer = self.complete(&messages).await?;
@@ -358,13 +404,11 @@ impl LlmClassifier {
     /// An [`LlmError`], or [`LlmError::Prompt`] when no summary prompt is set; the handoff
     /// goes on without a summary.
     pub async fn summarize(&self, reason: &str, transcript: &[Line]) -> Result<String, LlmError> {
-        let Some(prompt) = &self.summary_prompt else {
+        if !self.summarizes() {
             return Err(LlmError::Prompt("no handoff summary prompt".into()));
-        };
+        }
         let _permit = self.admit().await?;
-        let system = minijinja::Environment::new()
-            .render_str(prompt, minijinja::context! { transcript, reason })
-            .map_err(|e| LlmError::Prompt(e.to_string()))?;
+        let system = self.render(SUMMARY, minijinja::context! { transcript, reason })?;
         let messages: Vec<ChatCompletionRequestMessage> = vec![
             ChatCompletionRequestSystemMessage::from(system.as_str()).into(),
             ChatCompletionRequestUserMessage::from("Write the summary now.").into(),
@@ -398,13 +442,11 @@ impl LlmClassifier {
         expects: &str,
         answer: &str,
     ) -> Result<Option<String>, LlmError> {
-        let Some(prompt) = &self.extract_prompt else {
+        if !self.extracts() {
             return Err(LlmError::Prompt("no slot extraction prompt".into()));
-        };
+        }
         let _permit = self.admit().await?;
-        let system = minijinja::Environment::new()
-            .render_str(prompt, minijinja::context! { question, expects })
-            .map_err(|e| LlmError::Prompt(e.to_string()))?;
+        let system = self.render(EXTRACT, minijinja::context! { question, expects })?;
         let messages: Vec<ChatCompletionRequestMessage> = vec![
             ChatCompletionRequestSystemMessage::from(system.as_str()).into(),
             ChatCompletionRequestUserMessage::from(answer).into(),
@@ -443,19 +485,20 @@ impl LlmClassifier {
     /// # Errors
     /// The template's syntax error.
     pub fn with_extract_prompt(mut self, prompt: String) -> Result<Self, LlmError> {
-        check_prompt(&prompt)?;
-        self.extract_prompt = Some(prompt);
+        self.prompts
+            .add_template_owned(EXTRACT, prompt)
+            .map_err(|e| LlmError::Prompt(e.to_string()))?;
         Ok(self)
     }
 
     /// Returns true when a handoff summary prompt is set.
     pub fn summarizes(&self) -> bool {
-        self.summary_prompt.is_some()
+        self.prompts.get_template(SUMMARY).is_ok()
     }
 
     /// Returns true when a slot extraction prompt is set.
     pub fn extracts(&self) -> bool {
-        self.extract_prompt.is_some()
+        self.prompts.get_template(EXTRACT).is_ok()
     }
 
     /// Sets the handoff summary prompt template (minijinja, sees `transcript` and `reason`).
@@ -463,8 +506,9 @@ impl LlmClassifier {
     /// # Errors
     /// The template's syntax error.
     pub fn with_summary_prompt(mut self, prompt: String) -> Result<Self, LlmError> {
-        check_prompt(&prompt)?;
-        self.summary_prompt = Some(prompt);
+        self.prompts
+            .add_template_owned(SUMMARY, prompt)
+            .map_err(|e| LlmError::Prompt(e.to_string()))?;
         Ok(self)
     }
 
@@ -488,7 +532,9 @@ impl LlmClassifier {
         self.complete_with(messages, Some(format)).await
     }
 
-    /// One completion in `format` (plain text when `None`), with bounded retries.
+    /// One completion in `format` (plain text when `None`). async-openai retries 429 and 5xx
+    /// (see [`LlmClassifier::new`]); here a timeout or a failed connection is retried, up to
+    /// `retries` times. Nothing else is retried.
     async fn complete_with(
         &self,
         messages: &[ChatCompletionRequestMessage],
@@ -529,7 +575,10 @@ impl LlmClassifier {
                 Ok(Err(OpenAIError::JSONDeserialize(e, _))) => {
                     return Err(LlmError::Malformed(format!("not a chat completion: {e}")));
                 }
-                Ok(Err(e)) => LlmError::Endpoint(e.to_string()),
+                Ok(Err(e)) if connection_failed(&e) => LlmError::Endpoint(e.to_string()),
+                // The status was permanent (400, 401, 404…) or async-openai's backoff for
+                // 429 and 5xx ran out: retrying here would only repeat it.
+                Ok(Err(e)) => return Err(LlmError::Endpoint(e.to_string())),
                 Err(_) => LlmError::Timeout(self.config.timeout),
             };
             if attempt >= self.config.retries {

@@ -65,7 +65,7 @@ fn intents() -> Vec<IntentInfo> {
 
 fn classifier(url: &str, tweak: impl FnOnce(&mut LlmConfig)) -> LlmClassifier {
     let mut config = LlmConfig::new(url, "test-model");
-    config.api_key = "sk-test".into();
+    config.api_key = secrecy::SecretString::from("sk-test");
     config.timeout = Duration::from_millis(500);
     tweak(&mut config);
     let prompt = std::fs::read_to_string(concat!(
@@ -106,11 +106,85 @@ async fn a_good_answer_is_a_validated_triage_record_and_the_request_is_well_form
     );
     assert!(system.contains("bot: How can I help?"), "{system}");
     assert_eq!(request["messages"][1]["content"], "o vaso chegou partido");
-    // The same message, normalised, comes from the cache.
+    // The same message, normalised, in the same context comes from the cache.
     llm.triage(&intents(), &transcript, "  O vaso chegou   PARTIDO ")
         .await
         .unwrap();
     assert_eq!(standin.requests.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_cached_answer_is_never_reused_in_another_context() {
+    let (standin, url) = start().await;
+    let llm = classifier(&url, |_| {});
+    let line = |text: &str| Line {
+        role: "bot".into(),
+        text: text.into(),
+    };
+    let asked_refund = vec![line("Do you want a refund?")];
+    let asked_tracking = vec![line("Shall I track your order?")];
+    llm.triage(&intents(), &asked_refund, "yes").await.unwrap();
+    llm.triage(&intents(), &asked_refund, "Yes ").await.unwrap();
+    assert_eq!(
+        standin.requests.lock().unwrap().len(),
+        1,
+        "same context: cached"
+    );
+    // The same "yes" after another question is another question for the LLM.
+    llm.triage(&intents(), &asked_tracking, "yes")
+        .await
+        .unwrap();
+    assert_eq!(standin.requests.lock().unwrap().len(), 2);
+    // After a flow reload that changed the intents, old answers are not reused.
+    let mut reloaded = intents();
+    reloaded.push(IntentInfo {
+        id: "gift_cards".into(),
+        description: None,
+        examples: vec![],
+    });
+    llm.triage(&reloaded, &asked_refund, "yes").await.unwrap();
+    assert_eq!(standin.requests.lock().unwrap().len(), 3);
+    // The cache is bounded: with room for one answer, the older one is evicted.
+    let small = classifier(&url, |c| c.cache_size = 1);
+    small.triage(&intents(), &[], "a").await.unwrap();
+    small.triage(&intents(), &[], "b").await.unwrap();
+    small.triage(&intents(), &[], "a").await.unwrap();
+    assert_eq!(standin.requests.lock().unwrap().len(), 6);
+}
+
+#[test]
+fn the_api_key_never_shows_in_debug_output() {
+    let mut config = LlmConfig::new("http://127.0.0.1:1/v1", "m");
+    config.api_key = secrecy::SecretString::from("sk-very-secret");
+    let shown = format!("{config:?}");
+    assert!(!shown.contains("sk-very-secret"), "{shown}");
+    let prompt = "{{ intents }}".to_owned();
+    let llm = LlmClassifier::new(config, prompt).unwrap();
+    assert!(!format!("{llm:?}").contains("sk-very-secret"));
+}
+
+#[tokio::test]
+async fn a_refused_request_is_not_retried() {
+    let (standin, url) = start().await;
+    let llm = classifier(&url, |c| c.retries = 3);
+    for (status, kind) in [(400, "invalid_request_error"), (401, "invalid_api_key")] {
+        let before = standin.requests.lock().unwrap().len();
+        standin.script.lock().unwrap().push_back((
+            status,
+            json!({"error": {"message": "refused", "type": kind, "param": null, "code": null}}),
+            Duration::ZERO,
+        ));
+        let failed = llm
+            .triage(&intents(), &[], &format!("message {status}"))
+            .await
+            .unwrap_err();
+        assert!(matches!(failed, LlmError::Endpoint(_)), "{failed:?}");
+        assert_eq!(
+            standin.requests.lock().unwrap().len(),
+            before + 1,
+            "{status} is asked once"
+        );
+    }
 }
 
 #[tokio::test]

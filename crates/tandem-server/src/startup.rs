@@ -9,7 +9,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use tandem_domain::{Clock, SystemClock};
 use tandem_engine::{
     Bot, Desk, Dispatcher, FlowsHandle, HookSender, Ingress, Responder, SendPolicy, Sender,
@@ -236,11 +236,9 @@ pub fn llm_classifier(
     let prompt = std::fs::read_to_string(&path)
         .with_context(|| format!("reading the classifier prompt {}", path.display()))?;
     let mut config = tandem_classify::llm::LlmConfig::new(&llm.base_url, &llm.model);
-    config.api_key = llm
-        .api_key
-        .as_ref()
-        .map(|k| k.expose_secret().to_owned())
-        .unwrap_or_default();
+    if let Some(key) = &llm.api_key {
+        config.api_key = key.clone();
+    }
     config.timeout = llm.timeout;
     config.structured_output = llm.structured_output;
     let mut classifier = tandem_classify::llm::LlmClassifier::new(config, prompt)
