@@ -266,6 +266,41 @@ async fn a_numbers_sends_never_exceed_its_rate(backend: Backend) {
     );
 }
 
+async fn a_backend_call_longer_than_the_lease_is_made_once_and_answered_once(backend: Backend) {
+    let graph = Graph::start().await;
+    // The shipped order flow gives its call 3 s; the backend takes 2.5 s, the lane lease is 1 s.
+    let shop = Shop::start(Duration::from_millis(2500)).await;
+    let mut spec = Spec::with_bot(backend, &graph.url, &shop.url);
+    spec.env.push(("TANDEM_LEASE".into(), "1s".into()));
+    spec.env.push(("TANDEM_SEND_RECOVERY".into(), "1s".into()));
+    let server = Server::start(spec);
+    let wa = "351910000009";
+    post(&server, text(wa, "wamid.once.1", "where is my order?")).await;
+    wait_for_text(&graph, "What's your order number?").await;
+    post(&server, text(wa, "wamid.once.2", "10442")).await;
+    wait_for_text(&graph, "on its way").await;
+    // Let any second run of the turn (another worker taking the lane) show itself.
+    wait_for("the turn committed", DEADLINE, || async {
+        let c = server.conversation(wa).await?;
+        (c["events_applied"].as_u64()? >= 2 && c.get("outbox").is_none()).then_some(())
+    })
+    .await;
+    let calls = shop.calls.lock().unwrap().clone();
+    assert_eq!(
+        calls.len(),
+        1,
+        "the lane kept its lease through the call: {calls:?}"
+    );
+    let key = calls[0].2.clone().expect("an Idempotency-Key");
+    assert!(key.starts_with("tandem-") && key.ends_with("-1"), "{key}");
+    let answers = graph
+        .texts()
+        .iter()
+        .filter(|t| t.contains("on its way"))
+        .count();
+    assert_eq!(answers, 1);
+}
+
 async fn an_echo_during_a_slow_call_means_the_reply_is_never_sent(backend: Backend) {
     let (server, graph, shop) = started(backend, Duration::from_millis(1500)).await;
     let wa = "351910000002";
@@ -398,6 +433,7 @@ async fn a_retried_webhook_is_answered_once(backend: Backend) {
 crate::both_stores!(
     an_order_question_is_answered_from_the_shop_backend,
     an_echo_during_a_slow_call_means_the_reply_is_never_sent,
+    a_backend_call_longer_than_the_lease_is_made_once_and_answered_once,
     throttling_is_retried_and_a_closed_window_gets_the_template,
     a_retried_webhook_is_answered_once,
     a_reply_in_flight_when_the_process_dies_is_sent_after_restart,

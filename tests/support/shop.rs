@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 
-/// Every request the stand-in received: `"METHOD /path"` and the JSON body.
-pub(crate) type Calls = Arc<Mutex<Vec<(String, Value)>>>;
+/// Every request the stand-in received: `"METHOD /path"`, the JSON body and the
+/// `Idempotency-Key` header.
+pub(crate) type Calls = Arc<Mutex<Vec<(String, Value, Option<String>)>>>;
 
 #[derive(Clone)]
 struct ShopState {
@@ -28,17 +29,27 @@ pub(crate) fn router(delay: Duration, calls: Calls) -> axum::Router {
         .with_state(ShopState { delay, calls })
 }
 
-fn record(state: &ShopState, call: String, body: Value) {
+fn record(state: &ShopState, headers: &HeaderMap, call: String, body: Value) {
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     if let Ok(mut calls) = state.calls.lock() {
-        calls.push((call, body));
+        calls.push((call, body, key));
     }
 }
 
 async fn order(
     State(state): State<ShopState>,
     Path(number): Path<String>,
+    headers: HeaderMap,
 ) -> (StatusCode, Json<Value>) {
-    record(&state, format!("GET /orders/{number}"), Value::Null);
+    record(
+        &state,
+        &headers,
+        format!("GET /orders/{number}"),
+        Value::Null,
+    );
     tokio::time::sleep(state.delay).await;
     match number.as_str() {
         "10442" => (
@@ -58,9 +69,10 @@ async fn order(
 
 async fn create_return(
     State(state): State<ShopState>,
+    headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> (StatusCode, Json<Value>) {
-    record(&state, "POST /returns".into(), body);
+    record(&state, &headers, "POST /returns".into(), body);
     tokio::time::sleep(state.delay).await;
     (StatusCode::CREATED, Json(json!({"id": "R-881"})))
 }

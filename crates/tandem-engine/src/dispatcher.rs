@@ -200,7 +200,7 @@ impl Worker {
         let mut applied = 0;
         while applied < self.config.lane_budget {
             let asked = self.config.lane_budget - applied;
-            match self.step(&claim, asked).await {
+            match self.renewing(&claim, self.step(&claim, asked)).await {
                 // Fewer than asked: the inbox was drained. Events that arrived since make the
                 // release offer the lane again, so there is no need to look once more.
                 Ok(Some((CommitOutcome::Applied, n))) if n < asked => break,
@@ -219,6 +219,29 @@ impl Worker {
         }
         if let Err(error) = self.store.release(claim, self.clock.now()).await {
             record_error("processing", &error);
+        }
+    }
+
+    /// Runs `work` while renewing the claim's lease every third of it, so a step waiting on a
+    /// slow backend call, an LLM request or a send keeps its lane: otherwise another worker
+    /// would take the lane when the lease ran out and run the same turn again, repeating its
+    /// calls. When the lease is lost anyway (a stalled process), renewing stops and the step's
+    /// commit is refused.
+    async fn renewing<T>(&self, claim: &Claim, work: impl std::future::Future<Output = T>) -> T {
+        let every = self.config.lease / 3;
+        tokio::pin!(work);
+        let mut owned = true;
+        loop {
+            tokio::select! {
+                out = &mut work => return out,
+                () = tokio::time::sleep(every), if owned => {
+                    match self.store.renew(claim, self.clock.now(), self.config.lease).await {
+                        Ok(true) => {}
+                        Ok(false) => owned = false,
+                        Err(error) => record_error("processing", &error),
+                    }
+                }
+            }
         }
     }
 

@@ -254,7 +254,10 @@ impl Responder {
             let outcome = if calls > CALLS_PER_TURN {
                 CallOutcome::Failed(format!("more than {CALLS_PER_TURN} calls in one turn"))
             } else {
-                self.call(&request).await
+                // The same message makes the same calls in the same order, so a turn run again
+                // (after a crash or a lost lane) sends the same keys.
+                let key = idempotency_key(&c.id, &message.id, calls);
+                self.call(&request, &key).await
             };
             turn = bot.on_call_result(c, outcome, &ctx);
             effects.append(&mut turn.effects);
@@ -436,7 +439,8 @@ impl Responder {
         }
     }
 
-    async fn call(&self, request: &CallRequest) -> CallOutcome {
+    /// Makes a flow's `call`, with `Idempotency-Key: key` unless the flow sets its own.
+    async fn call(&self, request: &CallRequest, key: &str) -> CallOutcome {
         let method =
             reqwest::Method::from_bytes(request.method.as_bytes()).unwrap_or(reqwest::Method::GET);
         let mut builder = self
@@ -445,6 +449,13 @@ impl Responder {
             .timeout(request.timeout);
         for (name, value) in &request.headers {
             builder = builder.header(name, value);
+        }
+        if !request
+            .headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("idempotency-key"))
+        {
+            builder = builder.header("Idempotency-Key", key);
         }
         if let Some(body) = &request.body {
             builder = builder.json(body);
@@ -539,6 +550,31 @@ fn recent_lines(
         .collect();
     lines.reverse();
     lines
+}
+
+/// The `Idempotency-Key` of the `n`-th call of the turn answering `message`: the same for
+/// every run of that turn, and a valid header value whatever the ids hold.
+fn idempotency_key(
+    conversation: &tandem_domain::ConversationId,
+    message: &tandem_domain::MessageId,
+    n: usize,
+) -> String {
+    let safe = |s: &str| -> String {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "._-:=+/".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    };
+    format!(
+        "tandem-{}-{}-{n}",
+        safe(&conversation.to_string()),
+        safe(message.as_str())
+    )
 }
 
 /// Builds the HTTP client `call` steps use.

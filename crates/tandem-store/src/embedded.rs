@@ -412,6 +412,20 @@ impl Store for EmbeddedStore {
             .await
     }
 
+    async fn renew(
+        &self,
+        claim: &Claim,
+        now: Timestamp,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut lanes = self.shared.lanes();
+        if !lanes.holds(&claim.conversation, &claim.token) {
+            return Ok(false);
+        }
+        lanes.extend(&claim.conversation, now.plus(lease));
+        Ok(true)
+    }
+
     async fn release(&self, claim: Claim, _now: Timestamp) -> Result<(), StoreError> {
         if self
             .shared

@@ -14,7 +14,7 @@
 //! Layout: `keys` (every key name), `ingest` (both ingest paths), `customers` (aliases and the
 //! schema migration), the Lua scripts beside them (`apply`, `ingest`, `claim`, `release`,
 //! `fire_timers`, `reserve_send_slot`, `take_hooks`, `settle_hook`, `redrive_hook`, `lead`,
-//! `touch_number`, `resolve`).
+//! `touch_number`, `resolve`, `renew`).
 
 mod customers;
 mod ingest;
@@ -77,6 +77,7 @@ struct Scripts {
     lead: Script,
     touch_number: Script,
     resolve: Script,
+    renew: Script,
 }
 
 /// A write plan for `apply.lua`: guards first, then writes. Field names are the script's.
@@ -198,6 +199,7 @@ impl RedisStore {
                 lead: Script::new(include_str!("redis/lead.lua")),
                 touch_number: Script::new(include_str!("redis/touch_number.lua")),
                 resolve: Script::new(include_str!("redis/resolve.lua")),
+                renew: Script::new(include_str!("redis/renew.lua")),
             }),
             signal: Arc::new(Notify::new()),
         };
@@ -420,6 +422,28 @@ impl Store for RedisStore {
             Some("lease_lost") => Ok(CommitOutcome::LeaseLost),
             _ => Err(StoreError::Protocol(format!("{answer:?}"))),
         }
+    }
+
+    async fn renew(
+        &self,
+        claim: &Claim,
+        now: Timestamp,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut con = self.con.clone();
+        let id = &claim.conversation;
+        let renewed: i64 = self
+            .scripts
+            .renew
+            .arg(self.keys.lease(id))
+            .arg(self.keys.ready())
+            .arg(id.to_string())
+            .arg(&claim.token)
+            .arg(now.as_millis())
+            .arg(millis(lease))
+            .invoke_async(&mut con)
+            .await?;
+        Ok(renewed == 1)
     }
 
     async fn release(&self, claim: Claim, now: Timestamp) -> Result<(), StoreError> {

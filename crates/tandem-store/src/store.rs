@@ -70,6 +70,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         lease: Duration,
     ) -> Result<CommitOutcome, StoreError>;
 
+    /// Extends the claim's lease to `now + lease` while its owner is still working (a slow
+    /// backend call or LLM request inside a step). Returns false when the claim no longer owns
+    /// the lane: another worker may run it, and this owner's commit will be refused.
+    async fn renew(
+        &self,
+        claim: &Claim,
+        now: Timestamp,
+        lease: Duration,
+    ) -> Result<bool, StoreError>;
+
     /// Gives the lane back; it is offered again at once if events are still waiting.
     async fn release(&self, claim: Claim, now: Timestamp) -> Result<(), StoreError>;
 

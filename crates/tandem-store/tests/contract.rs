@@ -1012,6 +1012,32 @@ async fn numbers_merge_activity_and_guard_their_lifecycle(f: Fixture) {
     assert_eq!(all, ["106", "107"]);
 }
 
+async fn a_renewed_lease_keeps_the_lane_and_only_its_owner_renews(f: Fixture) {
+    let s = f.store.as_ref();
+    s.ingest(batch(T0, vec![message("r", "m1")])).await.unwrap();
+    let first = s
+        .claim(T0, Duration::from_millis(200))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(s.renew(&first, T0, LEASE).await.unwrap());
+    // Well past the first lease (in the store's time and, for Redis's key expiry, in real
+    // time), the renewed lane is still held.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let later = T0.plus(Duration::from_secs(1));
+    assert_eq!(s.claim(later, LEASE).await.unwrap(), None);
+    let stranger = Claim {
+        conversation: first.conversation.clone(),
+        token: "not-the-owner".into(),
+    };
+    assert!(!s.renew(&stranger, later, LEASE).await.unwrap());
+    assert_eq!(
+        step(s, &first, later).await.unwrap().1,
+        CommitOutcome::Applied
+    );
+    s.release(first, later).await.unwrap();
+}
+
 fn who(phone: Option<&str>, user: Option<&str>) -> Identity {
     Identity {
         phone: phone.map(|p| Phone::parse(p).unwrap()),
@@ -1168,6 +1194,7 @@ macro_rules! suite {
             hooks_are_written_with_the_step_leased_retried_and_dead_lettered,
             agents_presence_is_kept_and_one_process_leads,
             numbers_merge_activity_and_guard_their_lifecycle,
+            a_renewed_lease_keeps_the_lane_and_only_its_owner_renews,
             customers_are_found_by_any_alias_and_never_merged,
             concurrent_first_messages_make_one_customer,
         );)*
