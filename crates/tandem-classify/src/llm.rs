@@ -585,11 +585,11 @@ impl LlmClassifier {
                 return Err(error);
             }
             attempt += 1;
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.subsec_nanos());
-            let jitter = Duration::from_millis(u64::from(nanos % 100));
-            tokio::time::sleep(Duration::from_millis(100) * attempt + jitter).await;
+            let wait = tandem_domain::Backoff {
+                first: Duration::from_millis(100),
+                max: Duration::from_secs(1),
+            };
+            tokio::time::sleep(wait.delay(attempt, rand::random())).await;
         }
     }
 }

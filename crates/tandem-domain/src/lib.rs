@@ -15,8 +15,10 @@
 //! - [`conversation`]: the conversation record, its modes and the rules that change it.
 //! - [`bot`]: the bot's part of the record: flow position, slots, handoff request, outbox.
 //! - [`outbound`]: the content of messages Tandem sends.
+//! - [`backoff`]: the retry delays of sends, hook deliveries and LLM calls.
 //! - [`error`]: the small shared [`ErrorKind`] every crate's errors map to.
 
+pub mod backoff;
 pub mod bot;
 pub mod conversation;
 pub mod customer;
@@ -27,6 +29,7 @@ pub mod message;
 pub mod outbound;
 pub mod time;
 
+pub use backoff::Backoff;
 pub use bot::{
     Assignment, BotState, Burst, FlowPosition, HandoffRequest, PendingSend, SendAction, SendOrigin,
     TriageNote,

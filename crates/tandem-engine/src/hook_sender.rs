@@ -230,17 +230,14 @@ impl HookSender {
         Ok(())
     }
 
-    /// Exponential backoff from `hook_backoff` with up to 25 % jitter, at most 10 minutes.
+    /// The wait before the next attempt: from `hook_backoff`, at most 10 minutes (see
+    /// [`tandem_domain::Backoff`]).
     fn backoff(&self, attempts: u32) -> Duration {
-        let base = self
-            .config
-            .hook_backoff
-            .saturating_mul(1 << attempts.min(20).saturating_sub(1));
-        let capped = base.min(MAX_BACKOFF);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        capped + capped.mul_f64(f64::from(nanos % 1000) / 4000.0)
+        tandem_domain::Backoff {
+            first: self.config.hook_backoff,
+            max: MAX_BACKOFF,
+        }
+        .delay(attempts, rand::random())
     }
 }
 

@@ -400,19 +400,14 @@ impl Sender {
         Outcome::Retry(now.plus(self.backoff(attempts)), reason.to_owned())
     }
 
-    /// Exponential backoff with up to 25 % jitter, so a throttled number's conversations do
-    /// not all come back at once.
+    /// The wait before the next attempt (see [`tandem_domain::Backoff`]), so a throttled
+    /// number's conversations do not all come back at once.
     fn backoff(&self, attempts: u32) -> Duration {
-        let base = self
-            .policy
-            .base_backoff
-            .saturating_mul(1 << attempts.min(16).saturating_sub(1));
-        let capped = base.min(self.policy.max_backoff);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let jitter = capped.mul_f64(f64::from(nanos % 1000) / 4000.0);
-        capped + jitter
+        tandem_domain::Backoff {
+            first: self.policy.base_backoff,
+            max: self.policy.max_backoff,
+        }
+        .delay(attempts, rand::random())
     }
 
     fn window_template(&self) -> Option<OutboundContent> {
