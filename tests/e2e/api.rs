@@ -136,3 +136,79 @@ async fn conversations_are_listed_by_mode_and_paged() {
         .unwrap();
     assert_eq!(ready.status(), 200);
 }
+
+#[tokio::test]
+async fn every_error_has_the_json_shape_and_names_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("small.toml");
+    std::fs::write(&config, "[server]\nmax_body_bytes = 2048\n").unwrap();
+    let mut spec = Spec::new(Backend::embedded(dir.path()));
+    spec.config = Some(config);
+    let server = Server::start(spec);
+    let call = |method: reqwest::Method, path: &str, body: Vec<u8>| {
+        let request = server
+            .client
+            .request(method, server.url(path))
+            .bearer_auth(API_TOKEN)
+            .header("content-type", "application/json")
+            .body(body);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let kind = response
+                .headers()
+                .get("content-type")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (
+                status,
+                kind,
+                response.json::<serde_json::Value>().await.ok(),
+            )
+        }
+    };
+    let post = reqwest::Method::POST;
+    let long_agent = serde_json::json!({"agent": "a".repeat(1000)}).to_string();
+    for (method, path, body, status, error_kind) in [
+        // axum's own rejections: over the size limit, a path that is not UTF-8, no route.
+        (post.clone(), "/webhook", vec![b'x'; 4096], 413, "too_large"),
+        (
+            reqwest::Method::GET,
+            "/v1/conversations/%FF",
+            vec![],
+            400,
+            "invalid",
+        ),
+        (
+            reqwest::Method::GET,
+            "/v1/nothing-here",
+            vec![],
+            404,
+            "not_found",
+        ),
+        // Names are bounded; an unknown team is refused even when no team is configured.
+        (
+            post.clone(),
+            "/v1/conversations/106540000000001:155/takeover",
+            long_agent.into_bytes(),
+            400,
+            "invalid",
+        ),
+        (
+            post.clone(),
+            "/v1/conversations/106540000000001:155/assign",
+            br#"{"team": "ghosts"}"#.to_vec(),
+            400,
+            "invalid",
+        ),
+    ] {
+        let (got, content_type, body) = call(method, path, body).await;
+        assert_eq!(got, status, "{path}: {body:?}");
+        assert_eq!(content_type.as_deref(), Some("application/json"), "{path}");
+        let body = body.unwrap_or_else(|| panic!("{path}: not JSON"));
+        assert_eq!(body["error"]["kind"], error_kind, "{path}: {body}");
+        assert!(
+            !body["error"]["message"].as_str().unwrap().is_empty(),
+            "{path}: {body}"
+        );
+    }
+}

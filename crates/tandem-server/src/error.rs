@@ -36,6 +36,56 @@ impl ApiError {
     }
 }
 
+/// Gives every error answer the API's JSON shape, whoever produced it: axum's own
+/// rejections (a body over the size limit, a path that is not valid UTF-8, an unknown route
+/// or method) answer plain text or nothing, which becomes
+/// `{"error": {"kind", "message"}}` with the same status. JSON answers pass unchanged.
+pub async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    // Rejection texts are short; anything longer is cut rather than buffered whole.
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let kind = match status {
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::FORBIDDEN => "forbidden",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::CONFLICT => "conflict",
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        s if s.is_server_error() => "internal",
+        _ => "invalid",
+    };
+    let message = match (status, text.is_empty()) {
+        (StatusCode::NOT_FOUND, true) => "no such route".to_owned(),
+        (StatusCode::METHOD_NOT_ALLOWED, true) => "this route does not take that method".to_owned(),
+        (_, true) => status.canonical_reason().unwrap_or("error").to_lowercase(),
+        (_, false) => text,
+    };
+    let mut answer = (
+        status,
+        Json(json!({"error": {"kind": kind, "message": message}})),
+    )
+        .into_response();
+    // Keep what the original answer said besides its body (`WWW-Authenticate`, `Allow`).
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            answer.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    answer
+}
+
 /// Maps an error category to its HTTP status.
 pub fn status_of(kind: ErrorKind) -> StatusCode {
     match kind {

@@ -42,6 +42,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/metrics", get(health::metrics))
         .nest("/v1", v1)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::map_response(crate::error::json_errors))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -25,6 +25,20 @@ use crate::error::ApiError;
 
 /// The longest text WhatsApp accepts in one message.
 const MAX_TEXT: usize = 4096;
+/// The longest agent or team id the API takes.
+const MAX_NAME: usize = 64;
+
+/// Refuses a name that is empty, longer than `max` characters or holds control characters.
+fn limited(field: &str, value: Option<&str>, max: usize) -> Result<(), ApiError> {
+    let Some(value) = value else { return Ok(()) };
+    if value.trim().is_empty() || value.chars().count() > max || value.chars().any(char::is_control)
+    {
+        return Err(ApiError::invalid(format!(
+            "{field} must have 1 to {max} characters and no control characters"
+        )));
+    }
+    Ok(())
+}
 
 /// Parses an optional JSON body into `T`, refusing unknown fields with a readable reason.
 fn body<T: DeserializeOwned + Default>(bytes: &Bytes) -> Result<T, ApiError> {
@@ -79,6 +93,7 @@ async fn existing(state: &AppState, raw: &str) -> Result<Conversation, ApiError>
 }
 
 fn check_agent(state: &AppState, agent: Option<&str>) -> Result<(), ApiError> {
+    limited("agent", agent, MAX_NAME)?;
     if let Some(agent) = agent
         && state.routing.routes()
         && state.routing.agent(agent).is_none()
@@ -212,10 +227,11 @@ pub async fn assign(
         ));
     }
     check_agent(&state, b.agent.as_deref())?;
+    limited("team", b.team.as_deref(), MAX_NAME)?;
     if let Some(team) = &b.team
-        && state.routing.team_ids().next().is_some()
         && state.routing.team(team).is_none()
     {
+        // With no teams at all, a team would be a queue nobody serves.
         return Err(ApiError::invalid(format!(
             "unknown team {team:?}; teams are configured under [[handoff.teams]]"
         )));
@@ -268,6 +284,8 @@ pub async fn message(
             }
         }
         (None, Some(t)) => {
+            limited("template.name", Some(&t.name), 512)?;
+            limited("template.language", Some(&t.language), 15)?;
             if state.authentication_templates.contains(&t.name) && c.who().phone.is_none() {
                 return Err(ApiError::conflict(format!(
                     "{:?} is an authentication template, and WhatsApp cannot deliver those to a customer known only by username (BSUID), error 131062",
