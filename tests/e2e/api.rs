@@ -166,6 +166,31 @@ async fn every_error_has_the_json_shape_and_names_are_bounded() {
             )
         }
     };
+    // No access token: the server runs (events are stored) and says it cannot send.
+    let ready: serde_json::Value = server
+        .client
+        .get(server.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        ready["sending"]
+            .as_str()
+            .unwrap()
+            .contains("TANDEM_ACCESS_TOKEN"),
+        "{ready}"
+    );
+    let (_, numbers) = server.api("/v1/numbers").await;
+    assert!(
+        numbers["sending"]
+            .as_str()
+            .unwrap()
+            .contains("TANDEM_ACCESS_TOKEN"),
+        "{numbers}"
+    );
     let post = reqwest::Method::POST;
     let long_agent = serde_json::json!({"agent": "a".repeat(1000)}).to_string();
     for (method, path, body, status, error_kind) in [

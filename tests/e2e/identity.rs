@@ -197,6 +197,11 @@ async fn a_phone_customer_who_later_writes_by_bsuid_only_stays_one_conversation(
             .await,
         1.0
     );
+    let (_, numbers) = server.api("/v1/numbers").await;
+    assert_eq!(
+        numbers["sending"], "ok",
+        "an access token is set: {numbers}"
+    );
     // The API finds the customer by phone, BSUID and customer id.
     let customer_id = c["customer"]["id"].as_str().unwrap().to_owned();
     for key in [ANA_PHONE, ANA_BSUID, &customer_id] {

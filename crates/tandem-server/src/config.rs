@@ -846,22 +846,32 @@ fn build(
     let mut health = health_config(health)?;
     health.send_rate = engine.send_rate;
     if !cli.dev {
-        let missing = |key: &str, var: &str| {
-            ConfigError::new(
-                key,
+        // Every missing secret at once, so one restart fixes them all.
+        let missing: Vec<(&str, &str)> = [
+            ("meta.app_secret", "TANDEM_APP_SECRET", app_secret.is_none()),
+            (
+                "meta.verify_token",
+                "TANDEM_VERIFY_TOKEN",
+                verify_token.is_none(),
+            ),
+            ("api.token", "TANDEM_API_TOKEN", api_tokens.is_empty()),
+        ]
+        .into_iter()
+        .filter(|(_, _, absent)| *absent)
+        .map(|(key, var, _)| (key, var))
+        .collect();
+        if let Some((first, _)) = missing.first() {
+            let vars: Vec<String> = missing
+                .iter()
+                .map(|(key, var)| format!("{var} ({key})"))
+                .collect();
+            return Err(ConfigError::new(
+                *first,
                 format!(
-                    "missing; set {var} (or {var}_FILE), or start with --dev to run without it"
+                    "missing: {}; set each (or its _FILE variant), or start with --dev to run without them",
+                    vars.join(", ")
                 ),
-            )
-        };
-        if app_secret.is_none() {
-            return Err(missing("meta.app_secret", "TANDEM_APP_SECRET"));
-        }
-        if verify_token.is_none() {
-            return Err(missing("meta.verify_token", "TANDEM_VERIFY_TOKEN"));
-        }
-        if api_tokens.is_empty() {
-            return Err(missing("api.token", "TANDEM_API_TOKEN"));
+            ));
         }
     }
     let transcript_cap = engine.transcript_cap;
@@ -940,7 +950,16 @@ mod tests {
     fn without_credentials_the_server_refuses_unless_dev() {
         let err = load(&CliOverrides::default(), &HashMap::new()).unwrap_err();
         assert_eq!(err.key, "meta.app_secret");
-        assert!(err.message.contains("TANDEM_APP_SECRET"), "{err}");
+        for var in [
+            "TANDEM_APP_SECRET",
+            "TANDEM_VERIFY_TOKEN",
+            "TANDEM_API_TOKEN",
+        ] {
+            assert!(
+                err.message.contains(var),
+                "all missing secrets at once: {err}"
+            );
+        }
         let dev = load(
             &CliOverrides {
                 dev: true,

@@ -45,6 +45,8 @@ pub struct AppState {
     pub flows: Option<tandem_engine::FlowsHandle>,
     /// Messages a second per number (`engine.send_rate`), shown with each number.
     pub send_rate: u32,
+    /// Why nothing can be sent through the Cloud API, when that is so (no access token).
+    pub sending_problem: Option<&'static str>,
     /// Authentication templates (`engine.authentication_templates`): never sent to a
     /// customer known only by BSUID.
     pub authentication_templates: Arc<Vec<String>>,

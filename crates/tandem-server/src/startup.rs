@@ -31,6 +31,10 @@ pub struct Application {
     settings: Settings,
 }
 
+/// What `/readyz`, `GET /v1/numbers` and the start-up log say without an access token.
+const NO_ACCESS_TOKEN: &str =
+    "no TANDEM_ACCESS_TOKEN: events are stored, but no reply or agent message can be sent";
+
 /// Builds the router over a state. Exposed so tests can serve it without a real socket.
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     let v1 = openapi::v1_router(&state);
@@ -79,6 +83,9 @@ impl Application {
                 None
             }
         };
+        if settings.access_token.is_none() {
+            tracing::warn!("{NO_ACCESS_TOKEN}; set it (or TANDEM_ACCESS_TOKEN_FILE) to send");
+        }
         let token = settings
             .access_token
             .clone()
@@ -183,6 +190,7 @@ impl Application {
             routing,
             flows: flows.clone(),
             send_rate: settings.engine.send_rate,
+            sending_problem: settings.access_token.is_none().then_some(NO_ACCESS_TOKEN),
             authentication_templates: Arc::new(settings.engine.authentication_templates.clone()),
             metrics,
         };

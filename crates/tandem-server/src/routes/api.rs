@@ -387,7 +387,9 @@ pub async fn numbers(State(state): State<AppState>) -> Result<Json<Value>, ApiEr
         .iter()
         .map(|n| tandem_engine::health::number_view(n, now, state.send_rate))
         .collect();
-    Ok(Json(json!({"numbers": items})))
+    Ok(Json(
+        json!({"numbers": items, "sending": state.sending_problem.map_or("ok", |p| p)}),
+    ))
 }
 
 /// `GET /v1/numbers/{phone_number_id}`: one number's link state.

@@ -17,7 +17,9 @@ pub async fn healthz() -> &'static str {
 /// Readiness: 200 when the store answers, 503 otherwise.
 pub async fn readyz(State(state): State<AppState>) -> Response {
     match state.store.ping().await {
-        Ok(()) => Json(json!({"status": "ready", "store": state.store.backend()})).into_response(),
+        // Still ready without an access token: events are stored (Meta must keep delivering);
+        // the answer says that nothing can be sent.
+        Ok(()) => Json(json!({"status": "ready", "store": state.store.backend(), "sending": state.sending_problem.map_or("ok", |p| p)})).into_response(),
         Err(error) => {
             tracing::warn!(error = %error, "readiness check failed");
             (
