@@ -259,9 +259,14 @@ async fn a_customer_asking_for_a_person_reaches_an_agent_and_the_crm_follows(bac
         d.graph.texts()
     );
 
-    // Release: the bot is back, and the CRM knows.
-    let (status, _) = act(&d.server, wa, "release", json!({})).await;
+    // Release: the bot is back (the answer says so), and the CRM knows.
+    let (status, released) = act(&d.server, wa, "release", json!({})).await;
     assert_eq!(status, 202);
+    assert_eq!(
+        released["mode"], "bot",
+        "the state after the action: {released}"
+    );
+    assert_eq!(released["pending"], false);
     let resumed = hook(&d.hooks, wa, "conversation.resumed", 1).await;
     assert_eq!(resumed.body["resumed_because"], "released");
     let c = d.server.conversation(wa).await.unwrap();
@@ -320,7 +325,11 @@ async fn a_full_team_queues_with_an_honest_message_and_assigns_when_someone_free
     assert_eq!(agents["agents"][0]["open_conversations"], 1, "{agents}");
 
     // Ana closes the first conversation: the waiting one is hers now.
-    let (status, _) = act(&d.server, first, "close", json!({"agent": "ana"})).await;
+    let (status, closed) = act(&d.server, first, "close", json!({"agent": "ana"})).await;
+    assert_eq!(
+        closed["mode"], "bot",
+        "the state after the action: {closed}"
+    );
     assert_eq!(status, 202);
     hook(&d.hooks, first, "conversation.closed", 1).await;
     let assigned = hook(&d.hooks, second, "conversation.assigned", 1).await;

@@ -105,7 +105,22 @@ fn check_agent(state: &AppState, agent: Option<&str>) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Stores the action and answers 202 with the conversation's state after the ingress write.
+/// How long an action's answer waits for the conversation's lane to apply it.
+const APPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The mode an action leaves the conversation in, when it decides one.
+fn mode_after(kind: &AgentActionKind) -> Option<tandem_domain::Mode> {
+    use tandem_domain::Mode;
+    match kind {
+        AgentActionKind::Release | AgentActionKind::Close => Some(Mode::Bot),
+        AgentActionKind::Takeover | AgentActionKind::Message { .. } => Some(Mode::Human),
+        _ => None,
+    }
+}
+
+/// Stores the action and answers 202 with the conversation's state after it: a take-over or
+/// message pauses at once; a release or close is applied by the conversation's lane, which the
+/// answer waits for (up to [`APPLY_WAIT`]; `"pending": true` when the lane is slower).
 async fn act(
     state: &AppState,
     caller: &Caller,
@@ -124,8 +139,20 @@ async fn act(
         at: state.clock.now(),
         kind,
     };
+    let expected = mode_after(&action.kind);
     let stored = state.ingress.agent_action(id.clone(), action, key).await?;
-    let record = state.store.conversation(&id).await?;
+    let deadline = tokio::time::Instant::now() + APPLY_WAIT;
+    let (record, pending) = loop {
+        let record = state.store.conversation(&id).await?;
+        let done = match (&record, expected) {
+            (Some(c), Some(mode)) => c.mode == mode,
+            _ => true,
+        };
+        if done || tokio::time::Instant::now() >= deadline {
+            break (record, !done);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({
@@ -133,6 +160,7 @@ async fn act(
             "action": label,
             "duplicate": !stored,
             "mode": record.as_ref().map(|c| c.mode),
+            "pending": pending,
         })),
     ))
 }
