@@ -14,7 +14,10 @@ use tandem_engine::{FlowsHandle, Responder, Sandbox};
 
 const HELP: &str = "Type as the customer would. A number picks one of the bot's choices.
   /echo TEXT      a person answers from the phone (the bot pauses)
-  /wait 31m       let time pass
+  /takeover       an agent takes the conversation through the agent API
+  /release        the agent hands it back to the bot
+  /close          the agent closes it (back to the bot, the flow's answers cleared)
+  /wait 31m       let time pass (the bot resumes after human_idle, 30m)
   /image [CAPTION], /location LAT LON   send an image or a location
   /state          show the conversation record
   /quit           leave";
@@ -76,6 +79,9 @@ pub(crate) fn run(
                 continue;
             }
             ("/echo", text) => sandbox.echo(text),
+            ("/takeover", _) => sandbox.agent(tandem_domain::AgentActionKind::Takeover),
+            ("/release", _) => sandbox.agent(tandem_domain::AgentActionKind::Release),
+            ("/close", _) => sandbox.agent(tandem_domain::AgentActionKind::Close),
             ("/wait", d) => match humantime::parse_duration(d) {
                 Ok(d) => sandbox.wait(d),
                 Err(e) => {

@@ -154,6 +154,34 @@ fn chat_shows_replies_choices_decisions_and_mode() {
 }
 
 #[test]
+fn chat_plays_the_agent_too_take_over_release_and_close() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(["chat", "flows"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"/takeover\nhello?\n/release\n/takeover\n/close\n/quit\n")
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{out}");
+    assert!(out.contains("an agent's takeover: mode human"), "{out}");
+    assert!(out.contains("mode human: the bot stays silent"), "{out}");
+    assert!(out.contains("an agent's release: mode bot"), "{out}");
+    assert!(out.contains("hook conversation.resumed"), "{out}");
+    assert!(out.contains("bot> I'm back"), "the bot_back text: {out}");
+    assert!(out.contains("an agent's close: mode bot"), "{out}");
+    assert!(out.contains("hook conversation.closed"), "{out}");
+}
+
+#[test]
 fn eval_reports_the_local_model_on_labelled_data_as_json() {
     let (code, out, err) = tandem(&[
         "eval",

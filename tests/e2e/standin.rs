@@ -3,7 +3,7 @@
 //! steps (with a configurable delay).
 
 #[path = "../support/shop.rs"]
-mod shop;
+pub mod shop;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

@@ -20,7 +20,19 @@ struct ShopState {
     calls: Calls,
 }
 
-/// The routes: `GET /orders/{number}` (10442 shipped, 10443 delivered, others 404) and
+/// A day counted from today (UTC), as the shop writes dates: `YYYY-MM-DD`.
+pub(crate) fn day_from_today(days: i64) -> String {
+    let today = jiff::Timestamp::now()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .date();
+    today
+        .checked_add(jiff::Span::new().days(days))
+        .unwrap_or(today)
+        .to_string()
+}
+
+/// The routes: `GET /orders/{number}` (10442 shipped, due in 3 days; 10443 delivered 2 days
+/// ago; others 404) and
 /// `POST /returns` (201 with id R-881). Every answer waits `delay` first.
 pub(crate) fn router(delay: Duration, calls: Calls) -> axum::Router {
     axum::Router::new()
@@ -54,11 +66,11 @@ async fn order(
     match number.as_str() {
         "10442" => (
             StatusCode::OK,
-            Json(json!({"status": "shipped", "carrier": "CTT", "eta": "2026-11-25"})),
+            Json(json!({"status": "shipped", "carrier": "CTT", "eta": day_from_today(3)})),
         ),
         "10443" => (
             StatusCode::OK,
-            Json(json!({"status": "delivered", "delivered_on": "2026-11-20"})),
+            Json(json!({"status": "delivered", "delivered_on": day_from_today(-2)})),
         ),
         _ => (
             StatusCode::NOT_FOUND,

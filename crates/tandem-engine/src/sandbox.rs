@@ -178,6 +178,58 @@ impl Sandbox {
         }
     }
 
+    /// An agent acts as through the agent API (take over, release, close), applied by the
+    /// same desk rules the server's lanes use; what the bot then sends (the `bot_back` text)
+    /// is delivered.
+    pub fn agent(&mut self, kind: tandem_domain::AgentActionKind) -> Outcome {
+        self.now = self.now.plus(Duration::from_secs(1));
+        let label = kind.label();
+        if matches!(
+            kind,
+            tandem_domain::AgentActionKind::Takeover
+                | tandem_domain::AgentActionKind::Message { .. }
+        ) {
+            // As ingress does before the lane sees the action: the bot pauses at once, for
+            // at least the take-over cap (24 hours).
+            self.conversation.record_human_activity(
+                tandem_domain::PausedBy::AgentApi,
+                self.now,
+                Duration::from_secs(24 * 3600),
+            );
+        }
+        let action = tandem_domain::AgentAction {
+            agent: Some("you".into()),
+            at: self.now,
+            kind,
+        };
+        let ctx = crate::desk::DeskContext {
+            now: self.now,
+            cap: self.cap,
+            responder: Some(&self.responder),
+        };
+        let mut happenings = Vec::new();
+        crate::desk::Desk::default().on_agent(
+            &mut self.conversation,
+            &action,
+            &ctx,
+            &mut happenings,
+        );
+        let mut outcome = Outcome {
+            decisions: vec![format!(
+                "an agent's {label}: mode {}",
+                self.conversation.mode.as_str()
+            )],
+            ..Outcome::default()
+        };
+        outcome.decisions.extend(
+            happenings
+                .iter()
+                .map(|h| format!("hook {}", h.event.name())),
+        );
+        self.deliver(&mut outcome);
+        outcome
+    }
+
     /// Lets `duration` pass, firing the conversation's timer when it falls due.
     pub fn wait(&mut self, duration: Duration) -> Outcome {
         self.now = self.now.plus(duration);
