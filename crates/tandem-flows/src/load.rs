@@ -155,6 +155,7 @@ pub fn load_sources(
     let mut report = Report::default();
     let mut raw_settings = None;
     let mut raw_flows = Vec::new();
+    let mut recovered = Vec::new();
     for (file, text) in files {
         let is_settings = Path::new(file)
             .file_name()
@@ -163,12 +164,21 @@ pub fn load_sources(
             raw_settings = parse::<RawSettings>(file, text, &mut report).map(|s| (file.clone(), s));
         } else if let Some(flow) = parse::<RawFlow>(file, text, &mut report) {
             raw_flows.push((file.clone(), flow));
+        } else {
+            recovered.push(recover_names(text));
         }
     }
     let mut compiler = Compiler::default();
     let (settings_file, raw_settings) =
         raw_settings.unwrap_or_else(|| (SETTINGS_FILE.to_owned(), RawSettings::default()));
     compiler.collect_names(&raw_flows, &mut report);
+    // A file that could not be read has its error reported already; what other files say of
+    // its flow, slots and variables is not an error of theirs.
+    for names in recovered {
+        compiler.flow_ids.extend(names.id);
+        compiler.slots.extend(names.slots);
+        compiler.vars.extend(names.vars);
+    }
     let mut settings =
         compiler.settings(&settings_file, raw_settings, config_overrides, &mut report);
     let mut flows = Vec::new();
@@ -215,6 +225,50 @@ pub fn load_sources(
         bot,
         warnings: report.items,
     })
+}
+
+/// The names a flow file declares (its id, slots and variables), read leniently from a file
+/// that is not a valid flow, so that other files naming them get no consequential error.
+#[derive(Debug, Default)]
+struct Names {
+    id: Option<String>,
+    slots: Vec<String>,
+    vars: Vec<String>,
+}
+
+fn recover_names(text: &str) -> Names {
+    let Ok(value) = serde_saphyr::from_str::<serde_json::Value>(text) else {
+        return Names::default();
+    };
+    let keys = |v: Option<&serde_json::Value>| -> Vec<String> {
+        v.and_then(serde_json::Value::as_object)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    let mut vars = Vec::new();
+    for step in value
+        .get("steps")
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        vars.extend(keys(step.get("set")));
+        if let Some(save) = step
+            .get("call")
+            .and_then(|c| c.get("save"))
+            .and_then(serde_json::Value::as_str)
+        {
+            vars.push(save.to_owned());
+        }
+    }
+    Names {
+        id: value
+            .get("id")
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned),
+        slots: keys(value.get("slots")),
+        vars,
+    }
 }
 
 fn parse<T: serde::de::DeserializeOwned>(file: &str, text: &str, report: &mut Report) -> Option<T> {

@@ -321,6 +321,33 @@ fn every_problem_of_a_load_is_reported_at_once() {
 }
 
 #[test]
+fn a_file_that_cannot_be_read_causes_no_errors_in_the_files_naming_it() {
+    // One misspelled key in `orders.yaml`: its own error, and nothing about the menu's
+    // `goto: orders` or the template reading its slot.
+    let files = vec![
+        (
+            "menu.yaml".to_owned(),
+            "id: menu\nsteps:\n  - say: 'last order {{ slots.order }} {{ vars.status }}'\n  - goto: orders\n".to_owned(),
+        ),
+        (
+            "orders.yaml".to_owned(),
+            "id: orders\nslots:\n  order: {description: the order}\nsteps:\n  - sya: hello\n  - call: {url: 'http://x', save: status}\n".to_owned(),
+        ),
+    ];
+    let error = tandem_flows::load_sources(&files, &BTreeMap::new()).unwrap_err();
+    let text = error.to_string();
+    assert!(
+        text.contains("orders.yaml:5:5: error: unknown field `sya`"),
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("error:").count(),
+        1,
+        "only the real error:\n{text}"
+    );
+}
+
+#[test]
 fn triage_rules_pick_a_handoff_reason_and_hand_off() {
     let triage = |needs_human: bool, urgency: &str, sentiment: &str| tandem_classify::llm::Triage {
         intent: "oos".into(),
