@@ -374,17 +374,12 @@ fn text<'v>(item: &'v Map<String, Value>, key: &str) -> Option<&'v str> {
         .filter(|s| !s.is_empty())
 }
 
-/// Reads the customer identifiers an object holds under the given keys (phone, BSUID,
-/// parent BSUID). Values are filed by their shape: a BSUID in a phone field is a BSUID.
-/// A value of neither shape is an error naming the field.
-fn identity_at(
-    item: &Map<String, Value>,
-    phone_key: &str,
-    user_key: &str,
-    parent_key: &str,
-) -> Result<Identity, String> {
+/// Reads the customer identifiers an object holds under `keys` (such as `from`,
+/// `from_user_id`, `from_parent_user_id`). Values are filed by their shape, whatever the key:
+/// a BSUID in a phone field is a BSUID. A value of neither shape is an error naming the field.
+fn identity_at(item: &Map<String, Value>, keys: &[&str]) -> Result<Identity, String> {
     let mut identity = Identity::default();
-    for key in [phone_key, user_key, parent_key] {
+    for key in keys {
         if let Some(raw) = text(item, key) {
             file_identifier(&mut identity, key, raw)?;
         }
@@ -414,7 +409,7 @@ fn file_identifier(identity: &mut Identity, key: &str, raw: &str) -> Result<(), 
 fn contact_identity(contact: &Map<String, Value>) -> Identity {
     // A malformed contact is only a missed chance to link; the item's own fields decide.
     let mut identity =
-        identity_at(contact, "wa_id", "user_id", "parent_user_id").unwrap_or_default();
+        identity_at(contact, &["wa_id", "user_id", "parent_user_id"]).unwrap_or_default();
     identity.username = contact
         .get("profile")
         .and_then(|p| p.get("username"))
@@ -530,7 +525,7 @@ impl Items<'_> {
                     ConversationEvent::IdentityChanged(Box::new(change)),
                 ));
             }
-            let mut from = identity_at(item, "from", "from_user_id", "from_parent_user_id")?;
+            let mut from = identity_at(item, &["from", "from_user_id", "from_parent_user_id"])?;
             let profile_name = self.with_contact(&mut from);
             if from.is_empty() {
                 return Err(
@@ -573,12 +568,7 @@ impl Items<'_> {
                 .and_then(Value::as_str)
                 .ok_or("status has no `status`")?
                 .to_owned();
-            let mut recipient = identity_at(
-                item,
-                "recipient_id",
-                "recipient_user_id",
-                "recipient_parent_user_id",
-            )?;
+            let mut recipient = identity_at(item, &["recipient_id", "recipient_user_id", "recipient_parent_user_id"])?;
             self.with_contact(&mut recipient);
             if recipient.is_empty() {
                 return Err(
@@ -636,8 +626,8 @@ impl Items<'_> {
     fn echoes(&self, out: &mut Vec<WebhookEvent>) {
         self.each_object("message_echoes", out, |item| {
             let (id, sent_at) = message_head(item)?;
-            let to = identity_at(item, "to", "to_user_id", "to_parent_user_id")?;
-            let from = identity_at(item, "from", "from_user_id", "from_parent_user_id")
+            let to = identity_at(item, &["to", "to_user_id", "to_parent_user_id"])?;
+            let from = identity_at(item, &["from", "from_user_id", "from_parent_user_id"])
                 .unwrap_or_default();
             // Some libraries write echoes the other way round: the customer is whichever
             // party is not the business number.
@@ -743,8 +733,8 @@ fn identity_change(item: &Map<String, Value>) -> Result<Option<IdentityChange>, 
     if kind != "user_changed_user_id" && kind != "user_changed_number" {
         return Ok(None);
     }
-    let mut previous = identity_at(system, "", "previous_user_id", "previous_parent_user_id")?;
-    let mut current = identity_at(system, "wa_id", "user_id", "parent_user_id")?;
+    let mut previous = identity_at(system, &["previous_user_id", "previous_parent_user_id"])?;
+    let mut current = identity_at(system, &["wa_id", "user_id", "parent_user_id"])?;
     if let Some(old) = text(item, "from") {
         file_identifier(&mut previous, "from", old)?;
     }
@@ -772,8 +762,8 @@ fn user_id_update(item: &Map<String, Value>) -> Result<IdentityChange, String> {
         .get("user_id")
         .and_then(Value::as_object)
         .ok_or("user_id_update without a `user_id: {previous, current}` object")?;
-    let previous = identity_at(ids, "", "previous", "")?;
-    let mut current = identity_at(ids, "", "current", "")?;
+    let previous = identity_at(ids, &["previous"])?;
+    let mut current = identity_at(ids, &["current"])?;
     if let Some(phone) = text(item, "wa_id") {
         file_identifier(&mut current, "wa_id", phone)?;
     }

@@ -55,7 +55,7 @@ impl Items<'_> {
             let object = thread.as_object().ok_or("thread is not an object")?;
             // `id` is the customer's phone, or (for username users) a BSUID; a `user_id` next
             // to it links the two.
-            let customer = identity_at(object, "id", "user_id", "parent_user_id")?;
+            let customer = identity_at(object, &["id", "user_id", "parent_user_id"])?;
             if customer.is_empty() {
                 return Err("history thread has no `id`".into());
             }
