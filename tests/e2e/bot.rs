@@ -531,17 +531,20 @@ fn the_server_refuses_to_start_on_invalid_flows() {
     );
 }
 
+/// The README's walkthroughs, followed in order on one store as a reader would: "Try it in
+/// two minutes", then "Hand conversations to people" (a restart with the handoff demo's
+/// configuration), then "Customers with a username and no phone number".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replay_plays_the_customer_and_the_phone_as_the_readme_shows() {
+async fn the_readme_walkthroughs_work_in_order() {
     let store = tempfile::tempdir().unwrap();
     let graph = Graph::start().await;
     let shop = Shop::start(Duration::ZERO).await;
-    let server = Server::start(Spec::with_bot(
+    let mut server = Server::start(Spec::with_bot(
         Backend::embedded(store.path()),
         &graph.url,
         &shop.url,
     ));
-    let replay = |args: &[&str]| {
+    let replay = |server: &Server, args: &[&str]| {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
             .arg("replay")
             .arg("--url")
@@ -557,15 +560,18 @@ async fn replay_plays_the_customer_and_the_phone_as_the_readme_shows() {
             String::from_utf8_lossy(&output.stdout)
         );
     };
-    replay(&["--text", "where is my order?"]);
+    replay(&server, &["--text", "where is my order?"]);
     wait_for_text(&graph, "What's your order number?").await;
-    replay(&["--text", "10442"]);
+    replay(&server, &["--text", "10442"]);
     wait_for_text(&graph, "on its way with CTT").await;
-    replay(&[
-        "--now",
-        "tests/fixtures/whatsapp/smb_message_echo_text.json",
-    ]);
-    replay(&["--text", "hello?"]);
+    replay(
+        &server,
+        &[
+            "--now",
+            "tests/fixtures/whatsapp/smb_message_echo_text.json",
+        ],
+    );
+    replay(&server, &["--text", "hello?"]);
     let conversation = wait_for("the customer's last line", DEADLINE, || async {
         let c = server.conversation("15550002222").await?;
         c["transcript"].to_string().contains("hello?").then_some(c)
@@ -588,6 +594,97 @@ async fn replay_plays_the_customer_and_the_phone_as_the_readme_shows() {
         "the bot stayed silent after the person: {:?}",
         graph.texts()
     );
+
+    // "Hand conversations to people": the same store, restarted with one agent and a hook
+    // receiver; a new customer asks for a person.
+    assert!(server.terminate().success());
+    let hooks = crate::standin::HookReceiver::start().await;
+    let config = store.path().join("handoff-demo.toml");
+    std::fs::write(
+        &config,
+        "[handoff]\ndefault_team = \"support\"\n[[handoff.teams]]\nid = \"support\"\n[[handoff.agents]]\nid = \"marta\"\nteams = [\"support\"]\n",
+    )
+    .unwrap();
+    let mut spec = Spec::with_bot(Backend::embedded(store.path()), &graph.url, &shop.url);
+    spec.config = Some(config);
+    spec.env.push(("TANDEM_HOOK_URL".into(), hooks.url.clone()));
+    spec.env
+        .push(("TANDEM_HOOK_SECRET".into(), "dev-secret".into()));
+    let server = Server::start(spec);
+    let ben = "15550003333";
+    replay(
+        &server,
+        &["--from", ben, "--text", "I want to talk to a person"],
+    );
+    let delivered = |event: &'static str| {
+        let hooks = hooks.clone();
+        async move {
+            wait_for(&format!("the {event} hook"), DEADLINE, || async {
+                hooks
+                    .delivered()
+                    .into_iter()
+                    .find(|h| h.event == event && h.body["customer"]["phone"] == ben)
+            })
+            .await
+        }
+    };
+    delivered("conversation.handoff_requested").await;
+    let assigned = delivered("conversation.assigned").await;
+    assert_eq!(assigned.body["agent"], "marta");
+    for path in ["/v1/agents", "/v1/queue"] {
+        assert_eq!(server.api(path).await.0, 200, "{path}");
+    }
+    let act = |path: String, body: Value| {
+        let request = server
+            .client
+            .post(server.url(&path))
+            .bearer_auth(crate::helpers::API_TOKEN)
+            .json(&body);
+        async move {
+            let response = request.send().await.unwrap();
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap(),
+            )
+        }
+    };
+    let id = format!("/v1/conversations/{PNID}:{ben}");
+    let (status, _) = act(format!("{id}/messages"), json!({"text": "Hi, Marta here!"})).await;
+    assert_eq!(status, 202);
+    wait_for_text(&graph, "Hi, Marta here!").await;
+    delivered("conversation.human_takeover").await;
+    let (status, released) = act(format!("{id}/release"), json!({})).await;
+    assert_eq!((status, released["mode"].as_str()), (202, Some("bot")));
+    delivered("conversation.resumed").await;
+
+    // "Customers with a username and no phone number".
+    replay(
+        &server,
+        &[
+            "--now",
+            "tests/fixtures/whatsapp/bsuid_inbound_text_username_only.json",
+        ],
+    );
+    let reply = wait_for("a reply through `recipient`", DEADLINE, || async {
+        graph
+            .messages()
+            .into_iter()
+            .find(|m| m["recipient"] == "US.13491208600000000004")
+    })
+    .await;
+    assert!(reply.get("to").is_none(), "{reply}");
+    let (status, customer) = server.api("/v1/customers/US.13491208600000000004").await;
+    assert_eq!(status, 200, "{customer}");
+    assert_eq!(customer["customer"]["username"], "dario.m_88");
+    replay(
+        &server,
+        &["--now", "tests/fixtures/whatsapp/bsuid_echo_text.json"],
+    );
+    let dario = server
+        .conversation("US.13491208600000000004")
+        .await
+        .unwrap();
+    assert_eq!(dario["mode"], "human", "paused by the echo: {dario}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
