@@ -631,6 +631,8 @@ async fn the_readme_walkthroughs_work_in_order() {
     delivered("conversation.handoff_requested").await;
     let assigned = delivered("conversation.assigned").await;
     assert_eq!(assigned.body["agent"], "marta");
+    // Whatever the hour, Ben is told a person is on it (after hours, once marta has it).
+    wait_for_text(&graph, "passing you to a person").await;
     for path in ["/v1/agents", "/v1/queue"] {
         assert_eq!(server.api(path).await.0, 200, "{path}");
     }

@@ -273,6 +273,13 @@ impl Desk {
                     ctx.cap,
                 );
                 c.assign(team.clone(), agent, now);
+                // Outside opening hours the customer heard only the away notice; a person
+                // took the conversation at once, so they are told a person is on it.
+                if let Some(responder) = ctx.responder
+                    && responder.closed_at(now)
+                {
+                    responder.notice(c, "handoff", Value::Null, now, ctx.cap);
+                }
                 out.push(Happening::new(
                     HookEvent::Assigned,
                     json!({"assigned_by": "router"}),
@@ -476,6 +483,68 @@ mod tests {
             summary: None,
         });
         c
+    }
+
+    /// A responder over a one-flow bot, with `hours` (YAML) in its bot.yaml.
+    fn responder(hours: &str) -> Responder {
+        let files = vec![
+            ("bot.yaml".to_owned(), hours.to_owned()),
+            (
+                "hi.yaml".to_owned(),
+                "id: hi\ntriggers: ['^hi$']\nsteps:\n  - say: hello\n".to_owned(),
+            ),
+        ];
+        let loaded =
+            tandem_flows::load_sources(&files, &std::collections::BTreeMap::new()).unwrap();
+        Responder::new(
+            crate::FlowsHandle::new(loaded.bot),
+            crate::responder::call_client().unwrap(),
+        )
+    }
+
+    #[test]
+    fn an_agent_assigned_after_hours_is_announced_to_the_customer() {
+        let d = desk();
+        let routed = AgentAction {
+            agent: Some("ana".into()),
+            at: NOW,
+            kind: AgentActionKind::Routed {
+                team: Some("support".into()),
+            },
+        };
+        let texts = |c: &Conversation| -> Vec<String> {
+            c.outbox
+                .iter()
+                .filter_map(|s| match &s.action {
+                    SendAction::Message {
+                        content: tandem_domain::OutboundContent::Text { body, .. },
+                    } => Some(body.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        // Never open: the customer heard the away notice, so the assignment is said.
+        let closed = responder("hours: {weekly: {}}\n");
+        let mut c = handed_off();
+        let ctx = DeskContext {
+            now: NOW,
+            cap: 50,
+            responder: Some(&closed),
+        };
+        d.on_agent(&mut c, &routed, &ctx, &mut Vec::new());
+        let said = texts(&c);
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(said[0].contains("passing you to a person"), "{said:?}");
+        // Without opening hours the handoff text was said at the handoff: nothing more.
+        let open = responder("languages: [en]\n");
+        let mut c = handed_off();
+        let ctx = DeskContext {
+            now: NOW,
+            cap: 50,
+            responder: Some(&open),
+        };
+        d.on_agent(&mut c, &routed, &ctx, &mut Vec::new());
+        assert!(texts(&c).is_empty());
     }
 
     #[test]

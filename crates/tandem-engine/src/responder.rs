@@ -365,6 +365,11 @@ impl Responder {
         }
     }
 
+    /// True when the bot's opening hours are closed at `now` (the customer was told so).
+    pub fn closed_at(&self, now: Timestamp) -> bool {
+        self.flows.current().closed_at(now)
+    }
+
     /// Queues the built-in text `name` (`queue_wait`, `queue_closed`, `bot_back`) with `queue`
     /// in scope, when the business left it non-empty and the customer's window is open (these
     /// messages are never worth a paid template).

@@ -870,6 +870,14 @@ impl Bot {
         Ok((!body.is_empty()).then(|| text_message(body)))
     }
 
+    /// True when the bot has opening hours and they are closed at `now`.
+    pub fn closed_at(&self, now: Timestamp) -> bool {
+        self.settings
+            .hours
+            .as_ref()
+            .is_some_and(|h| !h.is_open(now, &self.settings.timezone))
+    }
+
     fn builtin(
         &self,
         c: &Conversation,
