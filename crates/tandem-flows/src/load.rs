@@ -165,6 +165,7 @@ pub fn load_sources(
         } else if let Some(flow) = parse::<RawFlow>(file, text, &mut report) {
             raw_flows.push((file.clone(), flow));
         } else {
+            step_errors(file, text, &mut report);
             recovered.push(recover_names(text));
         }
     }
@@ -271,7 +272,71 @@ fn recover_names(text: &str) -> Names {
     }
 }
 
+/// After a flow file could not be read, reads each of its steps on its own, so that every
+/// broken step is reported and not only the first. Each step's text is cut out of the file
+/// (from its first key to the next step, or to the next top-level key) and read as a step,
+/// its positions moved back to the file's. Errors already reported are not repeated.
+fn step_errors(file: &str, text: &str, report: &mut Report) {
+    #[derive(serde::Deserialize)]
+    struct Steps {
+        #[serde(default)]
+        steps: Vec<Spanned<serde::de::IgnoredAny>>,
+    }
+    let Ok(found) = serde_saphyr::from_str::<Steps>(text) else {
+        return;
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let starts: Vec<(usize, usize)> = found
+        .steps
+        .iter()
+        .map(|s| {
+            let at = &s.referenced;
+            (
+                usize::try_from(at.line()).unwrap_or(0),
+                usize::try_from(at.column()).unwrap_or(0),
+            )
+        })
+        .collect();
+    for (i, &(line, column)) in starts.iter().enumerate() {
+        if line == 0 || column == 0 || line > lines.len() {
+            continue;
+        }
+        let end = match starts.get(i + 1) {
+            Some(&(next, _)) => next.saturating_sub(1).max(line),
+            None => lines
+                .iter()
+                .enumerate()
+                .skip(line)
+                .find(|(_, l)| !l.trim().is_empty() && !l.starts_with(' ') && !l.starts_with('#'))
+                .map_or(lines.len(), |(k, _)| k),
+        };
+        let indent = column - 1;
+        let mut slice = String::new();
+        for (k, l) in lines[line - 1..end].iter().enumerate() {
+            let dedented: String = if k == 0 || l.chars().take(indent).all(|c| c == ' ') {
+                l.chars().skip(indent).collect()
+            } else {
+                l.trim_start().to_owned()
+            };
+            slice.push_str(&dedented);
+            slice.push('\n');
+        }
+        parse_at::<RawStep>(file, &slice, (line - 1, indent), report);
+    }
+}
+
 fn parse<T: serde::de::DeserializeOwned>(file: &str, text: &str, report: &mut Report) -> Option<T> {
+    parse_at(file, text, (0, 0), report)
+}
+
+/// Reads `text` as a `T`; an error is reported at its position moved by `offset` (lines,
+/// columns), unless the same error is reported already.
+fn parse_at<T: serde::de::DeserializeOwned>(
+    file: &str,
+    text: &str,
+    offset: (usize, usize),
+    report: &mut Report,
+) -> Option<T> {
     let options = serde_saphyr::Options {
         with_snippet: false,
         ..serde_saphyr::Options::default()
@@ -279,7 +344,7 @@ fn parse<T: serde::de::DeserializeOwned>(file: &str, text: &str, report: &mut Re
     match serde_saphyr::from_str_with_options::<T>(text, options) {
         Ok(value) => Some(value),
         Err(error) => {
-            let at = error.location().map_or_else(
+            let mut at = error.location().map_or_else(
                 || Loc {
                     file: file.to_owned(),
                     line: 1,
@@ -287,6 +352,8 @@ fn parse<T: serde::de::DeserializeOwned>(file: &str, text: &str, report: &mut Re
                 },
                 |l| Loc::of(file, &l),
             );
+            at.line += offset.0 as u64;
+            at.column += offset.1 as u64;
             let mut message = error.to_string();
             if let Some(cut) = message.rfind(" at line ") {
                 message.truncate(cut);
@@ -300,7 +367,15 @@ fn parse<T: serde::de::DeserializeOwned>(file: &str, text: &str, report: &mut Re
             } else {
                 None
             };
-            report.error(&at, message, hint);
+            let repeated = report.items.iter().any(|d| {
+                d.file == at.file
+                    && d.line == at.line
+                    && d.column == at.column
+                    && d.message == message
+            });
+            if !repeated {
+                report.error(&at, message, hint);
+            }
             None
         }
     }

@@ -348,6 +348,26 @@ fn a_file_that_cannot_be_read_causes_no_errors_in_the_files_naming_it() {
 }
 
 #[test]
+fn every_broken_step_of_a_file_is_reported_not_only_the_first() {
+    let files = vec![(
+        "orders.yaml".to_owned(),
+        "id: orders\nsteps:\n  - sya: hello\n  - say: fine\n    next: end\n  - id: end\n    call: {url: 'http://x', save: s, timout: 2s}\n  - {say: bye, ends: true}\n".to_owned(),
+    )];
+    let text = tandem_flows::load_sources(&files, &BTreeMap::new())
+        .unwrap_err()
+        .to_string();
+    // Each on its own line (the column is where the parser noticed, inside the step).
+    for (line, field) in [(3, "sya"), (7, "timout"), (8, "ends")] {
+        let found = text.lines().any(|l| {
+            l.starts_with(&format!("orders.yaml:{line}:"))
+                && l.contains(&format!("error: unknown field `{field}`"))
+        });
+        assert!(found, "missing `{field}` at line {line} in\n{text}");
+    }
+    assert_eq!(text.matches("error:").count(), 3, "no other error:\n{text}");
+}
+
+#[test]
 fn triage_rules_pick_a_handoff_reason_and_hand_off() {
     let triage = |needs_human: bool, urgency: &str, sentiment: &str| tandem_classify::llm::Triage {
         intent: "oos".into(),
