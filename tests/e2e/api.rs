@@ -225,6 +225,13 @@ async fn every_error_has_the_json_shape_and_names_are_bounded() {
             400,
             "invalid",
         ),
+        (
+            post.clone(),
+            "/v1/conversations/106540000000001:155/assign",
+            br#"{"agent": "nobody"}"#.to_vec(),
+            400,
+            "invalid",
+        ),
     ] {
         let (got, content_type, body) = call(method, path, body).await;
         assert_eq!(got, status, "{path}: {body:?}");

@@ -255,6 +255,14 @@ pub async fn assign(
         ));
     }
     check_agent(&state, b.agent.as_deref())?;
+    // Assigning names someone the router knows: with no agents configured, nobody.
+    if let Some(agent) = &b.agent
+        && state.routing.agent(agent).is_none()
+    {
+        return Err(ApiError::invalid(format!(
+            "unknown agent {agent:?}; agents are configured under [[handoff.agents]]"
+        )));
+    }
     limited("team", b.team.as_deref(), MAX_NAME)?;
     if let Some(team) = &b.team
         && state.routing.team(team).is_none()
