@@ -42,14 +42,14 @@ struct Worker {
     store: Arc<dyn Store>,
     config: EngineConfig,
     clock: Arc<dyn Clock>,
-    bot: Bot,
+    bot: LaneParts,
 }
 
-/// The bot's parts a lane uses: the flows that answer customers and the sender of the
+/// The parts a lane uses besides the store: the flows that answer customers and the sender of the
 /// outbox. Without a responder the lanes only record; without a sender replies wait in the
 /// outbox.
 #[derive(Debug, Clone, Default)]
-pub struct Bot {
+pub struct LaneParts {
     /// Runs the flows for customer messages.
     pub responder: Option<Responder>,
     /// Sends outboxes through the Graph API.
@@ -73,7 +73,7 @@ impl Dispatcher {
         store: Arc<dyn Store>,
         config: EngineConfig,
         clock: Arc<dyn Clock>,
-        bot: Bot,
+        bot: LaneParts,
     ) -> Self {
         let (stop, stopped) = watch::channel(false);
         let worker = Worker {

@@ -41,7 +41,7 @@ pub mod sender;
 pub use apply::{ApplyContext, Batch, Step, apply, apply_batch};
 pub use config::EngineConfig;
 pub use desk::Desk;
-pub use dispatcher::{Bot, Dispatcher};
+pub use dispatcher::{Dispatcher, LaneParts};
 pub use hook_sender::HookSender;
 pub use ingress::{Ingress, IngressReport};
 pub use responder::{FlowsHandle, Responder};

@@ -425,7 +425,7 @@ impl Responder {
         }
         let codes: Vec<String> = status.error_codes.iter().map(i64::to_string).collect();
         let window_closed = status.error_codes.contains(&131_047);
-        let template = crate::sender::window_template(&self.flows.current());
+        let template = self.flows.current().window_template_content();
         match template {
             Some(content) if window_closed && c.may_send(SendOrigin::Bot) => {
                 c.push(

@@ -17,7 +17,7 @@ use tandem_store::InboxItem;
 
 use crate::apply::{ApplyContext, apply};
 use crate::responder::Responder;
-use crate::sender::{Prepared, prepare, window_template};
+use crate::sender::{Prepared, prepare};
 
 /// What one turn of the sandbox produced.
 #[derive(Debug, Clone, Default)]
@@ -264,7 +264,7 @@ impl Sandbox {
 
     /// Sends what the outbox holds, as the sender would.
     fn deliver(&mut self, outcome: &mut Outcome) {
-        let template = window_template(&self.responder.flows().current());
+        let template = self.responder.flows().current().window_template_content();
         while !self.conversation.outbox.is_empty() {
             let head = self.conversation.outbox.remove(0);
             match prepare(&self.conversation, &head, self.now, template.clone(), &[]) {

@@ -411,13 +411,7 @@ impl Sender {
     }
 
     fn window_template(&self) -> Option<OutboundContent> {
-        let bot = self.flows.as_ref()?.current();
-        let (name, language) = bot.settings.window_template.clone()?;
-        Some(OutboundContent::Template {
-            name,
-            language,
-            body_parameters: Vec::new(),
-        })
+        self.flows.as_ref()?.current().window_template_content()
     }
 
     /// Records the outcomes: removes each message sent or dropped (with its transcript line)
@@ -579,16 +573,6 @@ impl Sender {
             Err(error) => tracing::warn!(number = %phone, %error, "recording send activity failed"),
         }
     }
-}
-
-/// The template the flows configure for a closed window, as sendable content.
-pub fn window_template(bot: &tandem_flows::Bot) -> Option<OutboundContent> {
-    let (name, language) = bot.settings.window_template.clone()?;
-    Some(OutboundContent::Template {
-        name,
-        language,
-        body_parameters: Vec::new(),
-    })
 }
 
 #[cfg(test)]

@@ -28,6 +28,16 @@ pub struct Bot {
 }
 
 impl Bot {
+    /// The approved template configured for a closed 24-hour window, as sendable content.
+    pub fn window_template_content(&self) -> Option<tandem_domain::OutboundContent> {
+        let (name, language) = self.settings.window_template.clone()?;
+        Some(tandem_domain::OutboundContent::Template {
+            name,
+            language,
+            body_parameters: Vec::new(),
+        })
+    }
+
     /// Returns the flow with this id.
     pub fn flow(&self, id: &str) -> Option<&Flow> {
         self.by_id.get(id).map(|&i| &self.flows[i])

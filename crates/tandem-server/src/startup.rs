@@ -12,7 +12,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use secrecy::SecretString;
 use tandem_domain::{Clock, SystemClock};
 use tandem_engine::{
-    Bot, Desk, Dispatcher, FlowsHandle, HookSender, Ingress, Responder, SendPolicy, Sender,
+    Desk, Dispatcher, FlowsHandle, HookSender, Ingress, LaneParts, Responder, SendPolicy, Sender,
 };
 use tandem_handoff::Hooks;
 use tandem_store::Store;
@@ -155,7 +155,7 @@ impl Application {
             Arc::clone(&store),
             settings.engine.clone(),
             Arc::clone(&clock),
-            Bot {
+            LaneParts {
                 responder,
                 sender: Some(sender),
                 desk: Desk {
