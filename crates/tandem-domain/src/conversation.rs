@@ -185,14 +185,7 @@ pub const CUSTOMER_WINDOW: Duration = Duration::from_secs(24 * 3600);
 /// The identity implied by a customer id of the form used before aliases (a phone or a BSUID);
 /// empty for `c_…` ids.
 fn legacy_identity(id: &ConversationId) -> Identity {
-    let raw = id.customer().as_str();
-    if let Ok(phone) = crate::ids::Phone::parse(raw) {
-        return Identity::from_phone(phone);
-    }
-    Identity {
-        user_id: crate::ids::UserId::parse(raw).ok(),
-        ..Identity::default()
-    }
+    Identity::of(id.customer().as_str()).unwrap_or_default()
 }
 
 /// What the human-idle rule says about a conversation at a given time.

@@ -93,6 +93,37 @@ impl Identity {
         }
     }
 
+    /// The identity one identifier names: a phone (digits, a leading `+` allowed) or a
+    /// (parent) BSUID, told apart by shape. `None` for anything else.
+    pub fn of(raw: &str) -> Option<Self> {
+        let mut identity = Self::default();
+        identity.file(raw).then_some(identity)
+    }
+
+    /// Files one identifier by its shape — a BSUID found in a phone field is a BSUID — keeping
+    /// what is already known. Returns false when it is neither a phone nor a BSUID.
+    pub fn file(&mut self, raw: &str) -> bool {
+        if UserId::is_shaped(raw) {
+            let Ok(user) = UserId::parse(raw) else {
+                return false;
+            };
+            let slot = if user.is_parent() {
+                &mut self.parent_user_id
+            } else {
+                &mut self.user_id
+            };
+            slot.get_or_insert(user);
+            return true;
+        }
+        match Phone::parse(raw.trim_start_matches('+')) {
+            Ok(phone) => {
+                self.phone.get_or_insert(phone);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
     /// True when no identifier names the customer (a username alone does not).
     pub fn is_empty(&self) -> bool {
         self.phone.is_none() && self.user_id.is_none() && self.parent_user_id.is_none()
@@ -241,6 +272,25 @@ mod tests {
             lookup.link,
             vec![Alias::user(&user("US.4")), Alias::user(&user("US.24"))]
         );
+    }
+
+    #[test]
+    fn identifiers_are_filed_by_shape() {
+        assert_eq!(
+            Identity::of("+15550002222").and_then(|i| i.phone),
+            Some(Phone::parse("15550002222").unwrap())
+        );
+        assert_eq!(
+            Identity::of("US.1").and_then(|i| i.user_id),
+            Some(user("US.1"))
+        );
+        assert_eq!(
+            Identity::of("US.ENT.9").and_then(|i| i.parent_user_id),
+            Some(user("US.ENT.9"))
+        );
+        for neither in ["c_12ab", "", "abc", "US."] {
+            assert_eq!(Identity::of(neither), None, "{neither}");
+        }
     }
 
     #[test]

@@ -87,13 +87,10 @@ pub(crate) fn resolve_all(
 /// The aliases a conversation stored before schema 2 implies: its customer id is the phone
 /// (or, for a few, the BSUID) it was created with.
 pub(crate) fn legacy_alias(customer: &CustomerId) -> Option<Alias> {
-    let raw = customer.as_str();
-    if let Ok(phone) = tandem_domain::Phone::parse(raw) {
-        return Some(Alias::phone(&phone));
-    }
-    tandem_domain::UserId::parse(raw)
-        .ok()
-        .map(|u| Alias::user(&u))
+    tandem_domain::Identity::of(customer.as_str())?
+        .aliases()
+        .into_iter()
+        .next()
 }
 
 #[cfg(test)]

@@ -19,8 +19,8 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use tandem_domain::{
     AccountUpdate, ContactUpdate, ConversationEvent, CustomerLookup, DeadLetter, DeliveryStatus,
-    Echo, Identity, IdentityChange, InboundMessage, MessageId, Phone, PhoneNumberId, StatusUpdate,
-    Timestamp, UserId, WaId,
+    Echo, Identity, IdentityChange, InboundMessage, MessageId, PhoneNumberId, StatusUpdate,
+    Timestamp, WaId,
 };
 
 use crate::content::parse_content;
@@ -389,20 +389,13 @@ fn identity_at(item: &Map<String, Value>, keys: &[&str]) -> Result<Identity, Str
 
 /// Files one identifier into `identity` by its shape.
 fn file_identifier(identity: &mut Identity, key: &str, raw: &str) -> Result<(), String> {
-    if UserId::is_shaped(raw) {
-        let user = UserId::parse(raw).map_err(|e| format!("{key}: {e}"))?;
-        if user.is_parent() {
-            identity.parent_user_id.get_or_insert(user);
-        } else {
-            identity.user_id.get_or_insert(user);
-        }
-        return Ok(());
+    if identity.file(raw) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{key}: {raw:?} is neither a phone number nor a BSUID"
+        ))
     }
-    let digits: String = raw.trim_start_matches('+').to_owned();
-    let phone = Phone::parse(digits)
-        .map_err(|_| format!("{key}: {raw:?} is neither a phone number nor a BSUID"))?;
-    identity.phone.get_or_insert(phone);
-    Ok(())
 }
 
 /// Reads one `contacts[]` entry: `wa_id`, `user_id`, `parent_user_id`, `profile.username`.
@@ -470,9 +463,6 @@ impl Items<'_> {
         // The item's own fields win; the contact fills in what they leave out.
         let mut merged = contact;
         merged.merge(identity);
-        if merged.username.is_none() {
-            merged.username.clone_from(&identity.username);
-        }
         *identity = merged;
         found
             .get("profile")
@@ -821,6 +811,7 @@ fn kept_value(
 mod tests {
     use super::*;
     use serde_json::json;
+    use tandem_domain::UserId;
 
     const NOW: Timestamp = Timestamp(1_768_050_000_000);
 

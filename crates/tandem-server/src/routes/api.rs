@@ -21,8 +21,8 @@ use axum::extract::{Path, Query, State};
 use serde::Serialize;
 use serde_json::{Value, json};
 use tandem_domain::{
-    Alias, ContactUpdate, Conversation, ConversationId, CustomerId, DeliveryStatus, Mode, PausedBy,
-    Phone, PhoneNumberId, Role, Timestamp, TranscriptEntry, Understood, UserId,
+    ContactUpdate, Conversation, ConversationId, CustomerId, DeliveryStatus, Identity, Mode,
+    PausedBy, PhoneNumberId, Role, Timestamp, TranscriptEntry, Understood,
 };
 use tandem_store::{DEFAULT_TENANT, ListQuery, contact_for};
 
@@ -141,21 +141,10 @@ pub(crate) fn parse_id(raw: &str) -> Result<ConversationId, ApiError> {
         .map_err(|e| ApiError::invalid(format!("bad conversation id {raw:?}: {e}")))
 }
 
-/// The alias a customer reference names: a BSUID by its shape, a phone when all digits (a
-/// leading `+` is allowed).
-fn alias_of(raw: &str) -> Option<Alias> {
-    if UserId::is_shaped(raw) {
-        return UserId::parse(raw).ok().map(|u| Alias::user(&u));
-    }
-    Phone::parse(raw.trim_start_matches('+'))
-        .ok()
-        .map(|p| Alias::phone(&p))
-}
-
 /// Finds the customer a reference names: a phone or BSUID through the alias table, else
 /// Tandem's customer id as given.
 async fn customer_ref(state: &AppState, raw: &str) -> Result<CustomerId, ApiError> {
-    if let Some(alias) = alias_of(raw)
+    if let Some(alias) = Identity::of(raw).and_then(|i| i.aliases().into_iter().next())
         && let Some(customer) = state.store.customer_of(DEFAULT_TENANT, &alias).await?
     {
         return Ok(customer);
