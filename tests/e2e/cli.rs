@@ -124,25 +124,31 @@ fn the_shipped_conversation_tests_pass_and_a_failing_one_shows_the_difference() 
     assert!(err.contains("0 passed, 1 failed"), "{err}");
 }
 
-#[test]
-fn chat_shows_replies_choices_decisions_and_mode() {
+/// Runs `tandem chat` on the shipped flows with `args`, typing `input`; returns what it
+/// printed, after checking it exited well.
+fn chat(args: &[&str], input: &[u8]) -> String {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tandem"))
-        .args(["chat", "flows", "--contact", "Ana Silva"])
+        .args(["chat", "flows"])
+        .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"hi\n3\n1200-195\n/echo hello from the shop\nwhere is my order\n/quit\n")
-        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
     let output = child.wait_with_output().unwrap();
-    let out = String::from_utf8_lossy(&output.stdout);
+    let out = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(output.status.success(), "{out}");
+    out
+}
+
+#[test]
+fn chat_shows_replies_choices_decisions_and_mode() {
+    let out = chat(
+        &["--contact", "Ana Silva"],
+        b"hi\n3\n1200-195\n/echo hello from the shop\nwhere is my order\n/quit\n",
+    );
     assert!(out.contains("bot> Hi Ana! Welcome to Verde"), "{out}");
     assert!(out.contains("     3. Delivery fees"), "{out}");
     assert!(out.contains("bot> What's your postcode?"), "{out}");
@@ -155,23 +161,10 @@ fn chat_shows_replies_choices_decisions_and_mode() {
 
 #[test]
 fn chat_plays_the_agent_too_take_over_release_and_close() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tandem"))
-        .args(["chat", "flows"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"/takeover\nhello?\n/release\n/takeover\n/close\n/quit\n")
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    let out = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{out}");
+    let out = chat(
+        &[],
+        b"/takeover\nhello?\n/release\n/takeover\n/close\n/quit\n",
+    );
     assert!(out.contains("an agent's takeover: mode human"), "{out}");
     assert!(out.contains("mode human: the bot stays silent"), "{out}");
     assert!(out.contains("an agent's release: mode bot"), "{out}");

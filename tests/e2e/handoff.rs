@@ -741,22 +741,12 @@ async fn a_username_customer_reaches_an_agent_and_the_crm_knows_them_by_bsuid(ba
     assert_eq!(status, 202);
     wait_for("the 131062 note", DEADLINE, || async {
         let c = d.server.conversation(BSUID).await?;
-        texts_of(&c, "system")
+        crate::helpers::texts(&c, "system")
             .iter()
             .any(|t| t.contains("131062"))
             .then_some(())
     })
     .await;
-}
-
-fn texts_of(c: &Value, role: &str) -> Vec<String> {
-    c["transcript"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|l| l["role"] == role)
-        .map(|l| l["text"].as_str().unwrap().to_owned())
-        .collect()
 }
 
 crate::both_stores!(

@@ -414,6 +414,23 @@ pub fn customer(wa_id: &str, id: &str, sent_at: u64, content: Value) -> Vec<u8> 
     serde_json::to_vec(&json!({"object": "whatsapp_business_account", "entry": [{"id": "104810000000001", "changes": [{"field": "messages", "value": value}]}]})).unwrap()
 }
 
+/// A webhook with one customer text sent now by a customer named by a phone (`from`) and/or
+/// a BSUID (`from_user_id`), with the matching `contacts[]` entry — as usernames come.
+pub fn text_by(phone: Option<&str>, bsuid: Option<&str>, id: &str, body: &str) -> Vec<u8> {
+    let mut message = json!({"id": id, "timestamp": now_secs().to_string(), "type": "text", "text": {"body": body}});
+    let mut contact = json!({"profile": {"name": "Customer"}});
+    if let Some(phone) = phone {
+        message["from"] = phone.into();
+        contact["wa_id"] = phone.into();
+    }
+    if let Some(bsuid) = bsuid {
+        message["from_user_id"] = bsuid.into();
+        contact["user_id"] = bsuid.into();
+    }
+    let value = json!({"messaging_product": "whatsapp", "metadata": {"display_phone_number": "15550001111", "phone_number_id": PNID}, "contacts": [contact], "messages": [message]});
+    serde_json::to_vec(&json!({"object": "whatsapp_business_account", "entry": [{"id": "104810000000001", "changes": [{"field": "messages", "value": value}]}]})).unwrap()
+}
+
 /// A webhook with one customer text sent now.
 pub fn text(wa_id: &str, id: &str, body: &str) -> Vec<u8> {
     customer(

@@ -5,9 +5,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use crate::helpers::{Backend, PNID, Server, Spec, now_secs, redis_url, texts, wait_for};
+use crate::helpers::{Backend, PNID, Server, Spec, redis_url, text_by, texts, wait_for};
 use crate::standin::{Graph, Shop};
 
 const DEADLINE: Duration = Duration::from_secs(15);
@@ -97,21 +97,6 @@ fn load_keyspace(prefix: &str) {
         };
         let _: () = cmd.query(&mut con).unwrap();
     }
-}
-
-fn text_by(phone: Option<&str>, bsuid: Option<&str>, id: &str, body: &str) -> Vec<u8> {
-    let mut message = json!({"id": id, "timestamp": now_secs().to_string(), "type": "text", "text": {"body": body}});
-    let mut contact = json!({"profile": {"name": "Ana Souza"}});
-    if let Some(phone) = phone {
-        message["from"] = phone.into();
-        contact["wa_id"] = phone.into();
-    }
-    if let Some(bsuid) = bsuid {
-        message["from_user_id"] = bsuid.into();
-        contact["user_id"] = bsuid.into();
-    }
-    let value = json!({"messaging_product": "whatsapp", "metadata": {"display_phone_number": "15550001111", "phone_number_id": PNID}, "contacts": [contact], "messages": [message]});
-    serde_json::to_vec(&json!({"object": "whatsapp_business_account", "entry": [{"id": "104810000000001", "changes": [{"field": "messages", "value": value}]}]})).unwrap()
 }
 
 async fn post(server: &Server, body: &[u8]) {

@@ -65,7 +65,7 @@ impl Ingress {
             identities: Identities::new(Arc::clone(&store), tandem_store::DEFAULT_TENANT),
             store,
             human_idle,
-            takeover_cap: Duration::from_secs(24 * 3600),
+            takeover_cap: tandem_handoff::DEFAULT_TAKEOVER_CAP,
             numbers: Arc::default(),
         }
     }

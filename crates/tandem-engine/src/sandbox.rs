@@ -190,11 +190,11 @@ impl Sandbox {
                 | tandem_domain::AgentActionKind::Message { .. }
         ) {
             // As ingress does before the lane sees the action: the bot pauses at once, for
-            // at least the take-over cap (24 hours).
+            // at least the take-over cap.
             self.conversation.record_human_activity(
                 tandem_domain::PausedBy::AgentApi,
                 self.now,
-                Duration::from_secs(24 * 3600),
+                tandem_handoff::DEFAULT_TAKEOVER_CAP,
             );
         }
         let action = tandem_domain::AgentAction {

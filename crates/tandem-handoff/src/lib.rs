@@ -19,4 +19,4 @@ pub mod routing;
 
 pub use hooks::{HookEvent, HookTarget, Hooks, number_payload, sign, verify};
 pub use queue::{Waiting, sort_queue};
-pub use routing::{Facts, Pick, Routing, RoutingConfig, Strategy};
+pub use routing::{DEFAULT_TAKEOVER_CAP, Facts, Pick, Routing, RoutingConfig, Strategy};

@@ -62,8 +62,11 @@ impl Default for RoutingConfig {
     }
 }
 
+/// How long an agent's take-over or message holds the pause at least, unless configured.
+pub const DEFAULT_TAKEOVER_CAP: Duration = Duration::from_secs(24 * 3600);
+
 fn default_takeover_cap() -> Duration {
-    Duration::from_secs(24 * 3600)
+    DEFAULT_TAKEOVER_CAP
 }
 
 fn default_handle_time() -> Duration {
