@@ -78,12 +78,12 @@ pub(crate) fn run(
                 )?;
                 continue;
             }
-            ("/echo", text) => sandbox.echo(text),
-            ("/takeover", _) => sandbox.agent(tandem_domain::AgentActionKind::Takeover),
-            ("/release", _) => sandbox.agent(tandem_domain::AgentActionKind::Release),
-            ("/close", _) => sandbox.agent(tandem_domain::AgentActionKind::Close),
+            ("/echo", text) => runtime.block_on(sandbox.echo(text)),
+            ("/takeover", _) => runtime.block_on(sandbox.agent(tandem_domain::AgentActionKind::Takeover)),
+            ("/release", _) => runtime.block_on(sandbox.agent(tandem_domain::AgentActionKind::Release)),
+            ("/close", _) => runtime.block_on(sandbox.agent(tandem_domain::AgentActionKind::Close)),
             ("/wait", d) => match humantime::parse_duration(d) {
-                Ok(d) => sandbox.wait(d),
+                Ok(d) => runtime.block_on(sandbox.wait(d)),
                 Err(e) => {
                     writeln!(out, "  {d:?} is not a duration: {e}")?;
                     continue;

@@ -240,11 +240,11 @@ async fn run_file(
             };
             (format!("press: {id}"), sandbox.customer(content).await)
         } else if let Some(text) = &turn.echo {
-            (format!("echo: {text:?}"), sandbox.echo(text))
+            (format!("echo: {text:?}"), sandbox.echo(text).await)
         } else if let Some(wait) = &turn.wait {
             let d = humantime::parse_duration(wait)
                 .with_context(|| format!("line {line}: wait: {wait:?} is not a duration"))?;
-            (format!("wait: {wait}"), sandbox.wait(d))
+            (format!("wait: {wait}"), sandbox.wait(d).await)
         } else if let Some(caption) = &turn.image {
             let content = MessageContent::Media {
                 kind: "image".into(),

@@ -81,7 +81,7 @@ impl LlmConfig {
 }
 
 /// A flow the LLM may choose.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct IntentInfo {
     /// The flow id.
     pub id: String,
@@ -92,7 +92,7 @@ pub struct IntentInfo {
 }
 
 /// A transcript line shown to the LLM.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Line {
     /// customer, bot, human or system.
     pub role: String,

@@ -2,9 +2,10 @@
 //! router did, the pause and resume bookkeeping that goes with it, and the hooks that tell the
 //! business's CRM or helpdesk.
 //!
-//! Everything here changes the record handed in and collects [`Happening`]s; the lane turns
-//! them into hook deliveries ([`Desk::hook_jobs`]) written in the same atomic commit as the
-//! record, so a hook fires exactly when its change took effect.
+//! Part of [`crate::turn::decide`], so pure: everything here changes the record handed in and
+//! collects [`Happening`]s and metric notes in the turn's [`Effects`]; the lane turns the
+//! happenings into hook deliveries ([`Desk::hook_jobs`]) written in the same atomic commit as
+//! the record, so a hook fires exactly when its change took effect.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,8 +19,8 @@ use tandem_handoff::routing::Facts;
 use tandem_handoff::{HookEvent, Hooks, Routing};
 use tandem_store::HookJob;
 
-use crate::metrics;
-use crate::responder::Responder;
+use crate::reply::Env;
+use crate::turn::{Effects, Note, Resumed, notice};
 
 /// The routing policy and hook targets in force.
 #[derive(Debug, Clone, Default)]
@@ -43,17 +44,6 @@ impl Happening {
     fn new(event: HookEvent, detail: Value) -> Self {
         Self { event, detail }
     }
-}
-
-/// What a step needs to know besides the record.
-#[derive(Debug, Clone, Copy)]
-pub struct DeskContext<'a> {
-    /// The step's time.
-    pub now: Timestamp,
-    /// Transcript lines kept.
-    pub cap: usize,
-    /// The flows, for the texts the engine sends on its own (queue notice, bot back).
-    pub responder: Option<&'a Responder>,
 }
 
 /// Returns the contact tags routing rules match: the flow variable `tags` (a list or a
@@ -93,7 +83,7 @@ impl Desk {
 
     /// The bot handed the conversation to a person: choose the team (rules, then the flow's
     /// team, then the default) and announce the request.
-    pub fn on_handoff(&self, c: &mut Conversation, intent: Option<&str>, out: &mut Vec<Happening>) {
+    pub fn on_handoff(&self, c: &mut Conversation, intent: Option<&str>, out: &mut Effects) {
         let Some(request) = c.handoff.clone() else {
             return;
         };
@@ -115,9 +105,9 @@ impl Desk {
         if !skills.is_empty() {
             c.bot.vars.insert("required_skills".into(), json!(skills));
         }
-        let reason = reason_label(&request.reason);
-        ::metrics::counter!(metrics::HANDOFFS, "reason" => reason).increment(1);
-        out.push(Happening::new(HookEvent::HandoffRequested, json!({})));
+        out.notes.push(Note::Handoff(reason_label(&request.reason)));
+        out.happenings
+            .push(Happening::new(HookEvent::HandoffRequested, json!({})));
     }
 
     /// A person wrote from the phone (not an echo of our own send).
@@ -126,9 +116,9 @@ impl Desk {
         c: &mut Conversation,
         default_idle: Duration,
         now: Timestamp,
-        out: &mut Vec<Happening>,
+        out: &mut Effects,
     ) {
-        first_human_reply(c, now);
+        first_human_reply(c, now, out);
         if c.paused_by == Some(PausedBy::Echo)
             && let Some(last) = c.human_last_at
         {
@@ -136,7 +126,7 @@ impl Desk {
         }
         if c.mode == Mode::Human && !c.takeover_announced {
             c.takeover_announced = true;
-            out.push(Happening::new(
+            out.happenings.push(Happening::new(
                 HookEvent::HumanTakeover,
                 json!({"by": "phone"}),
             ));
@@ -144,8 +134,8 @@ impl Desk {
     }
 
     /// The customer wrote while a person owns or is awaited in the conversation.
-    pub fn on_customer_while_person(&self, message: &InboundMessage, out: &mut Vec<Happening>) {
-        out.push(Happening::new(
+    pub fn on_customer_while_person(&self, message: &InboundMessage, out: &mut Effects) {
+        out.happenings.push(Happening::new(
             HookEvent::Message,
             json!({"message": {
                 "id": message.id.as_str(),
@@ -156,42 +146,42 @@ impl Desk {
         ));
     }
 
-    /// The bot took the conversation back (`reason` for the transcript and the hook).
-    pub fn on_resumed(
+    /// The bot took the conversation back (`reason` for the hook and the metric): the
+    /// one-time "the assistant is back" text, when the bot has one.
+    pub(crate) fn on_resumed(
         &self,
         c: &mut Conversation,
-        reason: &str,
-        ctx: &DeskContext<'_>,
-        out: &mut Vec<Happening>,
+        reason: Resumed,
+        env: &Env<'_>,
+        out: &mut Effects,
     ) {
-        if let Some(responder) = ctx.responder {
-            responder.notice(c, "bot_back", Value::Null, ctx.now, ctx.cap);
-        }
-        out.push(Happening::new(
+        notice(env, c, "bot_back", Value::Null, out);
+        out.notes.push(Note::Resumed(reason));
+        out.happenings.push(Happening::new(
             HookEvent::Resumed,
-            json!({"resumed_because": reason}),
+            json!({"resumed_because": reason.label()}),
         ));
     }
 
     /// Applies what an agent (through the API) or the router did.
-    pub fn on_agent(
+    pub(crate) fn on_agent(
         &self,
         c: &mut Conversation,
         action: &AgentAction,
-        ctx: &DeskContext<'_>,
-        out: &mut Vec<Happening>,
+        env: &Env<'_>,
+        out: &mut Effects,
     ) {
-        let now = ctx.now;
+        let now = env.now;
         let agent = action.agent.clone();
         let who = agent.as_deref().unwrap_or("an agent");
-        ::metrics::counter!(metrics::AGENT_ACTIONS, "action" => action.kind.label()).increment(1);
+        out.notes.push(Note::AgentAction(action.kind.label()));
         match &action.kind {
             AgentActionKind::Takeover => {
                 self.take(c, agent.clone(), now, out);
             }
             AgentActionKind::Message { content } => {
                 self.take(c, agent.clone(), now, out);
-                first_human_reply(c, now);
+                first_human_reply(c, now, out);
                 c.queue_send(
                     SendOrigin::Agent,
                     SendAction::Message {
@@ -204,19 +194,17 @@ impl Desk {
                 if c.mode == Mode::Bot {
                     return;
                 }
-                c.resume(now, &format!("released by {who}"), ctx.cap);
-                self.on_resumed(c, "released", ctx, out);
+                c.resume(now, &format!("released by {who}"), env.cap);
+                self.on_resumed(c, Resumed::Released, env, out);
             }
             AgentActionKind::Close => {
                 let was = c.mode;
-                c.resume(now, &format!("closed by {who}"), ctx.cap);
+                c.resume(now, &format!("closed by {who}"), env.cap);
                 c.bot.slots.clear();
-                if was != Mode::Bot
-                    && let Some(responder) = ctx.responder
-                {
-                    responder.notice(c, "bot_back", Value::Null, now, ctx.cap);
+                if was != Mode::Bot {
+                    notice(env, c, "bot_back", Value::Null, out);
                 }
-                out.push(Happening::new(
+                out.happenings.push(Happening::new(
                     HookEvent::Closed,
                     json!({"closed_by": agent}),
                 ));
@@ -232,7 +220,8 @@ impl Desk {
                         queue_noted: false,
                         summary: None,
                     });
-                    out.push(Happening::new(HookEvent::HandoffRequested, json!({})));
+                    out.happenings
+                        .push(Happening::new(HookEvent::HandoffRequested, json!({})));
                 }
                 let team = team
                     .clone()
@@ -245,12 +234,12 @@ impl Desk {
                             agent.as_deref().or(team.as_deref()).unwrap_or("the queue")
                         ),
                     ),
-                    ctx.cap,
+                    env.cap,
                 );
                 let has_agent = agent.is_some();
                 c.assign(team, agent, now);
                 if has_agent {
-                    out.push(Happening::new(
+                    out.happenings.push(Happening::new(
                         HookEvent::Assigned,
                         json!({"assigned_by": "api"}),
                     ));
@@ -264,23 +253,22 @@ impl Desk {
                 }
                 let waited = c.handoff.as_ref().map(|h| now.since(h.at));
                 if let Some(waited) = waited {
-                    let label = team.clone().unwrap_or_default();
-                    ::metrics::histogram!(metrics::QUEUE_WAIT, "team" => label)
-                        .record(waited.as_secs_f64());
+                    out.notes.push(Note::QueueWait {
+                        team: team.clone().unwrap_or_default(),
+                        waited,
+                    });
                 }
                 c.push(
                     TranscriptEntry::system(now, format!("assigned to {who}")),
-                    ctx.cap,
+                    env.cap,
                 );
                 c.assign(team.clone(), agent, now);
                 // Outside opening hours the customer heard only the away notice; a person
                 // took the conversation at once, so they are told a person is on it.
-                if let Some(responder) = ctx.responder
-                    && responder.closed_at(now)
-                {
-                    responder.notice(c, "handoff", Value::Null, now, ctx.cap);
+                if env.bot.is_some_and(|bot| bot.closed_at(now)) {
+                    notice(env, c, "handoff", Value::Null, out);
                 }
-                out.push(Happening::new(
+                out.happenings.push(Happening::new(
                     HookEvent::Assigned,
                     json!({"assigned_by": "router"}),
                 ));
@@ -307,14 +295,12 @@ impl Desk {
                     ),
                     None => ("queue_closed", String::new()),
                 };
-                if let Some(responder) = ctx.responder {
-                    let queue = json!({
-                        "position": position,
-                        "wait": wait,
-                        "next_opening": next_opening.clone().unwrap_or_default(),
-                    });
-                    responder.notice(c, text, queue, now, ctx.cap);
-                }
+                let queue = json!({
+                    "position": position,
+                    "wait": wait,
+                    "next_opening": next_opening.clone().unwrap_or_default(),
+                });
+                notice(env, c, text, queue, out);
             }
         }
     }
@@ -325,7 +311,7 @@ impl Desk {
         c: &mut Conversation,
         agent: Option<String>,
         now: Timestamp,
-        out: &mut Vec<Happening>,
+        out: &mut Effects,
     ) {
         if let Some(agent) = agent {
             let current = c.assignment.as_ref().and_then(|a| a.agent.as_deref());
@@ -336,7 +322,7 @@ impl Desk {
         }
         if !c.takeover_announced {
             c.takeover_announced = true;
-            out.push(Happening::new(
+            out.happenings.push(Happening::new(
                 HookEvent::HumanTakeover,
                 json!({"by": "agent_api"}),
             ));
@@ -410,13 +396,12 @@ pub(crate) fn deliveries(
 }
 
 /// Records the first message of a person after a handoff request.
-fn first_human_reply(c: &mut Conversation, now: Timestamp) {
+fn first_human_reply(c: &mut Conversation, now: Timestamp, out: &mut Effects) {
     if let Some(handoff) = c.handoff.as_mut()
         && handoff.answered_at.is_none()
     {
         handoff.answered_at = Some(now);
-        ::metrics::histogram!(metrics::FIRST_HUMAN_REPLY)
-            .record(now.since(handoff.at).as_secs_f64());
+        out.notes.push(Note::FirstHumanReply(now.since(handoff.at)));
     }
 }
 
@@ -485,8 +470,8 @@ mod tests {
         c
     }
 
-    /// A responder over a one-flow bot, with `hours` (YAML) in its bot.yaml.
-    fn responder(hours: &str) -> Responder {
+    /// A one-flow bot, with `hours` (YAML) in its bot.yaml.
+    fn bot(hours: &str) -> tandem_flows::Bot {
         let files = vec![
             ("bot.yaml".to_owned(), hours.to_owned()),
             (
@@ -494,12 +479,19 @@ mod tests {
                 "id: hi\ntriggers: ['^hi$']\nsteps:\n  - say: hello\n".to_owned(),
             ),
         ];
-        let loaded =
-            tandem_flows::load_sources(&files, &std::collections::BTreeMap::new()).unwrap();
-        Responder::new(
-            crate::FlowsHandle::new(loaded.bot),
-            crate::responder::call_client().unwrap(),
-        )
+        tandem_flows::load_sources(&files, &std::collections::BTreeMap::new())
+            .unwrap()
+            .bot
+    }
+
+    fn env(bot: Option<&tandem_flows::Bot>) -> Env<'_> {
+        Env {
+            bot,
+            now: NOW,
+            cap: 50,
+            contact_name: None,
+            llm: crate::turn::LlmUse::default(),
+        }
     }
 
     #[test]
@@ -524,26 +516,16 @@ mod tests {
                 .collect()
         };
         // Never open: the customer heard the away notice, so the assignment is said.
-        let closed = responder("hours: {weekly: {}}\n");
+        let closed = bot("hours: {weekly: {}}\n");
         let mut c = handed_off();
-        let ctx = DeskContext {
-            now: NOW,
-            cap: 50,
-            responder: Some(&closed),
-        };
-        d.on_agent(&mut c, &routed, &ctx, &mut Vec::new());
+        d.on_agent(&mut c, &routed, &env(Some(&closed)), &mut Effects::default());
         let said = texts(&c);
         assert_eq!(said.len(), 1, "{said:?}");
         assert!(said[0].contains("passing you to a person"), "{said:?}");
         // Without opening hours the handoff text was said at the handoff: nothing more.
-        let open = responder("languages: [en]\n");
+        let open = bot("languages: [en]\n");
         let mut c = handed_off();
-        let ctx = DeskContext {
-            now: NOW,
-            cap: 50,
-            responder: Some(&open),
-        };
-        d.on_agent(&mut c, &routed, &ctx, &mut Vec::new());
+        d.on_agent(&mut c, &routed, &env(Some(&open)), &mut Effects::default());
         assert!(texts(&c).is_empty());
     }
 
@@ -551,13 +533,14 @@ mod tests {
     fn a_handoff_goes_to_the_default_team_and_a_phone_reply_uses_its_idle_time() {
         let d = desk();
         let mut c = handed_off();
-        let mut out = Vec::new();
+        let mut out = Effects::default();
         d.on_handoff(&mut c, None, &mut out);
         assert_eq!(
             c.assignment.as_ref().unwrap().team.as_deref(),
             Some("support")
         );
-        assert_eq!(out[0].event, HookEvent::HandoffRequested);
+        assert_eq!(out.happenings[0].event, HookEvent::HandoffRequested);
+        assert_eq!(out.notes, [Note::Handoff("customer_request")]);
         let echo = Echo {
             to: tandem_domain::Identity::default(),
             id: MessageId::parse("e1").unwrap(),
@@ -574,6 +557,7 @@ mod tests {
         assert_eq!(c.handoff.as_ref().unwrap().answered_at, Some(NOW));
         d.on_echo(&mut c, Duration::from_secs(1800), NOW, &mut out);
         let takeovers = out
+            .happenings
             .iter()
             .filter(|h| h.event == HookEvent::HumanTakeover)
             .count();
@@ -607,13 +591,9 @@ mod tests {
     #[test]
     fn the_router_late_choice_and_a_second_queue_notice_change_nothing() {
         let d = desk();
-        let ctx = DeskContext {
-            now: NOW,
-            cap: 50,
-            responder: None,
-        };
+        let ctx = env(None);
         let mut c = handed_off();
-        let mut out = Vec::new();
+        let mut out = Effects::default();
         let routed = |agent: &str| AgentAction {
             agent: Some(agent.into()),
             at: NOW,

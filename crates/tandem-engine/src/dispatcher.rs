@@ -1,8 +1,8 @@
 //! Lane workers, the idle-timer pump and store upkeep.
 //!
-//! A worker claims one conversation's lane from the store, applies its waiting events in
-//! arrival order (the events waiting at that moment together, in one atomic commit), and
-//! gives the lane back. Several
+//! A worker claims one conversation's lane from the store, decides its waiting events in
+//! arrival order ([`crate::turn::decide`]; the events waiting at that moment together, in one
+//! atomic commit), and gives the lane back. Several
 //! workers run lanes of different conversations in parallel; with a shared Redis store,
 //! workers of several processes do, and the store's lease guarantees one owner per lane.
 //!
@@ -12,20 +12,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tandem_domain::{Burst, Clock, ConversationEvent, InboundMessage, Mode};
-use tandem_store::{Claim, CommitOutcome, StepCommit, Store, StoreError, TimerChange};
+use tandem_domain::Clock;
+use tandem_store::{Claim, CommitOutcome, StepCommit, Store, StoreError};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::apply::{ApplyContext, apply};
 use crate::config::EngineConfig;
-use crate::desk::{Desk, DeskContext};
+use crate::desk::Desk;
 use crate::hook_sender::HookSender;
 use crate::metrics;
-use crate::responder::Responder;
+use crate::responder::{Responder, drive};
 use crate::router::Router;
 use crate::sender::Sender;
-use tandem_handoff::HookEvent;
+use crate::turn::{Decision, Input, LlmUse, Parts, Settings};
 
 /// How often expired deduplication keys are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(60);
@@ -125,46 +124,6 @@ impl Dispatcher {
     }
 }
 
-/// Holds a customer text in the conversation's burst: answered `window` after the latest
-/// message, and at most four windows after the first.
-fn hold(
-    record: &mut tandem_domain::Conversation,
-    message: &InboundMessage,
-    text: &str,
-    now: tandem_domain::Timestamp,
-    window: Duration,
-) {
-    let burst = record.bot.burst.get_or_insert_with(|| Burst {
-        texts: Vec::new(),
-        last_id: message.id.clone(),
-        last_sent_at: message.sent_at,
-        started_at: now,
-        due: now,
-    });
-    burst.texts.push(text.to_owned());
-    burst.last_id = message.id.clone();
-    burst.last_sent_at = message.sent_at;
-    burst.due = now
-        .plus(window)
-        .min(burst.started_at.plus(window.saturating_mul(4)));
-}
-
-/// The held burst as one customer message: its texts, one per line.
-fn burst_message(burst: &Burst) -> InboundMessage {
-    InboundMessage {
-        id: burst.last_id.clone(),
-        sent_at: burst.last_sent_at,
-        content: tandem_domain::MessageContent::Text {
-            body: burst.texts.join("\n"),
-        },
-        profile_name: None,
-        // The identifiers of the texts were noted when each was applied.
-        from: tandem_domain::Identity::default(),
-        context_id: None,
-        forwarded: false,
-    }
-}
-
 fn record_error(stage: &'static str, error: &StoreError) {
     ::metrics::counter!(metrics::ERRORS, "stage" => stage, "error_kind" => error.kind().as_str())
         .increment(1);
@@ -245,8 +204,25 @@ impl Worker {
         }
     }
 
-    /// Applies up to `max` of the lane's oldest events in one commit; returns the outcome and
-    /// how many events it covered, or `None` when the inbox is empty.
+    /// The settings the lane's decisions read.
+    fn settings(&self) -> Settings {
+        Settings {
+            human_idle: self.config.human_idle,
+            transcript_cap: self.config.transcript_cap,
+            burst_window: self.config.burst_window,
+            send_recovery: self.config.send_recovery,
+            llm: self
+                .bot
+                .responder
+                .as_ref()
+                .map_or_else(LlmUse::default, Responder::llm_use),
+        }
+    }
+
+    /// Decides up to `max` of the lane's oldest events ([`crate::turn::decide`], performing
+    /// its requests) and commits the decision in one write; returns the outcome and how many
+    /// events it covered, or `None` when the inbox is empty. After the commit: metrics, the
+    /// hook and routing wake-ups, and the sender's drain.
     async fn step(
         &self,
         claim: &Claim,
@@ -258,141 +234,39 @@ impl Worker {
         };
         let span = tracing::debug_span!("conversation", events = items.len());
         let _entered = span.enter();
-        let ctx = ApplyContext {
-            now,
-            human_idle: self.config.human_idle,
-            transcript_cap: self.config.transcript_cap,
-        };
-        let expected_rev = conversation.rev;
-        let mut record = conversation;
-        let mut resumed = Vec::new();
-        let mut timer = TimerChange::Keep;
-        let mut happenings = Vec::new();
-        let desk = &self.bot.desk;
-        let desk_ctx = DeskContext {
-            now,
-            cap: self.config.transcript_cap,
-            responder: self.bot.responder.as_ref(),
-        };
-        let contact = tandem_store::contact_for(self.store.as_ref(), &record).await?;
+        let contact = tandem_store::contact_for(self.store.as_ref(), &conversation).await?;
         let name = contact
             .as_ref()
             .filter(|c| !c.removed)
             .and_then(|c| c.full_name.clone());
-        for item in &items {
-            let mode_before = record.mode;
-            let step = apply(record, item, &ctx);
-            record = step.conversation;
-            if step.timer != TimerChange::Keep {
-                timer = step.timer;
-            }
-            if let Some(reason) = step.resumed {
-                resumed.push(reason);
-                desk.on_resumed(&mut record, reason, &desk_ctx, &mut happenings);
-            }
-            match &item.event {
-                ConversationEvent::Echo(_) if !item.own_echo => {
-                    desk.on_echo(&mut record, self.config.human_idle, now, &mut happenings);
-                }
-                ConversationEvent::Agent(action) => {
-                    desk.on_agent(&mut record, action, &desk_ctx, &mut happenings);
-                }
-                ConversationEvent::Customer(message) if mode_before != Mode::Bot => {
-                    desk.on_customer_while_person(message, &mut happenings);
-                }
-                _ => {}
-            }
-            if let (Some(responder), ConversationEvent::Status(status)) =
-                (&self.bot.responder, &item.event)
-                && status.status == tandem_domain::DeliveryStatus::Failed
-            {
-                responder.on_failed_send(&mut record, status, now, self.config.transcript_cap);
-            }
-            if let (Some(responder), ConversationEvent::Customer(message)) =
-                (&self.bot.responder, &item.event)
-                && record.mode == Mode::Bot
-            {
-                let new_session = record
-                    .transcript
-                    .iter()
-                    .rev()
-                    .filter(|e| e.role == tandem_domain::Role::Customer && !e.historical)
-                    .nth(1)
-                    .is_none_or(|previous| {
-                        message.sent_at.since(previous.at)
-                            >= tandem_domain::conversation::CUSTOMER_WINDOW
-                    });
-                if new_session {
-                    ::metrics::counter!(metrics::SESSIONS).increment(1);
-                }
-                let window = self.config.burst_window;
-                let text = tandem_flows::validate::answer_text(&message.content);
-                match text {
-                    // Outside a question, a text may wait for the rest of a burst.
-                    Some(text)
-                        if !window.is_zero()
-                            && record.bot.position.is_none()
-                            && !record.opted_out =>
-                    {
-                        hold(&mut record, message, text, now, window);
-                    }
-                    _ => {
-                        // A held burst goes first, then this message.
-                        self.answer_burst(
-                            responder,
-                            &mut record,
-                            name.as_deref(),
-                            now,
-                            &mut happenings,
-                        )
-                        .await;
-                        self.bot_turn(
-                            responder,
-                            &mut record,
-                            message,
-                            name.as_deref(),
-                            now,
-                            &mut happenings,
-                        )
-                        .await;
-                    }
-                }
-            }
-        }
-        // A held burst whose window has passed is answered now, as one turn.
-        if let Some(responder) = &self.bot.responder
-            && record.mode == Mode::Bot
-            && record.bot.burst.as_ref().is_some_and(|b| b.due <= now)
-        {
-            self.answer_burst(
-                responder,
-                &mut record,
-                name.as_deref(),
-                now,
-                &mut happenings,
-            )
-            .await;
-        }
-        // The timer follows the record: idle pause, retries and waiting sends.
-        if self.bot.responder.is_some() || !record.outbox.is_empty() || record.mode == Mode::Human {
-            timer = match record.next_wake(now, self.config.send_recovery) {
-                Some(at) => TimerChange::Set(at),
-                None => TimerChange::Clear,
-            };
-        }
-        let queue_changed = happenings.iter().any(|h| {
-            matches!(
-                h.event,
-                HookEvent::HandoffRequested | HookEvent::Resumed | HookEvent::Closed
-            )
-        });
-        let hooks = desk.hook_jobs(&record, name.as_deref(), happenings, now);
+        let flows = self.bot.responder.as_ref().map(|r| r.flows().current());
+        let parts = Parts {
+            flows: flows.as_deref(),
+            desk: &self.bot.desk,
+        };
+        let input = Input {
+            record: &conversation,
+            items: &items,
+            contact_name: name.as_deref(),
+            now,
+        };
+        let decision = drive(&parts, &input, &self.settings(), self.bot.responder.as_ref()).await;
+        let queue_changed = decision.queue_changed();
+        let Decision {
+            conversation: record,
+            timer,
+            effects,
+        } = decision;
+        let hooks = self
+            .bot
+            .desk
+            .hook_jobs(&record, name.as_deref(), effects.happenings, now);
         let has_hooks = !hooks.is_empty();
         let has_sends = !record.outbox.is_empty();
         let commit = StepCommit {
             now,
             seqs: items.iter().map(|i| i.seq).collect(),
-            expected_rev,
+            expected_rev: conversation.rev,
             conversation: record,
             timer,
             outbound: Vec::new(),
@@ -406,9 +280,11 @@ impl Worker {
                 ::metrics::histogram!(metrics::ACK_TO_EFFECT)
                     .record(done.since(item.received_at).as_secs_f64());
             }
-            for reason in resumed {
-                ::metrics::counter!(metrics::RESUMES, "reason" => reason).increment(1);
-                tracing::info!(reason, "bot resumed");
+            for note in &effects.notes {
+                note.record(&conversation.id);
+            }
+            if !effects.decisions.is_empty() {
+                tracing::debug!(decisions = ?effects.decisions, "bot turn");
             }
             if has_hooks {
                 self.bot.hooks_ready.notify_one();
@@ -421,56 +297,6 @@ impl Worker {
             }
         }
         Ok(Some((outcome, items.len())))
-    }
-
-    /// Answers the held burst, if any, as one turn.
-    async fn answer_burst(
-        &self,
-        responder: &Responder,
-        record: &mut tandem_domain::Conversation,
-        name: Option<&str>,
-        now: tandem_domain::Timestamp,
-        happenings: &mut Vec<crate::desk::Happening>,
-    ) {
-        if let Some(burst) = record.bot.burst.take() {
-            self.bot_turn(
-                responder,
-                record,
-                &burst_message(&burst),
-                name,
-                now,
-                happenings,
-            )
-            .await;
-        }
-    }
-
-    /// Runs one bot turn for `message` and records what it did (handoff, metrics).
-    async fn bot_turn(
-        &self,
-        responder: &Responder,
-        record: &mut tandem_domain::Conversation,
-        message: &InboundMessage,
-        name: Option<&str>,
-        now: tandem_domain::Timestamp,
-        happenings: &mut Vec<crate::desk::Happening>,
-    ) {
-        let summary = responder
-            .respond(record, message, name, now, self.config.transcript_cap)
-            .await;
-        let ended = if summary.handoff.is_some() {
-            responder.summarize(record).await;
-            self.bot
-                .desk
-                .on_handoff(record, summary.intent.as_deref(), happenings);
-            "handoff"
-        } else if summary.queued > 0 {
-            "reply"
-        } else {
-            "silent"
-        };
-        ::metrics::counter!(metrics::TURNS, "ended" => ended).increment(1);
-        tracing::debug!(decisions = ?summary.decisions, "bot turn");
     }
 
     async fn run_timers(self, mut stopped: watch::Receiver<bool>) {

@@ -89,25 +89,19 @@ impl Ingress {
         action: AgentAction,
         key: String,
     ) -> Result<bool, StoreError> {
-        let pause = matches!(
-            action.kind,
-            AgentActionKind::Takeover | AgentActionKind::Message { .. }
-        )
-        .then(|| PauseOnIngest {
-            by: PausedBy::AgentApi,
-            echo_id: None,
-            human_idle: self.takeover_cap,
-        });
+        let received_at = action.at;
+        let event = ConversationEvent::Agent(action);
+        let pause = pause_for(&event, self.human_idle, self.takeover_cap);
         let paused = pause.is_some();
         let report = self
             .store
             .ingest(IngestBatch {
-                received_at: action.at,
+                received_at,
                 items: vec![IngestItem {
                     key,
                     kind: IngestKind::Conversation {
                         conversation,
-                        event: ConversationEvent::Agent(action),
+                        event,
                         pause,
                     },
                 }],
@@ -312,14 +306,7 @@ impl Ingress {
                     StoreError::Protocol("an event's customer was not resolved".into())
                 })?;
                 let conversation = ConversationId::new(number, customer);
-                let pause = match &event {
-                    ConversationEvent::Echo(echo) => Some(PauseOnIngest {
-                        by: PausedBy::Echo,
-                        echo_id: Some(echo.id.clone()),
-                        human_idle: self.human_idle,
-                    }),
-                    _ => None,
-                };
+                let pause = pause_for(&event, self.human_idle, self.takeover_cap);
                 IngestItem {
                     key,
                     kind: IngestKind::Conversation {
@@ -342,6 +329,36 @@ impl Ingress {
                 kind: IngestKind::DeadLetter(letter),
             },
         })
+    }
+}
+
+/// The pause an event sets at ingress, before its webhook or API call is answered: a person's
+/// echo pauses for `human_idle`, an agent's take-over or message for `takeover_cap`; other
+/// events set none (the lane decides them).
+pub fn pause_for(
+    event: &ConversationEvent,
+    human_idle: Duration,
+    takeover_cap: Duration,
+) -> Option<PauseOnIngest> {
+    match event {
+        ConversationEvent::Echo(echo) => Some(PauseOnIngest {
+            by: PausedBy::Echo,
+            echo_id: Some(echo.id.clone()),
+            human_idle,
+        }),
+        ConversationEvent::Agent(action)
+            if matches!(
+                action.kind,
+                AgentActionKind::Takeover | AgentActionKind::Message { .. }
+            ) =>
+        {
+            Some(PauseOnIngest {
+                by: PausedBy::AgentApi,
+                echo_id: None,
+                human_idle: takeover_cap,
+            })
+        }
+        _ => None,
     }
 }
 

@@ -6,10 +6,13 @@
 //!   human echo). The webhook handler calls only this.
 //! - [`apply`]: the pure step function: conversation record + inbox event → new record and
 //!   timer change. No IO.
+//! - [`turn`]: the decision of a conversation turn — events, desk, burst, classifier cascade,
+//!   flows, notices, timer, hooks and metrics — as one pure function with typed effects; what
+//!   needs the network (LLM, backend calls) is a request the driver performs and feeds back.
 //! - [`dispatcher`]: lane workers (one conversation at a time per lane, lanes in parallel,
 //!   across processes when the store is shared), the idle-timer pump and store upkeep.
-//! - [`responder`]: runs the flows for a customer message inside the lane step and queues
-//!   the replies in the record's outbox (same atomic write as the event).
+//! - [`responder`]: the flows in force and the driver of a turn: performs the decision's
+//!   requests (LLM, flows' backend calls) and feeds the answers back.
 //! - [`sender`]: sends the outbox through the Graph API after the commit: pause re-read,
 //!   24-hour window, per-number rate, retries with backoff.
 //! - [`desk`]: the handoff side of a lane step: team choice, agent and router actions,
@@ -33,10 +36,12 @@ pub mod hook_sender;
 mod identity;
 pub mod ingress;
 pub mod metrics;
+mod reply;
 pub mod responder;
 pub mod router;
 pub mod sandbox;
 pub mod sender;
+pub mod turn;
 
 pub use apply::{ApplyContext, Batch, Step, apply, apply_batch};
 pub use config::EngineConfig;

@@ -1,23 +1,30 @@
 //! A conversation with the flows and no WhatsApp account: what `tandem chat` and
 //! `tandem test` run.
 //!
-//! It drives the same parts as the server — the lane's [`apply`] step, the [`Responder`]
-//! (with real HTTP for `call` steps), the ingress pause for echoes and the sender's
-//! [`prepare`] decision — over one in-memory record and a clock that only moves when told.
-//! Only the store and the Graph API are left out: a message the sender would send is handed
-//! back instead, and recorded in the transcript under a made-up wamid.
+//! It runs the server's path with the store and the Graph API left out: the ingress pause
+//! ([`crate::ingress::pause_for`], [`tandem_store::apply_pause`]), the lane's decision
+//! ([`crate::turn::decide`], driven by the same [`crate::responder`] driver, with real HTTP
+//! for `call` steps and the LLM when configured), the timer the decision sets, and the
+//! sender's [`prepare`] decision. The record lives in memory and the clock only moves when
+//! told. A message the sender would send is handed back instead, and recorded in the
+//! transcript under a made-up wamid.
+//!
+//! Two things differ from a server on purpose: the customer is taken to stop typing after
+//! each message (a held burst is answered at its due time at once), and the desk has no
+//! teams or hooks (the routing of `tandem.toml` is not read).
 
 use std::time::Duration;
 
 use tandem_domain::{
-    Conversation, ConversationEvent, ConversationId, Echo, InboundMessage, MessageContent,
-    MessageId, OutboundContent, Role, Timestamp, TranscriptEntry,
+    AgentAction, AgentActionKind, Conversation, ConversationEvent, ConversationId, Echo,
+    InboundMessage, MessageContent, MessageId, OutboundContent, Role, Timestamp, TranscriptEntry,
 };
-use tandem_store::InboxItem;
+use tandem_store::{InboxItem, TimerChange};
 
-use crate::apply::{ApplyContext, apply};
-use crate::responder::Responder;
+use crate::desk::Desk;
+use crate::responder::{Responder, drive};
 use crate::sender::{Prepared, prepare};
+use crate::turn::{Decision, Input, Parts, Settings};
 
 /// What one turn of the sandbox produced.
 #[derive(Debug, Clone, Default)]
@@ -35,9 +42,11 @@ pub struct Outcome {
 pub struct Sandbox {
     conversation: Conversation,
     responder: Responder,
+    desk: Desk,
+    settings: Settings,
     now: Timestamp,
-    human_idle: Duration,
-    cap: usize,
+    /// When the conversation's timer fires, as the store would keep it.
+    timer: Option<Timestamp>,
     contact_name: Option<String>,
     counter: u64,
     /// Used should a generated id ever fail to parse.
@@ -45,7 +54,8 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    /// Starts a conversation of customer `wa_id` at `start`.
+    /// Starts a conversation of customer `wa_id` at `start`; a person's message pauses the
+    /// bot for `human_idle`.
     ///
     /// # Errors
     /// Fails when `wa_id` is not a WhatsApp id.
@@ -56,16 +66,31 @@ impl Sandbox {
         human_idle: Duration,
     ) -> Result<Self, tandem_domain::IdError> {
         let id = ConversationId::parse(&format!("100000000000001:{wa_id}"))?;
+        let defaults = crate::EngineConfig::default();
+        let settings = Settings {
+            human_idle,
+            transcript_cap: defaults.transcript_cap,
+            burst_window: defaults.burst_window,
+            send_recovery: defaults.send_recovery,
+            llm: responder.llm_use(),
+        };
         Ok(Self {
             conversation: Conversation::new(id, start),
             responder,
+            desk: Desk::default(),
+            settings,
             now: start,
-            human_idle,
-            cap: 200,
+            timer: None,
             contact_name: None,
             counter: 0,
             fallback_id: MessageId::parse("sandbox")?,
         })
+    }
+
+    /// Holds a customer's texts for `window` before answering them as one, as
+    /// `engine.burst_window` does on the server.
+    pub fn set_burst_window(&mut self, window: Duration) {
+        self.settings.burst_window = window;
     }
 
     /// Sets the customer's name as the business's address book has it.
@@ -94,23 +119,6 @@ impl Sandbox {
             .unwrap_or_else(|_| self.fallback_id.clone())
     }
 
-    fn ctx(&self) -> ApplyContext {
-        ApplyContext {
-            now: self.now,
-            human_idle: self.human_idle,
-            transcript_cap: self.cap,
-        }
-    }
-
-    fn item(&self, event: ConversationEvent) -> InboxItem {
-        InboxItem {
-            seq: 0,
-            received_at: self.now,
-            own_echo: false,
-            event,
-        }
-    }
-
     /// The customer sends `content`; returns what the bot answered.
     pub async fn customer(&mut self, content: MessageContent) -> Outcome {
         self.now = self.now.plus(Duration::from_secs(1));
@@ -123,38 +131,26 @@ impl Sandbox {
             context_id: None,
             forwarded: false,
         };
-        let step = apply(
-            self.conversation.clone(),
-            &self.item(ConversationEvent::Customer(message.clone())),
-            &self.ctx(),
-        );
-        self.conversation = step.conversation;
-        let mut outcome = Outcome::default();
-        if self.conversation.mode == tandem_domain::Mode::Bot {
-            let summary = self
-                .responder
-                .respond(
-                    &mut self.conversation,
-                    &message,
-                    self.contact_name.as_deref(),
-                    self.now,
-                    self.cap,
-                )
-                .await;
-            outcome.decisions = summary.decisions;
-        } else {
+        let mut outcome = self.event(ConversationEvent::Customer(message)).await;
+        if self.conversation.mode != tandem_domain::Mode::Bot {
             outcome.decisions.push(format!(
                 "mode {}: the bot stays silent",
                 self.conversation.mode.as_str()
             ));
         }
-        self.deliver(&mut outcome);
+        // The customer types nothing more: a held burst is answered when it falls due.
+        if let Some(due) = self.conversation.bot.burst.as_ref().map(|b| b.due) {
+            let later = self.wait(due.since(self.now)).await;
+            outcome.replies.extend(later.replies);
+            outcome.decisions.extend(later.decisions);
+            outcome.not_sent.extend(later.not_sent);
+        }
         outcome
     }
 
     /// A person on the business side writes from the phone: the conversation pauses as it
     /// does at ingress.
-    pub fn echo(&mut self, text: &str) -> Outcome {
+    pub async fn echo(&mut self, text: &str) -> Outcome {
         self.now = self.now.plus(Duration::from_secs(1));
         let echo = Echo {
             id: self.next_id("echo"),
@@ -164,100 +160,99 @@ impl Sandbox {
             },
             to: self.conversation.who(),
         };
-        self.conversation
-            .record_echo(&echo, self.now, self.human_idle, self.cap);
-        let step = apply(
-            self.conversation.clone(),
-            &self.item(ConversationEvent::Echo(echo)),
-            &self.ctx(),
-        );
-        self.conversation = step.conversation;
-        Outcome {
-            decisions: vec!["a person wrote from the phone: the bot is paused".into()],
-            ..Outcome::default()
-        }
+        let mut outcome = self.event(ConversationEvent::Echo(echo)).await;
+        outcome
+            .decisions
+            .insert(0, "a person wrote from the phone: the bot is paused".into());
+        outcome
     }
 
-    /// An agent acts as through the agent API (take over, release, close), applied by the
-    /// same desk rules the server's lanes use; what the bot then sends (the `bot_back` text)
-    /// is delivered.
-    pub fn agent(&mut self, kind: tandem_domain::AgentActionKind) -> Outcome {
+    /// An agent acts as through the agent API (take over, release, close): the pause at
+    /// ingress, then the lane's decision; what the bot then sends (the `bot_back` text) is
+    /// delivered.
+    pub async fn agent(&mut self, kind: AgentActionKind) -> Outcome {
         self.now = self.now.plus(Duration::from_secs(1));
         let label = kind.label();
-        if matches!(
-            kind,
-            tandem_domain::AgentActionKind::Takeover
-                | tandem_domain::AgentActionKind::Message { .. }
-        ) {
-            // As ingress does before the lane sees the action: the bot pauses at once, for
-            // at least the take-over cap.
-            self.conversation.record_human_activity(
-                tandem_domain::PausedBy::AgentApi,
-                self.now,
-                tandem_handoff::DEFAULT_TAKEOVER_CAP,
-            );
-        }
-        let action = tandem_domain::AgentAction {
+        let action = AgentAction {
             agent: Some("you".into()),
             at: self.now,
             kind,
         };
-        let ctx = crate::desk::DeskContext {
-            now: self.now,
-            cap: self.cap,
-            responder: Some(&self.responder),
-        };
-        let mut happenings = Vec::new();
-        crate::desk::Desk::default().on_agent(
-            &mut self.conversation,
-            &action,
-            &ctx,
-            &mut happenings,
-        );
-        let mut outcome = Outcome {
-            decisions: vec![format!(
+        let mut outcome = self.event(ConversationEvent::Agent(action)).await;
+        outcome.decisions.insert(
+            0,
+            format!(
                 "an agent's {label}: mode {}",
                 self.conversation.mode.as_str()
-            )],
-            ..Outcome::default()
-        };
-        outcome.decisions.extend(
-            happenings
-                .iter()
-                .map(|h| format!("hook {}", h.event.name())),
+            ),
         );
-        self.deliver(&mut outcome);
         outcome
     }
 
-    /// Lets `duration` pass, firing the conversation's timer when it falls due.
-    pub fn wait(&mut self, duration: Duration) -> Outcome {
-        self.now = self.now.plus(duration);
+    /// Lets `duration` pass, firing the conversation's timer each time it falls due.
+    pub async fn wait(&mut self, duration: Duration) -> Outcome {
+        let until = self.now.plus(duration);
         let mut outcome = Outcome::default();
-        let recovery = Duration::from_secs(30);
-        if self
-            .conversation
-            .next_wake(self.now, recovery)
-            .is_some_and(|at| at <= self.now)
-        {
-            let step = apply(
-                self.conversation.clone(),
-                &self.item(ConversationEvent::IdleCheck),
-                &self.ctx(),
-            );
-            self.conversation = step.conversation;
-            if let Some(reason) = step.resumed {
-                outcome.decisions.push(format!("bot resumed ({reason})"));
-                // As the lane does: the one-time "the assistant is back" text, when set.
-                self.responder.notice(
-                    &mut self.conversation,
-                    "bot_back",
-                    serde_json::Value::Null,
-                    self.now,
-                    self.cap,
-                );
-            }
+        while let Some(due) = self.timer.filter(|at| *at <= until) {
+            self.now = due.max(self.now);
+            self.timer = None;
+            let fired = self.event(ConversationEvent::IdleCheck).await;
+            outcome.replies.extend(fired.replies);
+            outcome.decisions.extend(fired.decisions);
+            outcome.not_sent.extend(fired.not_sent);
         }
+        self.now = until;
+        outcome
+    }
+
+    /// Takes `event` through ingress, the lane's decision and the sender, as the server does.
+    async fn event(&mut self, event: ConversationEvent) -> Outcome {
+        let cap = self.settings.transcript_cap;
+        if let Some(pause) = crate::ingress::pause_for(
+            &event,
+            self.settings.human_idle,
+            tandem_handoff::DEFAULT_TAKEOVER_CAP,
+        ) {
+            tandem_store::apply_pause(&mut self.conversation, &event, &pause, self.now, cap);
+        }
+        let items = [InboxItem {
+            seq: 0,
+            received_at: self.now,
+            own_echo: false,
+            event,
+        }];
+        let flows = self.responder.flows().current();
+        let parts = Parts {
+            flows: Some(&flows),
+            desk: &self.desk,
+        };
+        let input = Input {
+            record: &self.conversation,
+            items: &items,
+            contact_name: self.contact_name.as_deref(),
+            now: self.now,
+        };
+        let Decision {
+            conversation,
+            timer,
+            effects,
+        } = drive(&parts, &input, &self.settings, Some(&self.responder)).await;
+        self.conversation = conversation;
+        match timer {
+            TimerChange::Set(at) => self.timer = Some(at),
+            TimerChange::Clear => self.timer = None,
+            TimerChange::Keep => {}
+        }
+        let mut outcome = Outcome {
+            decisions: effects.decisions,
+            ..Outcome::default()
+        };
+        outcome.decisions.extend(
+            effects
+                .happenings
+                .iter()
+                .map(|h| format!("hook {}", h.event.name())),
+        );
         self.deliver(&mut outcome);
         outcome
     }
@@ -271,14 +266,14 @@ impl Sandbox {
                 Prepared::MarkRead => {}
                 Prepared::Drop(reason) => {
                     self.conversation
-                        .push(TranscriptEntry::system(self.now, reason.clone()), self.cap);
+                        .push(TranscriptEntry::system(self.now, reason.clone()), self.settings.transcript_cap);
                     outcome.not_sent.push(reason);
                 }
                 Prepared::Send(content) => {
                     let id = self.next_id("out");
                     self.conversation.push(
                         TranscriptEntry::sent(self.now, Role::Bot, id, &content),
-                        self.cap,
+                        self.settings.transcript_cap,
                     );
                     outcome.replies.push(content);
                 }

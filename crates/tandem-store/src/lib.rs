@@ -38,6 +38,7 @@ pub use customers::DEFAULT_TENANT;
 pub use embedded::EmbeddedStore;
 pub use error::StoreError;
 pub use model::{
+    apply_pause,
     AccountState, AgentState, Claim, CommitOutcome, HookJob, HookSettle, InboxItem, IngestBatch,
     IngestItem, IngestKind, IngestReport, ItemOutcome, Link, ListQuery, NumberState, NumberTouch,
     PauseOnIngest, Presence, StepCommit, StoreOptions, StoreStats, TimerChange,

@@ -420,7 +420,7 @@ pub struct StoreStats {
 
 /// Applies a pause requested at ingress to a record. For an echo this also records the
 /// message in the transcript, so both are in place when the webhook is answered.
-pub(crate) fn apply_pause(
+pub fn apply_pause(
     record: &mut Conversation,
     event: &ConversationEvent,
     pause: &PauseOnIngest,
