@@ -79,8 +79,12 @@ pub(crate) fn run(
                 continue;
             }
             ("/echo", text) => runtime.block_on(sandbox.echo(text)),
-            ("/takeover", _) => runtime.block_on(sandbox.agent(tandem_domain::AgentActionKind::Takeover)),
-            ("/release", _) => runtime.block_on(sandbox.agent(tandem_domain::AgentActionKind::Release)),
+            ("/takeover", _) => {
+                runtime.block_on(sandbox.agent(tandem_domain::AgentActionKind::Takeover))
+            }
+            ("/release", _) => {
+                runtime.block_on(sandbox.agent(tandem_domain::AgentActionKind::Release))
+            }
             ("/close", _) => runtime.block_on(sandbox.agent(tandem_domain::AgentActionKind::Close)),
             ("/wait", d) => match humantime::parse_duration(d) {
                 Ok(d) => runtime.block_on(sandbox.wait(d)),

@@ -304,6 +304,54 @@ async fn a_backend_call_longer_than_the_lease_is_made_once_and_answered_once(bac
     assert_eq!(answers, 1);
 }
 
+async fn a_process_killed_during_a_backend_call_repeats_it_with_the_same_key(backend: Backend) {
+    let graph = Graph::start().await;
+    // The shipped order flow gives its call 3 s; the backend takes 2 s.
+    let shop = Shop::start(Duration::from_secs(2)).await;
+    let mut spec = Spec::with_bot(backend, &graph.url, &shop.url);
+    spec.env.push(("TANDEM_LEASE".into(), "1s".into()));
+    let mut server = Server::start(spec.clone());
+    let wa = "351910000010";
+    post(&server, text(wa, "wamid.kc.1", "where is my order?")).await;
+    wait_for_text(&graph, "What's your order number?").await;
+    post(&server, text(wa, "wamid.kc.2", "10442")).await;
+    wait_for("the backend call to start", DEADLINE, || async {
+        (!shop.calls.lock().unwrap().is_empty()).then_some(())
+    })
+    .await;
+    // The turn is waiting on the backend: kill -9 now; the event was answered 200, so the
+    // restarted process runs the turn again.
+    server.kill9();
+    let restarted = Server::start(spec);
+    wait_for_text(&graph, "on its way").await;
+    wait_for("the turn committed", Duration::from_secs(30), || async {
+        let c = restarted.conversation(wa).await?;
+        (c["events_applied"].as_u64()? >= 2 && c.get("outbox").is_none()).then_some(())
+    })
+    .await;
+    let calls = shop.calls.lock().unwrap().clone();
+    assert!(
+        (1..=2).contains(&calls.len()),
+        "the call is made again at most once: {calls:?}"
+    );
+    let keys: Vec<_> = calls.iter().map(|c| c.2.clone()).collect();
+    assert!(
+        keys.iter().all(|k| k.is_some() && *k == keys[0]),
+        "a repeated call carries the same Idempotency-Key: {keys:?}"
+    );
+    let answers = graph
+        .texts()
+        .iter()
+        .filter(|t| t.contains("on its way"))
+        .count();
+    assert_eq!(
+        answers,
+        1,
+        "the customer got one answer: {:?}",
+        graph.texts()
+    );
+}
+
 async fn an_echo_during_a_slow_call_means_the_reply_is_never_sent(backend: Backend) {
     let (server, graph, shop) = started(backend, Duration::from_millis(1500)).await;
     let wa = "351910000002";
@@ -437,6 +485,7 @@ crate::both_stores!(
     an_order_question_is_answered_from_the_shop_backend,
     an_echo_during_a_slow_call_means_the_reply_is_never_sent,
     a_backend_call_longer_than_the_lease_is_made_once_and_answered_once,
+    a_process_killed_during_a_backend_call_repeats_it_with_the_same_key,
     throttling_is_retried_and_a_closed_window_gets_the_template,
     a_retried_webhook_is_answered_once,
     a_reply_in_flight_when_the_process_dies_is_sent_after_restart,

@@ -306,13 +306,7 @@ impl Desk {
     }
 
     /// A person takes the conversation (the pause itself was set at ingress).
-    fn take(
-        &self,
-        c: &mut Conversation,
-        agent: Option<String>,
-        now: Timestamp,
-        out: &mut Effects,
-    ) {
+    fn take(&self, c: &mut Conversation, agent: Option<String>, now: Timestamp, out: &mut Effects) {
         if let Some(agent) = agent {
             let current = c.assignment.as_ref().and_then(|a| a.agent.as_deref());
             if current != Some(agent.as_str()) {
@@ -518,7 +512,12 @@ mod tests {
         // Never open: the customer heard the away notice, so the assignment is said.
         let closed = bot("hours: {weekly: {}}\n");
         let mut c = handed_off();
-        d.on_agent(&mut c, &routed, &env(Some(&closed)), &mut Effects::default());
+        d.on_agent(
+            &mut c,
+            &routed,
+            &env(Some(&closed)),
+            &mut Effects::default(),
+        );
         let said = texts(&c);
         assert_eq!(said.len(), 1, "{said:?}");
         assert!(said[0].contains("passing you to a person"), "{said:?}");

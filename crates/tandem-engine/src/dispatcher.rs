@@ -250,7 +250,13 @@ impl Worker {
             contact_name: name.as_deref(),
             now,
         };
-        let decision = drive(&parts, &input, &self.settings(), self.bot.responder.as_ref()).await;
+        let decision = drive(
+            &parts,
+            &input,
+            &self.settings(),
+            self.bot.responder.as_ref(),
+        )
+        .await;
         let queue_changed = decision.queue_changed();
         let Decision {
             conversation: record,

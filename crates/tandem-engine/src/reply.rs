@@ -81,8 +81,9 @@ pub(crate) fn respond(
             confidence: triage.confidence,
         });
     }
-    out.notes
-        .push(Note::Classified(intent.as_ref().map_or("none", |i| i.stage)));
+    out.notes.push(Note::Classified(
+        intent.as_ref().map_or("none", |i| i.stage),
+    ));
     if text.is_some() {
         let understood = understood(intent.as_ref(), classified.guess, answers_question);
         if let Some(line) = c

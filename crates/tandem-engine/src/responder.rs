@@ -76,15 +76,21 @@ impl Responder {
 
     /// Which LLM requests this responder can answer.
     pub fn llm_use(&self) -> LlmUse {
-        self.llm.as_ref().map_or_else(LlmUse::default, |llm| LlmUse {
-            triage: true,
-            extract: llm.extracts(),
-            summarize: llm.summarizes(),
-        })
+        self.llm
+            .as_ref()
+            .map_or_else(LlmUse::default, |llm| LlmUse {
+                triage: true,
+                extract: llm.extracts(),
+                summarize: llm.summarizes(),
+            })
     }
 
     /// Performs one request of a turn.
-    pub async fn perform(&self, conversation: &tandem_domain::ConversationId, request: &Request) -> Answer {
+    pub async fn perform(
+        &self,
+        conversation: &tandem_domain::ConversationId,
+        request: &Request,
+    ) -> Answer {
         match request {
             Request::Call { request, key } => Answer::Call(self.call(request, key).await),
             Request::Triage {

@@ -265,8 +265,10 @@ impl Sandbox {
             match prepare(&self.conversation, &head, self.now, template.clone(), &[]) {
                 Prepared::MarkRead => {}
                 Prepared::Drop(reason) => {
-                    self.conversation
-                        .push(TranscriptEntry::system(self.now, reason.clone()), self.settings.transcript_cap);
+                    self.conversation.push(
+                        TranscriptEntry::system(self.now, reason.clone()),
+                        self.settings.transcript_cap,
+                    );
                     outcome.not_sent.push(reason);
                 }
                 Prepared::Send(content) => {

@@ -554,3 +554,6 @@ pub(crate) fn notice(
         reply::notice(bot, c, name, queue, env.now, env.cap, out);
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -38,10 +38,9 @@ pub use customers::DEFAULT_TENANT;
 pub use embedded::EmbeddedStore;
 pub use error::StoreError;
 pub use model::{
-    apply_pause,
     AccountState, AgentState, Claim, CommitOutcome, HookJob, HookSettle, InboxItem, IngestBatch,
     IngestItem, IngestKind, IngestReport, ItemOutcome, Link, ListQuery, NumberState, NumberTouch,
-    PauseOnIngest, Presence, StepCommit, StoreOptions, StoreStats, TimerChange,
+    PauseOnIngest, Presence, StepCommit, StoreOptions, StoreStats, TimerChange, apply_pause,
 };
 pub use redis::RedisStore;
 pub use store::{Store, contact_for, open};
