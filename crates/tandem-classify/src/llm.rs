@@ -491,6 +491,13 @@ impl LlmClassifier {
         Ok(self)
     }
 
+    /// Forgets every cached answer (the flows were reloaded).
+    pub fn clear_cache(&self) {
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.clear();
+        }
+    }
+
     /// Returns true when a handoff summary prompt is set.
     pub fn summarizes(&self) -> bool {
         self.prompts.get_template(SUMMARY).is_ok()

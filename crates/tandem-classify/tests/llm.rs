@@ -144,12 +144,16 @@ async fn a_cached_answer_is_never_reused_in_another_context() {
     });
     llm.triage(&reloaded, &asked_refund, "yes").await.unwrap();
     assert_eq!(standin.requests.lock().unwrap().len(), 3);
+    // A reload empties the cache even when the intents stayed the same.
+    llm.clear_cache();
+    llm.triage(&intents(), &asked_refund, "yes").await.unwrap();
+    assert_eq!(standin.requests.lock().unwrap().len(), 4);
     // The cache is bounded: with room for one answer, the older one is evicted.
     let small = classifier(&url, |c| c.cache_size = 1);
     small.triage(&intents(), &[], "a").await.unwrap();
     small.triage(&intents(), &[], "b").await.unwrap();
     small.triage(&intents(), &[], "a").await.unwrap();
-    assert_eq!(standin.requests.lock().unwrap().len(), 6);
+    assert_eq!(standin.requests.lock().unwrap().len(), 7);
 }
 
 #[test]

@@ -7,6 +7,7 @@
 //! commit is refused (a person paused the conversation meanwhile), the lane re-reads the
 //! record and decides again from there, so a reply decided before the pause is never queued.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -18,19 +19,26 @@ use crate::turn::{Answer, Decision, Input, Journal, LlmUse, Parts, Request, Sett
 
 /// The flows in force; replaced as a whole by a reload.
 #[derive(Debug, Clone)]
-pub struct FlowsHandle(Arc<RwLock<Arc<Bot>>>);
+pub struct FlowsHandle {
+    bot: Arc<RwLock<Arc<Bot>>>,
+    /// Counts replacements, so users of the flows see a reload.
+    generation: Arc<AtomicU64>,
+}
 
 impl FlowsHandle {
     /// Wraps loaded flows.
     pub fn new(bot: Bot) -> Self {
-        Self(Arc::new(RwLock::new(Arc::new(bot))))
+        Self {
+            bot: Arc::new(RwLock::new(Arc::new(bot))),
+            generation: Arc::default(),
+        }
     }
 
     /// Returns the flows in force now.
     pub fn current(&self) -> Arc<Bot> {
         Arc::clone(
             &self
-                .0
+                .bot
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         )
@@ -39,9 +47,15 @@ impl FlowsHandle {
     /// Puts new flows in force; turns already running finish on the old ones.
     pub fn replace(&self, bot: Bot) {
         *self
-            .0
+            .bot
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(bot);
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// How many times the flows were replaced.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 }
 
@@ -51,12 +65,15 @@ pub struct Responder {
     flows: FlowsHandle,
     http: reqwest::Client,
     llm: Option<Arc<LlmClassifier>>,
+    /// The flows' generation the LLM's answer cache was filled under; a reload empties it.
+    cached_generation: Arc<AtomicU64>,
 }
 
 impl Responder {
     /// Builds a responder over `flows`; `call` steps go out through `http`.
     pub fn new(flows: FlowsHandle, http: reqwest::Client) -> Self {
         Self {
+            cached_generation: Arc::new(AtomicU64::new(flows.generation())),
             flows,
             http,
             llm: None,
@@ -101,6 +118,11 @@ impl Responder {
                 let Some(llm) = &self.llm else {
                     return request.refused("no LLM is configured");
                 };
+                let generation = self.flows.generation();
+                if self.cached_generation.swap(generation, Ordering::AcqRel) != generation {
+                    // The flows were reloaded: no answer given under the old ones is reused.
+                    llm.clear_cache();
+                }
                 let answer = counted(llm.triage(intents, transcript, text)).await;
                 Answer::Triage(answer.map_err(|error| {
                     tracing::warn!(%conversation, %error, "LLM triage failed; falling back");
