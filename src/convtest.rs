@@ -444,7 +444,10 @@ fn check(
             for (key, have) in [
                 ("team", h.team.clone().map(Value::String)),
                 ("reason", Some(Value::String(h.reason.clone()))),
-                ("priority", Some(Value::String(h.priority.clone()))),
+                (
+                    "priority",
+                    Some(Value::String(h.priority.as_str().to_owned())),
+                ),
             ] {
                 if let Some(w) = want.get(key)
                     && Some(w) != have.as_ref()

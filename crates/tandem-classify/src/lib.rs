@@ -3,13 +3,14 @@
 //! - [`features`]: text to hashed word and character n-gram features.
 //! - [`model`]: the local model (multinomial logistic regression over TF-IDF), trained at
 //!   start-up from the flows' example utterances, with a confidence per answer.
-//! - [`llm`]: the LLM stage: a triage record from any OpenAI-compatible endpoint, with
+//! - `llm` (feature `llm`, on by default): the LLM stage: a triage record from any OpenAI-compatible endpoint, with
 //!   validation, repair, retries, a circuit breaker, a concurrency limit and a cache.
 //! - [`eval`]: accuracy, macro-F1, out-of-scope precision and recall, and what the local
 //!   stage answers alone at a confidence threshold, on labelled JSONL data.
 
 pub mod eval;
 pub mod features;
+#[cfg(feature = "llm")]
 pub mod llm;
 pub mod model;
 

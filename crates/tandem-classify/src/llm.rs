@@ -30,7 +30,7 @@ use async_openai::types::chat::{
     ResponseFormatJsonSchema,
 };
 use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -100,22 +100,8 @@ pub struct Line {
     pub text: String,
 }
 
-/// What the LLM says about a message, validated.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Triage {
-    /// A known flow id, or `oos`.
-    pub intent: String,
-    /// 0 to 1.
-    pub confidence: f32,
-    /// ISO 639-1 language code.
-    pub language: String,
-    /// low, normal or high.
-    pub urgency: String,
-    /// negative, neutral or positive.
-    pub sentiment: String,
-    /// The customer needs a person.
-    pub needs_human: bool,
-}
+/// What the LLM says about a message, validated (the domain's triage record).
+pub use tandem_domain::Triage;
 
 /// Why the LLM gave no usable answer; the caller falls back.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -209,23 +195,12 @@ pub fn parse_triage(answer: &str, known: &[IntentInfo]) -> Result<Triage, String
         .or_else(|| trimmed.strip_prefix("```"))
         .and_then(|s| s.strip_suffix("```"))
         .unwrap_or(trimmed);
+    // Urgency and sentiment outside their words are refused here, by name.
     let mut triage: Triage = serde_json::from_str(body.trim()).map_err(|e| e.to_string())?;
     if !(0.0..=1.0).contains(&triage.confidence) {
         return Err(format!(
             "confidence {} is not between 0 and 1",
             triage.confidence
-        ));
-    }
-    if !["low", "normal", "high"].contains(&triage.urgency.as_str()) {
-        return Err(format!(
-            "urgency {:?} is not low, normal or high",
-            triage.urgency
-        ));
-    }
-    if !["negative", "neutral", "positive"].contains(&triage.sentiment.as_str()) {
-        return Err(format!(
-            "sentiment {:?} is not negative, neutral or positive",
-            triage.sentiment
         ));
     }
     if triage.intent != "oos" && !known.iter().any(|i| i.id == triage.intent) {

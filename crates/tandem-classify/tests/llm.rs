@@ -94,7 +94,7 @@ async fn a_good_answer_is_a_validated_triage_record_and_the_request_is_well_form
         .unwrap();
     assert_eq!(triage.intent, "returns");
     assert_eq!(triage.language, "pt");
-    assert_eq!(triage.sentiment, "negative");
+    assert_eq!(triage.sentiment, tandem_domain::Sentiment::Negative);
     let request = standin.requests.lock().unwrap()[0].clone();
     assert_eq!(request["model"], "test-model");
     assert_eq!(request["response_format"]["type"], "json_schema");

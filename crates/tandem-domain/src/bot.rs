@@ -72,8 +72,8 @@ pub struct HandoffRequest {
     pub team: Option<String>,
     /// Why (a short label such as `customer_request` or `flow:returns`).
     pub reason: String,
-    /// `low`, `normal`, `high` or `urgent`.
-    pub priority: String,
+    /// How soon a person should answer.
+    pub priority: Priority,
     /// When it was asked for.
     pub at: Timestamp,
     /// When a person first wrote to the customer after the request.
@@ -100,21 +100,123 @@ pub struct Assignment {
     pub at: Timestamp,
 }
 
-/// What the LLM read in the customer's latest message it was asked about.
+/// What the LLM read in a customer's message: the record the LLM stage answers with, kept on
+/// the conversation for its latest message the LLM was asked about.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TriageNote {
+pub struct Triage {
     /// The intent (a flow id, or `oos`).
     pub intent: String,
     /// 0 to 1.
     pub confidence: f32,
     /// ISO 639-1 language code.
     pub language: String,
-    /// `low`, `normal` or `high`.
-    pub urgency: String,
-    /// `negative`, `neutral` or `positive`.
-    pub sentiment: String,
+    /// How urgent the customer's matter is.
+    pub urgency: Urgency,
+    /// How the customer feels.
+    pub sentiment: Sentiment,
     /// The customer needs a person.
     pub needs_human: bool,
+}
+
+/// How soon a person should answer a handoff; the queue serves higher priorities first.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    /// After everyone else.
+    Low,
+    /// The usual.
+    #[default]
+    Normal,
+    /// Before normal requests.
+    High,
+    /// First.
+    Urgent,
+}
+
+impl Priority {
+    /// Every priority, lowest first.
+    pub const ALL: [Self; 4] = [Self::Low, Self::Normal, Self::High, Self::Urgent];
+
+    /// The word used in flows, payloads and routing rules.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Low => "low",
+            Self::Normal => "normal",
+            Self::High => "high",
+            Self::Urgent => "urgent",
+        }
+    }
+
+    /// The priority named `word`, if any.
+    pub fn parse(word: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.as_str() == word)
+    }
+}
+
+impl std::fmt::Display for Priority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How urgent a customer's matter is, as the LLM rates it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Urgency {
+    /// Can wait.
+    Low,
+    /// The usual.
+    Normal,
+    /// Needs attention soon.
+    High,
+}
+
+impl Urgency {
+    /// The word used in payloads, routing rules and prompts.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Low => "low",
+            Self::Normal => "normal",
+            Self::High => "high",
+        }
+    }
+}
+
+/// How a customer feels, as the LLM reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sentiment {
+    /// Upset or angry.
+    Negative,
+    /// Neither.
+    Neutral,
+    /// Pleased.
+    Positive,
+}
+
+impl Sentiment {
+    /// The word used in payloads and prompts.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Negative => "negative",
+            Self::Neutral => "neutral",
+            Self::Positive => "positive",
+        }
+    }
+}
+
+impl std::fmt::Display for Urgency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for Sentiment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Who asked for a message to be sent.

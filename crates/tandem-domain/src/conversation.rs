@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::bot::{
-    Assignment, BotState, HandoffRequest, PendingSend, SendAction, SendOrigin, TriageNote,
+    Assignment, BotState, HandoffRequest, PendingSend, SendAction, SendOrigin, Triage,
 };
 use crate::customer::Identity;
 use crate::event::{DeliveryStatus, Echo};
@@ -250,7 +250,7 @@ pub struct Conversation {
     pub takeover_announced: bool,
     /// The latest LLM triage of a customer message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub triage: Option<TriageNote>,
+    pub triage: Option<Triage>,
     /// The id the next queued send gets.
     #[serde(default)]
     pub next_send_id: u64,
@@ -673,7 +673,7 @@ mod tests {
         c.request_handoff(HandoffRequest {
             team: None,
             reason: "customer_request".into(),
-            priority: "normal".into(),
+            priority: crate::Priority::Normal,
             at: Timestamp(0),
             answered_at: None,
             queue_noted: false,

@@ -91,9 +91,9 @@ impl Desk {
         let facts = Facts {
             intent,
             language: c.language.as_deref(),
-            urgency: c.triage.as_ref().map(|t| t.urgency.as_str()),
+            urgency: c.triage.as_ref().map(|t| t.urgency),
             reason: &request.reason,
-            priority: &request.priority,
+            priority: request.priority,
             tags: &tags,
             requested_team: request.team.as_deref(),
         };
@@ -214,7 +214,7 @@ impl Desk {
                     c.request_handoff(HandoffRequest {
                         team: team.clone(),
                         reason: "assigned".into(),
-                        priority: "normal".into(),
+                        priority: tandem_domain::Priority::Normal,
                         at: now,
                         answered_at: None,
                         queue_noted: false,
@@ -455,7 +455,7 @@ mod tests {
         c.request_handoff(HandoffRequest {
             team: None,
             reason: "customer_request".into(),
-            priority: "normal".into(),
+            priority: tandem_domain::Priority::Normal,
             at: NOW,
             answered_at: None,
             queue_noted: false,

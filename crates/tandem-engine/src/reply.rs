@@ -252,14 +252,7 @@ fn triage(
                 triage.sentiment,
                 triage.needs_human
             ));
-            c.triage = Some(tandem_domain::TriageNote {
-                intent: triage.intent.clone(),
-                confidence: triage.confidence,
-                language: triage.language.clone(),
-                urgency: triage.urgency.clone(),
-                sentiment: triage.sentiment.clone(),
-                needs_human: triage.needs_human,
-            });
+            c.triage = Some(triage.clone());
             // The detected language picks text variants, when the bot writes in it.
             if bot.settings.languages.contains(&triage.language) {
                 c.language = Some(triage.language.clone());

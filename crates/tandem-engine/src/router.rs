@@ -52,7 +52,7 @@ pub struct QueueEntry {
     /// Place in the team's queue, from 1.
     pub position: usize,
     /// The handoff's priority.
-    pub priority: String,
+    pub priority: tandem_domain::Priority,
     /// The handoff's reason.
     pub reason: String,
     /// When the person was asked for (Unix ms).
@@ -107,7 +107,7 @@ pub async fn queue(store: &dyn Store, now: Timestamp) -> Result<Vec<QueueEntry>,
                 conversation: w.conversation.clone(),
                 team: w.team.clone(),
                 position,
-                priority: handoff.map_or_else(|| "normal".into(), |h| h.priority.clone()),
+                priority: handoff.map(|h| h.priority).unwrap_or_default(),
                 reason: handoff.map_or_else(String::new, |h| h.reason.clone()),
                 requested_at: w.requested_at,
                 waited_seconds: now.since(w.requested_at).as_secs(),
@@ -128,8 +128,8 @@ fn ordered(open: &[Conversation], now: Timestamp) -> Vec<(Waiting, usize, &Conve
             conversation: c.id.clone(),
             team: c.assignment.as_ref().and_then(|a| a.team.clone()),
             rank: rank(
-                c.handoff.as_ref().map_or("normal", |h| h.priority.as_str()),
-                c.triage.as_ref().map(|t| t.urgency.as_str()),
+                c.handoff.as_ref().map(|h| h.priority).unwrap_or_default(),
+                c.triage.as_ref().map(|t| t.urgency),
             ),
             window_closes_at: c.window_closes_at(now),
             requested_at: c.handoff.as_ref().map_or(c.updated_at, |h| h.at),

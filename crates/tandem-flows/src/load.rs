@@ -846,14 +846,16 @@ impl Compiler {
             return Some(StepKind::Set(pairs));
         }
         if let Some(handoff) = &raw.handoff {
+            let words = tandem_domain::Priority::ALL.map(tandem_domain::Priority::as_str);
             let priority = one_of(
                 file,
                 handoff.priority.as_ref(),
                 "normal",
-                &["low", "normal", "high", "urgent"],
+                &words,
                 "priority",
                 report,
             );
+            let priority = tandem_domain::Priority::parse(&priority).unwrap_or_default();
             let message = handoff
                 .message
                 .as_ref()

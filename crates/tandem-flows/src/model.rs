@@ -117,12 +117,13 @@ pub struct HandoffOn {
 
 impl HandoffOn {
     /// Returns the handoff reason a triage record calls for, if any.
-    pub fn reason(&self, triage: &tandem_classify::llm::Triage) -> Option<&'static str> {
+    pub fn reason(&self, triage: &tandem_domain::Triage) -> Option<&'static str> {
         if self.needs_human && triage.needs_human {
             Some("needs_human")
-        } else if self.high_urgency && triage.urgency == "high" {
+        } else if self.high_urgency && triage.urgency == tandem_domain::Urgency::High {
             Some("high_urgency")
-        } else if self.negative_sentiment && triage.sentiment == "negative" {
+        } else if self.negative_sentiment && triage.sentiment == tandem_domain::Sentiment::Negative
+        {
             Some("negative_sentiment")
         } else {
             None
@@ -287,8 +288,8 @@ pub struct Handoff {
     pub team: Option<String>,
     /// The reason.
     pub reason: String,
-    /// low, normal, high or urgent.
-    pub priority: String,
+    /// How soon a person should answer.
+    pub priority: tandem_domain::Priority,
     /// What to tell the customer (default: `texts.handoff`).
     pub message: Option<Text>,
 }
@@ -300,7 +301,7 @@ impl Handoff {
         Self {
             team: None,
             reason: reason.to_owned(),
-            priority: "normal".to_owned(),
+            priority: tandem_domain::Priority::Normal,
             message: None,
         }
     }

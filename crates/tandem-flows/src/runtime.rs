@@ -622,7 +622,7 @@ impl Bot {
                 .clone()
                 .or_else(|| self.settings.human_team.clone()),
             reason: reason.to_owned(),
-            priority: handoff.priority.clone(),
+            priority: handoff.priority,
             at: ctx.now,
             answered_at: None,
             queue_noted: false,

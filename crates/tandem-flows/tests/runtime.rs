@@ -369,12 +369,12 @@ fn every_broken_step_of_a_file_is_reported_not_only_the_first() {
 
 #[test]
 fn triage_rules_pick_a_handoff_reason_and_hand_off() {
-    let triage = |needs_human: bool, urgency: &str, sentiment: &str| tandem_classify::llm::Triage {
+    let triage = |needs_human: bool, urgency: &str, sentiment: &str| tandem_domain::Triage {
         intent: "oos".into(),
         confidence: 0.9,
         language: "en".into(),
-        urgency: urgency.into(),
-        sentiment: sentiment.into(),
+        urgency: serde_json::from_value(urgency.into()).unwrap(),
+        sentiment: serde_json::from_value(sentiment.into()).unwrap(),
         needs_human,
     };
     let defaults = bot(&[

@@ -174,7 +174,7 @@ impl Hooks {
             "team": assignment.and_then(|a| a.team.clone()).or_else(|| handoff.and_then(|h| h.team.clone())),
             "agent": assignment.and_then(|a| a.agent.clone()),
             "reason": handoff.map(|h| h.reason.clone()),
-            "priority": handoff.map(|h| h.priority.clone()),
+            "priority": handoff.map(|h| h.priority),
             "triage": c.triage,
             "summary": handoff.and_then(|h| h.summary.clone()),
             "window": window,
@@ -332,7 +332,7 @@ mod tests {
         c.request_handoff(HandoffRequest {
             team: Some("support".into()),
             reason: "customer_request".into(),
-            priority: "high".into(),
+            priority: tandem_domain::Priority::High,
             at: now,
             answered_at: None,
             queue_noted: false,

@@ -2,7 +2,7 @@
 //! 24-hour window closes soonest (after it closes only a template can reach the customer),
 //! then the one that has waited longest.
 
-use tandem_domain::{ConversationId, Timestamp};
+use tandem_domain::{ConversationId, Priority, Timestamp, Urgency};
 
 /// A conversation waiting for an agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,18 +21,18 @@ pub struct Waiting {
 
 /// Ranks a handoff by its priority (`low`, `normal`, `high`, `urgent`) and, when the LLM
 /// triaged the customer's message, its urgency (`high` raises a normal request to high).
-pub fn rank(priority: &str, urgency: Option<&str>) -> u8 {
-    let by_priority = match priority {
-        "urgent" => 4,
-        "high" => 3,
-        "low" => 1,
-        _ => 2,
+pub fn rank(priority: Priority, urgency: Option<Urgency>) -> u8 {
+    let raised = if urgency == Some(Urgency::High) {
+        priority.max(Priority::High)
+    } else {
+        priority
     };
-    let by_urgency = match urgency {
-        Some("high") => 3,
-        _ => 0,
-    };
-    by_priority.max(by_urgency)
+    match raised {
+        Priority::Low => 1,
+        Priority::Normal => 2,
+        Priority::High => 3,
+        Priority::Urgent => 4,
+    }
 }
 
 /// Sorts waiting conversations in the order they are served.
@@ -82,8 +82,10 @@ mod tests {
 
     #[test]
     fn high_urgency_raises_a_normal_request() {
-        assert_eq!(rank("normal", Some("high")), rank("high", None));
-        assert!(rank("urgent", Some("low")) > rank("high", Some("high")));
-        assert!(rank("low", None) < rank("normal", None));
+        use Priority::{High, Low, Normal, Urgent};
+        assert_eq!(rank(Normal, Some(Urgency::High)), rank(High, None));
+        assert!(rank(Urgent, Some(Urgency::Low)) > rank(High, Some(Urgency::High)));
+        assert!(rank(Low, None) < rank(Normal, None));
+        assert_eq!(rank(Low, Some(Urgency::High)), rank(High, None));
     }
 }

@@ -146,13 +146,13 @@ pub struct RuleConfig {
     pub language: Vec<String>,
     /// The LLM's urgency (`low`, `normal`, `high`).
     #[serde(default)]
-    pub urgency: Vec<String>,
+    pub urgency: Vec<tandem_domain::Urgency>,
     /// The handoff reason (`customer_request`, `fallback`, `flow:returns`, `needs_human`…).
     #[serde(default)]
     pub reason: Vec<String>,
-    /// The handoff priority.
+    /// The handoff priority (`low`, `normal`, `high`, `urgent`).
     #[serde(default)]
-    pub priority: Vec<String>,
+    pub priority: Vec<tandem_domain::Priority>,
     /// Contact tags (the flow variable `tags`, or `vip` when the variable `vip` is true).
     #[serde(default)]
     pub tags: Vec<String>,
@@ -266,11 +266,11 @@ pub struct Facts<'a> {
     /// The conversation's language, when known.
     pub language: Option<&'a str>,
     /// The LLM's urgency, when triaged.
-    pub urgency: Option<&'a str>,
+    pub urgency: Option<tandem_domain::Urgency>,
     /// The handoff reason.
     pub reason: &'a str,
     /// The handoff priority.
-    pub priority: &'a str,
+    pub priority: tandem_domain::Priority,
     /// The contact's tags.
     pub tags: &'a [String],
     /// The team the flow asked for.
@@ -315,8 +315,8 @@ pub struct Seeker<'a> {
     pub last_agent: Option<&'a str>,
 }
 
-fn matches(values: &[String], fact: Option<&str>) -> bool {
-    values.is_empty() || fact.is_some_and(|f| values.iter().any(|v| v == f))
+fn matches<T: PartialEq<F>, F>(values: &[T], fact: Option<F>) -> bool {
+    values.is_empty() || fact.is_some_and(|f| values.iter().any(|v| *v == f))
 }
 
 impl Routing {
@@ -633,7 +633,7 @@ mod tests {
         let vip = ["vip".to_owned()];
         let facts = Facts {
             reason: "customer_request",
-            priority: "normal",
+            priority: tandem_domain::Priority::Normal,
             tags: &vip,
             requested_team: Some("sales"),
             ..Facts::default()
