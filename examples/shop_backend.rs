@@ -18,6 +18,10 @@ async fn main() {
         .await
         .expect("binding the address");
     println!("shop backend stand-in on http://{addr} (orders 10442, 10443; POST /returns)");
-    let app = shop::router(std::time::Duration::ZERO, shop::Calls::default());
+    let app = shop::router(
+        std::time::Duration::ZERO,
+        shop::Calls::default(),
+        shop::Held::default(),
+    );
     axum::serve(listener, app).await.expect("serving");
 }

@@ -306,14 +306,15 @@ async fn a_backend_call_longer_than_the_lease_is_made_once_and_answered_once(bac
 
 async fn a_process_killed_during_a_backend_call_repeats_it_with_the_same_key(backend: Backend) {
     let graph = Graph::start().await;
-    // The shipped order flow gives its call 3 s; the backend takes 2 s.
-    let shop = Shop::start(Duration::from_secs(2)).await;
+    let shop = Shop::start(Duration::ZERO).await;
     let mut spec = Spec::with_bot(backend, &graph.url, &shop.url);
     spec.env.push(("TANDEM_LEASE".into(), "1s".into()));
     let mut server = Server::start(spec.clone());
     let wa = "351910000010";
     post(&server, text(wa, "wamid.kc.1", "where is my order?")).await;
     wait_for_text(&graph, "What's your order number?").await;
+    // The backend hangs from now on, so the turn is surely waiting on it at the kill.
+    shop.hold(true);
     post(&server, text(wa, "wamid.kc.2", "10442")).await;
     wait_for("the backend call to start", DEADLINE, || async {
         (!shop.calls.lock().unwrap().is_empty()).then_some(())
@@ -322,6 +323,7 @@ async fn a_process_killed_during_a_backend_call_repeats_it_with_the_same_key(bac
     // The turn is waiting on the backend: kill -9 now; the event was answered 200, so the
     // restarted process runs the turn again.
     server.kill9();
+    shop.hold(false);
     let restarted = Server::start(spec);
     wait_for_text(&graph, "on its way").await;
     wait_for("the turn committed", Duration::from_secs(30), || async {

@@ -17,6 +17,7 @@ mod helpers;
 mod api;
 mod bot;
 mod cli;
+mod docs;
 mod durability;
 mod echo;
 mod handoff;

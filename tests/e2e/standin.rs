@@ -170,17 +170,25 @@ async fn graph_messages(
 pub struct Shop {
     pub url: String,
     pub calls: shop::Calls,
+    held: shop::Held,
 }
 
 impl Shop {
     /// Starts the stand-in; every answer waits `delay` first.
     pub async fn start(delay: Duration) -> Shop {
         let calls = shop::Calls::default();
-        let addr = serve(shop::router(delay, Arc::clone(&calls))).await;
+        let held = shop::Held::default();
+        let addr = serve(shop::router(delay, Arc::clone(&calls), Arc::clone(&held))).await;
         Shop {
             url: format!("http://{addr}"),
             calls,
+            held,
         }
+    }
+
+    /// Holds every answer until called with `false` (a backend that hangs).
+    pub fn hold(&self, on: bool) {
+        self.held.store(on, std::sync::atomic::Ordering::Release);
     }
 }
 

@@ -1,6 +1,7 @@
 //! A stand-in of the shop's backend the shipped flows call (`config.shop_api`): order
 //! status and returns. Used by the end-to-end tests and by `examples/shop_backend.rs`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,10 +15,24 @@ use serde_json::{Value, json};
 /// `Idempotency-Key` header.
 pub(crate) type Calls = Arc<Mutex<Vec<(String, Value, Option<String>)>>>;
 
+/// While set, every answer waits until it is cleared (a backend that hangs).
+pub(crate) type Held = Arc<AtomicBool>;
+
 #[derive(Clone)]
 struct ShopState {
     delay: Duration,
     calls: Calls,
+    held: Held,
+}
+
+impl ShopState {
+    /// Waits as the stand-in is told to: while held, then `delay`.
+    async fn wait(&self) {
+        while self.held.load(Ordering::Acquire) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(self.delay).await;
+    }
 }
 
 /// A day counted from today (UTC), as the shop writes dates: `YYYY-MM-DD`.
@@ -33,12 +48,13 @@ pub(crate) fn day_from_today(days: i64) -> String {
 
 /// The routes: `GET /orders/{number}` (10442 shipped, due in 3 days; 10443 delivered 2 days
 /// ago; others 404) and
-/// `POST /returns` (201 with id R-881). Every answer waits `delay` first.
-pub(crate) fn router(delay: Duration, calls: Calls) -> axum::Router {
+/// `POST /returns` (201 with id R-881). Every answer waits `delay` first, and while `held`
+/// is set.
+pub(crate) fn router(delay: Duration, calls: Calls, held: Held) -> axum::Router {
     axum::Router::new()
         .route("/orders/{number}", get(order))
         .route("/returns", post(create_return))
-        .with_state(ShopState { delay, calls })
+        .with_state(ShopState { delay, calls, held })
 }
 
 fn record(state: &ShopState, headers: &HeaderMap, call: String, body: Value) {
@@ -62,7 +78,7 @@ async fn order(
         format!("GET /orders/{number}"),
         Value::Null,
     );
-    tokio::time::sleep(state.delay).await;
+    state.wait().await;
     match number.as_str() {
         "10442" => (
             StatusCode::OK,
@@ -85,6 +101,6 @@ async fn create_return(
     Json(body): Json<Value>,
 ) -> (StatusCode, Json<Value>) {
     record(&state, &headers, "POST /returns".into(), body);
-    tokio::time::sleep(state.delay).await;
+    state.wait().await;
     (StatusCode::CREATED, Json(json!({"id": "R-881"})))
 }

@@ -18,6 +18,7 @@ use crate::event::{DeliveryStatus, Echo};
 use crate::ids::{ConversationId, MessageId};
 use crate::message::MessageContent;
 use crate::outbound::OutboundContent;
+use crate::pause::PauseRules;
 use crate::time::Timestamp;
 
 /// Who is talking to the customer.
@@ -293,11 +294,12 @@ impl Conversation {
     }
 
     /// Pauses the bot because a person on the business side is active, and moves the
-    /// resume time to at least `at + idle` (never earlier than an agent's take-over holds
-    /// it). Keeps the original reason when already paused, and marks the start of the human
+    /// resume time to at least `at` + what `rules` hold for `by` (never earlier than it was:
+    /// an agent's take-over keeps its cap). Keeps the original reason when already paused, and marks the start of the human
     /// stretch in the transcript. Bot messages still waiting in the outbox are cancelled: a
     /// person is talking now.
-    pub fn record_human_activity(&mut self, by: PausedBy, at: Timestamp, idle: Duration) {
+    pub fn record_human_activity(&mut self, by: PausedBy, at: Timestamp, rules: &PauseRules) {
+        let hold = rules.hold(by, self);
         if self.mode != Mode::Human {
             self.paused_by = Some(by);
             let who = match by {
@@ -316,7 +318,7 @@ impl Conversation {
         self.mode = Mode::Human;
         let last = self.human_last_at.map_or(at, |prev| prev.max(at));
         self.human_last_at = Some(last);
-        let due = last.plus(idle);
+        let due = last.plus(hold);
         self.resume_at = Some(self.resume_at.map_or(due, |held| held.max(due)));
     }
 
@@ -415,9 +417,15 @@ impl Conversation {
     /// [`Conversation::record_human_activity`], measured from `received_at`) and adds the
     /// message to the transcript, or applies it to the line it edits or deletes. Applying
     /// the same echo twice changes nothing more.
-    pub fn record_echo(&mut self, echo: &Echo, received_at: Timestamp, idle: Duration, cap: usize) {
+    pub fn record_echo(
+        &mut self,
+        echo: &Echo,
+        received_at: Timestamp,
+        rules: &PauseRules,
+        cap: usize,
+    ) {
         self.note_identity(&echo.to);
-        self.record_human_activity(PausedBy::Echo, received_at, idle);
+        self.record_human_activity(PausedBy::Echo, received_at, rules);
         if !self.amend(&echo.content) && !self.has_message(&echo.id) {
             self.push(
                 TranscriptEntry::message(echo.sent_at, Role::Human, echo.id.clone(), &echo.content),
@@ -601,13 +609,13 @@ mod tests {
     #[test]
     fn human_activity_pauses_and_pushes_the_resume_time() {
         let mut c = conv();
-        let idle = Duration::from_secs(60);
-        c.record_human_activity(PausedBy::Echo, Timestamp(1_000), idle);
+        let idle = PauseRules::new(Duration::from_secs(60), Duration::from_secs(60));
+        c.record_human_activity(PausedBy::Echo, Timestamp(1_000), &idle);
         assert_eq!(c.mode, Mode::Human);
         assert_eq!(c.resume_at, Some(Timestamp(61_000)));
         // A later echo moves the resume time; an older one (a late retry) does not pull it back.
-        c.record_human_activity(PausedBy::Echo, Timestamp(5_000), idle);
-        c.record_human_activity(PausedBy::Echo, Timestamp(2_000), idle);
+        c.record_human_activity(PausedBy::Echo, Timestamp(5_000), &idle);
+        c.record_human_activity(PausedBy::Echo, Timestamp(2_000), &idle);
         assert_eq!(c.resume_at, Some(Timestamp(65_000)));
         assert_eq!(
             c.idle_decision(Timestamp(64_999)),
@@ -631,8 +639,9 @@ mod tests {
             },
             to: Identity::default(),
         };
-        c.record_echo(&echo, Timestamp(5_000), Duration::from_secs(60), 10);
-        c.record_echo(&echo, Timestamp(5_000), Duration::from_secs(60), 10);
+        let rules = PauseRules::new(Duration::from_secs(60), Duration::from_secs(60));
+        c.record_echo(&echo, Timestamp(5_000), &rules, 10);
+        c.record_echo(&echo, Timestamp(5_000), &rules, 10);
         // A customer message sent before the echo, applied after it, goes before it.
         c.push(text(100, "m1"), 10);
         c.push(text(300, "m2"), 10);
@@ -650,9 +659,9 @@ mod tests {
     #[test]
     fn an_agent_takeover_holds_the_pause_until_its_cap_even_through_echoes() {
         let mut c = conv();
-        let cap = Duration::from_secs(3600);
-        c.record_human_activity(PausedBy::AgentApi, Timestamp(0), cap);
-        c.record_human_activity(PausedBy::Echo, Timestamp(1_000), Duration::from_secs(60));
+        let rules = PauseRules::new(Duration::from_secs(60), Duration::from_secs(3600));
+        c.record_human_activity(PausedBy::AgentApi, Timestamp(0), &rules);
+        c.record_human_activity(PausedBy::Echo, Timestamp(1_000), &rules);
         assert_eq!(c.paused_by, Some(PausedBy::AgentApi));
         assert_eq!(
             c.idle_decision(Timestamp(61_000)),

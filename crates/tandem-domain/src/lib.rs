@@ -27,6 +27,7 @@ pub mod event;
 pub mod ids;
 pub mod message;
 pub mod outbound;
+pub mod pause;
 pub mod time;
 
 pub use backoff::Backoff;
@@ -46,4 +47,5 @@ pub use ids::{
 };
 pub use message::MessageContent;
 pub use outbound::{ListRow, ListSection, OutboundContent};
+pub use pause::PauseRules;
 pub use time::{Clock, SystemClock, Timestamp};

@@ -9,18 +9,18 @@ use std::time::Duration;
 
 use tandem_domain::conversation::IdleDecision;
 use tandem_domain::{
-    Conversation, ConversationEvent, HistoryThread, InboundMessage, MessageContent, PausedBy, Role,
-    Timestamp, TranscriptEntry,
+    Conversation, ConversationEvent, HistoryThread, InboundMessage, MessageContent, PauseRules,
+    PausedBy, Role, Timestamp, TranscriptEntry,
 };
 use tandem_store::{InboxItem, TimerChange};
 
 /// What a step needs besides the record and the event.
 #[derive(Debug, Clone, Copy)]
-pub struct ApplyContext {
+pub struct ApplyContext<'a> {
     /// The time the step runs at.
     pub now: Timestamp,
-    /// How long the bot stays paused after a person's last message.
-    pub human_idle: Duration,
+    /// How long a person's activity pauses the bot.
+    pub rules: &'a PauseRules,
     /// How many transcript lines to keep.
     pub transcript_cap: usize,
 }
@@ -37,7 +37,7 @@ pub struct Step {
 }
 
 /// Applies `item` to `conversation`.
-pub fn apply(mut conversation: Conversation, item: &InboxItem, ctx: &ApplyContext) -> Step {
+pub fn apply(mut conversation: Conversation, item: &InboxItem, ctx: &ApplyContext<'_>) -> Step {
     let cap = ctx.transcript_cap;
     let mut timer = TimerChange::Keep;
     let mut resumed = None;
@@ -71,7 +71,7 @@ pub fn apply(mut conversation: Conversation, item: &InboxItem, ctx: &ApplyContex
         }
         ConversationEvent::IdleCheck => match c.idle_decision(ctx.now) {
             IdleDecision::Resume => {
-                let idle = humanize(ctx.human_idle);
+                let idle = humanize(ctx.rules.idle_for(c));
                 c.resume(
                     ctx.now,
                     &format!("no message from a person for {idle}"),
@@ -108,7 +108,11 @@ pub struct Batch {
 }
 
 /// Applies `items` in order, as if each were committed on its own.
-pub fn apply_batch(conversation: Conversation, items: &[InboxItem], ctx: &ApplyContext) -> Batch {
+pub fn apply_batch(
+    conversation: Conversation,
+    items: &[InboxItem],
+    ctx: &ApplyContext<'_>,
+) -> Batch {
     let mut batch = Batch {
         conversation,
         timer: TimerChange::Keep,
@@ -152,12 +156,12 @@ fn customer_message(c: &mut Conversation, message: &InboundMessage, cap: usize) 
 }
 
 /// Imports past messages. Never opens the 24-hour window and never replies; a conversation
-/// whose latest business-side message is more recent than `human_idle` is handed to people.
+/// whose latest business-side message is more recent than the idle time is handed to people.
 /// Returns the idle timer to arm when it did that.
 fn import_history(
     c: &mut Conversation,
     thread: &HistoryThread,
-    ctx: &ApplyContext,
+    ctx: &ApplyContext<'_>,
 ) -> Option<Timestamp> {
     let entries = thread
         .messages
@@ -178,10 +182,10 @@ fn import_history(
         .filter(|m| m.from_business)
         .map(|m| m.sent_at)
         .max()?;
-    if latest_business.plus(ctx.human_idle) <= ctx.now {
+    if latest_business.plus(ctx.rules.idle_for(c)) <= ctx.now {
         return None;
     }
-    c.record_human_activity(PausedBy::History, latest_business, ctx.human_idle);
+    c.record_human_activity(PausedBy::History, latest_business, ctx.rules);
     c.resume_at
 }
 
@@ -197,9 +201,15 @@ mod tests {
     };
 
     const NOW: Timestamp = Timestamp(10_000_000);
-    const CTX: ApplyContext = ApplyContext {
+    const IDLE: Duration = Duration::from_secs(60);
+    const RULES: PauseRules = PauseRules {
+        human_idle: IDLE,
+        team_idle: std::collections::BTreeMap::new(),
+        takeover_cap: IDLE,
+    };
+    const CTX: ApplyContext<'static> = ApplyContext {
         now: NOW,
-        human_idle: Duration::from_secs(60),
+        rules: &RULES,
         transcript_cap: 50,
     };
 
@@ -266,12 +276,12 @@ mod tests {
     #[test]
     fn the_idle_check_resumes_only_after_the_person_went_quiet() {
         let mut c = record();
-        c.record_human_activity(PausedBy::Echo, NOW, CTX.human_idle);
+        c.record_human_activity(PausedBy::Echo, NOW, &RULES);
         let early = apply(c.clone(), &item(ConversationEvent::IdleCheck), &CTX);
         assert_eq!(early.conversation.mode, Mode::Human);
-        assert_eq!(early.timer, TimerChange::Set(NOW.plus(CTX.human_idle)));
+        assert_eq!(early.timer, TimerChange::Set(NOW.plus(IDLE)));
         let late_ctx = ApplyContext {
-            now: NOW.plus(CTX.human_idle),
+            now: NOW.plus(IDLE),
             ..CTX
         };
         let late = apply(c, &item(ConversationEvent::IdleCheck), &late_ctx);
@@ -327,14 +337,14 @@ mod tests {
         assert_eq!(recent.conversation.paused_by, Some(PausedBy::History));
         assert_eq!(
             recent.timer,
-            TimerChange::Set(Timestamp(recent_at).plus(CTX.human_idle))
+            TimerChange::Set(Timestamp(recent_at).plus(IDLE))
         );
     }
 
     #[test]
     fn a_batch_equals_its_steps_one_by_one() {
         let mut c = record();
-        c.record_human_activity(PausedBy::Echo, Timestamp(0), CTX.human_idle);
+        c.record_human_activity(PausedBy::Echo, Timestamp(0), &RULES);
         let items = [
             item(ConversationEvent::Customer(text("m1", "hi", 1_000))),
             item(ConversationEvent::IdleCheck),

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tandem_domain::{
-    AgentAction, AgentActionKind, Conversation, HandoffRequest, InboundMessage, Mode, PausedBy,
-    SendAction, SendOrigin, Timestamp, TranscriptEntry,
+    AgentAction, AgentActionKind, Conversation, HandoffRequest, InboundMessage, Mode, SendAction,
+    SendOrigin, Timestamp, TranscriptEntry,
 };
 use tandem_handoff::routing::Facts;
 use tandem_handoff::{HookEvent, Hooks, Routing};
@@ -70,17 +70,6 @@ fn tags(c: &Conversation) -> Vec<String> {
 }
 
 impl Desk {
-    /// Returns the idle time after which the bot resumes in this conversation: its team's,
-    /// else `default`.
-    pub fn human_idle(&self, c: &Conversation, default: Duration) -> Duration {
-        c.assignment
-            .as_ref()
-            .and_then(|a| a.team.as_deref())
-            .and_then(|t| self.routing.team(t))
-            .and_then(|t| t.human_idle)
-            .unwrap_or(default)
-    }
-
     /// The bot handed the conversation to a person: choose the team (rules, then the flow's
     /// team, then the default) and announce the request.
     pub fn on_handoff(&self, c: &mut Conversation, intent: Option<&str>, out: &mut Effects) {
@@ -110,20 +99,10 @@ impl Desk {
             .push(Happening::new(HookEvent::HandoffRequested, json!({})));
     }
 
-    /// A person wrote from the phone (not an echo of our own send).
-    pub fn on_echo(
-        &self,
-        c: &mut Conversation,
-        default_idle: Duration,
-        now: Timestamp,
-        out: &mut Effects,
-    ) {
+    /// A person wrote from the phone (not an echo of our own send); the pause itself was
+    /// set at ingress.
+    pub fn on_echo(&self, c: &mut Conversation, now: Timestamp, out: &mut Effects) {
         first_human_reply(c, now, out);
-        if c.paused_by == Some(PausedBy::Echo)
-            && let Some(last) = c.human_last_at
-        {
-            c.resume_at = Some(last.plus(self.human_idle(c, default_idle)));
-        }
         if c.mode == Mode::Human && !c.takeover_announced {
             c.takeover_announced = true;
             out.happenings.push(Happening::new(
@@ -546,15 +525,17 @@ mod tests {
             sent_at: NOW,
             content: MessageContent::Text { body: "hi".into() },
         };
-        c.record_echo(&echo, NOW, Duration::from_secs(1800), 50);
-        d.on_echo(&mut c, Duration::from_secs(1800), NOW, &mut out);
+        // Ingress pauses by the rules the routing gives: the team's idle time.
+        let rules = d.routing.pause_rules(Duration::from_secs(1800));
+        c.record_echo(&echo, NOW, &rules, 50);
+        d.on_echo(&mut c, NOW, &mut out);
         assert_eq!(
             c.resume_at,
             Some(NOW.plus(Duration::from_secs(300))),
             "the team's 5m"
         );
         assert_eq!(c.handoff.as_ref().unwrap().answered_at, Some(NOW));
-        d.on_echo(&mut c, Duration::from_secs(1800), NOW, &mut out);
+        d.on_echo(&mut c, NOW, &mut out);
         let takeovers = out
             .happenings
             .iter()

@@ -42,6 +42,8 @@ struct Worker {
     config: EngineConfig,
     clock: Arc<dyn Clock>,
     bot: LaneParts,
+    /// What the lane's decisions read.
+    settings: Settings,
 }
 
 /// The parts a lane uses besides the store: the flows that answer customers and the sender of the
@@ -75,11 +77,22 @@ impl Dispatcher {
         bot: LaneParts,
     ) -> Self {
         let (stop, stopped) = watch::channel(false);
+        let settings = Settings {
+            pause: Arc::new(bot.desk.routing.pause_rules(config.human_idle)),
+            transcript_cap: config.transcript_cap,
+            burst_window: config.burst_window,
+            send_recovery: config.send_recovery,
+            llm: bot
+                .responder
+                .as_ref()
+                .map_or_else(LlmUse::default, Responder::llm_use),
+        };
         let worker = Worker {
             store,
             config,
             clock,
             bot,
+            settings,
         };
         let mut tasks = JoinSet::new();
         for _ in 0..worker.config.workers {
@@ -204,21 +217,6 @@ impl Worker {
         }
     }
 
-    /// The settings the lane's decisions read.
-    fn settings(&self) -> Settings {
-        Settings {
-            human_idle: self.config.human_idle,
-            transcript_cap: self.config.transcript_cap,
-            burst_window: self.config.burst_window,
-            send_recovery: self.config.send_recovery,
-            llm: self
-                .bot
-                .responder
-                .as_ref()
-                .map_or_else(LlmUse::default, Responder::llm_use),
-        }
-    }
-
     /// Decides up to `max` of the lane's oldest events ([`crate::turn::decide`], performing
     /// its requests) and commits the decision in one write; returns the outcome and how many
     /// events it covered, or `None` when the inbox is empty. After the commit: metrics, the
@@ -250,13 +248,7 @@ impl Worker {
             contact_name: name.as_deref(),
             now,
         };
-        let decision = drive(
-            &parts,
-            &input,
-            &self.settings(),
-            self.bot.responder.as_ref(),
-        )
-        .await;
+        let decision = drive(&parts, &input, &self.settings, self.bot.responder.as_ref()).await;
         let queue_changed = decision.queue_changed();
         let Decision {
             conversation: record,

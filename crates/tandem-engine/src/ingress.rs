@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tandem_domain::{
     AgentAction, AgentActionKind, ConversationEvent, ConversationId, CustomerId, MessageContent,
-    PausedBy, PhoneNumberId, Timestamp,
+    PauseRules, PausedBy, PhoneNumberId, Timestamp,
 };
 use tandem_store::{
     IngestBatch, IngestItem, IngestKind, ItemOutcome, NumberTouch, PauseOnIngest, Store, StoreError,
@@ -26,8 +26,7 @@ use crate::metrics;
 #[derive(Debug, Clone)]
 pub struct Ingress {
     store: Arc<dyn Store>,
-    human_idle: Duration,
-    takeover_cap: Duration,
+    rules: Arc<PauseRules>,
     numbers: Arc<std::sync::Mutex<NumberBook>>,
     identities: Identities,
 }
@@ -59,21 +58,15 @@ pub struct IngressReport {
 }
 
 impl Ingress {
-    /// Builds the ingress over a store; `human_idle` is how long an echo pauses the bot.
-    pub fn new(store: Arc<dyn Store>, human_idle: Duration) -> Self {
+    /// Builds the ingress over a store; `rules` say how long a person's echo or an agent's
+    /// take-over pauses the bot.
+    pub fn new(store: Arc<dyn Store>, rules: Arc<PauseRules>) -> Self {
         Self {
             identities: Identities::new(Arc::clone(&store), tandem_store::DEFAULT_TENANT),
             store,
-            human_idle,
-            takeover_cap: tandem_handoff::DEFAULT_TAKEOVER_CAP,
+            rules,
             numbers: Arc::default(),
         }
-    }
-
-    /// Sets how long an agent's take-over or message holds the pause at least.
-    pub fn with_takeover_cap(mut self, cap: Duration) -> Self {
-        self.takeover_cap = cap;
-        self
     }
 
     /// Stores an agent's action on a conversation as an event of its inbox, deduplicated by
@@ -91,7 +84,7 @@ impl Ingress {
     ) -> Result<bool, StoreError> {
         let received_at = action.at;
         let event = ConversationEvent::Agent(action);
-        let pause = pause_for(&event, self.human_idle, self.takeover_cap);
+        let pause = pause_for(&event, &self.rules);
         let paused = pause.is_some();
         let report = self
             .store
@@ -306,7 +299,7 @@ impl Ingress {
                     StoreError::Protocol("an event's customer was not resolved".into())
                 })?;
                 let conversation = ConversationId::new(number, customer);
-                let pause = pause_for(&event, self.human_idle, self.takeover_cap);
+                let pause = pause_for(&event, &self.rules);
                 IngestItem {
                     key,
                     kind: IngestKind::Conversation {
@@ -333,18 +326,14 @@ impl Ingress {
 }
 
 /// The pause an event sets at ingress, before its webhook or API call is answered: a person's
-/// echo pauses for `human_idle`, an agent's take-over or message for `takeover_cap`; other
-/// events set none (the lane decides them).
-pub fn pause_for(
-    event: &ConversationEvent,
-    human_idle: Duration,
-    takeover_cap: Duration,
-) -> Option<PauseOnIngest> {
+/// echo, an agent's take-over or message (for as long as `rules` hold each); other events set
+/// none (the lane decides them).
+pub fn pause_for(event: &ConversationEvent, rules: &Arc<PauseRules>) -> Option<PauseOnIngest> {
     match event {
         ConversationEvent::Echo(echo) => Some(PauseOnIngest {
             by: PausedBy::Echo,
             echo_id: Some(echo.id.clone()),
-            human_idle,
+            rules: Arc::clone(rules),
         }),
         ConversationEvent::Agent(action)
             if matches!(
@@ -355,7 +344,7 @@ pub fn pause_for(
             Some(PauseOnIngest {
                 by: PausedBy::AgentApi,
                 echo_id: None,
-                human_idle: takeover_cap,
+                rules: Arc::clone(rules),
             })
         }
         _ => None,

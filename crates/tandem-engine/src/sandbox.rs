@@ -13,6 +13,7 @@
 //! each message (a held burst is answered at its due time at once), and the desk has no
 //! teams or hooks (the routing of `tandem.toml` is not read).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tandem_domain::{
@@ -68,7 +69,10 @@ impl Sandbox {
         let id = ConversationId::parse(&format!("100000000000001:{wa_id}"))?;
         let defaults = crate::EngineConfig::default();
         let settings = Settings {
-            human_idle,
+            pause: Arc::new(tandem_domain::PauseRules::new(
+                human_idle,
+                tandem_handoff::DEFAULT_TAKEOVER_CAP,
+            )),
             transcript_cap: defaults.transcript_cap,
             burst_window: defaults.burst_window,
             send_recovery: defaults.send_recovery,
@@ -208,11 +212,7 @@ impl Sandbox {
     /// Takes `event` through ingress, the lane's decision and the sender, as the server does.
     async fn event(&mut self, event: ConversationEvent) -> Outcome {
         let cap = self.settings.transcript_cap;
-        if let Some(pause) = crate::ingress::pause_for(
-            &event,
-            self.settings.human_idle,
-            tandem_handoff::DEFAULT_TAKEOVER_CAP,
-        ) {
+        if let Some(pause) = crate::ingress::pause_for(&event, &self.settings.pause) {
             tandem_store::apply_pause(&mut self.conversation, &event, &pause, self.now, cap);
         }
         let items = [InboxItem {

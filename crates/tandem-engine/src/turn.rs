@@ -20,13 +20,14 @@
 //! comes from and what happens to the decision (a store commit and the Graph API, or an
 //! in-memory record and a list of replies).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
 use tandem_classify::llm::{IntentInfo, Line, Triage};
 use tandem_domain::{
     Burst, Conversation, ConversationEvent, DeliveryStatus, InboundMessage, MessageContent, Mode,
-    Role, Timestamp,
+    PauseRules, Role, Timestamp,
 };
 use tandem_flows::{Bot, CallOutcome, CallRequest};
 use tandem_handoff::HookEvent;
@@ -42,10 +43,10 @@ use crate::reply;
 const MAX_REQUESTS: usize = 64;
 
 /// The settings a decision reads.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Settings {
-    /// How long the bot stays paused after a person's last message, unless the team says.
-    pub human_idle: Duration,
+    /// How long a person's activity pauses the bot.
+    pub pause: Arc<PauseRules>,
     /// How many transcript lines to keep.
     pub transcript_cap: usize,
     /// How long a text outside a question waits for the customer's next one (zero: never).
@@ -363,7 +364,7 @@ pub fn decide(
     let cap = settings.transcript_cap;
     let ctx = ApplyContext {
         now,
-        human_idle: settings.human_idle,
+        rules: &settings.pause,
         transcript_cap: cap,
     };
     let desk = parts.desk;
@@ -389,7 +390,7 @@ pub fn decide(
         }
         match &item.event {
             ConversationEvent::Echo(_) if !item.own_echo => {
-                desk.on_echo(&mut record, settings.human_idle, now, &mut out);
+                desk.on_echo(&mut record, now, &mut out);
             }
             ConversationEvent::Agent(action) => {
                 desk.on_agent(&mut record, action, &env, &mut out);

@@ -417,6 +417,18 @@ impl Routing {
         })
     }
 
+    /// Returns how long a person's silence pauses the bot: `human_idle` for every team
+    /// without an idle time of its own, and `takeover_cap` after an API take-over.
+    pub fn pause_rules(&self, human_idle: Duration) -> tandem_domain::PauseRules {
+        self.teams.iter().fold(
+            tandem_domain::PauseRules::new(human_idle, self.takeover_cap),
+            |rules, team| match team.human_idle {
+                Some(idle) => rules.with_team_idle(team.id.clone(), idle),
+                None => rules,
+            },
+        )
+    }
+
     /// Returns the configured team with this id.
     pub fn team(&self, id: &str) -> Option<&Team> {
         self.teams.iter().find(|t| t.id == id)

@@ -134,8 +134,10 @@ impl Application {
             settings.hooks.clone(),
             settings.engine.hook_transcript,
         ));
-        let ingress = Ingress::new(Arc::clone(&store), settings.engine.human_idle)
-            .with_takeover_cap(routing.takeover_cap);
+        let ingress = Ingress::new(
+            Arc::clone(&store),
+            Arc::new(routing.pause_rules(settings.engine.human_idle)),
+        );
         let hook_sender = if hooks.is_empty() {
             None
         } else {

@@ -81,8 +81,8 @@ pub struct PauseOnIngest {
     pub by: PausedBy,
     /// For an echo: its wamid, looked up in the outbound registry.
     pub echo_id: Option<MessageId>,
-    /// How long the bot stays paused after this activity at least.
-    pub human_idle: Duration,
+    /// How long the pause holds ([`tandem_domain::PauseRules::hold`]).
+    pub rules: std::sync::Arc<tandem_domain::PauseRules>,
 }
 
 /// What happened to one ingested item.
@@ -428,8 +428,8 @@ pub fn apply_pause(
     cap: usize,
 ) {
     match event {
-        ConversationEvent::Echo(echo) => record.record_echo(echo, now, pause.human_idle, cap),
-        _ => record.record_human_activity(pause.by, now, pause.human_idle),
+        ConversationEvent::Echo(echo) => record.record_echo(echo, now, &pause.rules, cap),
+        _ => record.record_human_activity(pause.by, now, &pause.rules),
     }
 }
 

@@ -187,7 +187,7 @@ fn echo(wa: &str, id: &str) -> IngestItem {
             pause: Some(PauseOnIngest {
                 by: PausedBy::Echo,
                 echo_id: Some(MessageId::parse(id).unwrap()),
-                human_idle: IDLE,
+                rules: std::sync::Arc::new(tandem_domain::PauseRules::new(IDLE, IDLE)),
             }),
         },
     }

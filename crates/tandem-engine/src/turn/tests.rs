@@ -53,7 +53,7 @@ fn bot() -> Bot {
 
 fn settings() -> Settings {
     Settings {
-        human_idle: IDLE,
+        pause: std::sync::Arc::new(tandem_domain::PauseRules::new(IDLE, IDLE)),
         transcript_cap: 50,
         burst_window: Duration::ZERO,
         send_recovery: Duration::from_secs(30),
@@ -99,7 +99,7 @@ fn echoed(c: &mut Conversation, at: Timestamp) -> InboxItem {
         },
         to: tandem_domain::Identity::default(),
     });
-    let pause = crate::ingress::pause_for(&event, IDLE, IDLE).unwrap();
+    let pause = crate::ingress::pause_for(&event, &settings().pause).unwrap();
     tandem_store::apply_pause(c, &event, &pause, at, 50);
     item(event, at)
 }
@@ -236,7 +236,7 @@ fn an_agents_release_resumes_and_a_take_over_is_announced_once() {
             at,
             kind: AgentActionKind::Takeover,
         });
-        let pause = crate::ingress::pause_for(&event, IDLE, IDLE).unwrap();
+        let pause = crate::ingress::pause_for(&event, &settings().pause).unwrap();
         tandem_store::apply_pause(c, &event, &pause, at, 50);
         item(event, at)
     };
