@@ -443,7 +443,7 @@ fn check(
         (Some(want), Some(h)) => {
             for (key, have) in [
                 ("team", h.team.clone().map(Value::String)),
-                ("reason", Some(Value::String(h.reason.clone()))),
+                ("reason", Some(Value::String(h.reason.to_string()))),
                 (
                     "priority",
                     Some(Value::String(h.priority.as_str().to_owned())),

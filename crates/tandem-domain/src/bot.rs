@@ -70,8 +70,8 @@ pub struct HandoffRequest {
     /// The team asked for, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub team: Option<String>,
-    /// Why (a short label such as `customer_request` or `flow:returns`).
-    pub reason: String,
+    /// Why.
+    pub reason: HandoffReason,
     /// How soon a person should answer.
     pub priority: Priority,
     /// When it was asked for.
@@ -116,6 +116,100 @@ pub struct Triage {
     pub sentiment: Sentiment,
     /// The customer needs a person.
     pub needs_human: bool,
+}
+
+/// Why a conversation was handed to a person. Stored and shown as its text
+/// (`customer_request`, `flow:returns`, or a flow author's own words).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum HandoffReason {
+    /// The customer asked for a person (`customer_request`).
+    CustomerRequest,
+    /// The bot did not understand the customer too many times (`fallback`).
+    Fallback,
+    /// The LLM says the customer needs a person (`needs_human`).
+    NeedsHuman,
+    /// The LLM rates the matter urgent (`high_urgency`).
+    HighUrgency,
+    /// The LLM reads the customer as upset (`negative_sentiment`).
+    NegativeSentiment,
+    /// An agent or the API routed the conversation (`assigned`).
+    Assigned,
+    /// A flow's `handoff` step that gave no reason (`flow:<id>`).
+    Flow(String),
+    /// The reason a flow's `handoff` step gave, in its author's words.
+    Stated(String),
+}
+
+impl HandoffReason {
+    /// The text stored, shown to agents and matched by routing rules.
+    pub fn as_text(&self) -> std::borrow::Cow<'_, str> {
+        use std::borrow::Cow;
+        match self {
+            Self::CustomerRequest => Cow::Borrowed("customer_request"),
+            Self::Fallback => Cow::Borrowed("fallback"),
+            Self::NeedsHuman => Cow::Borrowed("needs_human"),
+            Self::HighUrgency => Cow::Borrowed("high_urgency"),
+            Self::NegativeSentiment => Cow::Borrowed("negative_sentiment"),
+            Self::Assigned => Cow::Borrowed("assigned"),
+            Self::Flow(flow) => Cow::Owned(format!("flow:{flow}")),
+            Self::Stated(words) => Cow::Borrowed(words),
+        }
+    }
+
+    /// A bounded label for metrics: flows' and authors' reasons fold into `flow`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::CustomerRequest => "customer_request",
+            Self::Fallback => "fallback",
+            Self::NeedsHuman => "needs_human",
+            Self::HighUrgency => "urgency",
+            Self::NegativeSentiment => "sentiment",
+            Self::Assigned => "assigned",
+            Self::Flow(_) | Self::Stated(_) => "flow",
+        }
+    }
+}
+
+impl From<String> for HandoffReason {
+    fn from(text: String) -> Self {
+        match text.as_str() {
+            "customer_request" => Self::CustomerRequest,
+            "fallback" => Self::Fallback,
+            "needs_human" => Self::NeedsHuman,
+            "high_urgency" => Self::HighUrgency,
+            "negative_sentiment" => Self::NegativeSentiment,
+            "assigned" => Self::Assigned,
+            _ => match text.strip_prefix("flow:") {
+                Some(flow) => Self::Flow(flow.to_owned()),
+                None => Self::Stated(text),
+            },
+        }
+    }
+}
+
+impl From<&str> for HandoffReason {
+    fn from(text: &str) -> Self {
+        Self::from(text.to_owned())
+    }
+}
+
+impl From<HandoffReason> for String {
+    fn from(reason: HandoffReason) -> Self {
+        reason.as_text().into_owned()
+    }
+}
+
+impl std::fmt::Display for HandoffReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.as_text())
+    }
+}
+
+impl PartialEq<&str> for HandoffReason {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_text() == *other
+    }
 }
 
 /// How soon a person should answer a handoff; the queue serves higher priorities first.
@@ -272,4 +366,36 @@ pub struct PendingSend {
     /// Not before this time (set after a failed attempt).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_before: Option<Timestamp>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_and_priorities_are_stored_as_the_words_they_always_were() {
+        for text in [
+            "customer_request",
+            "fallback",
+            "needs_human",
+            "high_urgency",
+            "negative_sentiment",
+            "assigned",
+            "flow:returns",
+            "order system unavailable",
+        ] {
+            let reason: HandoffReason = serde_json::from_value(text.into()).unwrap();
+            assert_eq!(serde_json::to_value(&reason).unwrap(), text);
+            assert_eq!(reason, text);
+        }
+        assert_eq!(HandoffReason::from("flow:returns").label(), "flow");
+        assert_eq!(HandoffReason::from("asked nicely").label(), "flow");
+        assert_eq!(HandoffReason::HighUrgency.label(), "urgency");
+        for p in Priority::ALL {
+            assert_eq!(serde_json::to_value(p).unwrap(), p.as_str());
+            assert_eq!(Priority::parse(p.as_str()), Some(p));
+        }
+        assert!(Priority::Urgent > Priority::High && Priority::Low < Priority::Normal);
+        assert_eq!(Priority::parse("soon"), None);
+    }
 }

@@ -32,8 +32,8 @@ pub mod time;
 
 pub use backoff::Backoff;
 pub use bot::{
-    Assignment, BotState, Burst, FlowPosition, HandoffRequest, PendingSend, Priority, SendAction,
-    SendOrigin, Sentiment, Triage, Urgency,
+    Assignment, BotState, Burst, FlowPosition, HandoffReason, HandoffRequest, PendingSend,
+    Priority, SendAction, SendOrigin, Sentiment, Triage, Urgency,
 };
 pub use conversation::{Conversation, Mode, PausedBy, Role, TranscriptEntry, Understood};
 pub use customer::{Alias, AliasKind, CustomerLookup, Identity, IdentityChange, Resolved};

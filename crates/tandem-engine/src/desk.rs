@@ -81,7 +81,7 @@ impl Desk {
             intent,
             language: c.language.as_deref(),
             urgency: c.triage.as_ref().map(|t| t.urgency),
-            reason: &request.reason,
+            reason: &request.reason.as_text(),
             priority: request.priority,
             tags: &tags,
             requested_team: request.team.as_deref(),
@@ -94,7 +94,7 @@ impl Desk {
         if !skills.is_empty() {
             c.bot.vars.insert("required_skills".into(), json!(skills));
         }
-        out.notes.push(Note::Handoff(reason_label(&request.reason)));
+        out.notes.push(Note::Handoff(request.reason.label()));
         out.happenings
             .push(Happening::new(HookEvent::HandoffRequested, json!({})));
     }
@@ -192,7 +192,7 @@ impl Desk {
                 if c.mode == Mode::Bot {
                     c.request_handoff(HandoffRequest {
                         team: team.clone(),
-                        reason: "assigned".into(),
+                        reason: tandem_domain::HandoffReason::Assigned,
                         priority: tandem_domain::Priority::Normal,
                         at: now,
                         answered_at: None,
@@ -375,21 +375,6 @@ fn first_human_reply(c: &mut Conversation, now: Timestamp, out: &mut Effects) {
     {
         handoff.answered_at = Some(now);
         out.notes.push(Note::FirstHumanReply(now.since(handoff.at)));
-    }
-}
-
-/// A bounded label for a handoff reason (flow ids are folded into `flow`).
-fn reason_label(reason: &str) -> &'static str {
-    match reason {
-        "customer_request" => "customer_request",
-        "fallback" | "misses" => "fallback",
-        "after_hours" => "after_hours",
-        "needs_human" => "needs_human",
-        "urgent" | "high_urgency" => "urgency",
-        "negative_sentiment" => "sentiment",
-        "assigned" => "assigned",
-        r if r.starts_with("flow") => "flow",
-        _ => "other",
     }
 }
 

@@ -273,7 +273,7 @@ pub(crate) fn summarize(
     env: &Env<'_>,
     io: &mut Io<'_>,
 ) -> Result<(), Pending> {
-    let Some(reason) = c.handoff.as_ref().map(|h| h.reason.clone()) else {
+    let Some(reason) = c.handoff.as_ref().map(|h| h.reason.to_string()) else {
         return Ok(());
     };
     if !env.llm.summarize {

@@ -862,10 +862,10 @@ impl Compiler {
                 .and_then(|m| self.spanned_text(file, m, report));
             return Some(StepKind::Handoff(Handoff {
                 team: handoff.team.clone(),
-                reason: handoff
-                    .reason
-                    .clone()
-                    .unwrap_or_else(|| format!("flow:{}", ctx.flow)),
+                reason: handoff.reason.clone().map_or_else(
+                    || tandem_domain::HandoffReason::Flow(ctx.flow.to_owned()),
+                    tandem_domain::HandoffReason::from,
+                ),
                 priority,
                 message,
             }));

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use regex::Regex;
+use tandem_domain::HandoffReason;
 
 use crate::diagnostic::Loc;
 use crate::hours::Hours;
@@ -117,14 +118,14 @@ pub struct HandoffOn {
 
 impl HandoffOn {
     /// Returns the handoff reason a triage record calls for, if any.
-    pub fn reason(&self, triage: &tandem_domain::Triage) -> Option<&'static str> {
+    pub fn reason(&self, triage: &tandem_domain::Triage) -> Option<HandoffReason> {
         if self.needs_human && triage.needs_human {
-            Some("needs_human")
+            Some(HandoffReason::NeedsHuman)
         } else if self.high_urgency && triage.urgency == tandem_domain::Urgency::High {
-            Some("high_urgency")
+            Some(HandoffReason::HighUrgency)
         } else if self.negative_sentiment && triage.sentiment == tandem_domain::Sentiment::Negative
         {
-            Some("negative_sentiment")
+            Some(HandoffReason::NegativeSentiment)
         } else {
             None
         }
@@ -286,8 +287,8 @@ pub struct Call {
 pub struct Handoff {
     /// The team.
     pub team: Option<String>,
-    /// The reason.
-    pub reason: String,
+    /// Why.
+    pub reason: HandoffReason,
     /// How soon a person should answer.
     pub priority: tandem_domain::Priority,
     /// What to tell the customer (default: `texts.handoff`).
@@ -297,10 +298,10 @@ pub struct Handoff {
 impl Handoff {
     /// A handoff the bot decides for `reason` (a request for a person, too many misses),
     /// to the configured team, saying the built-in text.
-    pub fn asked(reason: &str) -> Self {
+    pub fn asked(reason: HandoffReason) -> Self {
         Self {
             team: None,
-            reason: reason.to_owned(),
+            reason,
             priority: tandem_domain::Priority::Normal,
             message: None,
         }

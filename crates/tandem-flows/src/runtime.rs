@@ -17,8 +17,8 @@ use std::time::Duration;
 use minijinja::Value;
 use serde_json::json;
 use tandem_domain::{
-    Conversation, FlowPosition, HandoffRequest, ListRow, ListSection, MessageContent,
-    OutboundContent, Role, Timestamp,
+    Conversation, FlowPosition, HandoffReason, HandoffRequest, ListRow, ListSection,
+    MessageContent, OutboundContent, Role, Timestamp,
 };
 
 use crate::hours::zoned;
@@ -251,7 +251,7 @@ impl Bot {
             turn.decide("asked for a person");
             self.hand_off(
                 c,
-                &Handoff::asked("customer_request"),
+                &Handoff::asked(HandoffReason::CustomerRequest),
                 content,
                 ctx,
                 &mut turn,
@@ -272,7 +272,7 @@ impl Bot {
     pub fn hand_off_for(
         &self,
         c: &mut Conversation,
-        reason: &str,
+        reason: HandoffReason,
         content: &MessageContent,
         ctx: &TurnContext<'_>,
     ) -> Turn {
@@ -546,7 +546,13 @@ impl Bot {
         if limit > 0 && c.bot.misses >= limit {
             turn.decide(format!("not understood {} times in a row", c.bot.misses));
             c.bot.misses = 0;
-            self.hand_off(c, &Handoff::asked("fallback"), content, ctx, turn);
+            self.hand_off(
+                c,
+                &Handoff::asked(HandoffReason::Fallback),
+                content,
+                ctx,
+                turn,
+            );
             return;
         }
         match self
@@ -603,7 +609,7 @@ impl Bot {
             .hours
             .as_ref()
             .is_some_and(|h| !h.is_open(ctx.now, &self.settings.timezone));
-        let reason = handoff.reason.as_str();
+        let reason = &handoff.reason;
         match &handoff.message {
             Some(text) => {
                 self.say(c, text, content, ctx, turn);
@@ -621,7 +627,7 @@ impl Bot {
                 .team
                 .clone()
                 .or_else(|| self.settings.human_team.clone()),
-            reason: reason.to_owned(),
+            reason: reason.clone(),
             priority: handoff.priority,
             at: ctx.now,
             answered_at: None,

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
+use tandem_domain::HandoffReason;
 
 use serde_json::json;
 use tandem_domain::{
@@ -384,7 +385,7 @@ fn triage_rules_pick_a_handoff_reason_and_hand_off() {
     let rules = defaults.settings.handoff_on;
     assert_eq!(
         rules.reason(&triage(true, "low", "neutral")),
-        Some("needs_human")
+        Some(HandoffReason::NeedsHuman)
     );
     assert_eq!(
         rules.reason(&triage(false, "high", "negative")),
@@ -402,14 +403,14 @@ fn triage_rules_pick_a_handoff_reason_and_hand_off() {
     assert_eq!(rules.reason(&triage(true, "low", "neutral")), None);
     assert_eq!(
         rules.reason(&triage(false, "high", "neutral")),
-        Some("high_urgency")
+        Some(HandoffReason::HighUrgency)
     );
     assert_eq!(
         rules.reason(&triage(false, "low", "negative")),
-        Some("negative_sentiment")
+        Some(HandoffReason::NegativeSentiment)
     );
     let mut c = conversation();
-    let turn = strict.hand_off_for(&mut c, "high_urgency", &text("now!!"), &CTX);
+    let turn = strict.hand_off_for(&mut c, HandoffReason::HighUrgency, &text("now!!"), &CTX);
     assert_eq!(c.mode, Mode::Handoff);
     assert_eq!(c.handoff.as_ref().unwrap().reason, "high_urgency");
     assert!(matches!(turn.effects.last(), Some(Effect::Handoff(_))));
