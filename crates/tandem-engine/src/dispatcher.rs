@@ -243,12 +243,32 @@ impl Worker {
             desk: &self.bot.desk,
         };
         let input = Input {
-            record: &conversation,
             items: &items,
             contact_name: name.as_deref(),
             now,
         };
-        let decision = drive(&parts, &input, &self.settings, self.bot.responder.as_ref()).await;
+        let (expected_rev, id) = (conversation.rev, conversation.id.clone());
+        // A replay reads the record again; should a pause have changed it since, the commit
+        // below is refused on the revision and the step runs again.
+        let store = &self.store;
+        let again = || async move {
+            match store.head(claim, now, max).await? {
+                Some((record, _)) => Ok(record),
+                None => Err(StoreError::Protocol(
+                    "the lane's events left the inbox while it was held".into(),
+                )),
+            }
+        };
+        let responder = self.bot.responder.as_ref();
+        let decision = drive(
+            conversation,
+            &input,
+            &parts,
+            &self.settings,
+            responder,
+            again,
+        )
+        .await?;
         let queue_changed = decision.queue_changed();
         let Decision {
             conversation: record,
@@ -264,7 +284,7 @@ impl Worker {
         let commit = StepCommit {
             now,
             seqs: items.iter().map(|i| i.seq).collect(),
-            expected_rev: conversation.rev,
+            expected_rev,
             conversation: record,
             timer,
             outbound: Vec::new(),
@@ -279,7 +299,7 @@ impl Worker {
                     .record(done.since(item.received_at).as_secs_f64());
             }
             for note in &effects.notes {
-                note.record(&conversation.id);
+                note.record(&id);
             }
             if !effects.decisions.is_empty() {
                 tracing::debug!(decisions = ?effects.decisions, "bot turn");

@@ -12,6 +12,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tandem_classify::llm::LlmClassifier;
+use tandem_domain::Conversation;
 use tandem_flows::{Bot, CallOutcome, CallRequest};
 
 use crate::metrics;
@@ -210,24 +211,37 @@ impl Responder {
     }
 }
 
-/// Runs [`decide`] until it needs nothing more, performing each request through
-/// `responder` (without one, every request is answered as failed).
-pub(crate) async fn drive(
-    parts: &Parts<'_>,
+/// Runs [`decide`] on `record` until it needs nothing more, performing each request through
+/// `responder` (without one, every request is answered as failed). A replay needs the record
+/// as it was before the turn: `again` gives it (the lane reads it once more from the store,
+/// which costs nothing next to the request just made; the sandbox keeps a copy).
+///
+/// # Errors
+/// What `again` fails with.
+pub(crate) async fn drive<E, Again>(
+    record: Conversation,
     input: &Input<'_>,
+    parts: &Parts<'_>,
     settings: &Settings,
     responder: Option<&Responder>,
-) -> Decision {
+    mut again: impl FnMut() -> Again,
+) -> Result<Decision, E>
+where
+    Again: std::future::Future<Output = Result<Conversation, E>>,
+{
+    let id = record.id.clone();
     let mut journal = Journal::default();
+    let mut record = record;
     loop {
-        match decide(input, parts, settings, &journal) {
-            Ok(decision) => return decision,
+        match decide(record, input, parts, settings, &journal) {
+            Ok(decision) => return Ok(decision),
             Err(pending) => {
                 let answer = match responder {
-                    Some(r) => r.perform(&input.record.id, &pending.request).await,
+                    Some(r) => r.perform(&id, &pending.request).await,
                     None => pending.request.refused("no responder"),
                 };
                 journal.answer(pending, answer);
+                record = again().await?;
             }
         }
     }

@@ -227,16 +227,26 @@ impl Sandbox {
             desk: &self.desk,
         };
         let input = Input {
-            record: &self.conversation,
             items: &items,
             contact_name: self.contact_name.as_deref(),
             now: self.now,
         };
-        let Decision {
+        let before = &self.conversation;
+        let again = || std::future::ready(Ok::<_, std::convert::Infallible>(before.clone()));
+        let decided = drive(
+            before.clone(),
+            &input,
+            &parts,
+            &self.settings,
+            Some(&self.responder),
+            again,
+        )
+        .await;
+        let Ok(Decision {
             conversation,
             timer,
             effects,
-        } = drive(&parts, &input, &self.settings, Some(&self.responder)).await;
+        }) = decided;
         self.conversation = conversation;
         match timer {
             TimerChange::Set(at) => self.timer = Some(at),

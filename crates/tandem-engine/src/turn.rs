@@ -77,11 +77,9 @@ pub struct Parts<'a> {
     pub desk: &'a Desk,
 }
 
-/// What one decision is about.
+/// What one decision is about besides the record.
 #[derive(Debug, Clone, Copy)]
 pub struct Input<'a> {
-    /// The record before the events.
-    pub record: &'a Conversation,
     /// The lane's events, oldest first.
     pub items: &'a [InboxItem],
     /// The customer's name in the business's address book, when known.
@@ -347,13 +345,17 @@ impl Decision {
     }
 }
 
-/// Decides what `input`'s events do, with the answers `journal` holds; returns the first
-/// request it still needs as `Err(Pending)`.
+/// Decides what `input`'s events do to `record`, with the answers `journal` holds; returns
+/// the first request it still needs as `Err(Pending)`.
+///
+/// The record is taken by value (most turns need no request, and then it is never copied);
+/// a replay starts again from the record as read before the turn.
 ///
 /// # Errors
 /// `Pending` when the turn needs a request performed; perform it, record the answer with
-/// [`Journal::answer`] and call again.
+/// [`Journal::answer`] and call again with the record as it was.
 pub fn decide(
+    record: Conversation,
     input: &Input<'_>,
     parts: &Parts<'_>,
     settings: &Settings,
@@ -375,7 +377,7 @@ pub fn decide(
         contact_name: input.contact_name,
         llm: settings.llm,
     };
-    let mut record = input.record.clone();
+    let mut record = record;
     let mut timer = TimerChange::Keep;
     let mut out = Effects::default();
     for item in input.items {

@@ -113,12 +113,12 @@ fn decide_now(c: &Conversation, items: &[InboxItem], now: Timestamp, s: &Setting
         desk: &desk,
     };
     let input = Input {
-        record: c,
         items,
         contact_name: None,
         now,
     };
-    decide(&input, &parts, s, &Journal::default()).expect("a decision needing no request")
+    decide(c.clone(), &input, &parts, s, &Journal::default())
+        .expect("a decision needing no request")
 }
 
 /// The texts queued for the customer, in order.
@@ -380,7 +380,6 @@ fn calls_are_requests_answered_through_the_journal_with_stable_keys() {
     let c = record();
     let items = [said("m1", "order", T0)];
     let input = Input {
-        record: &c,
         items: &items,
         contact_name: None,
         now: T0,
@@ -390,9 +389,12 @@ fn calls_are_requests_answered_through_the_journal_with_stable_keys() {
     let mut keys = Vec::new();
     let answers = [json!({"id": "A7"}), json!({"state": "shipped"})];
     for body in answers {
-        let pending = decide(&input, &parts, &s, &journal).unwrap_err();
+        let pending = decide(c.clone(), &input, &parts, &s, &journal).unwrap_err();
         // Asked again with the same journal, the decision asks the same.
-        assert_eq!(decide(&input, &parts, &s, &journal).unwrap_err(), pending);
+        assert_eq!(
+            decide(c.clone(), &input, &parts, &s, &journal).unwrap_err(),
+            pending
+        );
         let Request::Call { key, .. } = pending.request.as_ref() else {
             panic!("a call: {pending:?}");
         };
@@ -402,7 +404,7 @@ fn calls_are_requests_answered_through_the_journal_with_stable_keys() {
             Answer::Call(CallOutcome::Answered { status: 200, body }),
         );
     }
-    let decision = decide(&input, &parts, &s, &journal).unwrap();
+    let decision = decide(c.clone(), &input, &parts, &s, &journal).unwrap();
     assert_eq!(texts(&decision.conversation), ["order A7 is shipped"]);
     assert_eq!(
         keys,
@@ -412,7 +414,7 @@ fn calls_are_requests_answered_through_the_journal_with_stable_keys() {
         ]
     );
     assert_eq!(
-        decide(&input, &parts, &s, &journal).unwrap(),
+        decide(c.clone(), &input, &parts, &s, &journal).unwrap(),
         decision,
         "the same input and answers give the same decision"
     );
@@ -437,18 +439,17 @@ fn a_failed_call_and_a_failed_triage_take_the_fallback_paths() {
     // An unknown text goes to the LLM; its failure falls back to the fallback text.
     let items = [said("m1", "do you sell cacti", T0)];
     let input = Input {
-        record: &c,
         items: &items,
         contact_name: None,
         now: T0,
     };
     let mut journal = Journal::default();
-    let pending = decide(&input, &parts, &s, &journal).unwrap_err();
+    let pending = decide(c.clone(), &input, &parts, &s, &journal).unwrap_err();
     assert!(
         matches!(pending.request.as_ref(), Request::Triage { text, .. } if text == "do you sell cacti")
     );
     journal.answer(pending, Answer::Triage(Err("unusable answer".into())));
-    let d = decide(&input, &parts, &s, &journal).unwrap();
+    let d = decide(c.clone(), &input, &parts, &s, &journal).unwrap();
     assert_eq!(d.conversation.mode, Mode::Bot);
     assert_eq!(texts(&d.conversation).len(), 1, "the fallback");
     assert!(
@@ -462,15 +463,14 @@ fn a_failed_call_and_a_failed_triage_take_the_fallback_paths() {
     // A call that gets no answer ends the flow with the fallback and a flow error noted.
     let items = [said("m2", "order", T0)];
     let input = Input {
-        record: &c,
         items: &items,
         contact_name: None,
         now: T0,
     };
     let mut journal = Journal::default();
-    let pending = decide(&input, &parts, &s, &journal).unwrap_err();
+    let pending = decide(c.clone(), &input, &parts, &s, &journal).unwrap_err();
     journal.answer(pending, Answer::Call(CallOutcome::Failed("timeout".into())));
-    let d = decide(&input, &parts, &s, &journal).unwrap();
+    let d = decide(c.clone(), &input, &parts, &s, &journal).unwrap();
     assert_eq!(d.conversation.mode, Mode::Bot);
     assert!(!texts(&d.conversation).is_empty());
 }
@@ -485,12 +485,11 @@ fn without_flows_the_lane_only_records() {
     let c = record();
     let items = [said("m1", "hi", T0)];
     let input = Input {
-        record: &c,
         items: &items,
         contact_name: None,
         now: T0,
     };
-    let d = decide(&input, &parts, &settings(), &Journal::default()).unwrap();
+    let d = decide(c.clone(), &input, &parts, &settings(), &Journal::default()).unwrap();
     assert_eq!(d.conversation.transcript.len(), 1);
     assert!(d.conversation.outbox.is_empty());
     assert_eq!(d.timer, TimerChange::Keep);
