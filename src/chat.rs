@@ -191,7 +191,7 @@ fn show(
         out,
         "     · {} · mode {} · slots {slots}",
         outcome.decisions.join(" → "),
-        c.mode.as_str()
+        c.mode().as_str()
     )?;
     Ok(())
 }

@@ -398,9 +398,9 @@ fn check(
         }
     }
     if let Some(mode) = &expect.mode
-        && mode != c.mode.as_str()
+        && mode != c.mode().as_str()
     {
-        note!(diff, "    mode: expected {mode}, is {}", c.mode.as_str());
+        note!(diff, "    mode: expected {mode}, is {}", c.mode().as_str());
     }
     for (what, want, have) in [
         ("slot", &expect.slots, &c.bot.slots),
@@ -427,7 +427,7 @@ fn check(
             c.opted_out
         );
     }
-    match (&expect.handoff, &c.handoff) {
+    match (&expect.handoff, &c.handoff()) {
         (None, _) => {}
         (Some(Value::Bool(false)), Some(h)) => {
             note!(

@@ -52,6 +52,51 @@ impl Mode {
     }
 }
 
+/// Who is talking to the customer, with what that state holds. Stored flat in the record:
+/// `mode` names the variant, its fields sit beside it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum Control {
+    /// The bot answers.
+    Bot,
+    /// The bot asked for a person and is waiting for one.
+    Handoff {
+        /// The request.
+        handoff: HandoffRequest,
+        /// The team and agent it is routed to, once chosen.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        assignment: Option<Assignment>,
+    },
+    /// A person is talking; the bot stays silent until they go quiet.
+    Human {
+        /// What paused the bot.
+        paused_by: PausedBy,
+        /// When the bot resumes if no person writes again.
+        #[serde(default)]
+        resume_at: Option<Timestamp>,
+        /// Set once `conversation.human_takeover` was announced for this stretch.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        takeover_announced: bool,
+        /// The handoff request a person is answering, when the stretch began with one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        handoff: Option<HandoffRequest>,
+        /// The team and agent the conversation is routed to.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        assignment: Option<Assignment>,
+    },
+}
+
+impl Control {
+    /// The mode this state is.
+    pub fn mode(&self) -> Mode {
+        match self {
+            Self::Bot => Mode::Bot,
+            Self::Handoff { .. } => Mode::Handoff,
+            Self::Human { .. } => Mode::Human,
+        }
+    }
+}
+
 /// Why the bot is paused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -209,14 +254,12 @@ pub struct Conversation {
     /// else the BSUID) and what agents and hooks are shown.
     #[serde(default, skip_serializing_if = "Identity::is_blank")]
     pub customer: Identity,
-    /// Who is talking.
-    pub mode: Mode,
-    /// Why the bot is paused, when it is.
-    pub paused_by: Option<PausedBy>,
+    /// Who is talking, with what that state holds (the handoff request, the assignment, the
+    /// pause).
+    #[serde(flatten)]
+    pub control: Control,
     /// The last time a person on the business side wrote.
     pub human_last_at: Option<Timestamp>,
-    /// When the bot resumes if no person writes again.
-    pub resume_at: Option<Timestamp>,
     /// The last time the customer wrote (the 24-hour window starts here).
     pub customer_last_at: Option<Timestamp>,
     /// The customer's WhatsApp profile name.
@@ -234,21 +277,12 @@ pub struct Conversation {
     /// The language replies are written in, when known (`en`, `pt`, …).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub language: Option<String>,
-    /// The open request for a person, while the conversation waits for one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub handoff: Option<HandoffRequest>,
     /// Messages waiting to be sent, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outbox: Vec<PendingSend>,
-    /// The team and agent the conversation is routed to, while a person is wanted or talking.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub assignment: Option<Assignment>,
     /// The agent who last served this customer (for sticky routing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_agent: Option<String>,
-    /// Set once `conversation.human_takeover` was announced for the current human stretch.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub takeover_announced: bool,
     /// The latest LLM triage of a customer message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub triage: Option<Triage>,
@@ -269,10 +303,8 @@ impl Conversation {
         Self {
             customer: legacy_identity(&id),
             id,
-            mode: Mode::Bot,
-            paused_by: None,
+            control: Control::Bot,
             human_last_at: None,
-            resume_at: None,
             customer_last_at: None,
             profile_name: None,
             transcript: Vec::new(),
@@ -280,11 +312,8 @@ impl Conversation {
             bot: BotState::default(),
             opted_out: false,
             language: None,
-            handoff: None,
             outbox: Vec::new(),
-            assignment: None,
             last_agent: None,
-            takeover_announced: false,
             triage: None,
             next_send_id: 0,
             rev: 0,
@@ -295,31 +324,126 @@ impl Conversation {
 
     /// Pauses the bot because a person on the business side is active, and moves the
     /// resume time to at least `at` + what `rules` hold for `by` (never earlier than it was:
-    /// an agent's take-over keeps its cap). Keeps the original reason when already paused, and marks the start of the human
-    /// stretch in the transcript. Bot messages still waiting in the outbox are cancelled: a
-    /// person is talking now.
+    /// an agent's take-over keeps its cap). Keeps the original reason when already paused,
+    /// carries a handoff request and its routing into the person's stretch, and marks the
+    /// start of the stretch in the transcript. Bot messages still waiting in the outbox are
+    /// cancelled: a person is talking now.
     pub fn record_human_activity(&mut self, by: PausedBy, at: Timestamp, rules: &PauseRules) {
         let hold = rules.hold(by, self);
-        if self.mode != Mode::Human {
-            self.paused_by = Some(by);
-            let who = match by {
-                PausedBy::Echo => "from the WhatsApp Business App",
-                PausedBy::AgentApi => "through the agent API",
-                PausedBy::Handoff => "after a handoff",
-                PausedBy::History => "(recent history on the phone)",
-            };
-            self.push(
-                TranscriptEntry::system(at, format!("a person took over {who}; the bot is paused")),
-                usize::MAX,
-            );
-        }
-        self.cancel_bot_sends(at);
-        self.bot.burst = None;
-        self.mode = Mode::Human;
         let last = self.human_last_at.map_or(at, |prev| prev.max(at));
         self.human_last_at = Some(last);
         let due = last.plus(hold);
-        self.resume_at = Some(self.resume_at.map_or(due, |held| held.max(due)));
+        let control = std::mem::replace(&mut self.control, Control::Bot);
+        self.control = match control {
+            Control::Human {
+                paused_by,
+                resume_at,
+                takeover_announced,
+                handoff,
+                assignment,
+            } => Control::Human {
+                paused_by,
+                resume_at: Some(resume_at.map_or(due, |held| held.max(due))),
+                takeover_announced,
+                handoff,
+                assignment,
+            },
+            started => {
+                let who = match by {
+                    PausedBy::Echo => "from the WhatsApp Business App",
+                    PausedBy::AgentApi => "through the agent API",
+                    PausedBy::Handoff => "after a handoff",
+                    PausedBy::History => "(recent history on the phone)",
+                };
+                self.push(
+                    TranscriptEntry::system(
+                        at,
+                        format!("a person took over {who}; the bot is paused"),
+                    ),
+                    usize::MAX,
+                );
+                let (handoff, assignment) = match started {
+                    Control::Handoff {
+                        handoff,
+                        assignment,
+                    } => (Some(handoff), assignment),
+                    _ => (None, None),
+                };
+                Control::Human {
+                    paused_by: by,
+                    resume_at: Some(due),
+                    takeover_announced: false,
+                    handoff,
+                    assignment,
+                }
+            }
+        };
+        self.cancel_bot_sends(at);
+        self.bot.burst = None;
+    }
+
+    /// Who is talking.
+    pub fn mode(&self) -> Mode {
+        self.control.mode()
+    }
+
+    /// Why the bot is paused, when it is.
+    pub fn paused_by(&self) -> Option<PausedBy> {
+        match &self.control {
+            Control::Bot => None,
+            Control::Handoff { .. } => Some(PausedBy::Handoff),
+            Control::Human { paused_by, .. } => Some(*paused_by),
+        }
+    }
+
+    /// When the bot resumes if no person writes again (only while a person is talking).
+    pub fn resume_at(&self) -> Option<Timestamp> {
+        match &self.control {
+            Control::Human { resume_at, .. } => *resume_at,
+            _ => None,
+        }
+    }
+
+    /// The request for a person, while one is awaited or answering it.
+    pub fn handoff(&self) -> Option<&HandoffRequest> {
+        match &self.control {
+            Control::Handoff { handoff, .. } => Some(handoff),
+            Control::Human { handoff, .. } => handoff.as_ref(),
+            Control::Bot => None,
+        }
+    }
+
+    /// The request for a person, to change it.
+    pub fn handoff_mut(&mut self) -> Option<&mut HandoffRequest> {
+        match &mut self.control {
+            Control::Handoff { handoff, .. } => Some(handoff),
+            Control::Human { handoff, .. } => handoff.as_mut(),
+            Control::Bot => None,
+        }
+    }
+
+    /// The team and agent the conversation is routed to, while a person is wanted or talking.
+    pub fn assignment(&self) -> Option<&Assignment> {
+        match &self.control {
+            Control::Handoff { assignment, .. } | Control::Human { assignment, .. } => {
+                assignment.as_ref()
+            }
+            Control::Bot => None,
+        }
+    }
+
+    /// Marks the person's take-over as announced; true the first time in this stretch (when
+    /// the hook should go out).
+    pub fn announce_takeover(&mut self) -> bool {
+        match &mut self.control {
+            Control::Human {
+                takeover_announced, ..
+            } if !*takeover_announced => {
+                *takeover_announced = true;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// The customer's identifiers: what webhooks showed, completed for conversations stored
@@ -368,32 +492,40 @@ impl Conversation {
     /// Decides, at `now`, whether the bot may resume after the people went quiet. A
     /// conversation waiting for a person (`handoff`) is never resumed by time.
     pub fn idle_decision(&self, now: Timestamp) -> IdleDecision {
-        match (self.mode, self.resume_at) {
-            (Mode::Human, Some(at)) if at <= now => IdleDecision::Resume,
-            (Mode::Human, Some(at)) => IdleDecision::WaitUntil(at),
-            (Mode::Human, None) => IdleDecision::Resume,
+        match &self.control {
+            Control::Human {
+                resume_at: Some(at),
+                ..
+            } if *at <= now => IdleDecision::Resume,
+            Control::Human {
+                resume_at: Some(at),
+                ..
+            } => IdleDecision::WaitUntil(*at),
+            Control::Human {
+                resume_at: None, ..
+            } => IdleDecision::Resume,
             _ => IdleDecision::NotPaused,
         }
     }
 
-    /// Routes the conversation to `team` and/or `agent`. An agent becomes the customer's
-    /// last agent (sticky routing).
+    /// Routes the conversation to `team` and/or `agent`, while a person is wanted or talking
+    /// (the bot needs no routing: nothing happens then). An agent becomes the customer's last
+    /// agent (sticky routing).
     pub fn assign(&mut self, team: Option<String>, agent: Option<String>, at: Timestamp) {
+        let slot = match &mut self.control {
+            Control::Handoff { assignment, .. } | Control::Human { assignment, .. } => assignment,
+            Control::Bot => return,
+        };
         if agent.is_some() {
             self.last_agent.clone_from(&agent);
         }
-        self.assignment = Some(Assignment { team, agent, at });
+        *slot = Some(Assignment { team, agent, at });
     }
 
     /// Hands the conversation back to the bot and notes why in the transcript. The flow
     /// the bot was in is left and the routing cleared: the customer starts afresh.
     pub fn resume(&mut self, at: Timestamp, reason: &str, cap: usize) {
-        self.mode = Mode::Bot;
-        self.paused_by = None;
-        self.resume_at = None;
-        self.handoff = None;
-        self.assignment = None;
-        self.takeover_announced = false;
+        self.control = Control::Bot;
         self.bot.position = None;
         self.bot.misses = 0;
         self.push(
@@ -436,12 +568,17 @@ impl Conversation {
 
     /// Asks for a person: the bot stops answering and the conversation waits in `handoff`.
     pub fn request_handoff(&mut self, request: HandoffRequest) {
-        if self.mode == Mode::Bot {
-            self.mode = Mode::Handoff;
-            self.paused_by = Some(PausedBy::Handoff);
-        }
         self.bot.position = None;
-        self.handoff = Some(request);
+        match &mut self.control {
+            Control::Bot => {
+                self.control = Control::Handoff {
+                    handoff: request,
+                    assignment: None,
+                };
+            }
+            Control::Handoff { handoff, .. } => *handoff = request,
+            Control::Human { handoff, .. } => *handoff = Some(request),
+        }
     }
 
     /// Queues a message for the sender and returns its id.
@@ -491,7 +628,8 @@ impl Conversation {
     /// talking, and the customer has not opted out (except for the opt-out confirmation).
     pub fn may_send(&self, origin: SendOrigin) -> bool {
         origin == SendOrigin::Agent
-            || (self.mode != Mode::Human && (!self.opted_out || origin == SendOrigin::OptOutNotice))
+            || (self.mode() != Mode::Human
+                && (!self.opted_out || origin == SendOrigin::OptOutNotice))
     }
 
     /// Returns when the conversation's timer should next fire: when a phone pause may end,
@@ -611,19 +749,19 @@ mod tests {
         let mut c = conv();
         let idle = PauseRules::new(Duration::from_secs(60), Duration::from_secs(60));
         c.record_human_activity(PausedBy::Echo, Timestamp(1_000), &idle);
-        assert_eq!(c.mode, Mode::Human);
-        assert_eq!(c.resume_at, Some(Timestamp(61_000)));
+        assert_eq!(c.mode(), Mode::Human);
+        assert_eq!(c.resume_at(), Some(Timestamp(61_000)));
         // A later echo moves the resume time; an older one (a late retry) does not pull it back.
         c.record_human_activity(PausedBy::Echo, Timestamp(5_000), &idle);
         c.record_human_activity(PausedBy::Echo, Timestamp(2_000), &idle);
-        assert_eq!(c.resume_at, Some(Timestamp(65_000)));
+        assert_eq!(c.resume_at(), Some(Timestamp(65_000)));
         assert_eq!(
             c.idle_decision(Timestamp(64_999)),
             IdleDecision::WaitUntil(Timestamp(65_000))
         );
         assert_eq!(c.idle_decision(Timestamp(65_000)), IdleDecision::Resume);
         c.resume(Timestamp(65_000), "idle", 10);
-        assert_eq!(c.mode, Mode::Bot);
+        assert_eq!(c.mode(), Mode::Bot);
         assert_eq!(c.idle_decision(Timestamp(99_000)), IdleDecision::NotPaused);
         assert_eq!(c.transcript.last().unwrap().role, Role::System);
     }
@@ -652,8 +790,52 @@ mod tests {
             .map(|e| e.text.as_str())
             .collect();
         assert_eq!(texts, ["m1", "on it", "m2"]);
-        assert_eq!(c.mode, Mode::Human);
-        assert_eq!(c.resume_at, Some(Timestamp(65_000)));
+        assert_eq!(c.mode(), Mode::Human);
+        assert_eq!(c.resume_at(), Some(Timestamp(65_000)));
+    }
+
+    #[test]
+    fn records_stored_with_flat_mode_fields_read_into_the_mode_with_its_data() {
+        let base = |extra: serde_json::Value| {
+            let mut record = serde_json::json!({
+                "id": "1:2", "human_last_at": null, "customer_last_at": null,
+                "profile_name": null, "transcript": [], "events_applied": 0, "rev": 3,
+                "created_at": 0, "updated_at": 0,
+            });
+            for (k, v) in extra.as_object().unwrap() {
+                record[k] = v.clone();
+            }
+            serde_json::from_value::<Conversation>(record).unwrap()
+        };
+        let bot = base(serde_json::json!({"mode": "bot", "paused_by": null, "resume_at": null}));
+        assert_eq!(bot.control, Control::Bot);
+        let request = serde_json::json!({
+            "team": "support", "reason": "customer_request", "priority": "normal", "at": 5,
+        });
+        let waiting = base(serde_json::json!({
+            "mode": "handoff", "paused_by": "handoff", "resume_at": null, "handoff": request,
+        }));
+        assert_eq!(waiting.mode(), Mode::Handoff);
+        assert_eq!(waiting.paused_by(), Some(PausedBy::Handoff));
+        assert_eq!(waiting.handoff().unwrap().reason, "customer_request");
+        let human = base(serde_json::json!({
+            "mode": "human", "paused_by": "echo", "resume_at": 900, "handoff": request,
+            "assignment": {"team": "support", "agent": "ana", "at": 7},
+            "takeover_announced": true,
+        }));
+        assert_eq!(human.resume_at(), Some(Timestamp(900)));
+        assert_eq!(human.assignment().unwrap().agent.as_deref(), Some("ana"));
+        assert!(human.handoff().is_some());
+        // Written back, the fields sit beside `mode` as before.
+        let written = serde_json::to_value(&human).unwrap();
+        assert_eq!(written["mode"], "human");
+        assert_eq!(written["paused_by"], "echo");
+        assert_eq!(written["resume_at"], 900);
+        assert_eq!(written["assignment"]["agent"], "ana");
+        assert_eq!(
+            serde_json::from_value::<Conversation>(written).unwrap(),
+            human
+        );
     }
 
     #[test]
@@ -662,7 +844,7 @@ mod tests {
         let rules = PauseRules::new(Duration::from_secs(60), Duration::from_secs(3600));
         c.record_human_activity(PausedBy::AgentApi, Timestamp(0), &rules);
         c.record_human_activity(PausedBy::Echo, Timestamp(1_000), &rules);
-        assert_eq!(c.paused_by, Some(PausedBy::AgentApi));
+        assert_eq!(c.paused_by(), Some(PausedBy::AgentApi));
         assert_eq!(
             c.idle_decision(Timestamp(61_000)),
             IdleDecision::WaitUntil(Timestamp(3_600_000))
@@ -688,7 +870,7 @@ mod tests {
             queue_noted: false,
             summary: None,
         });
-        assert_eq!(c.mode, Mode::Handoff);
+        assert_eq!(c.mode(), Mode::Handoff);
         assert_eq!(
             c.idle_decision(Timestamp(u64::MAX / 2)),
             IdleDecision::NotPaused

@@ -35,7 +35,7 @@ pub use bot::{
     Assignment, BotState, Burst, FlowPosition, HandoffReason, HandoffRequest, PendingSend,
     Priority, SendAction, SendOrigin, Sentiment, Triage, Urgency,
 };
-pub use conversation::{Conversation, Mode, PausedBy, Role, TranscriptEntry, Understood};
+pub use conversation::{Control, Conversation, Mode, PausedBy, Role, TranscriptEntry, Understood};
 pub use customer::{Alias, AliasKind, CustomerLookup, Identity, IdentityChange, Resolved};
 pub use error::ErrorKind;
 pub use event::{

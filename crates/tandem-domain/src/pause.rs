@@ -41,8 +41,7 @@ impl PauseRules {
     /// How long the bot stays paused after a person's last message in `c`: its team's idle
     /// time, else the default.
     pub fn idle_for(&self, c: &Conversation) -> Duration {
-        c.assignment
-            .as_ref()
+        c.assignment()
             .and_then(|a| a.team.as_deref())
             .and_then(|team| self.team_idle.get(team))
             .copied()
@@ -70,23 +69,32 @@ mod tests {
             .with_team_idle("support", Duration::from_secs(300));
         let mut c = Conversation::new(ConversationId::parse("1:2").unwrap(), Timestamp(0));
         assert_eq!(rules.idle_for(&c), Duration::from_secs(1800));
+        c.request_handoff(crate::HandoffRequest {
+            team: Some("support".into()),
+            reason: crate::HandoffReason::CustomerRequest,
+            priority: crate::Priority::Normal,
+            at: Timestamp(0),
+            answered_at: None,
+            queue_noted: false,
+            summary: None,
+        });
         c.assign(Some("support".into()), None, Timestamp(0));
         c.record_human_activity(PausedBy::Echo, Timestamp(1_000), &rules);
-        assert_eq!(c.mode, Mode::Human);
+        assert_eq!(c.mode(), Mode::Human);
         assert_eq!(
-            c.resume_at,
+            c.resume_at(),
             Some(Timestamp(301_000)),
             "the team's 5 minutes"
         );
         c.record_human_activity(PausedBy::AgentApi, Timestamp(2_000), &rules);
         assert_eq!(
-            c.resume_at,
+            c.resume_at(),
             Some(Timestamp(7_202_000)),
             "the take-over cap, counted from the latest activity"
         );
         c.record_human_activity(PausedBy::Echo, Timestamp(3_000), &rules);
         assert_eq!(
-            c.resume_at,
+            c.resume_at(),
             Some(Timestamp(7_202_000)),
             "a later echo never shortens the pause"
         );

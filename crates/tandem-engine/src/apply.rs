@@ -186,7 +186,7 @@ fn import_history(
         return None;
     }
     c.record_human_activity(PausedBy::History, latest_business, ctx.rules);
-    c.resume_at
+    c.resume_at()
 }
 
 fn humanize(d: Duration) -> String {
@@ -278,14 +278,14 @@ mod tests {
         let mut c = record();
         c.record_human_activity(PausedBy::Echo, NOW, &RULES);
         let early = apply(c.clone(), &item(ConversationEvent::IdleCheck), &CTX);
-        assert_eq!(early.conversation.mode, Mode::Human);
+        assert_eq!(early.conversation.mode(), Mode::Human);
         assert_eq!(early.timer, TimerChange::Set(NOW.plus(IDLE)));
         let late_ctx = ApplyContext {
             now: NOW.plus(IDLE),
             ..CTX
         };
         let late = apply(c, &item(ConversationEvent::IdleCheck), &late_ctx);
-        assert_eq!(late.conversation.mode, Mode::Bot);
+        assert_eq!(late.conversation.mode(), Mode::Bot);
         assert_eq!(late.timer, TimerChange::Clear);
         assert_eq!(late.resumed, Some("human_idle"));
         assert_eq!(
@@ -323,7 +323,7 @@ mod tests {
             &item(ConversationEvent::History(thread(2_000))),
             &CTX,
         );
-        assert_eq!(old.conversation.mode, Mode::Bot);
+        assert_eq!(old.conversation.mode(), Mode::Bot);
         assert_eq!(old.conversation.customer_last_at, None);
         assert_eq!(old.timer, TimerChange::Keep);
         assert!(old.conversation.transcript.iter().all(|e| e.historical));
@@ -333,8 +333,8 @@ mod tests {
             &item(ConversationEvent::History(thread(recent_at))),
             &CTX,
         );
-        assert_eq!(recent.conversation.mode, Mode::Human);
-        assert_eq!(recent.conversation.paused_by, Some(PausedBy::History));
+        assert_eq!(recent.conversation.mode(), Mode::Human);
+        assert_eq!(recent.conversation.paused_by(), Some(PausedBy::History));
         assert_eq!(
             recent.timer,
             TimerChange::Set(Timestamp(recent_at).plus(IDLE))

@@ -73,7 +73,7 @@ impl Desk {
     /// The bot handed the conversation to a person: choose the team (rules, then the flow's
     /// team, then the default) and announce the request.
     pub fn on_handoff(&self, c: &mut Conversation, intent: Option<&str>, out: &mut Effects) {
-        let Some(request) = c.handoff.clone() else {
+        let Some(request) = c.handoff().cloned() else {
             return;
         };
         let tags = tags(c);
@@ -87,7 +87,7 @@ impl Desk {
             requested_team: request.team.as_deref(),
         };
         let (team, skills) = self.routing.team_for(&facts);
-        if let Some(handoff) = c.handoff.as_mut() {
+        if let Some(handoff) = c.handoff_mut() {
             handoff.team.clone_from(&team);
         }
         c.assign(team, None, request.at);
@@ -103,8 +103,7 @@ impl Desk {
     /// set at ingress.
     pub fn on_echo(&self, c: &mut Conversation, now: Timestamp, out: &mut Effects) {
         first_human_reply(c, now, out);
-        if c.mode == Mode::Human && !c.takeover_announced {
-            c.takeover_announced = true;
+        if c.announce_takeover() {
             out.happenings.push(Happening::new(
                 HookEvent::HumanTakeover,
                 json!({"by": "phone"}),
@@ -170,14 +169,14 @@ impl Desk {
                 );
             }
             AgentActionKind::Release => {
-                if c.mode == Mode::Bot {
+                if c.mode() == Mode::Bot {
                     return;
                 }
                 c.resume(now, &format!("released by {who}"), env.cap);
                 self.on_resumed(c, Resumed::Released, env, out);
             }
             AgentActionKind::Close => {
-                let was = c.mode;
+                let was = c.mode();
                 c.resume(now, &format!("closed by {who}"), env.cap);
                 c.bot.slots.clear();
                 if was != Mode::Bot {
@@ -189,7 +188,7 @@ impl Desk {
                 ));
             }
             AgentActionKind::Assign { team } => {
-                if c.mode == Mode::Bot {
+                if c.mode() == Mode::Bot {
                     c.request_handoff(HandoffRequest {
                         team: team.clone(),
                         reason: tandem_domain::HandoffReason::Assigned,
@@ -204,7 +203,7 @@ impl Desk {
                 }
                 let team = team
                     .clone()
-                    .or_else(|| c.assignment.as_ref().and_then(|a| a.team.clone()));
+                    .or_else(|| c.assignment().and_then(|a| a.team.clone()));
                 c.push(
                     TranscriptEntry::system(
                         now,
@@ -226,11 +225,11 @@ impl Desk {
             }
             AgentActionKind::Routed { team } => {
                 let waiting =
-                    c.mode != Mode::Bot && c.assignment.as_ref().is_none_or(|a| a.agent.is_none());
+                    c.mode() != Mode::Bot && c.assignment().is_none_or(|a| a.agent.is_none());
                 if !waiting || agent.is_none() {
                     return;
                 }
-                let waited = c.handoff.as_ref().map(|h| now.since(h.at));
+                let waited = c.handoff().map(|h| now.since(h.at));
                 if let Some(waited) = waited {
                     out.notes.push(Note::QueueWait {
                         team: team.clone().unwrap_or_default(),
@@ -258,13 +257,13 @@ impl Desk {
                 next_opening,
                 ..
             } => {
-                let waiting = c.mode == Mode::Handoff
-                    && c.assignment.as_ref().is_none_or(|a| a.agent.is_none());
-                let noted = c.handoff.as_ref().is_none_or(|h| h.queue_noted);
+                let waiting =
+                    c.mode() == Mode::Handoff && c.assignment().is_none_or(|a| a.agent.is_none());
+                let noted = c.handoff().is_none_or(|h| h.queue_noted);
                 if !waiting || noted {
                     return;
                 }
-                if let Some(h) = c.handoff.as_mut() {
+                if let Some(h) = c.handoff_mut() {
                     h.queue_noted = true;
                 }
                 let (text, wait) = match wait_seconds {
@@ -287,14 +286,13 @@ impl Desk {
     /// A person takes the conversation (the pause itself was set at ingress).
     fn take(&self, c: &mut Conversation, agent: Option<String>, now: Timestamp, out: &mut Effects) {
         if let Some(agent) = agent {
-            let current = c.assignment.as_ref().and_then(|a| a.agent.as_deref());
+            let current = c.assignment().and_then(|a| a.agent.as_deref());
             if current != Some(agent.as_str()) {
-                let team = c.assignment.as_ref().and_then(|a| a.team.clone());
+                let team = c.assignment().and_then(|a| a.team.clone());
                 c.assign(team, Some(agent), now);
             }
         }
-        if !c.takeover_announced {
-            c.takeover_announced = true;
+        if c.announce_takeover() {
             out.happenings.push(Happening::new(
                 HookEvent::HumanTakeover,
                 json!({"by": "agent_api"}),
@@ -317,10 +315,10 @@ impl Desk {
             return jobs;
         }
         let team = c
-            .assignment
+            .assignment()
             .as_ref()
             .and_then(|a| a.team.as_deref())
-            .or_else(|| c.handoff.as_ref().and_then(|h| h.team.as_deref()));
+            .or_else(|| c.handoff().and_then(|h| h.team.as_deref()));
         for (i, happening) in happenings.into_iter().enumerate() {
             let targets = self.hooks.targets_for(happening.event, team);
             if targets.is_empty() {
@@ -370,7 +368,7 @@ pub(crate) fn deliveries(
 
 /// Records the first message of a person after a handoff request.
 fn first_human_reply(c: &mut Conversation, now: Timestamp, out: &mut Effects) {
-    if let Some(handoff) = c.handoff.as_mut()
+    if let Some(handoff) = c.handoff_mut()
         && handoff.answered_at.is_none()
     {
         handoff.answered_at = Some(now);
@@ -498,10 +496,7 @@ mod tests {
         let mut c = handed_off();
         let mut out = Effects::default();
         d.on_handoff(&mut c, None, &mut out);
-        assert_eq!(
-            c.assignment.as_ref().unwrap().team.as_deref(),
-            Some("support")
-        );
+        assert_eq!(c.assignment().unwrap().team.as_deref(), Some("support"));
         assert_eq!(out.happenings[0].event, HookEvent::HandoffRequested);
         assert_eq!(out.notes, [Note::Handoff("customer_request")]);
         let echo = Echo {
@@ -515,11 +510,11 @@ mod tests {
         c.record_echo(&echo, NOW, &rules, 50);
         d.on_echo(&mut c, NOW, &mut out);
         assert_eq!(
-            c.resume_at,
+            c.resume_at(),
             Some(NOW.plus(Duration::from_secs(300))),
             "the team's 5m"
         );
-        assert_eq!(c.handoff.as_ref().unwrap().answered_at, Some(NOW));
+        assert_eq!(c.handoff().unwrap().answered_at, Some(NOW));
         d.on_echo(&mut c, NOW, &mut out);
         let takeovers = out
             .happenings
@@ -567,7 +562,7 @@ mod tests {
             },
         };
         d.on_agent(&mut c, &routed("ana"), &ctx, &mut out);
-        assert_eq!(c.assignment.as_ref().unwrap().agent.as_deref(), Some("ana"));
+        assert_eq!(c.assignment().unwrap().agent.as_deref(), Some("ana"));
         let before = c.clone();
         d.on_agent(&mut c, &routed("rui"), &ctx, &mut out);
         assert_eq!(c, before, "already assigned: a stale choice is ignored");
@@ -583,7 +578,7 @@ mod tests {
         };
         let mut waiting = handed_off();
         d.on_agent(&mut waiting, &queued, &ctx, &mut out);
-        assert!(waiting.handoff.as_ref().unwrap().queue_noted);
+        assert!(waiting.handoff().unwrap().queue_noted);
         let noted = waiting.clone();
         d.on_agent(&mut waiting, &queued, &ctx, &mut out);
         assert_eq!(waiting, noted);

@@ -273,7 +273,7 @@ pub(crate) fn summarize(
     env: &Env<'_>,
     io: &mut Io<'_>,
 ) -> Result<(), Pending> {
-    let Some(reason) = c.handoff.as_ref().map(|h| h.reason.to_string()) else {
+    let Some(reason) = c.handoff().map(|h| h.reason.to_string()) else {
         return Ok(());
     };
     if !env.llm.summarize {
@@ -281,7 +281,7 @@ pub(crate) fn summarize(
     }
     let transcript = recent_lines(c, 30, None);
     if let Answer::Summary(Some(summary)) = io.ask(Request::Summary { reason, transcript })?
-        && let Some(handoff) = c.handoff.as_mut()
+        && let Some(handoff) = c.handoff_mut()
     {
         handoff.summary = Some(summary);
     }

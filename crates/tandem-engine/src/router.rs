@@ -93,7 +93,7 @@ pub async fn open_conversations(store: &dyn Store) -> Result<Vec<Conversation>, 
 }
 
 fn waiting(c: &Conversation) -> bool {
-    c.mode == Mode::Handoff && c.assignment.as_ref().is_none_or(|a| a.agent.is_none())
+    c.mode() == Mode::Handoff && c.assignment().is_none_or(|a| a.agent.is_none())
 }
 
 /// The waiting conversations in the order they are served, with their place in their team.
@@ -102,7 +102,7 @@ pub async fn queue(store: &dyn Store, now: Timestamp) -> Result<Vec<QueueEntry>,
     Ok(ordered(&open, now)
         .into_iter()
         .map(|(w, position, c)| {
-            let handoff = c.handoff.as_ref();
+            let handoff = c.handoff();
             QueueEntry {
                 conversation: w.conversation.clone(),
                 team: w.team.clone(),
@@ -126,13 +126,13 @@ fn ordered(open: &[Conversation], now: Timestamp) -> Vec<(Waiting, usize, &Conve
         .filter(|c| waiting(c))
         .map(|c| Waiting {
             conversation: c.id.clone(),
-            team: c.assignment.as_ref().and_then(|a| a.team.clone()),
+            team: c.assignment().and_then(|a| a.team.clone()),
             rank: rank(
-                c.handoff.as_ref().map(|h| h.priority).unwrap_or_default(),
+                c.handoff().map(|h| h.priority).unwrap_or_default(),
                 c.triage.as_ref().map(|t| t.urgency),
             ),
             window_closes_at: c.window_closes_at(now),
-            requested_at: c.handoff.as_ref().map_or(c.updated_at, |h| h.at),
+            requested_at: c.handoff().map_or(c.updated_at, |h| h.at),
         })
         .collect();
     sort_queue(&mut queue);
@@ -224,7 +224,7 @@ impl Router {
             })
             .collect();
         for c in &open {
-            if let Some(agent) = c.assignment.as_ref().and_then(|a| a.agent.as_ref())
+            if let Some(agent) = c.assignment().and_then(|a| a.agent.as_ref())
                 && let Some(load) = loads.get_mut(agent)
             {
                 load.open += 1;
@@ -298,7 +298,7 @@ impl Router {
                     let entry = lengths.entry(team_label).or_default();
                     entry.0 += 1;
                     entry.1 = entry.1.max(now.since(w.requested_at).as_secs());
-                    if c.handoff.as_ref().is_some_and(|h| h.queue_noted) {
+                    if c.handoff().is_some_and(|h| h.queue_noted) {
                         continue;
                     }
                     let wait_seconds = (on_duty > 0)

@@ -136,10 +136,10 @@ impl Sandbox {
             forwarded: false,
         };
         let mut outcome = self.event(ConversationEvent::Customer(message)).await;
-        if self.conversation.mode != tandem_domain::Mode::Bot {
+        if self.conversation.mode() != tandem_domain::Mode::Bot {
             outcome.decisions.push(format!(
                 "mode {}: the bot stays silent",
-                self.conversation.mode.as_str()
+                self.conversation.mode().as_str()
             ));
         }
         // The customer types nothing more: a held burst is answered when it falls due.
@@ -187,7 +187,7 @@ impl Sandbox {
             0,
             format!(
                 "an agent's {label}: mode {}",
-                self.conversation.mode.as_str()
+                self.conversation.mode().as_str()
             ),
         );
         outcome

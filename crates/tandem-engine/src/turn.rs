@@ -381,7 +381,7 @@ pub fn decide(
     let mut timer = TimerChange::Keep;
     let mut out = Effects::default();
     for item in input.items {
-        let mode_before = record.mode;
+        let mode_before = record.mode();
         let step = apply(record, item, &ctx);
         record = step.conversation;
         if step.timer != TimerChange::Keep {
@@ -406,7 +406,7 @@ pub fn decide(
                 }
             }
             ConversationEvent::Customer(message)
-                if parts.flows.is_some() && record.mode == Mode::Bot =>
+                if parts.flows.is_some() && record.mode() == Mode::Bot =>
             {
                 if opens_session(&record, message) {
                     out.notes.push(Note::Session);
@@ -435,13 +435,13 @@ pub fn decide(
     }
     // A held burst whose window has passed is answered now, as one turn.
     if parts.flows.is_some()
-        && record.mode == Mode::Bot
+        && record.mode() == Mode::Bot
         && record.bot.burst.as_ref().is_some_and(|b| b.due <= now)
     {
         answer_burst(&mut record, &env, desk, &mut io, &mut out)?;
     }
     // The timer follows the record: idle pause, retries and waiting sends.
-    if parts.flows.is_some() || !record.outbox.is_empty() || record.mode == Mode::Human {
+    if parts.flows.is_some() || !record.outbox.is_empty() || record.mode() == Mode::Human {
         timer = match record.next_wake(now, settings.send_recovery) {
             Some(at) => TimerChange::Set(at),
             None => TimerChange::Clear,

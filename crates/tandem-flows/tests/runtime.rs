@@ -248,14 +248,14 @@ fn misses_in_a_row_hand_off_and_a_person_can_be_asked_for() {
     let mut c = conversation();
     say(&b, &mut c, "x");
     say(&b, &mut c, "blah");
-    assert_eq!(c.mode, Mode::Bot);
+    assert_eq!(c.mode(), Mode::Bot);
     let turn = say(&b, &mut c, "blah blah");
-    assert_eq!(c.mode, Mode::Handoff);
+    assert_eq!(c.mode(), Mode::Handoff);
     assert!(matches!(turn.effects.last(), Some(Effect::Handoff(h)) if h.reason == "fallback"));
 
     let mut c = conversation();
     let turn = say(&b, &mut c, "can I talk to a human?");
-    assert_eq!(c.mode, Mode::Handoff);
+    assert_eq!(c.mode(), Mode::Handoff);
     assert!(
         matches!(turn.effects.last(), Some(Effect::Handoff(h)) if h.reason == "customer_request")
     );
@@ -411,7 +411,7 @@ fn triage_rules_pick_a_handoff_reason_and_hand_off() {
     );
     let mut c = conversation();
     let turn = strict.hand_off_for(&mut c, HandoffReason::HighUrgency, &text("now!!"), &CTX);
-    assert_eq!(c.mode, Mode::Handoff);
-    assert_eq!(c.handoff.as_ref().unwrap().reason, "high_urgency");
+    assert_eq!(c.mode(), Mode::Handoff);
+    assert_eq!(c.handoff().as_ref().unwrap().reason, "high_urgency");
     assert!(matches!(turn.effects.last(), Some(Effect::Handoff(_))));
 }

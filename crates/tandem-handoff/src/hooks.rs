@@ -150,8 +150,8 @@ impl Hooks {
             .rev()
             .map(line)
             .collect();
-        let assignment = c.assignment.as_ref();
-        let handoff = c.handoff.as_ref();
+        let assignment = c.assignment();
+        let handoff = c.handoff();
         let window = match c.window_closes_at(now) {
             Some(closes) => json!({
                 "open": true,
@@ -167,7 +167,7 @@ impl Hooks {
             "conversation": {
                 "id": c.id.to_string(),
                 "phone_number_id": c.id.phone_number_id().as_str(),
-                "mode": c.mode.as_str(),
+                "mode": c.mode().as_str(),
                 "language": c.language,
             },
             "customer": c.customer_card(contact_name),

@@ -244,7 +244,7 @@ impl RedisStore {
             key: self.keys.conversation(&conversation.id),
             cid: conversation.id.to_string(),
             rev: conversation.rev,
-            mode: conversation.mode.as_str(),
+            mode: conversation.mode().as_str(),
             data,
         });
         Ok(())

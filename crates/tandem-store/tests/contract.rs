@@ -309,8 +309,8 @@ async fn an_echo_pauses_in_the_same_write(f: Fixture) {
     assert_eq!(report.outcomes, vec![ItemOutcome::Paused]);
     // Nothing of the lane has run yet: the pause did not wait behind the queued messages.
     let c = s.conversation(&conv("a")).await.unwrap().unwrap();
-    assert_eq!(c.mode, Mode::Human);
-    assert_eq!(c.resume_at, Some(T0.plus(IDLE)));
+    assert_eq!(c.mode(), Mode::Human);
+    assert_eq!(c.resume_at(), Some(T0.plus(IDLE)));
     let human: Vec<&str> = c
         .transcript
         .iter()
@@ -348,7 +348,7 @@ async fn an_echo_of_our_own_send_is_not_a_person(f: Fixture) {
         s.conversation(&conv("a"))
             .await
             .unwrap()
-            .is_none_or(|c| c.mode == Mode::Bot)
+            .is_none_or(|c| c.mode() == Mode::Bot)
     );
     let claim = s.claim(T0, LEASE).await.unwrap().unwrap();
     let (_, items) = s.head(&claim, T0, 10).await.unwrap().unwrap();
@@ -360,7 +360,7 @@ async fn a_lane_step_never_overwrites_a_pause(f: Fixture) {
     s.ingest(batch(T0, vec![message("a", "m1")])).await.unwrap();
     let claim = s.claim(T0, LEASE).await.unwrap().unwrap();
     let (record, items) = s.head(&claim, T0, 1).await.unwrap().unwrap();
-    assert_eq!(record.mode, Mode::Bot);
+    assert_eq!(record.mode(), Mode::Bot);
     // A person writes from the phone while the lane works on m1.
     s.ingest(batch(T0, vec![echo("a", "e1")])).await.unwrap();
     let stale = commit_of(T0, record, &items, TimerChange::Keep);
@@ -371,7 +371,7 @@ async fn a_lane_step_never_overwrites_a_pause(f: Fixture) {
     let (event, outcome) = step(s, &claim, T0).await.unwrap();
     assert_eq!((event, outcome), (text("m1"), CommitOutcome::Applied));
     assert_eq!(
-        s.conversation(&conv("a")).await.unwrap().unwrap().mode,
+        s.conversation(&conv("a")).await.unwrap().unwrap().mode(),
         Mode::Human
     );
 }
@@ -767,7 +767,7 @@ async fn conversations_are_listed_by_mode_in_pages(f: Fixture) {
     s.ingest(batch(T0, vec![message("a", "m9")])).await.unwrap();
     let claim = s.claim(T0, LEASE).await.unwrap().unwrap();
     let (mut record, items) = s.head(&claim, T0, 10).await.unwrap().unwrap();
-    record.mode = Mode::Bot;
+    record.control = tandem_domain::Control::Bot;
     let commit = commit_of(T0, record, &items, TimerChange::Clear);
     assert_eq!(
         s.commit(&claim, commit, LEASE).await.unwrap(),

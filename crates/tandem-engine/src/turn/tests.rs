@@ -144,7 +144,7 @@ fn events(d: &Decision) -> Vec<HookEvent> {
 #[test]
 fn in_bot_mode_a_message_is_answered_and_the_sender_is_woken() {
     let d = decide_now(&record(), &[said("m1", "hi", T0)], T0, &settings());
-    assert_eq!(d.conversation.mode, Mode::Bot);
+    assert_eq!(d.conversation.mode(), Mode::Bot);
     assert_eq!(texts(&d.conversation), ["hello"]);
     assert!(
         matches!(d.conversation.outbox[0].action, SendAction::MarkRead { .. }),
@@ -169,7 +169,7 @@ fn in_bot_mode_a_message_is_answered_and_the_sender_is_woken() {
 #[test]
 fn a_handoff_goes_to_the_queue_and_is_announced() {
     let d = decide_now(&record(), &[said("m1", "agent", T0)], T0, &settings());
-    assert_eq!(d.conversation.mode, Mode::Handoff);
+    assert_eq!(d.conversation.mode(), Mode::Handoff);
     assert_eq!(events(&d), [HookEvent::HandoffRequested]);
     assert!(
         d.effects.notes.contains(&Note::Handoff("customer_request")),
@@ -197,7 +197,7 @@ fn an_echo_pauses_the_bot_until_the_person_is_quiet_for_the_idle_time() {
     let at = T0.plus(Duration::from_secs(10));
     let echo = echoed(&mut c, at);
     let paused = decide_now(&c, &[echo], at, &settings());
-    assert_eq!(paused.conversation.mode, Mode::Human);
+    assert_eq!(paused.conversation.mode(), Mode::Human);
     assert_eq!(events(&paused), [HookEvent::HumanTakeover]);
     let resume_at = at.plus(IDLE);
     assert_eq!(paused.timer, TimerChange::Set(resume_at));
@@ -216,12 +216,12 @@ fn an_echo_pauses_the_bot_until_the_person_is_quiet_for_the_idle_time() {
     let early = Timestamp(resume_at.as_millis() - 1_000);
     let idle = item(ConversationEvent::IdleCheck, early);
     let not_yet = decide_now(&quiet.conversation, &[idle], early, &settings());
-    assert_eq!(not_yet.conversation.mode, Mode::Human);
+    assert_eq!(not_yet.conversation.mode(), Mode::Human);
     assert_eq!(not_yet.timer, TimerChange::Set(resume_at));
     // On time: the bot resumes, says it is back once, and the CRM is told.
     let idle = item(ConversationEvent::IdleCheck, resume_at);
     let back = decide_now(&quiet.conversation, &[idle], resume_at, &settings());
-    assert_eq!(back.conversation.mode, Mode::Bot);
+    assert_eq!(back.conversation.mode(), Mode::Bot);
     assert_eq!(texts(&back.conversation), ["I'm back"]);
     assert_eq!(events(&back), [HookEvent::Resumed]);
     assert_eq!(back.effects.notes, [Note::Resumed(Resumed::HumanIdle)]);
@@ -260,7 +260,7 @@ fn an_agents_release_resumes_and_a_take_over_is_announced_once() {
         at,
     );
     let released = decide_now(&twice.conversation, &[release], at, &settings());
-    assert_eq!(released.conversation.mode, Mode::Bot);
+    assert_eq!(released.conversation.mode(), Mode::Bot);
     assert_eq!(events(&released), [HookEvent::Resumed]);
     assert!(
         released
@@ -450,7 +450,7 @@ fn a_failed_call_and_a_failed_triage_take_the_fallback_paths() {
     );
     journal.answer(pending, Answer::Triage(Err("unusable answer".into())));
     let d = decide(c.clone(), &input, &parts, &s, &journal).unwrap();
-    assert_eq!(d.conversation.mode, Mode::Bot);
+    assert_eq!(d.conversation.mode(), Mode::Bot);
     assert_eq!(texts(&d.conversation).len(), 1, "the fallback");
     assert!(
         d.effects
@@ -471,7 +471,7 @@ fn a_failed_call_and_a_failed_triage_take_the_fallback_paths() {
     let pending = decide(c.clone(), &input, &parts, &s, &journal).unwrap_err();
     journal.answer(pending, Answer::Call(CallOutcome::Failed("timeout".into())));
     let d = decide(c.clone(), &input, &parts, &s, &journal).unwrap();
-    assert_eq!(d.conversation.mode, Mode::Bot);
+    assert_eq!(d.conversation.mode(), Mode::Bot);
     assert!(!texts(&d.conversation).is_empty());
 }
 

@@ -145,7 +145,7 @@ async fn act(
     let (record, pending) = loop {
         let record = state.store.conversation(&id).await?;
         let done = match (&record, expected) {
-            (Some(c), Some(mode)) => c.mode == mode,
+            (Some(c), Some(mode)) => c.mode() == mode,
             _ => true,
         };
         if done || tokio::time::Instant::now() >= deadline {
@@ -159,7 +159,7 @@ async fn act(
             "conversation": id.to_string(),
             "action": label,
             "duplicate": !stored,
-            "mode": record.as_ref().map(|c| c.mode),
+            "mode": record.as_ref().map(|c| c.mode()),
             "pending": pending,
         })),
     ))
@@ -405,7 +405,7 @@ pub async fn agents(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
         .collect();
     let mut open: HashMap<String, u32> = HashMap::new();
     for c in tandem_engine::router::open_conversations(&*state.store).await? {
-        if let Some(agent) = c.assignment.and_then(|a| a.agent) {
+        if let Some(agent) = c.assignment().and_then(|a| a.agent.clone()) {
             *open.entry(agent).or_default() += 1;
         }
     }

@@ -65,12 +65,12 @@ fn summary(c: &Conversation, contact: Option<&ContactUpdate>, now: Timestamp) ->
     Summary {
         id: c.id.to_string(),
         customer: c.customer_card(contact_name.as_deref()),
-        mode: c.mode,
-        paused_by: c.paused_by,
+        mode: c.mode(),
+        paused_by: c.paused_by(),
         contact_name,
         profile_name: c.profile_name.clone(),
         human_last_at: rfc3339_opt(c.human_last_at),
-        resume_at: rfc3339_opt(c.resume_at),
+        resume_at: rfc3339_opt(c.resume_at()),
         customer_last_at: rfc3339_opt(c.customer_last_at),
         window_open: c.customer_last_at.is_some_and(|t| t.plus(WINDOW) > now),
         events_applied: c.events_applied,
@@ -246,10 +246,10 @@ pub async fn get(
         object.insert("language".into(), json!(conversation.language));
         object.insert("opted_out".into(), json!(conversation.opted_out));
         object.insert("bot".into(), json!(conversation.bot));
-        if let Some(handoff) = &conversation.handoff {
+        if let Some(handoff) = &conversation.handoff() {
             object.insert("handoff".into(), json!(handoff));
         }
-        if let Some(assignment) = &conversation.assignment {
+        if let Some(assignment) = &conversation.assignment() {
             object.insert("assignment".into(), json!(assignment));
         }
         object.insert("last_agent".into(), json!(conversation.last_agent));

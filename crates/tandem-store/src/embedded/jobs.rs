@@ -127,7 +127,7 @@ fn pause_conversation(
         .clone()
         .unwrap_or_else(|| Conversation::new(id.clone(), now));
     apply_pause(&mut next, event, pause, now, shared.options.transcript_cap);
-    let resume_at = next.resume_at;
+    let resume_at = next.resume_at();
     group.write_conversation(previous.as_ref(), next, now)?;
     group.set_timer(&key, resume_at)
 }

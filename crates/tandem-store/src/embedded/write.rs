@@ -180,14 +180,14 @@ impl<'t> Group<'t> {
         let id = conversation.id.to_string();
         conversation.rev = previous.map_or(0, |p| p.rev) + 1;
         conversation.updated_at = now;
-        if let Some(previous) = previous.filter(|p| p.mode != conversation.mode) {
+        if let Some(previous) = previous.filter(|p| p.mode() != conversation.mode()) {
             self.by_mode
-                .remove((previous.mode.as_str(), id.as_str()))
+                .remove((previous.mode().as_str(), id.as_str()))
                 .map_err(redb_err("updating the mode index"))?;
         }
-        if previous.is_none_or(|p| p.mode != conversation.mode) {
+        if previous.is_none_or(|p| p.mode() != conversation.mode()) {
             self.by_mode
-                .insert((conversation.mode.as_str(), id.as_str()), ())
+                .insert((conversation.mode().as_str(), id.as_str()), ())
                 .map_err(redb_err("updating the mode index"))?;
         }
         let bytes = encode(&conversation)?;

@@ -149,7 +149,7 @@ impl RedisStore {
             plan.set.push((key, blob));
         }
         for (id, (rev, record)) in paused {
-            let resume_at = record.resume_at;
+            let resume_at = record.resume_at();
             self.write_conversation(&mut plan, rev, record, now)?;
             plan.timers
                 .push((id.to_string(), resume_at.map(|t| t.to_string())));
