@@ -442,7 +442,10 @@ fn check(
         }
         (Some(want), Some(h)) => {
             for (key, have) in [
-                ("team", h.team.clone().map(Value::String)),
+                (
+                    "team",
+                    h.team.as_deref().map(|t| Value::String(t.to_owned())),
+                ),
                 ("reason", Some(Value::String(h.reason.to_string()))),
                 (
                     "priority",

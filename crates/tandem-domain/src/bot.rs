@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::MessageId;
+use crate::ids::{AgentId, FlowId, MessageId, StepId, TeamId};
 use crate::outbound::OutboundContent;
 use crate::time::Timestamp;
 
@@ -56,9 +56,9 @@ pub struct Burst {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowPosition {
     /// The flow's id.
-    pub flow: String,
+    pub flow: FlowId,
     /// The step's id within the flow.
-    pub step: String,
+    pub step: StepId,
     /// Answers already refused at this step.
     #[serde(default)]
     pub tries: u32,
@@ -69,7 +69,7 @@ pub struct FlowPosition {
 pub struct HandoffRequest {
     /// The team asked for, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub team: Option<String>,
+    pub team: Option<TeamId>,
     /// Why.
     pub reason: HandoffReason,
     /// How soon a person should answer.
@@ -92,10 +92,10 @@ pub struct HandoffRequest {
 pub struct Assignment {
     /// The team, when routed through one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub team: Option<String>,
+    pub team: Option<TeamId>,
     /// The agent, once one is chosen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub agent: Option<String>,
+    pub agent: Option<AgentId>,
     /// When the agent (or, while none, the team) was set.
     pub at: Timestamp,
 }

@@ -15,7 +15,7 @@ use crate::bot::{
 };
 use crate::customer::Identity;
 use crate::event::{DeliveryStatus, Echo};
-use crate::ids::{ConversationId, MessageId};
+use crate::ids::{AgentId, ConversationId, MessageId, TeamId};
 use crate::message::MessageContent;
 use crate::outbound::OutboundContent;
 use crate::pause::PauseRules;
@@ -282,7 +282,7 @@ pub struct Conversation {
     pub outbox: Vec<PendingSend>,
     /// The agent who last served this customer (for sticky routing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_agent: Option<String>,
+    pub last_agent: Option<AgentId>,
     /// The latest LLM triage of a customer message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub triage: Option<Triage>,
@@ -511,7 +511,7 @@ impl Conversation {
     /// Routes the conversation to `team` and/or `agent`, while a person is wanted or talking
     /// (the bot needs no routing: nothing happens then). An agent becomes the customer's last
     /// agent (sticky routing).
-    pub fn assign(&mut self, team: Option<String>, agent: Option<String>, at: Timestamp) {
+    pub fn assign(&mut self, team: Option<TeamId>, agent: Option<AgentId>, at: Timestamp) {
         let slot = match &mut self.control {
             Control::Handoff { assignment, .. } | Control::Human { assignment, .. } => assignment,
             Control::Bot => return,

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::customer::{Identity, IdentityChange};
-use crate::ids::{MessageId, PhoneNumberId, WaId};
+use crate::ids::{AgentId, MessageId, PhoneNumberId, TeamId, WaId};
 use crate::message::MessageContent;
 use crate::time::Timestamp;
 
@@ -48,7 +48,7 @@ impl ConversationEvent {
 pub struct AgentAction {
     /// The agent who acted (or was chosen), when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub agent: Option<String>,
+    pub agent: Option<AgentId>,
     /// When it was asked for.
     pub at: Timestamp,
     /// What was done.
@@ -70,7 +70,7 @@ pub enum AgentActionKind {
     Assign {
         /// The team to queue the conversation for.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        team: Option<String>,
+        team: Option<TeamId>,
     },
     /// A person sends a message through Tandem (the Cloud API).
     Message {
@@ -81,13 +81,13 @@ pub enum AgentActionKind {
     Routed {
         /// The team it was routed for.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        team: Option<String>,
+        team: Option<TeamId>,
     },
     /// The router could not assign anyone yet: tell the customer honestly.
     Queued {
         /// The team waited for.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        team: Option<String>,
+        team: Option<TeamId>,
         /// Place in the team's queue, from 1.
         position: usize,
         /// Estimated wait in seconds, when someone is on duty.

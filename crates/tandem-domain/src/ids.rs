@@ -102,6 +102,14 @@ macro_rules! id_type {
             }
         }
 
+        impl std::ops::Deref for $name {
+            type Target = str;
+
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(&self.0)
@@ -292,6 +300,19 @@ impl<'de> Deserialize<'de> for ConversationId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn configured_names_are_stored_and_compared_as_their_text() {
+        let team: TeamId = serde_json::from_str(r#""support""#).unwrap();
+        assert_eq!(team, "support");
+        assert_eq!(serde_json::to_string(&team).unwrap(), r#""support""#);
+        assert_eq!(team.as_str(), "support");
+        let agent = AgentId::from("ana");
+        assert_eq!(agent.to_string(), "ana");
+        assert_ne!(agent, AgentId::new("rui"));
+        let by_name: std::collections::HashMap<AgentId, u32> = [(agent, 1)].into();
+        assert_eq!(by_name.get("ana"), Some(&1), "looked up by the name's text");
+    }
     use proptest::prelude::*;
 
     #[test]
@@ -359,3 +380,87 @@ mod tests {
         }
     }
 }
+
+/// Declares the id of something a business names in its configuration (a team, an agent, a
+/// flow, a step): a string checked where the configuration is loaded, kept as written.
+macro_rules! name_id {
+    ($name:ident, $what:literal) => {
+        #[doc = concat!("The id of ", $what, ", as the business's configuration names it.")]
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            /// Wraps an id as written in the configuration.
+            pub fn new(id: impl Into<String>) -> Self {
+                Self(id.into())
+            }
+
+            /// The id as written.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl From<String> for $name {
+            fn from(id: String) -> Self {
+                Self(id)
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(id: &str) -> Self {
+                Self(id.to_owned())
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> Self {
+                id.0
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::ops::Deref for $name {
+            type Target = str;
+
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+    };
+}
+
+name_id!(TeamId, "a team");
+name_id!(AgentId, "an agent");
+name_id!(FlowId, "a flow");
+name_id!(StepId, "a step of a flow");

@@ -43,7 +43,8 @@ pub use event::{
     DeliveryStatus, Echo, HistoryMessage, HistoryThread, InboundMessage, StatusUpdate,
 };
 pub use ids::{
-    ConversationId, CustomerId, IdError, MessageId, Phone, PhoneNumberId, UserId, WaId, WabaId,
+    AgentId, ConversationId, CustomerId, FlowId, IdError, MessageId, Phone, PhoneNumberId, StepId,
+    TeamId, UserId, WaId, WabaId,
 };
 pub use message::MessageContent;
 pub use outbound::{ListRow, ListSection, OutboundContent};

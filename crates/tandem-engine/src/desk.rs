@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tandem_domain::{
-    AgentAction, AgentActionKind, Conversation, HandoffRequest, InboundMessage, Mode, SendAction,
-    SendOrigin, Timestamp, TranscriptEntry,
+    AgentAction, AgentActionKind, AgentId, Conversation, HandoffRequest, InboundMessage, Mode,
+    SendAction, SendOrigin, Timestamp, TranscriptEntry,
 };
 use tandem_handoff::routing::Facts;
 use tandem_handoff::{HookEvent, Hooks, Routing};
@@ -232,7 +232,7 @@ impl Desk {
                 let waited = c.handoff().map(|h| now.since(h.at));
                 if let Some(waited) = waited {
                     out.notes.push(Note::QueueWait {
-                        team: team.clone().unwrap_or_default(),
+                        team: team.as_deref().unwrap_or_default().to_owned(),
                         waited,
                     });
                 }
@@ -284,7 +284,13 @@ impl Desk {
     }
 
     /// A person takes the conversation (the pause itself was set at ingress).
-    fn take(&self, c: &mut Conversation, agent: Option<String>, now: Timestamp, out: &mut Effects) {
+    fn take(
+        &self,
+        c: &mut Conversation,
+        agent: Option<AgentId>,
+        now: Timestamp,
+        out: &mut Effects,
+    ) {
         if let Some(agent) = agent {
             let current = c.assignment().and_then(|a| a.agent.as_deref());
             if current != Some(agent.as_str()) {

@@ -45,15 +45,15 @@ fn reply_action(
         "release" => AgentActionKind::Release,
         "close" => AgentActionKind::Close,
         "takeover" => AgentActionKind::Takeover,
-        "assign" if text("agent").is_some() || text("team").is_some() => {
-            AgentActionKind::Assign { team: text("team") }
-        }
+        "assign" if text("agent").is_some() || text("team").is_some() => AgentActionKind::Assign {
+            team: text("team").map(Into::into),
+        },
         _ => return None,
     };
     Some((
         conversation,
         AgentAction {
-            agent: text("agent"),
+            agent: text("agent").map(Into::into),
             at: now,
             kind,
         },

@@ -13,8 +13,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use tandem_domain::{
-    AgentAction, AgentActionKind, Clock, Conversation, ConversationEvent, ConversationId, Mode,
-    Timestamp,
+    AgentAction, AgentActionKind, AgentId, Clock, Conversation, ConversationEvent, ConversationId,
+    Mode, TeamId, Timestamp,
 };
 use tandem_handoff::queue::rank;
 use tandem_handoff::routing::{AgentLoad, Seeker};
@@ -39,7 +39,7 @@ pub struct Router {
     config: EngineConfig,
     holder: String,
     /// Choices made but not yet applied by their lane: conversation → (agent, until).
-    pending: HashMap<ConversationId, (String, Timestamp)>,
+    pending: HashMap<ConversationId, (AgentId, Timestamp)>,
 }
 
 /// One entry of the waiting queue, as the API lists it.
@@ -48,7 +48,7 @@ pub struct QueueEntry {
     /// The conversation.
     pub conversation: ConversationId,
     /// The team waited for.
-    pub team: Option<String>,
+    pub team: Option<TeamId>,
     /// Place in the team's queue, from 1.
     pub position: usize,
     /// The handoff's priority.
@@ -136,7 +136,7 @@ fn ordered(open: &[Conversation], now: Timestamp) -> Vec<(Waiting, usize, &Conve
         })
         .collect();
     sort_queue(&mut queue);
-    let mut positions: HashMap<Option<String>, usize> = HashMap::new();
+    let mut positions: HashMap<Option<TeamId>, usize> = HashMap::new();
     queue
         .into_iter()
         .filter_map(|w| {
@@ -207,12 +207,12 @@ impl Router {
             .into_iter()
             .map(|s| (s.agent.clone(), s))
             .collect();
-        let mut loads: HashMap<String, AgentLoad> = self
+        let mut loads: HashMap<AgentId, AgentLoad> = self
             .routing
             .agents()
             .iter()
             .map(|a| {
-                let state = states.get(&a.id);
+                let state = states.get(a.id.as_str());
                 (
                     a.id.clone(),
                     AgentLoad {
@@ -246,7 +246,7 @@ impl Router {
             if self.pending.contains_key(&w.conversation) {
                 continue;
             }
-            let team_label = w.team.clone().unwrap_or_default();
+            let team_label = w.team.as_deref().unwrap_or_default().to_owned();
             let skills: Vec<String> = c
                 .bot
                 .vars
@@ -279,11 +279,13 @@ impl Router {
                         load.open += 1;
                         load.last_assigned_at = Some(now);
                     }
-                    let presence = states.get(&agent).map_or(Presence::Online, |s| s.presence);
-                    let since = states.get(&agent).map_or(now, |s| s.since);
+                    let presence = states
+                        .get(agent.as_str())
+                        .map_or(Presence::Online, |s| s.presence);
+                    let since = states.get(agent.as_str()).map_or(now, |s| s.since);
                     self.store
                         .set_agent(AgentState {
-                            agent: agent.clone(),
+                            agent: agent.to_string(),
                             presence,
                             since,
                             last_assigned_at: Some(now),

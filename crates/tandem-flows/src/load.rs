@@ -566,7 +566,7 @@ impl Compiler {
             handoff_after_misses: raw.handoff_after_misses.unwrap_or(3),
             greetings,
             human_patterns,
-            human_team: raw.human.team,
+            human_team: raw.human.team.map(Into::into),
             opt_out: words(&raw.opt_out.keywords, DEFAULT_OPT_OUT),
             opt_in: words(&raw.opt_out.opt_in_keywords, DEFAULT_OPT_IN),
             hours: raw.hours.as_ref().map(|h| Hours::parse(h, file, report)),
@@ -861,7 +861,7 @@ impl Compiler {
                 .as_ref()
                 .and_then(|m| self.spanned_text(file, m, report));
             return Some(StepKind::Handoff(Handoff {
-                team: handoff.team.clone(),
+                team: handoff.team.clone().map(Into::into),
                 reason: handoff.reason.clone().map_or_else(
                     || tandem_domain::HandoffReason::Flow(ctx.flow.to_owned()),
                     tandem_domain::HandoffReason::from,

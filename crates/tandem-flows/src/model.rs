@@ -86,7 +86,7 @@ pub struct Settings {
     /// Patterns of requests for a person.
     pub human_patterns: Vec<Regex>,
     /// The team requests for a person go to.
-    pub human_team: Option<String>,
+    pub human_team: Option<tandem_domain::TeamId>,
     /// Whole messages that opt out (lower case).
     pub opt_out: Vec<String>,
     /// Whole messages that opt back in (lower case).
@@ -286,7 +286,7 @@ pub struct Call {
 #[derive(Debug)]
 pub struct Handoff {
     /// The team.
-    pub team: Option<String>,
+    pub team: Option<tandem_domain::TeamId>,
     /// Why.
     pub reason: HandoffReason,
     /// How soon a person should answer.

@@ -358,7 +358,7 @@ impl Bot {
 
     fn position(&self, c: &Conversation) -> Option<(usize, usize)> {
         let position = c.bot.position.as_ref()?;
-        let flow = *self.by_id.get(&position.flow)?;
+        let flow = *self.by_id.get(position.flow.as_str())?;
         let step = self.flows[flow].step_index(&position.step)?;
         Some((flow, step))
     }
@@ -414,7 +414,7 @@ impl Bot {
                 // A text another flow does not claim: the LLM may read the value out of it.
                 if ctx.extract
                     && !question.expect.wants_media()
-                    && intent.is_none_or(|other| other == position.flow)
+                    && intent.is_none_or(|other| position.flow == other)
                     && let Some(answer) = answer_text(content)
                 {
                     let question_text = self
@@ -441,7 +441,7 @@ impl Bot {
         };
         // Not an answer. A message that starts another flow leaves this one.
         if let Some(other) = intent
-            && other != position.flow
+            && position.flow != other
         {
             turn.decide(format!("left `{}` for `{other}`", position.flow));
             c.bot.position = None;
@@ -682,8 +682,8 @@ impl Bot {
             };
             let after = current.next.unwrap_or(step + 1);
             let wait_here = || FlowPosition {
-                flow: f.id.clone(),
-                step: current.id.clone(),
+                flow: f.id.as_str().into(),
+                step: current.id.as_str().into(),
                 tries: 0,
             };
             match &current.kind {

@@ -10,7 +10,7 @@ pub struct Waiting {
     /// The conversation.
     pub conversation: ConversationId,
     /// The team it waits for, if any.
-    pub team: Option<String>,
+    pub team: Option<tandem_domain::TeamId>,
     /// From [`rank`]: higher is served first.
     pub rank: u8,
     /// When its customer-service window closes (`None`: already closed).

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use jiff::tz::TimeZone;
 use serde::Deserialize;
-use tandem_domain::Timestamp;
+use tandem_domain::{AgentId, TeamId, Timestamp};
 use tandem_flows::hours::Hours;
 
 /// How the router chooses among the agents of a team who can take a conversation.
@@ -30,7 +30,7 @@ pub enum Strategy {
 pub struct RoutingConfig {
     /// The team used when no rule matches and the flow named none.
     #[serde(default)]
-    pub default_team: Option<String>,
+    pub default_team: Option<TeamId>,
     /// An agent's take-over (or message through the API) keeps the bot paused this long
     /// after the last human activity, unless released or closed before.
     #[serde(default = "default_takeover_cap", with = "humantime_serde")]
@@ -82,7 +82,7 @@ fn default_capacity() -> u32 {
 #[serde(deny_unknown_fields)]
 pub struct TeamConfig {
     /// The team's id, as flows and rules name it.
-    pub id: String,
+    pub id: TeamId,
     /// How agents are chosen.
     #[serde(default)]
     pub strategy: Strategy,
@@ -105,13 +105,13 @@ pub struct TeamConfig {
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
     /// The agent's id (used by the API and in hooks).
-    pub id: String,
+    pub id: AgentId,
     /// A display name.
     #[serde(default)]
     pub name: Option<String>,
     /// The teams the agent works in.
     #[serde(default)]
-    pub teams: Vec<String>,
+    pub teams: Vec<TeamId>,
     /// Skills rules can ask for.
     #[serde(default)]
     pub skills: Vec<String>,
@@ -137,7 +137,7 @@ pub struct AgentConfig {
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
     /// The team to route to.
-    pub team: String,
+    pub team: TeamId,
     /// The flow or LLM intent.
     #[serde(default)]
     pub intent: Vec<String>,
@@ -218,7 +218,7 @@ impl Schedule {
 #[derive(Debug, Clone)]
 pub struct Team {
     /// The id.
-    pub id: String,
+    pub id: TeamId,
     /// How agents are chosen.
     pub strategy: Strategy,
     /// The team's idle time before the bot resumes, when set.
@@ -230,11 +230,11 @@ pub struct Team {
 #[derive(Debug, Clone)]
 pub struct Agent {
     /// The id.
-    pub id: String,
+    pub id: AgentId,
     /// The display name (the id when none was given).
     pub name: String,
     /// Teams.
-    pub teams: Vec<String>,
+    pub teams: Vec<TeamId>,
     /// Skills.
     pub skills: Vec<String>,
     /// Languages; empty means any.
@@ -248,7 +248,7 @@ pub struct Agent {
 #[derive(Debug, Clone, Default)]
 pub struct Routing {
     /// The team used when nothing else names one.
-    pub default_team: Option<String>,
+    pub default_team: Option<TeamId>,
     /// How long an agent's take-over holds the pause after the last human activity.
     pub takeover_cap: Duration,
     /// Typical handling time per conversation, for wait estimates.
@@ -281,7 +281,7 @@ pub struct Facts<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Pick {
     /// Give it to this agent.
-    Agent(String),
+    Agent(AgentId),
     /// Nobody can take it now.
     Wait {
         /// Agents of the team on duty now (online and in hours), all at capacity.
@@ -375,7 +375,7 @@ impl Routing {
                 .and_then(|t| t.timezone.as_deref());
             agents.push(Agent {
                 id: a.id.clone(),
-                name: a.name.clone().unwrap_or_else(|| a.id.clone()),
+                name: a.name.clone().unwrap_or_else(|| a.id.to_string()),
                 teams: a.teams.clone(),
                 skills: a.skills.clone(),
                 languages: a.languages.clone(),
@@ -456,7 +456,7 @@ impl Routing {
 
     /// Chooses the team of a handoff and the skills its agent needs: the first rule that
     /// matches, else the team the flow asked for, else the default team.
-    pub fn team_for(&self, facts: &Facts<'_>) -> (Option<String>, Vec<String>) {
+    pub fn team_for(&self, facts: &Facts<'_>) -> (Option<TeamId>, Vec<String>) {
         for rule in &self.rules {
             let tagged = rule.tags.is_empty() || rule.tags.iter().any(|t| facts.tags.contains(t));
             if matches(&rule.intent, facts.intent)
@@ -471,7 +471,7 @@ impl Routing {
         }
         let team = facts
             .requested_team
-            .map(str::to_owned)
+            .map(TeamId::from)
             .or_else(|| self.default_team.clone());
         (team, Vec::new())
     }
@@ -491,7 +491,7 @@ impl Routing {
     pub fn pick(
         &self,
         seeker: &Seeker<'_>,
-        loads: &HashMap<String, AgentLoad>,
+        loads: &HashMap<AgentId, AgentLoad>,
         now: Timestamp,
     ) -> Pick {
         let team = seeker.team.and_then(|t| self.team(t));
@@ -614,12 +614,12 @@ mod tests {
         }))
     }
 
-    fn loads(entries: &[(&str, bool, u32, Option<u64>)]) -> HashMap<String, AgentLoad> {
+    fn loads(entries: &[(&str, bool, u32, Option<u64>)]) -> HashMap<AgentId, AgentLoad> {
         entries
             .iter()
             .map(|(id, available, open, last)| {
                 (
-                    (*id).to_owned(),
+                    AgentId::from(*id),
                     AgentLoad {
                         available: *available,
                         open: *open,

@@ -135,7 +135,7 @@ async fn act(
         _ => format!("api:{}", uuid::Uuid::new_v4()),
     };
     let action = AgentAction {
-        agent,
+        agent: agent.map(Into::into),
         at: state.clock.now(),
         kind,
     };
@@ -279,7 +279,9 @@ pub async fn assign(
         &headers,
         c.id,
         b.agent,
-        AgentActionKind::Assign { team: b.team },
+        AgentActionKind::Assign {
+            team: b.team.map(Into::into),
+        },
     )
     .await
 }
@@ -405,8 +407,8 @@ pub async fn agents(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
         .collect();
     let mut open: HashMap<String, u32> = HashMap::new();
     for c in tandem_engine::router::open_conversations(&*state.store).await? {
-        if let Some(agent) = c.assignment().and_then(|a| a.agent.clone()) {
-            *open.entry(agent).or_default() += 1;
+        if let Some(agent) = c.assignment().and_then(|a| a.agent.as_deref()) {
+            *open.entry(agent.to_owned()).or_default() += 1;
         }
     }
     let items: Vec<Value> = state
@@ -414,7 +416,7 @@ pub async fn agents(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
         .agents()
         .iter()
         .map(|a| {
-            let s = states.get(&a.id);
+            let s = states.get(a.id.as_str());
             json!({
                 "id": a.id,
                 "name": a.name,
@@ -424,7 +426,7 @@ pub async fn agents(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
                 "capacity": a.capacity,
                 "status": s.map_or(Presence::Online, |s| s.presence),
                 "status_since": s.map(|s| rfc3339(s.since)),
-                "open_conversations": open.get(&a.id).copied().unwrap_or(0),
+                "open_conversations": open.get(a.id.as_str()).copied().unwrap_or(0),
                 "last_assigned_at": s.and_then(|s| s.last_assigned_at).map(rfc3339),
             })
         })
