@@ -239,15 +239,17 @@ async fn a_username_customer_is_answered_through_recipient_and_an_echo_by_bsuid_
     let report = post(&server, &serde_json::to_vec(&status).unwrap()).await;
     assert_eq!(report["kept"], 0);
     let before = c["events_applied"].as_u64().unwrap();
-    let delivered = applied(&server, DARIO, before + 1).await;
-    let line = delivered["transcript"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["message_id"] == sent["message_id"])
-        .unwrap()
-        .clone();
-    assert_eq!(line["status"], "delivered");
+    // Waits for the status itself: a timer (an idle check) is an applied event too.
+    let delivered = wait_for("the delivered status applied", DEADLINE, || async {
+        let c = applied(&server, DARIO, before + 1).await;
+        let line = c["transcript"]
+            .as_array()?
+            .iter()
+            .find(|l| l["message_id"] == sent["message_id"])?
+            .clone();
+        (line["status"] == "delivered").then_some(c)
+    })
+    .await;
 
     // A person answers from the phone; the echo names only the BSUID. Paused at once.
     let report = post(&server, &sample("bsuid_echo_text.json")).await;

@@ -137,9 +137,12 @@ async fn upgraded(backend: Backend) {
         ),
     )
     .await;
+    // Waits for the messages themselves: a timer of the old record (an idle check) is an
+    // applied event too.
     let ana = wait_for("Ana's new messages applied", DEADLINE, || async {
         let c = server.conversation("US.13491208600000000001").await?;
-        (c["events_applied"].as_u64()? >= before + 2).then_some(c)
+        let applied = c["events_applied"].as_u64()? >= before + 2;
+        (applied && texts(&c, "customer").iter().any(|t| t == "anyone?")).then_some(c)
     })
     .await;
     assert_eq!(ana["id"], format!("{PNID}:15550002222"));
