@@ -771,9 +771,8 @@ impl Compiler {
             return Some(StepKind::Branch(compiled));
         }
         if let Some(call) = &raw.call {
-            let url = self.templates.add(
+            let url = self.templates.add_url(
                 &Loc::of(file, &call.url.referenced),
-                "",
                 &call.url.value,
                 report,
             )?;

@@ -998,7 +998,15 @@ impl Bot {
         let url = self.templates.render(&call.url, scope)?;
         let mut headers = Vec::new();
         for (name, template) in &call.headers {
-            headers.push((name.clone(), self.templates.render(template, scope)?));
+            let value = self.templates.render(template, scope)?;
+            // A value with a line break would start another header (or the body).
+            if value.chars().any(|c| c.is_control() && c != '\t') {
+                return Err(RenderError {
+                    name: format!("header {name}"),
+                    detail: "the value holds a line break or another control character".into(),
+                });
+            }
+            headers.push((name.clone(), value));
         }
         let body = match &call.body {
             Some(b) => Some(self.render_body(b, scope)?),
@@ -1075,7 +1083,7 @@ impl Bot {
             .next()
             .unwrap_or_default()
             .to_owned();
-        Value::from_serialize(json!({
+        let fields = json!({
             "contact": {
                 "name": name,
                 "first_name": first_name,
@@ -1087,13 +1095,28 @@ impl Bot {
             },
             "slots": c.bot.slots,
             "vars": c.bot.vars,
-            "config": self.settings.variables,
             "now": now_value,
             "hours": hours,
             "message": {"text": answer_text(content).unwrap_or_default(), "type": content.type_label()},
             "language": c.language.as_deref().unwrap_or(self.default_language()),
             "queue": {"position": 0, "wait": "", "next_opening": ""},
-        }))
+        });
+        // The bot's own configuration is trusted: a `call` URL writes it as it is (a base
+        // URL), where every other value is percent-encoded.
+        let config = Value::from_iter(
+            self.settings
+                .variables
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::from_safe_string(v.clone()))),
+        );
+        let mut scope: Vec<(String, Value)> = fields
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), Value::from_serialize(v)))
+            .collect();
+        scope.push(("config".to_owned(), config));
+        Value::from_iter(scope)
     }
 }
 

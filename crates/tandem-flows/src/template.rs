@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use minijinja::{Environment, UndefinedBehavior, Value};
+use minijinja::{AutoEscape, Environment, UndefinedBehavior, Value};
 
 use crate::diagnostic::{Loc, Report};
 
@@ -28,11 +28,50 @@ pub struct Templates {
     count: usize,
 }
 
+/// Marks the name of a template that renders a URL (see [`Templates::add_url`]).
+const URL_MARK: &str = "#url#";
+
+/// What a value written into a URL template keeps as is: RFC 3986's unreserved characters.
+const URL_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 impl Default for Templates {
     fn default() -> Self {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         env.set_keep_trailing_newline(false);
+        // In a URL every value is percent-encoded, so a customer's answer (`1/../admin?x=`)
+        // cannot change the path or the query of the business's backend; the bot's own
+        // configuration (`config.*`, safe strings) and `|safe` are written as they are.
+        env.set_auto_escape_callback(|name| {
+            if name.contains(URL_MARK) {
+                AutoEscape::Custom("url")
+            } else {
+                AutoEscape::None
+            }
+        });
+        env.set_formatter(|out, state, value| {
+            if state.auto_escape() == AutoEscape::Custom("url") {
+                let text = value.to_string();
+                if value.is_safe() {
+                    out.write_str(&text)
+                } else {
+                    write!(
+                        out,
+                        "{}",
+                        percent_encoding::utf8_percent_encode(&text, URL_VALUE)
+                    )
+                }
+                .map_err(|e| {
+                    minijinja::Error::new(minijinja::ErrorKind::WriteFailure, e.to_string())
+                })
+            } else {
+                minijinja::escape_formatter(out, state, value)
+            }
+        });
         Self {
             env,
             reads: Vec::new(),
@@ -52,6 +91,17 @@ pub struct RenderError {
 }
 
 impl Templates {
+    /// Compiles the URL template `source`: every value it writes is percent-encoded, except
+    /// the bot's `config` variables and what the author marks `|safe`.
+    pub(crate) fn add_url(
+        &mut self,
+        at: &Loc,
+        source: &str,
+        report: &mut Report,
+    ) -> Option<String> {
+        self.add(at, URL_MARK.trim_end_matches('#'), source, report)
+    }
+
     /// Compiles `source`, named after where it is written; records the problems in `report`.
     /// Returns the template's name, or `None` when it does not compile.
     pub(crate) fn add(

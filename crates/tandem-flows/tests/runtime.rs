@@ -211,6 +211,35 @@ fn calls_stop_the_turn_and_carry_on_with_the_answer_or_the_error_path() {
 }
 
 #[test]
+fn a_customer_answer_cannot_change_a_calls_path_query_or_headers() {
+    let b = bot(&[
+        ("bot.yaml", "variables: {api: 'http://shop/v1?key=k'}\n"),
+        (
+            "o.yaml",
+            "id: o\ntriggers: ['^track']\nslots: {n: {}}\nsteps:\n  - ask: 'Number?'\n    slot: n\n  - call:\n      url: '{{ config.api }}&order={{ slots.n }}&raw={{ \"a/b\"|safe }}'\n      headers: {x-order: '{{ slots.n }}'}\n      save: r\n  - say: ok\n",
+        ),
+    ]);
+    let mut c = conversation();
+    say(&b, &mut c, "track");
+    let turn = say(&b, &mut c, "1/../admin?x=1#y");
+    let call = turn.call.expect("a call with a hostile answer");
+    assert_eq!(
+        call.url, "http://shop/v1?key=k&order=1%2F..%2Fadmin%3Fx%3D1%23y&raw=a/b",
+        "the answer is one encoded value; the bot's config and `|safe` are as written"
+    );
+    // A line break in a header value would start another header: the call is not made.
+    let mut c = conversation();
+    say(&b, &mut c, "track");
+    let turn = say(&b, &mut c, "42\r\nX-Admin: yes");
+    assert!(turn.call.is_none(), "{:?}", turn.call);
+    assert!(
+        turn.errors.iter().any(|e| e.contains("header x-order")),
+        "{:?}",
+        turn.errors
+    );
+}
+
+#[test]
 fn loops_and_missing_variables_end_in_the_fallback_not_a_hang() {
     let b = bot(&[
         ("bot.yaml", SETTINGS),
