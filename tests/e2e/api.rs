@@ -244,3 +244,57 @@ async fn every_error_has_the_json_shape_and_names_are_bounded() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_token_past_its_rate_gets_429_with_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = Spec::new(Backend::embedded(dir.path()));
+    spec.env.push(("TANDEM_API_RATE_LIMIT".into(), "2".into()));
+    let server = Server::start(spec);
+    // Two a second, a burst of two: forty requests in a row cannot all pass, however slow
+    // the machine (that would take twenty seconds).
+    let started = std::time::Instant::now();
+    let mut limited = None;
+    let mut passed = 0;
+    for _ in 0..40 {
+        let response = server
+            .client
+            .get(server.url("/v1/conversations"))
+            .bearer_auth(API_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        match response.status().as_u16() {
+            200 => passed += 1,
+            429 => {
+                limited = Some(response);
+                break;
+            }
+            other => panic!("status {other}"),
+        }
+    }
+    let Some(limited) = limited else {
+        panic!("no 429 after {passed} requests in {:?}", started.elapsed());
+    };
+    let retry: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry), "Retry-After {retry}");
+    let body: serde_json::Value = limited.json().await.unwrap();
+    assert_eq!(body["error"]["kind"], "rate_limited");
+    // After the wait the token is served again.
+    tokio::time::sleep(std::time::Duration::from_secs(retry)).await;
+    let (status, _) = server.api("/v1/conversations").await;
+    assert_eq!(status, 200);
+    // A wrong token is refused before it counts.
+    let wrong = server
+        .client
+        .get(server.url("/v1/conversations"))
+        .bearer_auth("nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+}

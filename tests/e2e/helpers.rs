@@ -126,6 +126,8 @@ impl Server {
                 command.current_dir(std::env::temp_dir());
             }
         }
+        // Tests poll the API every 20 ms; the rate limit has its own test.
+        command.env("TANDEM_API_RATE_LIMIT", "0");
         command.envs(spec.env.iter().map(|(k, v)| (k, v)));
         command
             .env("TANDEM_APP_SECRET", SECRET)

@@ -88,6 +88,9 @@ pub struct Settings {
     pub graph_url: String,
     /// Bearer tokens of the `/v1` agent API; none only in dev mode (open).
     pub api_tokens: Vec<ApiToken>,
+    /// Requests a second each API token may make (a burst of as many); 0 turns the limit
+    /// off (`api.rate_limit`, `TANDEM_API_RATE_LIMIT`).
+    pub api_rate_limit: u32,
     /// Teams, agents and routing rules (`[handoff]`).
     pub routing: tandem_handoff::Routing,
     /// Handoff hook receivers (`[[hooks]]` and `TANDEM_HOOK_URL`).
@@ -322,11 +325,13 @@ impl Default for MetaSection {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ApiSection {
     token_file: Option<PathBuf>,
     token: Option<toml::Value>,
+    #[serde(default = "default_api_rate_limit")]
+    rate_limit: u32,
     #[serde(default)]
     tokens: Vec<TokenSection>,
 }
@@ -457,6 +462,22 @@ fn health_config(h: HealthSection) -> Result<tandem_engine::health::HealthConfig
         reminder,
         ..tandem_engine::health::HealthConfig::default()
     })
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        Self {
+            token_file: None,
+            token: None,
+            rate_limit: default_api_rate_limit(),
+            tokens: Vec::new(),
+        }
+    }
+}
+
+/// Requests a second an API token may make by default.
+fn default_api_rate_limit() -> u32 {
+    50
 }
 
 /// The API's tokens: `TANDEM_API_TOKEN` (every scope) and `[[api.tokens]]`.
@@ -826,6 +847,15 @@ fn build(
         api.token_file.as_ref(),
     )?;
     let api_tokens = api_tokens(env, api_token.as_ref(), api.tokens)?;
+    let api_rate_limit = match env.get("TANDEM_API_RATE_LIMIT") {
+        Some(v) => v.parse().map_err(|_| {
+            ConfigError::new(
+                "TANDEM_API_RATE_LIMIT",
+                format!("{v:?} is not a whole number of requests a second"),
+            )
+        })?,
+        None => api.rate_limit,
+    };
     let routing = tandem_handoff::Routing::new(handoff).map_err(|errors| {
         let first = errors.first().cloned().unwrap_or_default();
         let (key, message) = first
@@ -893,6 +923,7 @@ fn build(
         access_token,
         graph_url: meta.graph_url,
         api_tokens,
+        api_rate_limit,
         routing,
         hooks,
         health,
@@ -944,6 +975,28 @@ mod tests {
             },
             env,
         )
+    }
+
+    #[test]
+    fn the_api_rate_limit_defaults_to_fifty_and_is_set_by_file_or_environment() {
+        assert_eq!(from_toml("", &full_env()).unwrap().api_rate_limit, 50);
+        let file = from_toml("[api]\nrate_limit = 5\n", &full_env()).unwrap();
+        assert_eq!(file.api_rate_limit, 5);
+        let mut off = full_env();
+        off.insert("TANDEM_API_RATE_LIMIT".into(), "0".into());
+        assert_eq!(
+            from_toml("[api]\nrate_limit = 5\n", &off)
+                .unwrap()
+                .api_rate_limit,
+            0
+        );
+        let mut bad = full_env();
+        bad.insert("TANDEM_API_RATE_LIMIT".into(), "fast".into());
+        let error = from_toml("", &bad).unwrap_err();
+        assert!(
+            error.to_string().contains("TANDEM_API_RATE_LIMIT"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub enum ApiError {
     Unauthorized,
     /// The token is valid but lacks the scope the route needs.
     Forbidden(&'static str),
+    /// The token made more requests than `api.rate_limit` allows; retry after this long.
+    RateLimited(std::time::Duration),
 }
 
 impl ApiError {
@@ -63,6 +65,7 @@ pub async fn json_errors(response: Response) -> Response {
         StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
         StatusCode::CONFLICT => "conflict",
         StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::TOO_MANY_REQUESTS => "rate_limited",
         s if s.is_server_error() => "internal",
         _ => "invalid",
     };
@@ -128,6 +131,16 @@ impl IntoResponse for ApiError {
                 Json(json!({"error": {"kind": "forbidden", "message": format!("this token lacks the `{scope}` scope")}})),
             )
                 .into_response(),
+            Self::RateLimited(wait) => {
+                // Whole seconds, at least one: what `Retry-After` can say.
+                let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [(header::RETRY_AFTER, seconds.max(1).to_string())],
+                    Json(json!({"error": {"kind": "rate_limited", "message": "too many requests with this token; retry after the time in Retry-After"}})),
+                )
+                    .into_response()
+            }
             Self::Unauthorized => (
                 StatusCode::UNAUTHORIZED,
                 [(header::WWW_AUTHENTICATE, "Bearer")],

@@ -39,6 +39,8 @@ pub struct AppState {
     pub verify_token: Option<Arc<SecretString>>,
     /// Bearer tokens of `/v1`; empty in dev mode (open).
     pub api_tokens: Arc<Vec<crate::config::ApiToken>>,
+    /// Requests a second per token (by token name), when limited (`api.rate_limit`).
+    pub api_limiter: Option<Arc<governor::DefaultKeyedRateLimiter<String>>>,
     /// Teams, agents and rules.
     pub routing: Arc<tandem_handoff::Routing>,
     /// The flows in force (for the re-engagement template), when any.

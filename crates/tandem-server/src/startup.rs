@@ -189,6 +189,11 @@ impl Application {
             app_secret: settings.app_secret_bytes().map(Arc::from),
             verify_token: settings.verify_token.clone().map(Arc::new),
             api_tokens: Arc::new(settings.api_tokens.clone()),
+            api_limiter: std::num::NonZeroU32::new(settings.api_rate_limit).map(|rate| {
+                Arc::new(governor::RateLimiter::keyed(governor::Quota::per_second(
+                    rate,
+                )))
+            }),
             routing,
             flows: flows.clone(),
             send_rate: settings.engine.send_rate,

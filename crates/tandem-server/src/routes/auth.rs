@@ -1,6 +1,8 @@
-//! Bearer tokens of the `/v1` API and their scopes. Every `/v1` route names the scope it
-//! needs ([`super::openapi::ROUTES`]); a missing or unknown token is a 401, a known token
-//! without the scope a 403. In dev mode (no token configured) the API is open.
+//! Bearer tokens of the `/v1` API, their scopes and their rate. Every `/v1` route names the
+//! scope it needs ([`super::openapi::ROUTES`]); a missing or unknown token is a 401, a known
+//! token without the scope a 403, a token past `api.rate_limit` requests a second a 429 with
+//! `Retry-After`. In dev mode (no token configured) the API is open, and limited as one
+//! token named `dev`.
 
 use axum::extract::{Request, State};
 use axum::http::header;
@@ -58,6 +60,12 @@ async fn require(
             agent: found.agent.clone(),
         }
     };
+    if let Some(limiter) = &state.api_limiter
+        && let Err(not_until) = limiter.check_key(&caller.name)
+    {
+        let now = governor::clock::Clock::now(&governor::clock::DefaultClock::default());
+        return Err(ApiError::RateLimited(not_until.wait_time_from(now)));
+    }
     request.extensions_mut().insert(caller);
     Ok(next.run(request).await)
 }

@@ -257,6 +257,7 @@ pub fn document() -> Value {
                 "400": {"description": "Bad request, with a readable reason"},
                 "401": {"description": "Missing or wrong bearer token"},
                 "403": {"description": "The token lacks the scope"},
+                "429": {"description": "The token made more than `api.rate_limit` requests a second; see Retry-After"},
                 "404": {"description": "Not found"},
                 "409": {"description": "Conflict (for example the 24-hour window is closed)"}
             }
