@@ -196,6 +196,9 @@ pub fn parse_webhook(body: &[u8], received_at: Timestamp) -> Vec<WebhookEvent> {
         };
         return vec![kept_body(body, received_at, detail)];
     };
+    if let Some(detail) = over_limits(entries) {
+        return vec![kept_body(body, received_at, detail)];
+    }
     let mut out = Vec::new();
     for entry in entries {
         let Some(changes) = entry.get("changes").and_then(Value::as_array) else {
@@ -223,6 +226,32 @@ pub fn parse_webhook(body: &[u8], received_at: Timestamp) -> Vec<WebhookEvent> {
         }
     }
     out
+}
+
+/// Most entries one delivery may hold; Meta batches far fewer.
+pub const MAX_ENTRIES: usize = 1000;
+/// Most changes one entry may hold.
+pub const MAX_CHANGES: usize = 1000;
+
+/// Says why a delivery is too big to read item by item, if it is: such a body is kept whole
+/// in the dead-letter list instead. (Nesting is bounded by the JSON reader: deeper than 128
+/// levels is not JSON to it.)
+fn over_limits(entries: &[Value]) -> Option<String> {
+    if entries.len() > MAX_ENTRIES {
+        return Some(format!(
+            "the body has {} entries; at most {MAX_ENTRIES} are read",
+            entries.len()
+        ));
+    }
+    entries.iter().find_map(|entry| {
+        let changes = entry.get("changes").and_then(Value::as_array)?;
+        (changes.len() > MAX_CHANGES).then(|| {
+            format!(
+                "an entry has {} changes; at most {MAX_CHANGES} are read",
+                changes.len()
+            )
+        })
+    })
 }
 
 struct ChangeContext<'a> {
@@ -825,6 +854,43 @@ mod tests {
 
     fn meta() -> Value {
         json!({"display_phone_number":"15550001111","phone_number_id":"1065"})
+    }
+
+    #[test]
+    fn bodies_over_the_limits_are_kept_whole_not_walked() {
+        let kept_detail = |body: &[u8]| {
+            let events = parse_webhook(body, NOW);
+            assert_eq!(events.len(), 1, "one dead letter, nothing else");
+            let WebhookEvent::Kept { reason, letter, .. } = &events[0] else {
+                panic!("not kept")
+            };
+            assert_eq!(*reason, KeptReason::UnparseableBody);
+            assert_eq!(letter.body.as_bytes(), body, "the body is kept as it came");
+            letter.detail.clone()
+        };
+        let change = json!({"field": "messages", "value": {"metadata": meta(), "messages": []}});
+        let entry = json!({"id": "1048", "changes": [change]});
+        let many_entries = json!({"entry": vec![entry.clone(); MAX_ENTRIES + 1]}).to_string();
+        assert!(kept_detail(many_entries.as_bytes()).contains("1001 entries"));
+        let many_changes =
+            json!({"entry": [{"id": "1048", "changes": vec![change.clone(); MAX_CHANGES + 1]}]})
+                .to_string();
+        assert!(kept_detail(many_changes.as_bytes()).contains("1001 changes"));
+        // Nesting deeper than the JSON reader's limit is not JSON: no stack overflow.
+        let deep = format!(
+            r#"{{"entry": {}{}}}"#,
+            "[".repeat(10_000),
+            "]".repeat(10_000)
+        );
+        assert!(kept_detail(deep.as_bytes()).contains("recursion limit"));
+        // At the limits, the items are read.
+        let at_limit = json!({"entry": vec![entry; MAX_ENTRIES]}).to_string();
+        let events = parse_webhook(at_limit.as_bytes(), NOW);
+        assert!(
+            events
+                .iter()
+                .all(|e| !matches!(e, WebhookEvent::Kept { .. }))
+        );
     }
 
     #[test]
