@@ -96,39 +96,6 @@ pub fn apply(mut conversation: Conversation, item: &InboxItem, ctx: &ApplyContex
     }
 }
 
-/// The result of applying several events of one lane in order.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Batch {
-    /// The record after the last event.
-    pub conversation: Conversation,
-    /// The timer change that stands after the last event.
-    pub timer: TimerChange,
-    /// One reason per resume that happened.
-    pub resumed: Vec<&'static str>,
-}
-
-/// Applies `items` in order, as if each were committed on its own.
-pub fn apply_batch(
-    conversation: Conversation,
-    items: &[InboxItem],
-    ctx: &ApplyContext<'_>,
-) -> Batch {
-    let mut batch = Batch {
-        conversation,
-        timer: TimerChange::Keep,
-        resumed: Vec::new(),
-    };
-    for item in items {
-        let step = apply(batch.conversation, item, ctx);
-        batch.conversation = step.conversation;
-        if step.timer != TimerChange::Keep {
-            batch.timer = step.timer;
-        }
-        batch.resumed.extend(step.resumed);
-    }
-    batch
-}
-
 fn customer_message(c: &mut Conversation, message: &InboundMessage, cap: usize) {
     c.note_identity(&message.from);
     if let Some(name) = &message.profile_name {
@@ -339,36 +306,6 @@ mod tests {
             recent.timer,
             TimerChange::Set(Timestamp(recent_at).plus(IDLE))
         );
-    }
-
-    #[test]
-    fn a_batch_equals_its_steps_one_by_one() {
-        let mut c = record();
-        c.record_human_activity(PausedBy::Echo, Timestamp(0), &RULES);
-        let items = [
-            item(ConversationEvent::Customer(text("m1", "hi", 1_000))),
-            item(ConversationEvent::IdleCheck),
-            item(ConversationEvent::Customer(text("m2", "again", 2_000))),
-        ];
-        let batch = apply_batch(c.clone(), &items, &CTX);
-        let mut one_by_one = c;
-        let mut timer = TimerChange::Keep;
-        for i in &items {
-            let step = apply(one_by_one, i, &CTX);
-            one_by_one = step.conversation;
-            if step.timer != TimerChange::Keep {
-                timer = step.timer;
-            }
-        }
-        assert_eq!(batch.conversation, one_by_one);
-        assert_eq!(batch.timer, timer);
-        assert_eq!(
-            batch.timer,
-            TimerChange::Clear,
-            "the idle check resumed the bot"
-        );
-        assert_eq!(batch.resumed, ["human_idle"]);
-        assert_eq!(batch.conversation.events_applied, 3);
     }
 
     #[test]

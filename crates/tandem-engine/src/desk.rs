@@ -19,8 +19,8 @@ use tandem_handoff::routing::Facts;
 use tandem_handoff::{HookEvent, Hooks, Routing};
 use tandem_store::HookJob;
 
-use crate::reply::Env;
-use crate::turn::{Effects, Note, Resumed, notice};
+use crate::reply::{Env, notice};
+use crate::turn::{Effects, Note, Resumed};
 
 /// The routing policy and hook targets in force.
 #[derive(Debug, Clone, Default)]

@@ -24,7 +24,7 @@ use crate::metrics;
 use crate::responder::{Responder, drive};
 use crate::router::Router;
 use crate::sender::Sender;
-use crate::turn::{Decision, Input, LlmUse, Parts, Settings};
+use crate::turn::{Decision, Input, Parts, Settings};
 
 /// How often expired deduplication keys are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(60);
@@ -77,16 +77,7 @@ impl Dispatcher {
         bot: LaneParts,
     ) -> Self {
         let (stop, stopped) = watch::channel(false);
-        let settings = Settings {
-            pause: Arc::new(bot.desk.routing.pause_rules(config.human_idle)),
-            transcript_cap: config.transcript_cap,
-            burst_window: config.burst_window,
-            send_recovery: config.send_recovery,
-            llm: bot
-                .responder
-                .as_ref()
-                .map_or_else(LlmUse::default, Responder::llm_use),
-        };
+        let settings = Settings::new(&config, &bot.desk, bot.responder.as_ref());
         let worker = Worker {
             store,
             config,

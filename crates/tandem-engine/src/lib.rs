@@ -43,7 +43,7 @@ pub mod sandbox;
 pub mod sender;
 pub mod turn;
 
-pub use apply::{ApplyContext, Batch, Step, apply, apply_batch};
+pub use apply::{ApplyContext, Step, apply};
 pub use config::EngineConfig;
 pub use desk::Desk;
 pub use dispatcher::{Dispatcher, LaneParts};

@@ -289,20 +289,19 @@ pub(crate) fn summarize(
 }
 
 /// Queues the built-in text `name` (`queue_wait`, `queue_closed`, `bot_back`, `handoff`) with
-/// `queue` in scope, when the business left it non-empty and the customer's window is open
-/// (these messages are never worth a paid template).
+/// `queue` in scope, when the deployment runs a bot, the business left the text non-empty and
+/// the customer's window is open (these messages are never worth a paid template).
 pub(crate) fn notice(
-    bot: &Bot,
+    env: &Env<'_>,
     c: &mut Conversation,
     name: &str,
     queue: Value,
-    now: Timestamp,
-    cap: usize,
     out: &mut Effects,
 ) {
-    if !c.window_open(now) {
+    let (now, cap) = (env.now, env.cap);
+    let Some(bot) = env.bot.filter(|_| c.window_open(now)) else {
         return;
-    }
+    };
     let ctx = TurnContext {
         now,
         contact_name: None,

@@ -13,7 +13,6 @@
 //! each message (a held burst is answered at its due time at once), and the desk has no
 //! teams or hooks (the routing of `tandem.toml` is not read).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tandem_domain::{
@@ -67,21 +66,16 @@ impl Sandbox {
         human_idle: Duration,
     ) -> Result<Self, tandem_domain::IdError> {
         let id = ConversationId::parse(&format!("100000000000001:{wa_id}"))?;
-        let defaults = crate::EngineConfig::default();
-        let settings = Settings {
-            pause: Arc::new(tandem_domain::PauseRules::new(
-                human_idle,
-                tandem_handoff::DEFAULT_TAKEOVER_CAP,
-            )),
-            transcript_cap: defaults.transcript_cap,
-            burst_window: defaults.burst_window,
-            send_recovery: defaults.send_recovery,
-            llm: responder.llm_use(),
+        let config = crate::EngineConfig {
+            human_idle,
+            ..crate::EngineConfig::default()
         };
+        let desk = Desk::default();
+        let settings = Settings::new(&config, &desk, Some(&responder));
         Ok(Self {
             conversation: Conversation::new(id, start),
             responder,
-            desk: Desk::default(),
+            desk,
             settings,
             now: start,
             timer: None,

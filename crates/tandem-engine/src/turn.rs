@@ -23,7 +23,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
 use tandem_classify::llm::{IntentInfo, Line, Triage};
 use tandem_domain::{
     Burst, Conversation, ConversationEvent, DeliveryStatus, InboundMessage, MessageContent, Mode,
@@ -37,6 +36,7 @@ use crate::apply::{ApplyContext, apply};
 use crate::desk::{Desk, Happening};
 use crate::metrics;
 use crate::reply;
+use crate::responder::Responder;
 
 /// Most requests one decision may make; past it every request is answered as failed, so a
 /// turn always ends.
@@ -55,6 +55,20 @@ pub struct Settings {
     pub send_recovery: Duration,
     /// Which LLM requests the deployment can answer.
     pub llm: LlmUse,
+}
+
+impl Settings {
+    /// The settings of `config`, pausing as `desk`'s teams say, with the LLM requests
+    /// `responder` can answer.
+    pub fn new(config: &crate::EngineConfig, desk: &Desk, responder: Option<&Responder>) -> Self {
+        Self {
+            pause: Arc::new(desk.routing.pause_rules(config.human_idle)),
+            transcript_cap: config.transcript_cap,
+            burst_window: config.burst_window,
+            send_recovery: config.send_recovery,
+            llm: responder.map_or_else(LlmUse::default, Responder::llm_use),
+        }
+    }
 }
 
 /// Which LLM requests a turn may make.
@@ -542,20 +556,6 @@ fn bot_turn(
     };
     out.notes.push(Note::Turn(ended));
     Ok(())
-}
-
-/// The notice `name` with `queue` in scope, queued when the bot has one (see
-/// [`reply::notice`]).
-pub(crate) fn notice(
-    env: &reply::Env<'_>,
-    c: &mut Conversation,
-    name: &str,
-    queue: Value,
-    out: &mut Effects,
-) {
-    if let Some(bot) = env.bot {
-        reply::notice(bot, c, name, queue, env.now, env.cap, out);
-    }
 }
 
 #[cfg(test)]

@@ -245,7 +245,7 @@ pub struct Agent {
 }
 
 /// The routing policy in force.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Routing {
     /// The team used when nothing else names one.
     pub default_team: Option<TeamId>,
@@ -256,6 +256,20 @@ pub struct Routing {
     teams: Vec<Team>,
     agents: Vec<Agent>,
     rules: Vec<RuleConfig>,
+}
+
+impl Default for Routing {
+    /// No teams, agents or rules, with the default take-over cap and handling time.
+    fn default() -> Self {
+        Self {
+            default_team: None,
+            takeover_cap: DEFAULT_TAKEOVER_CAP,
+            handle_time: default_handle_time(),
+            teams: Vec::new(),
+            agents: Vec::new(),
+            rules: Vec::new(),
+        }
+    }
 }
 
 /// What a routing rule looks at.

@@ -104,20 +104,29 @@ fn echoed(c: &mut Conversation, at: Timestamp) -> InboxItem {
     item(event, at)
 }
 
-/// Decides `items` at `now` with no request answered: the decision must need none.
-fn decide_now(c: &Conversation, items: &[InboxItem], now: Timestamp, s: &Settings) -> Decision {
-    let bot = bot();
+/// Decides `items` at `now` on `flows` (none: the lane only records) with the answers in
+/// `journal`, and no routing.
+fn decide_with(
+    flows: Option<&Bot>,
+    c: &Conversation,
+    items: &[InboxItem],
+    now: Timestamp,
+    s: &Settings,
+    journal: &Journal,
+) -> Result<Decision, Pending> {
     let desk = Desk::default();
-    let parts = Parts {
-        flows: Some(&bot),
-        desk: &desk,
-    };
+    let parts = Parts { flows, desk: &desk };
     let input = Input {
         items,
         contact_name: None,
         now,
     };
-    decide(c.clone(), &input, &parts, s, &Journal::default())
+    decide(c.clone(), &input, &parts, s, journal)
+}
+
+/// Decides `items` at `now` with no request answered: the decision must need none.
+fn decide_now(c: &Conversation, items: &[InboxItem], now: Timestamp, s: &Settings) -> Decision {
+    decide_with(Some(&bot()), c, items, now, s, &Journal::default())
         .expect("a decision needing no request")
 }
 
@@ -372,29 +381,17 @@ fn an_opted_out_customer_gets_the_confirmation_and_then_nothing() {
 #[test]
 fn calls_are_requests_answered_through_the_journal_with_stable_keys() {
     let bot = bot();
-    let desk = Desk::default();
-    let parts = Parts {
-        flows: Some(&bot),
-        desk: &desk,
-    };
     let c = record();
     let items = [said("m1", "order", T0)];
-    let input = Input {
-        items: &items,
-        contact_name: None,
-        now: T0,
-    };
     let s = settings();
+    let order = |journal: &Journal| decide_with(Some(&bot), &c, &items, T0, &s, journal);
     let mut journal = Journal::default();
     let mut keys = Vec::new();
     let answers = [json!({"id": "A7"}), json!({"state": "shipped"})];
     for body in answers {
-        let pending = decide(c.clone(), &input, &parts, &s, &journal).unwrap_err();
+        let pending = order(&journal).unwrap_err();
         // Asked again with the same journal, the decision asks the same.
-        assert_eq!(
-            decide(c.clone(), &input, &parts, &s, &journal).unwrap_err(),
-            pending
-        );
+        assert_eq!(order(&journal).unwrap_err(), pending);
         let Request::Call { key, .. } = pending.request.as_ref() else {
             panic!("a call: {pending:?}");
         };
@@ -404,7 +401,7 @@ fn calls_are_requests_answered_through_the_journal_with_stable_keys() {
             Answer::Call(CallOutcome::Answered { status: 200, body }),
         );
     }
-    let decision = decide(c.clone(), &input, &parts, &s, &journal).unwrap();
+    let decision = order(&journal).unwrap();
     assert_eq!(texts(&decision.conversation), ["order A7 is shipped"]);
     assert_eq!(
         keys,
@@ -414,7 +411,7 @@ fn calls_are_requests_answered_through_the_journal_with_stable_keys() {
         ]
     );
     assert_eq!(
-        decide(c.clone(), &input, &parts, &s, &journal).unwrap(),
+        order(&journal).unwrap(),
         decision,
         "the same input and answers give the same decision"
     );
@@ -423,11 +420,6 @@ fn calls_are_requests_answered_through_the_journal_with_stable_keys() {
 #[test]
 fn a_failed_call_and_a_failed_triage_take_the_fallback_paths() {
     let bot = bot();
-    let desk = Desk::default();
-    let parts = Parts {
-        flows: Some(&bot),
-        desk: &desk,
-    };
     let c = record();
     let s = Settings {
         llm: LlmUse {
@@ -438,18 +430,13 @@ fn a_failed_call_and_a_failed_triage_take_the_fallback_paths() {
     };
     // An unknown text goes to the LLM; its failure falls back to the fallback text.
     let items = [said("m1", "do you sell cacti", T0)];
-    let input = Input {
-        items: &items,
-        contact_name: None,
-        now: T0,
-    };
     let mut journal = Journal::default();
-    let pending = decide(c.clone(), &input, &parts, &s, &journal).unwrap_err();
+    let pending = decide_with(Some(&bot), &c, &items, T0, &s, &journal).unwrap_err();
     assert!(
         matches!(pending.request.as_ref(), Request::Triage { text, .. } if text == "do you sell cacti")
     );
     journal.answer(pending, Answer::Triage(Err("unusable answer".into())));
-    let d = decide(c.clone(), &input, &parts, &s, &journal).unwrap();
+    let d = decide_with(Some(&bot), &c, &items, T0, &s, &journal).unwrap();
     assert_eq!(d.conversation.mode(), Mode::Bot);
     assert_eq!(texts(&d.conversation).len(), 1, "the fallback");
     assert!(
@@ -462,36 +449,63 @@ fn a_failed_call_and_a_failed_triage_take_the_fallback_paths() {
     );
     // A call that gets no answer ends the flow with the fallback and a flow error noted.
     let items = [said("m2", "order", T0)];
-    let input = Input {
-        items: &items,
-        contact_name: None,
-        now: T0,
-    };
     let mut journal = Journal::default();
-    let pending = decide(c.clone(), &input, &parts, &s, &journal).unwrap_err();
+    let pending = decide_with(Some(&bot), &c, &items, T0, &s, &journal).unwrap_err();
     journal.answer(pending, Answer::Call(CallOutcome::Failed("timeout".into())));
-    let d = decide(c.clone(), &input, &parts, &s, &journal).unwrap();
+    let d = decide_with(Some(&bot), &c, &items, T0, &s, &journal).unwrap();
     assert_eq!(d.conversation.mode(), Mode::Bot);
     assert!(!texts(&d.conversation).is_empty());
 }
 
 #[test]
 fn without_flows_the_lane_only_records() {
-    let desk = Desk::default();
-    let parts = Parts {
-        flows: None,
-        desk: &desk,
-    };
     let c = record();
     let items = [said("m1", "hi", T0)];
-    let input = Input {
-        items: &items,
-        contact_name: None,
-        now: T0,
-    };
-    let d = decide(c.clone(), &input, &parts, &settings(), &Journal::default()).unwrap();
+    let d = decide_with(None, &c, &items, T0, &settings(), &Journal::default()).unwrap();
     assert_eq!(d.conversation.transcript.len(), 1);
     assert!(d.conversation.outbox.is_empty());
     assert_eq!(d.timer, TimerChange::Keep);
     assert!(d.effects.notes.is_empty());
+}
+
+#[test]
+fn several_events_decide_as_they_would_one_by_one() {
+    // A person's pause, then a message, the idle check that resumes, another message.
+    let mut c = record();
+    let echo = echoed(&mut c, Timestamp(0));
+    let late = Timestamp(0).plus(IDLE);
+    let items = [
+        echo,
+        said("m1", "hi", Timestamp(1_000)),
+        item(ConversationEvent::IdleCheck, late),
+        said("m2", "again", late),
+    ];
+    let s = settings();
+    let together = decide_with(None, &c, &items, late, &s, &Journal::default()).unwrap();
+    let mut one_by_one = c;
+    let mut timer = TimerChange::Keep;
+    let mut notes = Vec::new();
+    for i in &items {
+        let d = decide_with(
+            None,
+            &one_by_one,
+            std::slice::from_ref(i),
+            late,
+            &s,
+            &Journal::default(),
+        )
+        .unwrap();
+        one_by_one = d.conversation;
+        if d.timer != TimerChange::Keep {
+            timer = d.timer;
+        }
+        notes.extend(d.effects.notes);
+    }
+    assert_eq!(together.conversation, one_by_one);
+    assert_eq!(together.timer, timer);
+    assert_eq!(together.timer, TimerChange::Clear, "the idle check resumed the bot");
+    assert_eq!(together.effects.notes, notes);
+    assert_eq!(together.effects.notes, [Note::Resumed(Resumed::HumanIdle)]);
+    assert_eq!(together.conversation.mode(), Mode::Bot);
+    assert_eq!(together.conversation.events_applied, 4);
 }
