@@ -188,7 +188,7 @@ impl Shop {
 
     /// Holds every answer until called with `false` (a backend that hangs).
     pub fn hold(&self, on: bool) {
-        self.held.store(on, std::sync::atomic::Ordering::Release);
+        self.held.send_replace(on);
     }
 }
 

@@ -1,7 +1,6 @@
 //! A stand-in of the shop's backend the shipped flows call (`config.shop_api`): order
 //! status and returns. Used by the end-to-end tests and by `examples/shop_backend.rs`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,8 +14,8 @@ use serde_json::{Value, json};
 /// `Idempotency-Key` header.
 pub(crate) type Calls = Arc<Mutex<Vec<(String, Value, Option<String>)>>>;
 
-/// While set, every answer waits until it is cleared (a backend that hangs).
-pub(crate) type Held = Arc<AtomicBool>;
+/// While it holds `true`, every answer waits until it is set back (a backend that hangs).
+pub(crate) type Held = Arc<tokio::sync::watch::Sender<bool>>;
 
 #[derive(Clone)]
 struct ShopState {
@@ -28,8 +27,10 @@ struct ShopState {
 impl ShopState {
     /// Waits as the stand-in is told to: while held, then `delay`.
     async fn wait(&self) {
-        while self.held.load(Ordering::Acquire) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        // An error means the sender is gone: nothing holds the answers any more.
+        let mut held = self.held.subscribe();
+        if held.wait_for(|held| !*held).await.is_err() {
+            tracing::debug!("the shop's hold switch is gone");
         }
         tokio::time::sleep(self.delay).await;
     }

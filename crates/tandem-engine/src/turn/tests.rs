@@ -503,7 +503,11 @@ fn several_events_decide_as_they_would_one_by_one() {
     }
     assert_eq!(together.conversation, one_by_one);
     assert_eq!(together.timer, timer);
-    assert_eq!(together.timer, TimerChange::Clear, "the idle check resumed the bot");
+    assert_eq!(
+        together.timer,
+        TimerChange::Clear,
+        "the idle check resumed the bot"
+    );
     assert_eq!(together.effects.notes, notes);
     assert_eq!(together.effects.notes, [Note::Resumed(Resumed::HumanIdle)]);
     assert_eq!(together.conversation.mode(), Mode::Bot);
