@@ -24,6 +24,7 @@ mod handoff;
 mod identity;
 mod numbers;
 mod replicas;
+mod security;
 mod standin;
 mod upgrade;
 mod webhook;

@@ -70,6 +70,8 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// How long shutdown waits for in-flight work.
     pub shutdown_grace: Duration,
+    /// Header, idle and request timeouts of every connection.
+    pub connection_limits: crate::serve::ConnectionLimits,
     /// Log line format.
     pub log_format: LogFormat,
     /// Store path or `redis://` URL.
@@ -259,6 +261,10 @@ struct ServerSection {
     #[serde(with = "humantime_serde")]
     shutdown_grace: Duration,
     log_format: LogFormat,
+    #[serde(with = "humantime_serde")]
+    header_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    request_timeout: Duration,
 }
 
 impl Default for ServerSection {
@@ -268,6 +274,8 @@ impl Default for ServerSection {
             max_body_bytes: 16 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(10),
             log_format: LogFormat::Pretty,
+            header_timeout: crate::serve::ConnectionLimits::default().header_timeout,
+            request_timeout: crate::serve::ConnectionLimits::default().request_timeout,
         }
     }
 }
@@ -794,6 +802,14 @@ fn build(
             "must be at least 1024",
         ));
     }
+    for (key, value) in [
+        ("server.header_timeout", server.header_timeout),
+        ("server.request_timeout", server.request_timeout),
+    ] {
+        if value.is_zero() {
+            return Err(ConfigError::new(key, "must be longer than 0s"));
+        }
+    }
     if store.url.trim().is_empty() {
         return Err(ConfigError::new(
             "store.url",
@@ -909,6 +925,10 @@ fn build(
         listen,
         max_body_bytes: server.max_body_bytes,
         shutdown_grace: server.shutdown_grace,
+        connection_limits: crate::serve::ConnectionLimits {
+            header_timeout: server.header_timeout,
+            request_timeout: server.request_timeout,
+        },
         log_format: server.log_format,
         store_url: store.url,
         store: StoreOptions {

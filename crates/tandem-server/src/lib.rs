@@ -12,6 +12,7 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod routes;
+pub mod serve;
 pub mod startup;
 pub mod telemetry;
 

@@ -231,9 +231,14 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let served = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let served = crate::serve::serve(
+            self.listener,
+            self.router,
+            self.settings.connection_limits,
+            self.settings.shutdown_grace,
+            shutdown,
+        )
+        .await;
         self.dispatcher.shutdown(self.settings.shutdown_grace).await;
         served.context("serving HTTP")
     }
