@@ -172,7 +172,15 @@ impl Ingress {
                 self.item(e, customer)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let outcome = match self.store.ingest(IngestBatch { received_at, items }).await {
+        let outcome = match self
+            .store
+            .ingest(IngestBatch {
+                received_at,
+                items,
+                identity_epoch: None,
+            })
+            .await
+        {
             Ok(outcome) => outcome,
             Err(error) => {
                 self.identities.forget();

@@ -13,6 +13,7 @@
 mod aliases;
 mod jobs;
 mod lanes;
+mod privacy;
 mod tables;
 mod write;
 
@@ -38,6 +39,7 @@ use crate::model::{
     IngestReport, ListQuery, NumberState, NumberTouch, StepCommit, StoreOptions, StoreStats,
     next_slot, touched,
 };
+use crate::privacy::{AuditEntry, Erasure, ErasureReport, Purge, Tombstone};
 use crate::store::Store;
 
 /// How many jobs one group commit takes at most.
@@ -89,6 +91,7 @@ enum Job {
         oneshot::Sender<Result<(), StoreError>>,
     ),
     Purge(Timestamp, oneshot::Sender<Result<usize, StoreError>>),
+    Erase(Erasure, oneshot::Sender<Result<ErasureReport, StoreError>>),
     /// Any other write: runs in the group and answers once the group is committed.
     Custom(CustomJob),
 }
@@ -231,6 +234,15 @@ enum Reply {
         Option<(ConversationId, Timestamp)>,
     ),
     Count(oneshot::Sender<Result<usize, StoreError>>, usize),
+    Erased(
+        oneshot::Sender<Result<ErasureReport, StoreError>>,
+        ErasureReport,
+    ),
+    /// A job refused before it wrote anything; the rest of the group goes on.
+    Refused(
+        oneshot::Sender<Result<IngestReport, StoreError>>,
+        StoreError,
+    ),
     Unit(oneshot::Sender<Result<(), StoreError>>),
     Custom(Answer),
 }
@@ -246,6 +258,8 @@ impl Reply {
             Reply::Ingest(tx, _) => drop(tx.send(Err(error()))),
             Reply::Commit(tx, ..) => drop(tx.send(Err(error()))),
             Reply::Count(tx, _) => drop(tx.send(Err(error()))),
+            Reply::Erased(tx, _) => drop(tx.send(Err(error()))),
+            Reply::Refused(tx, _) => drop(tx.send(Err(error()))),
             Reply::Unit(tx) => drop(tx.send(Err(error()))),
             Reply::Custom(answer) => answer(Some(&error())),
         }
@@ -298,6 +312,11 @@ fn run_group(shared: &Shared, batch: Vec<Job>) {
                 drop(tx.send(Ok(n)));
             }
             Reply::Unit(tx) => drop(tx.send(Ok(()))),
+            Reply::Erased(tx, report) => {
+                wake = true;
+                drop(tx.send(Ok(report)));
+            }
+            Reply::Refused(tx, error) => drop(tx.send(Err(error))),
             Reply::Custom(answer) => answer(None),
         }
     }
@@ -314,7 +333,17 @@ fn run_job(
     delta: &mut LaneDelta,
 ) -> Result<Reply, StoreError> {
     Ok(match job {
-        Job::Ingest(batch, tx) => Reply::Ingest(tx, jobs::ingest(shared, group, batch, delta)?),
+        Job::Ingest(batch, tx) => {
+            let stale = match batch.identity_epoch {
+                Some(epoch) => Some(group.counter(IDENTITY_EPOCH)?).filter(|s| *s != epoch),
+                None => None,
+            };
+            match stale {
+                Some(stored) => Reply::Refused(tx, StoreError::StaleIdentities { stored }),
+                None => Reply::Ingest(tx, jobs::ingest(shared, group, batch, delta)?),
+            }
+        }
+        Job::Erase(erasure, tx) => Reply::Erased(tx, privacy::erase(group, erasure, delta)?),
         Job::Commit(claim, step, lease, tx) => {
             let until = step.now.plus(lease);
             let outcome = jobs::commit(shared, group, &claim, *step, delta)?;
@@ -860,6 +889,66 @@ impl Store for EmbeddedStore {
                 group.put_hook(hook)?;
             }
             Ok(true)
+        })
+        .await
+    }
+
+    async fn append_audit(&self, entry: AuditEntry) -> Result<u64, StoreError> {
+        self.write(move |group| privacy::append_audit(group, entry))
+            .await
+    }
+
+    async fn audit(
+        &self,
+        since: Timestamp,
+        after_id: u64,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        self.read(move |txn| privacy::audit(txn, since, after_id, limit))
+            .await
+    }
+
+    async fn purge_older(
+        &self,
+        what: Purge,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        self.write(move |group| privacy::purge(group, what, before, limit))
+            .await
+    }
+
+    async fn rewrite_conversation(
+        &self,
+        conversation: Conversation,
+        expected_rev: u64,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        self.write(move |group| privacy::rewrite(group, conversation, expected_rev, now))
+            .await
+    }
+
+    async fn erase_customer(&self, erasure: Erasure) -> Result<ErasureReport, StoreError> {
+        self.submit(|tx| Job::Erase(erasure, tx)).await
+    }
+
+    async fn tombstone(
+        &self,
+        tenant: &str,
+        alias: &Alias,
+    ) -> Result<Option<Tombstone>, StoreError> {
+        let (tenant, alias) = (tenant.to_owned(), alias.clone());
+        self.read(move |txn| privacy::tombstone(txn, &tenant, &alias))
+            .await
+    }
+
+    async fn identity_epoch(&self) -> Result<u64, StoreError> {
+        self.read(|txn| {
+            let meta = txn.open_table(META).map_err(redb_err("opening meta"))?;
+            Ok(meta
+                .get(IDENTITY_EPOCH)
+                .map_err(redb_err("reading a counter"))?
+                .map_or(0, |v| v.value()))
         })
         .await
     }

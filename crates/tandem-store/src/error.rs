@@ -34,6 +34,13 @@ pub enum StoreError {
     /// The store was closed (the writer thread stopped).
     #[error("store is closed")]
     Closed,
+    /// A delivery was resolved to customers under an identity epoch an erasure has since
+    /// ended: drop cached identities, resolve again and retry.
+    #[error("customer identities changed (an erasure); resolve again (epoch now {stored})")]
+    StaleIdentities {
+        /// The epoch the store holds now.
+        stored: u64,
+    },
     /// A write kept conflicting with concurrent writers.
     #[error("write kept conflicting with other writers after {0} attempts")]
     Contention(u32),
@@ -61,9 +68,11 @@ impl StoreError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Self::Redis(e) if e.is_timeout() => ErrorKind::Timeout,
-            Self::Redis(_) | Self::Embedded { .. } | Self::Closed | Self::Contention(_) => {
-                ErrorKind::Unavailable
-            }
+            Self::Redis(_)
+            | Self::Embedded { .. }
+            | Self::Closed
+            | Self::Contention(_)
+            | Self::StaleIdentities { .. } => ErrorKind::Unavailable,
             Self::Config(_) => ErrorKind::Invalid,
             Self::Corrupt { .. } | Self::Protocol(_) => ErrorKind::Internal,
         }

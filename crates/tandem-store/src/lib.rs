@@ -31,6 +31,7 @@ mod customers;
 mod embedded;
 mod error;
 mod model;
+mod privacy;
 mod redis;
 mod store;
 
@@ -42,5 +43,6 @@ pub use model::{
     IngestItem, IngestKind, IngestReport, ItemOutcome, Link, ListQuery, NumberState, NumberTouch,
     PauseOnIngest, Presence, StepCommit, StoreOptions, StoreStats, TimerChange, apply_pause,
 };
+pub use privacy::{AuditEntry, Erasure, ErasureReport, Purge, Tombstone, tombstone_key};
 pub use redis::RedisStore;
 pub use store::{Store, contact_for, open};

@@ -39,6 +39,10 @@ pub struct IngestBatch {
     pub received_at: Timestamp,
     /// The items, in the order the webhook listed them.
     pub items: Vec<IngestItem>,
+    /// The identity epoch its customers were resolved under; the store refuses the batch
+    /// when an erasure has raised the epoch since ([`crate::StoreError::StaleIdentities`]).
+    /// `None` when no item was resolved through aliases.
+    pub identity_epoch: Option<u64>,
 }
 
 /// One item of a delivery, with the identity it is deduplicated by.

@@ -19,6 +19,7 @@
 mod customers;
 mod ingest;
 mod keys;
+mod privacy;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +41,7 @@ use crate::model::{
     IngestReport, ListQuery, NumberState, NumberTouch, StepCommit, StoreOptions, StoreStats,
     TimerChange,
 };
+use crate::privacy::{AuditEntry, Erasure, ErasureReport, Purge, Tombstone};
 use crate::store::Store;
 
 /// How often an ingest is retried when other writers keep changing what it read.
@@ -78,6 +80,7 @@ struct Scripts {
     touch_number: Script,
     resolve: Script,
     renew: Script,
+    erase: Script,
 }
 
 /// A write plan for `apply.lua`: guards first, then writes. Field names are the script's.
@@ -85,6 +88,8 @@ struct Scripts {
 struct Plan {
     now: String,
     keys: PlanKeys,
+    /// The identity epoch key and the epoch the batch's customers were resolved under.
+    epoch: Option<(String, u64)>,
     absent: Vec<String>,
     revs: Vec<(String, u64)>,
     equals: Vec<(String, Option<String>)>,
@@ -200,6 +205,7 @@ impl RedisStore {
                 touch_number: Script::new(include_str!("redis/touch_number.lua")),
                 resolve: Script::new(include_str!("redis/resolve.lua")),
                 renew: Script::new(include_str!("redis/renew.lua")),
+                erase: Script::new(include_str!("redis/erase.lua")),
             }),
             signal: Arc::new(Notify::new()),
         };
@@ -840,6 +846,53 @@ impl Store for RedisStore {
             Some("conflict") => Ok(false),
             _ => Err(StoreError::Protocol(format!("{answer:?}"))),
         }
+    }
+
+    async fn append_audit(&self, entry: AuditEntry) -> Result<u64, StoreError> {
+        self.append_audit_entry(entry).await
+    }
+
+    async fn audit(
+        &self,
+        since: Timestamp,
+        after_id: u64,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        self.audit_entries(since, after_id, limit).await
+    }
+
+    async fn purge_older(
+        &self,
+        what: Purge,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        self.purge_entries(what, before, limit).await
+    }
+
+    async fn rewrite_conversation(
+        &self,
+        conversation: Conversation,
+        expected_rev: u64,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        self.rewrite(conversation, expected_rev, now).await
+    }
+
+    async fn erase_customer(&self, erasure: Erasure) -> Result<ErasureReport, StoreError> {
+        self.erase(erasure).await
+    }
+
+    async fn tombstone(
+        &self,
+        tenant: &str,
+        alias: &Alias,
+    ) -> Result<Option<Tombstone>, StoreError> {
+        self.read_tombstone(tenant, alias).await
+    }
+
+    async fn identity_epoch(&self) -> Result<u64, StoreError> {
+        self.read_identity_epoch().await
     }
 
     async fn lead(

@@ -15,6 +15,7 @@ use crate::model::{
     AccountState, AgentState, Claim, CommitOutcome, HookJob, HookSettle, InboxItem, IngestBatch,
     IngestReport, ListQuery, NumberState, NumberTouch, StepCommit, StoreOptions, StoreStats,
 };
+use crate::privacy::{AuditEntry, Erasure, ErasureReport, Purge, Tombstone};
 use crate::{EmbeddedStore, RedisStore};
 
 /// Durable state shared by ingress, the lanes and the API. See the crate docs for guarantees.
@@ -190,6 +191,49 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         state: NumberState,
         hooks: Vec<HookJob>,
     ) -> Result<bool, StoreError>;
+
+    /// Appends an entry to the audit log and returns the id it was given.
+    async fn append_audit(&self, entry: AuditEntry) -> Result<u64, StoreError>;
+
+    /// Lists up to `limit` audit entries in `(at, id)` order, starting after `(since,
+    /// after_id)`: `after_id = 0` includes every entry taken at `since`.
+    async fn audit(
+        &self,
+        since: Timestamp,
+        after_id: u64,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// Removes up to `limit` entries of `what` older than `before`, oldest first, and
+    /// returns how many; fewer than `limit` means none are left.
+    async fn purge_older(
+        &self,
+        what: Purge,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<usize, StoreError>;
+
+    /// Replaces a conversation record (outside its lane: retention trims transcripts) if its
+    /// revision is still `expected_rev`; the stored revision becomes `expected_rev + 1`.
+    /// Returns false when the record changed or is gone (a lane commit conflicts the same way
+    /// with this write).
+    async fn rewrite_conversation(
+        &self,
+        conversation: Conversation,
+        expected_rev: u64,
+        now: Timestamp,
+    ) -> Result<bool, StoreError>;
+
+    /// Erases a customer's data, leaves tombstones, raises the identity epoch and queues
+    /// `erasure.hooks`. Rules in [`crate::privacy`].
+    async fn erase_customer(&self, erasure: Erasure) -> Result<ErasureReport, StoreError>;
+
+    /// Reads the tombstone an erasure left for `alias` in `tenant`.
+    async fn tombstone(&self, tenant: &str, alias: &Alias)
+    -> Result<Option<Tombstone>, StoreError>;
+
+    /// Returns the identity epoch, raised by every erasure (0 before the first).
+    async fn identity_epoch(&self) -> Result<u64, StoreError>;
 
     /// Removes one batch of expired deduplication keys (where the backend does not expire them
     /// itself) and returns how many; 0 means none are left.

@@ -18,6 +18,7 @@ use tandem_store::{
     IngestKind, ItemOutcome, Link, ListQuery, NumberTouch, PauseOnIngest, Presence, StepCommit,
     Store, StoreOptions, TimerChange,
 };
+use tandem_store::{AuditEntry, Erasure, Purge, StoreError};
 
 const T0: Timestamp = Timestamp(1_768_041_000_000);
 const LEASE: Duration = Duration::from_secs(30);
@@ -197,6 +198,7 @@ fn batch(at: Timestamp, items: Vec<IngestItem>) -> IngestBatch {
     IngestBatch {
         received_at: at,
         items,
+        identity_epoch: None,
     }
 }
 
@@ -1161,6 +1163,369 @@ async fn concurrent_first_messages_make_one_customer(f: Fixture) {
     assert!(answers.iter().all(|a| a.conflicts.is_empty()));
 }
 
+fn audit_entry(at: Timestamp, action: &str) -> AuditEntry {
+    AuditEntry {
+        id: 0,
+        at,
+        actor: "ops".into(),
+        agent: None,
+        action: action.into(),
+        target: Some("106:c_1".into()),
+        from: Some("127.0.0.1:5000".into()),
+        status: 202,
+        detail: None,
+    }
+}
+
+async fn the_audit_log_appends_pages_in_time_order_and_purges(f: Fixture) {
+    let s = &*f.store;
+    let sec = |n: u64| T0.plus(Duration::from_secs(n));
+    // Two entries in one millisecond, and one appended late with an earlier time.
+    for (at, action) in [(sec(0), "a"), (sec(0), "b"), (sec(2), "c"), (sec(1), "d")] {
+        s.append_audit(audit_entry(at, action)).await.unwrap();
+    }
+    let all = s.audit(T0, 0, 10).await.unwrap();
+    let order: Vec<_> = all.iter().map(|e| (e.action.as_str(), e.id)).collect();
+    assert_eq!(order, [("a", 1), ("b", 2), ("d", 4), ("c", 3)]);
+    assert_eq!(
+        all[0],
+        AuditEntry {
+            id: 1,
+            ..audit_entry(sec(0), "a")
+        }
+    );
+    // Pages resume after the last entry seen, even inside one millisecond.
+    let first = s.audit(T0, 0, 1).await.unwrap();
+    let next = s.audit(first[0].at, first[0].id, 2).await.unwrap();
+    let next: Vec<_> = next.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(next, ["b", "d"]);
+    assert!(s.audit(sec(3), 0, 10).await.unwrap().is_empty());
+    // Retention removes the oldest, at most `limit` at a time.
+    assert_eq!(s.purge_older(Purge::Audit, sec(2), 2).await.unwrap(), 2);
+    assert_eq!(s.purge_older(Purge::Audit, sec(2), 2).await.unwrap(), 1);
+    assert_eq!(s.purge_older(Purge::Audit, sec(2), 2).await.unwrap(), 0);
+    let left: Vec<_> = s
+        .audit(T0, 0, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    assert_eq!(left, ["c"]);
+    // Ids keep growing after a purge.
+    assert_eq!(s.append_audit(audit_entry(sec(5), "e")).await.unwrap(), 5);
+}
+
+async fn retention_purges_old_dead_letters_and_dead_hooks(f: Fixture) {
+    let s = &*f.store;
+    let hour = |n: u64| T0.plus(Duration::from_secs(3600 * n));
+    for n in 0..3 {
+        let letter = DeadLetter {
+            received_at: hour(n),
+            reason: "unparseable_body".into(),
+            field: None,
+            detail: "test".into(),
+            body: format!("letter {n}"),
+            body_base64: false,
+        };
+        s.ingest(batch(
+            hour(n),
+            vec![IngestItem {
+                key: format!("dl{n}"),
+                kind: IngestKind::DeadLetter(letter),
+            }],
+        ))
+        .await
+        .unwrap();
+    }
+    // Two hooks die, an hour apart.
+    s.ingest(batch(T0, vec![message("a", "m1")])).await.unwrap();
+    let claim = s.claim(T0, LEASE).await.unwrap().unwrap();
+    let (record, items) = s.head(&claim, T0, 10).await.unwrap().unwrap();
+    let mut commit = commit_of(T0, record, &items, TimerChange::Keep);
+    commit.hooks = vec![hook("h1"), hook("h2")];
+    s.commit(&claim, commit, LEASE).await.unwrap();
+    for (n, job) in s.due_hooks(T0, 10, LEASE).await.unwrap().iter().enumerate() {
+        let settle = HookSettle::Dead {
+            error: "gone".into(),
+        };
+        s.settle_hook(job, settle, hour(n as u64)).await.unwrap();
+    }
+    assert_eq!(s.dead_hooks(10).await.unwrap().len(), 2);
+
+    let cutoff = hour(1).plus(Duration::from_secs(1800));
+    assert_eq!(
+        s.purge_older(Purge::DeadLetters, cutoff, 1).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        s.purge_older(Purge::DeadLetters, cutoff, 10).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        s.purge_older(Purge::DeadLetters, cutoff, 10).await.unwrap(),
+        0
+    );
+    let left: Vec<_> = s
+        .dead_letters(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, l)| l.body)
+        .collect();
+    assert_eq!(left, ["letter 2"]);
+    assert_eq!(
+        s.purge_older(Purge::DeadHooks, cutoff, 10).await.unwrap(),
+        2
+    );
+    assert!(s.dead_hooks(10).await.unwrap().is_empty());
+}
+
+async fn a_rewrite_is_guarded_by_the_revision(f: Fixture) {
+    let s = &*f.store;
+    s.ingest(batch(T0, vec![message("a", "m1")])).await.unwrap();
+    drain(s, T0).await;
+    let record = s.conversation(&conv("a")).await.unwrap().unwrap();
+    let mut trimmed = record.clone();
+    trimmed.transcript.clear();
+    assert!(
+        s.rewrite_conversation(trimmed.clone(), record.rev, T0)
+            .await
+            .unwrap()
+    );
+    let stored = s.conversation(&conv("a")).await.unwrap().unwrap();
+    assert_eq!(stored.rev, record.rev + 1);
+    assert!(stored.transcript.is_empty());
+    assert_eq!(stored.events_applied, record.events_applied);
+    // Written from a stale read: refused, nothing changes.
+    assert!(
+        !s.rewrite_conversation(record.clone(), record.rev, T0)
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.conversation(&conv("a"))
+            .await
+            .unwrap()
+            .unwrap()
+            .transcript
+            .is_empty()
+    );
+    // A record that does not exist is not created.
+    let mut ghost = record;
+    ghost.id = conv("ghost");
+    assert!(!s.rewrite_conversation(ghost, 1, T0).await.unwrap());
+    assert!(s.conversation(&conv("ghost")).await.unwrap().is_none());
+}
+
+async fn erasing_a_customer_removes_its_data_and_leaves_tombstones(f: Fixture) {
+    let s = &*f.store;
+    let t = tandem_store::DEFAULT_TENANT;
+    let lookup = |phone: &str, user: Option<&str>| CustomerLookup::of(&who(Some(phone), user));
+    let resolved = s
+        .resolve_customers(
+            t,
+            &[
+                lookup("15550001111", Some("US.1111")),
+                lookup("15550002222", None),
+            ],
+        )
+        .await
+        .unwrap();
+    let (ana, bob) = (resolved[0].customer.clone(), resolved[1].customer.clone());
+    let conv_of =
+        |c: &CustomerId| ConversationId::new(PhoneNumberId::parse("106").unwrap(), c.clone());
+    let msg = |c: &CustomerId, id: &str| IngestItem {
+        key: format!("msg:{c}:{id}"),
+        kind: IngestKind::Conversation {
+            conversation: conv_of(c),
+            event: text(id),
+            pause: None,
+        },
+    };
+    let contact = |wa: &str| IngestItem {
+        key: format!("contact:{wa}"),
+        kind: IngestKind::Contact(ContactUpdate {
+            phone_number_id: PhoneNumberId::parse("106").unwrap(),
+            wa_id: WaId::parse(wa).unwrap(),
+            full_name: Some("Someone".into()),
+            first_name: None,
+            removed: false,
+            at: T0,
+        }),
+    };
+    let letter = |key: &str, body: &str| IngestItem {
+        key: key.into(),
+        kind: IngestKind::DeadLetter(DeadLetter {
+            received_at: T0,
+            reason: "unparseable_change".into(),
+            field: Some("messages".into()),
+            detail: "test".into(),
+            body: body.into(),
+            body_base64: false,
+        }),
+    };
+    s.ingest(batch(
+        T0,
+        vec![
+            msg(&ana, "a1"),
+            msg(&bob, "b1"),
+            contact("15550001111"),
+            contact("15550002222"),
+        ],
+    ))
+    .await
+    .unwrap();
+    // The lane applies the first messages; the record learns Ana's phone and BSUID.
+    while let Some(claim) = s.claim(T0, LEASE).await.unwrap() {
+        let (mut record, items) = s.head(&claim, T0, 10).await.unwrap().unwrap();
+        if claim.conversation == conv_of(&ana) {
+            record.note_identity(&who(Some("15550001111"), Some("US.1111")));
+        }
+        record.push(tandem_domain::TranscriptEntry::system(T0, "hello"), 10);
+        let commit = commit_of(T0, record, &items, TimerChange::Set(T0.plus(IDLE)));
+        assert_eq!(
+            s.commit(&claim, commit, LEASE).await.unwrap(),
+            CommitOutcome::Applied
+        );
+        s.release(claim, T0).await.unwrap();
+    }
+    // More of Ana waits in the inbox; hooks about both are pending; letters name both.
+    s.ingest(batch(
+        T0,
+        vec![
+            msg(&ana, "a2"),
+            letter("l1", r#"{"from":"15550001111"}"#),
+            letter("l2", r#"{"from":"15550002222"}"#),
+        ],
+    ))
+    .await
+    .unwrap();
+    let claim = s.claim(T0, LEASE).await.unwrap().unwrap();
+    assert_eq!(claim.conversation, conv_of(&ana));
+    let (record, _) = s.head(&claim, T0, 10).await.unwrap().unwrap();
+    let mut hooks_commit = commit_of(T0, record, &[], TimerChange::Keep);
+    let about = |id: &str, c: &CustomerId| {
+        let mut job = hook(id);
+        job.body = format!(r#"{{"customer":{{"id":"{c}"}}}}"#);
+        job
+    };
+    hooks_commit.hooks = vec![about("ha", &ana), about("hb", &bob)];
+    assert_eq!(
+        s.commit(&claim, hooks_commit.clone(), LEASE).await.unwrap(),
+        CommitOutcome::Applied
+    );
+    let before = s.stats().await.unwrap();
+    assert_eq!(s.identity_epoch().await.unwrap(), 0);
+
+    let later = T0.plus(Duration::from_secs(60));
+    let mut erased_hook = hook("erased");
+    erased_hook.event = "customer.erased".into();
+    let report = s
+        .erase_customer(Erasure {
+            tenant: t.into(),
+            customer: ana.clone(),
+            now: later,
+            hooks: vec![erased_hook],
+        })
+        .await
+        .unwrap();
+    assert_eq!(report.conversations, 1);
+    assert_eq!(report.transcript_lines, 1);
+    assert_eq!(report.queued_events, 1);
+    assert_eq!(report.contacts, 1);
+    assert_eq!(report.aliases, 2);
+    assert_eq!(report.hooks, 1);
+    assert_eq!(report.dead_letters, 1);
+    assert_eq!(report.conversation_ids, vec![conv_of(&ana)]);
+
+    // Ana's data is gone.
+    assert!(s.conversation(&conv_of(&ana)).await.unwrap().is_none());
+    let phone = Alias::phone(&Phone::parse("15550001111").unwrap());
+    let bsuid = Alias::user(&UserId::parse("US.1111").unwrap());
+    assert_eq!(s.customer_of(t, &phone).await.unwrap(), None);
+    assert_eq!(s.customer_of(t, &bsuid).await.unwrap(), None);
+    let number = PhoneNumberId::parse("106").unwrap();
+    assert!(s.contact(&number, "15550001111").await.unwrap().is_none());
+    let after = s.stats().await.unwrap();
+    assert_eq!(after.inbox_depth, before.inbox_depth - 1);
+    // Her lane's commit, computed before the erasure, is refused.
+    assert_eq!(
+        s.commit(&claim, hooks_commit, LEASE).await.unwrap(),
+        CommitOutcome::Conflict
+    );
+    let pending: Vec<_> = s
+        .due_hooks(later, 10, LEASE)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|h| h.event_id)
+        .collect();
+    assert_eq!(pending, ["erased", "hb"]);
+    let letters: Vec<_> = s
+        .dead_letters(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, l)| l.body)
+        .collect();
+    assert_eq!(letters, [r#"{"from":"15550002222"}"#]);
+
+    // Bob is untouched.
+    assert!(s.conversation(&conv_of(&bob)).await.unwrap().is_some());
+    assert!(s.contact(&number, "15550002222").await.unwrap().is_some());
+    assert_eq!(
+        s.customer_of(t, &Alias::phone(&Phone::parse("15550002222").unwrap()))
+            .await
+            .unwrap(),
+        Some(bob.clone())
+    );
+
+    // Tombstones remember when, under a digest; the epoch moved on.
+    assert_eq!(
+        s.tombstone(t, &phone).await.unwrap().unwrap().erased_at,
+        later
+    );
+    assert_eq!(
+        s.tombstone(t, &bsuid).await.unwrap().unwrap().erased_at,
+        later
+    );
+    assert!(s.tombstone("other", &phone).await.unwrap().is_none());
+    assert_eq!(s.identity_epoch().await.unwrap(), 1);
+
+    // A delivery resolved before the erasure is refused, plain or not; nothing is written.
+    for item in [msg(&ana, "a3"), echo("x", "e1")] {
+        let stale = IngestBatch {
+            identity_epoch: Some(0),
+            ..batch(later, vec![item])
+        };
+        match s.ingest(stale).await {
+            Err(StoreError::StaleIdentities { stored: 1 }) => {}
+            other => panic!("a stale delivery was not refused: {other:?}"),
+        }
+    }
+    assert!(s.conversation(&conv_of(&ana)).await.unwrap().is_none());
+    assert_eq!(s.stats().await.unwrap().inbox_depth, after.inbox_depth);
+    // Resolved again: a new customer, and its delivery is stored.
+    let again = s
+        .resolve_customers(t, &[lookup("15550001111", None)])
+        .await
+        .unwrap()
+        .remove(0);
+    assert!(again.created);
+    assert_ne!(again.customer, ana);
+    let fresh = IngestBatch {
+        identity_epoch: Some(1),
+        ..batch(later, vec![msg(&again.customer, "a4")])
+    };
+    assert_eq!(
+        s.ingest(fresh).await.unwrap().outcomes,
+        vec![ItemOutcome::Stored]
+    );
+    // Ana's idle timer went with her record: only Bob's fires.
+    assert_eq!(s.fire_due_timers(T0.plus(IDLE), 10).await.unwrap(), 1);
+}
+
 macro_rules! contract {
     ($backend:ident: $($name:ident),* $(,)?) => {
         mod $backend {
@@ -1196,6 +1561,10 @@ macro_rules! suite {
             a_renewed_lease_keeps_the_lane_and_only_its_owner_renews,
             customers_are_found_by_any_alias_and_never_merged,
             concurrent_first_messages_make_one_customer,
+            the_audit_log_appends_pages_in_time_order_and_purges,
+            retention_purges_old_dead_letters_and_dead_hooks,
+            a_rewrite_is_guarded_by_the_revision,
+            erasing_a_customer_removes_its_data_and_leaves_tombstones,
         );)*
     };
 }

@@ -50,7 +50,16 @@ pub(super) const NUMBERS: TableDefinition<'_, &str, &[u8]> = TableDefinition::ne
 pub(super) const ALIASES: TableDefinition<'_, (&str, &str, &str), &str> =
     TableDefinition::new("customer_aliases");
 
+/// (time in ms, id) → audit entry (JSON): the append-only audit log.
+pub(super) const AUDIT: TableDefinition<'_, (u64, u64), &[u8]> = TableDefinition::new("audit");
+/// Digest of tenant and alias → when its customer was erased (ms).
+pub(super) const TOMBSTONES: TableDefinition<'_, &str, u64> = TableDefinition::new("tombstones");
+
 pub(super) const SEQ: &str = "seq";
+/// The last audit entry id given.
+pub(super) const AUDIT_SEQ: &str = "audit_seq";
+/// Raised by every erasure; ingest refuses batches resolved under an older value.
+pub(super) const IDENTITY_EPOCH: &str = "identity_epoch";
 /// The schema version of the file (absent before version 2).
 pub(super) const SCHEMA: &str = "schema_version";
 pub(super) const DEAD_LETTER_SEQ: &str = "dead_letter_seq";
@@ -102,6 +111,9 @@ pub(super) fn create_all(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(NUMBERS)
         .map_err(redb_err("creating tables"))?;
     txn.open_table(ALIASES)
+        .map_err(redb_err("creating tables"))?;
+    txn.open_table(AUDIT).map_err(redb_err("creating tables"))?;
+    txn.open_table(TOMBSTONES)
         .map_err(redb_err("creating tables"))?;
     Ok(())
 }

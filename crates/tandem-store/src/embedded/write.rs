@@ -23,8 +23,8 @@ pub(super) struct Group<'t> {
     pub(super) timer_queue: Table<'t, (u64, &'static str), ()>,
     pub(super) contacts: Table<'t, &'static str, &'static [u8]>,
     pub(super) accounts: Table<'t, &'static str, &'static [u8]>,
-    dead_letters: Table<'t, u64, &'static [u8]>,
-    hooks: Table<'t, &'static str, &'static [u8]>,
+    pub(super) dead_letters: Table<'t, u64, &'static [u8]>,
+    pub(super) hooks: Table<'t, &'static str, &'static [u8]>,
     hook_due: Table<'t, (u64, &'static str), ()>,
     pub(super) dead_hooks: Table<'t, &'static str, &'static [u8]>,
     pub(super) agents: Table<'t, &'static str, &'static [u8]>,
@@ -81,6 +81,55 @@ impl<'t> Group<'t> {
             dead_letter_seq,
             depth,
         })
+    }
+
+    /// Opens a table the group does not keep open (one a rare job needs). The job must drop
+    /// it before another job of the group opens it again.
+    pub(super) fn table<K: redb::Key + 'static, V: redb::Value + 'static>(
+        &self,
+        table: redb::TableDefinition<'static, K, V>,
+    ) -> Result<Table<'t, K, V>, StoreError> {
+        open(self.txn, table)
+    }
+
+    /// Reads a counter of the meta table that the group does not keep in memory.
+    pub(super) fn counter(&self, name: &str) -> Result<u64, StoreError> {
+        Ok(self
+            .meta
+            .get(name)
+            .map_err(redb_err("reading a counter"))?
+            .map_or(0, |v| v.value()))
+    }
+
+    /// Writes a counter of the meta table that the group does not keep in memory.
+    pub(super) fn set_counter(&mut self, name: &str, value: u64) -> Result<(), StoreError> {
+        self.meta
+            .insert(name, value)
+            .map_err(redb_err("writing a counter"))?;
+        Ok(())
+    }
+
+    /// Removes a conversation: its record, mode index entry, timer and waiting events.
+    /// Returns the record (if it had one) and how many events were waiting.
+    pub(super) fn remove_conversation(
+        &mut self,
+        id: &str,
+    ) -> Result<(Option<Conversation>, usize), StoreError> {
+        let record = self.read_conversation(id)?;
+        if let Some(record) = &record {
+            self.conversations
+                .remove(id)
+                .map_err(redb_err("removing a conversation"))?;
+            self.by_mode
+                .remove((record.mode().as_str(), id))
+                .map_err(redb_err("updating the mode index"))?;
+        }
+        self.set_timer(id, None)?;
+        let seqs = self.head_seqs(id, usize::MAX)?;
+        for seq in &seqs {
+            self.consume(id, *seq)?;
+        }
+        Ok((record, seqs.len()))
     }
 
     /// The customer alias table.
@@ -242,7 +291,7 @@ impl<'t> Group<'t> {
             .inbox
             .range((id, 0)..=(id, u64::MAX))
             .map_err(redb_err("reading the inbox"))?;
-        let mut seqs = Vec::with_capacity(n);
+        let mut seqs = Vec::with_capacity(n.min(64));
         for row in range.take(n) {
             seqs.push(row.map_err(redb_err("reading the inbox"))?.0.value().1);
         }

@@ -1,11 +1,17 @@
 -- Applies one write plan atomically: first every guard, then every write.
 -- ARGV[1] is the plan as JSON (see `Plan` in redis.rs); ARGV[2..] are the large values it
 -- refers to by index (records, events), passed apart so they are never decoded here.
--- Returns {'ok'}, {'conflict', what} or {'lease_lost'}. Guards run before any write, so a
--- refused plan changes nothing.
+-- Returns {'ok'}, {'conflict', what}, {'lease_lost'} or {'stale', epoch} (an erasure raised
+-- the identity epoch since the plan's customers were resolved). Guards run before any write,
+-- so a refused plan changes nothing.
 local plan = cjson.decode(ARGV[1])
 local k = plan.keys
 local function blob(i) return ARGV[i + 1] end
+
+if plan.epoch ~= cjson.null then
+  local epoch = tonumber(redis.call('GET', plan.epoch[1]) or '0')
+  if epoch ~= tonumber(plan.epoch[2]) then return {'stale', tostring(epoch)} end
+end
 
 for _, key in ipairs(plan.absent) do
   if redis.call('EXISTS', key) == 1 then return {'conflict', key} end

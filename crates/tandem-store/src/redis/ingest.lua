@@ -2,11 +2,17 @@
 -- no JSON decoding. Each item is stored only if its dedupe key was not set (SET NX), so
 -- retries and duplicates inside one delivery are dropped here, atomically.
 -- ARGV: seq key, ready zset, depth key, dead-letter list, dead-letter seq key, now (ms),
---       dedupe ttl (ms), then 5 per item: kind ('q' inbox | 'd' dead letter), dedupe key,
---       inbox key, conversation id, payload.
--- Returns one 1 (stored) or 0 (duplicate) per item.
+--       dedupe ttl (ms), identity epoch key, the epoch the customers were resolved under
+--       ('' when nothing was resolved), then 5 per item: kind ('q' inbox | 'd' dead letter),
+--       dedupe key, inbox key, conversation id, payload.
+-- Returns one 1 (stored) or 0 (duplicate) per item, or {-1, epoch} when an erasure raised
+-- the identity epoch since the customers were resolved (nothing written).
+if ARGV[9] ~= '' then
+  local epoch = tonumber(redis.call('GET', ARGV[8]) or '0')
+  if epoch ~= tonumber(ARGV[9]) then return {-1, epoch} end
+end
 local out = {}
-local i = 8
+local i = 10
 while i <= #ARGV do
   local kind, dedupe, inbox, cid, payload = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   if redis.call('SET', dedupe, '1', 'NX', 'PX', ARGV[7]) then

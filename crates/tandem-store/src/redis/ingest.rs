@@ -27,6 +27,9 @@ impl RedisStore {
         let seen: Vec<bool> = pipe.query_async(&mut con).await?;
 
         let mut plan = self.plan(now);
+        plan.epoch = batch
+            .identity_epoch
+            .map(|e| (self.keys.identity_epoch(), e));
         let mut report = IngestReport::default();
         let mut paused: HashMap<ConversationId, (u64, Conversation)> = HashMap::new();
         let mut keys_in_batch = std::collections::HashSet::new();
@@ -163,6 +166,12 @@ impl RedisStore {
                 Ok(Attempt::Done(report))
             }
             Some("conflict") => Ok(Attempt::Conflict),
+            Some("stale") => Err(StoreError::StaleIdentities {
+                stored: answer
+                    .get(1)
+                    .and_then(|e| e.parse().ok())
+                    .unwrap_or_default(),
+            }),
             _ => Err(StoreError::Protocol(format!("{answer:?}"))),
         }
     }
@@ -181,7 +190,14 @@ impl RedisStore {
             .arg(self.keys.dead_letters())
             .arg(self.keys.dead_letter_seq())
             .arg(now.as_millis())
-            .arg(millis(self.options.dedupe_ttl));
+            .arg(millis(self.options.dedupe_ttl))
+            .arg(self.keys.identity_epoch())
+            .arg(
+                batch
+                    .identity_epoch
+                    .map(|e| e.to_string())
+                    .unwrap_or_default(),
+            );
         let mut enqueued = false;
         for item in &batch.items {
             let dedupe = self.keys.dedupe(&item.key);
@@ -222,6 +238,11 @@ impl RedisStore {
         }
         let mut con = self.con.clone();
         let stored: Vec<i64> = script.invoke_async(&mut con).await?;
+        if let [-1, epoch] = stored[..] {
+            return Err(StoreError::StaleIdentities {
+                stored: u64::try_from(epoch).unwrap_or_default(),
+            });
+        }
         if stored.len() != batch.items.len() {
             return Err(StoreError::Protocol(format!(
                 "ingest answered {} outcomes for {} items",

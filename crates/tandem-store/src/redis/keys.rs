@@ -131,6 +131,22 @@ impl Keys {
         format!("{}:schema", self.prefix)
     }
 
+    pub(crate) fn audit(&self) -> String {
+        format!("{}:audit", self.prefix)
+    }
+
+    pub(crate) fn audit_seq(&self) -> String {
+        format!("{}:audit_seq", self.prefix)
+    }
+
+    pub(crate) fn tombstones(&self) -> String {
+        format!("{}:tombstones", self.prefix)
+    }
+
+    pub(crate) fn identity_epoch(&self) -> String {
+        format!("{}:identity_epoch", self.prefix)
+    }
+
     pub(crate) fn dead_letter_seq(&self) -> String {
         format!("{}:dead_letter_seq", self.prefix)
     }
