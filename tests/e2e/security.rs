@@ -3,10 +3,17 @@
 
 use std::time::{Duration, Instant};
 
+use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{Backend, Server, Spec};
+use crate::helpers::{
+    API_TOKEN, Backend, PNID, Server, Spec, customer, now_secs, text, texts, wait_for,
+};
+use crate::standin::HookReceiver;
+
+/// How long a test waits for something that should take milliseconds.
+const DEADLINE: Duration = Duration::from_secs(20);
 
 /// A server whose connections must send a head within 1 s and be answered within 2 s.
 fn impatient_server(dir: &std::path::Path) -> Server {
@@ -96,4 +103,364 @@ async fn slow_and_idle_connections_are_closed_while_others_are_served() {
         .unwrap();
     let (said, _) = read_until_closed(&mut kept, Duration::from_secs(20)).await;
     assert!(said.starts_with("HTTP/1.1 200"), "{said:?}");
+}
+
+/// Sends an API request with the test token; returns status and JSON (or text as a string).
+async fn call(
+    server: &Server,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = server
+        .client
+        .request(method, server.url(path))
+        .bearer_auth(API_TOKEN);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// The audit log as parsed JSON lines.
+async fn audit_log(server: &Server) -> Vec<Value> {
+    let (status, body) = call(server, reqwest::Method::GET, "/v1/audit", None).await;
+    assert_eq!(status, 200, "{body}");
+    body.as_str()
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+async fn erasure_removes_the_customer_and_late_webhooks_do_not_bring_it_back(backend: Backend) {
+    let hooks = HookReceiver::start().await;
+    let mut spec = Spec::new(backend);
+    spec.env.push(("TANDEM_HOOK_URL".into(), hooks.url.clone()));
+    spec.env
+        .push(("TANDEM_HOOK_SECRET".into(), "hook-secret".into()));
+    let server = Server::start(spec);
+    let ana = "15550004444";
+    let bob = "15550005555";
+    for body in [
+        text(ana, "wamid.ana1", "my card ends in 4242"),
+        text(bob, "wamid.bob1", "hello from bob"),
+    ] {
+        assert_eq!(server.post_signed(&body).await.status(), 200);
+    }
+    let before = wait_for("Ana's conversation", DEADLINE, || async {
+        server
+            .conversation(ana)
+            .await
+            .filter(|c| !texts(c, "customer").is_empty())
+    })
+    .await;
+    let old_customer = before["customer"]["id"].as_str().unwrap().to_owned();
+    // An agent takes over, so the audit log has an action naming her conversation.
+    let (status, _) = call(
+        &server,
+        reqwest::Method::POST,
+        &format!("/v1/conversations/{PNID}:{ana}/takeover"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 202);
+
+    let (status, answer) = call(
+        &server,
+        reqwest::Method::DELETE,
+        &format!("/v1/customers/{ana}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["customer"], old_customer.as_str());
+    assert_eq!(answer["erased"]["conversations"], 1);
+    assert!(answer["erased"]["transcript_lines"].as_u64().unwrap() >= 1);
+    assert!(answer["erased"]["aliases"].as_u64().unwrap() >= 1);
+
+    // Gone, by phone and by customer id; Bob is untouched.
+    assert!(server.conversation(ana).await.is_none());
+    let (status, _) = server.api(&format!("/v1/customers/{old_customer}")).await;
+    assert_eq!(status, 404);
+    let (status, _) = server.api(&format!("/v1/customers/{ana}")).await;
+    assert_eq!(status, 404);
+    assert!(server.conversation(bob).await.is_some());
+    let (status, _) = call(
+        &server,
+        reqwest::Method::DELETE,
+        &format!("/v1/customers/{ana}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404, "a second erasure finds nobody");
+
+    // The CRM is told, signed, with the identifiers to find its own copy.
+    let erased = wait_for("the customer.erased hook", DEADLINE, || async {
+        hooks
+            .delivered()
+            .into_iter()
+            .find(|h| h.event == "customer.erased")
+    })
+    .await;
+    assert_eq!(erased.body["customer"]["id"], old_customer.as_str());
+    assert_eq!(erased.body["customer"]["phone"], ana);
+    assert!(tandem_handoff::verify(
+        "hook-secret",
+        erased.timestamp,
+        &erased.raw,
+        &erased.signature
+    ));
+
+    // Late webhooks: Meta's retry of the old message, and a message from before the erasure
+    // delivered late. Neither brings anything back.
+    let retry = text(ana, "wamid.ana1", "my card ends in 4242");
+    assert_eq!(server.post_signed(&retry).await.status(), 200);
+    let late = customer(
+        ana,
+        "wamid.ana0",
+        now_secs() - 120,
+        json!({"type": "text", "text": {"body": "older words"}}),
+    );
+    assert_eq!(server.post_signed(&late).await.status(), 200);
+    wait_for("the late message to be dropped", DEADLINE, || async {
+        (server.metric("tandem_erased_events_dropped_total").await >= 1.0).then_some(())
+    })
+    .await;
+    assert!(server.conversation(ana).await.is_none());
+
+    // A new message starts a new, empty conversation under a new customer id.
+    let new = customer(
+        ana,
+        "wamid.ana2",
+        now_secs() + 1,
+        json!({"type": "text", "text": {"body": "hi again"}}),
+    );
+    assert_eq!(server.post_signed(&new).await.status(), 200);
+    let after = wait_for("Ana's new conversation", DEADLINE, || async {
+        server
+            .conversation(ana)
+            .await
+            .filter(|c| !texts(c, "customer").is_empty())
+    })
+    .await;
+    assert_ne!(after["customer"]["id"], old_customer.as_str());
+    assert_eq!(texts(&after, "customer"), ["hi again"]);
+
+    // The audit log has both actions, with who and from where, and no phone or text.
+    let log = audit_log(&server).await;
+    let actions: Vec<&str> = log.iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!(
+        actions,
+        ["conversation.takeover", "customer.erase", "customer.erase"]
+    );
+    // The refused second erasure is there too, its target a digest of the phone asked for.
+    assert_eq!(log[2]["status"], 404);
+    assert!(log[2]["target"].as_str().unwrap().starts_with("sha256:"));
+    let erase = &log[1];
+    assert_eq!(erase["actor"], "TANDEM_API_TOKEN");
+    assert_eq!(erase["target"], old_customer.as_str());
+    assert_eq!(erase["status"], 200);
+    assert_eq!(erase["from"], "127.0.0.1");
+    assert!(erase["detail"]["conversations"] == 1);
+    let text_of_log = serde_json::to_string(&log).unwrap();
+    assert!(
+        !text_of_log.contains(ana) && !text_of_log.contains("4242"),
+        "{text_of_log}"
+    );
+    // Exporting is itself audited.
+    let again = audit_log(&server).await;
+    assert_eq!(again.last().unwrap()["action"], "audit.export");
+}
+
+#[tokio::test]
+async fn erasure_removes_the_customer_and_late_webhooks_do_not_bring_it_back_embedded() {
+    let dir = tempfile::tempdir().unwrap();
+    erasure_removes_the_customer_and_late_webhooks_do_not_bring_it_back(Backend::embedded(
+        dir.path(),
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn erasure_removes_the_customer_and_late_webhooks_do_not_bring_it_back_redis() {
+    erasure_removes_the_customer_and_late_webhooks_do_not_bring_it_back(Backend::redis()).await;
+}
+
+/// Two replicas on one Redis: one erases a customer while the other keeps receiving her
+/// messages (and has her in its identity cache). No message lands in the erased customer's
+/// conversation, and every message stored after the erasure is in one new conversation.
+#[tokio::test]
+async fn an_erasure_racing_messages_on_another_replica_leaves_nothing_behind() {
+    let backend = Backend::redis();
+    let first = Server::start(Spec::new(backend.clone()));
+    let second = Server::start(Spec::new(backend));
+    let ana = "15550006666";
+    assert_eq!(
+        second
+            .post_signed(&text(ana, "wamid.r0", "before"))
+            .await
+            .status(),
+        200
+    );
+    let before = wait_for("the first message", DEADLINE, || async {
+        second
+            .conversation(ana)
+            .await
+            .filter(|c| !texts(c, "customer").is_empty())
+    })
+    .await;
+    let old_customer = before["customer"]["id"].as_str().unwrap().to_owned();
+
+    let sending = tokio::spawn({
+        let client = second.client.clone();
+        let url = second.url("/webhook");
+        async move {
+            for i in 1..=30 {
+                let body = text(ana, &format!("wamid.r{i}"), &format!("racing {i}"));
+                let signature = tandem_whatsapp::sign(crate::helpers::SECRET.as_bytes(), &body);
+                let status = client
+                    .post(&url)
+                    .header("x-hub-signature-256", signature)
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status();
+                assert_eq!(status, 200);
+            }
+        }
+    });
+    let (status, answer) = call(
+        &first,
+        reqwest::Method::DELETE,
+        &format!("/v1/customers/{old_customer}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    sending.await.unwrap();
+    // One message after everything: it must reach the customer's current conversation.
+    assert_eq!(
+        second
+            .post_signed(&text(ana, "wamid.last", "last"))
+            .await
+            .status(),
+        200
+    );
+
+    let current = wait_for("the last message", DEADLINE, || async {
+        first
+            .conversation(ana)
+            .await
+            .filter(|c| texts(c, "customer").contains(&"last".to_owned()))
+    })
+    .await;
+    assert_ne!(current["customer"]["id"], old_customer.as_str());
+    let kept = texts(&current, "customer");
+    assert!(!kept.contains(&"before".to_owned()), "{kept:?}");
+    assert!(
+        kept.iter().all(|t| t == "last" || t.starts_with("racing ")),
+        "{kept:?}"
+    );
+    // The old customer's conversation does not come back, on either replica.
+    for server in [&first, &second] {
+        let (status, _) = server
+            .api(&format!("/v1/conversations/{PNID}:{old_customer}"))
+            .await;
+        assert_eq!(status, 404);
+    }
+    // Racing messages are either erased with her (stored before) or in the new conversation.
+    let lost: Vec<String> = (1..=30)
+        .map(|i| format!("racing {i}"))
+        .filter(|t| !kept.contains(t))
+        .collect();
+    let (_, list) = first.api("/v1/conversations?limit=100").await;
+    let elsewhere: Vec<&Value> = list["conversations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| {
+            c["customer"]["phone"] == ana && c["customer"]["id"] != current["customer"]["id"]
+        })
+        .collect();
+    assert!(
+        elsewhere.is_empty(),
+        "another conversation of hers: {elsewhere:?} (lost {lost:?})"
+    );
+}
+
+/// With retention on, old transcript lines, dead letters and audit entries go; the
+/// conversation's state and counters stay.
+#[tokio::test]
+async fn retention_removes_old_transcripts_dead_letters_and_audit_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = Spec::new(Backend::embedded(dir.path()));
+    for (k, v) in [
+        ("TANDEM_RETENTION_TRANSCRIPTS", "2s"),
+        ("TANDEM_RETENTION_AUDIT", "2s"),
+        ("TANDEM_RETENTION_EVERY", "500ms"),
+    ] {
+        spec.env.push((k.into(), v.into()));
+    }
+    let server = Server::start(spec);
+    let ana = "15550007777";
+    assert_eq!(
+        server
+            .post_signed(&text(ana, "wamid.t1", "keep me briefly"))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(server.post_signed(b"{\"entry\": [1, 2").await.status(), 200);
+    let (status, _) = call(
+        &server,
+        reqwest::Method::POST,
+        &format!("/v1/conversations/{PNID}:{ana}/takeover"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 202);
+    let kept = wait_for("the message", DEADLINE, || async {
+        server
+            .conversation(ana)
+            .await
+            .filter(|c| !texts(c, "customer").is_empty())
+    })
+    .await;
+
+    let trimmed = wait_for(
+        "the transcript to be trimmed",
+        Duration::from_secs(30),
+        || async {
+            server
+                .conversation(ana)
+                .await
+                .filter(|c| c["transcript"].as_array().unwrap().is_empty())
+        },
+    )
+    .await;
+    assert_eq!(trimmed["mode"], kept["mode"], "the state stays");
+    assert_eq!(trimmed["customer"]["id"], kept["customer"]["id"]);
+    wait_for("the dead letter to go", Duration::from_secs(30), || async {
+        let (_, letters) = server.api("/v1/dead-letters").await;
+        letters["dead_letters"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    wait_for("the audit entry to go", Duration::from_secs(30), || async {
+        let log = audit_log(&server).await;
+        (!log.iter().any(|e| e["action"] == "conversation.takeover")).then_some(())
+    })
+    .await;
+    assert!(server.metric("tandem_retention_removed_total").await >= 3.0);
 }

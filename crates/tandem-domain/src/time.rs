@@ -30,6 +30,12 @@ impl Timestamp {
         Self(self.0.saturating_add(millis))
     }
 
+    /// Returns this time moved back by `duration`, saturating at the Unix epoch.
+    pub fn minus(self, duration: Duration) -> Self {
+        let millis = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        Self(self.0.saturating_sub(millis))
+    }
+
     /// Returns how long after `earlier` this time is, or zero if it is not later.
     pub fn since(self, earlier: Timestamp) -> Duration {
         Duration::from_millis(self.0.saturating_sub(earlier.0))

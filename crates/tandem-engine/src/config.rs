@@ -63,6 +63,9 @@ pub struct EngineConfig {
     /// WhatsApp cannot deliver them to a customer known only by a BSUID (error 131062), so
     /// Tandem refuses such a send before making it and says why in the transcript.
     pub authentication_templates: Vec<String>,
+    /// How long customers' data is kept (`[retention]`); off by default.
+    #[serde(skip)]
+    pub retention: crate::privacy::Retention,
 }
 
 impl Default for EngineConfig {
@@ -87,6 +90,7 @@ impl Default for EngineConfig {
             hold_retry: Duration::from_secs(10),
             burst_window: Duration::ZERO,
             authentication_templates: Vec::new(),
+            retention: crate::privacy::Retention::default(),
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Lane workers, the idle-timer pump and store upkeep.
+//! Lane workers, the idle-timer pump and store upkeep (expired keys, the retention sweep).
 //!
 //! A worker claims one conversation's lane from the store, decides its waiting events in
 //! arrival order ([`crate::turn::decide`]; the events waiting at that moment together, in one
@@ -106,6 +106,13 @@ impl Dispatcher {
             if let Some(hooks) = worker.bot.hook_sender.clone() {
                 tasks.spawn(hooks.run(Arc::clone(&worker.bot.hooks_ready), stopped.clone()));
             }
+        }
+        if worker.config.retention.is_on() {
+            let sweeper = crate::privacy::Sweeper::new(
+                Arc::clone(&worker.store),
+                worker.config.retention.clone(),
+            );
+            tasks.spawn(sweeper.run(Arc::clone(&worker.clock), stopped.clone()));
         }
         tasks.spawn(worker.run_purge(stopped));
         Self { stop, tasks }

@@ -41,6 +41,9 @@ struct NumberBook {
     phone: std::collections::HashMap<PhoneNumberId, Timestamp>,
 }
 
+/// How often a delivery is resolved again when erasures keep ending its identities.
+const MAX_STALE_RETRIES: u32 = 3;
+
 /// Phone activity is recorded at most this often per number (the heartbeat counts in days).
 const PHONE_TOUCH_EVERY: Duration = Duration::from_secs(60);
 
@@ -98,6 +101,7 @@ impl Ingress {
                         pause,
                     },
                 }],
+                identity_epoch: None,
             })
             .await?;
         let stored = report
@@ -120,17 +124,72 @@ impl Ingress {
         body: &[u8],
         received_at: Timestamp,
     ) -> Result<IngressReport, StoreError> {
-        let events = parse_webhook(body, received_at);
+        let mut attempt = 0;
+        loop {
+            match self.try_accept(body, received_at).await {
+                // An erasure ended the identities the delivery was resolved with: resolve
+                // again under the new epoch (a few times at most; erasures are rare).
+                Err(StoreError::StaleIdentities { stored }) if attempt < MAX_STALE_RETRIES => {
+                    attempt += 1;
+                    self.identities.refresh(stored);
+                }
+                Err(error) => {
+                    self.identities.forget();
+                    return Err(error);
+                }
+                Ok(report) => return Ok(report),
+            }
+        }
+    }
+
+    /// True when `event` is a late webhook of an erased customer: older than the erasure of
+    /// one of its identifiers. WhatsApp's times are whole seconds, so a message of the
+    /// erasure's own second counts as new. History is the past, always older.
+    fn late(event: &ConversationEvent, erased_at: Timestamp) -> bool {
+        let at = match event {
+            ConversationEvent::Customer(m) => m.sent_at,
+            ConversationEvent::Echo(e) => e.sent_at,
+            ConversationEvent::Status(s) => s.at,
+            ConversationEvent::History(_) => return true,
+            // An identity change is news, whenever it comes.
+            _ => return false,
+        };
+        at.as_millis() < erased_at.as_millis() / 1000 * 1000
+    }
+
+    async fn try_accept(
+        &self,
+        body: &[u8],
+        received_at: Timestamp,
+    ) -> Result<IngressReport, StoreError> {
+        let parsed = parse_webhook(body, received_at);
         // Customers first: resolving is idempotent, so a failure here (503, Meta retries)
         // or a crash before the delivery is stored loses nothing and duplicates nothing.
-        let lookups: Vec<_> = events
+        let lookups: Vec<_> = parsed
             .iter()
             .filter_map(|e| match e {
                 WebhookEvent::Conversation { customer, .. } => Some(customer),
                 _ => None,
             })
             .collect();
-        let mut customers = self.identities.resolve(&lookups).await?.into_iter();
+        let resolution = self.identities.resolve(&lookups).await?;
+        let mut resolved = resolution.customers.into_iter().zip(resolution.erased_at);
+        let mut events = Vec::with_capacity(parsed.len());
+        let mut customers = Vec::new();
+        for event in parsed {
+            if let WebhookEvent::Conversation { event: inner, .. } = &event {
+                let (customer, erased_at) = resolved.next().ok_or_else(|| {
+                    StoreError::Protocol("an event's customer was not resolved".into())
+                })?;
+                if erased_at.is_some_and(|t| Self::late(inner, t)) {
+                    ::metrics::counter!(metrics::ERASED_DROPPED).increment(1);
+                    continue;
+                }
+                customers.push(customer);
+            }
+            events.push(event);
+        }
+        let mut customers = customers.into_iter();
         if events.iter().any(|e| e.field_label() == "user_id_update") {
             tracing::info!(
                 "a user_id_update webhook (withdrawn by Meta) was applied as an identity change"
@@ -172,21 +231,14 @@ impl Ingress {
                 self.item(e, customer)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let outcome = match self
+        let outcome = self
             .store
             .ingest(IngestBatch {
                 received_at,
                 items,
-                identity_epoch: None,
+                identity_epoch: resolution.epoch,
             })
-            .await
-        {
-            Ok(outcome) => outcome,
-            Err(error) => {
-                self.identities.forget();
-                return Err(error);
-            }
-        };
+            .await?;
 
         let mut report = IngressReport::default();
         for ((outcome, field), kept) in outcome.outcomes.iter().zip(labels).zip(kept) {

@@ -25,6 +25,7 @@
 //!   heartbeat rule), its hooks and the owner's reminder.
 //! - [`sandbox`]: one conversation against the flows with no store and no WhatsApp account
 //!   (`tandem chat`, `tandem test`).
+//! - [`privacy`]: erasing a customer on request and the retention sweep.
 //! - [`metrics`]: the metric names this crate records, and their descriptions.
 
 pub mod apply;
@@ -36,6 +37,7 @@ pub mod hook_sender;
 mod identity;
 pub mod ingress;
 pub mod metrics;
+pub mod privacy;
 mod reply;
 pub mod responder;
 pub mod router;

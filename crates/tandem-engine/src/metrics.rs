@@ -78,8 +78,25 @@ pub const ALIASES_LINKED: &str = "tandem_customer_aliases_linked_total";
 /// Counter: aliases a payload put next to another customer's (never merged), by kind.
 pub const ALIAS_CONFLICTS: &str = "tandem_customer_alias_conflicts_total";
 
+/// Counter: late webhook events of an erased customer, dropped instead of stored.
+pub const ERASED_DROPPED: &str = "tandem_erased_events_dropped_total";
+/// Counter: customers erased on request.
+pub const ERASURES: &str = "tandem_customers_erased_total";
+/// Counter: what retention removed, by what (`transcript_lines`, `dead_letters`,
+/// `dead_hooks`, `audit`).
+pub const RETENTION_REMOVED: &str = "tandem_retention_removed_total";
+
 /// Registers help texts and units with the installed recorder.
 pub fn describe() {
+    describe_counter!(
+        ERASED_DROPPED,
+        "Late webhook events of an erased customer (older than the erasure), dropped"
+    );
+    describe_counter!(ERASURES, "Customers erased on request");
+    describe_counter!(
+        RETENTION_REMOVED,
+        "Entries removed by retention, by what (transcript_lines, dead_letters, dead_hooks, audit)"
+    );
     describe_counter!(
         CUSTOMERS_CREATED,
         "Customers created from a payload whose identifiers nobody had"

@@ -337,6 +337,7 @@ impl Router {
     ) -> Result<(), StoreError> {
         self.store
             .ingest(IngestBatch {
+                identity_epoch: None,
                 received_at: now,
                 items: vec![IngestItem {
                     key,

@@ -31,11 +31,13 @@ pub enum HookEvent {
     NumberReconnected,
     /// No activity from the phone for the heartbeat time: the link may drop soon.
     NumberAtRisk,
+    /// A customer's data was erased on request; the receiver should erase its copy.
+    CustomerErased,
 }
 
 impl HookEvent {
     /// Every event, in lifecycle order.
-    pub const ALL: [HookEvent; 9] = [
+    pub const ALL: [HookEvent; 10] = [
         Self::HandoffRequested,
         Self::Assigned,
         Self::HumanTakeover,
@@ -45,6 +47,7 @@ impl HookEvent {
         Self::NumberDisconnected,
         Self::NumberReconnected,
         Self::NumberAtRisk,
+        Self::CustomerErased,
     ];
 
     /// The name receivers see (`conversation.assigned`).
@@ -59,6 +62,7 @@ impl HookEvent {
             Self::NumberDisconnected => "number.disconnected",
             Self::NumberReconnected => "number.reconnected",
             Self::NumberAtRisk => "number.at_risk",
+            Self::CustomerErased => "customer.erased",
         }
     }
 
@@ -122,12 +126,18 @@ impl Hooks {
         self.targets.iter().find(|t| t.name == name)
     }
 
-    /// Returns the targets that want `event` for a conversation of `team`.
+    /// Returns the targets that want `event` for a conversation of `team`. An erasure goes
+    /// to every target that wants the event, whatever its teams: each may hold a copy.
     pub fn targets_for(&self, event: HookEvent, team: Option<&str>) -> Vec<&HookTarget> {
+        let any_team = event == HookEvent::CustomerErased;
         self.targets
             .iter()
             .filter(|t| t.events.is_empty() || t.events.contains(&event))
-            .filter(|t| t.teams.is_empty() || team.is_some_and(|x| t.teams.iter().any(|y| y == x)))
+            .filter(|t| {
+                any_team
+                    || t.teams.is_empty()
+                    || team.is_some_and(|x| t.teams.iter().any(|y| y == x))
+            })
             .collect()
     }
 

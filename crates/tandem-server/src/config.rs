@@ -150,6 +150,33 @@ struct FileConfig {
     hooks: Vec<HookSection>,
     #[serde(default)]
     health: HealthSection,
+    #[serde(default)]
+    retention: RetentionSection,
+}
+
+/// `[retention]`: how long customers' data is kept. Off unless a period is set.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RetentionSection {
+    #[serde(with = "humantime_serde")]
+    transcripts: Option<Duration>,
+    #[serde(with = "humantime_serde")]
+    audit: Option<Duration>,
+    #[serde(with = "humantime_serde")]
+    every: Duration,
+    batch: usize,
+}
+
+impl Default for RetentionSection {
+    fn default() -> Self {
+        let d = tandem_engine::privacy::Retention::default();
+        Self {
+            transcripts: d.transcripts,
+            audit: d.audit,
+            every: d.every,
+            batch: d.batch,
+        }
+    }
 }
 
 /// `[health]`: Coexistence link health.
@@ -654,6 +681,42 @@ fn env_duration(
     Ok(())
 }
 
+fn retention_config(
+    section: RetentionSection,
+    env: &HashMap<String, String>,
+) -> Result<tandem_engine::privacy::Retention, ConfigError> {
+    let mut retention = tandem_engine::privacy::Retention {
+        transcripts: section.transcripts,
+        audit: section.audit,
+        every: section.every,
+        batch: section.batch,
+    };
+    for (name, target) in [
+        ("TANDEM_RETENTION_TRANSCRIPTS", &mut retention.transcripts),
+        ("TANDEM_RETENTION_AUDIT", &mut retention.audit),
+    ] {
+        let mut value = Duration::ZERO;
+        if env.contains_key(name) {
+            env_duration(env, name, &mut value)?;
+            *target = Some(value);
+        }
+    }
+    env_duration(env, "TANDEM_RETENTION_EVERY", &mut retention.every)?;
+    for (key, value) in [
+        ("retention.transcripts", retention.transcripts),
+        ("retention.audit", retention.audit),
+        ("retention.every", Some(retention.every)),
+    ] {
+        if value.is_some_and(|v| v.is_zero()) {
+            return Err(ConfigError::new(key, "must be longer than 0s"));
+        }
+    }
+    if retention.batch == 0 {
+        return Err(ConfigError::new("retention.batch", "must be at least 1"));
+    }
+    Ok(retention)
+}
+
 fn build(
     file: FileConfig,
     cli: &CliOverrides,
@@ -669,6 +732,7 @@ fn build(
         handoff,
         hooks,
         health,
+        retention,
     } = file;
     refuse_inline(
         "meta.app_secret",
@@ -721,6 +785,7 @@ fn build(
     env_duration(env, "TANDEM_SEND_RECOVERY", &mut engine.send_recovery)?;
     env_duration(env, "TANDEM_LEASE", &mut engine.lease)?;
     env_duration(env, "TANDEM_BURST_WINDOW", &mut engine.burst_window)?;
+    engine.retention = retention_config(retention, env)?;
     if let Some(v) = env.get("TANDEM_SEND_RATE") {
         engine.send_rate = v.parse().map_err(|_| {
             ConfigError::new("TANDEM_SEND_RATE", format!("{v:?} is not a whole number"))

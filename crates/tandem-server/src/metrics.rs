@@ -21,8 +21,15 @@ pub const CONVERSATIONS: &str = "tandem_conversations";
 /// Flow reloads, by outcome (`ok`, `refused`).
 pub const FLOW_RELOADS: &str = "tandem_flows_reloads_total";
 
+/// Counter: audit entries that could not be written (the action itself took effect).
+pub const AUDIT_FAILURES: &str = "tandem_audit_failures_total";
+
 /// Registers help texts and units with the installed recorder.
 pub fn describe() {
+    describe_counter!(
+        AUDIT_FAILURES,
+        "Audit entries that could not be written (the action took effect)"
+    );
     describe_counter!(WEBHOOK_REQUESTS, "Webhook POST requests, by outcome");
     describe_counter!(WEBHOOK_REJECTS, "Webhook requests refused, by reason");
     describe_counter!(

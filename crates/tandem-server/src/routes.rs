@@ -3,6 +3,7 @@
 //! - [`api`]: reading conversations, dead letters and accounts under `/v1`;
 //! - [`agent`]: acting on conversations (take over, assign, release, close, send), the
 //!   queue, agents' availability and the hook dead-letter list;
+//! - [`privacy`]: erasing a customer, the audit log and the middleware that writes it;
 //! - [`openapi`]: the table of `/v1` routes the router is built from, and the OpenAPI
 //!   document generated from the same table;
 //! - [`auth`]: bearer tokens and their scopes;
@@ -13,6 +14,7 @@ pub mod api;
 pub mod auth;
 pub mod health;
 pub mod openapi;
+pub mod privacy;
 pub mod webhook;
 
 use std::sync::Arc;
@@ -43,6 +45,8 @@ pub struct AppState {
     pub api_limiter: Option<Arc<governor::DefaultKeyedRateLimiter<String>>>,
     /// Teams, agents and rules.
     pub routing: Arc<tandem_handoff::Routing>,
+    /// Hook targets (for `customer.erased`).
+    pub hooks: Arc<tandem_handoff::Hooks>,
     /// The flows in force (for the re-engagement template), when any.
     pub flows: Option<tandem_engine::FlowsHandle>,
     /// Messages a second per number (`engine.send_rate`), shown with each number.

@@ -195,6 +195,7 @@ impl Application {
                 )))
             }),
             routing,
+            hooks: Arc::clone(&hooks),
             flows: flows.clone(),
             send_rate: settings.engine.send_rate,
             sending_problem: settings.access_token.is_none().then_some(NO_ACCESS_TOKEN),

@@ -21,7 +21,11 @@ use tandem_store::{AgentState, Presence};
 use super::AppState;
 use super::api::{find_id, parse_limit, refuse_unknown, rfc3339};
 use super::auth::Caller;
+use super::privacy::AuditNote;
 use crate::error::ApiError;
+
+/// The answer of an action: its status, what the audit log keeps of it, and the JSON.
+type Acted = (StatusCode, Extension<AuditNote>, Json<Value>);
 
 /// The longest text WhatsApp accepts in one message.
 const MAX_TEXT: usize = 4096;
@@ -128,7 +132,7 @@ async fn act(
     id: ConversationId,
     agent: Option<String>,
     kind: AgentActionKind,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<Acted, ApiError> {
     let label = kind.label();
     let key = match headers.get("idempotency-key").and_then(|v| v.to_str().ok()) {
         Some(key) if !key.trim().is_empty() => format!("api:{}:{}:{key}", caller.name, id),
@@ -140,6 +144,7 @@ async fn act(
         kind,
     };
     let expected = mode_after(&action.kind);
+    let acting = action.agent.as_ref().map(ToString::to_string);
     let stored = state.ingress.agent_action(id.clone(), action, key).await?;
     let deadline = tokio::time::Instant::now() + APPLY_WAIT;
     let (record, pending) = loop {
@@ -153,8 +158,14 @@ async fn act(
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     };
+    let note = AuditNote {
+        target: Some(id.to_string()),
+        agent: acting,
+        detail: Some(json!({"action": label, "duplicate": !stored})),
+    };
     Ok((
         StatusCode::ACCEPTED,
+        Extension(note),
         Json(json!({
             "conversation": id.to_string(),
             "action": label,
@@ -176,7 +187,7 @@ struct PersonAction {
 
 impl PersonAction {
     /// Stores `kind` for the conversation, acted by the body's agent or the token's.
-    async fn store(self, kind: AgentActionKind) -> Result<(StatusCode, Json<Value>), ApiError> {
+    async fn store(self, kind: AgentActionKind) -> Result<Acted, ApiError> {
         let b: AgentBody = body(&self.bytes)?;
         let agent = b.agent.or_else(|| self.caller.agent.clone());
         check_agent(&self.state, agent.as_deref())?;
@@ -193,7 +204,7 @@ pub async fn takeover(
     headers: HeaderMap,
     Path(raw): Path<String>,
     bytes: Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<Acted, ApiError> {
     let request = PersonAction {
         state,
         caller,
@@ -211,7 +222,7 @@ pub async fn release(
     headers: HeaderMap,
     Path(raw): Path<String>,
     bytes: Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<Acted, ApiError> {
     let request = PersonAction {
         state,
         caller,
@@ -229,7 +240,7 @@ pub async fn close(
     headers: HeaderMap,
     Path(raw): Path<String>,
     bytes: Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<Acted, ApiError> {
     let request = PersonAction {
         state,
         caller,
@@ -247,7 +258,7 @@ pub async fn assign(
     headers: HeaderMap,
     Path(raw): Path<String>,
     bytes: Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<Acted, ApiError> {
     let b: AssignBody = body(&bytes)?;
     if b.agent.is_none() && b.team.is_none() {
         return Err(ApiError::invalid(
@@ -295,7 +306,7 @@ pub async fn message(
     headers: HeaderMap,
     Path(raw): Path<String>,
     bytes: Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<Acted, ApiError> {
     let b: MessageBody = body(&bytes)?;
     let agent = b.agent.or_else(|| caller.agent.clone());
     check_agent(&state, agent.as_deref())?;
@@ -439,7 +450,7 @@ pub async fn availability(
     State(state): State<AppState>,
     Path(agent): Path<String>,
     bytes: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<(Extension<AuditNote>, Json<Value>), ApiError> {
     let b: AvailabilityBody = body(&bytes)?;
     let presence = Presence::parse(&b.status).ok_or_else(|| {
         ApiError::invalid(format!(
@@ -468,8 +479,14 @@ pub async fn availability(
             last_assigned_at: previous.and_then(|p| p.last_assigned_at),
         })
         .await?;
-    Ok(Json(
-        json!({"agent": agent, "status": presence, "since": rfc3339(now)}),
+    let note = AuditNote {
+        target: Some(agent.clone()),
+        agent: Some(agent.clone()),
+        detail: Some(json!({"status": presence})),
+    };
+    Ok((
+        Extension(note),
+        Json(json!({"agent": agent, "status": presence, "since": rfc3339(now)})),
     ))
 }
 

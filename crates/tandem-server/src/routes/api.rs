@@ -143,7 +143,7 @@ pub(crate) fn parse_id(raw: &str) -> Result<ConversationId, ApiError> {
 
 /// Finds the customer a reference names: a phone or BSUID through the alias table, else
 /// Tandem's customer id as given.
-async fn customer_ref(state: &AppState, raw: &str) -> Result<CustomerId, ApiError> {
+pub(crate) async fn customer_ref(state: &AppState, raw: &str) -> Result<CustomerId, ApiError> {
     if let Some(alias) = Identity::of(raw).and_then(|i| i.aliases().into_iter().next())
         && let Some(customer) = state.store.customer_of(DEFAULT_TENANT, &alias).await?
     {

@@ -3,16 +3,16 @@
 //! disagree.
 
 use axum::Router;
-use axum::routing::{MethodRouter, get, post, put};
+use axum::routing::{MethodRouter, delete, get, post, put};
 use serde_json::{Map, Value, json};
 
-use super::{AppState, agent, api, auth};
+use super::{AppState, agent, api, auth, privacy};
 use crate::config::Scope;
 
 /// One `/v1` route.
 #[derive(Debug, Clone, Copy)]
 pub struct Route {
-    /// `GET`, `POST` or `PUT`.
+    /// `GET`, `POST`, `PUT` or `DELETE`.
     pub method: &'static str,
     /// The path under `/v1`, with `{name}` parameters.
     pub path: &'static str,
@@ -22,6 +22,8 @@ pub struct Route {
     pub summary: &'static str,
     /// The JSON body it takes, as an OpenAPI schema (`Null` for none).
     body: fn() -> Value,
+    /// The action an audit entry names for each call (`None`: a read, not audited).
+    pub audit: Option<&'static str>,
 }
 
 fn no_body() -> Value {
@@ -59,11 +61,28 @@ fn availability_body() -> Value {
 /// Every `/v1` route.
 pub const ROUTES: &[Route] = &[
     Route {
+        method: "DELETE",
+        path: "/customers/{id}",
+        scope: Scope::Admin,
+        summary: "Erase a customer (customer id, phone or BSUID): conversations, transcripts, queued messages, contact data, aliases, undelivered hooks; fires customer.erased",
+        body: no_body,
+        audit: Some("customer.erase"),
+    },
+    Route {
+        method: "GET",
+        path: "/audit",
+        scope: Scope::Admin,
+        summary: "The audit log as JSON lines, oldest first (?since=RFC3339|ms&after=id&limit=)",
+        body: no_body,
+        audit: Some("audit.export"),
+    },
+    Route {
         method: "GET",
         path: "/conversations",
         scope: Scope::Read,
         summary: "List conversations (?mode=bot|handoff|human&limit=&after=)",
         body: no_body,
+        audit: None,
     },
     Route {
         method: "GET",
@@ -71,6 +90,7 @@ pub const ROUTES: &[Route] = &[
         scope: Scope::Read,
         summary: "A conversation's state, routing and transcript ({id}: {phone_number_id}:{customer id, phone or BSUID})",
         body: no_body,
+        audit: None,
     },
     Route {
         method: "GET",
@@ -78,6 +98,7 @@ pub const ROUTES: &[Route] = &[
         scope: Scope::Read,
         summary: "A customer by customer id, phone or BSUID: identifiers and conversations",
         body: no_body,
+        audit: None,
     },
     Route {
         method: "POST",
@@ -85,6 +106,7 @@ pub const ROUTES: &[Route] = &[
         scope: Scope::Agent,
         summary: "A person takes over: the bot is paused before the answer",
         body: agent_body,
+        audit: Some("conversation.takeover"),
     },
     Route {
         method: "POST",
@@ -92,6 +114,7 @@ pub const ROUTES: &[Route] = &[
         scope: Scope::Agent,
         summary: "Hand the conversation back to the bot",
         body: agent_body,
+        audit: Some("conversation.release"),
     },
     Route {
         method: "POST",
@@ -99,6 +122,7 @@ pub const ROUTES: &[Route] = &[
         scope: Scope::Agent,
         summary: "Close the conversation; the bot starts afresh",
         body: agent_body,
+        audit: Some("conversation.close"),
     },
     Route {
         method: "POST",
@@ -106,6 +130,7 @@ pub const ROUTES: &[Route] = &[
         scope: Scope::Agent,
         summary: "Assign to an agent or queue for a team",
         body: assign_body,
+        audit: Some("conversation.assign"),
     },
     Route {
         method: "POST",
@@ -113,6 +138,7 @@ pub const ROUTES: &[Route] = &[
         scope: Scope::Agent,
         summary: "Send a message as a person through the Cloud API",
         body: message_body,
+        audit: Some("conversation.message"),
     },
     Route {
         method: "GET",
@@ -120,6 +146,7 @@ pub const ROUTES: &[Route] = &[
         scope: Scope::Read,
         summary: "Conversations waiting for an agent, in serving order (?team=)",
         body: no_body,
+        audit: None,
     },
     Route {
         method: "GET",
@@ -127,6 +154,7 @@ pub const ROUTES: &[Route] = &[
         scope: Scope::Read,
         summary: "Agents with availability and open conversations",
         body: no_body,
+        audit: None,
     },
     Route {
         method: "PUT",
@@ -134,6 +162,7 @@ pub const ROUTES: &[Route] = &[
         scope: Scope::Agent,
         summary: "Set an agent online, away or offline",
         body: availability_body,
+        audit: Some("agent.availability"),
     },
     Route {
         method: "GET",
@@ -141,6 +170,7 @@ pub const ROUTES: &[Route] = &[
         scope: Scope::Admin,
         summary: "Hook deliveries given up on (?limit=)",
         body: no_body,
+        audit: None,
     },
     Route {
         method: "POST",
@@ -148,6 +178,7 @@ pub const ROUTES: &[Route] = &[
         scope: Scope::Admin,
         summary: "Queue a dead hook delivery again",
         body: no_body,
+        audit: Some("hook.redrive"),
     },
     Route {
         method: "GET",
@@ -155,6 +186,7 @@ pub const ROUTES: &[Route] = &[
         scope: Scope::Read,
         summary: "Customer texts no stage was sure of (or only the LLM was), page by page of conversations (?stage=none|llm|all&limit=&after=)",
         body: no_body,
+        audit: None,
     },
     Route {
         method: "GET",
@@ -162,6 +194,7 @@ pub const ROUTES: &[Route] = &[
         scope: Scope::Read,
         summary: "Signed webhook input kept raw (?limit=)",
         body: no_body,
+        audit: None,
     },
     Route {
         method: "GET",
@@ -169,6 +202,7 @@ pub const ROUTES: &[Route] = &[
         scope: Scope::Read,
         summary: "Recent account or number events",
         body: no_body,
+        audit: None,
     },
     Route {
         method: "GET",
@@ -176,6 +210,7 @@ pub const ROUTES: &[Route] = &[
         scope: Scope::Read,
         summary: "Every business number's link health",
         body: no_body,
+        audit: None,
     },
     Route {
         method: "GET",
@@ -183,6 +218,7 @@ pub const ROUTES: &[Route] = &[
         scope: Scope::Read,
         summary: "One number's link health: state, phone and API activity, sends held",
         body: no_body,
+        audit: None,
     },
 ];
 
@@ -192,6 +228,8 @@ fn handler(route: &Route) -> Option<MethodRouter<AppState>> {
         ("GET", "/conversations") => get(api::list),
         ("GET", "/conversations/{id}") => get(api::get),
         ("GET", "/customers/{id}") => get(api::customer),
+        ("DELETE", "/customers/{id}") => delete(privacy::erase),
+        ("GET", "/audit") => get(privacy::audit),
         ("POST", "/conversations/{id}/takeover") => post(agent::takeover),
         ("POST", "/conversations/{id}/release") => post(agent::release),
         ("POST", "/conversations/{id}/close") => post(agent::close),
@@ -223,6 +261,13 @@ pub fn v1_router(state: &AppState) -> Router<AppState> {
                 "a /v1 route has no handler"
             );
             continue;
+        };
+        let handler = match route.audit {
+            Some(_) => handler.route_layer(axum::middleware::from_fn_with_state(
+                (state.clone(), route),
+                privacy::record,
+            )),
+            None => handler,
         };
         let guarded = match route.scope {
             Scope::Read => handler.route_layer(axum::middleware::from_fn_with_state(
