@@ -72,8 +72,10 @@ pub struct Spec {
     /// Flows directory; without one the server runs with no bot (from a directory with no
     /// ./flows).
     pub flows: Option<PathBuf>,
-    /// Extra environment variables.
+    /// Extra environment variables (they win over the defaults, `RUST_LOG` included).
     pub env: Vec<(String, String)>,
+    /// A file the server's log (stderr) is written to.
+    pub log: Option<PathBuf>,
 }
 
 impl Spec {
@@ -85,6 +87,7 @@ impl Spec {
             config: None,
             flows: None,
             env: Vec::new(),
+            log: None,
         }
     }
 
@@ -128,7 +131,6 @@ impl Server {
         }
         // Tests poll the API every 20 ms; the rate limit has its own test.
         command.env("TANDEM_API_RATE_LIMIT", "0");
-        command.envs(spec.env.iter().map(|(k, v)| (k, v)));
         command
             .env("TANDEM_APP_SECRET", SECRET)
             .env("TANDEM_VERIFY_TOKEN", VERIFY_TOKEN)
@@ -140,11 +142,12 @@ impl Server {
                 std::env::var("TEST_LOG").map_or("warn", |_| "info"),
             )
             .stdout(Stdio::piped())
-            .stderr(if std::env::var("TEST_LOG").is_ok() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
+            .stderr(match &spec.log {
+                Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
+                None if std::env::var("TEST_LOG").is_ok() => Stdio::inherit(),
+                None => Stdio::null(),
             });
+        command.envs(spec.env.iter().map(|(k, v)| (k, v)));
         match &spec.backend {
             Backend::Embedded(path) => command.env("TANDEM_STORE", path),
             Backend::Redis { url, prefix } => command

@@ -464,3 +464,139 @@ async fn retention_removes_old_transcripts_dead_letters_and_audit_entries() {
     .await;
     assert!(server.metric("tandem_retention_removed_total").await >= 3.0);
 }
+
+/// A full run — customer messages with names, a username customer, an echo from the phone,
+/// an agent's message, a bad signature, a dead letter, hooks, an erasure — logged at every
+/// level as JSON lines. At the default levels (info and above) no line holds a customer's
+/// phone, BSUID, name or words; at no level does any line hold a secret.
+#[tokio::test]
+async fn logs_hold_no_personal_data_and_never_a_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let graph = crate::standin::Graph::start().await;
+    let shop = crate::standin::Shop::start(Duration::ZERO).await;
+    let hooks = HookReceiver::start().await;
+    let log = dir.path().join("tandem.log");
+    let mut spec = Spec::with_bot(Backend::embedded(dir.path()), &graph.url, &shop.url);
+    spec.env.push(("TANDEM_HOOK_URL".into(), hooks.url.clone()));
+    spec.env
+        .push(("TANDEM_HOOK_SECRET".into(), "hook-secret-5b1e".into()));
+    spec.env.push(("TANDEM_LOG_FORMAT".into(), "json".into()));
+    spec.env.push(("RUST_LOG".into(), "trace".into()));
+    spec.log = Some(log.clone());
+    let mut server = Server::start(spec);
+
+    let phone = "15550008888";
+    let bsuid = "US.99887766554433221100";
+    let words = [
+        "I would like a refund for the red bicycle",
+        "someone wrote from the phone: your parcel left today",
+        "an agent writes: the courier arrives at noon",
+        "a username writes about the blue kettle",
+    ];
+    assert_eq!(
+        server
+            .post_signed(&text(phone, "wamid.log1", words[0]))
+            .await
+            .status(),
+        200
+    );
+    wait_for("the bot's answer", DEADLINE, || async {
+        (!graph.messages().is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(
+        server
+            .post_signed(&crate::helpers::echo(phone, "wamid.log2", words[1]))
+            .await
+            .status(),
+        200
+    );
+    let (status, body) = call(
+        &server,
+        reqwest::Method::POST,
+        &format!("/v1/conversations/{PNID}:{phone}/messages"),
+        Some(json!({"text": words[2]})),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(
+        server
+            .post_signed(&crate::helpers::text_by(
+                None,
+                Some(bsuid),
+                "wamid.log3",
+                words[3]
+            ))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        server
+            .post_with(&text(phone, "wamid.log4", "forged"), Some("sha256=00"))
+            .await
+            .status(),
+        401
+    );
+    let broken = format!(
+        r#"{{"entry":[{{"changes":[{{"field":"messages","value":{{"messages":[{{"from":"{phone}"#
+    );
+    assert_eq!(server.post_signed(broken.as_bytes()).await.status(), 200);
+    wait_for("the username's conversation", DEADLINE, || async {
+        let (status, _) = server.api(&format!("/v1/customers/{bsuid}")).await;
+        (status == 200).then_some(())
+    })
+    .await;
+    let (status, _) = call(
+        &server,
+        reqwest::Method::DELETE,
+        &format!("/v1/customers/{bsuid}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    wait_for("the hooks", DEADLINE, || async {
+        hooks
+            .delivered()
+            .iter()
+            .any(|h| h.event == "customer.erased")
+            .then_some(())
+    })
+    .await;
+    assert!(server.terminate().success());
+
+    let text_of_log = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<Value> = text_of_log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not a JSON log line: {l}")))
+        .collect();
+    assert!(
+        lines.len() > 50,
+        "the run logged at trace level: {} lines",
+        lines.len()
+    );
+    let secrets = [
+        crate::helpers::SECRET,
+        crate::helpers::VERIFY_TOKEN,
+        API_TOKEN,
+        "test-access-token",
+        "hook-secret-5b1e",
+    ];
+    let personal: Vec<&str> = [phone, bsuid, "Ana Silva"]
+        .into_iter()
+        .chain(words)
+        .collect();
+    for (line, raw) in lines.iter().zip(text_of_log.lines()) {
+        for secret in secrets {
+            assert!(!raw.contains(secret), "a secret in the log: {raw}");
+        }
+        if matches!(line["level"].as_str(), Some("INFO" | "WARN" | "ERROR")) {
+            for value in &personal {
+                assert!(
+                    !raw.contains(value),
+                    "{value:?} in the log at the default level: {raw}"
+                );
+            }
+        }
+    }
+}

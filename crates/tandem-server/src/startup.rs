@@ -47,7 +47,13 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .nest("/v1", v1)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::map_response(crate::error::json_errors))
-        .layer(TraceLayer::new_for_http())
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &axum::extract::Request| {
+                // The path names customers (a phone, a BSUID): logs get a digest instead.
+                let path = crate::routes::privacy::loggable_path(request.uri().path());
+                tracing::debug_span!("request", method = %request.method(), %path)
+            }),
+        )
         .with_state(state)
 }
 

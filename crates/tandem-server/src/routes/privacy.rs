@@ -78,18 +78,33 @@ pub async fn record(
 fn path_target(template: &str, path: &str) -> Option<String> {
     let path = path.strip_prefix("/v1").unwrap_or(path);
     let index = template.split('/').position(|s| s.starts_with('{'))?;
-    let raw = path.split('/').nth(index)?;
-    let raw = percent_decode(raw);
-    Some(if template.starts_with("/conversations/") {
-        match raw.split_once(':') {
+    let raw = percent_decode(path.split('/').nth(index)?);
+    let parent = template.split('/').nth(index.checked_sub(1)?)?;
+    Some(hide_customer(parent, &raw))
+}
+
+/// A path segment after `parent`, with a customer's phone or BSUID replaced by a digest.
+fn hide_customer(parent: &str, raw: &str) -> String {
+    match parent {
+        "conversations" => match raw.split_once(':') {
             Some((number, who)) => format!("{number}:{}", pseudonym(who)),
-            None => pseudonym(&raw),
-        }
-    } else if template.starts_with("/customers/") {
-        pseudonym(&raw)
-    } else {
-        raw
-    })
+            None => pseudonym(raw),
+        },
+        "customers" => pseudonym(raw),
+        _ => raw.to_owned(),
+    }
+}
+
+/// A request path as logs may show it: conversation and customer references with a
+/// digest instead of a phone or BSUID, and no query string.
+pub fn loggable_path(path: &str) -> String {
+    let mut parent = "";
+    let mut out = Vec::new();
+    for segment in path.split('/') {
+        out.push(hide_customer(parent, &percent_decode(segment)));
+        parent = segment;
+    }
+    out.join("/")
 }
 
 /// Keeps Tandem's customer ids (`c_…`); anything else that may name a customer (a phone, a
@@ -279,6 +294,21 @@ mod tests {
             Some("ana")
         );
         assert_eq!(path_target("/audit", "/v1/audit"), None);
+    }
+
+    #[test]
+    fn loggable_paths_hide_customers() {
+        let path = loggable_path("/v1/conversations/106:15550001111/takeover");
+        assert_eq!(
+            path,
+            format!(
+                "/v1/conversations/106:{}/takeover",
+                pseudonym("15550001111")
+            )
+        );
+        assert_eq!(loggable_path("/v1/customers/c_01"), "/v1/customers/c_01");
+        assert_eq!(loggable_path("/webhook"), "/webhook");
+        assert!(!loggable_path("/v1/customers/US.12%2034").contains("US.12"));
     }
 
     #[test]
