@@ -254,6 +254,45 @@ fn over_limits(entries: &[Value]) -> Option<String> {
     })
 }
 
+/// Most items an array of one change may hold (messages, statuses, contacts…).
+pub const MAX_ITEMS: usize = 1000;
+/// Longest string a change may hold, in bytes (WhatsApp's longest text is 4,096 characters).
+pub const MAX_STRING: usize = 64 * 1024;
+
+/// Says why a change is too big to read, if it is: an array longer than [`MAX_ITEMS`] or a
+/// string longer than [`MAX_STRING`] anywhere in it. Such a change is kept whole in the
+/// dead-letter list, never cut.
+fn oversized(change: &Value) -> Option<String> {
+    let mut stack = vec![change];
+    while let Some(value) = stack.pop() {
+        match value {
+            Value::String(text) if text.len() > MAX_STRING => {
+                return Some(format!(
+                    "a string of {} bytes; at most {MAX_STRING} are read",
+                    text.len()
+                ));
+            }
+            Value::Array(items) if items.len() > MAX_ITEMS => {
+                return Some(format!(
+                    "an array of {} items; at most {MAX_ITEMS} are read",
+                    items.len()
+                ));
+            }
+            Value::Array(items) => stack.extend(items),
+            Value::Object(map) => {
+                for (key, item) in map {
+                    if key.len() > MAX_STRING {
+                        return Some(format!("a key of {} bytes", key.len()));
+                    }
+                    stack.push(item);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 struct ChangeContext<'a> {
     entry_id: &'a str,
     entry_time: Option<Timestamp>,
@@ -293,6 +332,16 @@ fn parse_change(change: &Value, ctx: &ChangeContext<'_>, out: &mut Vec<WebhookEv
         ));
         return;
     };
+    if let Some(detail) = oversized(change) {
+        out.push(kept_value(
+            change,
+            Some(field),
+            KeptReason::UnparseableItem,
+            &detail,
+            ctx.received_at,
+        ));
+        return;
+    }
     if field == "account_update" {
         out.push(account_update(value, ctx));
         return;
@@ -891,6 +940,34 @@ mod tests {
                 .iter()
                 .all(|e| !matches!(e, WebhookEvent::Kept { .. }))
         );
+    }
+
+    #[test]
+    fn changes_with_too_many_items_or_too_long_strings_are_kept_whole() {
+        let message = |body: &str| json!({"from": "15550002222", "id": "wamid.A", "timestamp": "1768050000", "type": "text", "text": {"body": body}});
+        let kept = |value: Value| {
+            let events = parse(envelope("messages", value));
+            assert_eq!(events.len(), 1, "one dead letter for the change");
+            let WebhookEvent::Kept { reason, letter, .. } = &events[0] else {
+                panic!("not kept")
+            };
+            assert_eq!(*reason, KeptReason::UnparseableItem);
+            assert_eq!(letter.field.as_deref(), Some("messages"));
+            letter.detail.clone()
+        };
+        let long = "x".repeat(MAX_STRING + 1);
+        let detail = kept(json!({"metadata": meta(), "messages": [message(&long)]}));
+        assert!(detail.contains("65537 bytes"), "{detail}");
+        let many = vec![message("hi"); MAX_ITEMS + 1];
+        let detail = kept(json!({"metadata": meta(), "messages": many}));
+        assert!(detail.contains("1001 items"), "{detail}");
+        // At the limits, the messages are read.
+        let at_limit = "x".repeat(MAX_STRING);
+        let events = parse(envelope(
+            "messages",
+            json!({"metadata": meta(), "messages": [message(&at_limit)]}),
+        ));
+        assert!(matches!(events[0], WebhookEvent::Conversation { .. }));
     }
 
     #[test]
