@@ -66,6 +66,7 @@ pub async fn json_errors(response: Response) -> Response {
         StatusCode::CONFLICT => "conflict",
         StatusCode::PAYLOAD_TOO_LARGE => "too_large",
         StatusCode::TOO_MANY_REQUESTS => "rate_limited",
+        StatusCode::REQUEST_TIMEOUT => "timeout",
         s if s.is_server_error() => "internal",
         _ => "invalid",
     };
