@@ -123,13 +123,12 @@ impl Identities {
                 return Err(error);
             }
         };
-        let mut out: Vec<Option<CustomerId>> = {
+        let (mut out, mut erased_at): (Vec<Option<CustomerId>>, Vec<Option<Timestamp>>) = {
             let cache = self.cache();
-            lookups.iter().map(|l| cached(&cache.pairs, l)).collect()
-        };
-        let mut erased_at: Vec<Option<Timestamp>> = {
-            let cache = self.cache();
-            lookups.iter().map(|l| erased_of(&cache.pairs, l)).collect()
+            lookups
+                .iter()
+                .map(|l| (cached(&cache.pairs, l), erased_of(&cache.pairs, l)))
+                .unzip()
         };
         let missing: Vec<CustomerLookup> = lookups
             .iter()

@@ -176,13 +176,14 @@ impl Ingress {
         let mut resolved = resolution.customers.into_iter().zip(resolution.erased_at);
         let mut events = Vec::with_capacity(parsed.len());
         let mut customers = Vec::new();
+        let mut dropped = 0_u64;
         for event in parsed {
             if let WebhookEvent::Conversation { event: inner, .. } = &event {
                 let (customer, erased_at) = resolved.next().ok_or_else(|| {
                     StoreError::Protocol("an event's customer was not resolved".into())
                 })?;
                 if erased_at.is_some_and(|t| Self::late(inner, t)) {
-                    ::metrics::counter!(metrics::ERASED_DROPPED).increment(1);
+                    dropped += 1;
                     continue;
                 }
                 customers.push(customer);
@@ -239,6 +240,9 @@ impl Ingress {
                 identity_epoch: resolution.epoch,
             })
             .await?;
+        if dropped > 0 {
+            ::metrics::counter!(metrics::ERASED_DROPPED).increment(dropped);
+        }
 
         let mut report = IngressReport::default();
         for ((outcome, field), kept) in outcome.outcomes.iter().zip(labels).zip(kept) {

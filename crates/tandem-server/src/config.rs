@@ -1063,6 +1063,29 @@ mod tests {
     }
 
     #[test]
+    fn retention_is_off_by_default_and_set_by_file_or_environment() {
+        let off = from_toml("", &full_env()).unwrap().engine.retention;
+        assert!(!off.is_on());
+        let file = from_toml("[retention]\ntranscripts = \"180d\"\n", &full_env())
+            .unwrap()
+            .engine
+            .retention;
+        assert_eq!(file.transcripts, Some(Duration::from_secs(180 * 86_400)));
+        assert_eq!(file.audit, None);
+        let mut env = full_env();
+        env.insert("TANDEM_RETENTION_AUDIT".into(), "400d".into());
+        let both = from_toml("[retention]\ntranscripts = \"180d\"\n", &env)
+            .unwrap()
+            .engine
+            .retention;
+        assert_eq!(both.audit, Some(Duration::from_secs(400 * 86_400)));
+        let zero = from_toml("[retention]\ntranscripts = \"0s\"\n", &full_env()).unwrap_err();
+        assert_eq!(zero.key, "retention.transcripts");
+        let timeouts = from_toml("[server]\nheader_timeout = \"0s\"\n", &full_env()).unwrap_err();
+        assert_eq!(timeouts.key, "server.header_timeout");
+    }
+
+    #[test]
     fn the_api_rate_limit_defaults_to_fifty_and_is_set_by_file_or_environment() {
         assert_eq!(from_toml("", &full_env()).unwrap().api_rate_limit, 50);
         let file = from_toml("[api]\nrate_limit = 5\n", &full_env()).unwrap();
