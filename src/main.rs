@@ -53,6 +53,48 @@ enum Command {
     Eval(EvalArgs),
     /// Post recorded webhook bodies to a server, signed as Meta signs them.
     Replay(ReplayArgs),
+    /// Business numbers of a running server.
+    #[command(subcommand)]
+    Numbers(NumbersCommand),
+}
+
+#[derive(Subcommand)]
+enum NumbersCommand {
+    /// Onboard a number through the running server (`POST /v1/numbers`): check the token,
+    /// subscribe the app to the account's webhooks and, for a Coexistence number, request
+    /// the contacts and history syncs (once each). Prints the number's view.
+    Add(NumbersAddArgs),
+}
+
+#[derive(Args)]
+struct NumbersAddArgs {
+    /// The server's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// An API token with the `admin` scope.
+    #[arg(long, env = "TANDEM_API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
+    /// The number's phone number id.
+    #[arg(long)]
+    phone_number_id: String,
+    /// Its WhatsApp Business Account id.
+    #[arg(long)]
+    waba_id: String,
+    /// The business's token (default: the server's TANDEM_ACCESS_TOKEN).
+    #[arg(
+        long,
+        env = "TANDEM_BUSINESS_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "code"
+    )]
+    business_token: Option<String>,
+    /// An Embedded Signup code to exchange for the business's token (the server needs
+    /// TANDEM_APP_ID).
+    #[arg(long)]
+    code: Option<String>,
+    /// Say whether the number is shared with the Business App (default: as Meta reports).
+    #[arg(long)]
+    coexistence: Option<bool>,
 }
 
 #[derive(Args)]
@@ -241,6 +283,16 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
+            };
+        }
+        Command::Numbers(NumbersCommand::Add(args)) => {
+            return match numbers_add(args) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(error) => {
+                    eprintln!("tandem: {error:#}");
+                    ExitCode::FAILURE
+                }
             };
         }
         Command::Replay(args) => {
@@ -560,6 +612,54 @@ fn run(settings: tandem_server::Settings) -> anyhow::Result<()> {
 
 /// Posts each file; returns false when any answer was not 200.
 #[allow(clippy::print_stdout)]
+/// `tandem numbers add`: posts the onboarding request and prints the answer; true on 2xx.
+fn numbers_add(args: &NumbersAddArgs) -> anyhow::Result<bool> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(60))
+            .build()
+            .context("building the HTTP client")?;
+        let mut body = serde_json::json!({
+            "phone_number_id": args.phone_number_id,
+            "waba_id": args.waba_id,
+        });
+        if let Some(token) = &args.business_token {
+            body["access_token"] = token.clone().into();
+        }
+        if let Some(code) = &args.code {
+            body["code"] = code.clone().into();
+        }
+        if let Some(coexistence) = args.coexistence {
+            body["coexistence"] = coexistence.into();
+        }
+        let url = format!("{}/v1/numbers", args.url.trim_end_matches('/'));
+        let mut request = client.post(&url).json(&body);
+        if let Some(token) = &args.api_token {
+            request = request.bearer_auth(token);
+        }
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("posting to {url}"))?;
+        let status = response.status();
+        let answer = response.text().await.unwrap_or_default();
+        let pretty = serde_json::from_str::<serde_json::Value>(&answer)
+            .ok()
+            .and_then(|v| serde_json::to_string_pretty(&v).ok())
+            .unwrap_or(answer);
+        if status.is_success() {
+            println!("{pretty}");
+        } else {
+            eprintln!("tandem: the server answered {}: {pretty}", status.as_u16());
+        }
+        Ok(status.is_success())
+    })
+}
+
 fn replay(args: &ReplayArgs) -> anyhow::Result<bool> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -23,6 +23,7 @@ mod echo;
 mod handoff;
 mod identity;
 mod numbers;
+mod onboarding;
 mod replicas;
 mod security;
 mod standin;

@@ -34,6 +34,122 @@ struct GraphState {
     /// Answers for the next message sends (not mark-as-read), used before the default.
     scripted: VecDeque<(u16, Value)>,
     sent: u64,
+    /// Onboarding calls (method, path after the version, authorization, body), in order.
+    calls: Vec<(String, String, Option<String>, Value)>,
+    /// Syncs already requested, per number and sync type: Meta allows one.
+    syncs: std::collections::HashSet<(String, String)>,
+    /// Sync types Meta refuses for every number (a window that closed).
+    refused_syncs: std::collections::HashSet<String>,
+}
+
+/// What Meta answers an OAuth error with (an expired code, a token without permission).
+fn oauth_error(code: i64, message: &str) -> (StatusCode, Json<Value>) {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(
+            json!({"error": {"message": message, "type": "OAuthException", "code": code, "fbtrace_id": "AbCdEf"}}),
+        ),
+    )
+}
+
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// `GET /oauth/access_token?client_id&client_secret&code`: the code `expired` is refused
+/// as Meta refuses an old code; any other gives `business-token-from-{code}`.
+async fn graph_oauth(
+    State(state): State<Arc<Mutex<GraphState>>>,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> (StatusCode, Json<Value>) {
+    let code = query.get("code").cloned().unwrap_or_default();
+    state.lock().unwrap().calls.push((
+        "GET".into(),
+        "oauth/access_token".into(),
+        None,
+        json!(query),
+    ));
+    if query.get("client_secret").is_none_or(String::is_empty) {
+        return oauth_error(101, "Error validating client secret.");
+    }
+    if code == "expired" {
+        return oauth_error(100, "This authorization code has expired.");
+    }
+    (
+        StatusCode::OK,
+        Json(
+            json!({"access_token": format!("business-token-from-{code}"), "token_type": "bearer"}),
+        ),
+    )
+}
+
+/// `GET /{phone_number_id}`: the number, unless the token lacks permission.
+async fn graph_number(
+    State(state): State<Arc<Mutex<GraphState>>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> (StatusCode, Json<Value>) {
+    let auth = bearer(&headers);
+    state
+        .lock()
+        .unwrap()
+        .calls
+        .push(("GET".into(), id.clone(), auth.clone(), Value::Null));
+    if auth.as_deref() == Some("Bearer token-without-permission") {
+        return oauth_error(200, "(#200) Permissions error");
+    }
+    (
+        StatusCode::OK,
+        Json(
+            json!({"id": id, "display_phone_number": "+1 555-000-1111", "verified_name": "Tandem Plant Shop", "is_on_biz_app": true, "platform_type": "CLOUD_API"}),
+        ),
+    )
+}
+
+/// `POST /{waba}/subscribed_apps`.
+async fn graph_subscribe(
+    State(state): State<Arc<Mutex<GraphState>>>,
+    Path(waba): Path<String>,
+    headers: HeaderMap,
+) -> (StatusCode, Json<Value>) {
+    state.lock().unwrap().calls.push((
+        "POST".into(),
+        format!("{waba}/subscribed_apps"),
+        bearer(&headers),
+        Value::Null,
+    ));
+    (StatusCode::OK, Json(json!({"success": true})))
+}
+
+/// `POST /{phone_number_id}/smb_app_data`: one request per sync type and number.
+async fn graph_sync(
+    State(state): State<Arc<Mutex<GraphState>>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> (StatusCode, Json<Value>) {
+    let mut state = state.lock().unwrap();
+    state.calls.push((
+        "POST".into(),
+        format!("{id}/smb_app_data"),
+        bearer(&headers),
+        body.clone(),
+    ));
+    let kind = body["sync_type"].as_str().unwrap_or_default().to_owned();
+    if state.refused_syncs.contains(&kind) || !state.syncs.insert((id, kind.clone())) {
+        return oauth_error(
+            100,
+            &format!("(#100) The {kind} sync was already requested for this phone number"),
+        );
+    }
+    let n = state.syncs.len();
+    (
+        StatusCode::OK,
+        Json(json!({"messaging_product": "whatsapp", "request_id": format!("req_{kind}_{n}")})),
+    )
 }
 
 /// A Graph API stand-in on a loopback port.
@@ -48,6 +164,10 @@ impl Graph {
         let state = Arc::new(Mutex::new(GraphState::default()));
         let app = axum::Router::new()
             .route("/v23.0/{pnid}/messages", post(graph_messages))
+            .route("/v23.0/oauth/access_token", axum::routing::get(graph_oauth))
+            .route("/v23.0/{id}", axum::routing::get(graph_number))
+            .route("/v23.0/{id}/subscribed_apps", post(graph_subscribe))
+            .route("/v23.0/{id}/smb_app_data", post(graph_sync))
             .with_state(Arc::clone(&state));
         let addr = serve(app).await;
         Graph {
@@ -63,6 +183,20 @@ impl Graph {
             .unwrap()
             .scripted
             .push_back((status, body));
+    }
+
+    /// Onboarding calls: method, path after the version, authorization, body.
+    pub fn onboarding_calls(&self) -> Vec<(String, String, Option<String>, Value)> {
+        self.state.lock().unwrap().calls.clone()
+    }
+
+    /// Makes Meta refuse every request of this sync type (as after the 24-hour window).
+    pub fn refuse_sync(&self, sync_type: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .refused_syncs
+            .insert(sync_type.to_owned());
     }
 
     /// Makes message sends hang (recorded, never answered) until called with `false`.

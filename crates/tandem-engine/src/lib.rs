@@ -25,6 +25,8 @@
 //!   heartbeat rule), its hooks and the owner's reminder.
 //! - [`sandbox`]: one conversation against the flows with no store and no WhatsApp account
 //!   (`tandem chat`, `tandem test`).
+//! - [`onboarding`]: onboarding a number in one step (token, webhooks, the Coexistence syncs
+//!   once each) and its view with the sync's progress.
 //! - [`privacy`]: erasing a customer on request and the retention sweep.
 //! - [`metrics`]: the metric names this crate records, and their descriptions.
 
@@ -37,6 +39,7 @@ pub mod hook_sender;
 mod identity;
 pub mod ingress;
 pub mod metrics;
+pub mod onboarding;
 pub mod privacy;
 mod reply;
 pub mod responder;

@@ -88,6 +88,8 @@ pub struct Settings {
     pub access_token: Option<SecretString>,
     /// Base URL of the Graph API.
     pub graph_url: String,
+    /// The Meta app's id (`meta.app_id`, `TANDEM_APP_ID`): exchanges Embedded Signup codes.
+    pub app_id: Option<String>,
     /// Bearer tokens of the `/v1` agent API; none only in dev mode (open).
     pub api_tokens: Vec<ApiToken>,
     /// Requests a second each API token may make (a burst of as many); 0 turns the limit
@@ -334,6 +336,7 @@ impl Default for StoreSection {
 #[serde(deny_unknown_fields, default)]
 struct MetaSection {
     graph_url: String,
+    app_id: Option<String>,
     #[serde(with = "humantime_serde")]
     send_timeout: Duration,
     app_secret_file: Option<PathBuf>,
@@ -349,6 +352,7 @@ impl Default for MetaSection {
     fn default() -> Self {
         Self {
             graph_url: "https://graph.facebook.com/v23.0".into(),
+            app_id: None,
             send_timeout: Duration::from_secs(10),
             app_secret_file: None,
             verify_token_file: None,
@@ -763,6 +767,9 @@ fn build(
     if let Some(v) = env.get("TANDEM_GRAPH_URL") {
         meta.graph_url.clone_from(v);
     }
+    if let Some(v) = env.get("TANDEM_APP_ID") {
+        meta.app_id = Some(v.clone());
+    }
     if let Some(v) = env.get("TANDEM_LOG_FORMAT") {
         server.log_format = match v.as_str() {
             "pretty" => LogFormat::Pretty,
@@ -1007,6 +1014,7 @@ fn build(
         verify_token,
         access_token,
         graph_url: meta.graph_url,
+        app_id: meta.app_id,
         api_tokens,
         api_rate_limit,
         routing,

@@ -3,6 +3,7 @@
 //! - [`api`]: reading conversations, dead letters and accounts under `/v1`;
 //! - [`agent`]: acting on conversations (take over, assign, release, close, send), the
 //!   queue, agents' availability and the hook dead-letter list;
+//! - [`onboarding`]: onboarding a business number (`POST /v1/numbers`);
 //! - [`privacy`]: erasing a customer, the audit log and the middleware that writes it;
 //! - [`openapi`]: the table of `/v1` routes the router is built from, and the OpenAPI
 //!   document generated from the same table;
@@ -13,6 +14,7 @@ pub mod agent;
 pub mod api;
 pub mod auth;
 pub mod health;
+pub mod onboarding;
 pub mod openapi;
 pub mod privacy;
 pub mod webhook;
@@ -47,6 +49,8 @@ pub struct AppState {
     pub routing: Arc<tandem_handoff::Routing>,
     /// Hook targets (for `customer.erased`).
     pub hooks: Arc<tandem_handoff::Hooks>,
+    /// Onboarding numbers: the Graph API and the app's credentials.
+    pub onboarding: Arc<Onboarding>,
     /// The flows in force (for the re-engagement template), when any.
     pub flows: Option<tandem_engine::FlowsHandle>,
     /// Messages a second per number (`engine.send_rate`), shown with each number.
@@ -58,6 +62,19 @@ pub struct AppState {
     pub authentication_templates: Arc<Vec<String>>,
     /// Prometheus renderer, when a recorder is installed.
     pub metrics: Option<PrometheusHandle>,
+}
+
+/// What onboarding a number needs besides the request.
+#[derive(Debug)]
+pub struct Onboarding {
+    /// The Graph API (calls carry the business's token).
+    pub graph: tandem_whatsapp::GraphClient,
+    /// The app's id, to exchange Embedded Signup codes.
+    pub app_id: Option<String>,
+    /// The app's secret, to exchange Embedded Signup codes.
+    pub app_secret: Option<SecretString>,
+    /// The configured access token, used when a request brings neither token nor code.
+    pub access_token: Option<SecretString>,
 }
 
 /// Compares a presented secret with the configured one in constant time.

@@ -176,7 +176,7 @@ impl Application {
                     tandem_engine::health::Monitor::new(
                         Arc::clone(&store),
                         Arc::clone(&hooks),
-                        Some(graph),
+                        Some(graph.clone()),
                         Arc::clone(&clock),
                         settings.health.clone(),
                     )
@@ -202,6 +202,12 @@ impl Application {
             }),
             routing,
             hooks: Arc::clone(&hooks),
+            onboarding: Arc::new(crate::routes::Onboarding {
+                graph: graph.clone(),
+                app_id: settings.app_id.clone(),
+                app_secret: settings.app_secret.clone(),
+                access_token: settings.access_token.clone(),
+            }),
             flows: flows.clone(),
             send_rate: settings.engine.send_rate,
             sending_problem: settings.access_token.is_none().then_some(NO_ACCESS_TOKEN),

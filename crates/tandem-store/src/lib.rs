@@ -41,7 +41,8 @@ pub use error::StoreError;
 pub use model::{
     AccountState, AgentState, Claim, CommitOutcome, HookJob, HookSettle, InboxItem, IngestBatch,
     IngestItem, IngestKind, IngestReport, ItemOutcome, Link, ListQuery, NumberState, NumberTouch,
-    PauseOnIngest, Presence, StepCommit, StoreOptions, StoreStats, TimerChange, apply_pause,
+    Onboarding, PauseOnIngest, Presence, StepCommit, StoreOptions, StoreStats, SyncRequest,
+    TimerChange, apply_pause,
 };
 pub use privacy::{AuditEntry, Erasure, ErasureReport, Purge, Tombstone, tombstone_key};
 pub use redis::RedisStore;

@@ -368,9 +368,76 @@ pub struct NumberState {
     /// When the owner was reminded to open the Business App (once per at-risk stretch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reminded_at: Option<Timestamp>,
+    /// Onboarding through Tandem (`POST /v1/numbers`): what was done, once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onboarding: Option<Onboarding>,
     /// Incremented by every lifecycle write; [`crate::Store::update_number`] is guarded by it.
     #[serde(default)]
     pub rev: u64,
+}
+
+/// What onboarding did for a number. Each sync is requested at most once: Meta allows one
+/// request per onboarding, within about 24 hours of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Onboarding {
+    /// When the number was onboarded (Tandem's first onboarding call for it).
+    pub started_at: Timestamp,
+    /// True for a number shared with the WhatsApp Business App (Coexistence).
+    pub coexistence: bool,
+    /// The number as Meta shows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_phone_number: Option<String>,
+    /// The business's verified name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_name: Option<String>,
+    /// When the app was subscribed to the account's webhooks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscribed_at: Option<Timestamp>,
+    /// The contacts sync.
+    #[serde(default)]
+    pub contacts: SyncRequest,
+    /// The history sync.
+    #[serde(default)]
+    pub history: SyncRequest,
+}
+
+/// Where a one-time sync request stands.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum SyncRequest {
+    /// Not asked for (yet).
+    #[default]
+    NotRequested,
+    /// Being asked for since `at`; an answer was not recorded (the process stopped
+    /// meanwhile). Never asked again: Meta allows one request.
+    Requesting {
+        /// When the request started.
+        at: Timestamp,
+    },
+    /// Meta accepted the request.
+    Requested {
+        /// When.
+        at: Timestamp,
+        /// Meta's request id.
+        request_id: String,
+    },
+    /// Meta refused it.
+    Failed {
+        /// When.
+        at: Timestamp,
+        /// Meta's error code, when it gave one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<i64>,
+        /// What Meta said.
+        error: String,
+    },
+}
+
+impl SyncRequest {
+    /// True once a request was made (whatever came of it): it is never made again.
+    pub fn attempted(&self) -> bool {
+        !matches!(self, Self::NotRequested)
+    }
 }
 
 impl NumberState {
@@ -389,6 +456,7 @@ impl NumberState {
             account_seen_at: None,
             account_seen_count: 0,
             reminded_at: None,
+            onboarding: None,
             rev: 0,
         }
     }

@@ -205,29 +205,39 @@ impl GraphClient {
         phone_number_id: &PhoneNumberId,
         body: &Value,
     ) -> Result<Value, SendError> {
-        let url = format!("{}/{}/messages", self.base_url, phone_number_id);
-        let response = self
-            .http
-            .post(url)
-            .bearer_auth(self.token.expose_secret())
-            .json(body)
-            .send()
+        let path = format!("{phone_number_id}/messages");
+        self.call(reqwest::Method::POST, &path, &[], Some(body), None)
             .await
-            .map_err(|e| {
-                if e.is_timeout() {
-                    SendError::Timeout
-                } else {
-                    SendError::Network(e)
-                }
-            })?;
-        let status = response.status();
-        let bytes = response.bytes().await.map_err(|e| {
+    }
+
+    /// Calls `{base_url}/{path}` with the client's token (or `token`), classifying failures
+    /// as [`SendError`]s; answers the JSON of a success.
+    pub(crate) async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+        token: Option<&SecretString>,
+    ) -> Result<Value, SendError> {
+        let url = format!("{}/{}", self.base_url, path.trim_start_matches('/'));
+        let mut request = self.http.request(method, url).query(query);
+        if let Some(token) = token.or(Some(&self.token)) {
+            request = request.bearer_auth(token.expose_secret());
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let timed_out = |e: reqwest::Error| {
             if e.is_timeout() {
                 SendError::Timeout
             } else {
                 SendError::Network(e)
             }
-        })?;
+        };
+        let response = request.send().await.map_err(timed_out)?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(timed_out)?;
         if status.is_success() {
             return serde_json::from_slice(&bytes)
                 .map_err(|e| SendError::BadResponse(e.to_string()));

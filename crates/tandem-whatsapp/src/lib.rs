@@ -11,14 +11,17 @@
 //! - `content`: one WhatsApp message object → [`tandem_domain::MessageContent`].
 //! - [`outbound`]: messages to send, their limits and exact wire bodies.
 //! - [`client`]: the Graph API client and the classification of its errors.
+//! - [`onboarding`]: the Graph API calls of onboarding a number (token, webhooks, syncs).
 
 pub mod client;
 mod content;
+pub mod onboarding;
 pub mod outbound;
 pub mod signature;
 pub mod webhook;
 
 pub use client::{GraphClient, GraphError, Remedy, SendError, Sent};
+pub use onboarding::{NumberInfo, SyncKind};
 pub use outbound::{
     InvalidMessage, ListRow, ListSection, OutboundContent, OutboundMessage, Recipient,
 };

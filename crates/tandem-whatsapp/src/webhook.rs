@@ -1062,6 +1062,15 @@ mod tests {
         assert_eq!(thread.chunk_order, Some(2));
         assert!(!thread.messages[0].from_business);
         assert!(thread.messages[1].from_business);
+        // The chunk's progress is a fact of the number.
+        let WebhookEvent::Account { update, .. } = &events[1] else {
+            panic!("no progress fact: {events:?}")
+        };
+        assert_eq!(update.event, "HISTORY_CHUNK");
+        assert_eq!(update.account, "1065");
+        assert_eq!(update.raw["progress"], 35);
+        assert_eq!(update.raw["phase"], 0);
+        assert_eq!(update.raw["threads"], 1);
     }
 
     fn sample(name: &str) -> Vec<WebhookEvent> {
@@ -1212,7 +1221,9 @@ mod tests {
             {"from":"US.5","id":"wamid.h1","timestamp":"10","type":"text","text":{"body":"q"}},
             {"from":"15550001111","to":"US.5","id":"wamid.h2","timestamp":"20","type":"text","text":{"body":"a"}}
         ]}]}]});
-        let (lookup, event) = only(parse(envelope("history", value)));
+        let mut events = parse(envelope("history", value));
+        assert!(matches!(events.pop(), Some(WebhookEvent::Account { .. })));
+        let (lookup, event) = only(events);
         let ConversationEvent::History(thread) = event else {
             panic!()
         };

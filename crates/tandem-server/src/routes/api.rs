@@ -393,9 +393,7 @@ pub async fn number(
         .number(&id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no number {id} seen yet")))?;
-    Ok(Json(tandem_engine::health::number_view(
-        &found,
-        state.clock.now(),
-        state.send_rate,
-    )))
+    Ok(Json(
+        super::onboarding::number_with_onboarding(&state, &found).await?,
+    ))
 }

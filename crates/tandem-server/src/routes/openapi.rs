@@ -6,7 +6,7 @@ use axum::Router;
 use axum::routing::{MethodRouter, delete, get, post, put};
 use serde_json::{Map, Value, json};
 
-use super::{AppState, agent, api, auth, privacy};
+use super::{AppState, agent, api, auth, onboarding, privacy};
 use crate::config::Scope;
 
 /// One `/v1` route.
@@ -49,6 +49,16 @@ fn message_body() -> Value {
             "name": {"type": "string"}, "language": {"type": "string"}
         }},
         "agent": {"type": "string"}
+    }})
+}
+
+fn onboard_body() -> Value {
+    json!({"type": "object", "required": ["phone_number_id", "waba_id"], "additionalProperties": false, "properties": {
+        "phone_number_id": {"type": "string"},
+        "waba_id": {"type": "string"},
+        "coexistence": {"type": "boolean", "description": "Shared with the WhatsApp Business App; default: as Meta reports it"},
+        "access_token": {"type": "string", "description": "The business's token; default: TANDEM_ACCESS_TOKEN"},
+        "code": {"type": "string", "description": "An Embedded Signup code, exchanged for the business's token (needs TANDEM_APP_ID)"}
     }})
 }
 
@@ -213,6 +223,14 @@ pub const ROUTES: &[Route] = &[
         audit: None,
     },
     Route {
+        method: "POST",
+        path: "/numbers",
+        scope: Scope::Admin,
+        summary: "Onboard a number: check the token, subscribe the app to the account's webhooks, request the Coexistence syncs once",
+        body: onboard_body,
+        audit: Some("number.onboard"),
+    },
+    Route {
         method: "GET",
         path: "/numbers/{id}",
         scope: Scope::Read,
@@ -244,6 +262,7 @@ fn handler(route: &Route) -> Option<MethodRouter<AppState>> {
         ("GET", "/classifier/review") => get(api::review),
         ("GET", "/accounts/{id}") => get(api::account),
         ("GET", "/numbers") => get(api::numbers),
+        ("POST", "/numbers") => post(onboarding::onboard),
         ("GET", "/numbers/{id}") => get(api::number),
         _ => return None,
     };

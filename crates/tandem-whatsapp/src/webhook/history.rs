@@ -1,5 +1,5 @@
-//! The `history` field: past chats imported from the phone, one event per thread, and a
-//! declined sync as a number-level fact.
+//! The `history` field: past chats imported from the phone, one event per thread; each
+//! chunk's progress and a declined sync as number-level facts.
 
 use serde_json::Value;
 use tandem_domain::{ConversationEvent, CustomerLookup, HistoryMessage, HistoryThread};
@@ -34,6 +34,12 @@ impl Items<'_> {
             for thread in threads {
                 out.push(self.history_thread(thread, phase, chunk_order, progress));
             }
+            // The sync's progress, as a fact of the number (`GET /v1/numbers/{id}` shows it).
+            let progress_fact = serde_json::json!({
+                "phase": phase, "chunk_order": chunk_order, "progress": progress,
+                "threads": threads.len(),
+            });
+            out.push(self.number_fact("HISTORY_CHUNK", progress_fact));
         }
         // Media ids for history placeholders may arrive as `messages[]` under this field.
         for item in self.array("messages") {
