@@ -610,9 +610,8 @@ fn run(settings: tandem_server::Settings) -> anyhow::Result<()> {
     })
 }
 
-/// Posts each file; returns false when any answer was not 200.
-#[allow(clippy::print_stdout)]
 /// `tandem numbers add`: posts the onboarding request and prints the answer; true on 2xx.
+#[allow(clippy::print_stdout)]
 fn numbers_add(args: &NumbersAddArgs) -> anyhow::Result<bool> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -660,6 +659,8 @@ fn numbers_add(args: &NumbersAddArgs) -> anyhow::Result<bool> {
     })
 }
 
+/// Posts each file; returns false when any answer was not 200.
+#[allow(clippy::print_stdout)]
 fn replay(args: &ReplayArgs) -> anyhow::Result<bool> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

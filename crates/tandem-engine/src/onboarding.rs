@@ -112,7 +112,7 @@ pub async fn onboard(
     let at = now();
     let mut state = update(store, &request.number, at, |state| {
         state.waba_id = Some(request.waba.clone());
-        let onboarding = state.onboarding.get_or_insert_with(|| Onboarding {
+        let onboarding = state.onboarding.get_or_insert(Onboarding {
             started_at: at,
             coexistence,
             display_phone_number: None,
