@@ -211,6 +211,7 @@ impl RedisStore {
         };
         store.ping().await?;
         store.migrate().await?;
+        store.ensure_alias_index().await?;
         Ok(store)
     }
 

@@ -1570,3 +1570,57 @@ macro_rules! suite {
 }
 
 suite!(embedded, redis);
+
+/// A Redis keyspace written before the per-customer alias sets existed is indexed when a
+/// store connects, so an erasure finds every alias of a customer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_keyspace_without_the_alias_index_is_indexed_on_connect() {
+    let f = redis().await;
+    let t = tandem_store::DEFAULT_TENANT;
+    let prefix = f.redis_prefix.clone().unwrap();
+    let ana = f
+        .store
+        .resolve_customers(
+            t,
+            &[CustomerLookup::of(&who(
+                Some("15550001111"),
+                Some("US.1111"),
+            ))],
+        )
+        .await
+        .unwrap()
+        .remove(0)
+        .customer;
+    // As an earlier version left it: aliases, no sets, no marker.
+    let client = ::redis::Client::open(redis_url()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let sets: Vec<String> = ::redis::cmd("KEYS")
+        .arg(format!("{prefix}:customer_aliases:*"))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(sets.len(), 1, "resolution writes the customer's alias set");
+    let _: () = ::redis::cmd("DEL")
+        .arg(&sets)
+        .arg(format!("{prefix}:alias_index"))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let options = StoreOptions {
+        redis_prefix: prefix.clone(),
+        ..options()
+    };
+    let reopened = tandem_store::open(&redis_url(), options).await.unwrap();
+    let report = reopened
+        .erase_customer(Erasure {
+            tenant: t.into(),
+            customer: ana,
+            now: T0,
+            hooks: Vec::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(report.aliases, 2);
+    let phone = Alias::phone(&Phone::parse("15550001111").unwrap());
+    assert_eq!(reopened.customer_of(t, &phone).await.unwrap(), None);
+}

@@ -22,7 +22,9 @@ impl RedisStore {
             return Ok(Vec::new());
         }
         let mut script = self.scripts.resolve.prepare_invoke();
-        script.arg(self.keys.alias_prefix(tenant));
+        script
+            .arg(self.keys.alias_prefix(tenant))
+            .arg(self.keys.customer_aliases_prefix(tenant));
         for lookup in lookups {
             script.arg(lookup.find.len());
             for alias in &lookup.find {
@@ -138,6 +140,14 @@ impl RedisStore {
                     alias_arg(&alias)
                 );
                 let set: bool = con.set_nx(key, id.customer().as_str()).await?;
+                if set {
+                    let index = format!(
+                        "{}{}",
+                        self.keys.customer_aliases_prefix(DEFAULT_TENANT),
+                        id.customer()
+                    );
+                    let _: u64 = con.sadd(index, alias_arg(&alias)).await?;
+                }
                 added += u64::from(set);
             }
         }
@@ -148,6 +158,60 @@ impl RedisStore {
             aliases = added,
             "redis keyspace migrated"
         );
+        Ok(())
+    }
+
+    /// Makes sure every alias is also in its customer's alias set (what an erasure reads):
+    /// a keyspace written before the sets existed is indexed once, with one incremental scan
+    /// of its aliases, and marked. Idempotent (`SADD`), so replicas starting together do no
+    /// harm.
+    pub(super) async fn ensure_alias_index(&self) -> Result<(), StoreError> {
+        let mut con = self.con.clone();
+        let marker = self.keys.alias_index();
+        if con.exists(&marker).await? {
+            return Ok(());
+        }
+        let root = self.keys.aliases_root();
+        let all = format!("{root}*");
+        let mut cursor = 0_u64;
+        let mut indexed = 0_u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&all)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut con)
+                .await?;
+            if !keys.is_empty() {
+                let owners: Vec<Option<String>> = con.mget(&keys).await?;
+                let mut pipe = redis::pipe();
+                for (key, owner) in keys.iter().zip(owners) {
+                    // `{prefix}:alias:{tenant}:{kind}:{value}`
+                    let Some((tenant, alias)) = key
+                        .strip_prefix(&root)
+                        .and_then(|rest| rest.split_once(':'))
+                    else {
+                        continue;
+                    };
+                    if let Some(owner) = owner {
+                        let set = format!("{}{owner}", self.keys.customer_aliases_prefix(tenant));
+                        pipe.sadd(set, alias).ignore();
+                        indexed += 1;
+                    }
+                }
+                let _: () = pipe.query_async(&mut con).await?;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        let _: () = con.set(&marker, 1).await?;
+        if indexed > 0 {
+            tracing::info!(aliases = indexed, "redis alias index built");
+        }
         Ok(())
     }
 }

@@ -1,7 +1,7 @@
 -- Erases one customer atomically; the keys to remove were found by scans before the call.
 -- ARGV[1] is a JSON plan:
 --   depth, ready, timers, convs, mode_prefix, epoch, tombstones, hooks, hooks_due,
---   dead_hooks, dead_hooks_order, dead_letters: key names;
+--   dead_hooks, dead_hooks_order, dead_letters, index (the customer's alias set): key names;
 --   conversations: {{cid, record key, inbox key}}; contacts: {key}; aliases: {{key, owner}};
 --   hook_ids, dead_hook_ids: {id}; letters: {exact list entry};
 --   tombstones_set: {{digest, erased_at}}; new_hooks: {{id, blob index, due}}.
@@ -46,6 +46,7 @@ end
 for _, entry in ipairs(p.letters) do
   letters = letters + redis.call('LREM', p.dead_letters, 0, entry)
 end
+redis.call('DEL', p.index)
 for _, t in ipairs(p.tombstones_set) do redis.call('HSET', p.tombstones, t[1], t[2]) end
 redis.call('INCR', p.epoch)
 for _, h in ipairs(p.new_hooks) do

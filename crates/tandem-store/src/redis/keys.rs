@@ -122,9 +122,24 @@ impl Keys {
         format!("{}:lead:{role}", self.prefix)
     }
 
+    /// Prefix of every alias key; `{tenant}:{kind}:{value}` follows.
+    pub(crate) fn aliases_root(&self) -> String {
+        format!("{}:alias:", self.prefix)
+    }
+
     /// Prefix of a tenant's alias keys; the alias (`kind:value`) follows.
     pub(crate) fn alias_prefix(&self, tenant: &str) -> String {
         format!("{}:alias:{tenant}:", self.prefix)
+    }
+
+    /// Prefix of a tenant's per-customer alias sets; the customer id follows.
+    pub(crate) fn customer_aliases_prefix(&self, tenant: &str) -> String {
+        format!("{}:customer_aliases:{tenant}:", self.prefix)
+    }
+
+    /// Set once every alias is also in its customer's alias set.
+    pub(crate) fn alias_index(&self) -> String {
+        format!("{}:alias_index", self.prefix)
     }
 
     pub(crate) fn schema(&self) -> String {

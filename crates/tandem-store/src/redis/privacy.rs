@@ -2,10 +2,11 @@
 //! [`crate::privacy`]).
 //!
 //! The audit log is a sorted set scored by time whose members are `{id:020}:{json}`, so
-//! entries of one millisecond sort by id. An erasure first finds what to remove with
-//! incremental scans (`SCAN`, `ZSCAN`, `HSCAN`; Redis keeps serving meanwhile), then removes
-//! it in one call of `erase.lua`, which also leaves the tombstones and raises the identity
-//! epoch, so from that moment no process can store an event for the erased customer.
+//! entries of one millisecond sort by id. An erasure first finds what to remove — the
+//! customer's aliases from its alias set; its conversations, hook deliveries and dead letters
+//! by incremental scans of those lists (`ZSCAN`, `HSCAN`; Redis keeps serving meanwhile) — then removes it in one call of `erase.lua`, which also
+//! leaves the tombstones and raises the identity epoch, so from that moment no process can
+//! store an event for the erased customer.
 
 use std::collections::BTreeSet;
 
@@ -66,6 +67,8 @@ struct ErasePlan {
     dead_hooks: String,
     dead_hooks_order: String,
     dead_letters: String,
+    /// The customer's alias set.
+    index: String,
     conversations: Vec<(String, String, String)>,
     contacts: Vec<String>,
     aliases: Vec<(String, String)>,
@@ -227,20 +230,29 @@ impl RedisStore {
         let customer = erasure.customer.as_str();
         let mut report = ErasureReport::default();
 
-        // The customer's aliases in the tenant.
+        // The customer's aliases in the tenant: its alias set (every alias written since the
+        // index exists), else a scan of the tenant's aliases.
         let prefix = k.alias_prefix(&erasure.tenant);
-        let keys = scan_all(&mut con, "SCAN", None, &format!("{prefix}*")).await?;
+        let index = format!("{}{customer}", k.customer_aliases_prefix(&erasure.tenant));
+        let indexed: bool = con.exists(k.alias_index()).await?;
+        let names: Vec<String> = if indexed {
+            con.smembers(&index).await?
+        } else {
+            scan_all(&mut con, "SCAN", None, &format!("{prefix}*"))
+                .await?
+                .into_iter()
+                .filter_map(|key| key.strip_prefix(&prefix).map(str::to_owned))
+                .collect()
+        };
         let mut aliases: Vec<(String, Alias)> = Vec::new();
-        for chunk in keys.chunks(SCAN_COUNT) {
-            let owners: Vec<Option<String>> = con.mget(chunk).await?;
-            for (key, owner) in chunk.iter().zip(owners) {
+        for chunk in names.chunks(SCAN_COUNT) {
+            let keys: Vec<String> = chunk.iter().map(|n| format!("{prefix}{n}")).collect();
+            let owners: Vec<Option<String>> = con.mget(&keys).await?;
+            for ((name, key), owner) in chunk.iter().zip(keys).zip(owners) {
                 if owner.as_deref() != Some(customer) {
                     continue;
                 }
-                let Some((kind, value)) = key
-                    .strip_prefix(&prefix)
-                    .and_then(|rest| rest.split_once(':'))
-                else {
+                let Some((kind, value)) = name.split_once(':') else {
                     continue;
                 };
                 if let Some(kind) = alias_kind(kind) {
@@ -248,38 +260,19 @@ impl RedisStore {
                         kind,
                         value: value.to_owned(),
                     };
-                    aliases.push((key.clone(), alias));
+                    aliases.push((key, alias));
                 }
             }
         }
 
-        // Its conversations: listed ones, and ones with only waiting events.
+        // Its conversations: recorded ones (the list of all conversations), and ones with
+        // events waiting and no record yet (a waiting lane is in the ready set).
         let mut ids: BTreeSet<String> = BTreeSet::new();
-        let listed = scan_all(
-            &mut con,
-            "ZSCAN",
-            Some(&k.all_conversations()),
-            &format!("*:{customer}"),
-        )
-        .await?;
-        // ZSCAN answers member, score, member, score…
-        ids.extend(listed.into_iter().step_by(2));
-        let inbox_prefix = k.inbox_prefix();
-        for key in scan_all(
-            &mut con,
-            "SCAN",
-            None,
-            &format!("{inbox_prefix}*:{customer}}}"),
-        )
-        .await?
-        {
-            if let Some(cid) = key
-                .strip_prefix(&inbox_prefix)
-                .and_then(|rest| rest.strip_prefix('{'))
-                .and_then(|rest| rest.strip_suffix('}'))
-            {
-                ids.insert(cid.to_owned());
-            }
+        let pattern = format!("*:{customer}");
+        for list in [k.all_conversations(), k.ready()] {
+            let found = scan_all(&mut con, "ZSCAN", Some(&list), &pattern).await?;
+            // ZSCAN answers member, score, member, score…
+            ids.extend(found.into_iter().step_by(2));
         }
         let mut values: BTreeSet<String> = aliases.iter().map(|(_, a)| a.value.clone()).collect();
         let mut plan = ErasePlan {
@@ -295,6 +288,7 @@ impl RedisStore {
             dead_hooks: k.dead_hooks(),
             dead_hooks_order: k.dead_hooks_order(),
             dead_letters: k.dead_letters(),
+            index: index.clone(),
             ..ErasePlan::default()
         };
         for raw in &ids {

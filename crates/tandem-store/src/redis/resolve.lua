@@ -1,11 +1,14 @@
 -- Customer resolution (the rule of src/customers.rs), atomically for every lookup of a call.
--- ARGV[1]: alias key prefix of the tenant. Then per lookup: number of find aliases, the find
--- aliases ('kind:value'), number of link aliases, the link aliases, a fresh customer id.
+-- ARGV[1]: alias key prefix of the tenant; ARGV[2]: prefix of the tenant's per-customer alias
+-- sets (each alias written is added to its customer's set, which an erasure reads). Then per
+-- lookup: number of find aliases, the find aliases ('kind:value'), number of link aliases,
+-- the link aliases, a fresh customer id.
 -- Returns per lookup: customer id, created (1|0), number linked, the 1-based link indexes
 -- linked, number of conflicts, then (link index, owner) per conflict.
 local prefix = ARGV[1]
+local index = ARGV[2]
 local out = {}
-local i = 2
+local i = 3
 while i <= #ARGV do
   local nfind = tonumber(ARGV[i])
   local find = {}
@@ -32,6 +35,7 @@ while i <= #ARGV do
     local owner = redis.call('GET', prefix .. alias)
     if not owner then
       redis.call('SET', prefix .. alias, customer)
+      redis.call('SADD', index .. customer, alias)
       linked[#linked + 1] = j
     elseif owner ~= customer then
       conflicts[#conflicts + 1] = j
