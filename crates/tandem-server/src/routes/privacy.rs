@@ -61,7 +61,12 @@ pub async fn record(
         actor,
         agent: note.agent.or(token_agent),
         action: route.audit.unwrap_or("unknown").to_owned(),
-        target: note.target.or(target),
+        // A resolved target keeps Tandem's ids; a customer id that is a phone (a store from
+        // before customer ids) becomes a digest like one in the path.
+        target: note
+            .target
+            .map(|t| hide_customer(route.path.split('/').nth(1).unwrap_or_default(), &t))
+            .or(target),
         from,
         status: response.status().as_u16(),
         detail: note.detail,
