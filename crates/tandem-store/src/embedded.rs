@@ -932,6 +932,21 @@ impl Store for EmbeddedStore {
         self.submit(|tx| Job::Erase(erasure, tx)).await
     }
 
+    async fn customer_aliases(
+        &self,
+        tenant: &str,
+        customer: &CustomerId,
+    ) -> Result<Vec<Alias>, StoreError> {
+        let (tenant, customer) = (tenant.to_owned(), customer.as_str().to_owned());
+        self.read(move |txn| {
+            let table = txn
+                .open_table(ALIASES)
+                .map_err(redb_err("opening aliases"))?;
+            privacy::aliases_of(&table, &tenant, &customer)
+        })
+        .await
+    }
+
     async fn tombstone(
         &self,
         tenant: &str,

@@ -884,6 +884,15 @@ impl Store for RedisStore {
         self.erase(erasure).await
     }
 
+    async fn customer_aliases(
+        &self,
+        tenant: &str,
+        customer: &CustomerId,
+    ) -> Result<Vec<Alias>, StoreError> {
+        let found = self.aliases_of(tenant, customer).await?;
+        Ok(found.into_iter().map(|(_, alias)| alias).collect())
+    }
+
     async fn tombstone(
         &self,
         tenant: &str,

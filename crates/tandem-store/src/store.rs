@@ -228,6 +228,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// `erasure.hooks`. Rules in [`crate::privacy`].
     async fn erase_customer(&self, erasure: Erasure) -> Result<ErasureReport, StoreError>;
 
+    /// Lists the aliases `customer` owns in `tenant`.
+    async fn customer_aliases(
+        &self,
+        tenant: &str,
+        customer: &CustomerId,
+    ) -> Result<Vec<Alias>, StoreError>;
+
     /// Reads the tombstone an erasure left for `alias` in `tenant`.
     async fn tombstone(&self, tenant: &str, alias: &Alias)
     -> Result<Option<Tombstone>, StoreError>;

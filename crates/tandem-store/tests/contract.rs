@@ -1417,6 +1417,15 @@ async fn erasing_a_customer_removes_its_data_and_leaves_tombstones(f: Fixture) {
     );
     let before = s.stats().await.unwrap();
     assert_eq!(s.identity_epoch().await.unwrap(), 0);
+    let mut known = s.customer_aliases(t, &ana).await.unwrap();
+    known.sort();
+    assert_eq!(
+        known,
+        [
+            Alias::user(&UserId::parse("US.1111").unwrap()),
+            Alias::phone(&Phone::parse("15550001111").unwrap()),
+        ]
+    );
 
     let later = T0.plus(Duration::from_secs(60));
     let mut erased_hook = hook("erased");
@@ -1445,6 +1454,8 @@ async fn erasing_a_customer_removes_its_data_and_leaves_tombstones(f: Fixture) {
     let bsuid = Alias::user(&UserId::parse("US.1111").unwrap());
     assert_eq!(s.customer_of(t, &phone).await.unwrap(), None);
     assert_eq!(s.customer_of(t, &bsuid).await.unwrap(), None);
+    assert!(s.customer_aliases(t, &ana).await.unwrap().is_empty());
+    assert_eq!(s.customer_aliases(t, &bob).await.unwrap().len(), 1);
     let number = PhoneNumberId::parse("106").unwrap();
     assert!(s.contact(&number, "15550001111").await.unwrap().is_none());
     let after = s.stats().await.unwrap();

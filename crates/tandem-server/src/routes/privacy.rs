@@ -166,16 +166,17 @@ pub async fn erase(
             identity.parent_user_id = identity.parent_user_id.or(who.parent_user_id);
         }
     }
-    if let Some(alias) =
-        tandem_domain::Identity::of(&raw).and_then(|i| i.aliases().into_iter().next())
-        && state
-            .store
-            .customer_of(DEFAULT_TENANT, &alias)
-            .await?
-            .as_ref()
-            == Some(&customer)
+    // Its identifiers as the alias table has them (also for a customer with no conversation).
+    for alias in state
+        .store
+        .customer_aliases(DEFAULT_TENANT, &customer)
+        .await?
     {
         found = true;
+        let as_identity = tandem_domain::Identity::of(&alias.value).unwrap_or_default();
+        identity.phone = identity.phone.or(as_identity.phone);
+        identity.user_id = identity.user_id.or(as_identity.user_id);
+        identity.parent_user_id = identity.parent_user_id.or(as_identity.parent_user_id);
     }
     if !found {
         return Err(ApiError::not_found(format!("no customer {raw}")));

@@ -158,28 +158,7 @@ pub(super) fn erase(
     let tenant = erasure.tenant.as_str();
 
     // The customer's aliases in the tenant.
-    let mut aliases: Vec<Alias> = Vec::new();
-    {
-        let table = group.aliases()?;
-        for row in table
-            .range((tenant, "", "")..)
-            .map_err(redb_err("reading aliases"))?
-        {
-            let (key, owner) = row.map_err(redb_err("reading aliases"))?;
-            let (t, kind, value) = key.value();
-            if t != tenant {
-                break;
-            }
-            if owner.value() == customer
-                && let Some(kind) = alias_kind(kind)
-            {
-                aliases.push(Alias {
-                    kind,
-                    value: value.to_owned(),
-                });
-            }
-        }
-    }
+    let aliases = aliases_of(&*group.aliases()?, tenant, &customer)?;
 
     // Every conversation of the customer, on any number: ids end in `:{customer}`.
     let suffix = format!(":{customer}");
@@ -319,6 +298,34 @@ pub(super) fn erase(
         group.put_hook(hook)?;
     }
     Ok(report)
+}
+
+/// The aliases `customer` owns in `tenant`, from any handle on the alias table.
+pub(super) fn aliases_of(
+    table: &impl ReadableTable<(&'static str, &'static str, &'static str), &'static str>,
+    tenant: &str,
+    customer: &str,
+) -> Result<Vec<Alias>, StoreError> {
+    let mut aliases = Vec::new();
+    for row in table
+        .range((tenant, "", "")..)
+        .map_err(redb_err("reading aliases"))?
+    {
+        let (key, owner) = row.map_err(redb_err("reading aliases"))?;
+        let (t, kind, value) = key.value();
+        if t != tenant {
+            break;
+        }
+        if owner.value() == customer
+            && let Some(kind) = alias_kind(kind)
+        {
+            aliases.push(Alias {
+                kind,
+                value: value.to_owned(),
+            });
+        }
+    }
+    Ok(aliases)
 }
 
 fn alias_kind(name: &str) -> Option<AliasKind> {

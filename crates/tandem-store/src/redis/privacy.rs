@@ -230,40 +230,8 @@ impl RedisStore {
         let customer = erasure.customer.as_str();
         let mut report = ErasureReport::default();
 
-        // The customer's aliases in the tenant: its alias set (every alias written since the
-        // index exists), else a scan of the tenant's aliases.
-        let prefix = k.alias_prefix(&erasure.tenant);
         let index = format!("{}{customer}", k.customer_aliases_prefix(&erasure.tenant));
-        let indexed: bool = con.exists(k.alias_index()).await?;
-        let names: Vec<String> = if indexed {
-            con.smembers(&index).await?
-        } else {
-            scan_all(&mut con, "SCAN", None, &format!("{prefix}*"))
-                .await?
-                .into_iter()
-                .filter_map(|key| key.strip_prefix(&prefix).map(str::to_owned))
-                .collect()
-        };
-        let mut aliases: Vec<(String, Alias)> = Vec::new();
-        for chunk in names.chunks(SCAN_COUNT) {
-            let keys: Vec<String> = chunk.iter().map(|n| format!("{prefix}{n}")).collect();
-            let owners: Vec<Option<String>> = con.mget(&keys).await?;
-            for ((name, key), owner) in chunk.iter().zip(keys).zip(owners) {
-                if owner.as_deref() != Some(customer) {
-                    continue;
-                }
-                let Some((kind, value)) = name.split_once(':') else {
-                    continue;
-                };
-                if let Some(kind) = alias_kind(kind) {
-                    let alias = Alias {
-                        kind,
-                        value: value.to_owned(),
-                    };
-                    aliases.push((key, alias));
-                }
-            }
-        }
+        let aliases = self.aliases_of(&erasure.tenant, &erasure.customer).await?;
 
         // Its conversations: recorded ones (the list of all conversations), and ones with
         // events waiting and no record yet (a waiting lane is in the ready set).
@@ -373,6 +341,50 @@ impl RedisStore {
             self.signal.notify_waiters();
         }
         Ok(report)
+    }
+
+    /// The aliases `customer` owns in `tenant` (alias key, alias): from its alias set, else
+    /// (a keyspace not yet indexed) from a scan of the tenant's aliases; every owner checked.
+    pub(super) async fn aliases_of(
+        &self,
+        tenant: &str,
+        customer: &tandem_domain::CustomerId,
+    ) -> Result<Vec<(String, Alias)>, StoreError> {
+        let mut con = self.con.clone();
+        let k = &self.keys;
+        let prefix = k.alias_prefix(tenant);
+        let index = format!("{}{customer}", k.customer_aliases_prefix(tenant));
+        let indexed: bool = con.exists(k.alias_index()).await?;
+        let names: Vec<String> = if indexed {
+            con.smembers(&index).await?
+        } else {
+            scan_all(&mut con, "SCAN", None, &format!("{prefix}*"))
+                .await?
+                .into_iter()
+                .filter_map(|key| key.strip_prefix(&prefix).map(str::to_owned))
+                .collect()
+        };
+        let mut aliases = Vec::new();
+        for chunk in names.chunks(SCAN_COUNT) {
+            let keys: Vec<String> = chunk.iter().map(|n| format!("{prefix}{n}")).collect();
+            let owners: Vec<Option<String>> = con.mget(&keys).await?;
+            for ((name, key), owner) in chunk.iter().zip(keys).zip(owners) {
+                if owner.as_deref() != Some(customer.as_str()) {
+                    continue;
+                }
+                let Some((kind, value)) = name.split_once(':') else {
+                    continue;
+                };
+                if let Some(kind) = alias_kind(kind) {
+                    let alias = Alias {
+                        kind,
+                        value: value.to_owned(),
+                    };
+                    aliases.push((key, alias));
+                }
+            }
+        }
+        Ok(aliases)
     }
 
     pub(super) async fn read_tombstone(
