@@ -366,11 +366,12 @@ fn eval(args: &EvalArgs, env: &HashMap<String, String>) -> anyhow::Result<()> {
     let model = tandem_classify::Model::train(&training, options)?;
     let train_ms = started.elapsed().as_secs_f64() * 1e3;
     let mut run = tandem_classify::eval::run_local(&model, &data, args.threshold);
-    let llm_calls = if args.llm {
-        ask_llm(&mut run, &data, &training, env)?
+    let llm = if args.llm {
+        Some(ask_llm(&mut run, &data, &training, env)?)
     } else {
-        0
+        None
     };
+    let llm_calls = llm.as_ref().map_or(0, |l| l.calls);
     let report = tandem_classify::eval::report(&data, &run, args.threshold, llm_calls);
     let sweep = args
         .sweep
@@ -383,6 +384,13 @@ fn eval(args: &EvalArgs, env: &HashMap<String, String>) -> anyhow::Result<()> {
         value["train_ms"] = train_ms.into();
         if let Some(sweep) = &sweep {
             value["sweep"] = serde_json::to_value(sweep)?;
+        }
+        if let Some(llm) = &llm {
+            value["llm"] = serde_json::json!({
+                "json_mode": llm.json_mode,
+                "failures": llm.failures,
+                "rejections": llm.rejections,
+            });
         }
         writeln!(out, "{value}")?;
     } else {
@@ -415,6 +423,28 @@ fn eval(args: &EvalArgs, env: &HashMap<String, String>) -> anyhow::Result<()> {
             "  latency p50 {:.1} µs, p99 {:.1} µs; LLM calls {}",
             report.p50_us, report.p99_us, report.llm_calls
         )?;
+        if let Some(llm) = &llm {
+            writeln!(
+                out,
+                "  LLM: {} format; {} calls failed (left to the fallback)",
+                if llm.json_mode {
+                    "JSON mode"
+                } else {
+                    "json_schema"
+                },
+                llm.failures.values().sum::<usize>()
+            )?;
+            for (reason, n) in &llm.failures {
+                writeln!(out, "    failed: {reason} ×{n}")?;
+            }
+            for r in &llm.rejections {
+                writeln!(
+                    out,
+                    "    answers rejected as {} ×{}: {}; e.g. {:?}",
+                    r.reason, r.count, r.problem, r.example
+                )?;
+            }
+        }
         print_details(&mut out, &report, sweep.as_deref())?;
     }
     Ok(())
@@ -476,15 +506,26 @@ fn print_details(
     Ok(())
 }
 
+/// What the LLM stage of `tandem eval --llm` did.
+struct LlmRun {
+    /// Calls made.
+    calls: usize,
+    /// Calls that gave no triage, by error label.
+    failures: std::collections::BTreeMap<&'static str, usize>,
+    /// Answers that failed validation, by reason, with an example each.
+    rejections: Vec<tandem_classify::llm::Rejection>,
+    /// True when the requests went in JSON mode (asked for, or the server refused the schema).
+    json_mode: bool,
+}
+
 /// The LLM stage of `tandem eval --llm`: every message the local stage left is asked about,
-/// eight at a time, as the server would; a failure leaves it to the fallback. Returns how
-/// many calls were made.
+/// eight at a time, as the server would; a failure leaves it to the fallback.
 fn ask_llm(
     run: &mut tandem_classify::eval::LocalRun,
     data: &[tandem_classify::Example],
     training: &[tandem_classify::Example],
     env: &HashMap<String, String>,
-) -> anyhow::Result<usize> {
+) -> anyhow::Result<LlmRun> {
     let overrides = tandem_server::config::CliOverrides {
         dev: true,
         ..tandem_server::config::CliOverrides::default()
@@ -529,6 +570,7 @@ fn ask_llm(
         }
         tasks.join_all().await
     });
+    let mut failures = std::collections::BTreeMap::new();
     for (i, answer) in answers {
         match answer {
             Ok(triage) => {
@@ -537,10 +579,18 @@ fn ask_llm(
                     stage: "llm",
                 };
             }
-            Err(error) => tracing::warn!(%error, "LLM call failed; left to the fallback"),
+            Err(error) => {
+                *failures.entry(error.label()).or_insert(0) += 1;
+                tracing::debug!(%error, "LLM call failed; left to the fallback");
+            }
         }
     }
-    Ok(asked.len())
+    Ok(LlmRun {
+        calls: asked.len(),
+        failures,
+        rejections: classifier.rejections(),
+        json_mode: classifier.uses_json_mode(),
+    })
 }
 
 /// `tandem check [DIR]`: the configuration, then every problem of the flows.

@@ -330,6 +330,14 @@ async fn eval_with_the_llm_asks_it_about_what_the_local_model_leaves() {
     let expected = if calls == 3 { 0.5 } else { 1.0 };
     assert_eq!(report["in_scope_accuracy"], expected, "{report}");
     assert_eq!(report["oos_recall"], 1.0, "{report}");
+    // What the LLM stage did: the format it used, failures and rejected answers (none here).
+    assert_eq!(report["llm"]["json_mode"], false, "{report}");
+    assert_eq!(
+        report["llm"]["rejections"],
+        serde_json::json!([]),
+        "{report}"
+    );
+    assert_eq!(report["llm"]["failures"], serde_json::json!({}), "{report}");
 
     let (code, _, err) = tandem(&[
         "eval",

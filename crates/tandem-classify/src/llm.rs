@@ -5,6 +5,10 @@
 //! descriptions and examples and the recent transcript. The answer is requested as JSON
 //! (`json_schema` structured output, or JSON mode for servers without it) and validated: an
 //! intent that is not a flow becomes out of scope; malformed JSON gets one repair attempt.
+//! A server that refuses `json_schema` (llama.cpp's server answers 500) is asked the same
+//! request in JSON mode at once, and, when that works, in JSON mode from then on. Answers that
+//! fail validation are counted by reason, with the first one of each kept as an example
+//! ([`LlmClassifier::rejections`]).
 //! Every call has a timeout; only temporary failures are retried, a bounded number of times
 //! with jittered backoff: 429 and 5xx by async-openai's backoff (which alone sees the HTTP
 //! status), timeouts and connection errors here; a 400 or 401 is answered at once. After
@@ -17,8 +21,10 @@
 //! [`LlmError`] so the caller degrades to the local answer or the fallback — the LLM never
 //! blocks a reply.
 
+use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_openai::Client;
@@ -36,6 +42,45 @@ use sha2::{Digest, Sha256};
 
 /// Counter: tokens the LLM endpoint reported using, by kind (`prompt`, `completion`).
 pub const LLM_TOKENS: &str = "tandem_llm_tokens_total";
+/// Counter: answers that failed validation, by reason (`not_json`, `missing_field`,
+/// `wrong_type`, `unknown_value`, `out_of_range`, `empty`, `other`).
+pub const LLM_REJECTED: &str = "tandem_llm_rejected_total";
+
+/// Answers of one rejection reason: how many, and the first one as an example.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rejection {
+    /// The reason, one of [`LLM_REJECTED`]'s labels.
+    pub reason: &'static str,
+    /// How many answers failed for it.
+    pub count: u64,
+    /// What was wrong with the first one, in the validator's words.
+    pub problem: String,
+    /// The first answer, cut to 300 characters.
+    pub example: String,
+}
+
+/// The reason label of a validation problem (`parse_triage`'s or serde's words).
+fn rejection_reason(problem: &str) -> &'static str {
+    if problem.starts_with("missing field") {
+        "missing_field"
+    } else if problem.starts_with("invalid type") {
+        "wrong_type"
+    } else if problem.starts_with("unknown variant") {
+        "unknown_value"
+    } else if problem.contains("is not between") {
+        "out_of_range"
+    } else if problem.contains("EOF while parsing") && problem.ends_with("column 0") {
+        "empty"
+    } else if problem.starts_with("expected")
+        || problem.contains("EOF while parsing")
+        || problem.starts_with("key must be")
+        || problem.starts_with("trailing characters")
+    {
+        "not_json"
+    } else {
+        "other"
+    }
+}
 
 /// Where and how to reach the LLM.
 #[derive(Debug, Clone)]
@@ -136,6 +181,22 @@ impl LlmError {
     }
 }
 
+/// How a single completion failed: `refused` when the server answered an error status
+/// (as opposed to no answer, a timeout or an unreadable one).
+struct Failure {
+    error: LlmError,
+    refused: bool,
+}
+
+impl Failure {
+    fn other(error: LlmError) -> Self {
+        Self {
+            error,
+            refused: false,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Breaker {
     failures: u32,
@@ -156,6 +217,10 @@ pub struct LlmClassifier {
     permits: tokio::sync::Semaphore,
     breaker: Mutex<Breaker>,
     cache: Mutex<lru::LruCache<[u8; 32], Triage>>,
+    /// Set once the server refused `json_schema` and answered in JSON mode.
+    json_mode: AtomicBool,
+    /// Answers that failed validation, by reason.
+    rejections: Mutex<BTreeMap<&'static str, Rejection>>,
 }
 
 impl std::fmt::Debug for LlmClassifier {
@@ -208,6 +273,32 @@ pub fn parse_triage(answer: &str, known: &[IntentInfo]) -> Result<Triage, String
     }
     triage.language = triage.language.to_lowercase();
     Ok(triage)
+}
+
+/// True for an error the server answered that may be about the request's format (not the
+/// key, the quota or the model, which JSON mode would not change).
+fn may_be_the_format(error: &OpenAIError) -> bool {
+    let OpenAIError::ApiError(api) = error else {
+        return false;
+    };
+    let words = format!(
+        "{} {} {}",
+        api.message,
+        api.r#type.as_deref().unwrap_or_default(),
+        api.code.as_deref().unwrap_or_default()
+    )
+    .to_lowercase();
+    ![
+        "api_key",
+        "api key",
+        "auth",
+        "permission",
+        "quota",
+        "model_not_found",
+        "rate_limit",
+    ]
+    .iter()
+    .any(|w| words.contains(w))
 }
 
 /// Temporary failures of the HTTP call itself (async-openai leaves them to the caller).
@@ -280,7 +371,51 @@ impl LlmClassifier {
             prompts,
             breaker: Mutex::new(Breaker::default()),
             cache: Mutex::new(lru::LruCache::new(cache_size)),
+            json_mode: AtomicBool::new(false),
+            rejections: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// True when requests go in JSON mode: asked for (`structured_output` off), or the server
+    /// refused `json_schema`.
+    pub fn uses_json_mode(&self) -> bool {
+        !self.config.structured_output || self.json_mode.load(Ordering::Relaxed)
+    }
+
+    /// `format` for a JSON answer: the schema, unless the server is known to refuse it.
+    fn json_format(&self, schema: ResponseFormatJsonSchema) -> ResponseFormat {
+        if self.uses_json_mode() {
+            ResponseFormat::JsonObject
+        } else {
+            ResponseFormat::JsonSchema {
+                json_schema: schema,
+            }
+        }
+    }
+
+    /// Answers that failed validation so far, by reason, each with its first example.
+    pub fn rejections(&self) -> Vec<Rejection> {
+        self.rejections
+            .lock()
+            .map(|r| r.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Counts an answer that failed validation.
+    fn reject(&self, problem: &str, answer: &str) {
+        let reason = rejection_reason(problem);
+        ::metrics::counter!(LLM_REJECTED, "reason" => reason).increment(1);
+        if let Ok(mut rejections) = self.rejections.lock() {
+            rejections
+                .entry(reason)
+                .or_insert_with(|| Rejection {
+                    reason,
+                    count: 0,
+                    problem: problem.chars().take(300).collect(),
+                    example: answer.chars().take(300).collect(),
+                })
+                .count += 1;
+        }
     }
 
     /// Refuses while the circuit breaker is open, then waits for a call slot.
@@ -358,6 +493,7 @@ impl LlmClassifier {
         match parse_triage(&answer, intents) {
             Ok(triage) => Ok(triage),
             Err(problem) => {
+                self.reject(&problem, &answer);
                 // One repair attempt: show the model its answer and what is wrong with it.
                 tracing::debug!(%problem, "LLM answer malformed; asking for a repair");
                 messages.push(
@@ -367,7 +503,10 @@ impl LlmClassifier {
                     .into(),
                 );
                 let again = self.complete(&messages).await?;
-                parse_triage(&again, intents).map_err(LlmError::Malformed)
+                parse_triage(&again, intents).map_err(|problem| {
+                    self.reject(&problem, &again);
+                    LlmError::Malformed(problem)
+                })
             }
         }
     }
@@ -426,26 +565,22 @@ impl LlmClassifier {
             ChatCompletionRequestSystemMessage::from(system.as_str()).into(),
             ChatCompletionRequestUserMessage::from(answer).into(),
         ];
-        let format = if self.config.structured_output {
-            ResponseFormat::JsonSchema {
-                json_schema: ResponseFormatJsonSchema {
-                    description: Some("a value read out of an answer".into()),
-                    name: "extraction".into(),
-                    schema: Some(json!({
-                        "type": "object",
-                        "properties": {"value": {"type": ["string", "null"]}},
-                        "required": ["value"],
-                        "additionalProperties": false
-                    })),
-                    strict: Some(true),
-                },
-            }
-        } else {
-            ResponseFormat::JsonObject
-        };
+        let format = self.json_format(ResponseFormatJsonSchema {
+            description: Some("a value read out of an answer".into()),
+            name: "extraction".into(),
+            schema: Some(json!({
+                "type": "object",
+                "properties": {"value": {"type": ["string", "null"]}},
+                "required": ["value"],
+                "additionalProperties": false
+            })),
+            strict: Some(true),
+        });
         let raw = self.complete_with(&messages, Some(format)).await?;
-        let parsed: serde_json::Value = serde_json::from_str(raw.trim())
-            .map_err(|e| LlmError::Malformed(format!("not JSON: {e}")))?;
+        let parsed: serde_json::Value = serde_json::from_str(raw.trim()).map_err(|e| {
+            self.reject(&e.to_string(), &raw);
+            LlmError::Malformed(format!("not JSON: {e}"))
+        })?;
         match &parsed["value"] {
             serde_json::Value::Null => Ok(None),
             serde_json::Value::String(v) if v.trim().is_empty() => Ok(None),
@@ -499,18 +634,12 @@ impl LlmClassifier {
         &self,
         messages: &[ChatCompletionRequestMessage],
     ) -> Result<String, LlmError> {
-        let format = if self.config.structured_output {
-            ResponseFormat::JsonSchema {
-                json_schema: ResponseFormatJsonSchema {
-                    description: Some("triage of a customer message".into()),
-                    name: "triage".into(),
-                    schema: Some(triage_schema()),
-                    strict: Some(true),
-                },
-            }
-        } else {
-            ResponseFormat::JsonObject
-        };
+        let format = self.json_format(ResponseFormatJsonSchema {
+            description: Some("triage of a customer message".into()),
+            name: "triage".into(),
+            schema: Some(triage_schema()),
+            strict: Some(true),
+        });
         self.complete_with(messages, Some(format)).await
     }
 
@@ -522,6 +651,35 @@ impl LlmClassifier {
         messages: &[ChatCompletionRequestMessage],
         format: Option<ResponseFormat>,
     ) -> Result<String, LlmError> {
+        let schema = matches!(format, Some(ResponseFormat::JsonSchema { .. }));
+        match self.complete_once(messages, format).await {
+            Ok(answer) => Ok(answer),
+            // The server answered an error to a structured-output request: ask the same in
+            // JSON mode, and keep to JSON mode if that works (llama.cpp's server refuses
+            // `json_schema` with a 500). An unreachable server is not asked twice.
+            Err(Failure {
+                error,
+                refused: true,
+            }) if schema => {
+                let answer = self
+                    .complete_once(messages, Some(ResponseFormat::JsonObject))
+                    .await
+                    .map_err(|_| error.clone())?;
+                if !self.json_mode.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(%error, "the LLM endpoint refused json_schema structured output; using JSON mode from now on");
+                }
+                Ok(answer)
+            }
+            Err(failure) => Err(failure.error),
+        }
+    }
+
+    /// [`LlmClassifier::complete_with`] without the JSON-mode fallback.
+    async fn complete_once(
+        &self,
+        messages: &[ChatCompletionRequestMessage],
+        format: Option<ResponseFormat>,
+    ) -> Result<String, Failure> {
         let mut args = CreateChatCompletionRequestArgs::default();
         args.model(self.config.model.clone())
             .messages(messages.to_vec())
@@ -531,7 +689,7 @@ impl LlmClassifier {
         }
         let request = args
             .build()
-            .map_err(|e| LlmError::Endpoint(e.to_string()))?;
+            .map_err(|e| Failure::other(LlmError::Endpoint(e.to_string())))?;
         let mut attempt = 0;
         loop {
             let call = tokio::time::timeout(
@@ -552,19 +710,28 @@ impl LlmClassifier {
                         .into_iter()
                         .next()
                         .and_then(|c| c.message.content)
-                        .ok_or_else(|| LlmError::Malformed("no message content".into()));
+                        .ok_or_else(|| {
+                            Failure::other(LlmError::Malformed("no message content".into()))
+                        });
                 }
                 Ok(Err(OpenAIError::JSONDeserialize(e, _))) => {
-                    return Err(LlmError::Malformed(format!("not a chat completion: {e}")));
+                    return Err(Failure::other(LlmError::Malformed(format!(
+                        "not a chat completion: {e}"
+                    ))));
                 }
                 Ok(Err(e)) if connection_failed(&e) => LlmError::Endpoint(e.to_string()),
                 // The status was permanent (400, 401, 404…) or async-openai's backoff for
                 // 429 and 5xx ran out: retrying here would only repeat it.
-                Ok(Err(e)) => return Err(LlmError::Endpoint(e.to_string())),
+                Ok(Err(e)) => {
+                    return Err(Failure {
+                        refused: may_be_the_format(&e),
+                        error: LlmError::Endpoint(e.to_string()),
+                    });
+                }
                 Err(_) => LlmError::Timeout(self.config.timeout),
             };
             if attempt >= self.config.retries {
-                return Err(error);
+                return Err(Failure::other(error));
             }
             attempt += 1;
             let wait = tandem_domain::Backoff {

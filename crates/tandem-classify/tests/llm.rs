@@ -168,14 +168,14 @@ fn the_api_key_never_shows_in_debug_output() {
 }
 
 #[tokio::test]
-async fn a_refused_request_is_not_retried() {
+async fn a_refused_key_or_model_is_asked_once() {
     let (standin, url) = start().await;
     let llm = classifier(&url, |c| c.retries = 3);
-    for (status, kind) in [(400, "invalid_request_error"), (401, "invalid_api_key")] {
+    for (status, kind) in [(401, "invalid_api_key"), (404, "model_not_found")] {
         let before = standin.requests.lock().unwrap().len();
         standin.script.lock().unwrap().push_back((
             status,
-            json!({"error": {"message": "refused", "type": kind, "param": null, "code": null}}),
+            json!({"error": {"message": "refused", "type": kind, "param": null, "code": kind}}),
             Duration::ZERO,
         ));
         let failed = llm
@@ -189,6 +189,100 @@ async fn a_refused_request_is_not_retried() {
             "{status} is asked once"
         );
     }
+    assert!(!llm.uses_json_mode());
+}
+
+/// Like llama.cpp's server: `response_format: json_schema` is answered 500, JSON mode works.
+#[tokio::test]
+async fn a_server_that_refuses_json_schema_is_asked_in_json_mode_from_then_on() {
+    let (standin, url) = start().await;
+    let llm = classifier(&url, |c| c.retries = 0);
+    let refusal = || {
+        (
+            500,
+            json!({"error": {"code": 500, "message": "Unsupported response_format", "type": "server_error"}}),
+            Duration::ZERO,
+        )
+    };
+    standin.script.lock().unwrap().push_back(refusal());
+    let triage = llm.triage(&intents(), &[], "refund please").await.unwrap();
+    assert_eq!(triage.intent, "returns");
+    assert!(llm.uses_json_mode());
+    llm.triage(&intents(), &[], "where is my order")
+        .await
+        .unwrap();
+    let formats: Vec<Value> = standin
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r["response_format"]["type"].clone())
+        .collect();
+    assert_eq!(
+        formats,
+        [
+            json!("json_schema"),
+            json!("json_object"),
+            json!("json_object")
+        ]
+    );
+
+    // When JSON mode fails too, the first error is the answer and the schema is kept.
+    let (standin, url) = start().await;
+    let llm = classifier(&url, |c| c.retries = 0);
+    standin
+        .script
+        .lock()
+        .unwrap()
+        .extend([refusal(), refusal()]);
+    let failed = llm
+        .triage(&intents(), &[], "refund please")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(failed, LlmError::Endpoint(ref m) if m.contains("response_format")),
+        "{failed:?}"
+    );
+    assert!(!llm.uses_json_mode());
+    assert_eq!(standin.requests.lock().unwrap().len(), 2);
+}
+
+/// Answers that fail validation are counted by reason, the first of each kept as an example.
+#[tokio::test]
+async fn rejected_answers_are_counted_by_reason_with_an_example() {
+    let (standin, url) = start().await;
+    let llm = classifier(&url, |_| {});
+    standin.script.lock().unwrap().extend([
+        (
+            200,
+            completion("Sure! The intent is returns."),
+            Duration::ZERO,
+        ),
+        (200, completion("{\"intent\": \"returns\"}"), Duration::ZERO),
+        (200, completion("I cannot answer that."), Duration::ZERO),
+        (200, completion(GOOD), Duration::ZERO),
+    ]);
+    assert!(llm.triage(&intents(), &[], "first").await.is_err());
+    assert!(llm.triage(&intents(), &[], "second").await.is_ok());
+    let rejections = llm.rejections();
+    let summary: Vec<(&str, u64)> = rejections.iter().map(|r| (r.reason, r.count)).collect();
+    assert_eq!(summary, [("missing_field", 1), ("not_json", 2)]);
+    let not_json = rejections.iter().find(|r| r.reason == "not_json").unwrap();
+    assert_eq!(not_json.example, "Sure! The intent is returns.");
+    assert!(
+        not_json.problem.starts_with("expected value"),
+        "{}",
+        not_json.problem
+    );
+    let missing = rejections
+        .iter()
+        .find(|r| r.reason == "missing_field")
+        .unwrap();
+    assert!(
+        missing.problem.contains("confidence"),
+        "{}",
+        missing.problem
+    );
 }
 
 #[tokio::test]
@@ -272,6 +366,8 @@ async fn throttling_and_server_errors_are_retried_a_bounded_number_of_times() {
     standin.script.lock().unwrap().extend([
         (500, error(500, "The server had an error"), Duration::ZERO),
         (500, error(500, "The server had an error"), Duration::ZERO),
+        (500, error(500, "The server had an error"), Duration::ZERO),
+        (500, error(500, "The server had an error"), Duration::ZERO),
     ]);
     let failed = llm
         .triage(&intents(), &[], "something else")
@@ -280,9 +376,10 @@ async fn throttling_and_server_errors_are_retried_a_bounded_number_of_times() {
     assert!(matches!(failed, LlmError::Endpoint(_)), "{failed:?}");
     assert_eq!(
         standin.requests.lock().unwrap().len(),
-        4,
-        "one try and one retry"
+        6,
+        "one try and one retry, then the same in JSON mode (a server refusing the schema)"
     );
+    assert!(!llm.uses_json_mode());
 }
 
 #[tokio::test]

@@ -110,6 +110,10 @@ pub fn describe() {
         "Identifiers a payload paired with an identifier of another customer (never merged; routed by BSUID), by alias kind"
     );
     describe_counter!(
+        tandem_classify::llm::LLM_REJECTED,
+        "LLM answers that failed validation, by reason"
+    );
+    describe_counter!(
         tandem_classify::llm::LLM_TOKENS,
         "Tokens the LLM endpoint reported using, by kind (prompt, completion)"
     );
