@@ -407,6 +407,7 @@ fn eval(args: &EvalArgs, env: &HashMap<String, String>) -> anyhow::Result<()> {
         )?;
         for (name, value) in [
             ("in-scope accuracy", report.in_scope_accuracy),
+            ("cascade accuracy (in scope)", report.cascade_accuracy),
             ("macro-F1", report.macro_f1),
             ("out-of-scope precision", report.oos_precision),
             ("out-of-scope recall", report.oos_recall),
@@ -416,7 +417,15 @@ fn eval(args: &EvalArgs, env: &HashMap<String, String>) -> anyhow::Result<()> {
             writeln!(out, "  {name:<28}{:>7.2} %", value * 100.0)?;
         }
         for (stage, share) in &report.stage_share {
-            writeln!(out, "  stage {stage:<22}{:>7.2} %", share * 100.0)?;
+            let precision = report
+                .stage_precision
+                .get(stage)
+                .map_or(String::new(), |p| format!(", {:.2} % right", p * 100.0));
+            writeln!(
+                out,
+                "  stage {stage:<22}{:>7.2} %{precision}",
+                share * 100.0
+            )?;
         }
         writeln!(
             out,

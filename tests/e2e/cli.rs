@@ -329,6 +329,14 @@ async fn eval_with_the_llm_asks_it_about_what_the_local_model_leaves() {
     // the opening-hours question, if the local model left it, is lost.
     let expected = if calls == 3 { 0.5 } else { 1.0 };
     assert_eq!(report["in_scope_accuracy"], expected, "{report}");
+    assert_eq!(
+        report["cascade_accuracy"], expected,
+        "what the customers got: {report}"
+    );
+    // The LLM is right on the return and the nonsense, wrong on the hours when it gets them.
+    let llm_right = if calls == 3 { 2.0 / 3.0 } else { 1.0 };
+    let llm_precision = report["stage_precision"]["llm"].as_f64().unwrap();
+    assert!((llm_precision - llm_right).abs() < 1e-9, "{report}");
     assert_eq!(report["oos_recall"], 1.0, "{report}");
     // What the LLM stage did: the format it used, failures and rejected answers (none here).
     assert_eq!(report["llm"]["json_mode"], false, "{report}");

@@ -6,13 +6,16 @@
 //! an out-of-scope decision):
 //! - `in_scope_accuracy`: on in-scope messages, the model's best intent is right (no
 //!   threshold: the classic CLINC150 in-scope accuracy).
+//! - `cascade_accuracy`: on in-scope messages, the intent the customer actually got is right:
+//!   a stage answered with it (a message left to the fallback counts as wrong).
 //! - `local_coverage`: the share of in-scope messages the local stage answers alone.
 //! - `local_precision`: of every message the local stage answers alone (in scope or not),
 //!   the share answered with the right intent.
 //! - `oos_precision` / `oos_recall`: of the messages not answered, the share truly out of
 //!   scope; of the out-of-scope messages, the share not answered.
 //! - `macro_f1`: F1 of the final decision (an intent or `oos`) averaged over every label.
-//! - `stage_share`: the share of all messages each stage decided.
+//! - `stage_share`: the share of all messages each stage decided; `stage_precision`: of the
+//!   messages a stage decided, the share decided right (for `fallback`: truly out of scope).
 //! - `p50_us` / `p99_us`: time of one local prediction.
 //! - `labels`: precision, recall and F1 of the final decision per label, hardest first;
 //!   `confusions`: the most frequent (expected, decided) pairs that differ, with an example.
@@ -53,6 +56,8 @@ pub struct Report {
     /// See the module docs.
     pub in_scope_accuracy: f64,
     /// See the module docs.
+    pub cascade_accuracy: f64,
+    /// See the module docs.
     pub macro_f1: f64,
     /// See the module docs.
     pub oos_precision: f64,
@@ -64,6 +69,8 @@ pub struct Report {
     pub local_coverage: f64,
     /// See the module docs.
     pub stage_share: BTreeMap<String, f64>,
+    /// See the module docs.
+    pub stage_precision: BTreeMap<String, f64>,
     /// Median prediction time in microseconds.
     pub p50_us: f64,
     /// 99th percentile prediction time in microseconds.
@@ -199,14 +206,23 @@ pub fn report(data: &[Example], run: &LocalRun, threshold: f32, llm_calls: usize
     let decisions: Vec<String> = run.decisions.iter().map(|d| d.intent.clone()).collect();
     let (mut in_scope, mut top_right, mut answered, mut answered_right, mut answered_in_scope) =
         (0, 0, 0, 0, 0);
+    let mut cascade_right = 0;
     let mut by_stage: BTreeMap<String, usize> = ["local", "llm", "fallback"]
         .iter()
         .map(|s| ((*s).to_owned(), 0))
         .collect();
+    let mut right_by_stage: BTreeMap<String, usize> = BTreeMap::new();
     for ((example, decision), best) in data.iter().zip(&run.decisions).zip(&run.best) {
         *by_stage.entry(decision.stage.to_owned()).or_default() += 1;
         let gold_in_scope = example.intent != OUT_OF_SCOPE;
+        let right = if decision.stage == "fallback" {
+            !gold_in_scope
+        } else {
+            decision.intent == example.intent
+        };
+        *right_by_stage.entry(decision.stage.to_owned()).or_default() += usize::from(right);
         if gold_in_scope {
+            cascade_right += usize::from(decision.stage != "fallback" && right);
             in_scope += 1;
             // The cascade's answer when a stage answered, else the local model's best guess.
             let chosen = if decision.stage == "fallback" {
@@ -285,6 +301,7 @@ pub fn report(data: &[Example], run: &LocalRun, threshold: f32, llm_calls: usize
         in_scope,
         threshold,
         in_scope_accuracy: ratio(top_right, in_scope),
+        cascade_accuracy: ratio(cascade_right, in_scope),
         macro_f1: if labels.is_empty() {
             0.0
         } else {
@@ -294,6 +311,14 @@ pub fn report(data: &[Example], run: &LocalRun, threshold: f32, llm_calls: usize
         oos_recall: ratio(oos_tp, oos_tp + oos_fn),
         local_precision: ratio(answered_right, answered),
         local_coverage: ratio(answered_in_scope, in_scope),
+        stage_precision: by_stage
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(stage, n)| {
+                let right = right_by_stage.get(stage).copied().unwrap_or(0);
+                (stage.clone(), ratio(right, *n))
+            })
+            .collect(),
         stage_share: by_stage
             .into_iter()
             .map(|(stage, n)| (stage, ratio(n, total)))
@@ -374,6 +399,10 @@ mod tests {
             report.in_scope_accuracy, 1.0,
             "the best flow is still right"
         );
+        assert_eq!(
+            report.cascade_accuracy, 0.0,
+            "but every customer got the fallback"
+        );
         assert!((report.oos_precision - 1.0 / 3.0).abs() < 1e-9);
         assert_eq!(report.stage_share["fallback"], 1.0);
         assert!(
@@ -428,6 +457,17 @@ mod tests {
             })
             .collect();
         assert_eq!(pairs, [("a", "oos", 1, "a2"), ("oos", "a", 1, "o1")]);
+        // What the customers got: "a2" went to the fallback although its best guess was
+        // wrong anyway; a1 and b1 were answered right.
+        assert!((report.cascade_accuracy - 2.0 / 3.0).abs() < 1e-9);
+        assert!((report.in_scope_accuracy - 2.0 / 3.0).abs() < 1e-9);
+        // Local answered a1, b1 right and o1 wrong; the fallback took a2 (wrong) and o2.
+        assert!((report.stage_precision["local"] - 2.0 / 3.0).abs() < 1e-9);
+        assert!((report.stage_precision["fallback"] - 0.5).abs() < 1e-9);
+        assert!(
+            !report.stage_precision.contains_key("llm"),
+            "no LLM decided anything"
+        );
 
         let points = sweep(&data, &run, &[0.5, 0.8, 0.99]);
         let at = |i: usize| {
