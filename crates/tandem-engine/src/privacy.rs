@@ -147,34 +147,65 @@ impl Sweeper {
     }
 
     /// Sweeps every `retention.every` while this process leads the `retention` role (one
-    /// process of those sharing the store sweeps), until `stopped`.
+    /// process of those sharing the store sweeps), until `stopped`. Each run is one whole
+    /// pass: bounded sweeps back to back until the conversation pages wrap around and the
+    /// purges find nothing more, so a large store is covered every period, in small writes.
     pub async fn run(mut self, clock: Arc<dyn Clock>, mut stopped: watch::Receiver<bool>) {
         let holder = crate::router::leader_name("retention");
         let mut tick = tokio::time::interval(self.retention.every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let lead_for = self.retention.every.saturating_mul(3);
+        let batch = self.retention.batch.max(1);
         while !*stopped.borrow() {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = stopped.changed() => break,
             }
-            let now = clock.now();
-            let lead_for = self.retention.every.saturating_mul(3);
-            match self.store.lead("retention", &holder, now, lead_for).await {
-                Ok(true) => {}
-                Ok(false) => continue,
-                Err(error) => {
-                    tracing::warn!(%error, "retention: leadership check failed");
-                    continue;
+            let mut pass = SweepReport::default();
+            loop {
+                let now = clock.now();
+                match self.store.lead("retention", &holder, now, lead_for).await {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(error) => {
+                        tracing::warn!(%error, "retention: leadership check failed");
+                        break;
+                    }
                 }
+                match self.sweep(now).await {
+                    Ok(report) => {
+                        pass.add(&report);
+                        let purged_all = [report.dead_letters, report.dead_hooks, report.audit]
+                            .iter()
+                            .all(|n| *n < batch);
+                        if self.cursor.is_none() && purged_all {
+                            break;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "retention sweep failed; the next run retries");
+                        break;
+                    }
+                }
+                if *stopped.borrow() {
+                    break;
+                }
+                tokio::task::yield_now().await;
             }
-            match self.sweep(now).await {
-                Ok(report) if report != SweepReport::default() => {
-                    tracing::info!(?report, "retention sweep removed old data");
-                }
-                Ok(_) => {}
-                Err(error) => tracing::warn!(%error, "retention sweep failed; next run retries"),
+            if pass != SweepReport::default() {
+                tracing::info!(report = ?pass, "retention pass removed old data");
             }
         }
+    }
+}
+
+impl SweepReport {
+    fn add(&mut self, other: &SweepReport) {
+        self.transcript_lines += other.transcript_lines;
+        self.records += other.records;
+        self.dead_letters += other.dead_letters;
+        self.dead_hooks += other.dead_hooks;
+        self.audit += other.audit;
     }
 }
 
@@ -212,4 +243,115 @@ pub async fn erase_customer(
         .await?;
     ::metrics::counter!(metrics::ERASURES).increment(1);
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_domain::{Conversation, TranscriptEntry};
+    use tandem_store::{
+        CommitOutcome, IngestBatch, IngestItem, IngestKind, StepCommit, StoreOptions, TimerChange,
+    };
+
+    const T0: Timestamp = Timestamp(1_795_428_000_000);
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    /// Conversations whose transcripts hold a line two hours old and one just now.
+    async fn store_with(conversations: usize) -> (tempfile::TempDir, Arc<dyn Store>) {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("t.redb");
+        let store = tandem_store::open(path.to_str().unwrap_or_default(), StoreOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        for n in 0..conversations {
+            let id =
+                ConversationId::parse(&format!("106:c_{n:032x}")).unwrap_or_else(|e| panic!("{e}"));
+            let item = IngestItem {
+                key: format!("k{n}"),
+                kind: IngestKind::Conversation {
+                    conversation: id.clone(),
+                    event: tandem_domain::ConversationEvent::IdleCheck,
+                    pause: None,
+                },
+            };
+            let batch = IngestBatch {
+                received_at: T0,
+                items: vec![item],
+                identity_epoch: None,
+            };
+            store.ingest(batch).await.unwrap_or_else(|e| panic!("{e}"));
+        }
+        while let Some(claim) = store
+            .claim(T0, HOUR)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+        {
+            let (record, items): (Conversation, _) = store
+                .head(&claim, T0, 10)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+                .unwrap_or_else(|| panic!("a waiting event"));
+            let mut next = record.clone();
+            next.push(TranscriptEntry::system(T0.minus(HOUR * 2), "old"), 10);
+            next.push(TranscriptEntry::system(T0, "new"), 10);
+            let commit = StepCommit {
+                now: T0,
+                seqs: items.iter().map(|i| i.seq).collect(),
+                expected_rev: record.rev,
+                conversation: next,
+                timer: TimerChange::Keep,
+                outbound: Vec::new(),
+                hooks: Vec::new(),
+            };
+            let outcome = store
+                .commit(&claim, commit, HOUR)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(outcome, CommitOutcome::Applied);
+            store
+                .release(claim, T0)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn sweeps_page_through_every_conversation_and_keep_recent_lines() {
+        let (_dir, store) = store_with(5).await;
+        let retention = Retention {
+            transcripts: Some(HOUR),
+            batch: 2,
+            ..Retention::default()
+        };
+        let mut sweeper = Sweeper::new(Arc::clone(&store), retention);
+        let mut trimmed = 0;
+        let mut sweeps = 0;
+        loop {
+            let report = sweeper.sweep(T0).await.unwrap_or_else(|e| panic!("{e}"));
+            assert!(report.records <= 2, "at most a page a sweep");
+            trimmed += report.records;
+            sweeps += 1;
+            if sweeper.cursor.is_none() {
+                break;
+            }
+        }
+        assert_eq!((trimmed, sweeps), (5, 3), "three pages of two cover five");
+        let page = store
+            .list_conversations(&ListQuery {
+                mode: None,
+                after: None,
+                limit: 10,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        for c in &page {
+            let texts: Vec<&str> = c.transcript.iter().map(|l| l.text.as_str()).collect();
+            assert_eq!(texts, ["new"], "{}", c.id);
+            assert_eq!(c.events_applied, 0, "the record is otherwise as it was");
+        }
+        // A second pass finds nothing more to remove.
+        let again = sweeper.sweep(T0).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(again.records, 0);
+    }
 }
