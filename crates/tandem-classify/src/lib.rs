@@ -5,9 +5,13 @@
 //!   start-up from the flows' example utterances, with a confidence per answer.
 //! - `llm` (feature `llm`, on by default): the LLM stage: a triage record from any OpenAI-compatible endpoint, with
 //!   validation, repair, retries, a circuit breaker, a concurrency limit and a cache.
+//! - `embed` (feature `llm`): sentence embeddings for the semantic stage — the `Embedder`
+//!   trait and an OpenAI-compatible `/v1/embeddings` client, with checked, normalised vectors.
 //! - [`eval`]: accuracy, macro-F1, out-of-scope precision and recall, and what the local
 //!   stage answers alone at a confidence threshold, on labelled JSONL data.
 
+#[cfg(feature = "llm")]
+pub mod embed;
 pub mod eval;
 pub mod features;
 #[cfg(feature = "llm")]

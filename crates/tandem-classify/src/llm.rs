@@ -302,7 +302,7 @@ fn may_be_the_format(error: &OpenAIError) -> bool {
 }
 
 /// Temporary failures of the HTTP call itself (async-openai leaves them to the caller).
-fn connection_failed(error: &OpenAIError) -> bool {
+pub(crate) fn connection_failed(error: &OpenAIError) -> bool {
     matches!(error, OpenAIError::Reqwest(e) if e.is_connect() || e.is_timeout())
 }
 
@@ -310,7 +310,7 @@ fn connection_failed(error: &OpenAIError) -> bool {
 /// and 5xx; never 400 or 401). Its budget is time, not a count: the waits grow tenfold (100 ms,
 /// 1 s, 10 s, ±10 %), and the budget holds exactly `retries` of them plus 500 ms for the
 /// requests themselves, so the next wait never fits. The call's timeout bounds it all.
-fn status_backoff(retries: u32) -> backoff::ExponentialBackoff {
+pub(crate) fn status_backoff(retries: u32) -> backoff::ExponentialBackoff {
     let first = Duration::from_millis(100);
     let waits: Duration = (0..retries.min(3))
         .map(|k| first * 10u32.pow(k))
