@@ -105,6 +105,9 @@ pub struct LlmConfig {
     pub breaker_cooldown: Duration,
     /// Answers kept in the cache.
     pub cache_size: usize,
+    /// Most tokens an answer may have (`max_tokens`). A triage is some 60 tokens; without a
+    /// bound, a small model in JSON mode may write until its context is full.
+    pub max_tokens: u32,
 }
 
 impl LlmConfig {
@@ -121,6 +124,7 @@ impl LlmConfig {
             breaker_failures: 5,
             breaker_cooldown: Duration::from_secs(30),
             cache_size: 1000,
+            max_tokens: 256,
         }
     }
 }
@@ -299,6 +303,12 @@ fn may_be_the_format(error: &OpenAIError) -> bool {
     ]
     .iter()
     .any(|w| words.contains(w))
+}
+
+/// True when an error names the request's format (`response_format`, `json_schema`).
+fn names_the_format(error: &LlmError) -> bool {
+    let text = error.to_string().to_lowercase();
+    text.contains("response_format") || text.contains("json_schema")
 }
 
 /// Temporary failures of the HTTP call itself (async-openai leaves them to the caller).
@@ -661,16 +671,33 @@ impl LlmClassifier {
                 error,
                 refused: true,
             }) if schema => {
-                let answer = self
+                // The server said so in words (llama.cpp: "Input should be 'text' or
+                // 'json_object'"): JSON mode from now on, whatever the retry gives.
+                let said = names_the_format(&error);
+                if said {
+                    self.use_json_mode(&error);
+                }
+                match self
                     .complete_once(messages, Some(ResponseFormat::JsonObject))
                     .await
-                    .map_err(|_| error.clone())?;
-                if !self.json_mode.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(%error, "the LLM endpoint refused json_schema structured output; using JSON mode from now on");
+                {
+                    Ok(answer) => {
+                        self.use_json_mode(&error);
+                        Ok(answer)
+                    }
+                    // The retry's own failure (a timeout) is the news when the refusal was
+                    // plainly about the format; else the first error stands.
+                    Err(again) => Err(if said { again.error } else { error }),
                 }
-                Ok(answer)
             }
             Err(failure) => Err(failure.error),
+        }
+    }
+
+    /// Switches to JSON mode for good, saying so once.
+    fn use_json_mode(&self, refusal: &LlmError) {
+        if !self.json_mode.swap(true, Ordering::Relaxed) {
+            tracing::warn!(error = %refusal, "the LLM endpoint refused json_schema structured output; using JSON mode from now on");
         }
     }
 
@@ -681,9 +708,12 @@ impl LlmClassifier {
         format: Option<ResponseFormat>,
     ) -> Result<String, Failure> {
         let mut args = CreateChatCompletionRequestArgs::default();
+        // `max_tokens` rather than `max_completion_tokens`: every compatible server knows it.
+        #[allow(deprecated)]
         args.model(self.config.model.clone())
             .messages(messages.to_vec())
-            .temperature(0.0);
+            .temperature(0.0)
+            .max_tokens(self.config.max_tokens);
         if let Some(format) = format {
             args.response_format(format);
         }

@@ -97,6 +97,7 @@ async fn a_good_answer_is_a_validated_triage_record_and_the_request_is_well_form
     assert_eq!(triage.sentiment, tandem_domain::Sentiment::Negative);
     let request = standin.requests.lock().unwrap()[0].clone();
     assert_eq!(request["model"], "test-model");
+    assert_eq!(request["max_tokens"], 256, "answers are bounded");
     assert_eq!(request["response_format"]["type"], "json_schema");
     assert_eq!(request["response_format"]["json_schema"]["name"], "triage");
     let system = request["messages"][0]["content"].as_str().unwrap();
@@ -227,20 +228,37 @@ async fn a_server_that_refuses_json_schema_is_asked_in_json_mode_from_then_on() 
         ]
     );
 
-    // When JSON mode fails too, the first error is the answer and the schema is kept.
+    // A refusal that names the format switches to JSON mode even when the retry fails: its
+    // failure (here a slow answer) is what the caller hears.
     let (standin, url) = start().await;
-    let llm = classifier(&url, |c| c.retries = 0);
+    let llm = classifier(&url, |c| {
+        c.retries = 0;
+        c.timeout = Duration::from_millis(200);
+    });
     standin
         .script
         .lock()
         .unwrap()
-        .extend([refusal(), refusal()]);
+        .extend([refusal(), (200, completion(GOOD), Duration::from_secs(2))]);
+    let failed = llm
+        .triage(&intents(), &[], "refund please")
+        .await
+        .unwrap_err();
+    assert_eq!(failed, LlmError::Timeout(Duration::from_millis(200)));
+    assert!(llm.uses_json_mode());
+
+    // When JSON mode fails too after a refusal that does not name the format, the first
+    // error is the answer and the schema is kept.
+    let (standin, url) = start().await;
+    let llm = classifier(&url, |c| c.retries = 0);
+    let vague = || (500, error(500, "The server had an error"), Duration::ZERO);
+    standin.script.lock().unwrap().extend([vague(), vague()]);
     let failed = llm
         .triage(&intents(), &[], "refund please")
         .await
         .unwrap_err();
     assert!(
-        matches!(failed, LlmError::Endpoint(ref m) if m.contains("response_format")),
+        matches!(failed, LlmError::Endpoint(ref m) if m.contains("server had an error")),
         "{failed:?}"
     );
     assert!(!llm.uses_json_mode());
