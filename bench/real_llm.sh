@@ -46,6 +46,8 @@ curl -sf "http://127.0.0.1:$PORT/v1/models" >/dev/null || { echo "llama.cpp serv
 export TANDEM_LLM_BASE_URL=http://127.0.0.1:$PORT/v1
 export TANDEM_LLM_MODEL=gemma-3-270m
 export TANDEM_LLM_TIMEOUT=${TANDEM_LLM_TIMEOUT:-30s}
+# llama.cpp's server answers one request at a time: queued calls would time out.
+export TANDEM_LLM_CONCURRENCY=${TANDEM_LLM_CONCURRENCY:-1}
 
 echo "== 1. tandem eval --llm (tests/fixtures/classify/shop_messages.jsonl)"
 "$bin" eval --data tests/fixtures/classify/shop_messages.jsonl --llm --json |

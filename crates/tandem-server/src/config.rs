@@ -129,6 +129,9 @@ pub struct LlmSettings {
     pub timeout: Duration,
     /// Ask for `json_schema` structured output (`false`: JSON mode, for servers without it).
     pub structured_output: bool,
+    /// Calls at once (`TANDEM_LLM_CONCURRENCY`, default 8; 1 for a server that answers one
+    /// request at a time, such as llama.cpp's, so queued calls do not time out).
+    pub concurrency: usize,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -824,7 +827,20 @@ fn build(
             }
             let mut timeout = Duration::from_secs(4);
             env_duration(env, "TANDEM_LLM_TIMEOUT", &mut timeout)?;
+            let concurrency = match env.get("TANDEM_LLM_CONCURRENCY") {
+                Some(raw) => match raw.parse::<usize>() {
+                    Ok(n) if n >= 1 => n,
+                    _ => {
+                        return Err(ConfigError::new(
+                            "TANDEM_LLM_CONCURRENCY",
+                            format!("{raw:?} is not a whole number of at least 1"),
+                        ));
+                    }
+                },
+                None => 8,
+            };
             Some(LlmSettings {
+                concurrency,
                 base_url: base_url.clone(),
                 model: model.clone(),
                 api_key: secret(env, "TANDEM_LLM_API_KEY", "llm.api_key", None)?,
@@ -1068,6 +1084,24 @@ mod tests {
             },
             env,
         )
+    }
+
+    #[test]
+    fn llm_concurrency_defaults_to_eight_and_must_be_at_least_one() {
+        let mut env = full_env();
+        env.insert(
+            "TANDEM_LLM_BASE_URL".into(),
+            "http://127.0.0.1:8091/v1".into(),
+        );
+        env.insert("TANDEM_LLM_MODEL".into(), "m".into());
+        let llm = |env: &HashMap<String, String>| {
+            from_toml("", env).map(|s| s.llm.map(|l| l.concurrency))
+        };
+        assert_eq!(llm(&env).unwrap(), Some(8));
+        env.insert("TANDEM_LLM_CONCURRENCY".into(), "1".into());
+        assert_eq!(llm(&env).unwrap(), Some(1));
+        env.insert("TANDEM_LLM_CONCURRENCY".into(), "0".into());
+        assert_eq!(llm(&env).unwrap_err().key, "TANDEM_LLM_CONCURRENCY");
     }
 
     #[test]

@@ -275,6 +275,7 @@ pub fn llm_classifier(
     }
     config.timeout = llm.timeout;
     config.structured_output = llm.structured_output;
+    config.concurrency = llm.concurrency;
     let mut classifier = tandem_classify::llm::LlmClassifier::new(config, prompt)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     // The handoff summary is optional: without its prompt, hooks carry no summary.
