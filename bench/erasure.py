@@ -95,7 +95,9 @@ def run(store, customers):
         phones = [f"3519{i:08d}" for i in range(customers)]
         with concurrent.futures.ThreadPoolExecutor(16) as pool:
             list(pool.map(lambda p: post(base, p[1], p[0]), enumerate(phones)))
+        deadline = time.monotonic() + 600
         while inbox_depth(base) > 0:
+            assert time.monotonic() < deadline, "the lanes did not drain within 10 minutes"
             time.sleep(0.2)
         auth = {"authorization": f"Bearer {TOKEN}"}
 

@@ -78,8 +78,12 @@ TANDEM_GRAPH_URL=http://127.0.0.1:$((PORT + 1))/v23.0 TANDEM_ACCESS_TOKEN=t TAND
 pids+=($!)
 for _ in $(seq 1 100); do grep -q "listening on" "$WORK/tandem.out" 2>/dev/null && break; sleep 0.1; done
 "$bin" replay --url "http://127.0.0.1:$((PORT + 2))/webhook" --from 351910000777 --text "o vaso que comprei chegou todo partido"
-for _ in $(seq 1 2400); do [ -s "$WORK/graph.out" ] && break; sleep 0.1; done
-sleep 1
+# The turn is done when the inbox is empty again (the LLM call included).
+for _ in $(seq 1 2400); do
+  depth=$(curl -s "http://127.0.0.1:$((PORT + 2))/metrics" | awk '/^tandem_inbox_depth /{print $2}')
+  [ "${depth:-1}" = 0 ] && [ -s "$WORK/graph.out" ] && break
+  sleep 0.1
+done
 echo "-- sent to the customer:"
 cat "$WORK/graph.out"
 echo "-- the transcript:"

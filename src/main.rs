@@ -285,26 +285,8 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             };
         }
-        Command::Numbers(NumbersCommand::Add(args)) => {
-            return match numbers_add(args) {
-                Ok(true) => ExitCode::SUCCESS,
-                Ok(false) => ExitCode::FAILURE,
-                Err(error) => {
-                    eprintln!("tandem: {error:#}");
-                    ExitCode::FAILURE
-                }
-            };
-        }
-        Command::Replay(args) => {
-            return match replay(args) {
-                Ok(true) => ExitCode::SUCCESS,
-                Ok(false) => ExitCode::FAILURE,
-                Err(error) => {
-                    eprintln!("tandem: {error:#}");
-                    ExitCode::FAILURE
-                }
-            };
-        }
+        Command::Numbers(NumbersCommand::Add(args)) => return exit_code(numbers_add(args)),
+        Command::Replay(args) => return exit_code(replay(args)),
     };
     let settings = match tandem_server::load(&args.overrides(), &env) {
         Ok(settings) => settings,
@@ -669,18 +651,42 @@ fn run(settings: tandem_server::Settings) -> anyhow::Result<()> {
     })
 }
 
-/// `tandem numbers add`: posts the onboarding request and prints the answer; true on 2xx.
-#[allow(clippy::print_stdout)]
-fn numbers_add(args: &NumbersAddArgs) -> anyhow::Result<bool> {
+/// Runs `work` on a one-thread runtime with an HTTP client whose requests time out after
+/// `timeout` (the commands that talk to a running server).
+fn with_http_client<T, F>(
+    timeout: std::time::Duration,
+    work: impl FnOnce(reqwest::Client) -> F,
+) -> anyhow::Result<T>
+where
+    F: std::future::Future<Output = anyhow::Result<T>>,
+{
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(async {
-        let client = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(60))
-            .build()
-            .context("building the HTTP client")?;
+    let client = reqwest::Client::builder()
+        .timeout(timeout)
+        .build()
+        .context("building the HTTP client")?;
+    runtime.block_on(work(client))
+}
+
+/// The exit code of a command that answers whether everything went through.
+fn exit_code(outcome: anyhow::Result<bool>) -> ExitCode {
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("tandem: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `tandem numbers add`: posts the onboarding request and prints the answer; true on 2xx.
+#[allow(clippy::print_stdout)]
+fn numbers_add(args: &NumbersAddArgs) -> anyhow::Result<bool> {
+    with_http_client(std::time::Duration::from_secs(60), |client| async move {
         let mut body = serde_json::json!({
             "phone_number_id": args.phone_number_id,
             "waba_id": args.waba_id,
@@ -721,15 +727,7 @@ fn numbers_add(args: &NumbersAddArgs) -> anyhow::Result<bool> {
 /// Posts each file; returns false when any answer was not 200.
 #[allow(clippy::print_stdout)]
 fn replay(args: &ReplayArgs) -> anyhow::Result<bool> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
-    runtime.block_on(async {
-        let client = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(30))
-            .build()
-            .context("building the HTTP client")?;
+    with_http_client(std::time::Duration::from_secs(30), |client| async move {
         let mut all_ok = true;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

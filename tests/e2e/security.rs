@@ -139,6 +139,18 @@ async fn audit_log(server: &Server) -> Vec<Value> {
         .collect()
 }
 
+/// Waits until `server` shows `phone`'s conversation holding a customer line `text` (any
+/// customer line when `None`); returns the conversation.
+async fn conversation_with(server: &Server, phone: &str, text: Option<&str>) -> Value {
+    wait_for(&format!("{phone}'s message {text:?}"), DEADLINE, || async {
+        server.conversation(phone).await.filter(|c| {
+            let said = texts(c, "customer");
+            text.map_or(!said.is_empty(), |t| said.iter().any(|s| s == t))
+        })
+    })
+    .await
+}
+
 async fn erasure_removes_the_customer_and_late_webhooks_do_not_bring_it_back(backend: Backend) {
     let hooks = HookReceiver::start().await;
     let mut spec = Spec::new(backend);
@@ -154,13 +166,7 @@ async fn erasure_removes_the_customer_and_late_webhooks_do_not_bring_it_back(bac
     ] {
         assert_eq!(server.post_signed(&body).await.status(), 200);
     }
-    let before = wait_for("Ana's conversation", DEADLINE, || async {
-        server
-            .conversation(ana)
-            .await
-            .filter(|c| !texts(c, "customer").is_empty())
-    })
-    .await;
+    let before = conversation_with(&server, ana, None).await;
     let old_customer = before["customer"]["id"].as_str().unwrap().to_owned();
     // An agent takes over, so the audit log has an action naming her conversation.
     let (status, _) = call(
@@ -243,13 +249,7 @@ async fn erasure_removes_the_customer_and_late_webhooks_do_not_bring_it_back(bac
         json!({"type": "text", "text": {"body": "hi again"}}),
     );
     assert_eq!(server.post_signed(&new).await.status(), 200);
-    let after = wait_for("Ana's new conversation", DEADLINE, || async {
-        server
-            .conversation(ana)
-            .await
-            .filter(|c| !texts(c, "customer").is_empty())
-    })
-    .await;
+    let after = conversation_with(&server, ana, None).await;
     assert_ne!(after["customer"]["id"], old_customer.as_str());
     assert_eq!(texts(&after, "customer"), ["hi again"]);
 
@@ -309,13 +309,7 @@ async fn an_erasure_racing_messages_on_another_replica_leaves_nothing_behind() {
             .status(),
         200
     );
-    let before = wait_for("the first message", DEADLINE, || async {
-        second
-            .conversation(ana)
-            .await
-            .filter(|c| !texts(c, "customer").is_empty())
-    })
-    .await;
+    let before = conversation_with(&second, ana, None).await;
     let old_customer = before["customer"]["id"].as_str().unwrap().to_owned();
 
     let sending = tokio::spawn({
@@ -355,13 +349,7 @@ async fn an_erasure_racing_messages_on_another_replica_leaves_nothing_behind() {
         200
     );
 
-    let current = wait_for("the last message", DEADLINE, || async {
-        first
-            .conversation(ana)
-            .await
-            .filter(|c| texts(c, "customer").contains(&"last".to_owned()))
-    })
-    .await;
+    let current = conversation_with(&first, ana, Some("last")).await;
     assert_ne!(current["customer"]["id"], old_customer.as_str());
     let kept = texts(&current, "customer");
     assert!(!kept.contains(&"before".to_owned()), "{kept:?}");
@@ -427,13 +415,7 @@ async fn retention_removes_old_transcripts_dead_letters_and_audit_entries() {
     )
     .await;
     assert_eq!(status, 202);
-    let kept = wait_for("the message", DEADLINE, || async {
-        server
-            .conversation(ana)
-            .await
-            .filter(|c| !texts(c, "customer").is_empty())
-    })
-    .await;
+    let kept = conversation_with(&server, ana, None).await;
 
     let trimmed = wait_for(
         "the transcript to be trimmed",

@@ -25,6 +25,14 @@ pub enum AliasKind {
 }
 
 impl AliasKind {
+    /// Every kind, in the order they are trusted.
+    pub const ALL: [AliasKind; 3] = [Self::ParentUserId, Self::UserId, Self::Phone];
+
+    /// Parses a name as [`AliasKind::as_str`] gives it.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
     /// The kind's snake_case name, used in store keys and metrics labels.
     pub fn as_str(self) -> &'static str {
         match self {

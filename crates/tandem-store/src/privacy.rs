@@ -123,17 +123,7 @@ pub fn tombstone_key(tenant: &str, alias: &Alias) -> String {
     digest.update(alias.kind.as_str().as_bytes());
     digest.update([0]);
     digest.update(alias.value.as_bytes());
-    hex(&digest.finalize())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
-    }
-    out
+    hex::encode(digest.finalize())
 }
 
 /// True when a hook body is about `customer` (its id appears in it).

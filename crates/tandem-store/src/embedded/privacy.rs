@@ -176,7 +176,7 @@ pub(super) fn erase(
     for row in group.inbox.iter().map_err(redb_err("reading the inbox"))? {
         let (key, _) = row.map_err(redb_err("reading the inbox"))?;
         let id = key.value().0;
-        if id.ends_with(&suffix) && ids.last().is_none_or(|last| last != id) {
+        if id.ends_with(&suffix) {
             ids.push(id.to_owned());
         }
     }
@@ -317,7 +317,7 @@ pub(super) fn aliases_of(
             break;
         }
         if owner.value() == customer
-            && let Some(kind) = alias_kind(kind)
+            && let Some(kind) = AliasKind::parse(kind)
         {
             aliases.push(Alias {
                 kind,
@@ -326,12 +326,6 @@ pub(super) fn aliases_of(
         }
     }
     Ok(aliases)
-}
-
-fn alias_kind(name: &str) -> Option<AliasKind> {
-    [AliasKind::ParentUserId, AliasKind::UserId, AliasKind::Phone]
-        .into_iter()
-        .find(|k| k.as_str() == name)
 }
 
 /// Reads the tombstone of an alias.

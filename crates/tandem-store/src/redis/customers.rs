@@ -141,11 +141,9 @@ impl RedisStore {
                 );
                 let set: bool = con.set_nx(key, id.customer().as_str()).await?;
                 if set {
-                    let index = format!(
-                        "{}{}",
-                        self.keys.customer_aliases_prefix(DEFAULT_TENANT),
-                        id.customer()
-                    );
+                    let index = self
+                        .keys
+                        .customer_aliases(DEFAULT_TENANT, id.customer().as_str());
                     let _: u64 = con.sadd(index, alias_arg(&alias)).await?;
                 }
                 added += u64::from(set);
@@ -196,7 +194,7 @@ impl RedisStore {
                         continue;
                     };
                     if let Some(owner) = owner {
-                        let set = format!("{}{owner}", self.keys.customer_aliases_prefix(tenant));
+                        let set = self.keys.customer_aliases(tenant, &owner);
                         pipe.sadd(set, alias).ignore();
                         indexed += 1;
                     }

@@ -137,6 +137,11 @@ impl Keys {
         format!("{}:customer_aliases:{tenant}:", self.prefix)
     }
 
+    /// The set of `customer`'s aliases (`kind:value`) in `tenant`.
+    pub(crate) fn customer_aliases(&self, tenant: &str, customer: &str) -> String {
+        format!("{}{customer}", self.customer_aliases_prefix(tenant))
+    }
+
     /// Set once every alias is also in its customer's alias set.
     pub(crate) fn alias_index(&self) -> String {
         format!("{}:alias_index", self.prefix)

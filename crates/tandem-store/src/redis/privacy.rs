@@ -53,6 +53,24 @@ async fn scan_all(
     }
 }
 
+/// Up to `limit` members of the sorted set `key` scored (in ms) before `before`, lowest first.
+async fn older(
+    con: &mut ConnectionManager,
+    key: &str,
+    before: Timestamp,
+    limit: usize,
+) -> Result<Vec<String>, StoreError> {
+    Ok(redis::cmd("ZRANGEBYSCORE")
+        .arg(key)
+        .arg("-inf")
+        .arg(format!("({}", before.as_millis()))
+        .arg("LIMIT")
+        .arg(0)
+        .arg(limit)
+        .query_async(con)
+        .await?)
+}
+
 #[derive(Debug, Default, Serialize)]
 struct ErasePlan {
     depth: String,
@@ -77,12 +95,6 @@ struct ErasePlan {
     letters: Vec<String>,
     tombstones_set: Vec<(String, u64)>,
     new_hooks: Vec<(String, usize, u64)>,
-}
-
-fn alias_kind(name: &str) -> Option<AliasKind> {
-    [AliasKind::ParentUserId, AliasKind::UserId, AliasKind::Phone]
-        .into_iter()
-        .find(|k| k.as_str() == name)
 }
 
 impl RedisStore {
@@ -147,18 +159,9 @@ impl RedisStore {
         limit: usize,
     ) -> Result<usize, StoreError> {
         let mut con = self.con.clone();
-        let below = format!("({}", before.as_millis());
         match what {
             Purge::Audit => {
-                let old: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-                    .arg(self.keys.audit())
-                    .arg("-inf")
-                    .arg(&below)
-                    .arg("LIMIT")
-                    .arg(0)
-                    .arg(limit)
-                    .query_async(&mut con)
-                    .await?;
+                let old = older(&mut con, &self.keys.audit(), before, limit).await?;
                 if old.is_empty() {
                     return Ok(0);
                 }
@@ -166,15 +169,7 @@ impl RedisStore {
                 Ok(removed)
             }
             Purge::DeadHooks => {
-                let old: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-                    .arg(self.keys.dead_hooks_order())
-                    .arg("-inf")
-                    .arg(&below)
-                    .arg("LIMIT")
-                    .arg(0)
-                    .arg(limit)
-                    .query_async(&mut con)
-                    .await?;
+                let old = older(&mut con, &self.keys.dead_hooks_order(), before, limit).await?;
                 if old.is_empty() {
                     return Ok(0);
                 }
@@ -230,7 +225,7 @@ impl RedisStore {
         let customer = erasure.customer.as_str();
         let mut report = ErasureReport::default();
 
-        let index = format!("{}{customer}", k.customer_aliases_prefix(&erasure.tenant));
+        let index = k.customer_aliases(&erasure.tenant, customer);
         let aliases = self.aliases_of(&erasure.tenant, &erasure.customer).await?;
 
         // Its conversations: recorded ones (the list of all conversations), and ones with
@@ -353,7 +348,7 @@ impl RedisStore {
         let mut con = self.con.clone();
         let k = &self.keys;
         let prefix = k.alias_prefix(tenant);
-        let index = format!("{}{customer}", k.customer_aliases_prefix(tenant));
+        let index = k.customer_aliases(tenant, customer.as_str());
         let indexed: bool = con.exists(k.alias_index()).await?;
         let names: Vec<String> = if indexed {
             con.smembers(&index).await?
@@ -375,7 +370,7 @@ impl RedisStore {
                 let Some((kind, value)) = name.split_once(':') else {
                     continue;
                 };
-                if let Some(kind) = alias_kind(kind) {
+                if let Some(kind) = AliasKind::parse(kind) {
                     let alias = Alias {
                         kind,
                         value: value.to_owned(),
