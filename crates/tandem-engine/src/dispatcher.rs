@@ -18,13 +18,12 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::config::EngineConfig;
-use crate::desk::Desk;
 use crate::hook_sender::HookSender;
 use crate::metrics;
-use crate::responder::{Responder, drive};
+use crate::responder::drive;
 use crate::router::Router;
-use crate::sender::Sender;
-use crate::turn::{Decision, Input, Parts, Settings};
+use crate::tenants::{Tenant, TenantParts, Tenants};
+use crate::turn::{Decision, Input, Parts};
 
 /// How often expired deduplication keys are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(60);
@@ -42,21 +41,18 @@ struct Worker {
     config: EngineConfig,
     clock: Arc<dyn Clock>,
     bot: LaneParts,
-    /// What the lane's decisions read.
-    settings: Settings,
+    /// The parts of a conversation whose number no tenant owns (its tenant was removed):
+    /// its events are recorded, nothing is sent.
+    nobody: Arc<Tenant>,
 }
 
-/// The parts a lane uses besides the store: the flows that answer customers and the sender of the
-/// outbox. Without a responder the lanes only record; without a sender replies wait in the
-/// outbox.
+/// The parts lanes use besides the store: the tenants (whose flows answer customers and whose
+/// senders send the outbox; without a responder a tenant's lanes only record, without a
+/// sender its replies wait in the outbox) and the shared background workers.
 #[derive(Debug, Clone, Default)]
 pub struct LaneParts {
-    /// Runs the flows for customer messages.
-    pub responder: Option<Responder>,
-    /// Sends outboxes through the Graph API.
-    pub sender: Option<Sender>,
-    /// Routing and hook targets.
-    pub desk: Desk,
+    /// The tenants in force.
+    pub tenants: Tenants,
     /// Raised when a commit wrote hook deliveries, so the deliverer looks at once.
     pub hooks_ready: Arc<tokio::sync::Notify>,
     /// Delivers the hook outbox; none when no hook is configured.
@@ -77,13 +73,13 @@ impl Dispatcher {
         bot: LaneParts,
     ) -> Self {
         let (stop, stopped) = watch::channel(false);
-        let settings = Settings::new(&config, &bot.desk, bot.responder.as_ref());
+        let nobody = Arc::new(Tenant::new("(none)", TenantParts::default(), &config));
         let worker = Worker {
             store,
             config,
             clock,
             bot,
-            settings,
+            nobody,
         };
         let mut tasks = JoinSet::new();
         for _ in 0..worker.config.workers {
@@ -91,15 +87,14 @@ impl Dispatcher {
         }
         if worker.config.workers > 0 {
             tasks.spawn(worker.clone().run_timers(stopped.clone()));
-            if worker.bot.desk.routing.routes() {
-                let router = Router::new(
-                    Arc::clone(&worker.store),
-                    Arc::clone(&worker.bot.desk.routing),
-                    Arc::clone(&worker.clock),
-                    worker.config.clone(),
-                );
-                tasks.spawn(router.run(Arc::clone(&worker.bot.routing_ready), stopped.clone()));
-            }
+            // Always running: a reload may give a tenant teams; a round without any is free.
+            let router = Router::new(
+                Arc::clone(&worker.store),
+                worker.bot.tenants.clone(),
+                Arc::clone(&worker.clock),
+                worker.config.clone(),
+            );
+            tasks.spawn(router.run(Arc::clone(&worker.bot.routing_ready), stopped.clone()));
             if let Some(monitor) = worker.bot.monitor.clone() {
                 tasks.spawn(monitor.run(stopped.clone()));
             }
@@ -235,10 +230,16 @@ impl Worker {
             .as_ref()
             .filter(|c| !c.removed)
             .and_then(|c| c.full_name.clone());
-        let flows = self.bot.responder.as_ref().map(|r| r.flows().current());
+        let tenant = self
+            .bot
+            .tenants
+            .of_number(conversation.id.phone_number_id())
+            .await
+            .unwrap_or_else(|| Arc::clone(&self.nobody));
+        let flows = tenant.responder.as_ref().map(|r| r.flows().current());
         let parts = Parts {
             flows: flows.as_deref(),
-            desk: &self.bot.desk,
+            desk: &tenant.desk,
         };
         let input = Input {
             items: &items,
@@ -257,12 +258,12 @@ impl Worker {
                 )),
             }
         };
-        let responder = self.bot.responder.as_ref();
+        let responder = tenant.responder.as_ref();
         let decision = drive(
             conversation,
             &input,
             &parts,
-            &self.settings,
+            &tenant.settings,
             responder,
             again,
         )
@@ -273,8 +274,7 @@ impl Worker {
             timer,
             effects,
         } = decision;
-        let hooks = self
-            .bot
+        let hooks = tenant
             .desk
             .hook_jobs(&record, name.as_deref(), effects.happenings, now);
         let has_hooks = !hooks.is_empty();
@@ -292,7 +292,7 @@ impl Worker {
         if outcome == CommitOutcome::Applied {
             let done = self.clock.now();
             for item in &items {
-                ::metrics::counter!(metrics::APPLIED, "event" => item.event.label()).increment(1);
+                ::metrics::counter!(metrics::APPLIED, "event" => item.event.label(), "tenant" => tenant.id.clone()).increment(1);
                 ::metrics::histogram!(metrics::ACK_TO_EFFECT)
                     .record(done.since(item.received_at).as_secs_f64());
             }
@@ -308,7 +308,7 @@ impl Worker {
             if queue_changed {
                 self.bot.routing_ready.notify_one();
             }
-            if has_sends && let Some(sender) = &self.bot.sender {
+            if has_sends && let Some(sender) = &tenant.sender {
                 sender.drain(claim, self.config.lease).await?;
             }
         }

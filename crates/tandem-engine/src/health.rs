@@ -15,15 +15,15 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tandem_domain::{AccountUpdate, Clock, OutboundContent, Phone, Timestamp};
-use tandem_handoff::{HookEvent, Hooks, number_payload};
+use tandem_handoff::{HookEvent, number_payload};
 use tandem_store::{HookJob, Link, NumberState, Store, StoreError};
-use tandem_whatsapp::{GraphClient, OutboundMessage, Recipient};
+use tandem_whatsapp::{OutboundMessage, Recipient};
 use tokio::sync::watch;
 
 use crate::metrics;
 
 /// A template sent to the business owner's own WhatsApp when a number turns at risk.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reminder {
     /// The owner's WhatsApp number.
     pub to: Phone,
@@ -203,8 +203,7 @@ pub fn number_view(n: &NumberState, now: Timestamp, send_rate: u32) -> Value {
 #[derive(Debug)]
 pub struct Monitor {
     store: Arc<dyn Store>,
-    hooks: Arc<Hooks>,
-    graph: Option<GraphClient>,
+    tenants: crate::tenants::Tenants,
     clock: Arc<dyn Clock>,
     config: HealthConfig,
     holder: String,
@@ -212,18 +211,16 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    /// Builds the monitor; `graph` sends the reminder.
+    /// Builds the monitor; each number's hooks and reminder are its tenant's.
     pub fn new(
         store: Arc<dyn Store>,
-        hooks: Arc<Hooks>,
-        graph: Option<GraphClient>,
+        tenants: crate::tenants::Tenants,
         clock: Arc<dyn Clock>,
         config: HealthConfig,
     ) -> Self {
         Self {
             store,
-            hooks,
-            graph,
+            tenants,
             clock,
             config,
             holder: crate::router::leader_name("health"),
@@ -280,7 +277,18 @@ impl Monitor {
                     .unwrap_or_default(),
                 None => Vec::new(),
             };
-            let step = advance(&number, &events, now, &self.config);
+            let tenant = self.tenants.of_number(&number.phone_number_id).await;
+            // The reminder is the tenant's own (its owner's phone, its template).
+            let reminder = tenant.as_ref().and_then(|t| t.reminder.clone());
+            let step = if reminder == self.config.reminder {
+                advance(&number, &events, now, &self.config)
+            } else {
+                let config = HealthConfig {
+                    reminder,
+                    ..self.config.clone()
+                };
+                advance(&number, &events, now, &config)
+            };
             let label = number.phone_number_id.to_string();
             let shown = &step.state;
             for link in Link::ALL {
@@ -293,7 +301,10 @@ impl Monitor {
             if step.state == number {
                 continue;
             }
-            let jobs = self.jobs(&step, now);
+            let jobs = tenant
+                .as_ref()
+                .map(|t| self.jobs(t, &step, now))
+                .unwrap_or_default();
             if !self.store.update_number(step.state.clone(), jobs).await? {
                 // Changed meanwhile (another writer): decided again next round.
                 continue;
@@ -303,14 +314,21 @@ impl Monitor {
             for (event, _) in &step.events {
                 tracing::warn!(number = %label, event = event.name(), reason = ?step.state.reason, "number link changed");
             }
-            if step.remind {
-                self.remind(&step.state).await;
+            if step.remind
+                && let Some(tenant) = &tenant
+            {
+                self.remind(tenant, &step.state).await;
             }
         }
         Ok(())
     }
 
-    fn jobs(&self, step: &Advance, now: Timestamp) -> Vec<HookJob> {
+    fn jobs(
+        &self,
+        tenant: &crate::tenants::Tenant,
+        step: &Advance,
+        now: Timestamp,
+    ) -> Vec<HookJob> {
         let mut jobs = Vec::new();
         let view = number_view(&step.state, now, self.config.send_rate);
         for (i, (event, detail)) in step.events.iter().enumerate() {
@@ -321,7 +339,7 @@ impl Monitor {
             );
             let body =
                 number_payload(*event, &event_id, view.clone(), detail.clone(), now).to_string();
-            let targets = self.hooks.targets_for(*event, None);
+            let targets = tenant.desk.hooks.targets_for(*event, None);
             jobs.extend(crate::desk::deliveries(
                 &targets, *event, &event_id, &body, now,
             ));
@@ -331,8 +349,8 @@ impl Monitor {
 
     /// Sends the reminder template to the owner from the at-risk number. At most once per
     /// at-risk stretch (the reminder time was written before sending).
-    async fn remind(&self, state: &NumberState) {
-        let (Some(reminder), Some(graph)) = (&self.config.reminder, &self.graph) else {
+    async fn remind(&self, tenant: &crate::tenants::Tenant, state: &NumberState) {
+        let (Some(reminder), Some(graph)) = (&tenant.reminder, &tenant.graph) else {
             return;
         };
         let message = OutboundMessage {

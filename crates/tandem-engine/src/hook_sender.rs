@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tandem_domain::Clock;
-use tandem_handoff::{Hooks, sign};
+use tandem_handoff::sign;
 use tandem_store::{HookJob, HookSettle, Store};
 use tokio::sync::{Notify, Semaphore, watch};
 
@@ -64,7 +64,7 @@ fn reply_action(
 #[derive(Debug, Clone)]
 pub struct HookSender {
     store: Arc<dyn Store>,
-    hooks: Arc<Hooks>,
+    tenants: crate::tenants::Tenants,
     http: reqwest::Client,
     clock: Arc<dyn Clock>,
     config: EngineConfig,
@@ -79,17 +79,17 @@ impl HookSender {
         self
     }
 
-    /// Builds a deliverer for `hooks`.
+    /// Builds a deliverer for the hook targets of `tenants`.
     pub fn new(
         store: Arc<dyn Store>,
-        hooks: Arc<Hooks>,
+        tenants: crate::tenants::Tenants,
         http: reqwest::Client,
         clock: Arc<dyn Clock>,
         config: EngineConfig,
     ) -> Self {
         Self {
             store,
-            hooks,
+            tenants,
             http,
             clock,
             config,
@@ -173,7 +173,7 @@ impl HookSender {
     }
 
     async fn attempt(&self, job: &HookJob) -> Result<(), String> {
-        let Some(target) = self.hooks.target(&job.target) else {
+        let Some(target) = self.tenants.hook_target(&job.target) else {
             return Err(format!(
                 "hook target `{}` is no longer configured",
                 job.target

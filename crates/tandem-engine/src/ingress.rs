@@ -1,7 +1,9 @@
 //! Ingress: a verified webhook body becomes one atomic store write.
 //!
 //! The signature is checked by the caller, on the raw bytes, before this runs. Here the body
-//! is parsed into events, the customer of each conversation event is resolved from the
+//! is parsed into events, each event is given to the tenant owning its business number (see
+//! [`crate::tenants`]; an event of a number no tenant owns is kept as a dead letter instead),
+//! the customer of each conversation event is resolved within its tenant from the
 //! identifiers it carries (phone, BSUID, parent BSUID; see [`crate::identity`]), each human
 //! echo gets its pause attached (so the store pauses the conversation in the same write that
 //! stores the echo, before the webhook is answered), and the whole delivery is handed to
@@ -11,24 +13,28 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tandem_domain::{
-    AgentAction, AgentActionKind, ConversationEvent, ConversationId, CustomerId, MessageContent,
-    PauseRules, PausedBy, PhoneNumberId, Timestamp,
+    AgentAction, AgentActionKind, ConversationEvent, ConversationId, CustomerId, CustomerLookup,
+    MessageContent, PauseRules, PausedBy, PhoneNumberId, Timestamp,
 };
 use tandem_store::{
     IngestBatch, IngestItem, IngestKind, ItemOutcome, NumberTouch, PauseOnIngest, Store, StoreError,
 };
-use tandem_whatsapp::{WebhookEvent, parse_webhook};
+use tandem_whatsapp::{KeptReason, WebhookEvent, parse_webhook};
 
-use crate::identity::Identities;
+use crate::identity::{Identities, Resolution};
 use crate::metrics;
+use crate::tenants::{Tenant, Tenants};
 
 /// Turns verified webhook bodies into stored events.
 #[derive(Debug, Clone)]
 pub struct Ingress {
     store: Arc<dyn Store>,
+    tenants: Tenants,
+    /// The pause rules of a conversation whose number no tenant owns.
     rules: Arc<PauseRules>,
     numbers: Arc<std::sync::Mutex<NumberBook>>,
-    identities: Identities,
+    /// Each tenant's customer resolution, created on first use.
+    identities: Arc<std::sync::Mutex<std::collections::HashMap<String, Identities>>>,
 }
 
 /// What this process already told the store about numbers, so a busy number costs one
@@ -61,14 +67,48 @@ pub struct IngressReport {
 }
 
 impl Ingress {
-    /// Builds the ingress over a store; `rules` say how long a person's echo or an agent's
-    /// take-over pauses the bot.
-    pub fn new(store: Arc<dyn Store>, rules: Arc<PauseRules>) -> Self {
+    /// Builds the ingress over a store for `tenants`; each tenant's pause rules say how long
+    /// a person's echo or an agent's take-over pauses its bot (`rules` where no tenant owns
+    /// the number).
+    pub fn new(store: Arc<dyn Store>, tenants: Tenants, rules: Arc<PauseRules>) -> Self {
         Self {
-            identities: Identities::new(Arc::clone(&store), tandem_store::DEFAULT_TENANT),
             store,
+            tenants,
             rules,
             numbers: Arc::default(),
+            identities: Arc::default(),
+        }
+    }
+
+    /// The tenants this ingress attributes events to.
+    pub fn tenants(&self) -> &Tenants {
+        &self.tenants
+    }
+
+    /// Tenant `tenant`'s customer resolution.
+    fn identities(&self, tenant: &str) -> Identities {
+        self.identities
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(tenant.to_owned())
+            .or_insert_with(|| Identities::new(Arc::clone(&self.store), tenant))
+            .clone()
+    }
+
+    /// Applies `f` to every tenant's resolution made so far.
+    fn each_identities(&self, f: impl Fn(&Identities)) {
+        let all = self
+            .identities
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        all.values().for_each(f);
+    }
+
+    /// The pause rules of `number`'s tenant.
+    async fn rules_of(&self, number: &PhoneNumberId) -> Arc<PauseRules> {
+        match self.tenants.of_number(number).await {
+            Some(tenant) => Arc::clone(&tenant.settings.pause),
+            None => Arc::clone(&self.rules),
         }
     }
 
@@ -87,7 +127,8 @@ impl Ingress {
     ) -> Result<bool, StoreError> {
         let received_at = action.at;
         let event = ConversationEvent::Agent(action);
-        let pause = pause_for(&event, &self.rules);
+        let rules = self.rules_of(conversation.phone_number_id()).await;
+        let pause = pause_for(&event, &rules);
         let paused = pause.is_some();
         let report = self
             .store
@@ -131,10 +172,10 @@ impl Ingress {
                 // again under the new epoch (a few times at most; erasures are rare).
                 Err(StoreError::StaleIdentities { stored }) if attempt < MAX_STALE_RETRIES => {
                     attempt += 1;
-                    self.identities.refresh(stored);
+                    self.each_identities(|i| i.refresh(stored));
                 }
                 Err(error) => {
-                    self.identities.forget();
+                    self.each_identities(Identities::forget);
                     return Err(error);
                 }
                 Ok(report) => return Ok(report),
@@ -162,22 +203,26 @@ impl Ingress {
         body: &[u8],
         received_at: Timestamp,
     ) -> Result<IngressReport, StoreError> {
-        let parsed = parse_webhook(body, received_at);
+        let parsed = self
+            .attribute(parse_webhook(body, received_at), body, received_at)
+            .await;
         // Customers first: resolving is idempotent, so a failure here (503, Meta retries)
         // or a crash before the delivery is stored loses nothing and duplicates nothing.
-        let lookups: Vec<_> = parsed
+        let lookups: Vec<(&str, &CustomerLookup)> = parsed
             .iter()
-            .filter_map(|e| match e {
-                WebhookEvent::Conversation { customer, .. } => Some(customer),
+            .filter_map(|(e, tenant)| match (e, tenant) {
+                (WebhookEvent::Conversation { customer, .. }, Some(t)) => {
+                    Some((t.id.as_str(), customer))
+                }
                 _ => None,
             })
             .collect();
-        let resolution = self.identities.resolve(&lookups).await?;
+        let resolution = self.resolve(&lookups).await?;
         let mut resolved = resolution.customers.into_iter().zip(resolution.erased_at);
         let mut events = Vec::with_capacity(parsed.len());
         let mut customers = Vec::new();
         let mut dropped = 0_u64;
-        for event in parsed {
+        for (event, tenant) in parsed {
             if let WebhookEvent::Conversation { event: inner, .. } = &event {
                 let (customer, erased_at) = resolved.next().ok_or_else(|| {
                     StoreError::Protocol("an event's customer was not resolved".into())
@@ -188,27 +233,38 @@ impl Ingress {
                 }
                 customers.push(customer);
             }
-            events.push(event);
+            events.push((event, tenant));
         }
         let mut customers = customers.into_iter();
-        if events.iter().any(|e| e.field_label() == "user_id_update") {
+        if events
+            .iter()
+            .any(|(e, _)| e.field_label() == "user_id_update")
+        {
             tracing::info!(
                 "a user_id_update webhook (withdrawn by Meta) was applied as an identity change"
             );
         }
-        let labels: Vec<&'static str> = events.iter().map(WebhookEvent::field_label).collect();
+        let labels: Vec<(&'static str, String)> = events
+            .iter()
+            .map(|(e, t)| {
+                let tenant = t
+                    .as_ref()
+                    .map_or_else(|| "(none)".to_owned(), |t| t.id.clone());
+                (e.field_label(), tenant)
+            })
+            .collect();
         let kept: Vec<Option<&'static str>> = events
             .iter()
-            .map(|e| match e {
+            .map(|(e, _)| match e {
                 WebhookEvent::Kept { reason, .. } => Some(reason.as_str()),
                 _ => None,
             })
             .collect();
-        let unknown_types = events.iter().filter(|e| has_unknown_type(e)).count();
+        let unknown_types = events.iter().filter(|(e, _)| has_unknown_type(e)).count();
         // Which numbers the delivery speaks of, and which show the phone is in use.
         let activity: Vec<Option<(PhoneNumberId, bool)>> = events
             .iter()
-            .map(|e| match e {
+            .map(|(e, _)| match e {
                 WebhookEvent::Conversation { number, event, .. } => Some((
                     number.clone(),
                     matches!(
@@ -224,12 +280,13 @@ impl Ingress {
             .collect();
         let items = events
             .into_iter()
-            .map(|e| {
+            .map(|(e, tenant)| {
                 let customer = match &e {
                     WebhookEvent::Conversation { .. } => customers.next(),
                     _ => None,
                 };
-                self.item(e, customer)
+                let rules = tenant.as_ref().map_or(&self.rules, |t| &t.settings.pause);
+                item(e, customer, rules)
             })
             .collect::<Result<Vec<_>, _>>()?;
         let outcome = self
@@ -245,7 +302,7 @@ impl Ingress {
         }
 
         let mut report = IngressReport::default();
-        for ((outcome, field), kept) in outcome.outcomes.iter().zip(labels).zip(kept) {
+        for ((outcome, (field, tenant)), kept) in outcome.outcomes.iter().zip(labels).zip(kept) {
             match outcome {
                 ItemOutcome::Duplicate => {
                     report.duplicates += 1;
@@ -260,7 +317,7 @@ impl Ingress {
                 ItemOutcome::Stored => {}
             }
             report.stored += 1;
-            ::metrics::counter!(metrics::EVENTS, "field" => field).increment(1);
+            ::metrics::counter!(metrics::EVENTS, "field" => field, "tenant" => tenant).increment(1);
             if let Some(reason) = kept {
                 report.kept += 1;
                 ::metrics::counter!(metrics::KEPT, "reason" => reason).increment(1);
@@ -350,43 +407,146 @@ impl Ingress {
         }
     }
 
-    fn item(
+    /// Pairs each event with the tenant owning its business number. Events of numbers no
+    /// tenant owns become one dead letter (the whole body, so nothing is lost) naming them.
+    async fn attribute(
         &self,
-        event: WebhookEvent,
-        customer: Option<CustomerId>,
-    ) -> Result<IngestItem, StoreError> {
-        Ok(match event {
-            WebhookEvent::Conversation {
-                key, number, event, ..
-            } => {
-                let customer = customer.ok_or_else(|| {
-                    StoreError::Protocol("an event's customer was not resolved".into())
-                })?;
-                let conversation = ConversationId::new(number, customer);
-                let pause = pause_for(&event, &self.rules);
-                IngestItem {
-                    key,
-                    kind: IngestKind::Conversation {
-                        conversation,
-                        event,
-                        pause,
-                    },
+        events: Vec<WebhookEvent>,
+        body: &[u8],
+        received_at: Timestamp,
+    ) -> Vec<(WebhookEvent, Option<Arc<Tenant>>)> {
+        let mut out = Vec::with_capacity(events.len());
+        let mut owners: Option<Vec<(PhoneNumberId, String)>> = None;
+        let mut unknown: Vec<PhoneNumberId> = Vec::new();
+        for event in events {
+            let number = match &event {
+                WebhookEvent::Conversation { number, .. } => number,
+                WebhookEvent::Contact { update, .. } => &update.phone_number_id,
+                // Account facts and kept input belong to the deployment.
+                WebhookEvent::Account { .. } | WebhookEvent::Kept { .. } => {
+                    out.push((event, None));
+                    continue;
                 }
+            };
+            let mut tenant = self.tenants.owner(number, None);
+            if tenant.is_none() {
+                // The rare path: a number no tenant lists. Its WABA may be one a tenant lists,
+                // or the store may know the tenant it was onboarded into.
+                let waba = owners
+                    .get_or_insert_with(|| tandem_whatsapp::number_owners(body))
+                    .iter()
+                    .find(|(p, _)| p == number)
+                    .map(|(_, w)| w.clone());
+                tenant = match self.tenants.owner(number, waba.as_deref()) {
+                    Some(t) => Some(t),
+                    None => self.tenants.of_number(number).await,
+                };
             }
-            WebhookEvent::Contact { key, update } => IngestItem {
-                key,
-                kind: IngestKind::Contact(update),
-            },
-            WebhookEvent::Account { key, update, .. } => IngestItem {
-                key,
-                kind: IngestKind::Account(update),
-            },
-            WebhookEvent::Kept { key, letter, .. } => IngestItem {
-                key,
-                kind: IngestKind::DeadLetter(letter),
-            },
+            match tenant {
+                Some(t) => out.push((event, Some(t))),
+                None => unknown.push(number.clone()),
+            }
+        }
+        if !unknown.is_empty() {
+            let mut numbers: Vec<String> = unknown.iter().map(ToString::to_string).collect();
+            numbers.sort();
+            numbers.dedup();
+            ::metrics::counter!(metrics::UNKNOWN_NUMBER_EVENTS).increment(unknown.len() as u64);
+            tracing::warn!(numbers = ?numbers, events = unknown.len(), "webhook events of numbers no tenant owns kept as a dead letter");
+            let detail = format!(
+                "{} event(s) of number(s) {} that no tenant owns: add the number or its WABA to a tenant (or onboard it into one) and replay this body",
+                unknown.len(),
+                numbers.join(", ")
+            );
+            out.push((
+                tandem_whatsapp::keep_body(body, received_at, KeptReason::UnknownNumber, detail),
+                None,
+            ));
+        }
+        out
+    }
+
+    /// Resolves each lookup within its tenant, in order; the answers hold under the oldest
+    /// identity epoch any tenant's cache read them under.
+    async fn resolve(&self, lookups: &[(&str, &CustomerLookup)]) -> Result<Resolution, StoreError> {
+        let mut tenants: Vec<&str> = lookups.iter().map(|(t, _)| *t).collect();
+        tenants.sort_unstable();
+        tenants.dedup();
+        if let [only] = tenants.as_slice() {
+            let all: Vec<&CustomerLookup> = lookups.iter().map(|(_, l)| *l).collect();
+            return self.identities(only).resolve(&all).await;
+        }
+        let mut slots: Vec<Option<(CustomerId, Option<Timestamp>)>> = vec![None; lookups.len()];
+        let mut epoch: Option<u64> = None;
+        for tenant in tenants {
+            let (places, group): (Vec<usize>, Vec<&CustomerLookup>) = lookups
+                .iter()
+                .enumerate()
+                .filter(|(_, (t, _))| *t == tenant)
+                .map(|(i, (_, l))| (i, *l))
+                .unzip();
+            let got = self.identities(tenant).resolve(&group).await?;
+            epoch = match (epoch, got.epoch) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            for ((place, customer), erased) in
+                places.into_iter().zip(got.customers).zip(got.erased_at)
+            {
+                slots[place] = Some((customer, erased));
+            }
+        }
+        let (customers, erased_at) = slots
+            .into_iter()
+            .map(|s| s.ok_or_else(|| StoreError::Protocol("a lookup was left unresolved".into())))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .unzip();
+        Ok(Resolution {
+            customers,
+            erased_at,
+            epoch,
         })
     }
+}
+
+/// The store item of `event`; a conversation event's pause follows `rules`.
+fn item(
+    event: WebhookEvent,
+    customer: Option<CustomerId>,
+    rules: &Arc<PauseRules>,
+) -> Result<IngestItem, StoreError> {
+    Ok(match event {
+        WebhookEvent::Conversation {
+            key, number, event, ..
+        } => {
+            let customer = customer.ok_or_else(|| {
+                StoreError::Protocol("an event's customer was not resolved".into())
+            })?;
+            let conversation = ConversationId::new(number, customer);
+            let pause = pause_for(&event, rules);
+            IngestItem {
+                key,
+                kind: IngestKind::Conversation {
+                    conversation,
+                    event,
+                    pause,
+                },
+            }
+        }
+        WebhookEvent::Contact { key, update } => IngestItem {
+            key,
+            kind: IngestKind::Contact(update),
+        },
+        WebhookEvent::Account { key, update, .. } => IngestItem {
+            key,
+            kind: IngestKind::Account(update),
+        },
+        WebhookEvent::Kept { key, letter, .. } => IngestItem {
+            key,
+            kind: IngestKind::DeadLetter(letter),
+        },
+    })
 }
 
 /// The pause an event sets at ingress, before its webhook or API call is answered: a person's

@@ -28,6 +28,7 @@
 //! - [`onboarding`]: onboarding a number in one step (token, webhooks, the Coexistence syncs
 //!   once each) and its view with the sync's progress.
 //! - [`privacy`]: erasing a customer on request and the retention sweep.
+//! - [`tenants`]: the businesses a deployment serves, their parts, and who owns a number.
 //! - [`metrics`]: the metric names this crate records, and their descriptions.
 
 pub mod apply;
@@ -46,6 +47,7 @@ pub mod responder;
 pub mod router;
 pub mod sandbox;
 pub mod sender;
+pub mod tenants;
 pub mod turn;
 
 pub use apply::{ApplyContext, Step, apply};
@@ -57,3 +59,4 @@ pub use ingress::{Ingress, IngressReport};
 pub use responder::{FlowsHandle, Responder};
 pub use sandbox::Sandbox;
 pub use sender::{SendPolicy, Sender};
+pub use tenants::{Tenant, TenantParts, Tenants};

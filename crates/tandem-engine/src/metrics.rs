@@ -10,6 +10,8 @@ pub const DUPLICATES: &str = "tandem_webhook_duplicates_total";
 pub const KEPT: &str = "tandem_webhook_kept_total";
 /// Messages of a type Tandem does not know (kept raw in the event).
 pub const UNKNOWN_MESSAGE_TYPES: &str = "tandem_webhook_unknown_message_types_total";
+/// Webhook events of numbers no tenant owns (kept as a dead letter).
+pub const UNKNOWN_NUMBER_EVENTS: &str = "tandem_webhook_unknown_number_events_total";
 /// Conversations paused at ingress because a person wrote from the phone.
 pub const PAUSES: &str = "tandem_conversations_paused_total";
 /// Echoes recognised as our own sends (not a person).
@@ -161,7 +163,7 @@ pub fn describe() {
         "Sends held back because their number is disconnected or off-boarded"
     );
     describe_counter!(AGENT_ACTIONS, "Agent and router actions applied, by action");
-    describe_counter!(EVENTS, "Webhook events stored, by field");
+    describe_counter!(EVENTS, "Webhook events stored, by field and tenant");
     describe_counter!(
         DUPLICATES,
         "Webhook events dropped as retries of stored ones"
@@ -169,6 +171,10 @@ pub fn describe() {
     describe_counter!(
         KEPT,
         "Signed webhook input kept raw in the dead-letter list, by reason"
+    );
+    describe_counter!(
+        UNKNOWN_NUMBER_EVENTS,
+        "Webhook events of numbers no tenant owns, kept as a dead letter"
     );
     describe_counter!(
         UNKNOWN_MESSAGE_TYPES,

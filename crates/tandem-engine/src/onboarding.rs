@@ -31,6 +31,8 @@ pub struct OnboardRequest {
     pub coexistence: Option<bool>,
     /// The business's token.
     pub token: SecretString,
+    /// The tenant the number joins, when the deployment serves several.
+    pub tenant: Option<String>,
 }
 
 /// Why onboarding stopped.
@@ -114,6 +116,7 @@ pub async fn onboard(
         state.waba_id = Some(request.waba.clone());
         let onboarding = state.onboarding.get_or_insert(Onboarding {
             started_at: at,
+            tenant: None,
             coexistence,
             display_phone_number: None,
             verified_name: None,
@@ -122,6 +125,7 @@ pub async fn onboard(
             history: SyncRequest::NotRequested,
         });
         onboarding.coexistence = coexistence;
+        onboarding.tenant.clone_from(&request.tenant);
         onboarding.display_phone_number = info.display_phone_number.clone();
         onboarding.verified_name = info.verified_name.clone();
         onboarding.subscribed_at = Some(at);
@@ -294,6 +298,7 @@ mod tests {
         );
         state.onboarding = Some(Onboarding {
             started_at: T0,
+            tenant: None,
             coexistence: true,
             display_phone_number: None,
             verified_name: None,

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tandem_domain::{Clock, ConversationId, CustomerId, Timestamp};
-use tandem_handoff::{HookEvent, Hooks};
+use tandem_handoff::HookEvent;
 use tandem_store::{Erasure, ErasureReport, ListQuery, Purge, Store, StoreError};
 use tokio::sync::watch;
 
@@ -209,7 +209,8 @@ impl SweepReport {
     }
 }
 
-/// Erases `customer` and queues `customer.erased` for every hook target that wants it.
+/// Erases `customer` of `tenant` and queues `customer.erased` for every hook target of the
+/// tenant that wants it.
 /// `identifiers` (the customer's phone, BSUID, parent BSUID as the API showed them) go in the
 /// hook, so the receiver can find its copy; nothing else about the customer does.
 ///
@@ -217,7 +218,7 @@ impl SweepReport {
 /// The store's error; nothing was erased.
 pub async fn erase_customer(
     store: &dyn Store,
-    hooks: &Hooks,
+    tenant: &crate::tenants::Tenant,
     customer: CustomerId,
     identifiers: Value,
     now: Timestamp,
@@ -231,11 +232,11 @@ pub async fn erase_customer(
         "customer": identifiers,
     })
     .to_string();
-    let targets = hooks.targets_for(event, None);
+    let targets = tenant.desk.hooks.targets_for(event, None);
     let jobs = crate::desk::deliveries(&targets, event, &event_id, &body, now);
     let report = store
         .erase_customer(Erasure {
-            tenant: tandem_store::DEFAULT_TENANT.to_owned(),
+            tenant: tenant.id.clone(),
             customer,
             now,
             hooks: jobs,

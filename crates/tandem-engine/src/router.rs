@@ -18,7 +18,7 @@ use tandem_domain::{
 };
 use tandem_handoff::queue::rank;
 use tandem_handoff::routing::{AgentLoad, Seeker};
-use tandem_handoff::{Pick, Routing, Waiting, sort_queue};
+use tandem_handoff::{Pick, Waiting, sort_queue};
 use tandem_store::{
     AgentState, IngestBatch, IngestItem, IngestKind, ListQuery, Presence, Store, StoreError,
 };
@@ -26,6 +26,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::config::EngineConfig;
 use crate::metrics;
+use crate::tenants::{Tenant, Tenants};
 
 /// How long a choice counts against its agent before the lane has applied it.
 const PENDING_FOR: std::time::Duration = std::time::Duration::from_secs(30);
@@ -34,12 +35,19 @@ const PENDING_FOR: std::time::Duration = std::time::Duration::from_secs(30);
 #[derive(Debug)]
 pub struct Router {
     store: Arc<dyn Store>,
-    routing: Arc<Routing>,
+    tenants: Tenants,
     clock: Arc<dyn Clock>,
     config: EngineConfig,
     holder: String,
     /// Choices made but not yet applied by their lane: conversation → (agent, until).
     pending: HashMap<ConversationId, (AgentId, Timestamp)>,
+}
+
+/// What one tenant's part of a round reads.
+struct RoundInput<'a> {
+    tenant: &'a Tenant,
+    open: &'a [Conversation],
+    states: &'a HashMap<String, AgentState>,
 }
 
 /// One entry of the waiting queue, as the API lists it.
@@ -96,10 +104,10 @@ fn waiting(c: &Conversation) -> bool {
     c.mode() == Mode::Handoff && c.assignment().is_none_or(|a| a.agent.is_none())
 }
 
-/// The waiting conversations in the order they are served, with their place in their team.
-pub async fn queue(store: &dyn Store, now: Timestamp) -> Result<Vec<QueueEntry>, StoreError> {
-    let open = open_conversations(store).await?;
-    Ok(ordered(&open, now)
+/// The waiting conversations of `open` (one tenant's open conversations) in the order they
+/// are served, with their place in their team.
+pub fn queue(open: &[Conversation], now: Timestamp) -> Vec<QueueEntry> {
+    ordered(open, now)
         .into_iter()
         .map(|(w, position, c)| {
             let handoff = c.handoff();
@@ -115,7 +123,7 @@ pub async fn queue(store: &dyn Store, now: Timestamp) -> Result<Vec<QueueEntry>,
                 window_seconds_left: w.window_closes_at.map_or(0, |at| at.since(now).as_secs()),
             }
         })
-        .collect())
+        .collect()
 }
 
 /// Orders the waiting conversations of `open` and numbers them within their team.
@@ -153,13 +161,13 @@ impl Router {
     /// Builds the router of this process.
     pub fn new(
         store: Arc<dyn Store>,
-        routing: Arc<Routing>,
+        tenants: Tenants,
         clock: Arc<dyn Clock>,
         config: EngineConfig,
     ) -> Self {
         Self {
             store,
-            routing,
+            tenants,
             clock,
             config,
             holder: leader_name("router"),
@@ -197,9 +205,19 @@ impl Router {
         }
     }
 
-    /// One round: assign whoever can be assigned, tell the others where they stand.
+    /// One round: assign whoever can be assigned, tell the others where they stand; each
+    /// tenant's waiting conversations go to its own agents.
     pub async fn round(&mut self, now: Timestamp) -> Result<(), StoreError> {
+        if !self.tenants.any_routing() {
+            return Ok(());
+        }
         let open = open_conversations(&*self.store).await?;
+        // Choices not applied yet still count, so one round never overfills an agent.
+        let applied = |id: &ConversationId| {
+            open.iter().any(|c| &c.id == id && !waiting(c)) || !open.iter().any(|c| &c.id == id)
+        };
+        self.pending
+            .retain(|id, (_, until)| *until > now && !applied(id));
         let states: HashMap<String, AgentState> = self
             .store
             .agents()
@@ -207,12 +225,48 @@ impl Router {
             .into_iter()
             .map(|s| (s.agent.clone(), s))
             .collect();
-        let mut loads: HashMap<AgentId, AgentLoad> = self
-            .routing
+        let mut groups: HashMap<String, (Arc<Tenant>, Vec<Conversation>)> = HashMap::new();
+        for c in open {
+            let Some(tenant) = self.tenants.of_number(c.id.phone_number_id()).await else {
+                continue;
+            };
+            if tenant.desk.routing.routes() {
+                groups
+                    .entry(tenant.id.clone())
+                    .or_insert_with(|| (tenant, Vec::new()))
+                    .1
+                    .push(c);
+            }
+        }
+        for (tenant, open) in groups.values() {
+            let input = RoundInput {
+                tenant,
+                open,
+                states: &states,
+            };
+            self.tenant_round(&input, now).await?;
+        }
+        Ok(())
+    }
+
+    /// One tenant's part of a round.
+    async fn tenant_round(
+        &mut self,
+        input: &RoundInput<'_>,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let RoundInput {
+            tenant,
+            open,
+            states,
+        } = *input;
+        let routing = &tenant.desk.routing;
+        let state_of = |agent: &AgentId| states.get(&tenant.agent_key(agent.as_str()));
+        let mut loads: HashMap<AgentId, AgentLoad> = routing
             .agents()
             .iter()
             .map(|a| {
-                let state = states.get(a.id.as_str());
+                let state = state_of(&a.id);
                 (
                     a.id.clone(),
                     AgentLoad {
@@ -223,26 +277,22 @@ impl Router {
                 )
             })
             .collect();
-        for c in &open {
+        for c in open {
             if let Some(agent) = c.assignment().and_then(|a| a.agent.as_ref())
                 && let Some(load) = loads.get_mut(agent)
             {
                 load.open += 1;
             }
         }
-        // Choices not applied yet still count, so one round never overfills an agent.
-        let applied = |id: &ConversationId| {
-            open.iter().any(|c| &c.id == id && !waiting(c)) || !open.iter().any(|c| &c.id == id)
-        };
-        self.pending
-            .retain(|id, (_, until)| *until > now && !applied(id));
-        for (agent, _) in self.pending.values() {
-            if let Some(load) = loads.get_mut(agent) {
+        for (id, (agent, _)) in &self.pending {
+            if open.iter().any(|c| &c.id == id)
+                && let Some(load) = loads.get_mut(agent)
+            {
                 load.open += 1;
             }
         }
         let mut lengths: HashMap<String, (usize, u64)> = HashMap::new();
-        for (w, position, c) in ordered(&open, now) {
+        for (w, position, c) in ordered(open, now) {
             if self.pending.contains_key(&w.conversation) {
                 continue;
             }
@@ -260,7 +310,7 @@ impl Router {
                 last_agent: c.last_agent.as_deref(),
             };
             let handoff_at = w.requested_at.as_millis();
-            match self.routing.pick(&seeker, &loads, now) {
+            match routing.pick(&seeker, &loads, now) {
                 Pick::Agent(agent) => {
                     let key = format!("routed:{}:{handoff_at}:{agent}", w.conversation);
                     let action = AgentAction {
@@ -279,19 +329,17 @@ impl Router {
                         load.open += 1;
                         load.last_assigned_at = Some(now);
                     }
-                    let presence = states
-                        .get(agent.as_str())
-                        .map_or(Presence::Online, |s| s.presence);
-                    let since = states.get(agent.as_str()).map_or(now, |s| s.since);
+                    let presence = state_of(&agent).map_or(Presence::Online, |s| s.presence);
+                    let since = state_of(&agent).map_or(now, |s| s.since);
                     self.store
                         .set_agent(AgentState {
-                            agent: agent.to_string(),
+                            agent: tenant.agent_key(agent.as_str()),
                             presence,
                             since,
                             last_assigned_at: Some(now),
                         })
                         .await?;
-                    ::metrics::counter!(metrics::ASSIGNMENTS, "team" => team_label).increment(1);
+                    ::metrics::counter!(metrics::ASSIGNMENTS, "team" => team_label, "tenant" => tenant.id.clone()).increment(1);
                 }
                 Pick::Wait {
                     on_duty,
@@ -303,8 +351,8 @@ impl Router {
                     if c.handoff().is_some_and(|h| h.queue_noted) {
                         continue;
                     }
-                    let wait_seconds = (on_duty > 0)
-                        .then(|| self.routing.wait_estimate(position, on_duty).as_secs());
+                    let wait_seconds =
+                        (on_duty > 0).then(|| routing.wait_estimate(position, on_duty).as_secs());
                     let key = format!("queued:{}:{handoff_at}", w.conversation);
                     let action = AgentAction {
                         agent: None,
@@ -320,10 +368,10 @@ impl Router {
                 }
             }
         }
-        for team in self.routing.team_ids() {
+        for team in routing.team_ids() {
             let (length, oldest) = lengths.get(team).copied().unwrap_or_default();
-            ::metrics::gauge!(metrics::QUEUE_LENGTH, "team" => team.to_owned()).set(length as f64);
-            ::metrics::gauge!(metrics::QUEUE_OLDEST, "team" => team.to_owned()).set(oldest as f64);
+            ::metrics::gauge!(metrics::QUEUE_LENGTH, "team" => team.to_owned(), "tenant" => tenant.id.clone()).set(length as f64);
+            ::metrics::gauge!(metrics::QUEUE_OLDEST, "team" => team.to_owned(), "tenant" => tenant.id.clone()).set(oldest as f64);
         }
         Ok(())
     }

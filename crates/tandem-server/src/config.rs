@@ -28,7 +28,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             key: key.into(),
             message: message.into(),
@@ -114,6 +114,9 @@ pub struct Settings {
     pub llm: Option<LlmSettings>,
     /// Where the prompt templates are (`classify.j2`).
     pub prompts_dir: PathBuf,
+    /// The directory of declared tenants (`tenants.dir`, `TANDEM_TENANTS`): one
+    /// subdirectory per tenant. `None`: one implicit tenant owns every number.
+    pub tenants_dir: Option<PathBuf>,
 }
 
 /// How to reach the LLM.
@@ -157,6 +160,15 @@ struct FileConfig {
     health: HealthSection,
     #[serde(default)]
     retention: RetentionSection,
+    #[serde(default)]
+    tenants: TenantsSection,
+}
+
+/// `[tenants]`: where declared tenants live.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantsSection {
+    dir: Option<PathBuf>,
 }
 
 /// `[retention]`: how long customers' data is kept. Off unless a period is set.
@@ -187,7 +199,7 @@ impl Default for RetentionSection {
 /// `[health]`: Coexistence link health.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-struct HealthSection {
+pub(crate) struct HealthSection {
     #[serde(with = "humantime_serde")]
     heartbeat: Duration,
     #[serde(with = "humantime_serde")]
@@ -213,7 +225,7 @@ impl Default for HealthSection {
 /// `[[hooks]]`: one receiver of handoff hooks.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct HookSection {
+pub(crate) struct HookSection {
     name: String,
     url: String,
     /// The environment variable holding the signing secret.
@@ -228,15 +240,36 @@ struct HookSection {
     secret: Option<toml::Value>,
 }
 
+impl HookSection {
+    /// Reads a relative `secret_file` from `dir`.
+    pub(crate) fn rebase(&mut self, dir: &Path) {
+        if let Some(file) = &mut self.secret_file {
+            *file = dir.join(&*file);
+        }
+    }
+}
+
+impl TokenSection {
+    /// Reads a relative `token_file` from `dir`, and limits the token to `tenant`.
+    pub(crate) fn rebase(&mut self, dir: &Path, tenant: &str) {
+        if let Some(file) = &mut self.token_file {
+            *file = dir.join(&*file);
+        }
+        self.tenants = Some(vec![tenant.to_owned()]);
+    }
+}
+
 /// `[[api.tokens]]`: a bearer token of the agent API with its scopes.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct TokenSection {
+pub(crate) struct TokenSection {
     name: String,
     token_env: Option<String>,
     token_file: Option<PathBuf>,
     scopes: Vec<String>,
     agent: Option<String>,
+    /// The tenants the token is limited to (absent: every tenant).
+    tenants: Option<Vec<String>>,
     token: Option<toml::Value>,
 }
 
@@ -277,12 +310,14 @@ pub struct ApiToken {
     pub scopes: Vec<Scope>,
     /// The agent it acts as, when it is one agent's token.
     pub agent: Option<String>,
+    /// The tenants it may see and act on; `None`: every tenant (a deployment's token).
+    pub tenants: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FlowsSection {
-    dir: Option<PathBuf>,
+pub(crate) struct FlowsSection {
+    pub(crate) dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -410,7 +445,7 @@ fn parse_file(path: &Path) -> Result<FileConfig, ConfigError> {
     })
 }
 
-fn refuse_inline(
+pub(crate) fn refuse_inline(
     key: &str,
     env_name: &str,
     value: Option<&toml::Value>,
@@ -427,7 +462,7 @@ fn refuse_inline(
 }
 
 /// Reads a secret from `NAME`, `NAME_FILE` or the config's `*_file` path, in that order.
-fn secret(
+pub(crate) fn secret(
     env: &HashMap<String, String>,
     name: &str,
     key: &str,
@@ -466,7 +501,9 @@ fn secret(
 }
 
 /// `[health]`, checked: a reminder needs both a number and a template.
-fn health_config(h: HealthSection) -> Result<tandem_engine::health::HealthConfig, ConfigError> {
+pub(crate) fn health_config(
+    h: HealthSection,
+) -> Result<tandem_engine::health::HealthConfig, ConfigError> {
     if h.heartbeat.is_zero() || h.tick.is_zero() {
         return Err(ConfigError::new(
             "health.heartbeat",
@@ -523,7 +560,7 @@ fn default_api_rate_limit() -> u32 {
 }
 
 /// The API's tokens: `TANDEM_API_TOKEN` (every scope) and `[[api.tokens]]`.
-fn api_tokens(
+pub(crate) fn api_tokens(
     env: &HashMap<String, String>,
     main: Option<&SecretString>,
     sections: Vec<TokenSection>,
@@ -534,6 +571,7 @@ fn api_tokens(
             token: token.clone(),
             scopes: Scope::ALL.to_vec(),
             agent: None,
+            tenants: None,
         })
         .into_iter()
         .collect();
@@ -571,19 +609,54 @@ fn api_tokens(
                 }
             }
         }
+        let tenants = match t.tenants {
+            Some(list) => {
+                if let Some(bad) = list.iter().find(|id| !tandem_engine::tenants::valid_id(id)) {
+                    return Err(ConfigError::new(
+                        format!("{key}.tenants"),
+                        format!("{bad:?} is not a tenant id"),
+                    ));
+                }
+                Some(list)
+            }
+            None => None,
+        };
         tokens.push(ApiToken {
             name: t.name,
             token,
             scopes,
             agent: t.agent,
+            tenants,
         });
     }
     Ok(tokens)
 }
 
+/// Teams, agents and rules, checked; the first problem names its key.
+pub(crate) fn routing(
+    handoff: tandem_handoff::RoutingConfig,
+) -> Result<tandem_handoff::Routing, ConfigError> {
+    tandem_handoff::Routing::new(handoff).map_err(|errors| {
+        let first = errors.first().cloned().unwrap_or_default();
+        let (key, message) = first
+            .split_once(": ")
+            .unwrap_or(("handoff", first.as_str()));
+        let more = if errors.len() > 1 {
+            format!(
+                " (and {} more: {})",
+                errors.len() - 1,
+                errors[1..].join("; ")
+            )
+        } else {
+            String::new()
+        };
+        ConfigError::new(key, format!("{message}{more}"))
+    })
+}
+
 /// The hook receivers: `TANDEM_HOOK_URL` with `TANDEM_HOOK_SECRET` (named `default`, every
 /// event) and `[[hooks]]`.
-fn hook_targets(
+pub(crate) fn hook_targets(
     env: &HashMap<String, String>,
     sections: Vec<HookSection>,
 ) -> Result<Vec<tandem_handoff::HookTarget>, ConfigError> {
@@ -740,6 +813,7 @@ fn build(
         hooks,
         health,
         retention,
+        tenants,
     } = file;
     refuse_inline(
         "meta.app_secret",
@@ -864,6 +938,15 @@ fn build(
         }
         (None, None) => None,
     };
+    let tenants_dir = match env.get("TANDEM_TENANTS").map(PathBuf::from).or(tenants.dir) {
+        Some(dir) if !dir.is_dir() => {
+            return Err(ConfigError::new(
+                "tenants.dir",
+                format!("{} is not a directory", dir.display()),
+            ));
+        }
+        other => other,
+    };
     let prompts_dir = env
         .get("TANDEM_PROMPTS")
         .map_or_else(|| PathBuf::from("prompts"), PathBuf::from);
@@ -960,22 +1043,7 @@ fn build(
         })?,
         None => api.rate_limit,
     };
-    let routing = tandem_handoff::Routing::new(handoff).map_err(|errors| {
-        let first = errors.first().cloned().unwrap_or_default();
-        let (key, message) = first
-            .split_once(": ")
-            .unwrap_or(("handoff", first.as_str()));
-        let more = if errors.len() > 1 {
-            format!(
-                " (and {} more: {})",
-                errors.len() - 1,
-                errors[1..].join("; ")
-            )
-        } else {
-            String::new()
-        };
-        ConfigError::new(key, format!("{message}{more}"))
-    })?;
+    let routing = routing(handoff)?;
     let hooks = hook_targets(env, hooks)?;
     let mut health = health_config(health)?;
     health.send_rate = engine.send_rate;
@@ -1042,6 +1110,7 @@ fn build(
         send_timeout: meta.send_timeout,
         llm,
         prompts_dir,
+        tenants_dir,
     })
 }
 

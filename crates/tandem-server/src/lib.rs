@@ -6,7 +6,8 @@
 //! - [`telemetry`]: the tracing subscriber and the Prometheus recorder (the only globals);
 //! - [`routes`]: webhook, agent API, health and metrics handlers;
 //! - [`error`]: the API error shape and the one mapping from error kind to HTTP status;
-//! - [`startup`]: [`Application::build`] and [`Application::run_until_stopped`].
+//! - [`startup`]: [`Application::build`] and [`Application::run_until_stopped`];
+//! - [`tenants`]: tenant files, building each tenant's parts, reloading them.
 
 pub mod config;
 pub mod error;
@@ -15,6 +16,7 @@ pub mod routes;
 pub mod serve;
 pub mod startup;
 pub mod telemetry;
+pub mod tenants;
 
 pub use config::{CliOverrides, ConfigError, Settings, load};
 pub use startup::Application;

@@ -21,11 +21,21 @@ pub const CONVERSATIONS: &str = "tandem_conversations";
 /// Flow reloads, by outcome (`ok`, `refused`).
 pub const FLOW_RELOADS: &str = "tandem_flows_reloads_total";
 
+/// Tenant reloads, by outcome (`ok`, `refused`).
+pub const TENANT_RELOADS: &str = "tandem_tenant_reloads_total";
+/// Gauge: tenants in force.
+pub const TENANTS: &str = "tandem_tenants";
+
 /// Counter: audit entries that could not be written (the action itself took effect).
 pub const AUDIT_FAILURES: &str = "tandem_audit_failures_total";
 
 /// Registers help texts and units with the installed recorder.
 pub fn describe() {
+    describe_counter!(
+        TENANT_RELOADS,
+        "Tenant reloads, by outcome (ok, refused: the running version stayed)"
+    );
+    describe_gauge!(TENANTS, "Declared tenants in force");
     describe_counter!(
         AUDIT_FAILURES,
         "Audit entries that could not be written (the action took effect)"

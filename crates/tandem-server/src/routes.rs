@@ -41,18 +41,15 @@ pub struct AppState {
     pub app_secret: Option<Arc<[u8]>>,
     /// Token of the subscription handshake; `None` in dev mode (any token accepted).
     pub verify_token: Option<Arc<SecretString>>,
-    /// Bearer tokens of `/v1`; empty in dev mode (open).
-    pub api_tokens: Arc<Vec<crate::config::ApiToken>>,
+    /// Bearer tokens of `/v1` (the deployment's and every tenant's); empty in dev mode
+    /// (open).
+    pub api_tokens: auth::TokenBook,
     /// Requests a second per token (by token name), when limited (`api.rate_limit`).
     pub api_limiter: Option<Arc<governor::DefaultKeyedRateLimiter<String>>>,
-    /// Teams, agents and rules.
-    pub routing: Arc<tandem_handoff::Routing>,
-    /// Hook targets (for `customer.erased`).
-    pub hooks: Arc<tandem_handoff::Hooks>,
+    /// The tenants in force: each one's flows, teams, agents, hooks and token.
+    pub tenants: tandem_engine::Tenants,
     /// Onboarding numbers: the Graph API and the app's credentials.
     pub onboarding: Arc<Onboarding>,
-    /// The flows in force (for the re-engagement template), when any.
-    pub flows: Option<tandem_engine::FlowsHandle>,
     /// Messages a second per number (`engine.send_rate`), shown with each number.
     pub send_rate: u32,
     /// Why nothing can be sent through the Cloud API, when that is so (no access token).
@@ -73,8 +70,6 @@ pub struct Onboarding {
     pub app_id: Option<String>,
     /// The app's secret, to exchange Embedded Signup codes.
     pub app_secret: Option<SecretString>,
-    /// The configured access token, used when a request brings neither token nor code.
-    pub access_token: Option<SecretString>,
 }
 
 /// Compares a presented secret with the configured one in constant time.

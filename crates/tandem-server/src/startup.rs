@@ -11,17 +11,16 @@ use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use secrecy::SecretString;
 use tandem_domain::{Clock, SystemClock};
-use tandem_engine::{
-    Desk, Dispatcher, FlowsHandle, HookSender, Ingress, LaneParts, Responder, SendPolicy, Sender,
-};
-use tandem_handoff::Hooks;
+use tandem_engine::{Dispatcher, FlowsHandle, HookSender, Ingress, LaneParts, Tenants};
 use tandem_store::Store;
 use tandem_whatsapp::GraphClient;
 use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 
 use crate::config::Settings;
+use crate::routes::auth::TokenBook;
 use crate::routes::{AppState, health, openapi, webhook};
+use crate::tenants::{Declared, TenantBuilder, TenantSpec};
 
 /// A built server: the store is open, the engine runs and the listener is bound.
 pub struct Application {
@@ -70,147 +69,127 @@ impl Application {
             .await
             .with_context(|| format!("opening the store {}", redact(&settings.store_url)))?;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let flows = match &settings.flows_dir {
-            Some(dir) => {
-                let loaded =
-                    tandem_flows::load_dir(dir, &settings.flow_variables).map_err(|e| {
-                        anyhow::anyhow!("the flows in {} are invalid:\n{e}", dir.display())
-                    })?;
-                for warning in &loaded.warnings {
-                    tracing::warn!(%warning, "flow warning");
-                }
-                tracing::info!(dir = %dir.display(), flows = loaded.bot.flows.len(), "flows loaded");
-                Some(FlowsHandle::new(loaded.bot))
-            }
-            None => {
-                tracing::warn!(
-                    "no flows directory: events are recorded but the bot does not answer"
-                );
-                None
-            }
-        };
-        if settings.access_token.is_none() {
+        if settings.access_token.is_none() && settings.tenants_dir.is_none() {
             tracing::warn!("{NO_ACCESS_TOKEN}; set it (or TANDEM_ACCESS_TOKEN_FILE) to send");
         }
-        let token = settings
-            .access_token
-            .clone()
-            .unwrap_or_else(|| SecretString::from(String::new()));
-        let graph = GraphClient::new(&settings.graph_url, token, settings.send_timeout)
-            .context("building the Graph API client")?;
-        let policy = SendPolicy {
-            per_second: settings.engine.send_rate,
-            max_attempts: settings.engine.send_attempts,
-            base_backoff: settings.engine.send_backoff,
-            max_backoff: std::time::Duration::from_secs(300),
-            recovery: settings.engine.send_recovery,
-            transcript_cap: settings.engine.transcript_cap,
-            hold_retry: settings.engine.hold_retry,
-            authentication_templates: settings.engine.authentication_templates.clone(),
-        };
-        let links = tandem_engine::sender::LinkCache::default();
-        let sender = Sender::new(
-            Arc::clone(&store),
-            graph.clone(),
-            flows.clone(),
-            policy,
-            Arc::clone(&clock),
+        let graph = GraphClient::new(
+            &settings.graph_url,
+            settings
+                .access_token
+                .clone()
+                .unwrap_or_else(|| SecretString::from(String::new())),
+            settings.send_timeout,
         )
-        .with_links(links.clone());
+        .context("building the Graph API client")?;
         let llm = match &settings.llm {
             Some(llm) => Some(llm_classifier(llm, &settings.prompts_dir)?),
             None => None,
         };
-        let responder = match &flows {
-            Some(handle) => {
-                let responder = Responder::new(
-                    handle.clone(),
-                    tandem_engine::responder::call_client()
-                        .context("building the HTTP client of call steps")?,
-                );
-                Some(match llm {
-                    Some(llm) => responder.with_llm(llm),
-                    None => responder,
-                })
-            }
-            None => None,
+        let links = tandem_engine::sender::LinkCache::default();
+        let builder = TenantBuilder {
+            store: Arc::clone(&store),
+            clock: Arc::clone(&clock),
+            graph: graph.clone(),
+            engine: settings.engine.clone(),
+            flow_variables: settings.flow_variables.clone(),
+            llm,
+            calls: tandem_engine::responder::call_client()
+                .context("building the HTTP client of call steps")?,
+            links: links.clone(),
         };
-        let routing = Arc::new(settings.routing.clone());
-        let hooks = Arc::new(Hooks::new(
-            settings.hooks.clone(),
-            settings.engine.hook_transcript,
-        ));
+        let api_tokens = TokenBook::new(settings.api_tokens.clone());
+        let tenants = match settings.tenants_dir.clone() {
+            Some(dir) => {
+                let (declared, report) = Declared::start(
+                    dir.clone(),
+                    std::env::vars().collect(),
+                    Arc::new(settings.clone()),
+                    builder.clone(),
+                    api_tokens.clone(),
+                )?;
+                tracing::info!(dir = %dir.display(), tenants = report.added.len(), refused = report.refused.len(), "tenants loaded");
+                for refused in &report.refused {
+                    tracing::error!(tenant = %refused, "a tenant could not be loaded: its webhooks are kept as dead letters until it is fixed");
+                }
+                declared.watch(FLOWS_POLL);
+                declared.tenants().clone()
+            }
+            None => {
+                let spec = TenantSpec::implicit(&settings);
+                let tenant = builder.build(&spec)?;
+                match (&spec.flows_dir, tenant.responder.as_ref()) {
+                    (Some(dir), Some(responder)) => {
+                        tracing::info!(dir = %dir.display(), flows = responder.flows().current().flows.len(), "flows loaded");
+                        spawn_reload_on_sighup(
+                            responder.flows().clone(),
+                            dir.clone(),
+                            settings.flow_variables.clone(),
+                        );
+                    }
+                    _ => tracing::warn!(
+                        "no flows directory: events are recorded but the bot does not answer"
+                    ),
+                }
+                Tenants::single(tenant).with_store(Arc::clone(&store))
+            }
+        };
         let ingress = Ingress::new(
             Arc::clone(&store),
-            Arc::new(routing.pause_rules(settings.engine.human_idle)),
+            tenants.clone(),
+            Arc::new(tandem_domain::PauseRules::new(
+                settings.engine.human_idle,
+                tandem_handoff::RoutingConfig::default().takeover_cap,
+            )),
         );
-        let hook_sender = if hooks.is_empty() {
-            None
-        } else {
-            Some(
-                HookSender::new(
-                    Arc::clone(&store),
-                    Arc::clone(&hooks),
-                    tandem_engine::hook_sender::client()
-                        .context("building the HTTP client of hooks")?,
-                    Arc::clone(&clock),
-                    settings.engine.clone(),
-                )
-                .with_replies(ingress.clone()),
-            )
-        };
+        let hook_sender = HookSender::new(
+            Arc::clone(&store),
+            tenants.clone(),
+            tandem_engine::hook_sender::client().context("building the HTTP client of hooks")?,
+            Arc::clone(&clock),
+            settings.engine.clone(),
+        )
+        .with_replies(ingress.clone());
         let dispatcher = Dispatcher::start(
             Arc::clone(&store),
             settings.engine.clone(),
             Arc::clone(&clock),
             LaneParts {
-                responder,
-                sender: Some(sender),
-                desk: Desk {
-                    routing: Arc::clone(&routing),
-                    hooks: Arc::clone(&hooks),
-                },
+                tenants: tenants.clone(),
                 hooks_ready: Arc::default(),
                 routing_ready: Arc::default(),
                 monitor: Some(Arc::new(
                     tandem_engine::health::Monitor::new(
                         Arc::clone(&store),
-                        Arc::clone(&hooks),
-                        Some(graph.clone()),
+                        tenants.clone(),
                         Arc::clone(&clock),
                         settings.health.clone(),
                     )
                     .with_links(links),
                 )),
-                hook_sender,
+                hook_sender: Some(hook_sender),
             },
         );
-        if let (Some(handle), Some(dir)) = (flows.clone(), settings.flows_dir.clone()) {
-            spawn_reload_on_sighup(handle, dir, settings.flow_variables.clone());
-        }
         let state = AppState {
             ingress,
             store,
             clock,
             app_secret: settings.app_secret_bytes().map(Arc::from),
             verify_token: settings.verify_token.clone().map(Arc::new),
-            api_tokens: Arc::new(settings.api_tokens.clone()),
+            api_tokens,
             api_limiter: std::num::NonZeroU32::new(settings.api_rate_limit).map(|rate| {
                 Arc::new(governor::RateLimiter::keyed(governor::Quota::per_second(
                     rate,
                 )))
             }),
-            routing,
-            hooks: Arc::clone(&hooks),
+            tenants,
             onboarding: Arc::new(crate::routes::Onboarding {
-                graph: graph.clone(),
+                graph,
                 app_id: settings.app_id.clone(),
                 app_secret: settings.app_secret.clone(),
-                access_token: settings.access_token.clone(),
             }),
-            flows: flows.clone(),
             send_rate: settings.engine.send_rate,
-            sending_problem: settings.access_token.is_none().then_some(NO_ACCESS_TOKEN),
+            sending_problem: (settings.access_token.is_none() && settings.tenants_dir.is_none())
+                .then_some(NO_ACCESS_TOKEN),
             authentication_templates: Arc::new(settings.engine.authentication_templates.clone()),
             metrics,
         };

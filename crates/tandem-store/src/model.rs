@@ -382,6 +382,9 @@ pub struct NumberState {
 pub struct Onboarding {
     /// When the number was onboarded (Tandem's first onboarding call for it).
     pub started_at: Timestamp,
+    /// The tenant it was onboarded into, when the deployment serves several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     /// True for a number shared with the WhatsApp Business App (Coexistence).
     pub coexistence: bool,
     /// The number as Meta shows it.

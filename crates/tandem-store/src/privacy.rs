@@ -30,6 +30,9 @@ pub struct AuditEntry {
     pub id: u64,
     /// When the action was taken.
     pub at: Timestamp,
+    /// The tenant the action was taken in (`None`: the deployment's, or from before tenants).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     /// The name of the API token used.
     pub actor: String,
     /// The agent the token acted as, when it is one agent's or the request named one.

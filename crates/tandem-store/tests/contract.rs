@@ -1166,6 +1166,7 @@ async fn concurrent_first_messages_make_one_customer(f: Fixture) {
 fn audit_entry(at: Timestamp, action: &str) -> AuditEntry {
     AuditEntry {
         id: 0,
+        tenant: Some("acme".into()),
         at,
         actor: "ops".into(),
         agent: None,

@@ -200,6 +200,21 @@ impl GraphClient {
         })
     }
 
+    /// The token calls carry.
+    pub fn token(&self) -> &SecretString {
+        &self.token
+    }
+
+    /// The same client (connections shared) calling with another business's `token`.
+    #[must_use]
+    pub fn with_token(&self, token: SecretString) -> Self {
+        Self {
+            http: self.http.clone(),
+            base_url: self.base_url.clone(),
+            token,
+        }
+    }
+
     async fn post(
         &self,
         phone_number_id: &PhoneNumberId,

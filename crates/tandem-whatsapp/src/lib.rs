@@ -26,4 +26,4 @@ pub use outbound::{
     InvalidMessage, ListRow, ListSection, OutboundContent, OutboundMessage, Recipient,
 };
 pub use signature::{SignatureError, sign, verify};
-pub use webhook::{KeptReason, WebhookEvent, number_owners, parse_webhook};
+pub use webhook::{KeptReason, WebhookEvent, keep_body, number_owners, parse_webhook};

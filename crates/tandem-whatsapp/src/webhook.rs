@@ -89,6 +89,8 @@ pub enum KeptReason {
     UnparseableItem,
     /// A webhook field Tandem does not handle.
     UnknownField,
+    /// Events of a business number no tenant of the deployment owns.
+    UnknownNumber,
 }
 
 impl KeptReason {
@@ -98,6 +100,7 @@ impl KeptReason {
             Self::UnparseableBody => "unparseable_body",
             Self::UnparseableItem => "unparseable_item",
             Self::UnknownField => "unknown_field",
+            Self::UnknownNumber => "unknown_number",
         }
     }
 }
@@ -846,16 +849,31 @@ fn user_id_update(item: &Map<String, Value>) -> Result<IdentityChange, String> {
 }
 
 fn kept_body(body: &[u8], received_at: Timestamp, detail: String) -> WebhookEvent {
+    keep_body(body, received_at, KeptReason::UnparseableBody, detail)
+}
+
+/// The whole raw `body` as one dead letter kept for `reason`; its key is stable across
+/// Meta's retries of the same body.
+pub fn keep_body(
+    body: &[u8],
+    received_at: Timestamp,
+    reason: KeptReason,
+    detail: String,
+) -> WebhookEvent {
     let (text, base64) = match std::str::from_utf8(body) {
         Ok(text) => (text.to_owned(), false),
         Err(_) => (base64::engine::general_purpose::STANDARD.encode(body), true),
     };
+    let key = match reason {
+        KeptReason::UnparseableBody => format!("kept:body:{}", digest(body)),
+        other => format!("kept:{}:{}", other.as_str(), digest(body)),
+    };
     WebhookEvent::Kept {
-        key: format!("kept:body:{}", digest(body)),
-        reason: KeptReason::UnparseableBody,
+        key,
+        reason,
         letter: DeadLetter {
             received_at,
-            reason: KeptReason::UnparseableBody.as_str().to_owned(),
+            reason: reason.as_str().to_owned(),
             field: None,
             detail,
             body: text,

@@ -15,12 +15,15 @@ use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use std::sync::Arc;
+
 use tandem_domain::{AgentAction, AgentActionKind, Conversation, ConversationId, OutboundContent};
+use tandem_engine::{Tenant, Tenants};
 use tandem_store::{AgentState, Presence};
 
 use super::AppState;
 use super::api::{find_id, parse_limit, refuse_unknown, rfc3339};
-use super::auth::Caller;
+use super::auth::{Caller, tenant_of_request};
 use super::privacy::AuditNote;
 use crate::error::ApiError;
 
@@ -87,20 +90,32 @@ struct AvailabilityBody {
     status: String,
 }
 
-async fn existing(state: &AppState, raw: &str) -> Result<Conversation, ApiError> {
-    let id = find_id(state, raw).await?;
+/// The conversation `raw` names and its tenant; 404 when it does not exist or belongs to a
+/// tenant the caller may not see.
+async fn existing(
+    state: &AppState,
+    caller: &Caller,
+    raw: &str,
+) -> Result<(Conversation, Arc<Tenant>), ApiError> {
+    let (id, tenant) = find_id(state, caller, raw).await?;
+    Ok((read(state, &id).await?, tenant))
+}
+
+/// The conversation `id`; 404 when it does not exist.
+async fn read(state: &AppState, id: &ConversationId) -> Result<Conversation, ApiError> {
     state
         .store
-        .conversation(&id)
+        .conversation(id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no conversation {id}")))
 }
 
-fn check_agent(state: &AppState, agent: Option<&str>) -> Result<(), ApiError> {
+fn check_agent(tenant: &Tenant, agent: Option<&str>) -> Result<(), ApiError> {
     limited("agent", agent, MAX_NAME)?;
+    let routing = &tenant.desk.routing;
     if let Some(agent) = agent
-        && state.routing.routes()
-        && state.routing.agent(agent).is_none()
+        && routing.routes()
+        && routing.agent(agent).is_none()
     {
         return Err(ApiError::invalid(format!(
             "unknown agent {agent:?}; agents are configured under [[handoff.agents]]"
@@ -129,7 +144,7 @@ async fn act(
     state: &AppState,
     caller: &Caller,
     headers: &HeaderMap,
-    id: ConversationId,
+    (id, tenant): (ConversationId, &Tenant),
     agent: Option<String>,
     kind: AgentActionKind,
 ) -> Result<Acted, ApiError> {
@@ -162,6 +177,7 @@ async fn act(
         target: Some(id.to_string()),
         agent: acting,
         detail: Some(json!({"action": label, "duplicate": !stored})),
+        tenant: Some(tenant.id.clone()),
     };
     Ok((
         StatusCode::ACCEPTED,
@@ -190,9 +206,18 @@ impl PersonAction {
     async fn store(self, kind: AgentActionKind) -> Result<Acted, ApiError> {
         let b: AgentBody = body(&self.bytes)?;
         let agent = b.agent.or_else(|| self.caller.agent.clone());
-        check_agent(&self.state, agent.as_deref())?;
-        let c = existing(&self.state, &self.raw).await?;
-        act(&self.state, &self.caller, &self.headers, c.id, agent, kind).await
+        limited("agent", agent.as_deref(), MAX_NAME)?;
+        let (c, tenant) = existing(&self.state, &self.caller, &self.raw).await?;
+        check_agent(&tenant, agent.as_deref())?;
+        act(
+            &self.state,
+            &self.caller,
+            &self.headers,
+            (c.id, &tenant),
+            agent,
+            kind,
+        )
+        .await
     }
 }
 
@@ -265,10 +290,12 @@ pub async fn assign(
             r#"give {"agent": "<id>"} or {"team": "<id>"}"#,
         ));
     }
-    check_agent(&state, b.agent.as_deref())?;
+    let (id, tenant) = find_id(&state, &caller, &raw).await?;
+    check_agent(&tenant, b.agent.as_deref())?;
+    let routing = &tenant.desk.routing;
     // Assigning names someone the router knows: with no agents configured, nobody.
     if let Some(agent) = &b.agent
-        && state.routing.agent(agent).is_none()
+        && routing.agent(agent).is_none()
     {
         return Err(ApiError::invalid(format!(
             "unknown agent {agent:?}; agents are configured under [[handoff.agents]]"
@@ -276,19 +303,19 @@ pub async fn assign(
     }
     limited("team", b.team.as_deref(), MAX_NAME)?;
     if let Some(team) = &b.team
-        && state.routing.team(team).is_none()
+        && routing.team(team).is_none()
     {
         // With no teams at all, a team would be a queue nobody serves.
         return Err(ApiError::invalid(format!(
             "unknown team {team:?}; teams are configured under [[handoff.teams]]"
         )));
     }
-    let c = existing(&state, &raw).await?;
+    let c = read(&state, &id).await?;
     act(
         &state,
         &caller,
         &headers,
-        c.id,
+        (c.id, &tenant),
         b.agent,
         AgentActionKind::Assign {
             team: b.team.map(Into::into),
@@ -309,8 +336,9 @@ pub async fn message(
 ) -> Result<Acted, ApiError> {
     let b: MessageBody = body(&bytes)?;
     let agent = b.agent.or_else(|| caller.agent.clone());
-    check_agent(&state, agent.as_deref())?;
-    let c = existing(&state, &raw).await?;
+    limited("agent", agent.as_deref(), MAX_NAME)?;
+    let (c, tenant) = existing(&state, &caller, &raw).await?;
+    check_agent(&tenant, agent.as_deref())?;
     let content = match (b.text, b.template) {
         (Some(text), None) => {
             let text = text.trim().to_owned();
@@ -321,7 +349,7 @@ pub async fn message(
             }
             let now = state.clock.now();
             if !c.window_open(now) {
-                let template = reengage_template(&state);
+                let template = reengage_template(&tenant);
                 return Err(ApiError::conflict(format!(
                     "the customer's 24-hour window is closed; only a template can reach them: send {{\"template\": {}}}",
                     template.unwrap_or_else(|| json!({"name": "…", "language": "…"}))
@@ -357,16 +385,16 @@ pub async fn message(
         &state,
         &caller,
         &headers,
-        c.id,
+        (c.id, &tenant),
         agent,
         AgentActionKind::Message { content },
     )
     .await
 }
 
-/// The template the flows configure for a closed window.
-fn reengage_template(state: &AppState) -> Option<Value> {
-    let bot = state.flows.as_ref()?.current();
+/// The template the tenant's flows configure for a closed window.
+fn reengage_template(tenant: &Tenant) -> Option<Value> {
+    let bot = tenant.responder.as_ref()?.flows().current();
     let (name, language) = bot.settings.window_template.clone()?;
     Some(json!({"name": name, "language": language}))
 }
@@ -376,12 +404,15 @@ fn reengage_template(state: &AppState) -> Option<Value> {
 /// to use once a window has closed.
 pub async fn queue(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    refuse_unknown(&params, &["team"])?;
+    refuse_unknown(&params, &["team", "tenant"])?;
+    let tenant = tenant_of_request(&state, &caller, params.get("tenant").map(String::as_str))?;
     let now = state.clock.now();
-    let entries = tandem_engine::router::queue(&*state.store, now).await?;
-    let template = reengage_template(&state);
+    let open = open_of(&state, &tenant).await?;
+    let entries = tandem_engine::router::queue(&open, now);
+    let template = reengage_template(&tenant);
     let items: Vec<Value> = entries
         .iter()
         .filter(|e| {
@@ -407,8 +438,30 @@ pub async fn queue(
     Ok(Json(json!({"queue": items})))
 }
 
-/// `GET /v1/agents`: configured agents with their availability and open conversations.
-pub async fn agents(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+/// The open conversations (waiting for or with a person) of `tenant`.
+async fn open_of(state: &AppState, tenant: &Tenant) -> Result<Vec<Conversation>, ApiError> {
+    let mut mine = Vec::new();
+    for c in tandem_engine::router::open_conversations(&*state.store).await? {
+        if state
+            .tenants
+            .of_number(c.id.phone_number_id())
+            .await
+            .is_some_and(|t| t.id == tenant.id)
+        {
+            mine.push(c);
+        }
+    }
+    Ok(mine)
+}
+
+/// `GET /v1/agents`: the tenant's agents with their availability and open conversations.
+pub async fn agents(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    refuse_unknown(&params, &["tenant"])?;
+    let tenant = tenant_of_request(&state, &caller, params.get("tenant").map(String::as_str))?;
     let states: HashMap<String, AgentState> = state
         .store
         .agents()
@@ -417,17 +470,18 @@ pub async fn agents(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
         .map(|s| (s.agent.clone(), s))
         .collect();
     let mut open: HashMap<String, u32> = HashMap::new();
-    for c in tandem_engine::router::open_conversations(&*state.store).await? {
+    for c in open_of(&state, &tenant).await? {
         if let Some(agent) = c.assignment().and_then(|a| a.agent.as_deref()) {
             *open.entry(agent.to_owned()).or_default() += 1;
         }
     }
-    let items: Vec<Value> = state
+    let items: Vec<Value> = tenant
+        .desk
         .routing
         .agents()
         .iter()
         .map(|a| {
-            let s = states.get(a.id.as_str());
+            let s = states.get(&tenant.agent_key(a.id.as_str()));
             json!({
                 "id": a.id,
                 "name": a.name,
@@ -448,9 +502,13 @@ pub async fn agents(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
 /// `PUT /v1/agents/{id}/availability` with `{"status": "online" | "away" | "offline"}`.
 pub async fn availability(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Query(params): Query<HashMap<String, String>>,
     Path(agent): Path<String>,
     bytes: Bytes,
 ) -> Result<(Extension<AuditNote>, Json<Value>), ApiError> {
+    refuse_unknown(&params, &["tenant"])?;
+    let tenant = tenant_of_request(&state, &caller, params.get("tenant").map(String::as_str))?;
     let b: AvailabilityBody = body(&bytes)?;
     let presence = Presence::parse(&b.status).ok_or_else(|| {
         ApiError::invalid(format!(
@@ -458,22 +516,23 @@ pub async fn availability(
             b.status
         ))
     })?;
-    if state.routing.agent(&agent).is_none() {
+    if tenant.desk.routing.agent(&agent).is_none() {
         return Err(ApiError::not_found(format!(
             "no agent {agent:?}; agents are configured under [[handoff.agents]]"
         )));
     }
+    let key = tenant.agent_key(&agent);
     let previous = state
         .store
         .agents()
         .await?
         .into_iter()
-        .find(|s| s.agent == agent);
+        .find(|s| s.agent == key);
     let now = state.clock.now();
     state
         .store
         .set_agent(AgentState {
-            agent: agent.clone(),
+            agent: key,
             presence,
             since: now,
             last_assigned_at: previous.and_then(|p| p.last_assigned_at),
@@ -483,6 +542,7 @@ pub async fn availability(
         target: Some(agent.clone()),
         agent: Some(agent.clone()),
         detail: Some(json!({"status": presence})),
+        tenant: Some(tenant.id.clone()),
     };
     Ok((
         Extension(note),
@@ -493,13 +553,16 @@ pub async fn availability(
 /// `GET /v1/hooks/dead`: hook deliveries given up on, most recent first.
 pub async fn dead_hooks(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     refuse_unknown(&params, &["limit"])?;
     let limit = parse_limit(params.get("limit"))?;
     let dead = state.store.dead_hooks(limit).await?;
+    // A tenant's token sees its own targets' deliveries (the page may hold fewer).
     let items: Vec<Value> = dead
         .iter()
+        .filter(|h| caller.sees(Tenants::tenant_of_hook(&h.target)))
         .map(|h| {
             json!({
                 "id": h.id,
@@ -520,9 +583,14 @@ pub async fn dead_hooks(
 /// `POST /v1/hooks/dead/{id}/redrive`: queue a dead delivery again, attempts reset.
 pub async fn redrive(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    if state.store.redrive_hook(&id, state.clock.now()).await? {
+    // A delivery's id ends with its target's outbox name (`{event id}.{target}`).
+    let target = id.split_once('.').map_or("", |(_, t)| t);
+    if caller.sees(Tenants::tenant_of_hook(target))
+        && state.store.redrive_hook(&id, state.clock.now()).await?
+    {
         Ok((StatusCode::ACCEPTED, Json(json!({"redriven": id}))))
     } else {
         Err(ApiError::not_found(format!("no dead hook delivery {id:?}")))

@@ -14,20 +14,23 @@
 //! Bad parameters get a 400 that says which parameter and why.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use serde::Serialize;
 use serde_json::{Value, json};
 use tandem_domain::{
     ContactUpdate, Conversation, ConversationId, CustomerId, DeliveryStatus, Identity, Mode,
     PausedBy, PhoneNumberId, Role, Timestamp, TranscriptEntry, Understood,
 };
-use tandem_store::{DEFAULT_TENANT, ListQuery, contact_for};
+use tandem_store::{ListQuery, contact_for};
 
 use super::AppState;
+use super::auth::{Caller, tenant_of_number, tenant_of_request};
 use crate::error::ApiError;
+use tandem_engine::Tenant;
 
 const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 500;
@@ -141,11 +144,15 @@ pub(crate) fn parse_id(raw: &str) -> Result<ConversationId, ApiError> {
         .map_err(|e| ApiError::invalid(format!("bad conversation id {raw:?}: {e}")))
 }
 
-/// Finds the customer a reference names: a phone or BSUID through the alias table, else
-/// Tandem's customer id as given.
-pub(crate) async fn customer_ref(state: &AppState, raw: &str) -> Result<CustomerId, ApiError> {
+/// Finds the customer of `tenant` a reference names: a phone or BSUID through the tenant's
+/// alias table, else Tandem's customer id as given.
+pub(crate) async fn customer_ref(
+    state: &AppState,
+    tenant: &Tenant,
+    raw: &str,
+) -> Result<CustomerId, ApiError> {
     if let Some(alias) = Identity::of(raw).and_then(|i| i.aliases().into_iter().next())
-        && let Some(customer) = state.store.customer_of(DEFAULT_TENANT, &alias).await?
+        && let Some(customer) = state.store.customer_of(&tenant.id, &alias).await?
     {
         return Ok(customer);
     }
@@ -153,11 +160,16 @@ pub(crate) async fn customer_ref(state: &AppState, raw: &str) -> Result<Customer
 }
 
 /// Reads a conversation reference `{phone_number_id}:{customer}`, where the customer is
-/// Tandem's customer id, a phone or a BSUID.
+/// Tandem's customer id, a phone or a BSUID of the number's tenant; answers it with the
+/// tenant.
 ///
 /// # Errors
-/// 400 when the reference is malformed.
-pub(crate) async fn find_id(state: &AppState, raw: &str) -> Result<ConversationId, ApiError> {
+/// 400 when the reference is malformed; 404 when the number's tenant is not the caller's.
+pub(crate) async fn find_id(
+    state: &AppState,
+    caller: &Caller,
+    raw: &str,
+) -> Result<(ConversationId, Arc<Tenant>), ApiError> {
     let (number, who) = raw.split_once(':').ok_or_else(|| {
         ApiError::invalid(format!(
             "bad conversation id {raw:?}: expected {{phone_number_id}}:{{customer id, phone or BSUID}}"
@@ -165,20 +177,29 @@ pub(crate) async fn find_id(state: &AppState, raw: &str) -> Result<ConversationI
     })?;
     let number = PhoneNumberId::parse(number)
         .map_err(|e| ApiError::invalid(format!("bad conversation id {raw:?}: {e}")))?;
-    Ok(ConversationId::new(number, customer_ref(state, who).await?))
+    let tenant = tenant_of_number(state, caller, &number, || {
+        format!("no conversation {number}:…")
+    })
+    .await?;
+    let customer = customer_ref(state, &tenant, who).await?;
+    Ok((ConversationId::new(number, customer), tenant))
 }
 
 /// Returns one customer: the identifiers WhatsApp showed, the names, and a summary of each of
 /// their conversations (one per business number).
 pub async fn customer(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Query(params): Query<HashMap<String, String>>,
     Path(raw): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let customer = customer_ref(&state, &raw).await?;
+    refuse_unknown(&params, &["tenant"])?;
+    let tenant = tenant_of_request(&state, &caller, params.get("tenant").map(String::as_str))?;
+    let customer = customer_ref(&state, &tenant, &raw).await?;
     let now = state.clock.now();
     let mut conversations = Vec::new();
     let mut card = None;
-    for number in state.store.numbers().await? {
+    for number in numbers_of(&state, &tenant).await? {
         let id = ConversationId::new(number.phone_number_id, customer.clone());
         if let Some(c) = state.store.conversation(&id).await? {
             let contact = contact_for(state.store.as_ref(), &c).await?;
@@ -193,9 +214,49 @@ pub async fn customer(
     ))
 }
 
-/// Lists conversations, optionally by mode, in id order with `after` paging.
+/// The numbers of `tenant` the store knows.
+pub(crate) async fn numbers_of(
+    state: &AppState,
+    tenant: &Tenant,
+) -> Result<Vec<tandem_store::NumberState>, ApiError> {
+    let mut mine = Vec::new();
+    for n in state.store.numbers().await? {
+        if state
+            .tenants
+            .of_number(&n.phone_number_id)
+            .await
+            .is_some_and(|t| t.id == tenant.id)
+        {
+            mine.push(n);
+        }
+    }
+    Ok(mine)
+}
+
+/// Keeps the conversations of `page` whose tenant the caller may see.
+async fn visible(state: &AppState, caller: &Caller, page: Vec<Conversation>) -> Vec<Conversation> {
+    if caller.sees_all() {
+        return page;
+    }
+    let mut kept = Vec::with_capacity(page.len());
+    for c in page {
+        if state
+            .tenants
+            .of_number(c.id.phone_number_id())
+            .await
+            .is_some_and(|t| caller.sees(&t.id))
+        {
+            kept.push(c);
+        }
+    }
+    kept
+}
+
+/// Lists conversations, optionally by mode, in id order with `after` paging; a tenant's
+/// token sees its tenant's (a page may then hold fewer than `limit`; follow `next`).
 pub async fn list(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     refuse_unknown(&params, &["mode", "limit", "after"])?;
@@ -211,26 +272,28 @@ pub async fn list(
         .store
         .list_conversations(&ListQuery { mode, after, limit })
         .await?;
+    let next = if page.len() == limit {
+        page.last().map(|c| c.id.to_string())
+    } else {
+        None
+    };
+    let page = visible(&state, &caller, page).await;
     let now = state.clock.now();
     let mut items = Vec::with_capacity(page.len());
     for c in &page {
         let contact = contact_for(state.store.as_ref(), c).await?;
         items.push(summary(c, contact.as_ref(), now));
     }
-    let next = if page.len() == limit {
-        page.last().map(|c| c.id.to_string())
-    } else {
-        None
-    };
     Ok(Json(json!({"conversations": items, "next": next})))
 }
 
 /// Returns one conversation's state and transcript.
 pub async fn get(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(raw): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = find_id(&state, &raw).await?;
+    let (id, tenant) = find_id(&state, &caller, &raw).await?;
     let conversation = state
         .store
         .conversation(&id)
@@ -243,6 +306,7 @@ pub async fn get(
             .map_err(|e| ApiError::Kind(tandem_domain::ErrorKind::Internal, e.to_string()))?;
     if let Some(object) = body.as_object_mut() {
         // The bot's side of the record; `outbox` and `handoff` only while there are some.
+        object.insert("tenant".into(), json!(tenant.id));
         object.insert("language".into(), json!(conversation.language));
         object.insert("opted_out".into(), json!(conversation.opted_out));
         object.insert("bot".into(), json!(conversation.bot));
@@ -264,12 +328,17 @@ pub async fn get(
     Ok(Json(body))
 }
 
-/// Lists dead letters, newest first.
+/// Lists dead letters, newest first. They are the deployment's (raw webhook input, some of
+/// numbers no tenant owns): a tenant's token is answered 404.
 pub async fn dead_letters(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     refuse_unknown(&params, &["limit"])?;
+    if !caller.sees_all() {
+        return Err(ApiError::not_found("no dead letters"));
+    }
     let limit = parse_limit(params.get("limit"))?;
     let letters = state.store.dead_letters(limit).await?;
     let items: Vec<Value> = letters
@@ -294,6 +363,7 @@ pub async fn dead_letters(
 /// did) or `all` (both; the default), oldest first per conversation.
 pub async fn review(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     refuse_unknown(&params, &["stage", "limit", "after"])?;
@@ -317,6 +387,12 @@ pub async fn review(
             limit,
         })
         .await?;
+    let next = if page.len() == limit {
+        page.last().map(|c| c.id.to_string())
+    } else {
+        None
+    };
+    let page = visible(&state, &caller, page).await;
     let mut messages = Vec::new();
     for c in &page {
         for e in &c.transcript {
@@ -339,19 +415,32 @@ pub async fn review(
             }));
         }
     }
-    let next = if page.len() == limit {
-        page.last().map(|c| c.id.to_string())
-    } else {
-        None
-    };
     Ok(Json(json!({"messages": messages, "next": next})))
 }
 
 /// Returns the recent events of an account (WABA id) or number (phone number id).
 pub async fn account(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    if !caller.sees_all() {
+        // A tenant's token reads its own numbers' and WABAs' events.
+        let number = PhoneNumberId::parse(&id).ok();
+        let owner = match number {
+            Some(n) => state.tenants.of_number(&n).await,
+            None => None,
+        };
+        let mine = owner.is_some_and(|t| caller.sees(&t.id))
+            || state
+                .tenants
+                .all()
+                .iter()
+                .any(|t| caller.sees(&t.id) && t.wabas.contains(&id));
+        if !mine {
+            return Err(ApiError::not_found(format!("no events for account {id:?}")));
+        }
+    }
     let found = state
         .store
         .account(&id)
@@ -367,15 +456,21 @@ pub async fn account(
 
 /// `GET /v1/numbers`: every business number's link state, phone and API activity and sends
 /// held back.
-pub async fn numbers(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+pub async fn numbers(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Value>, ApiError> {
     let now = state.clock.now();
-    let items: Vec<Value> = state
-        .store
-        .numbers()
-        .await?
-        .iter()
-        .map(|n| tandem_engine::health::number_view(n, now, state.send_rate))
-        .collect();
+    let mut items: Vec<Value> = Vec::new();
+    for n in state.store.numbers().await? {
+        let tenant = state.tenants.of_number(&n.phone_number_id).await;
+        if !caller.sees_all() && !tenant.as_ref().is_some_and(|t| caller.sees(&t.id)) {
+            continue;
+        }
+        let mut view = tandem_engine::health::number_view(&n, now, state.send_rate);
+        view["tenant"] = json!(tenant.map(|t| t.id.clone()));
+        items.push(view);
+    }
     Ok(Json(
         json!({"numbers": items, "sending": state.sending_problem.map_or("ok", |p| p)}),
     ))
@@ -384,10 +479,14 @@ pub async fn numbers(State(state): State<AppState>) -> Result<Json<Value>, ApiEr
 /// `GET /v1/numbers/{phone_number_id}`: one number's link state.
 pub async fn number(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(raw): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id = tandem_domain::PhoneNumberId::parse(&raw)
         .map_err(|e| ApiError::invalid(format!("bad phone number id {raw:?}: {e}")))?;
+    if !caller.sees_all() {
+        tenant_of_number(&state, &caller, &id, || format!("no number {id} seen yet")).await?;
+    }
     let found = state
         .store
         .number(&id)

@@ -3,15 +3,43 @@
 //! token without the scope a 403, a token past `api.rate_limit` requests a second a 429 with
 //! `Retry-After`. In dev mode (no token configured) the API is open, and limited as one
 //! token named `dev`.
+//!
+//! A token may be limited to tenants (every token in a tenant's file is limited to it). What
+//! belongs to another tenant — a conversation, customer, number, agent, hook delivery or
+//! audit entry — is answered 404, as if it did not exist, never 403.
+
+use std::sync::{Arc, PoisonError, RwLock};
 
 use axum::extract::{Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::Response;
+use tandem_engine::Tenant;
 
 use super::{AppState, secret_matches};
-use crate::config::Scope;
+use crate::config::{ApiToken, Scope};
 use crate::error::ApiError;
+
+/// The API tokens in force: the deployment's and every tenant's (replaced on reload).
+#[derive(Debug, Clone, Default)]
+pub struct TokenBook(Arc<RwLock<Arc<Vec<ApiToken>>>>);
+
+impl TokenBook {
+    /// A book holding `tokens`.
+    pub fn new(tokens: Vec<ApiToken>) -> Self {
+        Self(Arc::new(RwLock::new(Arc::new(tokens))))
+    }
+
+    /// The tokens in force.
+    pub fn current(&self) -> Arc<Vec<ApiToken>> {
+        Arc::clone(&self.0.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Puts `tokens` in force.
+    pub fn replace(&self, tokens: Vec<ApiToken>) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(tokens);
+    }
+}
 
 /// Who called, as later handlers see it (a request extension).
 #[derive(Debug, Clone)]
@@ -20,6 +48,71 @@ pub struct Caller {
     pub name: String,
     /// The agent the token belongs to, if it is one agent's.
     pub agent: Option<String>,
+    /// The tenants the token is limited to; `None`: every tenant.
+    pub tenants: Option<Vec<String>>,
+}
+
+impl Caller {
+    /// True when the caller may see tenant `id`.
+    pub fn sees(&self, id: &str) -> bool {
+        self.tenants
+            .as_ref()
+            .is_none_or(|list| list.iter().any(|t| t == id))
+    }
+
+    /// True when the caller sees every tenant (a deployment's token).
+    pub fn sees_all(&self) -> bool {
+        self.tenants.is_none()
+    }
+}
+
+/// The tenant a request acts in when it names no conversation or number: `?tenant=` when
+/// given (404 when the caller may not see it), else the caller's only tenant, else the
+/// deployment's single tenant.
+///
+/// # Errors
+/// 404 for a tenant the caller may not see or that does not exist; 400 when the caller
+/// sees several tenants and named none.
+pub fn tenant_of_request(
+    state: &AppState,
+    caller: &Caller,
+    named: Option<&str>,
+) -> Result<Arc<Tenant>, ApiError> {
+    let all = state.tenants.all();
+    let id = match (named, &caller.tenants) {
+        (Some(id), _) => id.to_owned(),
+        (None, Some(list)) if list.len() == 1 => list[0].clone(),
+        (None, _) if state.tenants.is_single() && all.len() == 1 => all[0].id.clone(),
+        (None, _) => {
+            return Err(ApiError::invalid(
+                "this deployment serves several tenants: name one with ?tenant=",
+            ));
+        }
+    };
+    state
+        .tenants
+        .get(&id)
+        .filter(|t| caller.sees(&t.id))
+        .ok_or_else(|| ApiError::not_found(format!("no tenant {id}")))
+}
+
+/// The tenant owning `number`, when the caller may see it.
+///
+/// # Errors
+/// 404 (`what` names the thing not found) when no tenant owns the number or the caller may
+/// not see its tenant.
+pub async fn tenant_of_number(
+    state: &AppState,
+    caller: &Caller,
+    number: &tandem_domain::PhoneNumberId,
+    what: impl FnOnce() -> String,
+) -> Result<Arc<Tenant>, ApiError> {
+    state
+        .tenants
+        .of_number(number)
+        .await
+        .filter(|t| caller.sees(&t.id))
+        .ok_or_else(|| ApiError::not_found(what()))
 }
 
 fn presented(request: &Request) -> &str {
@@ -40,15 +133,16 @@ async fn require(
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let caller = if state.api_tokens.is_empty() {
+    let tokens = state.api_tokens.current();
+    let caller = if tokens.is_empty() {
         Caller {
             name: "dev".into(),
             agent: None,
+            tenants: None,
         }
     } else {
         let token = presented(&request);
-        let found = state
-            .api_tokens
+        let found = tokens
             .iter()
             .find(|t| secret_matches(&t.token, token))
             .ok_or(ApiError::Unauthorized)?;
@@ -58,6 +152,7 @@ async fn require(
         Caller {
             name: found.name.clone(),
             agent: found.agent.clone(),
+            tenants: found.tenants.clone(),
         }
     };
     if let Some(limiter) = &state.api_limiter

@@ -15,6 +15,7 @@ use tandem_engine::onboarding::{OnboardError, OnboardRequest};
 use tandem_whatsapp::SendError;
 
 use super::AppState;
+use super::auth::{Caller, tenant_of_request};
 use super::privacy::AuditNote;
 use crate::error::ApiError;
 
@@ -29,6 +30,8 @@ struct OnboardBody {
     access_token: Option<String>,
     /// An Embedded Signup code, exchanged for the business's token.
     code: Option<String>,
+    /// The tenant the number joins; default: the token's only tenant, or the single one.
+    tenant: Option<String>,
 }
 
 /// Maps a Graph API failure of onboarding to the API's answer: Meta's refusals (an expired
@@ -72,10 +75,12 @@ pub(crate) async fn number_with_onboarding(
 /// (`access_token`, shown once: Tandem does not keep it).
 pub async fn onboard(
     State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
     bytes: Bytes,
 ) -> Result<(StatusCode, axum::Extension<AuditNote>, Json<Value>), ApiError> {
     let body: OnboardBody = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::invalid(format!("bad JSON body: {e}")))?;
+    let tenant = tenant_of_request(&state, &caller, body.tenant.as_deref())?;
     let number = PhoneNumberId::parse(&body.phone_number_id).map_err(|e| {
         ApiError::invalid(format!(
             "bad phone_number_id {:?}: {e}",
@@ -85,6 +90,15 @@ pub async fn onboard(
     if body.waba_id.is_empty() || !body.waba_id.chars().all(|c| c.is_ascii_digit()) {
         return Err(ApiError::invalid(format!(
             "waba_id must be the account's numeric id, got {:?}",
+            body.waba_id
+        )));
+    }
+    // A number another tenant owns is not this tenant's to onboard.
+    if let Some(owner) = state.tenants.owner(&number, Some(&body.waba_id))
+        && owner.id != tenant.id
+    {
+        return Err(ApiError::conflict(format!(
+            "number {number} (WABA {}) belongs to another tenant",
             body.waba_id
         )));
     }
@@ -109,11 +123,12 @@ pub async fn onboard(
                 .map_err(|e| graph_failure("exchange_code", &e))?;
             (token, true)
         }
-        (None, None) => match &onboarding.access_token {
-            Some(token) => (token.clone(), false),
+        (None, None) => match &tenant.graph {
+            Some(graph) => (graph.token().clone(), false),
             None => {
                 return Err(ApiError::invalid(
-                    "no token: give access_token or code, or set TANDEM_ACCESS_TOKEN".to_owned(),
+                    "no token: give access_token or code, or configure the tenant's access token"
+                        .to_owned(),
                 ));
             }
         },
@@ -125,6 +140,7 @@ pub async fn onboard(
         waba: body.waba_id.clone(),
         coexistence: body.coexistence,
         token: token.clone(),
+        tenant: (!state.tenants.is_single()).then(|| tenant.id.clone()),
     };
     let clock = state.clock.clone();
     let onboarded = tandem_engine::onboarding::onboard(
@@ -138,7 +154,11 @@ pub async fn onboard(
         OnboardError::Graph { step, error } => graph_failure(step, &error),
         OnboardError::Store(error) => ApiError::from(error),
     })?;
+    if !state.tenants.is_single() {
+        state.tenants.remember(&number, &tenant.id);
+    }
     let mut view = number_with_onboarding(&state, &onboarded).await?;
+    view["tenant"] = json!(tenant.id);
     if exchanged {
         use secrecy::ExposeSecret;
         view["access_token"] = json!(token.expose_secret());
@@ -147,6 +167,7 @@ pub async fn onboard(
         target: Some(number.to_string()),
         agent: None,
         detail: Some(json!({"waba_id": body.waba_id, "first": first, "code_exchanged": exchanged})),
+        tenant: Some(tenant.id.clone()),
     };
     let status = if first {
         StatusCode::CREATED

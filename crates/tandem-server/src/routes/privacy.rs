@@ -18,11 +18,11 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tandem_domain::{ConversationId, Timestamp};
-use tandem_store::{AuditEntry, DEFAULT_TENANT};
+use tandem_store::AuditEntry;
 
 use super::AppState;
-use super::api::{customer_ref, refuse_unknown};
-use super::auth::Caller;
+use super::api::{customer_ref, numbers_of, refuse_unknown};
+use super::auth::{Caller, tenant_of_request};
 use super::openapi::Route;
 use crate::error::ApiError;
 
@@ -35,6 +35,8 @@ pub struct AuditNote {
     pub agent: Option<String>,
     /// Facts without personal data.
     pub detail: Option<Value>,
+    /// The tenant the action was taken in.
+    pub tenant: Option<String>,
 }
 
 /// Writes an audit entry for the action `route` once it is answered (after authentication,
@@ -54,9 +56,18 @@ pub async fn record(
         .get::<AuditNote>()
         .cloned()
         .unwrap_or_default();
+    // The tenant acted in: as the handler resolved it, else the token's only tenant.
+    let tenant = note.tenant.clone().or_else(|| {
+        caller
+            .as_ref()
+            .and_then(|c| c.tenants.as_ref())
+            .filter(|list| list.len() == 1)
+            .map(|list| list[0].clone())
+    });
     let (actor, token_agent) = caller.map_or(("unknown".to_owned(), None), |c| (c.name, c.agent));
     let entry = AuditEntry {
         id: 0,
+        tenant,
         at: state.clock.now(),
         actor,
         agent: note.agent.or(token_agent),
@@ -134,13 +145,17 @@ fn percent_decode(raw: &str) -> String {
 /// Answers the counts of what was removed; 404 when no such customer is known.
 pub async fn erase(
     State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Query(params): Query<HashMap<String, String>>,
     Path(raw): Path<String>,
 ) -> Result<(StatusCode, axum::Extension<AuditNote>, Json<Value>), ApiError> {
-    let customer = customer_ref(&state, &raw).await?;
+    refuse_unknown(&params, &["tenant"])?;
+    let tenant = tenant_of_request(&state, &caller, params.get("tenant").map(String::as_str))?;
+    let customer = customer_ref(&state, &tenant, &raw).await?;
     // What the API knows of the customer's identifiers, for the receivers to find their copy.
     let mut identity = tandem_domain::Identity::default();
     let mut found = false;
-    for number in state.store.numbers().await? {
+    for number in numbers_of(&state, &tenant).await? {
         let id = ConversationId::new(number.phone_number_id, customer.clone());
         if let Some(c) = state.store.conversation(&id).await? {
             found = true;
@@ -151,11 +166,7 @@ pub async fn erase(
         }
     }
     // Its identifiers as the alias table has them (also for a customer with no conversation).
-    for alias in state
-        .store
-        .customer_aliases(DEFAULT_TENANT, &customer)
-        .await?
-    {
+    for alias in state.store.customer_aliases(&tenant.id, &customer).await? {
         found = true;
         let as_identity = tandem_domain::Identity::of(&alias.value).unwrap_or_default();
         identity.phone = identity.phone.or(as_identity.phone);
@@ -169,7 +180,7 @@ pub async fn erase(
     identifiers["id"] = json!(customer.as_str());
     let report = tandem_engine::privacy::erase_customer(
         state.store.as_ref(),
-        &state.hooks,
+        &tenant,
         customer.clone(),
         identifiers,
         state.clock.now(),
@@ -181,6 +192,7 @@ pub async fn erase(
         target: Some(customer.to_string()),
         agent: None,
         detail: Some(counts.clone()),
+        tenant: Some(tenant.id.clone()),
     };
     Ok((
         StatusCode::OK,
@@ -211,8 +223,10 @@ const MAX_AUDIT_PAGE: usize = 10_000;
 /// `GET /v1/audit?since=&after=&limit=`: audit entries from `since` (default: the
 /// beginning), in time order, as JSON lines (`application/x-ndjson`). A full page carries
 /// `X-Next-Since` and `X-Next-After`: pass them as `since` and `after` for the next page.
+/// A tenant's token reads its tenant's entries (a page may then hold fewer than `limit`).
 pub async fn audit(
     State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     refuse_unknown(&params, &["since", "after", "limit"])?;
@@ -240,7 +254,9 @@ pub async fn audit(
     };
     let entries = state.store.audit(since, after, limit).await?;
     let mut body = String::new();
-    for entry in &entries {
+    let mine =
+        |e: &&AuditEntry| caller.sees_all() || e.tenant.as_deref().is_some_and(|t| caller.sees(t));
+    for entry in entries.iter().filter(mine) {
         let mut line = serde_json::to_value(entry).unwrap_or_else(|_| json!({}));
         line["at"] = json!(super::api::rfc3339(entry.at));
         body.push_str(&line.to_string());

@@ -1,0 +1,621 @@
+//! Tenants on disk and in force: reading `tenants/<id>/tandem.toml` (with the tenant's
+//! `flows/`), building each tenant's parts, and putting changes in force without a restart.
+//!
+//! A tenant file holds what is the business's own; everything else (store, Meta app,
+//! engine, LLM, prompts) is the deployment's and shared:
+//!
+//! ```toml
+//! numbers = ["106540000000001"]      # phone number ids it owns
+//! wabas = ["102290129340398"]        # and every number of these WABAs
+//! send_rate = 20                     # messages a second per number (default: engine.send_rate)
+//! [meta]
+//! access_token_env = "ACME_ACCESS_TOKEN"   # or access_token_file = "token" (relative to the tenant's directory)
+//! [flows]
+//! dir = "flows"                      # default: <tenant>/flows when it exists
+//! [handoff]                          # teams, agents, rules: as in tandem.toml
+//! [[hooks]]                          # as in tandem.toml
+//! [[api.tokens]]                     # as in tandem.toml; limited to this tenant
+//! [health]                           # reminder_to, reminder_template, reminder_language
+//! ```
+//!
+//! Reloading ([`Declared::reload`]) rebuilds only the tenants whose files changed. A tenant
+//! whose new files are invalid keeps running as it was (a new one is not added), and the
+//! error is logged and counted; a change that would give one number to two tenants is
+//! refused whole.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use anyhow::Context;
+use secrecy::SecretString;
+use serde::Deserialize;
+use tandem_domain::{Clock, PhoneNumberId};
+use tandem_engine::sender::LinkCache;
+use tandem_engine::{
+    Desk, EngineConfig, FlowsHandle, Responder, SendPolicy, Sender, Tenant, TenantParts, Tenants,
+};
+use tandem_store::Store;
+use tandem_whatsapp::GraphClient;
+
+use crate::config::{
+    ApiToken, ConfigError, FlowsSection, HealthSection, HookSection, Settings, TokenSection,
+};
+use crate::routes::auth::TokenBook;
+
+/// The name of a tenant's configuration file inside its directory.
+pub const FILE: &str = "tandem.toml";
+
+/// A tenant as configured, checked, before its clients are built.
+#[derive(Debug, Clone)]
+pub struct TenantSpec {
+    /// The tenant's id (its directory's name).
+    pub id: String,
+    /// Phone number ids it owns.
+    pub numbers: Vec<PhoneNumberId>,
+    /// WABAs it owns.
+    pub wabas: Vec<String>,
+    /// The Cloud API token its sends carry; none: it cannot send.
+    pub access_token: Option<SecretString>,
+    /// Its flows; none: its lanes only record.
+    pub flows_dir: Option<PathBuf>,
+    /// Its teams, agents and rules.
+    pub routing: tandem_handoff::Routing,
+    /// Its hook targets, with the names it gave them.
+    pub hooks: Vec<tandem_handoff::HookTarget>,
+    /// Its API tokens (each limited to it).
+    pub api_tokens: Vec<ApiToken>,
+    /// The owner's reminder to open the Business App.
+    pub reminder: Option<tandem_engine::health::Reminder>,
+    /// Messages a second per number.
+    pub send_rate: u32,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantFile {
+    #[serde(default)]
+    numbers: Vec<String>,
+    #[serde(default)]
+    wabas: Vec<String>,
+    send_rate: Option<u32>,
+    #[serde(default)]
+    meta: TenantMeta,
+    #[serde(default)]
+    flows: FlowsSection,
+    #[serde(default)]
+    handoff: tandem_handoff::RoutingConfig,
+    #[serde(default)]
+    hooks: Vec<HookSection>,
+    #[serde(default)]
+    api: TenantApi,
+    #[serde(default)]
+    health: HealthSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantMeta {
+    access_token_env: Option<String>,
+    access_token_file: Option<PathBuf>,
+    // Present only to refuse it with a helpful message.
+    access_token: Option<toml::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantApi {
+    #[serde(default)]
+    tokens: Vec<TokenSection>,
+}
+
+impl TenantSpec {
+    /// The implicit tenant of a single-business deployment: the top-level settings.
+    pub fn implicit(settings: &Settings) -> Self {
+        Self {
+            id: tandem_engine::tenants::DEFAULT_TENANT.to_owned(),
+            numbers: Vec::new(),
+            wabas: Vec::new(),
+            access_token: settings.access_token.clone(),
+            flows_dir: settings.flows_dir.clone(),
+            routing: settings.routing.clone(),
+            hooks: settings.hooks.clone(),
+            api_tokens: Vec::new(),
+            reminder: settings.health.reminder.clone(),
+            send_rate: settings.engine.send_rate,
+        }
+    }
+
+    /// Reads and checks the tenant in `dir` (its id is the directory's name); relative paths
+    /// in its file are read from `dir`. Errors name the file and the key.
+    ///
+    /// # Errors
+    /// The first problem found.
+    pub fn load(
+        dir: &Path,
+        env: &HashMap<String, String>,
+        settings: &Settings,
+    ) -> Result<Self, ConfigError> {
+        let path = dir.join(FILE);
+        let at =
+            |e: ConfigError| ConfigError::new(format!("{}: {}", path.display(), e.key), e.message);
+        let id = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        if !tandem_engine::tenants::valid_id(&id) {
+            return Err(ConfigError::new(
+                dir.display().to_string(),
+                format!(
+                    "{id:?} is not a tenant id: name the directory with 1 to 63 lowercase letters, digits, '-' and '_'"
+                ),
+            ));
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            ConfigError::new(
+                path.display().to_string(),
+                format!("cannot read the file: {e}"),
+            )
+        })?;
+        let file: TenantFile = toml::from_str(&text).map_err(|e| {
+            let mut message = e.message().to_owned();
+            if let Some(span) = e.span() {
+                let line = text[..span.start.min(text.len())].lines().count().max(1);
+                message = format!("line {line}: {message}");
+            }
+            ConfigError::new(path.display().to_string(), message)
+        })?;
+        crate::config::refuse_inline(
+            "meta.access_token",
+            "access_token_env",
+            file.meta.access_token.as_ref(),
+        )
+        .map_err(at)?;
+        let mut numbers = Vec::new();
+        for raw in &file.numbers {
+            numbers.push(
+                PhoneNumberId::parse(raw)
+                    .map_err(|e| at(ConfigError::new("numbers", format!("{raw:?}: {e}"))))?,
+            );
+        }
+        if let Some(bad) = file
+            .wabas
+            .iter()
+            .find(|w| w.is_empty() || !w.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return Err(at(ConfigError::new(
+                "wabas",
+                format!("{bad:?} is not a WABA id (digits)"),
+            )));
+        }
+        let access_token = match (&file.meta.access_token_env, &file.meta.access_token_file) {
+            (Some(var), _) => {
+                let token =
+                    crate::config::secret(env, var, "meta.access_token", None).map_err(at)?;
+                Some(token.ok_or_else(|| {
+                    at(ConfigError::new(
+                        "meta.access_token_env",
+                        format!("{var} is not set"),
+                    ))
+                })?)
+            }
+            (None, Some(file)) => crate::config::secret(
+                &HashMap::new(),
+                "",
+                "meta.access_token",
+                Some(&dir.join(file)),
+            )
+            .map_err(at)?,
+            (None, None) => None,
+        };
+        let flows_dir = match file.flows.dir {
+            Some(flows) => {
+                let flows = dir.join(flows);
+                if !flows.is_dir() {
+                    return Err(at(ConfigError::new(
+                        "flows.dir",
+                        format!("{} is not a directory", flows.display()),
+                    )));
+                }
+                Some(flows)
+            }
+            None => Some(dir.join("flows")).filter(|d| d.is_dir()),
+        };
+        let routing = crate::config::routing(file.handoff).map_err(at)?;
+        // A tenant's hooks are its own: the deployment's TANDEM_HOOK_URL is not one of them.
+        let mut hook_env = env.clone();
+        hook_env.remove("TANDEM_HOOK_URL");
+        let mut hooks = file.hooks;
+        for h in &mut hooks {
+            h.rebase(dir);
+        }
+        let hooks = crate::config::hook_targets(&hook_env, hooks).map_err(at)?;
+        let mut tokens = file.api.tokens;
+        for t in &mut tokens {
+            t.rebase(dir, &id);
+        }
+        let api_tokens = crate::config::api_tokens(env, None, tokens).map_err(at)?;
+        let reminder = crate::config::health_config(file.health)
+            .map_err(at)?
+            .reminder;
+        let send_rate = file.send_rate.unwrap_or(settings.engine.send_rate);
+        if send_rate == 0 {
+            return Err(at(ConfigError::new("send_rate", "must be at least 1")));
+        }
+        Ok(Self {
+            id,
+            numbers,
+            wabas: file.wabas,
+            access_token,
+            flows_dir,
+            routing,
+            hooks,
+            api_tokens,
+            reminder,
+            send_rate,
+        })
+    }
+}
+
+/// Every subdirectory of `dir` holding a tenant file, by name.
+pub fn tenant_dirs(dir: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.join(FILE).is_file())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// What building a tenant needs besides its spec; shared by every tenant.
+#[derive(Debug, Clone)]
+pub struct TenantBuilder {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+    /// The Graph API client whose connections every tenant shares.
+    pub graph: GraphClient,
+    /// The engine's settings.
+    pub engine: EngineConfig,
+    /// Variables flows may read.
+    pub flow_variables: BTreeMap<String, String>,
+    /// The LLM stage, shared.
+    pub llm: Option<Arc<tandem_classify::llm::LlmClassifier>>,
+    /// The HTTP client of flows' `call` steps.
+    pub calls: reqwest::Client,
+    /// Link states shared with the health monitor.
+    pub links: LinkCache,
+}
+
+impl TenantBuilder {
+    /// Builds the tenant of `spec`: loads its flows (training its local model) and makes its
+    /// sender and desk.
+    ///
+    /// # Errors
+    /// Its flows are invalid (the error lists each problem with its file, line and column).
+    pub fn build(&self, spec: &TenantSpec) -> anyhow::Result<Tenant> {
+        let flows = match &spec.flows_dir {
+            Some(dir) => {
+                let loaded = tandem_flows::load_dir(dir, &self.flow_variables).map_err(|e| {
+                    anyhow::anyhow!("the flows in {} are invalid:\n{e}", dir.display())
+                })?;
+                for warning in &loaded.warnings {
+                    tracing::warn!(tenant = %spec.id, %warning, "flow warning");
+                }
+                Some(FlowsHandle::new(loaded.bot))
+            }
+            None => None,
+        };
+        let graph = spec
+            .access_token
+            .as_ref()
+            .map(|token| self.graph.with_token(token.clone()));
+        let policy = SendPolicy {
+            per_second: spec.send_rate,
+            max_attempts: self.engine.send_attempts,
+            base_backoff: self.engine.send_backoff,
+            max_backoff: Duration::from_secs(300),
+            recovery: self.engine.send_recovery,
+            transcript_cap: self.engine.transcript_cap,
+            hold_retry: self.engine.hold_retry,
+            authentication_templates: self.engine.authentication_templates.clone(),
+        };
+        // Without a token the sender still runs: sends fail visibly in the transcript.
+        let sender_graph = graph
+            .clone()
+            .unwrap_or_else(|| self.graph.with_token(SecretString::from(String::new())));
+        let sender = Sender::new(
+            Arc::clone(&self.store),
+            sender_graph,
+            flows.clone(),
+            policy,
+            Arc::clone(&self.clock),
+        )
+        .with_links(self.links.clone());
+        let responder = flows.map(|handle| {
+            let responder = Responder::new(handle, self.calls.clone());
+            match &self.llm {
+                Some(llm) => responder.with_llm(Arc::clone(llm)),
+                None => responder,
+            }
+        });
+        let probe = Tenant::new(&spec.id, TenantParts::default(), &self.engine);
+        let hooks: Vec<_> = spec
+            .hooks
+            .iter()
+            .cloned()
+            .map(|mut h| {
+                h.name = probe.hook_name(&h.name);
+                h
+            })
+            .collect();
+        let parts = TenantParts {
+            numbers: spec.numbers.clone(),
+            wabas: spec.wabas.clone(),
+            responder,
+            sender: Some(sender),
+            graph,
+            desk: Desk {
+                routing: Arc::new(spec.routing.clone()),
+                hooks: Arc::new(tandem_handoff::Hooks::new(
+                    hooks,
+                    self.engine.hook_transcript,
+                )),
+            },
+            reminder: spec.reminder.clone(),
+        };
+        Ok(Tenant::new(&spec.id, parts, &self.engine))
+    }
+}
+
+/// Names, sizes and modification times of every file under `dir`: changes when a file is
+/// added, removed or edited.
+fn fingerprint(dir: &Path) -> Fingerprint {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d)
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+        {
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else {
+                out.push((entry.path(), meta.len(), meta.modified().ok()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The files of a tenant directory as last looked at.
+type Fingerprint = Vec<(PathBuf, u64, Option<std::time::SystemTime>)>;
+
+/// A tenant in force and the files it was built from.
+struct Running {
+    fingerprint: Fingerprint,
+    tenant: Arc<Tenant>,
+    tokens: Vec<ApiToken>,
+}
+
+impl Running {
+    fn again(&self) -> Self {
+        Self {
+            fingerprint: self.fingerprint.clone(),
+            tenant: Arc::clone(&self.tenant),
+            tokens: self.tokens.clone(),
+        }
+    }
+}
+
+/// What one reload did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Tenants put in force for the first time.
+    pub added: Vec<String>,
+    /// Tenants rebuilt from changed files.
+    pub changed: Vec<String>,
+    /// Tenants whose directory is gone.
+    pub removed: Vec<String>,
+    /// Tenants whose files are invalid (`tenant: error`); the running version stays.
+    pub refused: Vec<String>,
+}
+
+impl ReloadReport {
+    /// True when nothing changed and nothing was refused.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty()
+            && self.changed.is_empty()
+            && self.removed.is_empty()
+            && self.refused.is_empty()
+    }
+}
+
+/// The declared tenants of a deployment: the directory they are read from and the ones in
+/// force.
+pub struct Declared {
+    dir: PathBuf,
+    env: HashMap<String, String>,
+    settings: Arc<Settings>,
+    builder: TenantBuilder,
+    tenants: Tenants,
+    tokens: TokenBook,
+    /// The deployment's own tokens (every tenant's are added to them).
+    deployment_tokens: Vec<ApiToken>,
+    running: Mutex<BTreeMap<String, Running>>,
+    /// Tenants whose files were refused, with those files: looked at again when they change.
+    broken: Mutex<HashMap<String, Fingerprint>>,
+}
+
+impl std::fmt::Debug for Declared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Declared")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Declared {
+    /// Loads the tenants in `settings.tenants_dir`. A tenant that cannot be loaded is left
+    /// out (logged, counted, its webhooks kept as dead letters) so one business's broken
+    /// file does not stop the others.
+    ///
+    /// # Errors
+    /// Two tenants claim one number or WABA.
+    pub fn start(
+        dir: PathBuf,
+        env: HashMap<String, String>,
+        settings: Arc<Settings>,
+        builder: TenantBuilder,
+        tokens: TokenBook,
+    ) -> anyhow::Result<(Arc<Self>, ReloadReport)> {
+        let tenants = Tenants::declared(Vec::new())
+            .context("an empty set of tenants")?
+            .with_store(Arc::clone(&builder.store));
+        let declared = Arc::new(Self {
+            dir,
+            env,
+            deployment_tokens: settings.api_tokens.clone(),
+            settings,
+            builder,
+            tenants,
+            tokens,
+            running: Mutex::default(),
+            broken: Mutex::default(),
+        });
+        let report = declared.reload().context("loading the tenants")?;
+        Ok((declared, report))
+    }
+
+    /// The tenants in force.
+    pub fn tenants(&self) -> &Tenants {
+        &self.tenants
+    }
+
+    /// Reads the tenants' directory again and puts what changed in force.
+    ///
+    /// # Errors
+    /// The new set gives one number or WABA to two tenants: nothing changed.
+    pub fn reload(&self) -> Result<ReloadReport, tandem_engine::tenants::DirectoryError> {
+        let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut broken = self.broken.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut next: BTreeMap<String, Running> = BTreeMap::new();
+        let mut report = ReloadReport::default();
+        for dir in tenant_dirs(&self.dir) {
+            let id = dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_owned();
+            let print = fingerprint(&dir);
+            let unchanged = running.get(&id).is_some_and(|old| old.fingerprint == print)
+                || broken.get(&id) == Some(&print);
+            if unchanged {
+                if let Some(old) = running.get(&id) {
+                    next.insert(id, old.again());
+                }
+                continue;
+            }
+            let built = TenantSpec::load(&dir, &self.env, &self.settings)
+                .map_err(anyhow::Error::from)
+                .and_then(|spec| Ok((self.builder.build(&spec)?, spec.api_tokens)));
+            match built {
+                Ok((tenant, tokens)) => {
+                    broken.remove(&id);
+                    if running.contains_key(&id) {
+                        report.changed.push(id.clone());
+                    } else {
+                        report.added.push(id.clone());
+                    }
+                    next.insert(
+                        id,
+                        Running {
+                            fingerprint: print,
+                            tenant: Arc::new(tenant),
+                            tokens,
+                        },
+                    );
+                }
+                Err(error) => {
+                    ::metrics::counter!(crate::metrics::TENANT_RELOADS, "outcome" => "refused")
+                        .increment(1);
+                    tracing::error!(tenant = %id, error = %format!("{error:#}"), "tenant not (re)loaded: its running version, if any, stays in force");
+                    report.refused.push(format!("{id}: {error:#}"));
+                    broken.insert(id.clone(), print);
+                    if let Some(old) = running.get(&id) {
+                        next.insert(id, old.again());
+                    }
+                }
+            }
+        }
+        report.removed = running
+            .keys()
+            .filter(|id| !next.contains_key(*id))
+            .cloned()
+            .collect();
+        self.tenants
+            .replace(next.values().map(|r| Arc::clone(&r.tenant)).collect())?;
+        let mut tokens = self.deployment_tokens.clone();
+        tokens.extend(next.values().flat_map(|r| r.tokens.iter().cloned()));
+        self.tokens.replace(tokens);
+        *running = next;
+        if !(report.added.is_empty() && report.changed.is_empty() && report.removed.is_empty()) {
+            ::metrics::counter!(crate::metrics::TENANT_RELOADS, "outcome" => "ok").increment(1);
+        }
+        ::metrics::gauge!(crate::metrics::TENANTS).set(running.len() as f64);
+        Ok(report)
+    }
+
+    /// Reloads on SIGHUP and when a file under the tenants' directory changes.
+    pub fn watch(self: &Arc<Self>, every: Duration) {
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            #[cfg(unix)]
+            let mut hangups = {
+                use tokio::signal::unix::{SignalKind, signal};
+                signal(SignalKind::hangup()).ok()
+            };
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                #[cfg(unix)]
+                let hangup = async {
+                    match hangups.as_mut() {
+                        Some(s) => s.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                #[cfg(not(unix))]
+                let hangup = std::future::pending::<Option<()>>();
+                tokio::select! {
+                    got = hangup => if got.is_none() { return },
+                    _ = tick.tick() => {}
+                }
+                let me = Arc::clone(&this);
+                // Building a tenant trains its model: off the async workers.
+                let outcome = tokio::task::spawn_blocking(move || me.reload()).await;
+                match outcome {
+                    Ok(Ok(report)) if report.is_empty() => {}
+                    Ok(Ok(report)) => {
+                        tracing::info!(added = ?report.added, changed = ?report.changed, removed = ?report.removed, refused = report.refused.len(), "tenants reloaded")
+                    }
+                    Ok(Err(error)) => {
+                        ::metrics::counter!(crate::metrics::TENANT_RELOADS, "outcome" => "refused")
+                            .increment(1);
+                        tracing::error!(%error, "tenants not reloaded: the tenants in force stay");
+                    }
+                    Err(error) => tracing::error!(%error, "the tenant reload stopped"),
+                }
+            }
+        });
+    }
+}
