@@ -603,28 +603,99 @@ fn check(args: &CheckArgs, env: &HashMap<String, String>) -> ExitCode {
         "tandem: configuration is valid (store: {})",
         tandem_server::startup::redact(&settings.store_url)
     );
-    let Some(dir) = settings.flows_dir else {
-        eprintln!("tandem: no flows directory (./flows does not exist): nothing else to check");
-        return ExitCode::SUCCESS;
+    let mut ok = match &settings.flows_dir {
+        Some(dir) => check_flows(dir, &settings.flow_variables, "tandem"),
+        None if settings.tenants_dir.is_none() => {
+            eprintln!("tandem: no flows directory (./flows does not exist): nothing else to check");
+            true
+        }
+        None => true,
     };
-    match tandem_flows::load_dir(&dir, &settings.flow_variables) {
+    if let Some(dir) = &settings.tenants_dir {
+        ok &= check_tenants(dir, env, &settings);
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Checks the flows in `dir`, printing each problem with its place; `who` starts the lines.
+fn check_flows(
+    dir: &std::path::Path,
+    variables: &std::collections::BTreeMap<String, String>,
+    who: &str,
+) -> bool {
+    match tandem_flows::load_dir(dir, variables) {
         Ok(loaded) => {
             for warning in &loaded.warnings {
                 eprintln!("{warning}");
             }
             eprintln!(
-                "tandem: {} flows in {} are valid ({} warning(s))",
+                "{who}: {} flows in {} are valid ({} warning(s))",
                 loaded.bot.flows.len(),
                 dir.display(),
                 loaded.warnings.len()
             );
-            ExitCode::SUCCESS
+            true
         }
         Err(error) => {
             eprintln!("{error}");
-            ExitCode::FAILURE
+            false
         }
     }
+}
+
+/// Checks every tenant in `dir`: its file, its flows, and that no number or WABA is claimed
+/// by two tenants.
+fn check_tenants(
+    dir: &std::path::Path,
+    env: &HashMap<String, String>,
+    settings: &tandem_server::Settings,
+) -> bool {
+    use tandem_server::tenants::{TenantSpec, tenant_dirs};
+    let mut ok = true;
+    let mut claims = Vec::new();
+    let dirs = tenant_dirs(dir);
+    for tenant_dir in &dirs {
+        match TenantSpec::load(tenant_dir, env, settings) {
+            Ok(spec) => {
+                let who = format!("tenant {}", spec.id);
+                if let Some(flows) = &spec.flows_dir {
+                    ok &= check_flows(flows, &settings.flow_variables, &who);
+                } else {
+                    eprintln!(
+                        "{who}: no flows directory: its conversations are recorded, the bot does not answer"
+                    );
+                }
+                claims.push(std::sync::Arc::new(tandem_engine::Tenant::new(
+                    &spec.id,
+                    tandem_engine::TenantParts {
+                        numbers: spec.numbers,
+                        wabas: spec.wabas,
+                        ..tandem_engine::TenantParts::default()
+                    },
+                    &settings.engine,
+                )));
+            }
+            Err(error) => {
+                eprintln!("tandem: {error}");
+                ok = false;
+            }
+        }
+    }
+    if let Err(error) = tandem_engine::Tenants::declared(claims) {
+        eprintln!("tandem: {error}");
+        ok = false;
+    }
+    eprintln!(
+        "tandem: {} tenant(s) in {}{}",
+        dirs.len(),
+        dir.display(),
+        if ok { ", all valid" } else { "" }
+    );
+    ok
 }
 
 fn run(settings: tandem_server::Settings) -> anyhow::Result<()> {

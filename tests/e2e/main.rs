@@ -27,5 +27,6 @@ mod onboarding;
 mod replicas;
 mod security;
 mod standin;
+mod tenants;
 mod upgrade;
 mod webhook;

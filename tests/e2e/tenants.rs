@@ -1,0 +1,484 @@
+//! Two businesses on one deployment (`tenants/acme`, `tenants/bolt`), one customer phone
+//! writing to both: each tenant's flows answer the same question their own way, its sends
+//! carry its own token (checked at the Graph stand-in), its hooks go to its own receiver, its
+//! agents see only its queue, and its API token gets 404 for the other's conversations,
+//! agents, numbers, hook deliveries and audit entries. A webhook of a number nobody owns is
+//! kept as a dead letter. Tenant files are reloaded without a restart: a change takes effect,
+//! a broken file is refused (the running tenant keeps answering), a new tenant is added.
+//! Run on both stores.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::{API_TOKEN, Backend, Server, Spec, now_secs, wait_for};
+use crate::standin::{Graph, HookReceiver, Shop};
+
+const DEADLINE: Duration = Duration::from_secs(20);
+const ACME_NUMBER: &str = "106540000000001";
+const BOLT_NUMBER: &str = "106540000000002";
+const CORA_NUMBER: &str = "106540000000003";
+const STRAY_NUMBER: &str = "106540000000009";
+const PHONE: &str = "15550002222";
+const ACME_API: &str = "acme-api-token";
+const BOLT_API: &str = "bolt-api-token";
+
+/// A customer text from `PHONE` to `number` of WABA `waba`, sent now.
+fn text_to(number: &str, waba: &str, id: &str, body: &str) -> Vec<u8> {
+    let value = json!({"messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "15550001111", "phone_number_id": number},
+        "contacts": [{"profile": {"name": "Ana"}, "wa_id": PHONE}],
+        "messages": [{"from": PHONE, "id": id, "timestamp": now_secs().to_string(), "type": "text", "text": {"body": body}}]});
+    serde_json::to_vec(&json!({"object": "whatsapp_business_account",
+        "entry": [{"id": waba, "changes": [{"field": "messages", "value": value}]}]}))
+    .unwrap()
+}
+
+/// One tenant as the test writes it.
+struct TenantFiles<'a> {
+    id: &'a str,
+    number: &'a str,
+    waba: &'a str,
+    /// Replaces the shop's address in the shipped flows.
+    address: &'a str,
+    agent: &'a str,
+    hook_url: &'a str,
+}
+
+/// Writes tenant `t`: the shipped flows with its address, its agent in team support, a hook
+/// receiver and an API token (secrets from `{ID}_…` variables).
+fn write_tenant(root: &Path, t: &TenantFiles<'_>) {
+    let TenantFiles {
+        id,
+        number,
+        waba,
+        address,
+        agent,
+        hook_url,
+    } = *t;
+    let dir = root.join(id);
+    let flows = dir.join("flows");
+    std::fs::create_dir_all(&flows).unwrap();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("flows");
+    for entry in std::fs::read_dir(shipped).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let text = text.replace("Rua das Flores 12", address);
+            std::fs::write(flows.join(path.file_name().unwrap()), text).unwrap();
+        }
+    }
+    let upper = id.to_uppercase();
+    let config = format!(
+        r#"numbers = ["{number}"]
+wabas = ["{waba}"]
+
+[meta]
+access_token_env = "{upper}_ACCESS_TOKEN"
+
+[[handoff.teams]]
+id = "support"
+
+[[handoff.agents]]
+id = "{agent}"
+teams = ["support"]
+
+[[hooks]]
+name = "crm"
+url = "{hook_url}"
+secret_env = "{upper}_HOOK_SECRET"
+
+[[api.tokens]]
+name = "{id}-desk"
+token_env = "{upper}_API_TOKEN"
+scopes = ["read", "agent", "admin"]
+"#
+    );
+    std::fs::write(dir.join("tandem.toml"), config).unwrap();
+}
+
+async fn call(server: &Server, method: reqwest::Method, path: &str, token: &str) -> (u16, Value) {
+    call_with(server, method, path, token, "{}").await
+}
+
+async fn call_with(
+    server: &Server,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    body: &'static str,
+) -> (u16, Value) {
+    let response = server
+        .client
+        .request(method, server.url(path))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+async fn get(server: &Server, path: &str, token: &str) -> (u16, Value) {
+    call(server, reqwest::Method::GET, path, token).await
+}
+
+/// Waits until the Graph stand-in got a text to `number` containing `needle`; returns the
+/// authorization it carried.
+async fn sent_to(graph: &Graph, number: &str, needle: &str) -> Option<String> {
+    wait_for(
+        &format!("a send to {number} saying {needle:?}"),
+        DEADLINE,
+        || async {
+            graph
+                .requests()
+                .into_iter()
+                .find(|r| {
+                    r.phone_number_id == number
+                        && r.body["text"]["body"]
+                            .as_str()
+                            .is_some_and(|t| t.contains(needle))
+                })
+                .map(|r| r.authorization)
+        },
+    )
+    .await
+}
+
+async fn two_businesses_on_one_deployment(backend: Backend) {
+    let graph = Graph::start().await;
+    let shop = Shop::start(Duration::ZERO).await;
+    let acme_hooks = HookReceiver::start().await;
+    let bolt_hooks = HookReceiver::start().await;
+    let root = tempfile::tempdir().unwrap();
+    let tenants = root.path().join("tenants");
+    write_tenant(
+        &tenants,
+        &TenantFiles {
+            id: "acme",
+            number: ACME_NUMBER,
+            waba: "104810000000001",
+            address: "Acme Street 1",
+            agent: "ana",
+            hook_url: &acme_hooks.url,
+        },
+    );
+    write_tenant(
+        &tenants,
+        &TenantFiles {
+            id: "bolt",
+            number: BOLT_NUMBER,
+            waba: "104810000000002",
+            address: "Bolt Avenue 2",
+            agent: "bruno",
+            hook_url: &bolt_hooks.url,
+        },
+    );
+    let mut spec = Spec::new(backend);
+    for (k, v) in [
+        ("TANDEM_TENANTS", tenants.to_str().unwrap()),
+        ("TANDEM_GRAPH_URL", graph.url.as_str()),
+        ("TANDEM_FLOW_SHOP_API", shop.url.as_str()),
+        ("ACME_ACCESS_TOKEN", "acme-graph-token"),
+        ("BOLT_ACCESS_TOKEN", "bolt-graph-token"),
+        ("CORA_ACCESS_TOKEN", "cora-graph-token"),
+        ("ACME_HOOK_SECRET", "acme-hook-secret"),
+        ("BOLT_HOOK_SECRET", "bolt-hook-secret"),
+        ("CORA_HOOK_SECRET", "cora-hook-secret"),
+        ("ACME_API_TOKEN", ACME_API),
+        ("BOLT_API_TOKEN", BOLT_API),
+        ("CORA_API_TOKEN", "cora-api-token"),
+    ] {
+        spec.env.push((k.into(), v.into()));
+    }
+    let server = Server::start(spec);
+
+    // The same question to both businesses from the same phone: each answers its own way,
+    // through its own token.
+    for (number, waba, id) in [
+        (ACME_NUMBER, "104810000000001", "wamid.acme1"),
+        (BOLT_NUMBER, "104810000000002", "wamid.bolt1"),
+    ] {
+        let body = text_to(number, waba, id, "what are your opening hours?");
+        assert_eq!(server.post_signed(&body).await.status(), 200);
+    }
+    assert_eq!(
+        sent_to(&graph, ACME_NUMBER, "Acme Street 1")
+            .await
+            .as_deref(),
+        Some("Bearer acme-graph-token")
+    );
+    assert_eq!(
+        sent_to(&graph, BOLT_NUMBER, "Bolt Avenue 2")
+            .await
+            .as_deref(),
+        Some("Bearer bolt-graph-token")
+    );
+    assert!(
+        !graph.texts().iter().any(|t| t.contains("Rua das Flores")),
+        "no tenant answered with the other's or the shipped flows"
+    );
+
+    // One phone, two customers: each tenant resolves it to its own customer id, and neither
+    // token sees the other's conversation.
+    let acme_conv = format!("/v1/conversations/{ACME_NUMBER}:{PHONE}");
+    let bolt_conv = format!("/v1/conversations/{BOLT_NUMBER}:{PHONE}");
+    let (status, acme_view) = get(&server, &acme_conv, ACME_API).await;
+    assert_eq!(status, 200, "{acme_view}");
+    assert_eq!(acme_view["tenant"], "acme");
+    let (status, bolt_view) = get(&server, &bolt_conv, BOLT_API).await;
+    assert_eq!(status, 200, "{bolt_view}");
+    assert_ne!(acme_view["customer"]["id"], bolt_view["customer"]["id"]);
+    assert_eq!(get(&server, &bolt_conv, ACME_API).await.0, 404);
+    assert_eq!(get(&server, &acme_conv, BOLT_API).await.0, 404);
+    let takeover = format!("{bolt_conv}/takeover");
+    let (status, _) = call(&server, reqwest::Method::POST, &takeover, ACME_API).await;
+    assert_eq!(status, 404, "acting on another tenant's conversation");
+    let (_, listed) = get(&server, "/v1/conversations", ACME_API).await;
+    let ids: Vec<&str> = listed["conversations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["id"].as_str())
+        .collect();
+    assert!(
+        !ids.is_empty() && ids.iter().all(|id| id.starts_with(ACME_NUMBER)),
+        "{listed}"
+    );
+    let (_, numbers) = get(&server, "/v1/numbers", BOLT_API).await;
+    let shown: Vec<&str> = numbers["numbers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n["phone_number_id"].as_str())
+        .collect();
+    assert_eq!(shown, [BOLT_NUMBER], "{numbers}");
+    assert_eq!(
+        get(&server, &format!("/v1/numbers/{ACME_NUMBER}"), BOLT_API)
+            .await
+            .0,
+        404
+    );
+
+    // Each tenant's agents, queue and hooks are its own.
+    let (_, agents) = get(&server, "/v1/agents", ACME_API).await;
+    assert_eq!(agents["agents"][0]["id"], "ana", "{agents}");
+    assert_eq!(agents["agents"].as_array().unwrap().len(), 1);
+    let availability = "/v1/agents/bruno/availability";
+    let away = r#"{"status": "away"}"#;
+    let (status, _) = call_with(&server, reqwest::Method::PUT, availability, ACME_API, away).await;
+    assert_eq!(status, 404, "another tenant's agent");
+    let (status, _) = call_with(&server, reqwest::Method::PUT, availability, BOLT_API, away).await;
+    assert_eq!(status, 200, "its own agent");
+    let online = r#"{"status": "online"}"#;
+    let (status, _) = call_with(
+        &server,
+        reqwest::Method::PUT,
+        availability,
+        BOLT_API,
+        online,
+    )
+    .await;
+    assert_eq!(status, 200);
+    for (number, waba, id) in [
+        (ACME_NUMBER, "104810000000001", "wamid.acme2"),
+        (BOLT_NUMBER, "104810000000002", "wamid.bolt2"),
+    ] {
+        let body = text_to(number, waba, id, "agent");
+        assert_eq!(server.post_signed(&body).await.status(), 200);
+    }
+    for (receiver, number, agent) in [
+        (&acme_hooks, ACME_NUMBER, "ana"),
+        (&bolt_hooks, BOLT_NUMBER, "bruno"),
+    ] {
+        let assigned = wait_for("the tenant's assignment hook", DEADLINE, || async {
+            receiver
+                .delivered()
+                .into_iter()
+                .find(|h| h.event == "conversation.assigned")
+        })
+        .await;
+        assert_eq!(assigned.body["agent"], agent, "{}", assigned.body);
+        assert!(
+            receiver
+                .delivered()
+                .iter()
+                .all(|h| h.body["conversation"]["id"]
+                    .as_str()
+                    .is_none_or(|c| c.starts_with(number))),
+            "a receiver got another tenant's hook"
+        );
+    }
+    let (_, agents) = get(&server, "/v1/agents", BOLT_API).await;
+    assert_eq!(agents["agents"][0]["id"], "bruno");
+    assert_eq!(agents["agents"][0]["open_conversations"], 1, "{agents}");
+    // A deployment token names the tenant it means.
+    let (status, _) = get(&server, "/v1/agents", API_TOKEN).await;
+    assert_eq!(status, 400);
+    let (status, agents) = get(&server, "/v1/agents?tenant=acme", API_TOKEN).await;
+    assert_eq!(
+        (status, agents["agents"][0]["id"].clone()),
+        (200, json!("ana"))
+    );
+    assert_eq!(
+        get(&server, "/v1/agents?tenant=acme", BOLT_API).await.0,
+        404
+    );
+
+    // Audit entries are the tenant's own.
+    let (status, _) = call(
+        &server,
+        reqwest::Method::POST,
+        &format!("{acme_conv}/release"),
+        ACME_API,
+    )
+    .await;
+    assert_eq!(status, 202);
+    let release = format!("{bolt_conv}/release");
+    let (status, _) = call(&server, reqwest::Method::POST, &release, BOLT_API).await;
+    assert_eq!(status, 202);
+    let (_, bolt_audit) = get(&server, "/v1/audit", BOLT_API).await;
+    let (_, acme_audit) = get(&server, "/v1/audit", ACME_API).await;
+    let text = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+    let (acme_audit, bolt_audit) = (text(&acme_audit), text(&bolt_audit));
+    for (tenant, mine, log) in [
+        ("acme", ACME_NUMBER, &acme_audit),
+        ("bolt", BOLT_NUMBER, &bolt_audit),
+    ] {
+        assert!(
+            log.contains("conversation.release") && log.contains(mine),
+            "{log}"
+        );
+        for line in log.lines() {
+            let entry: Value = serde_json::from_str(line).unwrap();
+            assert_eq!(
+                entry["tenant"], tenant,
+                "another tenant's audit entry: {line}"
+            );
+            assert_eq!(entry["actor"], format!("{tenant}-desk"), "{line}");
+        }
+    }
+    let (_, all) = get(&server, "/v1/audit", API_TOKEN).await;
+    assert!(text(&all).contains(ACME_NUMBER) && text(&all).contains(BOLT_NUMBER));
+
+    // A number nobody owns: answered 200, kept whole as a dead letter, counted; only a
+    // deployment token reads the list.
+    let stray = text_to(STRAY_NUMBER, "104810000000009", "wamid.stray1", "hello?");
+    assert_eq!(server.post_signed(&stray).await.status(), 200);
+    let (_, letters) = get(&server, "/v1/dead-letters", API_TOKEN).await;
+    let letter = &letters["dead_letters"][0];
+    assert_eq!(letter["reason"], "unknown_number", "{letters}");
+    assert!(letter["detail"].as_str().unwrap().contains(STRAY_NUMBER));
+    assert!(letter["body"].as_str().unwrap().contains("wamid.stray1"));
+    assert_eq!(get(&server, "/v1/dead-letters", ACME_API).await.0, 404);
+    assert!(
+        server
+            .metric("tandem_webhook_unknown_number_events_total")
+            .await
+            >= 1.0
+    );
+    assert!(
+        server
+            .metric(r#"tandem_webhook_events_total{field="messages",tenant="bolt""#)
+            .await
+            >= 2.0
+    );
+
+    // Reloads without a restart: bolt's new address is used; acme's broken file is refused
+    // and acme keeps answering; a new tenant is added and its number answered. Tenants are
+    // read in name order, so the reload that refuses acme's file has seen bolt's change.
+    let reloads = r#"tandem_tenant_reloads_total{outcome="ok""#;
+    let loaded = server.metric(reloads).await;
+    let bolt_hours = tenants.join("bolt/flows/hours.yaml");
+    let changed = std::fs::read_to_string(&bolt_hours)
+        .unwrap()
+        .replace("Bolt Avenue 2", "Bolt Square 3");
+    std::fs::write(&bolt_hours, changed).unwrap();
+    std::fs::write(
+        tenants.join("acme/tandem.toml"),
+        "numbers = [\"not a number\"]\n",
+    )
+    .unwrap();
+    wait_for(
+        "acme's broken file refused, bolt's change in force",
+        DEADLINE,
+        || async {
+            let refused = server
+                .metric(r#"tandem_tenant_reloads_total{outcome="refused""#)
+                .await;
+            let ok = server.metric(reloads).await;
+            (refused >= 1.0 && ok > loaded).then_some(())
+        },
+    )
+    .await;
+    let body = text_to(
+        BOLT_NUMBER,
+        "104810000000002",
+        "wamid.bolt3",
+        "opening hours",
+    );
+    assert_eq!(server.post_signed(&body).await.status(), 200);
+    sent_to(&graph, BOLT_NUMBER, "Bolt Square 3").await;
+    write_tenant(
+        &tenants,
+        &TenantFiles {
+            id: "cora",
+            number: CORA_NUMBER,
+            waba: "104810000000003",
+            address: "Cora Lane 4",
+            agent: "carla",
+            hook_url: &acme_hooks.url,
+        },
+    );
+    wait_for("cora added", DEADLINE, || async {
+        (server.metric("tandem_tenants").await >= 3.0).then_some(())
+    })
+    .await;
+    let body = text_to(
+        ACME_NUMBER,
+        "104810000000001",
+        "wamid.acme3",
+        "opening hours",
+    );
+    assert_eq!(server.post_signed(&body).await.status(), 200);
+    let acme_replies = || {
+        graph
+            .texts()
+            .iter()
+            .filter(|t| t.contains("Acme Street 1"))
+            .count()
+    };
+    wait_for("acme still answering", DEADLINE, || async {
+        (acme_replies() >= 2).then_some(())
+    })
+    .await;
+    let body = text_to(
+        CORA_NUMBER,
+        "104810000000003",
+        "wamid.cora1",
+        "opening hours",
+    );
+    assert_eq!(server.post_signed(&body).await.status(), 200);
+    assert_eq!(
+        sent_to(&graph, CORA_NUMBER, "Cora Lane 4").await.as_deref(),
+        Some("Bearer cora-graph-token")
+    );
+}
+
+#[tokio::test]
+async fn two_businesses_on_one_deployment_embedded() {
+    let dir = tempfile::tempdir().unwrap();
+    two_businesses_on_one_deployment(Backend::embedded(dir.path())).await;
+}
+
+#[tokio::test]
+async fn two_businesses_on_one_deployment_redis() {
+    two_businesses_on_one_deployment(Backend::redis()).await;
+}
