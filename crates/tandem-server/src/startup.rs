@@ -303,38 +303,15 @@ fn spawn_reload_on_sighup(
     };
     let watched = handle;
     tokio::spawn(async move {
-        #[cfg(unix)]
-        let mut hangups = {
-            use tokio::signal::unix::{SignalKind, signal};
-            match signal(SignalKind::hangup()) {
-                Ok(s) => Some(s),
-                Err(error) => {
-                    tracing::warn!(%error, "cannot listen for SIGHUP; flows reload on file changes only");
-                    None
-                }
-            }
-        };
+        let mut triggers = ReloadTriggers::new(FLOWS_POLL);
         let mut last = dir_fingerprint();
-        let mut tick = tokio::time::interval(FLOWS_POLL);
-        loop {
-            #[cfg(unix)]
-            let hangup = async {
-                match hangups.as_mut() {
-                    Some(s) => s.recv().await,
-                    None => std::future::pending().await,
-                }
-            };
-            #[cfg(not(unix))]
-            let hangup = std::future::pending::<Option<()>>();
-            tokio::select! {
-                got = hangup => {
-                    if got.is_none() {
-                        return;
-                    }
+        while let Some(trigger) = triggers.next().await {
+            match trigger {
+                Trigger::Hangup => {
                     last = dir_fingerprint();
                     reload_now("SIGHUP", &watched);
                 }
-                _ = tick.tick() => {
+                Trigger::Tick => {
                     let now = dir_fingerprint();
                     if now != last {
                         last = now;
@@ -344,6 +321,61 @@ fn spawn_reload_on_sighup(
             }
         }
     });
+}
+
+/// What asks for a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Trigger {
+    /// The process got SIGHUP.
+    Hangup,
+    /// The polling interval passed: look for changed files.
+    Tick,
+}
+
+/// SIGHUP and a polling interval, the two reasons to look at configuration files again.
+pub(crate) struct ReloadTriggers {
+    #[cfg(unix)]
+    hangups: Option<tokio::signal::unix::Signal>,
+    tick: tokio::time::Interval,
+}
+
+impl ReloadTriggers {
+    /// Listens for SIGHUP (where it can) and ticks every `every`.
+    pub(crate) fn new(every: std::time::Duration) -> Self {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self {
+            #[cfg(unix)]
+            hangups: {
+                use tokio::signal::unix::{SignalKind, signal};
+                match signal(SignalKind::hangup()) {
+                    Ok(s) => Some(s),
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot listen for SIGHUP; reloads happen on file changes only");
+                        None
+                    }
+                }
+            },
+            tick,
+        }
+    }
+
+    /// The next trigger; `None` once signals can no longer arrive (the runtime is stopping).
+    pub(crate) async fn next(&mut self) -> Option<Trigger> {
+        #[cfg(unix)]
+        let hangup = async {
+            match self.hangups.as_mut() {
+                Some(s) => s.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hangup = std::future::pending::<Option<()>>();
+        tokio::select! {
+            got = hangup => got.map(|()| Trigger::Hangup),
+            _ = self.tick.tick() => Some(Trigger::Tick),
+        }
+    }
 }
 
 /// Names, sizes and modification times of the YAML files in `dir`: changes when a flow file

@@ -579,27 +579,8 @@ impl Declared {
     pub fn watch(self: &Arc<Self>, every: Duration) {
         let this = Arc::clone(self);
         tokio::spawn(async move {
-            #[cfg(unix)]
-            let mut hangups = {
-                use tokio::signal::unix::{SignalKind, signal};
-                signal(SignalKind::hangup()).ok()
-            };
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                #[cfg(unix)]
-                let hangup = async {
-                    match hangups.as_mut() {
-                        Some(s) => s.recv().await,
-                        None => std::future::pending().await,
-                    }
-                };
-                #[cfg(not(unix))]
-                let hangup = std::future::pending::<Option<()>>();
-                tokio::select! {
-                    got = hangup => if got.is_none() { return },
-                    _ = tick.tick() => {}
-                }
+            let mut triggers = crate::startup::ReloadTriggers::new(every);
+            while triggers.next().await.is_some() {
                 let me = Arc::clone(&this);
                 // Building a tenant trains its model: off the async workers.
                 let outcome = tokio::task::spawn_blocking(move || me.reload()).await;
