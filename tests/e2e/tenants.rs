@@ -482,3 +482,143 @@ async fn two_businesses_on_one_deployment_embedded() {
 async fn two_businesses_on_one_deployment_redis() {
     two_businesses_on_one_deployment(Backend::redis()).await;
 }
+
+/// An `account_update` webhook: Embedded Signup shared WABA `waba` with the partner.
+fn partner_added(waba: &str) -> Vec<u8> {
+    serde_json::to_vec(
+        &json!({"object": "whatsapp_business_account", "entry": [{"id": waba,
+        "time": now_secs(), "changes": [{"field": "account_update", "value": {
+            "event": "PARTNER_ADDED",
+            "waba_info": {"waba_id": waba, "owner_business_id": "880000000000001"}}}]}]}),
+    )
+    .unwrap()
+}
+
+/// Embedded Signup shares a new WABA: its tenant is created from the template, and its
+/// numbers are answered with the template's bot and token. Then the tenant is removed with
+/// its data: its customers are erased (with the hook), its directory set aside, and its
+/// numbers' webhooks dead-lettered again.
+async fn a_tenant_created_on_signup_and_removed_with_its_data(backend: Backend) {
+    const WABA: &str = "104810000000007";
+    const NUMBER: &str = "106540000000007";
+    let graph = Graph::start().await;
+    let shop = Shop::start(Duration::ZERO).await;
+    let hooks = HookReceiver::start().await;
+    let root = tempfile::tempdir().unwrap();
+    let tenants = root.path().join("tenants");
+    write_tenant(
+        &tenants,
+        &TenantFiles {
+            id: "_template",
+            number: "106540000000099",
+            waba: "104810000000099",
+            address: "Template Road 5",
+            agent: "tina",
+            hook_url: &hooks.url,
+        },
+    );
+    // The template owns nothing itself: the new tenant's WABA is added to it.
+    let template = tenants.join("_template/tandem.toml");
+    let text = std::fs::read_to_string(&template).unwrap();
+    let text = text
+        .replace("numbers = [\"106540000000099\"]\n", "")
+        .replace("wabas = [\"104810000000099\"]\n", "");
+    std::fs::write(&template, text).unwrap();
+    let mut spec = Spec::new(backend);
+    for (k, v) in [
+        ("TANDEM_TENANTS", tenants.to_str().unwrap()),
+        ("TANDEM_TENANTS_AUTO_CREATE", "true"),
+        ("TANDEM_GRAPH_URL", graph.url.as_str()),
+        ("TANDEM_FLOW_SHOP_API", shop.url.as_str()),
+        ("_TEMPLATE_ACCESS_TOKEN", "partner-system-token"),
+        ("_TEMPLATE_HOOK_SECRET", "partner-hook-secret"),
+        ("_TEMPLATE_API_TOKEN", "partner-desk-token"),
+    ] {
+        spec.env.push((k.into(), v.into()));
+    }
+    let server = Server::start(spec);
+    let (_, listed) = get(&server, "/v1/tenants", API_TOKEN).await;
+    assert_eq!(listed["tenants"], json!([]), "the template is not a tenant");
+
+    // Before the WABA is shared: nobody's.
+    let first = text_to(NUMBER, WABA, "wamid.signup1", "opening hours");
+    assert_eq!(server.post_signed(&first).await.status(), 200);
+    let (_, letters) = get(&server, "/v1/dead-letters", API_TOKEN).await;
+    assert_eq!(letters["dead_letters"][0]["reason"], "unknown_number");
+
+    // Shared: the tenant appears (once, even when Meta retries the webhook).
+    for _ in 0..2 {
+        assert_eq!(server.post_signed(&partner_added(WABA)).await.status(), 200);
+    }
+    let id = format!("waba-{WABA}");
+    wait_for("the tenant created", DEADLINE, || async {
+        let (_, listed) = get(&server, "/v1/tenants", API_TOKEN).await;
+        (listed["tenants"][0]["id"] == id.as_str()).then_some(())
+    })
+    .await;
+    assert_eq!(server.metric("tandem_tenants_created_total").await, 1.0);
+    let second = text_to(NUMBER, WABA, "wamid.signup2", "opening hours");
+    assert_eq!(server.post_signed(&second).await.status(), 200);
+    assert_eq!(
+        sent_to(&graph, NUMBER, "Template Road 5").await.as_deref(),
+        Some("Bearer partner-system-token")
+    );
+    let conversation = format!("/v1/conversations/{NUMBER}:{PHONE}");
+    let (status, view) = get(&server, &conversation, API_TOKEN).await;
+    assert_eq!((status, view["tenant"].clone()), (200, json!(id)));
+
+    // Removing: a tenant's own token cannot; a deployment token erases it all.
+    let path = format!("/v1/tenants/{id}");
+    let (status, _) = call(
+        &server,
+        reqwest::Method::DELETE,
+        &path,
+        "partner-desk-token",
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, removed) = call(&server, reqwest::Method::DELETE, &path, API_TOKEN).await;
+    assert_eq!(status, 200, "{removed}");
+    assert_eq!(removed["removed"]["customers"], 1, "{removed}");
+    assert_eq!(
+        removed["removed"]["erased"]["conversations"], 1,
+        "{removed}"
+    );
+    let erased = wait_for("the customer.erased hook", DEADLINE, || async {
+        hooks
+            .delivered()
+            .into_iter()
+            .find(|h| h.event == "customer.erased")
+    })
+    .await;
+    assert_eq!(erased.body["customer"]["phone"], PHONE, "{}", erased.body);
+    let (_, all) = get(&server, "/v1/conversations", API_TOKEN).await;
+    assert_eq!(all["conversations"], json!([]), "{all}");
+    assert!(!tenants.join(&id).exists());
+    assert!(tenants.join(".removed").read_dir().unwrap().count() == 1);
+    let (_, listed) = get(&server, "/v1/tenants", API_TOKEN).await;
+    assert_eq!(listed["tenants"], json!([]));
+    let third = text_to(NUMBER, WABA, "wamid.signup3", "hello again");
+    assert_eq!(server.post_signed(&third).await.status(), 200);
+    let (_, letters) = get(&server, "/v1/dead-letters", API_TOKEN).await;
+    let newest = &letters["dead_letters"][0];
+    assert_eq!(newest["reason"], "unknown_number");
+    assert!(newest["body"].as_str().unwrap().contains("wamid.signup3"));
+    assert_eq!(
+        call(&server, reqwest::Method::DELETE, &path, API_TOKEN)
+            .await
+            .0,
+        404
+    );
+}
+
+#[tokio::test]
+async fn a_tenant_created_on_signup_and_removed_with_its_data_embedded() {
+    let dir = tempfile::tempdir().unwrap();
+    a_tenant_created_on_signup_and_removed_with_its_data(Backend::embedded(dir.path())).await;
+}
+
+#[tokio::test]
+async fn a_tenant_created_on_signup_and_removed_with_its_data_redis() {
+    a_tenant_created_on_signup_and_removed_with_its_data(Backend::redis()).await;
+}

@@ -35,6 +35,18 @@ pub struct Ingress {
     numbers: Arc<std::sync::Mutex<NumberBook>>,
     /// Each tenant's customer resolution, created on first use.
     identities: Arc<std::sync::Mutex<std::collections::HashMap<String, Identities>>>,
+    /// Told of every account event once it is stored (not of Meta's retries of it).
+    account_listener: Option<AccountListener>,
+}
+
+/// Something told of account events (`account_update`) once they are stored.
+#[derive(Clone)]
+pub struct AccountListener(pub Arc<dyn Fn(&tandem_domain::AccountUpdate) + Send + Sync>);
+
+impl std::fmt::Debug for AccountListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AccountListener")
+    }
 }
 
 /// What this process already told the store about numbers, so a busy number costs one
@@ -77,7 +89,16 @@ impl Ingress {
             rules,
             numbers: Arc::default(),
             identities: Arc::default(),
+            account_listener: None,
         }
+    }
+
+    /// Tells `listener` of every account event once it is stored, once (a retry of it is a
+    /// duplicate and not told). It runs on the webhook's path: it must not block.
+    #[must_use]
+    pub fn with_account_listener(mut self, listener: AccountListener) -> Self {
+        self.account_listener = Some(listener);
+        self
     }
 
     /// The tenants this ingress attributes events to.
@@ -205,7 +226,7 @@ impl Ingress {
     ) -> Result<IngressReport, StoreError> {
         let parsed = self
             .attribute(parse_webhook(body, received_at), body, received_at)
-            .await;
+            .await?;
         // Customers first: resolving is idempotent, so a failure here (503, Meta retries)
         // or a crash before the delivery is stored loses nothing and duplicates nothing.
         let lookups: Vec<(&str, &CustomerLookup)> = parsed
@@ -278,6 +299,15 @@ impl Ingress {
                 _ => None,
             })
             .collect();
+        let accounts: Vec<Option<tandem_domain::AccountUpdate>> = events
+            .iter()
+            .map(|(e, _)| match e {
+                WebhookEvent::Account { update, .. } if self.account_listener.is_some() => {
+                    Some(update.clone())
+                }
+                _ => None,
+            })
+            .collect();
         let items = events
             .into_iter()
             .map(|(e, tenant)| {
@@ -299,6 +329,15 @@ impl Ingress {
             .await?;
         if dropped > 0 {
             ::metrics::counter!(metrics::ERASED_DROPPED).increment(dropped);
+        }
+        if let Some(listener) = &self.account_listener {
+            for (update, outcome) in accounts.iter().zip(&outcome.outcomes) {
+                if let Some(update) = update
+                    && *outcome != ItemOutcome::Duplicate
+                {
+                    (listener.0)(update);
+                }
+            }
         }
 
         let mut report = IngressReport::default();
@@ -409,12 +448,18 @@ impl Ingress {
 
     /// Pairs each event with the tenant owning its business number. Events of numbers no
     /// tenant owns become one dead letter (the whole body, so nothing is lost) naming them.
+    /// A number placed by its WABA has that WABA recorded in the store before the delivery
+    /// is, so every lane (of any replica) finds the same tenant.
+    ///
+    /// # Errors
+    /// Recording a number's WABA failed (answered 503: Meta retries).
     async fn attribute(
         &self,
         events: Vec<WebhookEvent>,
         body: &[u8],
         received_at: Timestamp,
-    ) -> Vec<(WebhookEvent, Option<Arc<Tenant>>)> {
+    ) -> Result<Vec<(WebhookEvent, Option<Arc<Tenant>>)>, StoreError> {
+        let mut placed: Vec<(PhoneNumberId, String)> = Vec::new();
         let mut out = Vec::with_capacity(events.len());
         let mut owners: Option<Vec<(PhoneNumberId, String)>> = None;
         let mut unknown: Vec<PhoneNumberId> = Vec::new();
@@ -438,7 +483,14 @@ impl Ingress {
                     .find(|(p, _)| p == number)
                     .map(|(_, w)| w.clone());
                 tenant = match self.tenants.owner(number, waba.as_deref()) {
-                    Some(t) => Some(t),
+                    Some(t) => {
+                        if let Some(w) = waba
+                            && !placed.iter().any(|(p, _)| p == number)
+                        {
+                            placed.push((number.clone(), w));
+                        }
+                        Some(t)
+                    }
                     None => self.tenants.of_number(number).await,
                 };
             }
@@ -463,7 +515,28 @@ impl Ingress {
                 None,
             ));
         }
-        out
+        for (number, waba) in placed {
+            let known = self
+                .numbers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .known
+                .contains(&number);
+            if !known {
+                let touch = NumberTouch {
+                    waba_id: Some(waba.clone()),
+                    ..NumberTouch::default()
+                };
+                self.store.touch_number(&number, touch, received_at).await?;
+                self.numbers
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .known
+                    .insert(number.clone());
+            }
+            self.tenants.note_waba(&number, &waba);
+        }
+        Ok(out)
     }
 
     /// Resolves each lookup within its tenant, in order; the answers hold under the oldest

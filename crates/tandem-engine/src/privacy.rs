@@ -246,6 +246,46 @@ pub async fn erase_customer(
     Ok(report)
 }
 
+/// What erasing a whole tenant removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TenantErasure {
+    /// Customers erased.
+    pub customers: u64,
+    /// The sum of what each customer's erasure removed.
+    pub erased: ErasureReport,
+}
+
+/// Erases every customer of `tenant` through [`erase_customer`] (each one's
+/// `customer.erased` hook goes to the tenant's receivers), in customer id order. Safe to
+/// repeat after a failure: erased customers are no longer listed.
+///
+/// # Errors
+/// The store's error; the customers before the failing one are erased.
+pub async fn erase_tenant(
+    store: &dyn Store,
+    tenant: &crate::tenants::Tenant,
+    now: Timestamp,
+) -> Result<TenantErasure, StoreError> {
+    let mut out = TenantErasure::default();
+    for customer in store.tenant_customers(&tenant.id).await? {
+        let mut identifiers = json!({"id": customer.as_str()});
+        for alias in store.customer_aliases(&tenant.id, &customer).await? {
+            identifiers[alias.kind.as_str()] = json!(alias.value);
+        }
+        let report = erase_customer(store, tenant, customer, identifiers, now).await?;
+        out.customers += 1;
+        let sum = &mut out.erased;
+        sum.conversations += report.conversations;
+        sum.transcript_lines += report.transcript_lines;
+        sum.queued_events += report.queued_events;
+        sum.contacts += report.contacts;
+        sum.aliases += report.aliases;
+        sum.hooks += report.hooks;
+        sum.dead_letters += report.dead_letters;
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

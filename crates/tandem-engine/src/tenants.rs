@@ -193,12 +193,25 @@ impl Directory {
     }
 }
 
+/// What places a number no tenant lists: resolved against the tenants in force at each
+/// lookup, so a reload that moves a WABA moves its numbers too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Known {
+    /// The number's WABA.
+    Waba(String),
+    /// The tenant it was onboarded into.
+    Onboarded(String),
+}
+
 /// The directory of tenants in force; cheap to clone, shared by every part of the engine.
 #[derive(Debug, Clone)]
 pub struct Tenants {
     current: Arc<RwLock<Arc<Directory>>>,
-    /// Numbers onboarded into a tenant, as read from the store.
-    onboarded: Arc<Mutex<HashMap<PhoneNumberId, String>>>,
+    /// What is known of numbers no tenant lists: their WABA, or the tenant they were
+    /// onboarded into (read from the store, or learnt by this process).
+    known: Arc<Mutex<HashMap<PhoneNumberId, Known>>>,
+    /// Removed tenants: they own nothing, but the hooks about their erasure still go out.
+    retired: Arc<Mutex<HashMap<String, Arc<Tenant>>>>,
     store: Option<Arc<dyn Store>>,
 }
 
@@ -231,7 +244,8 @@ impl Tenants {
     fn over(dir: Directory) -> Self {
         Self {
             current: Arc::new(RwLock::new(Arc::new(dir))),
-            onboarded: Arc::default(),
+            known: Arc::default(),
+            retired: Arc::default(),
             store: None,
         }
     }
@@ -286,66 +300,81 @@ impl Tenants {
         if let Some(t) = waba.and_then(|w| dir.wabas.get(w)) {
             return Some(Arc::clone(t));
         }
-        let onboarded = self
-            .onboarded
+        let known = self
+            .known
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(number)
             .cloned()?;
-        dir.tenants.get(&onboarded).cloned()
+        match known {
+            Known::Waba(w) => dir.wabas.get(&w).cloned(),
+            Known::Onboarded(id) => dir.tenants.get(&id).cloned(),
+        }
     }
 
-    /// The tenant owning `number`, reading the store for a number no tenant lists (its WABA
-    /// as recorded, or the tenant it was onboarded into). `None`: nobody's.
+    /// The tenant owning `number`, reading the store for a number no tenant lists (the
+    /// tenant it was onboarded into, or its WABA as recorded). `None`: nobody's.
     pub async fn of_number(&self, number: &PhoneNumberId) -> Option<Arc<Tenant>> {
         if let Some(t) = self.owner(number, None) {
             return Some(t);
         }
         let store = self.store.as_ref()?;
         let state = match store.number(number).await {
-            Ok(state) => state,
+            Ok(state) => state?,
             Err(error) => {
                 tracing::warn!(%number, %error, "reading the number's tenant failed");
                 return None;
             }
         };
-        let dir = self.dir();
-        let tenant = state.as_ref().and_then(|n| {
-            n.onboarding
-                .as_ref()
-                .and_then(|o| o.tenant.clone())
-                .filter(|t| dir.tenants.contains_key(t))
-                .or_else(|| {
-                    n.waba_id
-                        .as_ref()
-                        .and_then(|w| dir.wabas.get(w))
-                        .map(|t| t.id.clone())
-                })
-        });
-        // Only an answer is remembered: a number not onboarded yet may be in a moment.
-        if let Some(id) = &tenant {
-            self.remember(number, id);
-        }
-        tenant.and_then(|id| dir.tenants.get(&id).cloned())
+        let onboarded = state.onboarding.and_then(|o| o.tenant);
+        let known = match (onboarded, state.waba_id) {
+            (Some(id), _) => Known::Onboarded(id),
+            (None, Some(waba)) => Known::Waba(waba),
+            // Nothing known yet: asked again next time.
+            (None, None) => return None,
+        };
+        self.learn(number, known);
+        self.owner(number, None)
+    }
+
+    fn learn(&self, number: &PhoneNumberId, known: Known) {
+        self.known
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(number.clone(), known);
     }
 
     /// Records that `number` was onboarded into tenant `id`.
     pub fn remember(&self, number: &PhoneNumberId, id: &str) {
-        self.onboarded
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(number.clone(), id.to_owned());
+        self.learn(number, Known::Onboarded(id.to_owned()));
+    }
+
+    /// Records that `number` belongs to WABA `waba` (as a webhook said).
+    pub fn note_waba(&self, number: &PhoneNumberId, waba: &str) {
+        self.learn(number, Known::Waba(waba.to_owned()));
     }
 
     /// The hook target named `name` in the outbox (`{tenant}/{name}`, or a plain name of
     /// the implicit tenant).
     pub fn hook_target(&self, name: &str) -> Option<HookTarget> {
-        let dir = self.dir();
-        let tenant = match name.split_once('/') {
-            Some((tenant, _)) => dir.tenants.get(tenant)?,
-            None => dir.tenants.get(DEFAULT_TENANT)?,
-        };
+        let id = Self::tenant_of_hook(name);
+        let tenant = self.dir().tenants.get(id).cloned().or_else(|| {
+            self.retired
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(id)
+                .cloned()
+        })?;
         tenant.desk.hooks.target(name).cloned()
+    }
+
+    /// Keeps `tenant`'s hook targets reachable after it is removed from the directory, so
+    /// the deliveries about its erasure still go out (until this process stops).
+    pub fn retire(&self, tenant: Arc<Tenant>) {
+        self.retired
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(tenant.id.clone(), tenant);
     }
 
     /// True when some tenant has a hook target.

@@ -117,6 +117,9 @@ pub struct Settings {
     /// The directory of declared tenants (`tenants.dir`, `TANDEM_TENANTS`): one
     /// subdirectory per tenant. `None`: one implicit tenant owns every number.
     pub tenants_dir: Option<PathBuf>,
+    /// Create a tenant from `<tenants_dir>/_template` when Embedded Signup shares a new WABA
+    /// (`account_update` `PARTNER_ADDED`; `tenants.auto_create`, `TANDEM_TENANTS_AUTO_CREATE`).
+    pub tenants_auto_create: bool,
 }
 
 /// How to reach the LLM.
@@ -169,6 +172,8 @@ struct FileConfig {
 #[serde(deny_unknown_fields)]
 struct TenantsSection {
     dir: Option<PathBuf>,
+    #[serde(default)]
+    auto_create: bool,
 }
 
 /// `[retention]`: how long customers' data is kept. Off unless a period is set.
@@ -947,6 +952,37 @@ fn build(
         }
         other => other,
     };
+    let tenants_auto_create = match env.get("TANDEM_TENANTS_AUTO_CREATE").map(String::as_str) {
+        Some("1" | "true") => true,
+        Some("0" | "false") => false,
+        Some(other) => {
+            return Err(ConfigError::new(
+                "TANDEM_TENANTS_AUTO_CREATE",
+                format!("{other:?} is not true or false"),
+            ));
+        }
+        None => tenants.auto_create,
+    };
+    if tenants_auto_create {
+        let Some(dir) = &tenants_dir else {
+            return Err(ConfigError::new(
+                "tenants.auto_create",
+                "needs tenants.dir (TANDEM_TENANTS): new tenants are created there",
+            ));
+        };
+        let template = dir
+            .join(crate::tenants::TEMPLATE)
+            .join(crate::tenants::FILE);
+        if !template.is_file() {
+            return Err(ConfigError::new(
+                "tenants.auto_create",
+                format!(
+                    "needs a template tenant: {} does not exist",
+                    template.display()
+                ),
+            ));
+        }
+    }
     let prompts_dir = env
         .get("TANDEM_PROMPTS")
         .map_or_else(|| PathBuf::from("prompts"), PathBuf::from);
@@ -1111,6 +1147,7 @@ fn build(
         llm,
         prompts_dir,
         tenants_dir,
+        tenants_auto_create,
     })
 }
 

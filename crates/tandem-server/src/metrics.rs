@@ -25,6 +25,8 @@ pub const FLOW_RELOADS: &str = "tandem_flows_reloads_total";
 pub const TENANT_RELOADS: &str = "tandem_tenant_reloads_total";
 /// Gauge: tenants in force.
 pub const TENANTS: &str = "tandem_tenants";
+/// Tenants created from the template for a WABA Embedded Signup shared.
+pub const TENANTS_CREATED: &str = "tandem_tenants_created_total";
 
 /// Counter: audit entries that could not be written (the action itself took effect).
 pub const AUDIT_FAILURES: &str = "tandem_audit_failures_total";
@@ -36,6 +38,10 @@ pub fn describe() {
         "Tenant reloads, by outcome (ok, refused: the running version stayed)"
     );
     describe_gauge!(TENANTS, "Declared tenants in force");
+    describe_counter!(
+        TENANTS_CREATED,
+        "Tenants created from the template for a WABA shared through Embedded Signup"
+    );
     describe_counter!(
         AUDIT_FAILURES,
         "Audit entries that could not be written (the action took effect)"

@@ -5,6 +5,7 @@
 //!   queue, agents' availability and the hook dead-letter list;
 //! - [`onboarding`]: onboarding a business number (`POST /v1/numbers`);
 //! - [`privacy`]: erasing a customer, the audit log and the middleware that writes it;
+//! - [`tenants`]: listing the deployment's tenants and removing one with its data;
 //! - [`openapi`]: the table of `/v1` routes the router is built from, and the OpenAPI
 //!   document generated from the same table;
 //! - [`auth`]: bearer tokens and their scopes;
@@ -17,6 +18,7 @@ pub mod health;
 pub mod onboarding;
 pub mod openapi;
 pub mod privacy;
+pub mod tenants;
 pub mod webhook;
 
 use std::sync::Arc;
@@ -48,6 +50,8 @@ pub struct AppState {
     pub api_limiter: Option<Arc<governor::DefaultKeyedRateLimiter<String>>>,
     /// The tenants in force: each one's flows, teams, agents, hooks and token.
     pub tenants: tandem_engine::Tenants,
+    /// The declared tenants' directory, when the deployment has one.
+    pub declared: Option<Arc<crate::tenants::Declared>>,
     /// Onboarding numbers: the Graph API and the app's credentials.
     pub onboarding: Arc<Onboarding>,
     /// Messages a second per number (`engine.send_rate`), shown with each number.

@@ -98,7 +98,7 @@ impl Application {
             links: links.clone(),
         };
         let api_tokens = TokenBook::new(settings.api_tokens.clone());
-        let tenants = match settings.tenants_dir.clone() {
+        let (tenants, declared) = match settings.tenants_dir.clone() {
             Some(dir) => {
                 let (declared, report) = Declared::start(
                     dir.clone(),
@@ -112,7 +112,7 @@ impl Application {
                     tracing::error!(tenant = %refused, "a tenant could not be loaded: its webhooks are kept as dead letters until it is fixed");
                 }
                 declared.watch(FLOWS_POLL);
-                declared.tenants().clone()
+                (declared.tenants().clone(), Some(declared))
             }
             None => {
                 let spec = TenantSpec::implicit(&settings);
@@ -130,7 +130,7 @@ impl Application {
                         "no flows directory: events are recorded but the bot does not answer"
                     ),
                 }
-                Tenants::single(tenant).with_store(Arc::clone(&store))
+                (Tenants::single(tenant).with_store(Arc::clone(&store)), None)
             }
         };
         let ingress = Ingress::new(
@@ -141,6 +141,12 @@ impl Application {
                 tandem_handoff::RoutingConfig::default().takeover_cap,
             )),
         );
+        let ingress = match &declared {
+            Some(declared) if settings.tenants_auto_create => {
+                ingress.with_account_listener(partner_added_listener(Arc::clone(declared)))
+            }
+            _ => ingress,
+        };
         let hook_sender = HookSender::new(
             Arc::clone(&store),
             tenants.clone(),
@@ -182,6 +188,7 @@ impl Application {
                 )))
             }),
             tenants,
+            declared,
             onboarding: Arc::new(crate::routes::Onboarding {
                 graph,
                 app_id: settings.app_id.clone(),
@@ -234,6 +241,32 @@ impl Application {
         self.dispatcher.shutdown(self.settings.shutdown_grace).await;
         served.context("serving HTTP")
     }
+}
+
+/// Creates a tenant from the template when Embedded Signup shares a WABA no tenant owns
+/// (`PARTNER_ADDED`), off the webhook's path.
+fn partner_added_listener(declared: Arc<Declared>) -> tandem_engine::ingress::AccountListener {
+    tandem_engine::ingress::AccountListener(Arc::new(move |update| {
+        if update.event != "PARTNER_ADDED" {
+            return;
+        }
+        let waba = update
+            .raw
+            .pointer("/waba_info/waba_id")
+            .and_then(|w| w.as_str())
+            .unwrap_or(&update.account)
+            .to_owned();
+        let declared = Arc::clone(&declared);
+        tokio::task::spawn_blocking(move || match declared.create_for_waba(&waba) {
+            Ok(Some(id)) => {
+                tracing::info!(tenant = %id, %waba, "tenant created for a WABA shared through Embedded Signup")
+            }
+            Ok(None) => tracing::debug!(%waba, "PARTNER_ADDED for a WABA a tenant owns already"),
+            Err(error) => {
+                tracing::error!(%waba, error = %format!("{error:#}"), "no tenant could be created for a shared WABA")
+            }
+        });
+    }))
 }
 
 /// Builds the LLM stage from its settings and `prompts_dir/classify.j2` (plus

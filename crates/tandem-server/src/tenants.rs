@@ -47,6 +47,10 @@ use crate::routes::auth::TokenBook;
 /// The name of a tenant's configuration file inside its directory.
 pub const FILE: &str = "tandem.toml";
 
+/// The directory (inside the tenants' directory) new tenants are copied from when Embedded
+/// Signup shares a new WABA (`tenants.auto_create`). Never loaded as a tenant itself.
+pub const TEMPLATE: &str = "_template";
+
 /// A tenant as configured, checked, before its clients are built.
 #[derive(Debug, Clone)]
 pub struct TenantSpec {
@@ -259,12 +263,14 @@ impl TenantSpec {
     }
 }
 
-/// Every subdirectory of `dir` holding a tenant file, by name.
+/// Every subdirectory of `dir` holding a tenant file, by name; names starting with `_` (the
+/// template) or `.` (work in progress) are not tenants.
 pub fn tenant_dirs(dir: &Path) -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .filter_map(Result::ok)
+        .filter(|e| !e.file_name().to_string_lossy().starts_with(['_', '.']))
         .map(|e| e.path())
         .filter(|p| p.join(FILE).is_file())
         .collect();
@@ -374,6 +380,22 @@ impl TenantBuilder {
     }
 }
 
+/// Copies the directory `from` (files and subdirectories) to `to`, which must not exist.
+fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    for entry in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let entry = entry?;
+        let dest = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &dest)?;
+        } else {
+            std::fs::copy(entry.path(), &dest)
+                .with_context(|| format!("copying {}", entry.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Names, sizes and modification times of every file under `dir`: changes when a file is
 /// added, removed or edited.
 fn fingerprint(dir: &Path) -> Fingerprint {
@@ -415,6 +437,17 @@ impl Running {
             tokens: self.tokens.clone(),
         }
     }
+}
+
+/// Why a tenant could not be removed.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoveError {
+    /// No declared tenant has that id.
+    #[error("no such tenant")]
+    Unknown,
+    /// Its directory could not be moved away.
+    #[error("{0:#}")]
+    Io(anyhow::Error),
 }
 
 /// What one reload did.
@@ -573,6 +606,89 @@ impl Declared {
         }
         ::metrics::gauge!(crate::metrics::TENANTS).set(running.len() as f64);
         Ok(report)
+    }
+
+    /// Creates tenant `waba-{waba}` from the template for a WABA no tenant owns (Embedded
+    /// Signup shared it: `PARTNER_ADDED`) and puts it in force. The directory is written
+    /// under a hidden name and renamed, so no reload sees half of it; a WABA whose directory
+    /// exists already is left alone. Answers the new tenant's id, `None` when nothing was
+    /// created.
+    ///
+    /// # Errors
+    /// The template cannot be copied, or the new set of tenants is refused.
+    pub fn create_for_waba(&self, waba: &str) -> anyhow::Result<Option<String>> {
+        if waba.is_empty() || !waba.bytes().all(|b| b.is_ascii_digit()) {
+            anyhow::bail!("{waba:?} is not a WABA id");
+        }
+        if self
+            .tenants
+            .all()
+            .iter()
+            .any(|t| t.wabas.iter().any(|w| w == waba))
+        {
+            return Ok(None);
+        }
+        let id = format!("waba-{waba}");
+        let target = self.dir.join(&id);
+        if target.exists() {
+            return Ok(None);
+        }
+        let work = self.dir.join(format!(".{id}.new"));
+        if work.exists() {
+            std::fs::remove_dir_all(&work)
+                .with_context(|| format!("clearing {}", work.display()))?;
+        }
+        copy_dir(&self.dir.join(TEMPLATE), &work)?;
+        let file = work.join(FILE);
+        let template = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading {}", file.display()))?;
+        std::fs::write(&file, format!("# Created for WABA {waba} (PARTNER_ADDED) from {TEMPLATE}.\nwabas = [\"{waba}\"]\n{template}"))
+            .with_context(|| format!("writing {}", file.display()))?;
+        std::fs::rename(&work, &target)
+            .with_context(|| format!("moving {} into place", target.display()))?;
+        self.reload()?;
+        ::metrics::counter!(crate::metrics::TENANTS_CREATED).increment(1);
+        Ok(Some(id))
+    }
+
+    /// Removes tenant `id`: it stops owning its numbers and WABAs at once (its hook targets
+    /// stay reachable for the deliveries about its erasure) and its directory is moved to
+    /// `.removed/{id}-{ms}`, so no reload brings it back. Answers the removed tenant, whose
+    /// customers the caller then erases.
+    ///
+    /// # Errors
+    /// No such tenant, or its directory cannot be moved (nothing changed).
+    pub fn remove(&self, id: &str) -> Result<Arc<Tenant>, RemoveError> {
+        let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        let tenant = running
+            .get(id)
+            .map(|r| Arc::clone(&r.tenant))
+            .ok_or(RemoveError::Unknown)?;
+        let shelf = self.dir.join(".removed");
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        std::fs::create_dir_all(&shelf)
+            .and_then(|()| std::fs::rename(self.dir.join(id), shelf.join(format!("{id}-{stamp}"))))
+            .map_err(|e| {
+                RemoveError::Io(
+                    anyhow::Error::from(e).context(format!("moving tenants/{id} to .removed/")),
+                )
+            })?;
+        running.remove(id);
+        self.tenants.retire(Arc::clone(&tenant));
+        // Removing a tenant cannot make two claim one number.
+        if let Err(error) = self
+            .tenants
+            .replace(running.values().map(|r| Arc::clone(&r.tenant)).collect())
+        {
+            tracing::error!(%error, "the tenants after a removal were refused");
+        }
+        let mut tokens = self.deployment_tokens.clone();
+        tokens.extend(running.values().flat_map(|r| r.tokens.iter().cloned()));
+        self.tokens.replace(tokens);
+        ::metrics::gauge!(crate::metrics::TENANTS).set(running.len() as f64);
+        Ok(tenant)
     }
 
     /// Reloads on SIGHUP and when a file under the tenants' directory changes.

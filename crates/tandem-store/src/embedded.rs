@@ -932,6 +932,17 @@ impl Store for EmbeddedStore {
         self.submit(|tx| Job::Erase(erasure, tx)).await
     }
 
+    async fn tenant_customers(&self, tenant: &str) -> Result<Vec<CustomerId>, StoreError> {
+        let tenant = tenant.to_owned();
+        self.read(move |txn| {
+            let table = txn
+                .open_table(ALIASES)
+                .map_err(redb_err("opening aliases"))?;
+            privacy::customers_of(&table, &tenant)
+        })
+        .await
+    }
+
     async fn customer_aliases(
         &self,
         tenant: &str,

@@ -884,6 +884,10 @@ impl Store for RedisStore {
         self.erase(erasure).await
     }
 
+    async fn tenant_customers(&self, tenant: &str) -> Result<Vec<CustomerId>, StoreError> {
+        self.customers_of(tenant).await
+    }
+
     async fn customer_aliases(
         &self,
         tenant: &str,

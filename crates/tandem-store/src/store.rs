@@ -235,6 +235,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         customer: &CustomerId,
     ) -> Result<Vec<Alias>, StoreError>;
 
+    /// Lists every customer with an alias in `tenant`, each once, in id order (removing a
+    /// tenant erases each).
+    async fn tenant_customers(&self, tenant: &str) -> Result<Vec<CustomerId>, StoreError>;
+
     /// Reads the tombstone an erasure left for `alias` in `tenant`.
     async fn tombstone(&self, tenant: &str, alias: &Alias)
     -> Result<Option<Tombstone>, StoreError>;

@@ -1102,6 +1102,19 @@ async fn customers_are_found_by_any_alias_and_never_merged(f: Fixture) {
         .remove(0);
     assert!(other.created);
     assert_ne!(other.customer, ana.customer);
+    // Each tenant lists its own customers, each once.
+    assert_eq!(
+        s.tenant_customers("other").await.unwrap(),
+        std::slice::from_ref(&other.customer)
+    );
+    let mine = s.tenant_customers(t).await.unwrap();
+    assert!(
+        mine.contains(&ana.customer) && !mine.contains(&other.customer),
+        "{mine:?}"
+    );
+    let mut unique = mine.clone();
+    unique.dedup();
+    assert_eq!(unique, mine);
     // A BSUID change: found by the old one, the new one linked, the old one kept.
     let change = IdentityChange {
         kind: "user_changed_user_id".into(),

@@ -6,7 +6,7 @@ use axum::Router;
 use axum::routing::{MethodRouter, delete, get, post, put};
 use serde_json::{Map, Value, json};
 
-use super::{AppState, agent, api, auth, onboarding, privacy};
+use super::{AppState, agent, api, auth, onboarding, privacy, tenants};
 use crate::config::Scope;
 
 /// One `/v1` route.
@@ -70,6 +70,22 @@ fn availability_body() -> Value {
 
 /// Every `/v1` route.
 pub const ROUTES: &[Route] = &[
+    Route {
+        method: "GET",
+        path: "/tenants",
+        scope: Scope::Admin,
+        summary: "The tenants in force: numbers, WABAs, flows, teams (deployment tokens only)",
+        body: no_body,
+        audit: None,
+    },
+    Route {
+        method: "DELETE",
+        path: "/tenants/{id}",
+        scope: Scope::Admin,
+        summary: "Remove a tenant: it stops owning its numbers, its directory moves to .removed/, every customer of it is erased (customer.erased hooks); deployment tokens only",
+        body: no_body,
+        audit: Some("tenant.remove"),
+    },
     Route {
         method: "DELETE",
         path: "/customers/{id}",
@@ -264,6 +280,8 @@ fn handler(route: &Route) -> Option<MethodRouter<AppState>> {
         ("GET", "/numbers") => get(api::numbers),
         ("POST", "/numbers") => post(onboarding::onboard),
         ("GET", "/numbers/{id}") => get(api::number),
+        ("GET", "/tenants") => get(tenants::list),
+        ("DELETE", "/tenants/{id}") => delete(tenants::remove),
         _ => return None,
     };
     Some(h)

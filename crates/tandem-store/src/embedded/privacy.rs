@@ -300,6 +300,31 @@ pub(super) fn erase(
     Ok(report)
 }
 
+/// Every customer owning an alias in `tenant`, each once, in id order.
+pub(super) fn customers_of(
+    table: &impl ReadableTable<(&'static str, &'static str, &'static str), &'static str>,
+    tenant: &str,
+) -> Result<Vec<tandem_domain::CustomerId>, StoreError> {
+    let mut customers = std::collections::BTreeSet::new();
+    for row in table
+        .range((tenant, "", "")..)
+        .map_err(redb_err("reading aliases"))?
+    {
+        let (key, owner) = row.map_err(redb_err("reading aliases"))?;
+        if key.value().0 != tenant {
+            break;
+        }
+        customers.insert(owner.value().to_owned());
+    }
+    customers
+        .into_iter()
+        .map(|c| {
+            tandem_domain::CustomerId::parse(&c)
+                .map_err(|e| StoreError::corrupt(format!("customer id {c:?}"), e))
+        })
+        .collect()
+}
+
 /// The aliases `customer` owns in `tenant`, from any handle on the alias table.
 pub(super) fn aliases_of(
     table: &impl ReadableTable<(&'static str, &'static str, &'static str), &'static str>,

@@ -338,6 +338,29 @@ impl RedisStore {
         Ok(report)
     }
 
+    /// Every customer owning an alias in `tenant`, each once, in id order: a scan of the
+    /// tenant's alias keys and their owners.
+    pub(super) async fn customers_of(
+        &self,
+        tenant: &str,
+    ) -> Result<Vec<tandem_domain::CustomerId>, StoreError> {
+        let mut con = self.con.clone();
+        let prefix = self.keys.alias_prefix(tenant);
+        let keys = scan_all(&mut con, "SCAN", None, &format!("{prefix}*")).await?;
+        let mut customers = std::collections::BTreeSet::new();
+        for chunk in keys.chunks(SCAN_COUNT) {
+            let owners: Vec<Option<String>> = con.mget(chunk).await?;
+            customers.extend(owners.into_iter().flatten());
+        }
+        customers
+            .into_iter()
+            .map(|c| {
+                tandem_domain::CustomerId::parse(&c)
+                    .map_err(|e| StoreError::corrupt(format!("customer id {c:?}"), e))
+            })
+            .collect()
+    }
+
     /// The aliases `customer` owns in `tenant` (alias key, alias): from its alias set, else
     /// (a keyspace not yet indexed) from a scan of the tenant's aliases; every owner checked.
     pub(super) async fn aliases_of(
