@@ -44,6 +44,8 @@ struct TenantFiles<'a> {
     address: &'a str,
     agent: &'a str,
     hook_url: &'a str,
+    /// More of its tandem.toml (sections).
+    extra: &'a str,
 }
 
 /// Writes tenant `t`: the shipped flows with its address, its agent in team support, a hook
@@ -56,6 +58,7 @@ fn write_tenant(root: &Path, t: &TenantFiles<'_>) {
         address,
         agent,
         hook_url,
+        extra,
     } = *t;
     let dir = root.join(id);
     let flows = dir.join("flows");
@@ -93,6 +96,7 @@ secret_env = "{upper}_HOOK_SECRET"
 name = "{id}-desk"
 token_env = "{upper}_API_TOKEN"
 scopes = ["read", "agent", "admin"]
+{extra}
 "#
     );
     std::fs::write(dir.join("tandem.toml"), config).unwrap();
@@ -159,6 +163,11 @@ async fn two_businesses_on_one_deployment(backend: Backend) {
     let bolt_hooks = HookReceiver::start().await;
     let root = tempfile::tempdir().unwrap();
     let tenants = root.path().join("tenants");
+    // Acme has its own LLM stage and keeps transcripts 30 days; bolt has neither (and the
+    // deployment has no LLM).
+    let llm = crate::standin::llm().await;
+    let acme_extra =
+        format!("[llm]\nbase_url = \"{llm}\"\nmodel = \"m\"\n[retention]\ntranscripts = \"30d\"\n");
     write_tenant(
         &tenants,
         &TenantFiles {
@@ -168,6 +177,7 @@ async fn two_businesses_on_one_deployment(backend: Backend) {
             address: "Acme Street 1",
             agent: "ana",
             hook_url: &acme_hooks.url,
+            extra: &acme_extra,
         },
     );
     write_tenant(
@@ -179,6 +189,7 @@ async fn two_businesses_on_one_deployment(backend: Backend) {
             address: "Bolt Avenue 2",
             agent: "bruno",
             hook_url: &bolt_hooks.url,
+            extra: "",
         },
     );
     let mut spec = Spec::new(backend);
@@ -198,6 +209,9 @@ async fn two_businesses_on_one_deployment(backend: Backend) {
     ] {
         spec.env.push((k.into(), v.into()));
     }
+    let prompts = Path::new(env!("CARGO_MANIFEST_DIR")).join("prompts");
+    spec.env
+        .push(("TANDEM_PROMPTS".into(), prompts.to_str().unwrap().into()));
     let server = Server::start(spec);
 
     // The same question to both businesses from the same phone: each answers its own way,
@@ -225,6 +239,35 @@ async fn two_businesses_on_one_deployment(backend: Backend) {
         !graph.texts().iter().any(|t| t.contains("Rua das Flores")),
         "no tenant answered with the other's or the shipped flows"
     );
+
+    // A message only an LLM reads: acme's own LLM stage routes it, bolt has none.
+    for (number, waba, id) in [
+        (ACME_NUMBER, "104810000000001", "wamid.acme-pt"),
+        (BOLT_NUMBER, "104810000000002", "wamid.bolt-pt"),
+    ] {
+        let body = text_to(number, waba, id, "o meu vaso chegou partido");
+        assert_eq!(server.post_signed(&body).await.status(), 200);
+    }
+    for (number, token, stage) in [
+        (ACME_NUMBER, ACME_API, "llm"),
+        (BOLT_NUMBER, BOLT_API, "none"),
+    ] {
+        let path = format!("/v1/conversations/{number}:{PHONE}");
+        let understood = wait_for("the message understood", DEADLINE, || async {
+            let (_, view) = get(&server, &path, token).await;
+            view["transcript"].as_array().and_then(|lines| {
+                lines
+                    .iter()
+                    .find(|l| {
+                        l["message_id"] == "wamid.acme-pt" || l["message_id"] == "wamid.bolt-pt"
+                    })
+                    .map(|l| l["understood"].clone())
+                    .filter(|u| !u.is_null())
+            })
+        })
+        .await;
+        assert_eq!(understood["stage"], stage, "{number}: {understood}");
+    }
 
     // One phone, two customers: each tenant resolves it to its own customer id, and neither
     // token sees the other's conversation.
@@ -435,6 +478,7 @@ async fn two_businesses_on_one_deployment(backend: Backend) {
             address: "Cora Lane 4",
             agent: "carla",
             hook_url: &acme_hooks.url,
+            extra: "",
         },
     );
     wait_for("cora added", DEADLINE, || async {
@@ -515,6 +559,7 @@ async fn a_tenant_created_on_signup_and_removed_with_its_data(backend: Backend) 
             address: "Template Road 5",
             agent: "tina",
             hook_url: &hooks.url,
+            extra: "",
         },
     );
     // The template owns nothing itself: the new tenant's WABA is added to it.

@@ -102,11 +102,13 @@ impl Dispatcher {
                 tasks.spawn(hooks.run(Arc::clone(&worker.bot.hooks_ready), stopped.clone()));
             }
         }
-        if worker.config.retention.is_on() {
+        // Declared tenants may keep transcripts for their own period, from any reload on.
+        if worker.config.retention.is_on() || !worker.bot.tenants.is_single() {
             let sweeper = crate::privacy::Sweeper::new(
                 Arc::clone(&worker.store),
                 worker.config.retention.clone(),
-            );
+            )
+            .with_tenants(worker.bot.tenants.clone());
             tasks.spawn(sweeper.run(Arc::clone(&worker.clock), stopped.clone()));
         }
         tasks.spawn(worker.run_purge(stopped));

@@ -67,6 +67,8 @@ pub struct SweepReport {
 pub struct Sweeper {
     store: Arc<dyn Store>,
     retention: Retention,
+    /// Tenants keeping transcripts for their own period.
+    tenants: Option<crate::tenants::Tenants>,
     /// Where the next page of conversations starts; `None` from the beginning.
     cursor: Option<ConversationId>,
 }
@@ -77,8 +79,37 @@ impl Sweeper {
         Self {
             store,
             retention,
+            tenants: None,
             cursor: None,
         }
+    }
+
+    /// Trims each conversation's transcript after its tenant's period (`transcripts_kept`),
+    /// where it has one, instead of the deployment's.
+    #[must_use]
+    pub fn with_tenants(mut self, tenants: crate::tenants::Tenants) -> Self {
+        self.tenants = Some(tenants);
+        self
+    }
+
+    /// How long `record`'s transcript lines are kept: its tenant's period, else the
+    /// deployment's; `None`: for ever.
+    async fn kept(&self, record: &tandem_domain::Conversation) -> Option<Duration> {
+        let own = match &self.tenants {
+            Some(tenants) => tenants
+                .of_number(record.id.phone_number_id())
+                .await
+                .and_then(|t| t.transcripts_kept),
+            None => None,
+        };
+        own.or(self.retention.transcripts)
+    }
+
+    /// True when some tenant keeps transcripts for its own period.
+    fn tenants_trim(&self) -> bool {
+        self.tenants
+            .as_ref()
+            .is_some_and(|t| t.all().iter().any(|t| t.transcripts_kept.is_some()))
     }
 
     /// Runs one bounded sweep at `now`: one page of conversation records, and one batch of
@@ -89,8 +120,7 @@ impl Sweeper {
     pub async fn sweep(&mut self, now: Timestamp) -> Result<SweepReport, StoreError> {
         let mut report = SweepReport::default();
         let batch = self.retention.batch.max(1);
-        if let Some(keep) = self.retention.transcripts {
-            let cutoff = now.minus(keep);
+        if self.retention.transcripts.is_some() || self.tenants_trim() {
             let page = self
                 .store
                 .list_conversations(&ListQuery {
@@ -105,6 +135,10 @@ impl Sweeper {
                 page.last().map(|c| c.id.clone())
             };
             for record in page {
+                let Some(keep) = self.kept(&record).await else {
+                    continue;
+                };
+                let cutoff = now.minus(keep);
                 let old = record.transcript.iter().filter(|l| l.at < cutoff).count();
                 if old == 0 {
                     continue;
@@ -118,6 +152,9 @@ impl Sweeper {
                     report.transcript_lines += old;
                 }
             }
+        }
+        if let Some(keep) = self.retention.transcripts {
+            let cutoff = now.minus(keep);
             report.dead_letters = self
                 .store
                 .purge_older(Purge::DeadLetters, cutoff, batch)
@@ -394,5 +431,39 @@ mod tests {
         // A second pass finds nothing more to remove.
         let again = sweeper.sweep(T0).await.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(again.records, 0);
+    }
+
+    #[tokio::test]
+    async fn a_tenant_keeps_transcripts_for_its_own_period() {
+        let (_dir, store) = store_with(3).await;
+        let tenant = |id: &str, kept: Option<Duration>| {
+            Arc::new(crate::tenants::Tenant::new(
+                id,
+                crate::tenants::TenantParts {
+                    numbers: vec![
+                        tandem_domain::PhoneNumberId::parse("106")
+                            .unwrap_or_else(|e| panic!("{e}")),
+                    ],
+                    transcripts_kept: kept,
+                    ..crate::tenants::TenantParts::default()
+                },
+                &crate::EngineConfig::default(),
+            ))
+        };
+        // The deployment keeps transcripts for ever; the tenant owning number 106, an hour.
+        let tenants = crate::tenants::Tenants::declared(vec![tenant("brief", Some(HOUR))])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut sweeper =
+            Sweeper::new(Arc::clone(&store), Retention::default()).with_tenants(tenants.clone());
+        let report = sweeper.sweep(T0).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((report.records, report.transcript_lines), (3, 3));
+        // A tenant without its own period follows the deployment: nothing removed.
+        let (_dir2, other) = store_with(3).await;
+        tenants
+            .replace(vec![tenant("plain", None)])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut sweeper = Sweeper::new(other, Retention::default()).with_tenants(tenants);
+        let report = sweeper.sweep(T0).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(report.records, 0);
     }
 }

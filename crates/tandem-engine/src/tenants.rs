@@ -54,6 +54,8 @@ pub struct Tenant {
     pub settings: Settings,
     /// The owner's reminder to open the Business App, when configured.
     pub reminder: Option<crate::health::Reminder>,
+    /// How long its transcripts are kept, when not the deployment's `retention.transcripts`.
+    pub transcripts_kept: Option<std::time::Duration>,
 }
 
 /// The parts a tenant is built from.
@@ -73,6 +75,8 @@ pub struct TenantParts {
     pub desk: Desk,
     /// The owner's reminder.
     pub reminder: Option<crate::health::Reminder>,
+    /// How long its transcripts are kept (`None`: as the deployment says).
+    pub transcripts_kept: Option<std::time::Duration>,
 }
 
 impl Tenant {
@@ -89,6 +93,7 @@ impl Tenant {
             desk: parts.desk,
             settings,
             reminder: parts.reminder,
+            transcripts_kept: parts.transcripts_kept,
         }
     }
 

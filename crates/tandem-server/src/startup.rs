@@ -93,6 +93,7 @@ impl Application {
             engine: settings.engine.clone(),
             flow_variables: settings.flow_variables.clone(),
             llm,
+            prompts_dir: settings.prompts_dir.clone(),
             calls: tandem_engine::responder::call_client()
                 .context("building the HTTP client of call steps")?,
             links: links.clone(),

@@ -74,6 +74,22 @@ pub struct TenantSpec {
     pub reminder: Option<tandem_engine::health::Reminder>,
     /// Messages a second per number.
     pub send_rate: u32,
+    /// Its LLM stage.
+    pub llm: TenantLlm,
+    /// How long its transcripts are kept (`None`: as the deployment's `[retention]`).
+    pub transcripts_kept: Option<Duration>,
+}
+
+/// Which LLM stage a tenant's bot asks.
+#[derive(Debug, Clone, Default)]
+pub enum TenantLlm {
+    /// The deployment's (`TANDEM_LLM_*`), if any.
+    #[default]
+    Deployment,
+    /// None: the local stages and the fallback only.
+    Off,
+    /// Its own endpoint and model; prompts from `<tenant>/prompts/` when that exists.
+    Own(crate::config::LlmSettings, PathBuf),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -96,6 +112,46 @@ struct TenantFile {
     api: TenantApi,
     #[serde(default)]
     health: HealthSection,
+    #[serde(default)]
+    llm: TenantLlmSection,
+    #[serde(default)]
+    retention: TenantRetention,
+}
+
+/// `[llm]` of a tenant: its own endpoint, or none.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct TenantLlmSection {
+    enabled: bool,
+    base_url: Option<String>,
+    model: Option<String>,
+    api_key_env: Option<String>,
+    #[serde(with = "humantime_serde")]
+    timeout: Duration,
+    json_mode: bool,
+    concurrency: usize,
+}
+
+impl Default for TenantLlmSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            base_url: None,
+            model: None,
+            api_key_env: None,
+            timeout: Duration::from_secs(4),
+            json_mode: false,
+            concurrency: 8,
+        }
+    }
+}
+
+/// `[retention]` of a tenant.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantRetention {
+    #[serde(default, with = "humantime_serde")]
+    transcripts: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -128,6 +184,8 @@ impl TenantSpec {
             api_tokens: Vec::new(),
             reminder: settings.health.reminder.clone(),
             send_rate: settings.engine.send_rate,
+            llm: TenantLlm::Deployment,
+            transcripts_kept: None,
         }
     }
 
@@ -248,6 +306,13 @@ impl TenantSpec {
         if send_rate == 0 {
             return Err(at(ConfigError::new("send_rate", "must be at least 1")));
         }
+        let llm = tenant_llm(file.llm, dir, env).map_err(at)?;
+        if file.retention.transcripts.is_some_and(|d| d.is_zero()) {
+            return Err(at(ConfigError::new(
+                "retention.transcripts",
+                "must be longer than 0s (leave it out to follow the deployment)",
+            )));
+        }
         Ok(Self {
             id,
             numbers,
@@ -259,8 +324,65 @@ impl TenantSpec {
             api_tokens,
             reminder,
             send_rate,
+            llm,
+            transcripts_kept: file.retention.transcripts,
         })
     }
+}
+
+/// A tenant's `[llm]`, checked: off, the deployment's, or its own endpoint and model.
+fn tenant_llm(
+    section: TenantLlmSection,
+    dir: &Path,
+    env: &HashMap<String, String>,
+) -> Result<TenantLlm, ConfigError> {
+    if !section.enabled {
+        return Ok(TenantLlm::Off);
+    }
+    let (base_url, model) = match (section.base_url, section.model) {
+        (None, None) => return Ok(TenantLlm::Deployment),
+        (Some(url), Some(model)) => (url, model),
+        (Some(_), None) => {
+            return Err(ConfigError::new(
+                "llm.model",
+                "missing; set it with llm.base_url",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::new(
+                "llm.base_url",
+                "missing; set it with llm.model",
+            ));
+        }
+    };
+    if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+        return Err(ConfigError::new(
+            "llm.base_url",
+            format!("{base_url:?} is not an http(s) URL"),
+        ));
+    }
+    if section.concurrency == 0 {
+        return Err(ConfigError::new("llm.concurrency", "must be at least 1"));
+    }
+    let api_key = match &section.api_key_env {
+        Some(var) => Some(
+            crate::config::secret(env, var, "llm.api_key", None)?
+                .ok_or_else(|| ConfigError::new("llm.api_key_env", format!("{var} is not set")))?,
+        ),
+        None => None,
+    };
+    let prompts = dir.join("prompts");
+    Ok(TenantLlm::Own(
+        crate::config::LlmSettings {
+            base_url,
+            model,
+            api_key,
+            timeout: section.timeout,
+            structured_output: !section.json_mode,
+            concurrency: section.concurrency,
+        },
+        prompts,
+    ))
 }
 
 /// Every subdirectory of `dir` holding a tenant file, by name; names starting with `_` (the
@@ -291,8 +413,10 @@ pub struct TenantBuilder {
     pub engine: EngineConfig,
     /// Variables flows may read.
     pub flow_variables: BTreeMap<String, String>,
-    /// The LLM stage, shared.
+    /// The deployment's LLM stage, shared by the tenants that use it.
     pub llm: Option<Arc<tandem_classify::llm::LlmClassifier>>,
+    /// The deployment's prompts, for a tenant with its own LLM and no prompts of its own.
+    pub prompts_dir: PathBuf,
     /// The HTTP client of flows' `call` steps.
     pub calls: reqwest::Client,
     /// Link states shared with the health monitor.
@@ -344,10 +468,22 @@ impl TenantBuilder {
             Arc::clone(&self.clock),
         )
         .with_links(self.links.clone());
+        let llm = match &spec.llm {
+            TenantLlm::Deployment => self.llm.clone(),
+            TenantLlm::Off => None,
+            TenantLlm::Own(settings, prompts) => {
+                let prompts = if prompts.join("classify.j2").is_file() {
+                    prompts
+                } else {
+                    &self.prompts_dir
+                };
+                Some(crate::startup::llm_classifier(settings, prompts)?)
+            }
+        };
         let responder = flows.map(|handle| {
             let responder = Responder::new(handle, self.calls.clone());
-            match &self.llm {
-                Some(llm) => responder.with_llm(Arc::clone(llm)),
+            match llm {
+                Some(llm) => responder.with_llm(llm),
                 None => responder,
             }
         });
@@ -375,6 +511,7 @@ impl TenantBuilder {
                 )),
             },
             reminder: spec.reminder.clone(),
+            transcripts_kept: spec.transcripts_kept,
         };
         Ok(Tenant::new(&spec.id, parts, &self.engine))
     }
@@ -646,8 +783,8 @@ impl Declared {
             .with_context(|| format!("writing {}", file.display()))?;
         std::fs::rename(&work, &target)
             .with_context(|| format!("moving {} into place", target.display()))?;
-        self.reload()?;
         ::metrics::counter!(crate::metrics::TENANTS_CREATED).increment(1);
+        self.reload()?;
         Ok(Some(id))
     }
 
