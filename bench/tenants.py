@@ -4,12 +4,14 @@ TENANTS tenants of 3 numbers each, next to the same server with one tenant (the 
 the same sitting).
 
     cargo build --release --bin tandem
-    python3 bench/tenants.py                  # 1 and 1,000 tenants
-    TENANTS="1 100 1000" python3 bench/tenants.py
+    python3 bench/tenants.py                  # 1 and 1,000 tenants, distinct and shared flows
+    TENANTS="1 100 1000" FLOWS=distinct python3 bench/tenants.py
 
 Each tenant gets its own directory with a tandem.toml (3 numbers, a team, an agent, a hook
-target, an API token) and a copy of the shipped flows (so each tenant trains its own local
-model, as businesses with their own flows do). For each size: starts
+target, an API token) and a copy of the shipped flows: with FLOWS=distinct each copy names
+its own shop address (so each tenant loads and trains its own flows, as businesses with
+their own bots do); with FLOWS=shared the copies are identical (an integrator's template
+bot), which tenants share. For each size: starts
 `target/release/tandem serve` on a fresh embedded store, times until it prints its address,
 reads its resident memory (VmRSS), then edits one tenant's flow file and times until the
 reload is in force (`tandem_tenant_reloads_total{outcome="ok"}` grows), and finally times a
@@ -56,12 +58,18 @@ class Graph(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def write_tenants(root, count):
+def write_tenants(root, count, distinct):
     flows = os.path.join(ROOT, "flows")
     for t in range(count):
         d = os.path.join(root, "t%04d" % t)
         os.makedirs(d)
         shutil.copytree(flows, os.path.join(d, "flows"), ignore=shutil.ignore_patterns("*.md"))
+        if distinct:
+            hours = os.path.join(d, "flows", "hours.yaml")
+            with open(hours) as f:
+                text = f.read().replace("Rua das Flores 12", "Street %d" % t)
+            with open(hours, "w") as f:
+                f.write(text)
         numbers = ", ".join('"%d"' % (200000000000000 + t * 3 + i) for i in range(3))
         with open(os.path.join(d, "tandem.toml"), "w") as f:
             f.write(
@@ -96,10 +104,10 @@ def webhook(number, wamid):
     return json.dumps({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages", "value": value}]}]}).encode()
 
 
-def run(count, graph_url):
+def run(count, distinct, graph_url):
     work = tempfile.mkdtemp()
     tenants = os.path.join(work, "tenants")
-    write_tenants(tenants, count)
+    write_tenants(tenants, count, distinct)
     env = dict(os.environ, TANDEM_TENANTS=tenants, TANDEM_STORE=os.path.join(work, "t.redb"),
                TANDEM_APP_SECRET=SECRET, TANDEM_VERIFY_TOKEN="v", TANDEM_API_TOKEN=API,
                BENCH_TOKEN="bench-token", TANDEM_GRAPH_URL=graph_url, RUST_LOG="error",
@@ -153,10 +161,12 @@ def main():
     threading.Thread(target=server.serve_forever, daemon=True).start()
     graph_url = "http://127.0.0.1:%d/v23.0" % server.server_address[1]
     sizes = [int(n) for n in os.environ.get("TENANTS", "1 1000").split()]
-    print("tenants  numbers  start-up s  RSS MiB  reload s  first reply ms")
-    for count in sizes:
-        startup, rss, reload, reply = run(count, graph_url)
-        print("%7d  %7d  %10.2f  %7.0f  %8.2f  %14.1f" % (count, count * 3, startup, rss, reload, reply * 1000))
+    modes = os.environ.get("FLOWS", "distinct shared").split()
+    print("flows     tenants  numbers  start-up s  RSS MiB  reload s  first reply ms")
+    for mode in modes:
+        for count in sizes:
+            startup, rss, reload, reply = run(count, mode == "distinct", graph_url)
+            print("%-8s  %7d  %7d  %10.2f  %7.0f  %8.2f  %14.1f" % (mode, count, count * 3, startup, rss, reload, reply * 1000))
 
 
 if __name__ == "__main__":

@@ -29,8 +29,13 @@ pub struct FlowsHandle {
 impl FlowsHandle {
     /// Wraps loaded flows.
     pub fn new(bot: Bot) -> Self {
+        Self::shared(Arc::new(bot))
+    }
+
+    /// Wraps flows another handle may hold too (tenants with identical flows share them).
+    pub fn shared(bot: Arc<Bot>) -> Self {
         Self {
-            bot: Arc::new(RwLock::new(Arc::new(bot))),
+            bot: Arc::new(RwLock::new(bot)),
             generation: Arc::default(),
         }
     }

@@ -97,6 +97,7 @@ impl Application {
             calls: tandem_engine::responder::call_client()
                 .context("building the HTTP client of call steps")?,
             links: links.clone(),
+            loaded_flows: crate::tenants::FlowsCache::default(),
         };
         let api_tokens = TokenBook::new(settings.api_tokens.clone());
         let (tenants, declared) = match settings.tenants_dir.clone() {

@@ -421,6 +421,66 @@ pub struct TenantBuilder {
     pub calls: reqwest::Client,
     /// Link states shared with the health monitor.
     pub links: LinkCache,
+    /// Flows already loaded, by a digest of their files: tenants with identical flows (a
+    /// template bot) share one copy and one trained model.
+    pub loaded_flows: FlowsCache,
+}
+
+/// Loaded flows by a digest of their directory's files; an entry lives while a tenant
+/// holds its flows.
+#[derive(Debug, Clone, Default)]
+pub struct FlowsCache(Arc<Mutex<HashMap<[u8; 32], std::sync::Weak<tandem_flows::Bot>>>>);
+
+impl FlowsCache {
+    /// The flows in `dir`: the copy a tenant with the same files holds, else loaded (and
+    /// their model trained) now.
+    ///
+    /// # Errors
+    /// A file cannot be read, or the flows are invalid (each problem with file:line:col).
+    fn load(
+        &self,
+        dir: &Path,
+        variables: &BTreeMap<String, String>,
+        tenant: &str,
+    ) -> anyhow::Result<Arc<tandem_flows::Bot>> {
+        let digest = digest_dir(dir)?;
+        let cached = self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&digest)
+            .and_then(std::sync::Weak::upgrade);
+        if let Some(bot) = cached {
+            return Ok(bot);
+        }
+        let loaded = tandem_flows::load_dir(dir, variables)
+            .map_err(|e| anyhow::anyhow!("the flows in {} are invalid:\n{e}", dir.display()))?;
+        for warning in &loaded.warnings {
+            tracing::warn!(%tenant, %warning, "flow warning");
+        }
+        let bot = Arc::new(loaded.bot);
+        let mut cache = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        cache.retain(|_, weak| weak.strong_count() > 0);
+        cache.insert(digest, Arc::downgrade(&bot));
+        Ok(bot)
+    }
+}
+
+/// A digest of every file under `dir`: relative paths and contents, in path order.
+fn digest_dir(dir: &Path) -> anyhow::Result<[u8; 32]> {
+    use sha2::{Digest, Sha256};
+    let mut files: Vec<PathBuf> = fingerprint(dir).into_iter().map(|(p, _, _)| p).collect();
+    files.sort();
+    let mut hasher = Sha256::new();
+    for file in files {
+        let relative = file.strip_prefix(dir).unwrap_or(&file);
+        hasher.update(relative.to_string_lossy().as_bytes());
+        hasher.update([0]);
+        let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+        hasher.update((bytes.len() as u64).to_le_bytes());
+        hasher.update(&bytes);
+    }
+    Ok(hasher.finalize().into())
 }
 
 impl TenantBuilder {
@@ -431,15 +491,11 @@ impl TenantBuilder {
     /// Its flows are invalid (the error lists each problem with its file, line and column).
     pub fn build(&self, spec: &TenantSpec) -> anyhow::Result<Tenant> {
         let flows = match &spec.flows_dir {
-            Some(dir) => {
-                let loaded = tandem_flows::load_dir(dir, &self.flow_variables).map_err(|e| {
-                    anyhow::anyhow!("the flows in {} are invalid:\n{e}", dir.display())
-                })?;
-                for warning in &loaded.warnings {
-                    tracing::warn!(tenant = %spec.id, %warning, "flow warning");
-                }
-                Some(FlowsHandle::new(loaded.bot))
-            }
+            Some(dir) => Some(FlowsHandle::shared(self.loaded_flows.load(
+                dir,
+                &self.flow_variables,
+                &spec.id,
+            )?)),
             None => None,
         };
         let graph = spec
@@ -851,5 +907,50 @@ impl Declared {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn copy_shipped(to: &Path, address: &str) {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../flows");
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(shipped).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                let text = std::fs::read_to_string(&path)
+                    .unwrap()
+                    .replace("Rua das Flores 12", address);
+                std::fs::write(to.join(path.file_name().unwrap()), text).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn tenants_with_identical_flows_share_one_copy() {
+        let root = tempfile::tempdir().unwrap();
+        let (a, b, c) = (root.path().join("a"), root.path().join("b"), root.path().join("c"));
+        copy_shipped(&a, "Same Street 1");
+        copy_shipped(&b, "Same Street 1");
+        copy_shipped(&c, "Other Street 2");
+        let cache = FlowsCache::default();
+        let vars = BTreeMap::new();
+        let first = cache.load(&a, &vars, "a").unwrap();
+        let same = cache.load(&b, &vars, "b").unwrap();
+        let other = cache.load(&c, &vars, "c").unwrap();
+        assert!(Arc::ptr_eq(&first, &same), "identical files: one copy");
+        assert!(!Arc::ptr_eq(&first, &other), "different files: their own");
+        // A tenant whose files change to another's shares that one's copy.
+        drop((first, same));
+        std::fs::write(a.join("hours.yaml"), std::fs::read(c.join("hours.yaml")).unwrap())
+            .unwrap();
+        let changed = cache.load(&a, &vars, "a").unwrap();
+        assert!(Arc::ptr_eq(&changed, &other));
+        // Copies nobody holds are forgotten.
+        drop((changed, other));
+        let _fresh = cache.load(&b, &vars, "b").unwrap();
+        assert_eq!(cache.0.lock().unwrap().len(), 1);
     }
 }
