@@ -373,6 +373,15 @@ impl Tenants {
         tenant.desk.hooks.target(name).cloned()
     }
 
+    /// A tenant removed by this process (see [`Tenants::retire`]).
+    pub fn retired(&self, id: &str) -> Option<Arc<Tenant>> {
+        self.retired
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .cloned()
+    }
+
     /// Keeps `tenant`'s hook targets reachable after it is removed from the directory, so
     /// the deliveries about its erasure still go out (until this process stops).
     pub fn retire(&self, tenant: Arc<Tenant>) {

@@ -931,7 +931,11 @@ mod tests {
     #[test]
     fn tenants_with_identical_flows_share_one_copy() {
         let root = tempfile::tempdir().unwrap();
-        let (a, b, c) = (root.path().join("a"), root.path().join("b"), root.path().join("c"));
+        let (a, b, c) = (
+            root.path().join("a"),
+            root.path().join("b"),
+            root.path().join("c"),
+        );
         copy_shipped(&a, "Same Street 1");
         copy_shipped(&b, "Same Street 1");
         copy_shipped(&c, "Other Street 2");
@@ -944,8 +948,11 @@ mod tests {
         assert!(!Arc::ptr_eq(&first, &other), "different files: their own");
         // A tenant whose files change to another's shares that one's copy.
         drop((first, same));
-        std::fs::write(a.join("hours.yaml"), std::fs::read(c.join("hours.yaml")).unwrap())
-            .unwrap();
+        std::fs::write(
+            a.join("hours.yaml"),
+            std::fs::read(c.join("hours.yaml")).unwrap(),
+        )
+        .unwrap();
         let changed = cache.load(&a, &vars, "a").unwrap();
         assert!(Arc::ptr_eq(&changed, &other));
         // Copies nobody holds are forgotten.
