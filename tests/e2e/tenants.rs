@@ -20,6 +20,7 @@ const ACME_NUMBER: &str = "106540000000001";
 const BOLT_NUMBER: &str = "106540000000002";
 const CORA_NUMBER: &str = "106540000000003";
 const STRAY_NUMBER: &str = "106540000000009";
+const NEW_NUMBER: &str = "106540000000005";
 const PHONE: &str = "15550002222";
 const ACME_API: &str = "acme-api-token";
 const BOLT_API: &str = "bolt-api-token";
