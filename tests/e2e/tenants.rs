@@ -504,6 +504,56 @@ async fn two_businesses_on_one_deployment(backend: Backend) {
         (acme_replies() >= 2).then_some(())
     })
     .await;
+    // Onboarding a number into a tenant: another tenant's number is refused; a new one is
+    // acme's from then on (recorded with the number), answered with acme's flows and token.
+    let onboard = |number: &str, waba: &str| json!({"phone_number_id": number, "waba_id": waba, "access_token": "acme-graph-token", "coexistence": false});
+    let post = |body: Value| {
+        let server = &server;
+        async move {
+            let response = server
+                .client
+                .post(server.url("/v1/numbers"))
+                .bearer_auth(ACME_API)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            (
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (status, refused) = post(onboard(BOLT_NUMBER, "104810000000002")).await;
+    assert_eq!(status, 409, "{refused}");
+    let (status, onboarded) = post(onboard(NEW_NUMBER, "104810000000005")).await;
+    assert_eq!(
+        (status, onboarded["tenant"].clone()),
+        (201, json!("acme")),
+        "{onboarded}"
+    );
+    let body = text_to(NEW_NUMBER, "104810000000005", "wamid.new1", "opening hours");
+    assert_eq!(server.post_signed(&body).await.status(), 200);
+    assert_eq!(
+        sent_to(&graph, NEW_NUMBER, "Acme Street 1")
+            .await
+            .as_deref(),
+        Some("Bearer acme-graph-token")
+    );
+    assert_eq!(
+        get(&server, &format!("/v1/numbers/{NEW_NUMBER}"), BOLT_API)
+            .await
+            .0,
+        404
+    );
+    assert!(
+        server
+            .metric(r#"tandem_sends_total{action="message",outcome="sent",tenant="acme""#)
+            .await
+            >= 1.0
+    );
+
     let body = text_to(
         CORA_NUMBER,
         "104810000000003",

@@ -299,7 +299,7 @@ impl Worker {
                     .record(done.since(item.received_at).as_secs_f64());
             }
             for note in &effects.notes {
-                note.record(&id);
+                note.record(&id, &tenant.id);
             }
             if !effects.decisions.is_empty() {
                 tracing::debug!(decisions = ?effects.decisions, "bot turn");

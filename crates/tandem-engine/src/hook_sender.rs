@@ -164,7 +164,8 @@ impl HookSender {
             HookSettle::Retry { .. } => "retry",
             HookSettle::Dead { .. } => "dead",
         };
-        ::metrics::counter!(metrics::HOOK_DELIVERIES, "event" => event_label(&job.event), "outcome" => outcome)
+        let tenant = crate::tenants::Tenants::tenant_of_hook(&job.target).to_owned();
+        ::metrics::counter!(metrics::HOOK_DELIVERIES, "event" => event_label(&job.event), "outcome" => outcome, "tenant" => tenant)
             .increment(1);
         if let Err(error) = self.store.settle_hook(&job, settle, now).await {
             // Offered again when its lease runs out: at least once.

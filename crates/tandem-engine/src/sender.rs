@@ -168,6 +168,8 @@ fn prepare_content(
 /// Sends outboxes through the Graph API.
 #[derive(Debug, Clone)]
 pub struct Sender {
+    /// The tenant whose messages it sends (a metrics label).
+    tenant: String,
     store: Arc<dyn Store>,
     graph: GraphClient,
     flows: Option<FlowsHandle>,
@@ -198,6 +200,7 @@ impl Sender {
         clock: Arc<dyn Clock>,
     ) -> Self {
         Self {
+            tenant: crate::tenants::DEFAULT_TENANT.to_owned(),
             store,
             graph,
             flows,
@@ -205,6 +208,13 @@ impl Sender {
             clock,
             links: LinkCache::default(),
         }
+    }
+
+    /// Counts its sends under tenant `id`.
+    #[must_use]
+    pub fn for_tenant(mut self, id: &str) -> Self {
+        id.clone_into(&mut self.tenant);
+        self
     }
 
     /// Shares `links` with the health monitor, so a disconnection it records holds sends at
@@ -437,7 +447,7 @@ impl Sender {
                 Outcome::Retry(..) => "retry",
                 Outcome::Held(_) => "held",
             };
-            ::metrics::counter!(metrics::SENDS, "action" => action, "outcome" => label)
+            ::metrics::counter!(metrics::SENDS, "action" => action, "outcome" => label, "tenant" => self.tenant.clone())
                 .increment(1);
             match outcome {
                 Outcome::Sent(Some(wamid), _) => {

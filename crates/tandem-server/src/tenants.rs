@@ -523,7 +523,8 @@ impl TenantBuilder {
             policy,
             Arc::clone(&self.clock),
         )
-        .with_links(self.links.clone());
+        .with_links(self.links.clone())
+        .for_tenant(&spec.id);
         let llm = match &spec.llm {
             TenantLlm::Deployment => self.llm.clone(),
             TenantLlm::Off => None,
