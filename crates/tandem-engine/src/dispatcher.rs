@@ -87,18 +87,25 @@ impl Dispatcher {
         }
         if worker.config.workers > 0 {
             tasks.spawn(worker.clone().run_timers(stopped.clone()));
-            // Always running: a reload may give a tenant teams; a round without any is free.
-            let router = Router::new(
-                Arc::clone(&worker.store),
-                worker.bot.tenants.clone(),
-                Arc::clone(&worker.clock),
-                worker.config.clone(),
-            );
-            tasks.spawn(router.run(Arc::clone(&worker.bot.routing_ready), stopped.clone()));
+            // Declared tenants may gain teams or hooks on a reload; a single business has
+            // what it started with.
+            let tenants = &worker.bot.tenants;
+            let declared = !tenants.is_single();
+            if declared || tenants.any_routing() {
+                let router = Router::new(
+                    Arc::clone(&worker.store),
+                    tenants.clone(),
+                    Arc::clone(&worker.clock),
+                    worker.config.clone(),
+                );
+                tasks.spawn(router.run(Arc::clone(&worker.bot.routing_ready), stopped.clone()));
+            }
             if let Some(monitor) = worker.bot.monitor.clone() {
                 tasks.spawn(monitor.run(stopped.clone()));
             }
-            if let Some(hooks) = worker.bot.hook_sender.clone() {
+            if let Some(hooks) = worker.bot.hook_sender.clone()
+                && (declared || tenants.any_hooks())
+            {
                 tasks.spawn(hooks.run(Arc::clone(&worker.bot.hooks_ready), stopped.clone()));
             }
         }
@@ -294,12 +301,12 @@ impl Worker {
         if outcome == CommitOutcome::Applied {
             let done = self.clock.now();
             for item in &items {
-                ::metrics::counter!(metrics::APPLIED, "event" => item.event.label(), "tenant" => tenant.id.clone()).increment(1);
+                ::metrics::counter!(metrics::APPLIED, "event" => item.event.label(), "tenant" => tenant.label.clone()).increment(1);
                 ::metrics::histogram!(metrics::ACK_TO_EFFECT)
                     .record(done.since(item.received_at).as_secs_f64());
             }
             for note in &effects.notes {
-                note.record(&id, &tenant.id);
+                note.record(&id, &tenant.label);
             }
             if !effects.decisions.is_empty() {
                 tracing::debug!(decisions = ?effects.decisions, "bot turn");

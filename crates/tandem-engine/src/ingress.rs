@@ -108,12 +108,16 @@ impl Ingress {
 
     /// Tenant `tenant`'s customer resolution.
     fn identities(&self, tenant: &str) -> Identities {
-        self.identities
+        let mut all = self
+            .identities
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry(tenant.to_owned())
-            .or_insert_with(|| Identities::new(Arc::clone(&self.store), tenant))
-            .clone()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(found) = all.get(tenant) {
+            return found.clone();
+        }
+        let made = Identities::new(Arc::clone(&self.store), tenant);
+        all.insert(tenant.to_owned(), made.clone());
+        made
     }
 
     /// Applies `f` to every tenant's resolution made so far.

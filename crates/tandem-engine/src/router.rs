@@ -339,7 +339,7 @@ impl Router {
                             last_assigned_at: Some(now),
                         })
                         .await?;
-                    ::metrics::counter!(metrics::ASSIGNMENTS, "team" => team_label, "tenant" => tenant.id.clone()).increment(1);
+                    ::metrics::counter!(metrics::ASSIGNMENTS, "team" => team_label, "tenant" => tenant.label.clone()).increment(1);
                 }
                 Pick::Wait {
                     on_duty,
@@ -370,8 +370,8 @@ impl Router {
         }
         for team in routing.team_ids() {
             let (length, oldest) = lengths.get(team).copied().unwrap_or_default();
-            ::metrics::gauge!(metrics::QUEUE_LENGTH, "team" => team.to_owned(), "tenant" => tenant.id.clone()).set(length as f64);
-            ::metrics::gauge!(metrics::QUEUE_OLDEST, "team" => team.to_owned(), "tenant" => tenant.id.clone()).set(oldest as f64);
+            ::metrics::gauge!(metrics::QUEUE_LENGTH, "team" => team.to_owned(), "tenant" => tenant.label.clone()).set(length as f64);
+            ::metrics::gauge!(metrics::QUEUE_OLDEST, "team" => team.to_owned(), "tenant" => tenant.label.clone()).set(oldest as f64);
         }
         Ok(())
     }

@@ -169,7 +169,7 @@ fn prepare_content(
 #[derive(Debug, Clone)]
 pub struct Sender {
     /// The tenant whose messages it sends (a metrics label).
-    tenant: String,
+    tenant: ::metrics::SharedString,
     store: Arc<dyn Store>,
     graph: GraphClient,
     flows: Option<FlowsHandle>,
@@ -200,7 +200,7 @@ impl Sender {
         clock: Arc<dyn Clock>,
     ) -> Self {
         Self {
-            tenant: crate::tenants::DEFAULT_TENANT.to_owned(),
+            tenant: ::metrics::SharedString::const_str(crate::tenants::DEFAULT_TENANT),
             store,
             graph,
             flows,
@@ -213,7 +213,7 @@ impl Sender {
     /// Counts its sends under tenant `id`.
     #[must_use]
     pub fn for_tenant(mut self, id: &str) -> Self {
-        id.clone_into(&mut self.tenant);
+        self.tenant = ::metrics::SharedString::from(Arc::<str>::from(id));
         self
     }
 

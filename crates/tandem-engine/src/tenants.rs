@@ -38,6 +38,8 @@ pub const DEFAULT_TENANT: &str = tandem_store::DEFAULT_TENANT;
 pub struct Tenant {
     /// The tenant's id: lowercase letters, digits, `-` and `_`.
     pub id: String,
+    /// Its id as a metrics label (cloned without allocating).
+    pub label: ::metrics::SharedString,
     /// Phone number ids it owns.
     pub numbers: Vec<PhoneNumberId>,
     /// WABAs it owns: their numbers are its numbers.
@@ -85,6 +87,7 @@ impl Tenant {
         let settings = Settings::new(config, &parts.desk, parts.responder.as_ref());
         Self {
             id: id.to_owned(),
+            label: ::metrics::SharedString::from(std::sync::Arc::<str>::from(id)),
             numbers: parts.numbers,
             wabas: parts.wabas,
             responder: parts.responder,
@@ -295,7 +298,8 @@ impl Tenants {
     /// it, or the one it was onboarded into as last read. `waba` (when the webhook named it)
     /// is tried when no tenant lists the number.
     pub fn owner(&self, number: &PhoneNumberId, waba: Option<&str>) -> Option<Arc<Tenant>> {
-        let dir = self.dir();
+        // Looked up under the read lock: no count on the directory is taken on this path.
+        let dir = self.current.read().unwrap_or_else(PoisonError::into_inner);
         if let Some(t) = &dir.catch_all {
             return Some(Arc::clone(t));
         }

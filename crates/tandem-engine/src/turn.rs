@@ -291,11 +291,15 @@ pub enum Note {
 impl Note {
     /// Records the metric (and log line) of this note for `conversation` of `tenant` (turns
     /// and handoffs are counted per tenant).
-    pub fn record(&self, conversation: &tandem_domain::ConversationId, tenant: &str) {
+    pub fn record(
+        &self,
+        conversation: &tandem_domain::ConversationId,
+        tenant: &::metrics::SharedString,
+    ) {
         match self {
             Self::Session => ::metrics::counter!(metrics::SESSIONS).increment(1),
             Self::Turn(end) => {
-                ::metrics::counter!(metrics::TURNS, "ended" => end.label(), "tenant" => tenant.to_owned()).increment(1);
+                ::metrics::counter!(metrics::TURNS, "ended" => end.label(), "tenant" => tenant.clone()).increment(1);
             }
             Self::Classified(stage) => {
                 ::metrics::counter!(metrics::CLASSIFIER_DECISIONS, "stage" => *stage).increment(1);
@@ -305,7 +309,7 @@ impl Note {
                 ::metrics::counter!(metrics::FLOW_ERRORS).increment(1);
             }
             Self::Handoff(reason) => {
-                ::metrics::counter!(metrics::HANDOFFS, "reason" => *reason, "tenant" => tenant.to_owned()).increment(1);
+                ::metrics::counter!(metrics::HANDOFFS, "reason" => *reason, "tenant" => tenant.clone()).increment(1);
             }
             Self::AgentAction(action) => {
                 ::metrics::counter!(metrics::AGENT_ACTIONS, "action" => *action).increment(1);
