@@ -321,6 +321,35 @@ async fn two_businesses_on_one_deployment(backend: Backend) {
     assert_eq!(status, 404, "another tenant's agent");
     let (status, _) = call_with(&server, reqwest::Method::PUT, availability, BOLT_API, away).await;
     assert_eq!(status, 200, "its own agent");
+    for (number, waba, id) in [
+        (ACME_NUMBER, "104810000000001", "wamid.acme2"),
+        (BOLT_NUMBER, "104810000000002", "wamid.bolt2"),
+    ] {
+        let body = text_to(number, waba, id, "agent");
+        assert_eq!(server.post_signed(&body).await.status(), 200);
+    }
+    // Bruno is away: bolt's customer waits in bolt's queue, which acme's token never sees.
+    let (_, acme_queue) = get(&server, "/v1/queue", ACME_API).await;
+    let bolt_queue = wait_for("bolt's waiting customer", DEADLINE, || async {
+        let (_, queue) = get(&server, "/v1/queue", BOLT_API).await;
+        (queue["queue"].as_array().is_some_and(|q| q.len() == 1)).then_some(queue)
+    })
+    .await;
+    assert!(
+        bolt_queue["queue"][0]["conversation"]
+            .as_str()
+            .unwrap()
+            .starts_with(BOLT_NUMBER),
+        "{bolt_queue}"
+    );
+    assert!(
+        acme_queue["queue"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["conversation"].as_str().unwrap().starts_with(ACME_NUMBER)),
+        "{acme_queue}"
+    );
     let online = r#"{"status": "online"}"#;
     let (status, _) = call_with(
         &server,
@@ -331,13 +360,6 @@ async fn two_businesses_on_one_deployment(backend: Backend) {
     )
     .await;
     assert_eq!(status, 200);
-    for (number, waba, id) in [
-        (ACME_NUMBER, "104810000000001", "wamid.acme2"),
-        (BOLT_NUMBER, "104810000000002", "wamid.bolt2"),
-    ] {
-        let body = text_to(number, waba, id, "agent");
-        assert_eq!(server.post_signed(&body).await.status(), 200);
-    }
     for (receiver, number, agent) in [
         (&acme_hooks, ACME_NUMBER, "ana"),
         (&bolt_hooks, BOLT_NUMBER, "bruno"),
@@ -717,4 +739,95 @@ async fn a_tenant_created_on_signup_and_removed_with_its_data_embedded() {
 #[tokio::test]
 async fn a_tenant_created_on_signup_and_removed_with_its_data_redis() {
     a_tenant_created_on_signup_and_removed_with_its_data(Backend::redis()).await;
+}
+
+/// Runs `tandem check` with `TANDEM_TENANTS=dir` from the repository (its ./flows checked
+/// too); answers the exit code and stderr.
+fn check(dir: &Path) -> (i32, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .arg("check")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("TANDEM_TENANTS", dir)
+        .env("HOOK_SECRET", "s")
+        .env_remove("TANDEM_FLOWS")
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn tandem_check_checks_every_tenant() {
+    let root = tempfile::tempdir().unwrap();
+    let tenants = root.path();
+    let files = |id: &'static str, number: &'static str| TenantFiles {
+        id,
+        number,
+        waba: "104810000000001",
+        address: "Street 1",
+        agent: "ana",
+        hook_url: "http://127.0.0.1:9/hooks",
+        extra: "",
+    };
+    write_tenant(tenants, &files("acme", ACME_NUMBER));
+    // Tokens and secrets come from the environment; check names what is missing.
+    let (code, err) = check(tenants);
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        err.contains("acme/tandem.toml") && err.contains("ACME_ACCESS_TOKEN is not set"),
+        "{err}"
+    );
+
+    let ok = |id: &str| {
+        let path = tenants.join(id).join("tandem.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let text = text
+            .replace(&format!("{}_HOOK_SECRET", id.to_uppercase()), "HOOK_SECRET")
+            .replace(
+                &format!("token_env = \"{}_API_TOKEN\"", id.to_uppercase()),
+                "token_env = \"HOOK_SECRET\"",
+            )
+            .replace(
+                &format!("access_token_env = \"{}_ACCESS_TOKEN\"", id.to_uppercase()),
+                "access_token_env = \"HOOK_SECRET\"",
+            );
+        std::fs::write(path, text).unwrap();
+    };
+    ok("acme");
+    let (code, err) = check(tenants);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("tenant acme: 6 flows"), "{err}");
+    assert!(
+        err.contains("1 tenant(s)") && err.contains("all valid"),
+        "{err}"
+    );
+
+    // A second tenant claiming the same WABA, and a broken flow in a third.
+    write_tenant(tenants, &files("bolt", BOLT_NUMBER));
+    ok("bolt");
+    write_tenant(tenants, &files("cora", CORA_NUMBER));
+    ok("cora");
+    let cora = tenants.join("cora/tandem.toml");
+    let text = std::fs::read_to_string(&cora).unwrap().replace(
+        "wabas = [\"104810000000001\"]",
+        "wabas = [\"104810000000003\"]",
+    );
+    std::fs::write(cora, text).unwrap();
+    std::fs::write(
+        tenants.join("cora/flows/broken.yaml"),
+        "id: broken\nsteps:\n  - goto: nowhere\n",
+    )
+    .unwrap();
+    let (code, err) = check(tenants);
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        err.contains("WABA 104810000000001 is claimed by both tenant acme and tenant bolt"),
+        "{err}"
+    );
+    assert!(
+        err.contains("broken.yaml:3:") && err.contains("nowhere"),
+        "{err}"
+    );
 }
