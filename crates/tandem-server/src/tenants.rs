@@ -789,11 +789,7 @@ impl Declared {
             .filter(|id| !next.contains_key(*id))
             .cloned()
             .collect();
-        self.tenants
-            .replace(next.values().map(|r| Arc::clone(&r.tenant)).collect())?;
-        let mut tokens = self.deployment_tokens.clone();
-        tokens.extend(next.values().flat_map(|r| r.tokens.iter().cloned()));
-        self.tokens.replace(tokens);
+        self.put_in_force(&next)?;
         *running = next;
         if !(report.added.is_empty() && report.changed.is_empty() && report.removed.is_empty()) {
             ::metrics::counter!(crate::metrics::TENANT_RELOADS, "outcome" => "ok").increment(1);
@@ -845,6 +841,20 @@ impl Declared {
         Ok(Some(id))
     }
 
+    /// Puts `running` in force: the directory of tenants and the API tokens (the
+    /// deployment's and every tenant's).
+    fn put_in_force(
+        &self,
+        running: &BTreeMap<String, Running>,
+    ) -> Result<(), tandem_engine::tenants::DirectoryError> {
+        self.tenants
+            .replace(running.values().map(|r| Arc::clone(&r.tenant)).collect())?;
+        let mut tokens = self.deployment_tokens.clone();
+        tokens.extend(running.values().flat_map(|r| r.tokens.iter().cloned()));
+        self.tokens.replace(tokens);
+        Ok(())
+    }
+
     /// Removes tenant `id`: it stops owning its numbers and WABAs at once (its hook targets
     /// stay reachable for the deliveries about its erasure) and its directory is moved to
     /// `.removed/{id}-{ms}`, so no reload brings it back. Answers the removed tenant, whose
@@ -872,15 +882,9 @@ impl Declared {
         running.remove(id);
         self.tenants.retire(Arc::clone(&tenant));
         // Removing a tenant cannot make two claim one number.
-        if let Err(error) = self
-            .tenants
-            .replace(running.values().map(|r| Arc::clone(&r.tenant)).collect())
-        {
+        if let Err(error) = self.put_in_force(&running) {
             tracing::error!(%error, "the tenants after a removal were refused");
         }
-        let mut tokens = self.deployment_tokens.clone();
-        tokens.extend(running.values().flat_map(|r| r.tokens.iter().cloned()));
-        self.tokens.replace(tokens);
         ::metrics::gauge!(crate::metrics::TENANTS).set(running.len() as f64);
         Ok(tenant)
     }

@@ -23,7 +23,7 @@ use tandem_store::{AgentState, Presence};
 
 use super::AppState;
 use super::api::{find_id, parse_limit, refuse_unknown, rfc3339};
-use super::auth::{Caller, tenant_of_request};
+use super::auth::{Caller, owned, tenant_of_request};
 use super::privacy::AuditNote;
 use crate::error::ApiError;
 
@@ -440,18 +440,14 @@ pub async fn queue(
 
 /// The open conversations (waiting for or with a person) of `tenant`.
 async fn open_of(state: &AppState, tenant: &Tenant) -> Result<Vec<Conversation>, ApiError> {
-    let mut mine = Vec::new();
-    for c in tandem_engine::router::open_conversations(&*state.store).await? {
-        if state
-            .tenants
-            .of_number(c.id.phone_number_id())
-            .await
-            .is_some_and(|t| t.id == tenant.id)
-        {
-            mine.push(c);
-        }
-    }
-    Ok(mine)
+    let open = tandem_engine::router::open_conversations(&*state.store).await?;
+    Ok(owned(
+        state,
+        open,
+        |c| c.id.phone_number_id(),
+        |t| t.id == tenant.id,
+    )
+    .await)
 }
 
 /// `GET /v1/agents`: the tenant's agents with their availability and open conversations.

@@ -28,7 +28,7 @@ use tandem_domain::{
 use tandem_store::{ListQuery, contact_for};
 
 use super::AppState;
-use super::auth::{Caller, tenant_of_number, tenant_of_request};
+use super::auth::{Caller, owned, tenant_of_number, tenant_of_request};
 use crate::error::ApiError;
 use tandem_engine::Tenant;
 
@@ -219,18 +219,14 @@ pub(crate) async fn numbers_of(
     state: &AppState,
     tenant: &Tenant,
 ) -> Result<Vec<tandem_store::NumberState>, ApiError> {
-    let mut mine = Vec::new();
-    for n in state.store.numbers().await? {
-        if state
-            .tenants
-            .of_number(&n.phone_number_id)
-            .await
-            .is_some_and(|t| t.id == tenant.id)
-        {
-            mine.push(n);
-        }
-    }
-    Ok(mine)
+    let numbers = state.store.numbers().await?;
+    Ok(owned(
+        state,
+        numbers,
+        |n| &n.phone_number_id,
+        |t| t.id == tenant.id,
+    )
+    .await)
 }
 
 /// Keeps the conversations of `page` whose tenant the caller may see.
@@ -238,18 +234,13 @@ async fn visible(state: &AppState, caller: &Caller, page: Vec<Conversation>) -> 
     if caller.sees_all() {
         return page;
     }
-    let mut kept = Vec::with_capacity(page.len());
-    for c in page {
-        if state
-            .tenants
-            .of_number(c.id.phone_number_id())
-            .await
-            .is_some_and(|t| caller.sees(&t.id))
-        {
-            kept.push(c);
-        }
-    }
-    kept
+    owned(
+        state,
+        page,
+        |c| c.id.phone_number_id(),
+        |t| caller.sees(&t.id),
+    )
+    .await
 }
 
 /// Lists conversations, optionally by mode, in id order with `after` paging; a tenant's

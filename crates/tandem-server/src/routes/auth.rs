@@ -96,6 +96,27 @@ pub fn tenant_of_request(
         .ok_or_else(|| ApiError::not_found(format!("no tenant {id}")))
 }
 
+/// Keeps the `items` whose number (`number_of`) belongs to a tenant `keep` accepts.
+pub async fn owned<T>(
+    state: &AppState,
+    items: Vec<T>,
+    number_of: impl Fn(&T) -> &tandem_domain::PhoneNumberId,
+    keep: impl Fn(&Tenant) -> bool,
+) -> Vec<T> {
+    let mut kept = Vec::with_capacity(items.len());
+    for item in items {
+        if state
+            .tenants
+            .of_number(number_of(&item))
+            .await
+            .is_some_and(|t| keep(&t))
+        {
+            kept.push(item);
+        }
+    }
+    kept
+}
+
 /// The tenant owning `number`, when the caller may see it.
 ///
 /// # Errors

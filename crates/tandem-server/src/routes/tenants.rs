@@ -62,9 +62,19 @@ pub async fn remove(
             format!("removing tenant {id}: {error:#}"),
         ),
     })?;
-    let erased =
-        tandem_engine::privacy::erase_tenant(state.store.as_ref(), &tenant, state.clock.now())
-            .await?;
+    // In its own task: a client that stops waiting (or the request timeout) does not stop
+    // the erasure halfway.
+    let (store, now) = (std::sync::Arc::clone(&state.store), state.clock.now());
+    let erased = tokio::spawn(async move {
+        tandem_engine::privacy::erase_tenant(store.as_ref(), &tenant, now).await
+    })
+    .await
+    .map_err(|e| {
+        ApiError::Kind(
+            tandem_domain::ErrorKind::Internal,
+            format!("erasing tenant {id}: {e}"),
+        )
+    })??;
     let counts = serde_json::to_value(&erased).unwrap_or_else(|_| json!({}));
     tracing::info!(tenant = %id, customers = erased.customers, "tenant removed and its data erased");
     let note = AuditNote {
