@@ -122,7 +122,8 @@ def run(count, distinct, graph_url):
             base = m.group(1)
             break
     startup = time.monotonic() - started
-    time.sleep(1)
+    # Every tenant is built before the listener opens: memory is read once it answers.
+    metric(base, "tandem_tenants")
     rss = rss_mib(proc.pid)
     # Reload: one tenant's flow file changes.
     before = metric(base, 'tandem_tenant_reloads_total{outcome="ok"')
