@@ -409,6 +409,17 @@ fn eval(args: &EvalArgs, env: &HashMap<String, String>) -> anyhow::Result<()> {
                 share * 100.0
             )?;
         }
+        for (language, l) in &report.by_language {
+            writeln!(
+                out,
+                "  {language:<6} {:>5} messages: in-scope {:.2} %, cascade {:.2} %, coverage {:.2} %, oos recall {:.2} %",
+                l.messages,
+                l.in_scope_accuracy * 100.0,
+                l.cascade_accuracy * 100.0,
+                l.local_coverage * 100.0,
+                l.oos_recall * 100.0
+            )?;
+        }
         writeln!(
             out,
             "  latency p50 {:.1} µs, p99 {:.1} µs; LLM calls {}",

@@ -175,6 +175,39 @@ fn chat_plays_the_agent_too_take_over_release_and_close() {
 }
 
 #[test]
+fn eval_reports_each_language_of_the_multilingual_set() {
+    let data = "tests/fixtures/classify/shop_multilingual.jsonl";
+    let (code, out, err) = tandem(&["eval", "--data", data, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let languages = report["by_language"].as_object().unwrap();
+    assert_eq!(
+        languages.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["en", "es", "pt"]
+    );
+    for (language, scores) in languages {
+        assert_eq!(scores["messages"], 24, "{language}");
+        assert_eq!(scores["in_scope"], 20, "{language}");
+    }
+    // The shipped flows' examples are English: the lexical model reads English far better
+    // than Portuguese or Spanish (what a multilingual semantic stage is for).
+    let accuracy = |l: &str| languages[l]["in_scope_accuracy"].as_f64().unwrap();
+    assert!(
+        accuracy("en") > accuracy("pt") && accuracy("en") > accuracy("es"),
+        "{report}"
+    );
+    let (code, text, err) = tandem(&["eval", "--data", data]);
+    assert_eq!(code, 0, "{err}");
+    for language in ["en", "es", "pt"] {
+        assert!(
+            text.lines()
+                .any(|l| l.trim_start().starts_with(language) && l.contains("24 messages")),
+            "{text}"
+        );
+    }
+}
+
+#[test]
 fn eval_reports_the_local_model_on_labelled_data_as_json() {
     let (code, out, err) = tandem(&[
         "eval",

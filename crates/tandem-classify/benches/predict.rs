@@ -46,10 +46,7 @@ fn examples() -> Vec<Example> {
     let mut words = Words(7);
     (0..150u64)
         .flat_map(|intent| (0..100).map(move |_| intent))
-        .map(|intent| Example {
-            text: words.sentence(intent),
-            intent: format!("intent_{intent}"),
-        })
+        .map(|intent| Example::new(words.sentence(intent), format!("intent_{intent}")))
         .collect()
 }
 

@@ -17,6 +17,8 @@
 //! - `stage_share`: the share of all messages each stage decided; `stage_precision`: of the
 //!   messages a stage decided, the share decided right (for `fallback`: truly out of scope).
 //! - `p50_us` / `p99_us`: time of one local prediction.
+//! - `by_language`: when the data gives each message's `language`, the same figures for each
+//!   language's messages apart (in-scope and cascade accuracy, coverage, out-of-scope recall).
 //! - `labels`: precision, recall and F1 of the final decision per label, hardest first;
 //!   `confusions`: the most frequent (expected, decided) pairs that differ, with an example.
 //! - [`sweep`]: coverage, precision and out-of-scope recall of the local stage at several
@@ -32,7 +34,7 @@ use crate::model::{Example, Model};
 /// The label of out-of-scope messages.
 pub const OUT_OF_SCOPE: &str = "oos";
 
-/// Reads JSONL `{"text", "intent"}` lines.
+/// Reads JSONL `{"text", "intent"}` lines (`"language"` optional).
 ///
 /// # Errors
 /// Names the line that is not such an object.
@@ -81,6 +83,26 @@ pub struct Report {
     pub labels: Vec<LabelScore>,
     /// The most frequent wrong decisions, most frequent first (at most [`MAX_CONFUSIONS`]).
     pub confusions: Vec<Confusion>,
+    /// Each language's figures, when the data names languages.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_language: BTreeMap<String, LanguageScore>,
+}
+
+/// The figures of one language's messages (see the module docs).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LanguageScore {
+    /// Messages in the language.
+    pub messages: usize,
+    /// In-scope messages among them.
+    pub in_scope: usize,
+    /// See the module docs.
+    pub in_scope_accuracy: f64,
+    /// See the module docs.
+    pub cascade_accuracy: f64,
+    /// See the module docs.
+    pub local_coverage: f64,
+    /// See the module docs.
+    pub oos_recall: f64,
 }
 
 /// How many confusions a report lists.
@@ -202,6 +224,39 @@ pub fn evaluate(model: &Model, data: &[Example], threshold: f32) -> Report {
 /// Builds the report of a cascade run: `run.decisions` may have been completed by the LLM
 /// stage (`llm_calls` calls).
 pub fn report(data: &[Example], run: &LocalRun, threshold: f32, llm_calls: usize) -> Report {
+    let mut overall = report_of(data, run, threshold, llm_calls);
+    let mut languages: Vec<&str> = data.iter().filter_map(|e| e.language.as_deref()).collect();
+    languages.sort_unstable();
+    languages.dedup();
+    for language in languages {
+        let picked: Vec<usize> = (0..data.len())
+            .filter(|&i| data[i].language.as_deref() == Some(language))
+            .collect();
+        let sub_data: Vec<Example> = picked.iter().map(|&i| data[i].clone()).collect();
+        let sub_run = LocalRun {
+            decisions: picked.iter().map(|&i| run.decisions[i].clone()).collect(),
+            best: picked.iter().map(|&i| run.best[i].clone()).collect(),
+            times_us: picked.iter().map(|&i| run.times_us[i]).collect(),
+            confidence: picked.iter().map(|&i| run.confidence[i]).collect(),
+        };
+        let r = report_of(&sub_data, &sub_run, threshold, 0);
+        overall.by_language.insert(
+            language.to_owned(),
+            LanguageScore {
+                messages: r.messages,
+                in_scope: r.in_scope,
+                in_scope_accuracy: r.in_scope_accuracy,
+                cascade_accuracy: r.cascade_accuracy,
+                local_coverage: r.local_coverage,
+                oos_recall: r.oos_recall,
+            },
+        );
+    }
+    overall
+}
+
+/// The report of `data` as one set (no per-language split).
+fn report_of(data: &[Example], run: &LocalRun, threshold: f32, llm_calls: usize) -> Report {
     let mut times = run.times_us.clone();
     let decisions: Vec<String> = run.decisions.iter().map(|d| d.intent.clone()).collect();
     let (mut in_scope, mut top_right, mut answered, mut answered_right, mut answered_in_scope) =
@@ -328,6 +383,7 @@ pub fn report(data: &[Example], run: &LocalRun, threshold: f32, llm_calls: usize
         llm_calls,
         labels,
         confusions,
+        by_language: BTreeMap::new(),
     }
 }
 
@@ -410,6 +466,58 @@ mod tests {
                 .unwrap_err()
                 .starts_with("line 1")
         );
+    }
+
+    #[test]
+    fn each_language_is_reported_apart_when_the_data_names_it() {
+        let train = vec![
+            ex("where is my order", "status"),
+            ex("track my order", "status"),
+            ex("opening hours", "hours"),
+            ex("when are you open", "hours"),
+        ];
+        let model = Model::train(&train, TrainOptions::default()).unwrap();
+        let lang = |text: &str, intent: &str, language: &str| Example {
+            language: Some(language.into()),
+            ..ex(text, intent)
+        };
+        let data = vec![
+            lang("track my order", "status", "en"),
+            lang("when are you open", "hours", "en"),
+            lang("onde está a minha encomenda", "status", "pt"),
+            lang("qwerty", OUT_OF_SCOPE, "pt"),
+        ];
+        let report = evaluate(&model, &data, 0.0);
+        let (en, pt) = (&report.by_language["en"], &report.by_language["pt"]);
+        assert_eq!(
+            (en.messages, en.in_scope, pt.messages, pt.in_scope),
+            (2, 2, 2, 1)
+        );
+        assert_eq!(en.cascade_accuracy, 1.0);
+        // A language's figures are those of its messages evaluated alone.
+        let alone = evaluate(&model, &data[2..], 0.0);
+        assert_eq!(
+            (
+                pt.in_scope_accuracy,
+                pt.cascade_accuracy,
+                pt.local_coverage,
+                pt.oos_recall
+            ),
+            (
+                alone.in_scope_accuracy,
+                alone.cascade_accuracy,
+                alone.local_coverage,
+                alone.oos_recall
+            )
+        );
+        assert_eq!(report.messages, 4);
+        // Without languages in the data, no split (and none in the JSON).
+        let plain = evaluate(&model, &[ex("track my order", "status")], 0.0);
+        assert!(plain.by_language.is_empty());
+        let json = serde_json::to_value(&plain).unwrap();
+        assert!(json.get("by_language").is_none());
+        let read = read_jsonl(r#"{"text": "hola", "intent": "oos", "language": "es"}"#).unwrap();
+        assert_eq!(read[0].language.as_deref(), Some("es"));
     }
 
     #[test]

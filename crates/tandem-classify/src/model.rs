@@ -19,6 +19,10 @@ pub struct Example {
     pub text: String,
     /// Its intent (a flow id).
     pub intent: String,
+    /// The language it is written in (`en`, `pt`, `es`…), when the data says: evaluation
+    /// then reports each language apart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
 }
 
 impl Example {
@@ -27,6 +31,7 @@ impl Example {
         Self {
             text: text.into(),
             intent: intent.into(),
+            language: None,
         }
     }
 
