@@ -7,6 +7,8 @@
 //!   validation, repair, retries, a circuit breaker, a concurrency limit and a cache.
 //! - `embed` (feature `llm`): sentence embeddings for the semantic stage — the `Embedder`
 //!   trait and an OpenAI-compatible `/v1/embeddings` client, with checked, normalised vectors.
+//! - `local_embed` (feature `semantic`): the in-process embedder, a sentence-transformers
+//!   model run by candle from a local folder.
 //! - [`eval`]: accuracy, macro-F1, out-of-scope precision and recall, and what the local
 //!   stage answers alone at a confidence threshold, on labelled JSONL data.
 
@@ -16,6 +18,8 @@ pub mod eval;
 pub mod features;
 #[cfg(feature = "llm")]
 pub mod llm;
+#[cfg(feature = "semantic")]
+pub mod local_embed;
 pub mod model;
 
 pub use model::{Example, Model, Prediction, TrainError, TrainOptions};

@@ -303,6 +303,15 @@ impl Model {
         &self.intents
     }
 
+    /// The probability of each intent for `text`, in [`Model::intents`] order.
+    pub fn probabilities(&self, text: &str) -> Vec<f32> {
+        let x = self.vectorise(&self.featurizer.extract(text));
+        let mut scores = vec![0.0f32; self.intents.len()];
+        self.scores_into(&x, &mut scores);
+        softmax(&mut scores);
+        scores
+    }
+
     /// Classifies a message.
     pub fn predict(&self, text: &str) -> Prediction {
         let x = self.vectorise(&self.featurizer.extract(text));

@@ -822,6 +822,46 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn embeddings(
+        &self,
+        model: &str,
+        keys: &[String],
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let (model, keys) = (model.to_owned(), keys.to_vec());
+        self.read(move |txn| {
+            let table = txn
+                .open_table(EMBEDDINGS)
+                .map_err(redb_err("opening embeddings"))?;
+            keys.iter()
+                .map(|key| {
+                    Ok(table
+                        .get((model.as_str(), key.as_str()))
+                        .map_err(redb_err("reading an embedding"))?
+                        .map(|v| v.value().to_vec()))
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn put_embeddings(
+        &self,
+        model: &str,
+        entries: Vec<(String, Vec<u8>)>,
+    ) -> Result<(), StoreError> {
+        let model = model.to_owned();
+        self.write(move |group| {
+            let mut table = group.table(EMBEDDINGS)?;
+            for (key, bytes) in &entries {
+                table
+                    .insert((model.as_str(), key.as_str()), bytes.as_slice())
+                    .map_err(redb_err("writing an embedding"))?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     async fn touch_number(
         &self,
         id: &PhoneNumberId,

@@ -781,6 +781,40 @@ impl Store for RedisStore {
         raw.iter().map(|r| decode("agent", r)).collect()
     }
 
+    async fn embeddings(
+        &self,
+        model: &str,
+        keys: &[String],
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut con = self.con.clone();
+        let mut out = Vec::with_capacity(keys.len());
+        // In slices, so one read never holds Redis for long.
+        for chunk in keys.chunks(512) {
+            let found: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
+                .arg(self.keys.embeddings(model))
+                .arg(chunk)
+                .query_async(&mut con)
+                .await?;
+            out.extend(found);
+        }
+        Ok(out)
+    }
+
+    async fn put_embeddings(
+        &self,
+        model: &str,
+        entries: Vec<(String, Vec<u8>)>,
+    ) -> Result<(), StoreError> {
+        let mut con = self.con.clone();
+        for chunk in entries.chunks(512) {
+            let () = con.hset_multiple(self.keys.embeddings(model), chunk).await?;
+        }
+        Ok(())
+    }
+
     async fn touch_number(
         &self,
         id: &PhoneNumberId,

@@ -156,6 +156,21 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Reads every agent's stored state.
     async fn agents(&self) -> Result<Vec<AgentState>, StoreError>;
 
+    /// Reads cached sentence embeddings of `model` by key (a digest of the text), in order;
+    /// `None` where none is stored. The bytes are the vector's little-endian `f32`s.
+    async fn embeddings(
+        &self,
+        model: &str,
+        keys: &[String],
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError>;
+
+    /// Caches sentence embeddings of `model`, by key.
+    async fn put_embeddings(
+        &self,
+        model: &str,
+        entries: Vec<(String, Vec<u8>)>,
+    ) -> Result<(), StoreError>;
+
     /// Takes or renews the single leadership of `role` (such as the router) for `ttl`.
     /// Returns true when `holder` leads now. The embedded store has one process, which
     /// always leads.

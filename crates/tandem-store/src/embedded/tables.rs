@@ -55,6 +55,11 @@ pub(super) const AUDIT: TableDefinition<'_, (u64, u64), &[u8]> = TableDefinition
 /// Digest of tenant and alias → when its customer was erased (ms).
 pub(super) const TOMBSTONES: TableDefinition<'_, &str, u64> = TableDefinition::new("tombstones");
 
+/// (model, digest of a text) → its embedding (little-endian f32s): the semantic stage's
+/// cache of example vectors.
+pub(super) const EMBEDDINGS: TableDefinition<'_, (&str, &str), &[u8]> =
+    TableDefinition::new("embeddings");
+
 pub(super) const SEQ: &str = "seq";
 /// The last audit entry id given.
 pub(super) const AUDIT_SEQ: &str = "audit_seq";
@@ -114,6 +119,8 @@ pub(super) fn create_all(txn: &WriteTransaction) -> Result<(), StoreError> {
         .map_err(redb_err("creating tables"))?;
     txn.open_table(AUDIT).map_err(redb_err("creating tables"))?;
     txn.open_table(TOMBSTONES)
+        .map_err(redb_err("creating tables"))?;
+    txn.open_table(EMBEDDINGS)
         .map_err(redb_err("creating tables"))?;
     Ok(())
 }

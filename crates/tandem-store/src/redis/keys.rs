@@ -110,6 +110,11 @@ impl Keys {
         format!("{}:agents", self.prefix)
     }
 
+    /// The hash of cached embeddings of one model (one key: one slot in a cluster).
+    pub(crate) fn embeddings(&self, model: &str) -> String {
+        format!("{}:embeddings:{model}", self.prefix)
+    }
+
     pub(crate) fn number(&self, id: &PhoneNumberId) -> String {
         format!("{}:number:{id}", self.prefix)
     }
