@@ -9,6 +9,8 @@
 //!   trait and an OpenAI-compatible `/v1/embeddings` client, with checked, normalised vectors.
 //! - `local_embed` (feature `semantic`): the in-process embedder, a sentence-transformers
 //!   model run by candle from a local folder.
+//! - [`semantic`]: the semantic stage's head over sentence embeddings, fused with the
+//!   local model's probabilities.
 //! - [`eval`]: accuracy, macro-F1, out-of-scope precision and recall, and what the local
 //!   stage answers alone at a confidence threshold, on labelled JSONL data.
 
@@ -21,6 +23,7 @@ pub mod llm;
 #[cfg(feature = "semantic")]
 pub mod local_embed;
 pub mod model;
+pub mod semantic;
 
 pub use model::{Example, Model, Prediction, TrainError, TrainOptions};
 

@@ -111,10 +111,10 @@ impl LocalEmbedder {
     /// A [`LoadError`] naming the missing or unreadable file.
     pub fn load(dir: &Path, options: LocalOptions) -> Result<Self, LoadError> {
         let config_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&config_path).map_err(|e| load_error(&config_path, e))?;
-        let config: Config = serde_json::from_str(&text).map_err(|e| {
-            load_error(&config_path, format!("not a BERT configuration: {e}"))
-        })?;
+        let text =
+            std::fs::read_to_string(&config_path).map_err(|e| load_error(&config_path, e))?;
+        let config: Config = serde_json::from_str(&text)
+            .map_err(|e| load_error(&config_path, format!("not a BERT configuration: {e}")))?;
         let pooling_path = dir.join("1_Pooling").join("config.json");
         let pooling = match std::fs::read_to_string(&pooling_path) {
             Err(_) => Pooling::Mean,
@@ -148,9 +148,10 @@ impl LocalEmbedder {
         let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, &device)
             .map_err(|e| load_error(&weights, e))?;
         let model = BertModel::load(vb, &config).map_err(|e| load_error(&weights, e))?;
-        let name = dir
-            .file_name()
-            .map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned());
+        let name = dir.file_name().map_or_else(
+            || dir.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
         Ok(Self {
             loaded: Arc::new(Loaded {
                 model,
@@ -224,7 +225,11 @@ impl Loaded {
                     tokens.broadcast_add(&shift)?.max(1)?
                 }
             };
-            let norm = pooled.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12f32, f32::MAX)?;
+            let norm = pooled
+                .sqr()?
+                .sum_keepdim(1)?
+                .sqrt()?
+                .clamp(1e-12f32, f32::MAX)?;
             pooled.broadcast_div(&norm)?.to_vec2::<f32>()
         };
         run().map_err(|e| format!("model: {e}"))

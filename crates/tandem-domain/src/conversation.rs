@@ -160,14 +160,15 @@ pub struct TranscriptEntry {
 /// that messages nobody understood can be reviewed and turned into examples.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Understood {
-    /// Which stage decided: `rules`, `local`, `llm`, `answer` (the answer to the question the
+    /// Which stage decided: `rules`, `local`, `semantic`, `llm`, `answer` (the answer to the question the
     /// bot waited on) or `none` (nobody was sure: the menu, the fallback, or an answer the
     /// question refused).
     pub stage: String,
     /// The flow chosen, when a stage chose one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub intent: Option<String>,
-    /// The local model's best flow, when it was not sure enough to choose it.
+    /// The best flow of the last local stage (the model, or the semantic stage when on),
+    /// when it was not sure enough to choose it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guess: Option<String>,
     /// The confidence of `intent` (or of `guess` when nothing was chosen), 0 to 1.

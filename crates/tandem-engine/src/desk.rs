@@ -453,6 +453,7 @@ mod tests {
             cap: 50,
             contact_name: None,
             llm: crate::turn::LlmUse::default(),
+            semantic: None,
         }
     }
 

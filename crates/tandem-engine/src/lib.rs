@@ -46,6 +46,7 @@ mod reply;
 pub mod responder;
 pub mod router;
 pub mod sandbox;
+pub mod semantic;
 pub mod sender;
 pub mod tenants;
 pub mod turn;

@@ -30,12 +30,22 @@ pub const FLOW_ERRORS: &str = "tandem_flow_errors_total";
 pub const FLOW_CALLS: &str = "tandem_flow_calls_total";
 /// Duration of `call` steps.
 pub const FLOW_CALL_SECONDS: &str = "tandem_flow_call_seconds";
-/// Customer messages classified, by the stage that decided (`rules`, `local`, `none`).
+/// Customer messages classified, by the stage that decided (`rules`, `local`, `semantic`,
+/// `llm`, `none`).
 pub const CLASSIFIER_DECISIONS: &str = "tandem_classifier_decisions_total";
 /// LLM triage calls, by outcome (`ok`, `timeout`, `endpoint`, `malformed`, `circuit_open`).
 pub const LLM_CALLS: &str = "tandem_llm_calls_total";
 /// Duration of LLM triage (cache hits included).
 pub const LLM_SECONDS: &str = "tandem_llm_seconds";
+/// Time to embed one customer message for the semantic stage.
+pub const SEMANTIC_EMBED_SECONDS: &str = "tandem_semantic_embed_seconds";
+/// Semantic stage decisions that could not be made, by reason (`not_ready`, `timeout`,
+/// `endpoint`, `malformed`, `dimension`, `build`).
+pub const SEMANTIC_FAILURES: &str = "tandem_semantic_failures_total";
+/// Time to build a semantic head (cached vectors read, the rest embedded, head trained).
+pub const SEMANTIC_BUILD_SECONDS: &str = "tandem_semantic_build_seconds";
+/// Example texts embedded to build heads (the ones not found in the cache).
+pub const SEMANTIC_EXAMPLES_EMBEDDED: &str = "tandem_semantic_examples_embedded_total";
 /// Bot turns, by what ended them (`reply`, `handoff`, `silent`).
 pub const TURNS: &str = "tandem_bot_turns_total";
 /// Graph API sends, by action and outcome (`sent`, `retry`, `failed`, `cancelled`, `template`).
@@ -90,6 +100,24 @@ pub const RETENTION_REMOVED: &str = "tandem_retention_removed_total";
 
 /// Registers help texts and units with the installed recorder.
 pub fn describe() {
+    describe_histogram!(
+        SEMANTIC_EMBED_SECONDS,
+        Unit::Seconds,
+        "Time to embed one customer message for the semantic stage"
+    );
+    describe_counter!(
+        SEMANTIC_FAILURES,
+        "Semantic stage decisions not made, by reason (the message went on to the next stage)"
+    );
+    describe_histogram!(
+        SEMANTIC_BUILD_SECONDS,
+        Unit::Seconds,
+        "Time to build a semantic head from the flows' examples"
+    );
+    describe_counter!(
+        SEMANTIC_EXAMPLES_EMBEDDED,
+        "Example texts embedded to build semantic heads (not found in the cache)"
+    );
     describe_counter!(
         ERASED_DROPPED,
         "Late webhook events of an erased customer (older than the erasure), dropped"

@@ -30,6 +30,8 @@ pub(crate) struct Env<'a> {
     pub contact_name: Option<&'a str>,
     /// Which LLM requests may be made.
     pub llm: LlmUse,
+    /// When the semantic stage is on: the local model's confidence to answer alone.
+    pub semantic: Option<f32>,
 }
 
 /// What a bot turn did.
@@ -44,7 +46,7 @@ pub(crate) struct Replied {
 }
 
 /// Answers a customer message in a conversation the bot is in charge of: classifies it (rules,
-/// local model, then the LLM), runs the flows, makes their calls, and queues the replies
+/// local model, the semantic stage when on, then the LLM), runs the flows, makes their calls, and queues the replies
 /// (after a mark-as-read with the typing indicator). Adds system lines for handoffs,
 /// opt-outs and flow errors.
 pub(crate) fn respond(
@@ -62,12 +64,44 @@ pub(crate) fn respond(
         extract: env.llm.extract,
     };
     let text = tandem_flows::validate::answer_text(&message.content);
-    let classified = text.map(|text| bot.classify(text)).unwrap_or_default();
+    let lexical_threshold = env.semantic.map_or(bot.settings.classifier_threshold, |t| {
+        t.max(bot.settings.classifier_threshold)
+    });
+    let classified = text
+        .map(|text| bot.classify_at(text, lexical_threshold))
+        .unwrap_or_default();
     let mut intent = classified.intent;
+    let mut guess = classified.guess;
     let mut llm_decisions = Vec::new();
     let mut person = None;
     let answers_question =
         intent.is_none() && c.bot.position.is_some() && bot.accepts(c, &message.content, &ctx);
+    if let Some(text) = text
+        .filter(|_| env.semantic.is_some() && intent.is_none() && !c.opted_out && !answers_question)
+    {
+        match io.ask(Request::Semantic {
+            text: text.to_owned(),
+        })? {
+            Answer::Semantic(Ok(m)) if m.sure && bot.flows.iter().any(|f| f.id == m.intent) => {
+                intent = Some(Intent {
+                    flow: m.intent,
+                    stage: "semantic",
+                    confidence: m.confidence,
+                });
+            }
+            Answer::Semantic(Ok(m)) => {
+                llm_decisions.push(format!(
+                    "semantic: unsure, `{}` ({:.2})",
+                    m.intent, m.confidence
+                ));
+                guess = Some((m.intent, m.confidence));
+            }
+            Answer::Semantic(Err(error)) => {
+                llm_decisions.push(format!("semantic stage skipped: {error}"));
+            }
+            _ => {}
+        }
+    }
     // A message that is not a valid answer to the question waited on (or that comes outside
     // one) is worth an LLM call: its triage may hand off even mid-flow.
     let consult_llm = env.llm.triage && intent.is_none() && !c.opted_out && !answers_question;
@@ -85,7 +119,7 @@ pub(crate) fn respond(
         intent.as_ref().map_or("none", |i| i.stage),
     ));
     if text.is_some() {
-        let understood = understood(intent.as_ref(), classified.guess, answers_question);
+        let understood = understood(intent.as_ref(), guess, answers_question);
         if let Some(line) = c
             .transcript
             .iter_mut()

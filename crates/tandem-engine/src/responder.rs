@@ -16,6 +16,7 @@ use tandem_domain::Conversation;
 use tandem_flows::{Bot, CallOutcome, CallRequest};
 
 use crate::metrics;
+use crate::semantic::SemanticStage;
 use crate::turn::{Answer, Decision, Input, Journal, LlmUse, Parts, Request, Settings, decide};
 
 /// The flows in force; replaced as a whole by a reload.
@@ -71,6 +72,7 @@ pub struct Responder {
     flows: FlowsHandle,
     http: reqwest::Client,
     llm: Option<Arc<LlmClassifier>>,
+    semantic: Option<Arc<SemanticStage>>,
     /// The flows' generation the LLM's answer cache was filled under; a reload empties it.
     cached_generation: Arc<AtomicU64>,
 }
@@ -83,7 +85,26 @@ impl Responder {
             flows,
             http,
             llm: None,
+            semantic: None,
         }
+    }
+
+    /// Asks `stage` about messages the local model is not sure of, before the LLM.
+    pub fn with_semantic(mut self, stage: Arc<SemanticStage>) -> Self {
+        self.semantic = Some(stage);
+        self
+    }
+
+    /// The semantic stage, when on.
+    pub fn semantic(&self) -> Option<&Arc<SemanticStage>> {
+        self.semantic.as_ref()
+    }
+
+    /// With the semantic stage on, the local model's confidence at which it answers alone.
+    pub fn semantic_lexical_threshold(&self) -> Option<f32> {
+        self.semantic
+            .as_ref()
+            .map(|s| s.options().lexical_threshold)
     }
 
     /// Asks `llm` about messages neither the rules nor the local model are sure of.
@@ -133,6 +154,15 @@ impl Responder {
                 Answer::Triage(answer.map_err(|error| {
                     tracing::warn!(%conversation, %error, "LLM triage failed; falling back");
                     error.to_string()
+                }))
+            }
+            Request::Semantic { text } => {
+                let Some(stage) = &self.semantic else {
+                    return request.refused("no semantic stage is configured");
+                };
+                let bot = self.flows.current();
+                Answer::Semantic(stage.decide(&bot, text).await.inspect_err(|error| {
+                    tracing::debug!(%conversation, %error, "semantic stage skipped");
                 }))
             }
             Request::Extract(request) => {

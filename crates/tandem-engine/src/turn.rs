@@ -55,6 +55,9 @@ pub struct Settings {
     pub send_recovery: Duration,
     /// Which LLM requests the deployment can answer.
     pub llm: LlmUse,
+    /// When the semantic stage is on: the local model's confidence at which it still
+    /// answers alone.
+    pub semantic: Option<f32>,
 }
 
 impl Settings {
@@ -67,6 +70,7 @@ impl Settings {
             burst_window: config.burst_window,
             send_recovery: config.send_recovery,
             llm: responder.map_or_else(LlmUse::default, Responder::llm_use),
+            semantic: responder.and_then(Responder::semantic_lexical_threshold),
         }
     }
 }
@@ -114,6 +118,11 @@ pub enum Request {
         /// The customer's text.
         text: String,
     },
+    /// Ask the semantic stage which flow `text` asks for.
+    Semantic {
+        /// The customer's text.
+        text: String,
+    },
     /// Ask the LLM to read a refused answer's value.
     Extract(tandem_flows::ExtractRequest),
     /// Ask the LLM for the lines a person taking over reads first.
@@ -138,6 +147,7 @@ impl Request {
     pub(crate) fn refused(&self, why: &str) -> Answer {
         match self {
             Self::Triage { .. } => Answer::Triage(Err(why.to_owned())),
+            Self::Semantic { .. } => Answer::Semantic(Err(why.to_owned())),
             Self::Extract(_) => Answer::Extract(None),
             Self::Summary { .. } => Answer::Summary(None),
             Self::Call { .. } => Answer::Call(CallOutcome::Failed(why.to_owned())),
@@ -150,6 +160,8 @@ impl Request {
 pub enum Answer {
     /// The triage, or why there is none (the turn falls back).
     Triage(Result<Triage, String>),
+    /// The semantic stage's best intent (sure or not), or why there is none.
+    Semantic(Result<tandem_classify::semantic::SemanticMatch, String>),
     /// The value read, when the LLM found one.
     Extract(Option<String>),
     /// The summary, when the LLM gave one.
@@ -267,7 +279,7 @@ pub enum Note {
     Session,
     /// A bot turn ended.
     Turn(TurnEnd),
-    /// The classifier stage that decided (`rules`, `local`, `llm`, `none`).
+    /// The classifier stage that decided (`rules`, `local`, `semantic`, `llm`, `none`).
     Classified(&'static str),
     /// A flow failed (a template, a call's result); the text says how.
     FlowError(String),
@@ -395,6 +407,7 @@ pub fn decide(
         cap,
         contact_name: input.contact_name,
         llm: settings.llm,
+        semantic: settings.semantic,
     };
     let mut record = record;
     let mut timer = TimerChange::Keep;

@@ -151,10 +151,16 @@ impl Bot {
     /// A text of several lines (a burst of messages taken as one turn) is read from its last
     /// line back, the first sure answer winning; then as a whole.
     pub fn classify(&self, text: &str) -> Classified {
+        self.classify_at(text, self.settings.classifier_threshold)
+    }
+
+    /// [`Bot::classify`] with the local model answering at `threshold` (raised while the
+    /// semantic stage is on, which takes the model's unsure answers into its own).
+    pub fn classify_at(&self, text: &str, threshold: f32) -> Classified {
         if text.contains('\n') {
             let lines = text.lines().rev().filter(|l| !l.trim().is_empty());
             if let Some(intent) = lines
-                .filter_map(|line| self.classify_one(line).intent)
+                .filter_map(|line| self.classify_one(line, threshold).intent)
                 .next()
             {
                 return Classified {
@@ -163,10 +169,10 @@ impl Bot {
                 };
             }
         }
-        self.classify_one(text)
+        self.classify_one(text, threshold)
     }
 
-    fn classify_one(&self, text: &str) -> Classified {
+    fn classify_one(&self, text: &str, threshold: f32) -> Classified {
         if let Some(flow) = self.match_trigger(text) {
             return Classified {
                 intent: Some(Intent {
@@ -183,7 +189,7 @@ impl Bot {
         if prediction.unknown_words_only {
             return Classified::default();
         }
-        if prediction.confidence >= self.settings.classifier_threshold {
+        if prediction.confidence >= threshold {
             Classified {
                 intent: Some(Intent {
                     flow: prediction.intent,

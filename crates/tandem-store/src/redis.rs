@@ -810,7 +810,9 @@ impl Store for RedisStore {
     ) -> Result<(), StoreError> {
         let mut con = self.con.clone();
         for chunk in entries.chunks(512) {
-            let () = con.hset_multiple(self.keys.embeddings(model), chunk).await?;
+            let () = con
+                .hset_multiple(self.keys.embeddings(model), chunk)
+                .await?;
         }
         Ok(())
     }

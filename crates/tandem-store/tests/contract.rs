@@ -888,20 +888,34 @@ async fn hooks_are_written_with_the_step_leased_retried_and_dead_lettered(f: Fix
 async fn embeddings_are_cached_per_model_and_key(f: Fixture) {
     let s = &*f.store;
     let keys = vec!["a".to_owned(), "b".to_owned(), "c".to_owned()];
-    assert_eq!(s.embeddings("mini", &keys).await.unwrap(), vec![None, None, None]);
+    assert_eq!(
+        s.embeddings("mini", &keys).await.unwrap(),
+        vec![None, None, None]
+    );
     assert!(s.embeddings("mini", &[]).await.unwrap().is_empty());
-    let one: Vec<u8> = [0.5f32, -1.0].iter().flat_map(|x| x.to_le_bytes()).collect();
-    s.put_embeddings("mini", vec![("a".into(), one.clone()), ("c".into(), vec![1, 2, 3, 4])])
-        .await
-        .unwrap();
+    let one: Vec<u8> = [0.5f32, -1.0]
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    s.put_embeddings(
+        "mini",
+        vec![("a".into(), one.clone()), ("c".into(), vec![1, 2, 3, 4])],
+    )
+    .await
+    .unwrap();
     assert_eq!(
         s.embeddings("mini", &keys).await.unwrap(),
         vec![Some(one.clone()), None, Some(vec![1, 2, 3, 4])]
     );
     // Another model's vectors are its own.
     assert_eq!(s.embeddings("e5", &keys[..1]).await.unwrap(), vec![None]);
-    s.put_embeddings("mini", vec![("a".into(), vec![9; 8])]).await.unwrap();
-    assert_eq!(s.embeddings("mini", &keys[..1]).await.unwrap(), vec![Some(vec![9; 8])]);
+    s.put_embeddings("mini", vec![("a".into(), vec![9; 8])])
+        .await
+        .unwrap();
+    assert_eq!(
+        s.embeddings("mini", &keys[..1]).await.unwrap(),
+        vec![Some(vec![9; 8])]
+    );
 }
 
 async fn agents_presence_is_kept_and_one_process_leads(f: Fixture) {

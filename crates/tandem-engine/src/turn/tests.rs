@@ -58,6 +58,7 @@ fn settings() -> Settings {
         burst_window: Duration::ZERO,
         send_recovery: Duration::from_secs(30),
         llm: LlmUse::default(),
+        semantic: None,
     }
 }
 
@@ -512,4 +513,80 @@ fn several_events_decide_as_they_would_one_by_one() {
     assert_eq!(together.effects.notes, [Note::Resumed(Resumed::HumanIdle)]);
     assert_eq!(together.conversation.mode(), Mode::Bot);
     assert_eq!(together.conversation.events_applied, 4);
+}
+
+#[test]
+fn the_semantic_stage_is_asked_before_the_llm_and_its_failure_goes_on_to_it() {
+    let bot = bot();
+    let c = record();
+    let s = Settings {
+        llm: LlmUse {
+            triage: true,
+            ..LlmUse::default()
+        },
+        semantic: Some(0.95),
+        ..settings()
+    };
+    let items = [said("m1", "good morning to you", T0)];
+    let sure = |intent: &str, sure: bool| {
+        Answer::Semantic(Ok(tandem_classify::semantic::SemanticMatch {
+            intent: intent.to_owned(),
+            confidence: if sure { 0.9 } else { 0.4 },
+            semantic: 0.9,
+            sure,
+        }))
+    };
+    // Sure: the flow runs, no LLM call.
+    let mut journal = Journal::default();
+    let pending = decide_with(Some(&bot), &c, &items, T0, &s, &journal).unwrap_err();
+    assert!(matches!(
+        pending.request.as_ref(),
+        Request::Semantic { text } if text == "good morning to you"
+    ));
+    journal.answer(pending, sure("hi", true));
+    let d = decide_with(Some(&bot), &c, &items, T0, &s, &journal).unwrap();
+    assert_eq!(texts(&d.conversation), ["hello"]);
+    assert!(d.effects.notes.contains(&Note::Classified("semantic")));
+    let line = d.conversation.transcript.first().unwrap();
+    let understood = line.understood.as_ref().unwrap();
+    assert_eq!(
+        (understood.stage.as_str(), understood.intent.as_deref()),
+        ("semantic", Some("hi"))
+    );
+    // Unsure, failed, or naming a flow that no longer exists: the LLM is asked next.
+    for answer in [
+        sure("hi", false),
+        Answer::Semantic(Err("no vector within 500ms".into())),
+        sure("gone", true),
+    ] {
+        let mut journal = Journal::default();
+        let pending = decide_with(Some(&bot), &c, &items, T0, &s, &journal).unwrap_err();
+        journal.answer(pending, answer.clone());
+        let pending = decide_with(Some(&bot), &c, &items, T0, &s, &journal).unwrap_err();
+        assert!(
+            matches!(pending.request.as_ref(), Request::Triage { .. }),
+            "{answer:?}"
+        );
+    }
+    // Without the stage, nothing is asked of it.
+    let pending = decide_with(
+        Some(&bot),
+        &c,
+        &items,
+        T0,
+        &settings_with_llm(),
+        &Journal::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(pending.request.as_ref(), Request::Triage { .. }));
+}
+
+fn settings_with_llm() -> Settings {
+    Settings {
+        llm: LlmUse {
+            triage: true,
+            ..LlmUse::default()
+        },
+        ..settings()
+    }
 }

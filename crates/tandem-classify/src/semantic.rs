@@ -1,0 +1,377 @@
+//! The semantic stage's model: a softmax head over sentence embeddings of the flows'
+//! examples, trained at start-up, and its decision fused with the lexical model's.
+//!
+//! The head is multinomial logistic regression on the (unit) example vectors, trained by
+//! averaged mini-batch gradient descent: with ten examples an intent it ranks as well as the
+//! nearest class centroid and gives far better calibrated confidences (on CLINC150 10-shot,
+//! 58 % of in-scope messages above the 97 %-precision point against 29 % for centroid
+//! similarity; docs/CLASSIFIER.md). The decision multiplies the two models' probabilities,
+//! weighted — `p_semantic^(1-w) · p_lexical^w` — so the stage answers when both agree or one
+//! is very sure, and out-of-scope messages, which neither knows, score low.
+//!
+//! No IO here: the vectors come from an [`crate::embed::Embedder`], the caller caches them.
+
+use std::collections::HashMap;
+
+/// Settings of the semantic stage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SemanticOptions {
+    /// The fused score at which the stage answers (0 to 1).
+    pub threshold: f32,
+    /// While the stage is on, the lexical model answers alone only at this confidence;
+    /// below it, its probabilities join the semantic stage's.
+    pub lexical_threshold: f32,
+    /// Weight of the lexical model in the fused score (0: semantic only).
+    pub lexical_weight: f32,
+    /// Passes over the examples; `None` chooses from their number (20 for a few hundred,
+    /// 4 for fifteen thousand).
+    pub epochs: Option<usize>,
+}
+
+impl Default for SemanticOptions {
+    fn default() -> Self {
+        Self {
+            threshold: DEFAULT_SEMANTIC_THRESHOLD,
+            lexical_threshold: 0.95,
+            lexical_weight: 0.3,
+            epochs: None,
+        }
+    }
+}
+
+/// The fused score at which the semantic stage answers: 97 % precision on CLINC150 test
+/// with full and 10-shot training data (docs/CLASSIFIER.md).
+pub const DEFAULT_SEMANTIC_THRESHOLD: f32 = 0.7;
+
+/// Scale of the cosine scores before the softmax: unit vectors give scores in [-1, 1], too
+/// flat for a softmax over many intents.
+const SCALE: f32 = 10.0;
+/// First learning rate; the rate of pass `e` is `LEARNING_RATE / (1 + e)`.
+const LEARNING_RATE: f32 = 0.5;
+/// Examples per gradient step.
+const BATCH: usize = 8;
+
+/// Why no head could be trained.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SemanticError {
+    /// Fewer than two intents have examples.
+    #[error("the semantic stage needs examples of at least two intents (got {0})")]
+    TooFewIntents(usize),
+    /// The vectors do not all have one dimension.
+    #[error("example vectors of {0} and {1} numbers")]
+    Dimensions(usize, usize),
+}
+
+/// The stage's answer for one message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SemanticMatch {
+    /// The best intent by fused score.
+    pub intent: String,
+    /// Its fused score, 0 to 1.
+    pub confidence: f32,
+    /// The semantic head's own probability of it.
+    pub semantic: f32,
+    /// True when the fused score reaches the threshold: the stage answers.
+    pub sure: bool,
+}
+
+/// A trained head: which intent each embedding is closest to.
+#[derive(Debug, Clone)]
+pub struct SemanticIndex {
+    /// The embedding model the vectors come from.
+    model: String,
+    intents: Vec<String>,
+    dimension: usize,
+    /// Row-major `dimension × intents`.
+    weights: Vec<f32>,
+    bias: Vec<f32>,
+    options: SemanticOptions,
+    examples: usize,
+}
+
+impl SemanticIndex {
+    /// Trains a head on `(intent, unit vector)` examples of embedding model `model`.
+    ///
+    /// # Errors
+    /// [`SemanticError`] with fewer than two intents or vectors of different dimensions.
+    pub fn train(
+        model: &str,
+        examples: &[(String, Vec<f32>)],
+        options: SemanticOptions,
+    ) -> Result<Self, SemanticError> {
+        let mut intents: Vec<String> = examples.iter().map(|(i, _)| i.clone()).collect();
+        intents.sort();
+        intents.dedup();
+        if intents.len() < 2 {
+            return Err(SemanticError::TooFewIntents(intents.len()));
+        }
+        let dimension = examples.first().map_or(0, |(_, v)| v.len());
+        if let Some((_, v)) = examples.iter().find(|(_, v)| v.len() != dimension) {
+            return Err(SemanticError::Dimensions(dimension, v.len()));
+        }
+        let index: HashMap<&str, usize> = intents
+            .iter()
+            .enumerate()
+            .map(|(k, i)| (i.as_str(), k))
+            .collect();
+        let labels: Vec<usize> = examples
+            .iter()
+            .map(|(i, _)| index.get(i.as_str()).copied().unwrap_or(0))
+            .collect();
+        let classes = intents.len();
+        let epochs = options
+            .epochs
+            .unwrap_or_else(|| (60_000 / examples.len().max(1)).clamp(4, 20));
+        let mut weights = vec![0.0f32; dimension * classes];
+        let mut bias = vec![0.0f32; classes];
+        let mut sum_weights = vec![0.0f32; dimension * classes];
+        let mut sum_bias = vec![0.0f32; classes];
+        let mut order: Vec<usize> = (0..examples.len()).collect();
+        let mut shuffle = Shuffle(0x9e37_79b9_7f4a_7c15);
+        let mut gradients = vec![0.0f32; BATCH * classes];
+        for epoch in 0..epochs {
+            shuffle.shuffle(&mut order);
+            let rate = LEARNING_RATE / (1.0 + epoch as f32);
+            for batch in order.chunks(BATCH) {
+                // Every example of the batch is scored with the same weights, then all
+                // step together.
+                for (slot, &e) in batch.iter().enumerate() {
+                    let g = &mut gradients[slot * classes..(slot + 1) * classes];
+                    scores_into(&weights, &bias, &examples[e].1, classes, g);
+                    softmax(g);
+                    g[labels[e]] -= 1.0;
+                }
+                let step = rate / batch.len() as f32;
+                for (slot, &e) in batch.iter().enumerate() {
+                    let g = &gradients[slot * classes..(slot + 1) * classes];
+                    for (row, &x) in weights.chunks_exact_mut(classes).zip(&examples[e].1) {
+                        let factor = step * SCALE * x;
+                        for (w, &gk) in row.iter_mut().zip(g) {
+                            *w -= factor * gk;
+                        }
+                    }
+                    for (b, &gk) in bias.iter_mut().zip(g) {
+                        *b -= step * gk;
+                    }
+                }
+            }
+            for (s, w) in sum_weights.iter_mut().zip(&weights) {
+                *s += w;
+            }
+            for (s, b) in sum_bias.iter_mut().zip(&bias) {
+                *s += b;
+            }
+        }
+        let passes = epochs.max(1) as f32;
+        sum_weights.iter_mut().for_each(|w| *w /= passes);
+        sum_bias.iter_mut().for_each(|b| *b /= passes);
+        Ok(Self {
+            model: model.to_owned(),
+            intents,
+            dimension,
+            weights: sum_weights,
+            bias: sum_bias,
+            options,
+            examples: examples.len(),
+        })
+    }
+
+    /// The embedding model the head was trained on.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// The intents it knows, sorted.
+    pub fn intents(&self) -> &[String] {
+        &self.intents
+    }
+
+    /// The settings it decides with.
+    pub fn options(&self) -> &SemanticOptions {
+        &self.options
+    }
+
+    /// How many examples it was trained on.
+    pub fn examples(&self) -> usize {
+        self.examples
+    }
+
+    /// The head's probability of each intent (in [`SemanticIndex::intents`] order) for a
+    /// unit vector; `None` when the vector's dimension is not the model's.
+    pub fn probabilities(&self, vector: &[f32]) -> Option<Vec<f32>> {
+        if vector.len() != self.dimension {
+            return None;
+        }
+        let mut scores = vec![0.0; self.intents.len()];
+        scores_into(
+            &self.weights,
+            &self.bias,
+            vector,
+            self.intents.len(),
+            &mut scores,
+        );
+        softmax(&mut scores);
+        Some(scores)
+    }
+
+    /// Decides on a message from its vector and, when known, the lexical model's
+    /// probabilities (`lexical_intents[k]` has `lexical[k]`); `None` when the vector's
+    /// dimension is not the model's.
+    pub fn decide(
+        &self,
+        vector: &[f32],
+        lexical: Option<(&[String], &[f32])>,
+    ) -> Option<SemanticMatch> {
+        let semantic = self.probabilities(vector)?;
+        let weight = match lexical {
+            Some(_) => self.options.lexical_weight.clamp(0.0, 1.0),
+            None => 0.0,
+        };
+        let lexical: HashMap<&str, f32> = lexical
+            .map(|(intents, p)| intents.iter().map(String::as_str).zip(p.iter().copied()))
+            .into_iter()
+            .flatten()
+            .collect();
+        let mut best: Option<SemanticMatch> = None;
+        for (intent, &p) in self.intents.iter().zip(&semantic) {
+            let fused = if weight > 0.0 {
+                let q = lexical.get(intent.as_str()).copied().unwrap_or(0.0);
+                p.max(1e-9).powf(1.0 - weight) * q.max(1e-9).powf(weight)
+            } else {
+                p
+            };
+            if best.as_ref().is_none_or(|b| fused > b.confidence) {
+                best = Some(SemanticMatch {
+                    intent: intent.clone(),
+                    confidence: fused,
+                    semantic: p,
+                    sure: false,
+                });
+            }
+        }
+        best.map(|mut m| {
+            m.sure = m.confidence >= self.options.threshold;
+            m
+        })
+    }
+}
+
+/// `out[k] = SCALE · (x · weights[·, k]) + bias[k]`.
+fn scores_into(weights: &[f32], bias: &[f32], x: &[f32], classes: usize, out: &mut [f32]) {
+    out.copy_from_slice(bias);
+    for (row, &xd) in weights.chunks_exact(classes).zip(x) {
+        let xd = xd * SCALE;
+        for (o, &w) in out.iter_mut().zip(row) {
+            *o += xd * w;
+        }
+    }
+}
+
+fn softmax(scores: &mut [f32]) {
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for s in scores.iter_mut() {
+        *s = (*s - max).exp();
+        sum += *s;
+    }
+    for s in scores.iter_mut() {
+        *s /= sum;
+    }
+}
+
+/// A deterministic xorshift generator for shuffling: the same examples train the same head.
+struct Shuffle(u64);
+
+impl Shuffle {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            let j = usize::try_from(self.next() % (i as u64 + 1)).unwrap_or(0);
+            items.swap(i, j);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Unit vectors near one of three axes.
+    fn near(axis: usize, noise: f32) -> Vec<f32> {
+        let mut v = vec![noise; 4];
+        v[axis] = 1.0;
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.iter().map(|x| x / n).collect()
+    }
+
+    fn examples() -> Vec<(String, Vec<f32>)> {
+        let mut out = Vec::new();
+        for (axis, intent) in ["hours", "returns", "track"].iter().enumerate() {
+            for noise in [0.0, 0.1, 0.2] {
+                out.push(((*intent).to_owned(), near(axis, noise)));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn it_learns_which_direction_means_which_intent_and_is_deterministic() {
+        let index = SemanticIndex::train("m", &examples(), SemanticOptions::default()).unwrap();
+        assert_eq!(index.intents(), ["hours", "returns", "track"]);
+        let m = index.decide(&near(1, 0.15), None).unwrap();
+        assert_eq!(m.intent, "returns");
+        assert!(m.sure, "{m:?}");
+        let again = SemanticIndex::train("m", &examples(), SemanticOptions::default()).unwrap();
+        assert_eq!(
+            index.probabilities(&near(2, 0.3)),
+            again.probabilities(&near(2, 0.3))
+        );
+        // Along a direction no intent has, it is unsure.
+        assert!(!index.decide(&near(3, 0.0), None).unwrap().sure);
+        assert_eq!(index.decide(&[1.0, 0.0], None), None, "wrong dimension");
+    }
+
+    #[test]
+    fn the_lexical_model_moves_the_fused_score() {
+        let index = SemanticIndex::train("m", &examples(), SemanticOptions::default()).unwrap();
+        let names = ["hours".to_owned(), "returns".to_owned(), "track".to_owned()];
+        let v = near(0, 0.1);
+        let alone = index.decide(&v, None).unwrap();
+        let agrees = index
+            .decide(&v, Some((&names, &[0.9, 0.05, 0.05])))
+            .unwrap();
+        let disagrees = index
+            .decide(&v, Some((&names, &[0.02, 0.96, 0.02])))
+            .unwrap();
+        assert_eq!(agrees.intent, "hours");
+        assert!(agrees.sure);
+        assert!(disagrees.confidence < alone.confidence);
+        assert!(!disagrees.sure, "{disagrees:?}");
+        // An intent the lexical model does not know counts as improbable to it.
+        let unknown = index.decide(&v, Some((&names[1..], &[0.5, 0.5]))).unwrap();
+        assert!(!unknown.sure);
+    }
+
+    #[test]
+    fn too_few_intents_or_mixed_dimensions_are_refused() {
+        let one = vec![("a".to_owned(), vec![1.0, 0.0])];
+        assert_eq!(
+            SemanticIndex::train("m", &one, SemanticOptions::default()).unwrap_err(),
+            SemanticError::TooFewIntents(1)
+        );
+        let mixed = vec![
+            ("a".to_owned(), vec![1.0, 0.0]),
+            ("b".to_owned(), vec![1.0]),
+        ];
+        assert_eq!(
+            SemanticIndex::train("m", &mixed, SemanticOptions::default()).unwrap_err(),
+            SemanticError::Dimensions(2, 1)
+        );
+    }
+}
