@@ -175,6 +175,15 @@ struct EvalArgs {
     /// from 0.3 to 0.95, to choose `classifier_threshold`.
     #[arg(long)]
     sweep: bool,
+    /// Run the semantic stage with this embedder: a sentence-transformers model folder
+    /// (builds with `--features semantic`) or an embeddings endpoint URL (`…/v1`; model from
+    /// --embedder-model or TANDEM_EMBEDDER_MODEL). TANDEM_EMBEDDER_PREFIX and
+    /// TANDEM_SEMANTIC_* apply as in the server.
+    #[arg(long)]
+    embedder: Option<String>,
+    /// The endpoint's model name, with an --embedder URL.
+    #[arg(long)]
+    embedder_model: Option<String>,
 }
 
 /// The thresholds `tandem eval --sweep` reports.
@@ -348,13 +357,25 @@ fn eval(args: &EvalArgs, env: &HashMap<String, String>) -> anyhow::Result<()> {
     let model = tandem_classify::Model::train(&training, options)?;
     let train_ms = started.elapsed().as_secs_f64() * 1e3;
     let mut run = tandem_classify::eval::run_local(&model, &data, args.threshold);
+    let semantic = match &args.embedder {
+        Some(source) => Some(eval_semantic(
+            source, args, env, &training, &data, &model, &mut run,
+        )?),
+        None => None,
+    };
     let llm = if args.llm {
         Some(ask_llm(&mut run, &data, &training, env)?)
     } else {
         None
     };
     let llm_calls = llm.as_ref().map_or(0, |l| l.calls);
-    let report = tandem_classify::eval::report(&data, &run, args.threshold, llm_calls);
+    let mut report = tandem_classify::eval::report(&data, &run, args.threshold, llm_calls);
+    let semantic = semantic.map(|mut s| {
+        s.share = report.stage_share.get("semantic").copied().unwrap_or(0.0);
+        s.precision = report.stage_precision.get("semantic").copied().unwrap_or(0.0);
+        report.threshold = args.threshold.max(s.lexical_threshold);
+        s
+    });
     let sweep = args
         .sweep
         .then(|| tandem_classify::eval::sweep(&data, &run, &SWEEP_THRESHOLDS));
@@ -366,6 +387,9 @@ fn eval(args: &EvalArgs, env: &HashMap<String, String>) -> anyhow::Result<()> {
         value["train_ms"] = train_ms.into();
         if let Some(sweep) = &sweep {
             value["sweep"] = serde_json::to_value(sweep)?;
+        }
+        if let Some(semantic) = &semantic {
+            value["semantic"] = serde_json::to_value(semantic)?;
         }
         if let Some(llm) = &llm {
             value["llm"] = serde_json::json!({
@@ -425,6 +449,9 @@ fn eval(args: &EvalArgs, env: &HashMap<String, String>) -> anyhow::Result<()> {
             "  latency p50 {:.1} µs, p99 {:.1} µs; LLM calls {}",
             report.p50_us, report.p99_us, report.llm_calls
         )?;
+        if let Some(s) = &semantic {
+            print_semantic(&mut out, s)?;
+        }
         if let Some(llm) = &llm {
             writeln!(
                 out,
@@ -450,6 +477,162 @@ fn eval(args: &EvalArgs, env: &HashMap<String, String>) -> anyhow::Result<()> {
         print_details(&mut out, &report, sweep.as_deref())?;
     }
     Ok(())
+}
+
+/// The semantic stage's lines of `tandem eval --embedder`.
+fn print_semantic(
+    out: &mut impl Write,
+    s: &tandem_classify::eval::SemanticReport,
+) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "  semantic stage ({}): threshold {}, lexical alone at {}",
+        s.model, s.threshold, s.lexical_threshold
+    )?;
+    writeln!(
+        out,
+        "    answered {:.2} % of messages, {:.2} % right; left for the LLM {:.2} %; embedder failures {}",
+        s.share * 100.0,
+        s.precision * 100.0,
+        s.left_for_llm * 100.0,
+        s.failures
+    )?;
+    writeln!(
+        out,
+        "    {} examples embedded in {:.0} ms, head trained in {:.0} ms; one message p50 {:.2} ms, p99 {:.2} ms",
+        s.examples, s.embed_examples_ms, s.train_ms, s.embed_p50_ms, s.embed_p99_ms
+    )?;
+    writeln!(
+        out,
+        "    semantic threshold   local coverage   local precision   oos recall"
+    )?;
+    for p in &s.sweep {
+        writeln!(
+            out,
+            "    {:>18.2} {:>15.2} % {:>15.2} % {:>10.2} %",
+            p.threshold,
+            p.local_coverage * 100.0,
+            p.local_precision * 100.0,
+            p.oos_recall * 100.0
+        )?;
+    }
+    Ok(())
+}
+
+/// `tandem eval --embedder`: embeds the training examples and trains the semantic head as
+/// the server does, embeds each message (one request each, timed) and re-decides `run`
+/// with the stage on.
+fn eval_semantic(
+    source: &str,
+    args: &EvalArgs,
+    env: &HashMap<String, String>,
+    training: &[tandem_classify::Example],
+    data: &[tandem_classify::Example],
+    model: &tandem_classify::Model,
+    run: &mut tandem_classify::eval::LocalRun,
+) -> anyhow::Result<tandem_classify::eval::SemanticReport> {
+    let mut env = env.clone();
+    env.insert("TANDEM_EMBEDDER".into(), source.to_owned());
+    if let Some(name) = &args.embedder_model {
+        env.insert("TANDEM_EMBEDDER_MODEL".into(), name.clone());
+    }
+    // Evaluation waits as long as the embedder needs: latency is measured, not bounded.
+    env.entry("TANDEM_EMBEDDER_TIMEOUT".into())
+        .or_insert_with(|| "60s".into());
+    let overrides = tandem_server::config::CliOverrides {
+        dev: true,
+        ..tandem_server::config::CliOverrides::default()
+    };
+    let settings =
+        tandem_server::config::load(&overrides, &env).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let Some(embedder_settings) = &settings.embedder else {
+        anyhow::bail!("--embedder needs a model folder or an embeddings URL");
+    };
+    let embedder = tandem_server::startup::embedder(embedder_settings)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let texts: Vec<String> = training.iter().map(|e| e.text.clone()).collect();
+    let started = std::time::Instant::now();
+    let mut vectors = Vec::with_capacity(texts.len());
+    for chunk in texts.chunks(32) {
+        vectors.extend(
+            runtime
+                .block_on(embedder.embed(chunk))
+                .map_err(|e| anyhow::anyhow!("embedding the training examples: {e}"))?,
+        );
+    }
+    let embed_examples_ms = started.elapsed().as_secs_f64() * 1e3;
+    let labelled: Vec<(String, Vec<f32>)> = training
+        .iter()
+        .map(|e| e.intent.clone())
+        .zip(vectors)
+        .collect();
+    let started = std::time::Instant::now();
+    let index = tandem_classify::semantic::SemanticIndex::train(
+        embedder.model(),
+        &labelled,
+        embedder_settings.options.clone(),
+    )?;
+    let train_ms = started.elapsed().as_secs_f64() * 1e3;
+    let mut times = Vec::with_capacity(data.len());
+    let mut failures = 0;
+    let message_vectors: Vec<Option<Vec<f32>>> = data
+        .iter()
+        .map(|example| {
+            let started = std::time::Instant::now();
+            let answer = runtime.block_on(embedder.embed(std::slice::from_ref(&example.text)));
+            times.push(started.elapsed().as_secs_f64() * 1e3);
+            match answer {
+                Ok(mut v) if v.len() == 1 => Some(v.remove(0)),
+                _ => {
+                    failures += 1;
+                    None
+                }
+            }
+        })
+        .collect();
+    let matches = tandem_classify::eval::run_semantic(
+        run,
+        model,
+        data,
+        args.threshold,
+        &index,
+        &message_vectors,
+    );
+    times.sort_by(f64::total_cmp);
+    let percentile = |p: f64| {
+        times
+            .get(((times.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let left = run
+        .decisions
+        .iter()
+        .filter(|d| d.stage == "fallback")
+        .count();
+    Ok(tandem_classify::eval::SemanticReport {
+        model: embedder.model().to_owned(),
+        threshold: index.options().threshold,
+        lexical_threshold: index.options().lexical_threshold,
+        examples: training.len(),
+        embed_examples_ms,
+        train_ms,
+        embed_p50_ms: percentile(0.5),
+        embed_p99_ms: percentile(0.99),
+        failures,
+        share: 0.0,
+        precision: 0.0,
+        left_for_llm: left as f64 / data.len().max(1) as f64,
+        sweep: tandem_classify::eval::semantic_sweep(
+            data,
+            run,
+            &matches,
+            &tandem_classify::eval::SEMANTIC_SWEEP,
+        ),
+    })
 }
 
 /// The human-readable part of `tandem eval` beyond the summary: the hardest labels, the most

@@ -74,6 +74,8 @@ pub struct EmbedConfig {
     pub retries: u32,
     /// Texts per request.
     pub batch: usize,
+    /// Put before every text (multilingual-e5 models expect `query: `).
+    pub prefix: String,
 }
 
 impl EmbedConfig {
@@ -86,6 +88,7 @@ impl EmbedConfig {
             timeout: Duration::from_secs(2),
             retries: 1,
             batch: 64,
+            prefix: String::new(),
         }
     }
 }
@@ -107,6 +110,8 @@ struct Item {
 pub struct EndpointEmbedder {
     client: Client<OpenAIConfig>,
     config: EmbedConfig,
+    /// The model and, when one is set, the prefix: both shape the vectors.
+    id: String,
 }
 
 impl std::fmt::Debug for EndpointEmbedder {
@@ -126,12 +131,21 @@ impl EndpointEmbedder {
             .with_api_key(config.api_key.expose_secret());
         let client =
             Client::with_config(openai).with_backoff(crate::llm::status_backoff(config.retries));
-        Self { client, config }
+        let id = if config.prefix.is_empty() {
+            config.model.clone()
+        } else {
+            format!("{} (prefix {:?})", config.model, config.prefix)
+        };
+        Self { client, config, id }
     }
 
     /// One request for `texts`, with bounded retries of timeouts and refused connections.
     async fn request(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
-        let body = json!({"model": self.config.model, "input": texts, "encoding_format": "float"});
+        let input: Vec<String> = texts
+            .iter()
+            .map(|t| format!("{}{t}", self.config.prefix))
+            .collect();
+        let body = json!({"model": self.config.model, "input": input, "encoding_format": "float"});
         let mut attempt = 0;
         loop {
             let call = tokio::time::timeout(
@@ -211,7 +225,7 @@ fn vectors(answer: Answer, expected: usize) -> Result<Vec<Vec<f32>>, EmbedError>
 #[async_trait]
 impl Embedder for EndpointEmbedder {
     fn model(&self) -> &str {
-        &self.config.model
+        &self.id
     }
 
     async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {

@@ -4,13 +4,15 @@
 //! Definitions (the cascade without an LLM: the local model answers alone when its confidence
 //! reaches the threshold; everything else goes on, here to the fallback, which is counted as
 //! an out-of-scope decision):
-//! - `in_scope_accuracy`: on in-scope messages, the model's best intent is right (no
-//!   threshold: the classic CLINC150 in-scope accuracy).
+//! - `in_scope_accuracy`: on in-scope messages, the local stages' best intent is right (no
+//!   threshold: the classic CLINC150 in-scope accuracy); with the semantic stage, the fused
+//!   best intent of the messages the lexical model did not answer alone.
 //! - `cascade_accuracy`: on in-scope messages, the intent the customer actually got is right:
 //!   a stage answered with it (a message left to the fallback counts as wrong).
-//! - `local_coverage`: the share of in-scope messages the local stage answers alone.
-//! - `local_precision`: of every message the local stage answers alone (in scope or not),
-//!   the share answered with the right intent.
+//! - `local_coverage`: the share of in-scope messages the local stages answer (the lexical
+//!   model alone, and the semantic stage when it is on), without the LLM.
+//! - `local_precision`: of every message the local stages answer (in scope or not), the
+//!   share answered with the right intent.
 //! - `oos_precision` / `oos_recall`: of the messages not answered, the share truly out of
 //!   scope; of the out-of-scope messages, the share not answered.
 //! - `macro_f1`: F1 of the final decision (an intent or `oos`) averaged over every label.
@@ -287,7 +289,7 @@ fn report_of(data: &[Example], run: &LocalRun, threshold: f32, llm_calls: usize)
             };
             top_right += usize::from(*chosen == example.intent);
         }
-        if decision.stage == "local" {
+        if decision.stage == "local" || decision.stage == "semantic" {
             answered += 1;
             answered_right += usize::from(decision.intent == example.intent);
             answered_in_scope += usize::from(gold_in_scope);
@@ -387,6 +389,122 @@ fn report_of(data: &[Example], run: &LocalRun, threshold: f32, llm_calls: usize)
     }
 }
 
+/// The semantic stage's part of an evaluation (`tandem eval --embedder`).
+#[derive(Debug, Clone, Serialize)]
+pub struct SemanticReport {
+    /// The embedding model.
+    pub model: String,
+    /// The fused score at which the stage answers.
+    pub threshold: f32,
+    /// The lexical model's confidence at which it answers alone while the stage is on.
+    pub lexical_threshold: f32,
+    /// Training examples embedded.
+    pub examples: usize,
+    /// Time to embed the training examples (in batches, as at start-up without a cache).
+    pub embed_examples_ms: f64,
+    /// Time to train the head.
+    pub train_ms: f64,
+    /// Median time to embed one message (one request, as the server asks).
+    pub embed_p50_ms: f64,
+    /// 99th percentile time to embed one message.
+    pub embed_p99_ms: f64,
+    /// Messages the embedder failed on (left to the next stage).
+    pub failures: usize,
+    /// Share of all messages the semantic stage answered.
+    pub share: f64,
+    /// Of the messages it answered, the share right.
+    pub precision: f64,
+    /// Share of all messages no local stage answered: what the LLM (or the fallback) gets.
+    pub left_for_llm: f64,
+    /// The local stages' coverage, precision and out-of-scope recall at other semantic
+    /// thresholds (the lexical model's part unchanged).
+    pub sweep: Vec<ThresholdPoint>,
+}
+
+/// The semantic stage's thresholds `tandem eval --embedder` sweeps.
+pub const SEMANTIC_SWEEP: [f32; 7] = [0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9];
+
+/// Re-decides `run` with the semantic stage on: the lexical model answers alone at
+/// `max(threshold, lexical_threshold)`; below, the stage decides from each message's vector
+/// (`None`: the embedder failed, the message goes on). `run.best` becomes the fused best
+/// intent of those messages. Returns the stage's answer per message (for [`semantic_sweep`]).
+pub fn run_semantic(
+    run: &mut LocalRun,
+    model: &Model,
+    data: &[Example],
+    threshold: f32,
+    index: &crate::semantic::SemanticIndex,
+    vectors: &[Option<Vec<f32>>],
+) -> Vec<Option<crate::semantic::SemanticMatch>> {
+    let alone = threshold.max(index.options().lexical_threshold);
+    let mut matches = Vec::with_capacity(data.len());
+    for (i, example) in data.iter().enumerate() {
+        run.decisions[i] = local_decision(&run.best[i], run.confidence[i], alone);
+        if run.decisions[i].stage == "local" {
+            matches.push(None);
+            continue;
+        }
+        let lexical = model.probabilities(&example.text);
+        let found = vectors
+            .get(i)
+            .and_then(Option::as_ref)
+            .and_then(|v| index.decide(v, Some((model.intents(), &lexical))));
+        if let Some(m) = &found {
+            run.best[i].clone_from(&m.intent);
+            if m.sure {
+                run.decisions[i] = Decision {
+                    intent: m.intent.clone(),
+                    stage: "semantic",
+                };
+            }
+        }
+        matches.push(found);
+    }
+    matches
+}
+
+/// The local stages' trade-off at each semantic threshold of `thresholds`, from the answers
+/// of one [`run_semantic`] (nothing is embedded again).
+pub fn semantic_sweep(
+    data: &[Example],
+    run: &LocalRun,
+    matches: &[Option<crate::semantic::SemanticMatch>],
+    thresholds: &[f32],
+) -> Vec<ThresholdPoint> {
+    thresholds
+        .iter()
+        .map(|&threshold| {
+            let decisions = run
+                .decisions
+                .iter()
+                .zip(matches)
+                .map(|(decision, m)| match m {
+                    _ if decision.stage == "local" => decision.clone(),
+                    Some(m) if m.confidence >= threshold => Decision {
+                        intent: m.intent.clone(),
+                        stage: "semantic",
+                    },
+                    _ => Decision {
+                        intent: OUT_OF_SCOPE.to_owned(),
+                        stage: "fallback",
+                    },
+                })
+                .collect();
+            let decided = LocalRun {
+                decisions,
+                ..run.clone()
+            };
+            let r = report_of(data, &decided, threshold, 0);
+            ThresholdPoint {
+                threshold: (f64::from(threshold) * 1000.0).round() / 1000.0,
+                local_coverage: r.local_coverage,
+                local_precision: r.local_precision,
+                oos_recall: r.oos_recall,
+            }
+        })
+        .collect()
+}
+
 /// The local stage's coverage, precision and out-of-scope recall at each of `thresholds`,
 /// from the confidences of one run (no model is run again): the [`report`] of the local stage
 /// re-decided at each threshold.
@@ -421,6 +539,54 @@ mod tests {
 
     fn ex(text: &str, intent: &str) -> Example {
         Example::new(text, intent)
+    }
+
+    #[test]
+    fn the_semantic_stage_answers_what_the_lexical_model_leaves() {
+        let train = vec![
+            ex("where is my order", "status"),
+            ex("track my order", "status"),
+            ex("opening hours", "hours"),
+            ex("when are you open", "hours"),
+        ];
+        let model = Model::train(&train, TrainOptions::default()).unwrap();
+        // Vectors: `status` along the first axis, `hours` along the second.
+        let axis = |k: usize| {
+            let mut v = vec![0.05f32; 3];
+            v[k] = 1.0;
+            let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            v.into_iter().map(|x| x / n).collect::<Vec<f32>>()
+        };
+        let examples: Vec<(String, Vec<f32>)> = (0..4)
+            .flat_map(|_| [("status".to_owned(), axis(0)), ("hours".to_owned(), axis(1))])
+            .collect();
+        let options = crate::semantic::SemanticOptions {
+            lexical_weight: 0.0,
+            ..crate::semantic::SemanticOptions::default()
+        };
+        let index = crate::semantic::SemanticIndex::train("m", &examples, options).unwrap();
+        let data = vec![
+            ex("xyzzy", "status"),
+            ex("plugh", "hours"),
+            ex("a poem please", OUT_OF_SCOPE),
+            ex("something", "status"),
+        ];
+        let vectors = vec![Some(axis(0)), Some(axis(1)), Some(axis(2)), None];
+        let mut run = run_local(&model, &data, 0.8);
+        let matches = run_semantic(&mut run, &model, &data, 0.8, &index, &vectors);
+        let stages: Vec<&str> = run.decisions.iter().map(|d| d.stage).collect();
+        assert_eq!(stages, ["semantic", "semantic", "fallback", "fallback"]);
+        assert_eq!(run.best[0], "status");
+        assert!(matches[3].is_none(), "no vector: left to the next stage");
+        let report = report(&data, &run, 0.8, 0);
+        assert!((report.local_coverage - 2.0 / 3.0).abs() < 1e-9);
+        assert_eq!(report.local_precision, 1.0);
+        assert_eq!(report.oos_recall, 1.0);
+        assert!((report.stage_share["semantic"] - 0.5).abs() < 1e-9);
+        // A lower semantic threshold answers the out-of-scope message too, a higher one less.
+        let sweep = semantic_sweep(&data, &run, &matches, &[0.0, 1.01]);
+        assert_eq!(sweep[0].oos_recall, 0.0);
+        assert_eq!(sweep[1].local_coverage, 0.0);
     }
 
     #[test]

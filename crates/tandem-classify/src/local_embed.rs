@@ -16,6 +16,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config};
 use serde::Deserialize;
+use sha2::Digest;
 use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
 
 use crate::embed::{EmbedError, Embedder};
@@ -144,13 +145,33 @@ impl LocalEmbedder {
         // Read whole rather than memory-mapped: mapping a file is `unsafe` (another process
         // could change it under us) and this workspace forbids unsafe code.
         let bytes = std::fs::read(&weights).map_err(|e| load_error(&weights, e))?;
+        // The model's identity for caches: its folder's name and a digest of everything that
+        // shapes a vector (another model in a folder of the same name is another model).
+        let mut digest = sha2::Sha256::new();
+        for part in [text.as_bytes(), bytes.as_slice(), options.prefix.as_bytes()] {
+            digest.update((part.len() as u64).to_le_bytes());
+            digest.update(part);
+        }
+        digest.update(
+            std::fs::read(&tokenizer_path)
+                .map_err(|e| load_error(&tokenizer_path, e))?,
+        );
+        let digest = digest.finalize();
         let device = Device::Cpu;
         let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, &device)
             .map_err(|e| load_error(&weights, e))?;
         let model = BertModel::load(vb, &config).map_err(|e| load_error(&weights, e))?;
-        let name = dir.file_name().map_or_else(
+        let folder = dir.file_name().map_or_else(
             || dir.display().to_string(),
             |n| n.to_string_lossy().into_owned(),
+        );
+        let name = format!(
+            "{folder}@{}",
+            digest
+                .iter()
+                .take(6)
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
         );
         Ok(Self {
             loaded: Arc::new(Loaded {
@@ -161,6 +182,11 @@ impl LocalEmbedder {
             name,
             options,
         })
+    }
+
+    /// The model's name for logs and caches: `<folder>@<digest of its files and prefix>`.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// The pooling the model's configuration asks for.

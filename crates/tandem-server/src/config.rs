@@ -112,6 +112,8 @@ pub struct Settings {
     /// The LLM stage of the classifier, when `TANDEM_LLM_BASE_URL` and `TANDEM_LLM_MODEL`
     /// are set.
     pub llm: Option<LlmSettings>,
+    /// The semantic stage of the classifier, when `TANDEM_EMBEDDER` is set.
+    pub embedder: Option<EmbedderSettings>,
     /// Where the prompt templates are (`classify.j2`).
     pub prompts_dir: PathBuf,
     /// The directory of declared tenants (`tenants.dir`, `TANDEM_TENANTS`): one
@@ -138,6 +140,98 @@ pub struct LlmSettings {
     /// Calls at once (`TANDEM_LLM_CONCURRENCY`, default 8; 1 for a server that answers one
     /// request at a time, such as llama.cpp's, so queued calls do not time out).
     pub concurrency: usize,
+}
+
+/// Where the semantic stage's sentence embeddings come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EmbedderSource {
+    /// A sentence-transformers model folder, run in this process (feature `semantic`).
+    Local(PathBuf),
+    /// An OpenAI-compatible `/v1/embeddings` endpoint.
+    Endpoint {
+        /// Base URL (`…/v1`).
+        base_url: String,
+        /// The model name.
+        model: String,
+    },
+}
+
+/// The semantic stage's settings (`TANDEM_EMBEDDER*`, `TANDEM_SEMANTIC_*`).
+#[derive(Debug, Clone)]
+pub struct EmbedderSettings {
+    /// The model folder or the endpoint.
+    pub source: EmbedderSource,
+    /// The endpoint's API key (`TANDEM_EMBEDDER_API_KEY` or `_FILE`).
+    pub api_key: Option<SecretString>,
+    /// Longest wait for one message's vector (`TANDEM_EMBEDDER_TIMEOUT`, default 1 s).
+    pub timeout: Duration,
+    /// Put before every text (`TANDEM_EMBEDDER_PREFIX`; `query: ` for multilingual-e5).
+    pub prefix: String,
+    /// The stage's decision settings.
+    pub options: tandem_classify::semantic::SemanticOptions,
+}
+
+/// Reads `TANDEM_EMBEDDER` and its companions; `None` when it is not set.
+fn embedder_settings(
+    env: &HashMap<String, String>,
+) -> Result<Option<EmbedderSettings>, ConfigError> {
+    let Some(raw) = env.get("TANDEM_EMBEDDER").filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    let source = if raw.starts_with("http://") || raw.starts_with("https://") {
+        let model = env
+            .get("TANDEM_EMBEDDER_MODEL")
+            .filter(|m| !m.is_empty())
+            .ok_or_else(|| {
+                ConfigError::new(
+                    "TANDEM_EMBEDDER_MODEL",
+                    "missing: an embeddings endpoint needs the model's name",
+                )
+            })?;
+        EmbedderSource::Endpoint {
+            base_url: raw.clone(),
+            model: model.clone(),
+        }
+    } else {
+        let dir = PathBuf::from(raw);
+        for file in ["config.json", "tokenizer.json", "model.safetensors"] {
+            if !dir.join(file).is_file() {
+                return Err(ConfigError::new(
+                    "TANDEM_EMBEDDER",
+                    format!(
+                        "{} has no {file}: give a sentence-transformers model folder or an http(s) embeddings URL",
+                        dir.display()
+                    ),
+                ));
+            }
+        }
+        EmbedderSource::Local(dir)
+    };
+    let mut timeout = Duration::from_secs(1);
+    env_duration(env, "TANDEM_EMBEDDER_TIMEOUT", &mut timeout)?;
+    let mut options = tandem_classify::semantic::SemanticOptions::default();
+    for (name, target) in [
+        ("TANDEM_SEMANTIC_THRESHOLD", &mut options.threshold),
+        (
+            "TANDEM_SEMANTIC_LEXICAL_THRESHOLD",
+            &mut options.lexical_threshold,
+        ),
+    ] {
+        if let Some(raw) = env.get(name) {
+            *target = raw
+                .parse::<f32>()
+                .ok()
+                .filter(|v| (0.0..=1.0).contains(v))
+                .ok_or_else(|| ConfigError::new(name, format!("{raw:?} is not a number from 0 to 1")))?;
+        }
+    }
+    Ok(Some(EmbedderSettings {
+        source,
+        api_key: secret(env, "TANDEM_EMBEDDER_API_KEY", "embedder.api_key", None)?,
+        timeout,
+        prefix: env.get("TANDEM_EMBEDDER_PREFIX").cloned().unwrap_or_default(),
+        options,
+    }))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1145,6 +1239,7 @@ fn build(
         flow_variables,
         send_timeout: meta.send_timeout,
         llm,
+        embedder: embedder_settings(env)?,
         prompts_dir,
         tenants_dir,
         tenants_auto_create,
@@ -1347,6 +1442,51 @@ mod tests {
         assert_eq!(from_file.store_url, defaults.store_url);
         assert_eq!(from_file.store.dedupe_ttl, defaults.store.dedupe_ttl);
         assert_eq!(from_file.max_body_bytes, defaults.max_body_bytes);
+    }
+
+    #[test]
+    fn the_embedder_is_a_model_folder_or_an_endpoint_with_a_model() {
+        let load_with = |pairs: &[(&str, &str)]| {
+            let mut e = full_env();
+            for (k, v) in pairs {
+                e.insert((*k).to_owned(), (*v).to_owned());
+            }
+            load(&CliOverrides::default(), &e)
+        };
+        assert!(load_with(&[]).unwrap().embedder.is_none());
+        let s = load_with(&[
+            ("TANDEM_EMBEDDER", "http://127.0.0.1:9/v1"),
+            ("TANDEM_EMBEDDER_MODEL", "e5"),
+            ("TANDEM_SEMANTIC_THRESHOLD", "0.6"),
+        ])
+        .unwrap();
+        let e = s.embedder.unwrap();
+        assert_eq!(
+            e.source,
+            EmbedderSource::Endpoint {
+                base_url: "http://127.0.0.1:9/v1".into(),
+                model: "e5".into()
+            }
+        );
+        assert!((e.options.threshold - 0.6).abs() < 1e-6);
+        assert_eq!(e.timeout, Duration::from_secs(1));
+        let missing_model = load_with(&[("TANDEM_EMBEDDER", "http://127.0.0.1:9/v1")]);
+        assert_eq!(missing_model.unwrap_err().key, "TANDEM_EMBEDDER_MODEL");
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().display().to_string();
+        let not_a_model = load_with(&[("TANDEM_EMBEDDER", folder.as_str())]).unwrap_err();
+        assert_eq!(not_a_model.key, "TANDEM_EMBEDDER");
+        assert!(not_a_model.to_string().contains("config.json"), "{not_a_model}");
+        for file in ["config.json", "tokenizer.json", "model.safetensors"] {
+            std::fs::write(dir.path().join(file), "{}").unwrap();
+        }
+        let s = load_with(&[("TANDEM_EMBEDDER", folder.as_str())]).unwrap();
+        assert_eq!(s.embedder.unwrap().source, EmbedderSource::Local(dir.path().into()));
+        let bad = load_with(&[
+            ("TANDEM_EMBEDDER", folder.as_str()),
+            ("TANDEM_SEMANTIC_LEXICAL_THRESHOLD", "1.5"),
+        ]);
+        assert_eq!(bad.unwrap_err().key, "TANDEM_SEMANTIC_LEXICAL_THRESHOLD");
     }
 
     #[test]

@@ -85,8 +85,17 @@ impl Application {
             Some(llm) => Some(llm_classifier(llm, &settings.prompts_dir)?),
             None => None,
         };
+        let semantic = match &settings.embedder {
+            Some(e) => Some(Arc::new(tandem_engine::semantic::SemanticStage::new(
+                embedder(e)?,
+                Arc::clone(&store),
+                e.options.clone(),
+            ))),
+            None => None,
+        };
         let links = tandem_engine::sender::LinkCache::default();
         let builder = TenantBuilder {
+            semantic: semantic.clone(),
             store: Arc::clone(&store),
             clock: Arc::clone(&clock),
             graph: graph.clone(),
@@ -123,7 +132,7 @@ impl Application {
                     (Some(dir), Some(responder)) => {
                         tracing::info!(dir = %dir.display(), flows = responder.flows().current().flows.len(), "flows loaded");
                         spawn_reload_on_sighup(
-                            responder.flows().clone(),
+                            responder.clone(),
                             dir.clone(),
                             settings.flow_variables.clone(),
                         );
@@ -135,6 +144,7 @@ impl Application {
                 (Tenants::single(tenant).with_store(Arc::clone(&store)), None)
             }
         };
+        prepare_semantic(&tenants).await;
         let ingress = Ingress::new(
             Arc::clone(&store),
             tenants.clone(),
@@ -314,29 +324,93 @@ pub fn llm_classifier(
     Ok(Arc::new(classifier))
 }
 
+/// Builds the semantic stage's embedder: the in-process model (feature `semantic`) or an
+/// embeddings endpoint client.
+///
+/// # Errors
+/// The model folder cannot be loaded, or this build has no in-process embedder.
+pub fn embedder(
+    settings: &crate::config::EmbedderSettings,
+) -> anyhow::Result<Arc<dyn tandem_classify::embed::Embedder>> {
+    match &settings.source {
+        crate::config::EmbedderSource::Endpoint { base_url, model } => {
+            let mut config = tandem_classify::embed::EmbedConfig::new(base_url, model);
+            config.timeout = settings.timeout;
+            config.prefix = settings.prefix.clone();
+            if let Some(key) = &settings.api_key {
+                config.api_key = key.clone();
+            }
+            tracing::info!(%base_url, %model, "semantic stage on, embeddings endpoint");
+            Ok(Arc::new(tandem_classify::embed::EndpointEmbedder::new(
+                config,
+            )))
+        }
+        #[cfg(feature = "semantic")]
+        crate::config::EmbedderSource::Local(dir) => {
+            let options = tandem_classify::local_embed::LocalOptions {
+                prefix: settings.prefix.clone(),
+                timeout: settings.timeout,
+                ..tandem_classify::local_embed::LocalOptions::default()
+            };
+            let embedder = tandem_classify::local_embed::LocalEmbedder::load(dir, options)?;
+            tracing::info!(model = %dir.display(), pooling = ?embedder.pooling(), "semantic stage on, in-process model");
+            Ok(Arc::new(embedder))
+        }
+        #[cfg(not(feature = "semantic"))]
+        crate::config::EmbedderSource::Local(dir) => anyhow::bail!(
+            "TANDEM_EMBEDDER={}: this build has no in-process embedder; build with `--features semantic`, or give an embeddings endpoint URL",
+            dir.display()
+        ),
+    }
+}
+
+/// Builds every tenant's semantic head before the server answers (each distinct flows
+/// once); a failure is logged and the stage is tried again later.
+async fn prepare_semantic(tenants: &Tenants) {
+    for tenant in tenants.all() {
+        let Some(responder) = &tenant.responder else {
+            continue;
+        };
+        let Some(stage) = responder.semantic() else {
+            continue;
+        };
+        if let Err(error) = stage.prepare(&responder.flows().current()).await {
+            tracing::error!(tenant = %tenant.id, %error, "semantic stage not ready at start-up");
+        }
+    }
+}
+
 /// How often the flows directory is looked at for changes.
 const FLOWS_POLL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Reloads the flows on SIGHUP and when a file in the directory changes; invalid new flows
 /// are reported and the running ones kept.
 fn spawn_reload_on_sighup(
-    handle: FlowsHandle,
+    responder: tandem_engine::Responder,
     dir: std::path::PathBuf,
     variables: std::collections::BTreeMap<String, String>,
 ) {
     let watched_dir = dir.clone();
     let dir_fingerprint = move || fingerprint(&watched_dir);
-    let reload_now = move |why: &str, handle: &FlowsHandle| match reload(handle, &dir, &variables) {
+    let reload_now = move |why: &str, responder: &tandem_engine::Responder| match reload(
+        responder.flows(),
+        &dir,
+        &variables,
+    ) {
         Ok(count) => {
             ::metrics::counter!(crate::metrics::FLOW_RELOADS, "outcome" => "ok").increment(1);
             tracing::info!(flows = count, why, "flows reloaded");
+            // The new examples' head is built now rather than at the first unsure message.
+            if let Some(stage) = responder.semantic() {
+                drop(stage.ready(&responder.flows().current()));
+            }
         }
         Err(error) => {
             ::metrics::counter!(crate::metrics::FLOW_RELOADS, "outcome" => "refused").increment(1);
             tracing::error!(why, %error, "flows not reloaded: the running flows stay in force");
         }
     };
-    let watched = handle;
+    let watched = responder;
     tokio::spawn(async move {
         let mut triggers = ReloadTriggers::new(FLOWS_POLL);
         let mut last = dir_fingerprint();

@@ -415,6 +415,9 @@ pub struct TenantBuilder {
     pub flow_variables: BTreeMap<String, String>,
     /// The deployment's LLM stage, shared by the tenants that use it.
     pub llm: Option<Arc<tandem_classify::llm::LlmClassifier>>,
+    /// The deployment's semantic stage, shared by every tenant (tenants with identical
+    /// flows share one head).
+    pub semantic: Option<Arc<tandem_engine::semantic::SemanticStage>>,
     /// The deployment's prompts, for a tenant with its own LLM and no prompts of its own.
     pub prompts_dir: PathBuf,
     /// The HTTP client of flows' `call` steps.
@@ -538,11 +541,18 @@ impl TenantBuilder {
             }
         };
         let responder = flows.map(|handle| {
-            let responder = Responder::new(handle, self.calls.clone());
-            match llm {
-                Some(llm) => responder.with_llm(llm),
-                None => responder,
+            let mut responder = Responder::new(handle, self.calls.clone());
+            if let Some(llm) = llm {
+                responder = responder.with_llm(llm);
             }
+            if let Some(stage) = &self.semantic {
+                // A tenant added or changed by a reload gets its head built at once.
+                if tokio::runtime::Handle::try_current().is_ok() {
+                    drop(stage.ready(&responder.flows().current()));
+                }
+                responder = responder.with_semantic(Arc::clone(stage));
+            }
+            responder
         });
         let probe = Tenant::new(&spec.id, TenantParts::default(), &self.engine);
         let hooks: Vec<_> = spec
