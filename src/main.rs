@@ -372,7 +372,11 @@ fn eval(args: &EvalArgs, env: &HashMap<String, String>) -> anyhow::Result<()> {
     let mut report = tandem_classify::eval::report(&data, &run, args.threshold, llm_calls);
     let semantic = semantic.map(|mut s| {
         s.share = report.stage_share.get("semantic").copied().unwrap_or(0.0);
-        s.precision = report.stage_precision.get("semantic").copied().unwrap_or(0.0);
+        s.precision = report
+            .stage_precision
+            .get("semantic")
+            .copied()
+            .unwrap_or(0.0);
         report.threshold = args.threshold.max(s.lexical_threshold);
         s
     });

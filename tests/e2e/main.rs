@@ -26,6 +26,7 @@ mod numbers;
 mod onboarding;
 mod replicas;
 mod security;
+mod semantic;
 mod standin;
 mod tenants;
 mod upgrade;

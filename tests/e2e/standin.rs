@@ -508,3 +508,135 @@ impl HookReceiver {
             .collect()
     }
 }
+
+/// How the embeddings stand-in answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmbeddingsMode {
+    /// Vectors, as an embeddings server gives them.
+    Normal,
+    /// Waits two seconds before answering.
+    Stall,
+    /// 200 with a body that is not JSON.
+    Garbage,
+    /// 500.
+    Error,
+}
+
+/// An OpenAI-compatible `/v1/embeddings` stand-in whose vectors follow a few concepts (order,
+/// return, hours, delivery, person, greeting) named by words, other words hashed into the
+/// remaining dimensions: paraphrases with different words land together, as with a real
+/// model.
+pub struct Embeddings {
+    pub url: String,
+    mode: Arc<Mutex<EmbeddingsMode>>,
+    seen: Arc<Mutex<usize>>,
+}
+
+impl Embeddings {
+    pub async fn start() -> Embeddings {
+        #[derive(Clone)]
+        struct St {
+            mode: Arc<Mutex<EmbeddingsMode>>,
+            seen: Arc<Mutex<usize>>,
+        }
+        async fn embed(State(st): State<St>, Json(body): Json<Value>) -> axum::response::Response {
+            use axum::response::IntoResponse;
+            let mode = *st.mode.lock().unwrap();
+            match mode {
+                EmbeddingsMode::Stall => tokio::time::sleep(Duration::from_secs(2)).await,
+                EmbeddingsMode::Garbage => return (StatusCode::OK, "not json {").into_response(),
+                EmbeddingsMode::Error => {
+                    return (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        Json(json!({"error": {"message": "overloaded"}})),
+                    )
+                        .into_response();
+                }
+                EmbeddingsMode::Normal => {}
+            }
+            let inputs: Vec<String> = body["input"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|t| t.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            *st.seen.lock().unwrap() += inputs.len();
+            let data: Vec<Value> = inputs
+                .iter()
+                .enumerate()
+                .map(|(i, t)| json!({"object": "embedding", "index": i, "embedding": concept_vector(t)}))
+                .collect();
+            Json(json!({"object": "list", "data": data, "model": body["model"]})).into_response()
+        }
+        let mode = Arc::new(Mutex::new(EmbeddingsMode::Normal));
+        let seen = Arc::new(Mutex::new(0));
+        let st = St {
+            mode: Arc::clone(&mode),
+            seen: Arc::clone(&seen),
+        };
+        let addr = serve(
+            axum::Router::new()
+                .route("/v1/embeddings", post(embed))
+                .with_state(st),
+        )
+        .await;
+        Embeddings {
+            url: format!("http://{addr}/v1"),
+            mode,
+            seen,
+        }
+    }
+
+    pub fn set_mode(&self, mode: EmbeddingsMode) {
+        *self.mode.lock().unwrap() = mode;
+    }
+
+    /// Texts embedded so far.
+    pub fn texts_seen(&self) -> usize {
+        *self.seen.lock().unwrap()
+    }
+}
+
+/// The stand-in's vector of `text` (not normalised: the client normalises).
+fn concept_vector(text: &str) -> Vec<f64> {
+    const CONCEPTS: [&[&str]; 6] = [
+        &[
+            "order",
+            "parcel",
+            "package",
+            "shipped",
+            "dispatched",
+            "arrive",
+            "track",
+        ],
+        &[
+            "return", "refund", "money", "back", "damaged", "cracked", "broken", "wrong",
+        ],
+        &[
+            "open", "close", "hours", "time", "saturday", "shop", "address",
+        ],
+        &["delivery", "deliver", "shipping", "cost", "fees", "porto"],
+        &["someone", "person", "human", "talk", "speak", "call"],
+        &["hi", "hello", "menu", "help"],
+    ];
+    let mut v = vec![0.0; 64];
+    v[63] = 0.1;
+    for word in text
+        .to_lowercase()
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+    {
+        match CONCEPTS.iter().position(|words| words.contains(&word)) {
+            Some(k) => v[k] += 1.0,
+            None => {
+                let h = word
+                    .bytes()
+                    .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+                v[8 + (h % 55) as usize] += 0.3;
+            }
+        }
+    }
+    v
+}

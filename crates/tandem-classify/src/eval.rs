@@ -558,7 +558,12 @@ mod tests {
             v.into_iter().map(|x| x / n).collect::<Vec<f32>>()
         };
         let examples: Vec<(String, Vec<f32>)> = (0..4)
-            .flat_map(|_| [("status".to_owned(), axis(0)), ("hours".to_owned(), axis(1))])
+            .flat_map(|_| {
+                [
+                    ("status".to_owned(), axis(0)),
+                    ("hours".to_owned(), axis(1)),
+                ]
+            })
             .collect();
         let options = crate::semantic::SemanticOptions {
             lexical_weight: 0.0,

@@ -152,10 +152,7 @@ impl LocalEmbedder {
             digest.update((part.len() as u64).to_le_bytes());
             digest.update(part);
         }
-        digest.update(
-            std::fs::read(&tokenizer_path)
-                .map_err(|e| load_error(&tokenizer_path, e))?,
-        );
+        digest.update(std::fs::read(&tokenizer_path).map_err(|e| load_error(&tokenizer_path, e))?);
         let digest = digest.finalize();
         let device = Device::Cpu;
         let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, &device)

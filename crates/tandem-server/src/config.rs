@@ -222,14 +222,19 @@ fn embedder_settings(
                 .parse::<f32>()
                 .ok()
                 .filter(|v| (0.0..=1.0).contains(v))
-                .ok_or_else(|| ConfigError::new(name, format!("{raw:?} is not a number from 0 to 1")))?;
+                .ok_or_else(|| {
+                    ConfigError::new(name, format!("{raw:?} is not a number from 0 to 1"))
+                })?;
         }
     }
     Ok(Some(EmbedderSettings {
         source,
         api_key: secret(env, "TANDEM_EMBEDDER_API_KEY", "embedder.api_key", None)?,
         timeout,
-        prefix: env.get("TANDEM_EMBEDDER_PREFIX").cloned().unwrap_or_default(),
+        prefix: env
+            .get("TANDEM_EMBEDDER_PREFIX")
+            .cloned()
+            .unwrap_or_default(),
         options,
     }))
 }
@@ -1476,12 +1481,18 @@ mod tests {
         let folder = dir.path().display().to_string();
         let not_a_model = load_with(&[("TANDEM_EMBEDDER", folder.as_str())]).unwrap_err();
         assert_eq!(not_a_model.key, "TANDEM_EMBEDDER");
-        assert!(not_a_model.to_string().contains("config.json"), "{not_a_model}");
+        assert!(
+            not_a_model.to_string().contains("config.json"),
+            "{not_a_model}"
+        );
         for file in ["config.json", "tokenizer.json", "model.safetensors"] {
             std::fs::write(dir.path().join(file), "{}").unwrap();
         }
         let s = load_with(&[("TANDEM_EMBEDDER", folder.as_str())]).unwrap();
-        assert_eq!(s.embedder.unwrap().source, EmbedderSource::Local(dir.path().into()));
+        assert_eq!(
+            s.embedder.unwrap().source,
+            EmbedderSource::Local(dir.path().into())
+        );
         let bad = load_with(&[
             ("TANDEM_EMBEDDER", folder.as_str()),
             ("TANDEM_SEMANTIC_LEXICAL_THRESHOLD", "1.5"),
