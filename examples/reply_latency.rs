@@ -10,7 +10,15 @@
 //!   cargo run --release --example reply_latency -- embedded 500 10
 //!   cargo run --release --example reply_latency -- redis://127.0.0.1:6379 500 10
 //!
-//! Arguments: store (`embedded` or a redis:// URL), conversations a second, seconds.
+//! Arguments: store (`embedded` or a redis:// URL), conversations a second, seconds, and the
+//! customer's message (default "opening hours"). `TANDEM_EMBEDDER` (and the other
+//! `TANDEM_EMBEDDER_*`/`TANDEM_SEMANTIC_*` settings) in the environment turn the semantic
+//! stage on; a message no rule catches then goes through it:
+//!
+//!   cargo build --release --features semantic --bin tandem
+//!   cargo run --release --example reply_latency -- embedded 200 10 "has my parcel been dispatched yet?"
+//!   TANDEM_EMBEDDER="$(scripts/fetch-model.sh)" \
+//!     cargo run --release --example reply_latency -- embedded 200 10 "has my parcel been dispatched yet?"
 #![allow(
     clippy::print_stdout,
     clippy::unwrap_used,
@@ -29,17 +37,22 @@ async fn main() {
     let store = args.get(1).cloned().unwrap_or_else(|| "embedded".into());
     let rate: u64 = args.get(2).and_then(|r| r.parse().ok()).unwrap_or(500);
     let seconds: u64 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(10);
+    let message = args
+        .get(4)
+        .cloned()
+        .unwrap_or_else(|| "opening hours".into());
 
     let (graph_url, arrivals) = load::graph_standin().await;
     let tandem = Tandem::start(&store, &graph_url, tempfile::tempdir().unwrap(), &[], &[]);
     let total = rate * seconds;
-    let (sent_at, offered) = load::offer(&tandem.base, rate, seconds, "opening hours").await;
+    let (sent_at, offered) = load::offer(&tandem.base, rate, seconds, &message).await;
     load::wait_for(&arrivals, total as usize).await;
     let label = tandem.store_label();
     tandem.stop().await;
     let latencies = load::latencies(&sent_at, &arrivals);
     println!(
-        "store={label} rate={rate}/s offered_for={:.1}s conversations={total} answered={} p50={:.2}ms p99={:.2}ms max={:.2}ms",
+        "store={label} semantic={} rate={rate}/s offered_for={:.1}s conversations={total} answered={} p50={:.2}ms p99={:.2}ms max={:.2}ms",
+        std::env::var("TANDEM_EMBEDDER").is_ok(),
         offered.as_secs_f64(),
         latencies.len(),
         percentile(&latencies, 0.50).as_secs_f64() * 1e3,

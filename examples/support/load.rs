@@ -174,7 +174,7 @@ pub async fn offer(
     base: &str,
     rate: u64,
     seconds: u64,
-    text: &'static str,
+    text: &str,
 ) -> (HashMap<String, Instant>, Duration) {
     let url = format!("{base}/webhook");
     let client = reqwest::Client::builder()

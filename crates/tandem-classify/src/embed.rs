@@ -33,6 +33,9 @@ pub enum EmbedError {
     /// The answer is not one finite vector of one dimension per text.
     #[error("unusable embeddings: {0}")]
     Malformed(String),
+    /// Every core is embedding other messages: this one skips the stage rather than wait.
+    #[error("the embedder is busy (no free core within {0:?})")]
+    Busy(Duration),
 }
 
 impl EmbedError {
@@ -42,6 +45,7 @@ impl EmbedError {
             Self::Timeout(_) => "timeout",
             Self::Endpoint(_) => "endpoint",
             Self::Malformed(_) => "malformed",
+            Self::Busy(_) => "busy",
         }
     }
 }
@@ -57,6 +61,15 @@ pub trait Embedder: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// An [`EmbedError`]: the caller leaves the message to the next stage.
     async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError>;
+
+    /// Like [`Embedder::embed`], for work that may wait its turn (the flows' examples at
+    /// start-up or after a reload) rather than give up when the embedder is busy.
+    ///
+    /// # Errors
+    /// An [`EmbedError`].
+    async fn embed_examples(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        self.embed(texts).await
+    }
 }
 
 /// Where and how to reach an embeddings endpoint.

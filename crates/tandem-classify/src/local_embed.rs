@@ -69,6 +69,10 @@ pub struct LocalOptions {
     pub batch: usize,
     /// Longest wait for one call.
     pub timeout: Duration,
+    /// Longest wait for a free core before a call gives up as [`EmbedError::Busy`]: under a
+    /// burst beyond what the CPU can embed, messages skip the stage at once instead of
+    /// queueing (and holding their conversations) up to the timeout.
+    pub queue: Duration,
 }
 
 impl Default for LocalOptions {
@@ -78,6 +82,7 @@ impl Default for LocalOptions {
             max_tokens: 128,
             batch: 32,
             timeout: Duration::from_secs(2),
+            queue: Duration::from_millis(20),
         }
     }
 }
@@ -94,6 +99,10 @@ pub struct LocalEmbedder {
     loaded: Arc<Loaded>,
     name: String,
     options: LocalOptions,
+    /// One permit per core: a call waits for a free core within its timeout, so a burst
+    /// beyond what the CPU can embed times out (the message goes on to the next stage)
+    /// instead of piling up work that finishes after nobody waits for it.
+    cores: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for LocalEmbedder {
@@ -178,6 +187,9 @@ impl LocalEmbedder {
             }),
             name,
             options,
+            cores: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            )),
         })
     }
 
@@ -266,17 +278,51 @@ impl Embedder for LocalEmbedder {
     }
 
     async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        self.run(
+            texts,
+            self.options.queue.min(self.options.timeout),
+            self.options.timeout,
+        )
+        .await
+    }
+
+    async fn embed_examples(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        // Examples wait their turn for a core; a batch has a minute.
+        self.run(texts, Duration::from_secs(60), Duration::from_secs(60))
+            .await
+    }
+}
+
+impl LocalEmbedder {
+    /// Embeds `texts` on a blocking thread once a core is free (waiting at most `queue`),
+    /// within `timeout` overall.
+    async fn run(
+        &self,
+        texts: &[String],
+        queue: Duration,
+        timeout: Duration,
+    ) -> Result<Vec<Vec<f32>>, EmbedError> {
         let this = Self {
             loaded: Arc::clone(&self.loaded),
             name: String::new(),
             options: self.options.clone(),
+            cores: Arc::clone(&self.cores),
         };
         let texts = texts.to_vec();
-        let job = tokio::task::spawn_blocking(move || this.embed_blocking(&texts));
-        match tokio::time::timeout(self.options.timeout, job).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(e)) => Err(EmbedError::Malformed(format!("the model stopped: {e}"))),
-            Err(_) => Err(EmbedError::Timeout(self.options.timeout)),
-        }
+        let run = async move {
+            let permit = tokio::time::timeout(queue, Arc::clone(&this.cores).acquire_owned())
+                .await
+                .map_err(|_| EmbedError::Busy(queue))?
+                .map_err(|_| EmbedError::Malformed("the embedder is closed".into()))?;
+            tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                this.embed_blocking(&texts)
+            })
+            .await
+            .map_err(|e| EmbedError::Malformed(format!("the model stopped: {e}")))?
+        };
+        tokio::time::timeout(timeout, run)
+            .await
+            .unwrap_or(Err(EmbedError::Timeout(timeout)))
     }
 }

@@ -304,7 +304,7 @@ mod tests {
 
     /// Unit vectors near one of three axes.
     fn near(axis: usize, noise: f32) -> Vec<f32> {
-        let mut v = vec![noise; 4];
+        let mut v = [noise; 4];
         v[axis] = 1.0;
         let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
         v.iter().map(|x| x / n).collect()

@@ -1,5 +1,6 @@
 //! The in-process embedder on the real all-MiniLM-L6-v2 files (`scripts/fetch-model.sh`
 //! puts them where [`model_dir`] looks; the test fails when they are missing).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -103,6 +104,64 @@ async fn a_prefix_is_another_model_and_a_timeout_is_an_error_not_a_wait() {
         slow.embed(&texts).await,
         Err(EmbedError::Timeout(_))
     ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_finds_every_core_busy_skips_at_once_but_examples_wait() {
+    let embedder = LocalEmbedder::load(
+        &model_dir(),
+        LocalOptions {
+            queue: Duration::ZERO,
+            timeout: Duration::from_secs(60),
+            ..LocalOptions::default()
+        },
+    )
+    .unwrap();
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let long = vec!["a long message about plants and pots ".repeat(10); 16];
+    let one = vec!["where is my order".to_owned()];
+    // Every core takes a long batch first (futures are polled in order), then one more
+    // message finds none free.
+    let mut calls: Vec<_> = (0..cores).map(|_| embedder.embed(&long)).collect();
+    calls.push(embedder.embed(&one));
+    let results = futures_join_all(calls).await;
+    assert!(results[..cores].iter().all(Result::is_ok));
+    assert!(
+        matches!(results[cores], Err(EmbedError::Busy(_))),
+        "{:?}",
+        results[cores].as_ref().err()
+    );
+    // The flows' examples wait for their turn instead.
+    let mut calls: Vec<_> = (0..cores).map(|_| embedder.embed_examples(&long)).collect();
+    calls.push(embedder.embed_examples(&one));
+    assert!(futures_join_all(calls).await.iter().all(Result::is_ok));
+}
+
+/// Polls every future in order, then waits for all of them.
+async fn futures_join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for f in futures {
+        set.push(Box::pin(f));
+    }
+    let mut out: Vec<Option<F::Output>> = set.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, slot) in set.iter_mut().zip(out.iter_mut()) {
+            if slot.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *slot = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().map(|v| v.unwrap()).collect()
 }
 
 #[test]

@@ -39,8 +39,8 @@ pub const LLM_CALLS: &str = "tandem_llm_calls_total";
 pub const LLM_SECONDS: &str = "tandem_llm_seconds";
 /// Time to embed one customer message for the semantic stage.
 pub const SEMANTIC_EMBED_SECONDS: &str = "tandem_semantic_embed_seconds";
-/// Semantic stage decisions that could not be made, by reason (`not_ready`, `timeout`,
-/// `endpoint`, `malformed`, `dimension`, `build`).
+/// Semantic stage decisions that could not be made, by reason (`not_ready`, `busy`,
+/// `timeout`, `endpoint`, `malformed`, `dimension`, `build`).
 pub const SEMANTIC_FAILURES: &str = "tandem_semantic_failures_total";
 /// Time to build a semantic head (cached vectors read, the rest embedded, head trained).
 pub const SEMANTIC_BUILD_SECONDS: &str = "tandem_semantic_build_seconds";

