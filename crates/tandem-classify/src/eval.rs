@@ -445,10 +445,10 @@ pub fn run_semantic(
             continue;
         }
         let lexical = model.probabilities(&example.text);
-        let found = vectors
-            .get(i)
-            .and_then(Option::as_ref)
-            .and_then(|v| index.decide(v, Some((model.intents(), &lexical))));
+        let found = vectors.get(i).and_then(Option::as_ref).and_then(|v| {
+            let lexical = crate::semantic::Lexical::of(model, &example.text, &lexical);
+            index.decide(v, Some(lexical))
+        });
         if let Some(m) = &found {
             run.best[i].clone_from(&m.intent);
             if m.sure {

@@ -303,6 +303,22 @@ impl Model {
         &self.intents
     }
 
+    /// The share of `text`'s features (weighted by their counts) the model learned: near 1
+    /// for a message in the examples' words, near 0 for one in another language.
+    pub fn known_share(&self, text: &str) -> f32 {
+        let features = self.featurizer.extract(text);
+        let total: f32 = features.iter().map(|(_, tf)| tf).sum();
+        if total <= 0.0 {
+            return 0.0;
+        }
+        let known: f32 = features
+            .iter()
+            .filter(|(id, _)| self.rows.get(id).is_some())
+            .map(|(_, tf)| tf)
+            .sum();
+        known / total
+    }
+
     /// The probability of each intent for `text`, in [`Model::intents`] order.
     pub fn probabilities(&self, text: &str) -> Vec<f32> {
         let x = self.vectorise(&self.featurizer.extract(text));
@@ -368,6 +384,9 @@ mod tests {
             again.predict("hello there").confidence
         );
         assert!(model.predict("zzzz qqqq").unknown_words_only);
+        assert_eq!(model.known_share("zzzz qqqq"), 0.0);
+        assert!(model.known_share("where is my order") > 0.9);
+        assert!(model.known_share("onde está a minha encomenda") < 0.5);
         assert!(model.predict("where is my order").confidence > model.predict("banana").confidence);
     }
 

@@ -62,6 +62,29 @@ pub enum SemanticError {
     Dimensions(usize, usize),
 }
 
+/// What the lexical model made of a message, for the fused decision.
+#[derive(Debug, Clone, Copy)]
+pub struct Lexical<'a> {
+    /// Its intents.
+    pub intents: &'a [String],
+    /// The probability of each, in the same order.
+    pub probabilities: &'a [f32],
+    /// The share of the message's features it knows ([`crate::Model::known_share`]).
+    pub known_share: f32,
+}
+
+impl<'a> Lexical<'a> {
+    /// The lexical model's view of `text`; `probabilities` must be its
+    /// [`crate::Model::probabilities`] of `text`.
+    pub fn of(model: &'a crate::Model, text: &str, probabilities: &'a [f32]) -> Self {
+        Self {
+            intents: model.intents(),
+            probabilities,
+            known_share: model.known_share(text),
+        }
+    }
+}
+
 /// The stage's answer for one message.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SemanticMatch {
@@ -87,6 +110,8 @@ pub struct SemanticIndex {
     bias: Vec<f32>,
     options: SemanticOptions,
     examples: usize,
+    /// The mean of the examples' vectors, taken off every vector before it is read.
+    center: Vec<f32>,
 }
 
 impl SemanticIndex {
@@ -109,6 +134,19 @@ impl SemanticIndex {
         if let Some((_, v)) = examples.iter().find(|(_, v)| v.len() != dimension) {
             return Err(SemanticError::Dimensions(dimension, v.len()));
         }
+        // Sentence encoders put every text in a narrow cone (all cosines 0.7–0.9 for some
+        // models): taking the examples' mean direction off leaves what tells them apart, so
+        // one head scale fits every model.
+        let mut center = vec![0.0f32; dimension];
+        for (_, v) in examples {
+            for (c, x) in center.iter_mut().zip(v) {
+                *c += x;
+            }
+        }
+        center
+            .iter_mut()
+            .for_each(|c| *c /= examples.len().max(1) as f32);
+        let centered: Vec<Vec<f32>> = examples.iter().map(|(_, v)| centred(v, &center)).collect();
         let index: HashMap<&str, usize> = intents
             .iter()
             .enumerate()
@@ -137,14 +175,14 @@ impl SemanticIndex {
                 // step together.
                 for (slot, &e) in batch.iter().enumerate() {
                     let g = &mut gradients[slot * classes..(slot + 1) * classes];
-                    scores_into(&weights, &bias, &examples[e].1, classes, g);
+                    scores_into(&weights, &bias, &centered[e], classes, g);
                     softmax(g);
                     g[labels[e]] -= 1.0;
                 }
                 let step = rate / batch.len() as f32;
                 for (slot, &e) in batch.iter().enumerate() {
                     let g = &gradients[slot * classes..(slot + 1) * classes];
-                    for (row, &x) in weights.chunks_exact_mut(classes).zip(&examples[e].1) {
+                    for (row, &x) in weights.chunks_exact_mut(classes).zip(&centered[e]) {
                         let factor = step * SCALE * x;
                         for (w, &gk) in row.iter_mut().zip(g) {
                             *w -= factor * gk;
@@ -173,6 +211,7 @@ impl SemanticIndex {
             bias: sum_bias,
             options,
             examples: examples.len(),
+            center,
         })
     }
 
@@ -206,7 +245,7 @@ impl SemanticIndex {
         scores_into(
             &self.weights,
             &self.bias,
-            vector,
+            &centred(vector, &self.center),
             self.intents.len(),
             &mut scores,
         );
@@ -214,21 +253,23 @@ impl SemanticIndex {
         Some(scores)
     }
 
-    /// Decides on a message from its vector and, when known, the lexical model's
-    /// probabilities (`lexical_intents[k]` has `lexical[k]`); `None` when the vector's
-    /// dimension is not the model's.
-    pub fn decide(
-        &self,
-        vector: &[f32],
-        lexical: Option<(&[String], &[f32])>,
-    ) -> Option<SemanticMatch> {
+    /// Decides on a message from its vector and, when known, the lexical model's view of it;
+    /// `None` when the vector's dimension is not the model's.
+    pub fn decide(&self, vector: &[f32], lexical: Option<Lexical<'_>>) -> Option<SemanticMatch> {
         let semantic = self.probabilities(vector)?;
-        let weight = match lexical {
-            Some(_) => self.options.lexical_weight.clamp(0.0, 1.0),
+        // The lexical model's say shrinks with the share of the message it cannot read: a
+        // message in another language than the examples' is the semantic head's alone.
+        let weight = match &lexical {
+            Some(l) => self.options.lexical_weight.clamp(0.0, 1.0) * l.known_share.clamp(0.0, 1.0),
             None => 0.0,
         };
         let lexical: HashMap<&str, f32> = lexical
-            .map(|(intents, p)| intents.iter().map(String::as_str).zip(p.iter().copied()))
+            .map(|l| {
+                l.intents
+                    .iter()
+                    .map(String::as_str)
+                    .zip(l.probabilities.iter().copied())
+            })
             .into_iter()
             .flatten()
             .collect();
@@ -253,6 +294,18 @@ impl SemanticIndex {
             m.sure = m.confidence >= self.options.threshold;
             m
         })
+    }
+}
+
+/// `v` less `center`, back to unit length (unchanged when that leaves nothing).
+fn centred(v: &[f32], center: &[f32]) -> Vec<f32> {
+    let mut out: Vec<f32> = v.iter().zip(center).map(|(x, c)| x - c).collect();
+    let norm = out.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 1e-6 {
+        out.iter_mut().for_each(|x| *x /= norm);
+        out
+    } else {
+        v.to_vec()
     }
 }
 
@@ -343,18 +396,35 @@ mod tests {
         let names = ["hours".to_owned(), "returns".to_owned(), "track".to_owned()];
         let v = near(0, 0.1);
         let alone = index.decide(&v, None).unwrap();
-        let agrees = index
-            .decide(&v, Some((&names, &[0.9, 0.05, 0.05])))
-            .unwrap();
-        let disagrees = index
-            .decide(&v, Some((&names, &[0.02, 0.96, 0.02])))
-            .unwrap();
+        let lexical = |p: &'static [f32], known_share: f32| {
+            Some(Lexical {
+                intents: &names,
+                probabilities: p,
+                known_share,
+            })
+        };
+        let agrees = index.decide(&v, lexical(&[0.9, 0.05, 0.05], 1.0)).unwrap();
+        let disagrees = index.decide(&v, lexical(&[0.02, 0.96, 0.02], 1.0)).unwrap();
         assert_eq!(agrees.intent, "hours");
         assert!(agrees.sure);
         assert!(disagrees.confidence < alone.confidence);
         assert!(!disagrees.sure, "{disagrees:?}");
+        // A message the lexical model cannot read at all is the head's alone.
+        assert_eq!(
+            index.decide(&v, lexical(&[0.02, 0.96, 0.02], 0.0)),
+            Some(alone)
+        );
         // An intent the lexical model does not know counts as improbable to it.
-        let unknown = index.decide(&v, Some((&names[1..], &[0.5, 0.5]))).unwrap();
+        let unknown = index
+            .decide(
+                &v,
+                Some(Lexical {
+                    intents: &names[1..],
+                    probabilities: &[0.5, 0.5],
+                    known_share: 1.0,
+                }),
+            )
+            .unwrap();
         assert!(!unknown.sure);
     }
 

@@ -255,12 +255,14 @@ impl SemanticStage {
                 return Err(error.to_string());
             }
         };
-        let lexical = bot
-            .classifier
-            .as_ref()
-            .map(|m| (m.intents(), m.probabilities(text)));
+        let lexical = bot.classifier.as_ref().map(|m| (m, m.probabilities(text)));
         index
-            .decide(&vector, lexical.as_ref().map(|(i, p)| (*i, p.as_slice())))
+            .decide(
+                &vector,
+                lexical
+                    .as_ref()
+                    .map(|(m, p)| tandem_classify::semantic::Lexical::of(m, text, p)),
+            )
             .ok_or_else(|| {
                 ::metrics::counter!(metrics::SEMANTIC_FAILURES, "reason" => "dimension")
                     .increment(1);
