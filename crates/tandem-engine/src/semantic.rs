@@ -93,7 +93,6 @@ impl SemanticStage {
     fn entry(&self, bot: &Arc<Bot>) -> Arc<Entry> {
         let key = Arc::as_ptr(bot) as usize;
         let mut heads = self.heads.lock().unwrap_or_else(PoisonError::into_inner);
-        heads.retain(|_, e| e.bot.strong_count() > 0);
         if let Some(entry) = heads.get(&key)
             && entry.bot.upgrade().is_some_and(|b| Arc::ptr_eq(&b, bot))
         {
@@ -106,6 +105,8 @@ impl SemanticStage {
                 return Arc::clone(entry);
             }
         }
+        // Heads of flows no longer loaded go when a new one comes.
+        heads.retain(|_, e| e.bot.strong_count() > 0);
         let entry = Arc::new(Entry {
             bot: Arc::downgrade(bot),
             started: AtomicBool::new(false),
