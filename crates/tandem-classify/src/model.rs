@@ -313,7 +313,7 @@ impl Model {
         }
         let known: f32 = features
             .iter()
-            .filter(|(id, _)| self.rows.get(id).is_some())
+            .filter(|(id, _)| self.rows.contains_key(id))
             .map(|(_, tf)| tf)
             .sum();
         known / total
