@@ -61,21 +61,7 @@ if [ -f "$model/model.safetensors" ]; then
 fi
 
 echo "== 2. the bot end to end"
-cat >"$WORK/graph.py" <<'PY'
-import http.server, json, sys
-class H(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-        if body.get("type"):
-            print(json.dumps(body), flush=True)
-        out = json.dumps({"messaging_product": "whatsapp", "contacts": [{"input": "x", "wa_id": "x"}],
-                          "messages": [{"id": "wamid.REAL%d" % id(body)}]}).encode()
-        self.send_response(200); self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(out))); self.end_headers(); self.wfile.write(out)
-    def log_message(self, *args): pass
-http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
-PY
-python3 "$WORK/graph.py" $((PORT + 1)) >"$WORK/graph.out" 2>&1 &
+python3 "$root/bench/graph_standin.py" $((PORT + 1)) >"$WORK/graph.out" 2>&1 &
 pids+=($!)
 rm -f "$WORK/store.redb"
 TANDEM_EMBEDDER=http://127.0.0.1:$PORT/v1 TANDEM_EMBEDDER_MODEL=e5-query \

@@ -55,21 +55,7 @@ echo "== 1. tandem eval --llm (tests/fixtures/classify/shop_messages.jsonl)"
 
 echo "== 2. the bot end to end"
 # A Graph API stand-in that records the messages Tandem sends.
-cat >"$WORK/graph.py" <<'EOF'
-import http.server, json, sys
-class H(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-        if body.get("type"):
-            print(json.dumps(body), flush=True)
-        out = json.dumps({"messaging_product": "whatsapp", "contacts": [{"input": "x", "wa_id": "x"}],
-                          "messages": [{"id": "wamid.REAL%d" % id(body)}]}).encode()
-        self.send_response(200); self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(out))); self.end_headers(); self.wfile.write(out)
-    def log_message(self, *args): pass
-http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
-EOF
-python "$WORK/graph.py" $((PORT + 1)) >"$WORK/graph.out" 2>&1 &
+python3 "$root/bench/graph_standin.py" $((PORT + 1)) >"$WORK/graph.out" 2>&1 &
 pids+=($!)
 rm -f "$WORK/store.redb"
 TANDEM_GRAPH_URL=http://127.0.0.1:$((PORT + 1))/v23.0 TANDEM_ACCESS_TOKEN=t TANDEM_API_TOKEN=a \

@@ -606,12 +606,7 @@ fn eval_semantic(
         &message_vectors,
     );
     times.sort_by(f64::total_cmp);
-    let percentile = |p: f64| {
-        times
-            .get(((times.len() as f64 - 1.0) * p).round() as usize)
-            .copied()
-            .unwrap_or(0.0)
-    };
+    let percentile = |p: f64| tandem_classify::eval::percentile(&times, p);
     let left = run
         .decisions
         .iter()

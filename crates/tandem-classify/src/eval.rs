@@ -151,6 +151,14 @@ pub struct ThresholdPoint {
     pub oos_recall: f64,
 }
 
+/// The `p` quantile (0 to 1) of `sorted` values, nearest rank; 0 when there are none.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 - 1.0) * p).round() as usize)
+        .copied()
+        .unwrap_or(0.0)
+}
+
 fn ratio(a: usize, b: usize) -> f64 {
     if b == 0 { 0.0 } else { a as f64 / b as f64 }
 }
@@ -346,12 +354,7 @@ fn report_of(data: &[Example], run: &LocalRun, threshold: f32, llm_calls: usize)
     confusions.truncate(MAX_CONFUSIONS);
     let (oos_tp, oos_fp, oos_fn) = counts.get(OUT_OF_SCOPE).copied().unwrap_or_default();
     times.sort_by(f64::total_cmp);
-    let percentile = |p: f64| {
-        times
-            .get(((times.len() as f64 - 1.0) * p).round() as usize)
-            .copied()
-            .unwrap_or(0.0)
-    };
+    let percentile = |p: f64| percentile(&times, p);
     let total = data.len();
     Report {
         messages: total,
@@ -490,19 +493,29 @@ pub fn semantic_sweep(
                     },
                 })
                 .collect();
-            let decided = LocalRun {
-                decisions,
-                ..run.clone()
-            };
-            let r = report_of(data, &decided, threshold, 0);
-            ThresholdPoint {
-                threshold: (f64::from(threshold) * 1000.0).round() / 1000.0,
-                local_coverage: r.local_coverage,
-                local_precision: r.local_precision,
-                oos_recall: r.oos_recall,
-            }
+            point(data, run, decisions, threshold)
         })
         .collect()
+}
+
+/// The local stages' trade-off when `run` is decided as `decisions` at `threshold`.
+fn point(
+    data: &[Example],
+    run: &LocalRun,
+    decisions: Vec<Decision>,
+    threshold: f32,
+) -> ThresholdPoint {
+    let decided = LocalRun {
+        decisions,
+        ..run.clone()
+    };
+    let r = report_of(data, &decided, threshold, 0);
+    ThresholdPoint {
+        threshold: (f64::from(threshold) * 1000.0).round() / 1000.0,
+        local_coverage: r.local_coverage,
+        local_precision: r.local_precision,
+        oos_recall: r.oos_recall,
+    }
 }
 
 /// The local stage's coverage, precision and out-of-scope recall at each of `thresholds`,
@@ -512,22 +525,13 @@ pub fn sweep(data: &[Example], run: &LocalRun, thresholds: &[f32]) -> Vec<Thresh
     thresholds
         .iter()
         .map(|&threshold| {
-            let decided = LocalRun {
-                decisions: run
-                    .best
-                    .iter()
-                    .zip(&run.confidence)
-                    .map(|(best, confidence)| local_decision(best, *confidence, threshold))
-                    .collect(),
-                ..run.clone()
-            };
-            let r = report(data, &decided, threshold, 0);
-            ThresholdPoint {
-                threshold: (f64::from(threshold) * 1000.0).round() / 1000.0,
-                local_coverage: r.local_coverage,
-                local_precision: r.local_precision,
-                oos_recall: r.oos_recall,
-            }
+            let decisions = run
+                .best
+                .iter()
+                .zip(&run.confidence)
+                .map(|(best, confidence)| local_decision(best, *confidence, threshold))
+                .collect();
+            point(data, run, decisions, threshold)
         })
         .collect()
 }

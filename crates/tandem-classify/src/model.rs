@@ -131,7 +131,7 @@ pub struct Prediction {
 }
 
 /// A deterministic xorshift generator for shuffling.
-struct Shuffle(u64);
+pub(crate) struct Shuffle(pub(crate) u64);
 
 impl Shuffle {
     fn next(&mut self) -> u64 {
@@ -141,7 +141,7 @@ impl Shuffle {
         self.0
     }
 
-    fn shuffle<T>(&mut self, items: &mut [T]) {
+    pub(crate) fn shuffle<T>(&mut self, items: &mut [T]) {
         for i in (1..items.len()).rev() {
             let j = usize::try_from(self.next() % (i as u64 + 1)).unwrap_or(0);
             items.swap(i, j);
@@ -149,7 +149,8 @@ impl Shuffle {
     }
 }
 
-fn softmax(scores: &mut [f32]) {
+/// Turns scores into probabilities, in place.
+pub(crate) fn softmax(scores: &mut [f32]) {
     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0.0;
     for s in scores.iter_mut() {
@@ -321,9 +322,12 @@ impl Model {
 
     /// The probability of each intent for `text`, in [`Model::intents`] order.
     pub fn probabilities(&self, text: &str) -> Vec<f32> {
-        let x = self.vectorise(&self.featurizer.extract(text));
+        self.probabilities_of(&self.vectorise(&self.featurizer.extract(text)))
+    }
+
+    fn probabilities_of(&self, x: &[(u32, f32)]) -> Vec<f32> {
         let mut scores = vec![0.0f32; self.intents.len()];
-        self.scores_into(&x, &mut scores);
+        self.scores_into(x, &mut scores);
         softmax(&mut scores);
         scores
     }
@@ -331,9 +335,7 @@ impl Model {
     /// Classifies a message.
     pub fn predict(&self, text: &str) -> Prediction {
         let x = self.vectorise(&self.featurizer.extract(text));
-        let mut scores = vec![0.0f32; self.intents.len()];
-        self.scores_into(&x, &mut scores);
-        softmax(&mut scores);
+        let scores = self.probabilities_of(&x);
         let mut best = (0, f32::MIN);
         let mut second = (0, f32::MIN);
         for (k, p) in scores.iter().enumerate() {

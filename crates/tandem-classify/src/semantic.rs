@@ -13,6 +13,8 @@
 
 use std::collections::HashMap;
 
+use crate::model::{Shuffle, softmax};
+
 /// Settings of the semantic stage.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SemanticOptions {
@@ -316,37 +318,6 @@ fn scores_into(weights: &[f32], bias: &[f32], x: &[f32], classes: usize, out: &m
         let xd = xd * SCALE;
         for (o, &w) in out.iter_mut().zip(row) {
             *o += xd * w;
-        }
-    }
-}
-
-fn softmax(scores: &mut [f32]) {
-    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
-    for s in scores.iter_mut() {
-        *s = (*s - max).exp();
-        sum += *s;
-    }
-    for s in scores.iter_mut() {
-        *s /= sum;
-    }
-}
-
-/// A deterministic xorshift generator for shuffling: the same examples train the same head.
-struct Shuffle(u64);
-
-impl Shuffle {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn shuffle<T>(&mut self, items: &mut [T]) {
-        for i in (1..items.len()).rev() {
-            let j = usize::try_from(self.next() % (i as u64 + 1)).unwrap_or(0);
-            items.swap(i, j);
         }
     }
 }

@@ -422,13 +422,7 @@ fn calls_are_requests_answered_through_the_journal_with_stable_keys() {
 fn a_failed_call_and_a_failed_triage_take_the_fallback_paths() {
     let bot = bot();
     let c = record();
-    let s = Settings {
-        llm: LlmUse {
-            triage: true,
-            ..LlmUse::default()
-        },
-        ..settings()
-    };
+    let s = settings_with_llm();
     // An unknown text goes to the LLM; its failure falls back to the fallback text.
     let items = [said("m1", "do you sell cacti", T0)];
     let mut journal = Journal::default();
@@ -520,12 +514,8 @@ fn the_semantic_stage_is_asked_before_the_llm_and_its_failure_goes_on_to_it() {
     let bot = bot();
     let c = record();
     let s = Settings {
-        llm: LlmUse {
-            triage: true,
-            ..LlmUse::default()
-        },
         semantic: Some(0.95),
-        ..settings()
+        ..settings_with_llm()
     };
     let items = [said("m1", "good morning to you", T0)];
     let sure = |intent: &str, sure: bool| {
