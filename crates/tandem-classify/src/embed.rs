@@ -21,6 +21,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::endpoint::{CallError, retrying, status_backoff};
+
 /// Why no embeddings came back; the caller goes on without the semantic stage.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum EmbedError {
@@ -142,8 +144,7 @@ impl EndpointEmbedder {
         let openai = OpenAIConfig::new()
             .with_api_base(config.base_url.trim_end_matches('/'))
             .with_api_key(config.api_key.expose_secret());
-        let client =
-            Client::with_config(openai).with_backoff(crate::llm::status_backoff(config.retries));
+        let client = Client::with_config(openai).with_backoff(status_backoff(config.retries));
         let id = if config.prefix.is_empty() {
             config.model.clone()
         } else {
@@ -159,37 +160,19 @@ impl EndpointEmbedder {
             .map(|t| format!("{}{t}", self.config.prefix))
             .collect();
         let body = json!({"model": self.config.model, "input": input, "encoding_format": "float"});
-        let mut attempt = 0;
-        loop {
-            let call = tokio::time::timeout(
-                self.config.timeout,
-                self.client
-                    .embeddings()
-                    .create_byot::<_, Answer>(body.clone()),
-            )
-            .await;
-            let error = match call {
-                Ok(Ok(answer)) => return vectors(answer, texts.len()),
-                Ok(Err(OpenAIError::JSONDeserialize(e, _))) => {
-                    return Err(EmbedError::Malformed(format!(
-                        "not an embeddings answer: {e}"
-                    )));
-                }
-                Ok(Err(e)) if crate::llm::connection_failed(&e) => {
-                    EmbedError::Endpoint(e.to_string())
-                }
-                Ok(Err(e)) => return Err(EmbedError::Endpoint(e.to_string())),
-                Err(_) => EmbedError::Timeout(self.config.timeout),
-            };
-            if attempt >= self.config.retries {
-                return Err(error);
-            }
-            attempt += 1;
-            let wait = tandem_domain::Backoff {
-                first: Duration::from_millis(100),
-                max: Duration::from_secs(1),
-            };
-            tokio::time::sleep(wait.delay(attempt, rand::random())).await;
+        let call = retrying(self.config.timeout, self.config.retries, || async {
+            self.client
+                .embeddings()
+                .create_byot::<_, Answer>(body.clone())
+                .await
+        });
+        match call.await {
+            Ok(answer) => vectors(answer, texts.len()),
+            Err(CallError::TimedOut) => Err(EmbedError::Timeout(self.config.timeout)),
+            Err(CallError::Failed(OpenAIError::JSONDeserialize(e, _))) => Err(
+                EmbedError::Malformed(format!("not an embeddings answer: {e}")),
+            ),
+            Err(CallError::Failed(e)) => Err(EmbedError::Endpoint(e.to_string())),
         }
     }
 }

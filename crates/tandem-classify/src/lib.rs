@@ -9,6 +9,8 @@
 //!   trait and an OpenAI-compatible `/v1/embeddings` client, with checked, normalised vectors.
 //! - `local_embed` (feature `semantic`): the in-process embedder, a sentence-transformers
 //!   model run by candle from a local folder.
+//! - `transcribe` (feature `llm`): voice notes to text through an OpenAI-compatible
+//!   `/v1/audio/transcriptions` endpoint (whisper.cpp, faster-whisper servers, OpenAI).
 //! - [`semantic`]: the semantic stage's head over sentence embeddings, fused with the
 //!   local model's probabilities.
 //! - [`eval`]: accuracy, macro-F1, out-of-scope precision and recall, and what the local
@@ -16,6 +18,8 @@
 
 #[cfg(feature = "llm")]
 pub mod embed;
+#[cfg(feature = "llm")]
+mod endpoint;
 pub mod eval;
 pub mod features;
 #[cfg(feature = "llm")]
@@ -24,6 +28,8 @@ pub mod llm;
 pub mod local_embed;
 pub mod model;
 pub mod semantic;
+#[cfg(feature = "llm")]
+pub mod transcribe;
 
 pub use model::{Example, Model, Prediction, TrainError, TrainOptions};
 

@@ -40,6 +40,8 @@ use serde::Serialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+use crate::endpoint::{CallError, retrying, status_backoff};
+
 /// Counter: tokens the LLM endpoint reported using, by kind (`prompt`, `completion`).
 pub const LLM_TOKENS: &str = "tandem_llm_tokens_total";
 /// Counter: answers that failed validation, by reason (`not_json`, `missing_field`,
@@ -309,36 +311,6 @@ fn may_be_the_format(error: &OpenAIError) -> bool {
 fn names_the_format(error: &LlmError) -> bool {
     let text = error.to_string().to_lowercase();
     text.contains("response_format") || text.contains("json_schema")
-}
-
-/// Temporary failures of the HTTP call itself (async-openai leaves them to the caller).
-pub(crate) fn connection_failed(error: &OpenAIError) -> bool {
-    matches!(error, OpenAIError::Reqwest(e) if e.is_connect() || e.is_timeout())
-}
-
-/// async-openai alone sees the HTTP status, so its backoff retries what is temporary (429
-/// and 5xx; never 400 or 401). Its budget is time, not a count: the waits grow tenfold (100 ms,
-/// 1 s, 10 s, ±10 %), and the budget holds exactly `retries` of them plus 500 ms for the
-/// requests themselves, so the next wait never fits. The call's timeout bounds it all.
-pub(crate) fn status_backoff(retries: u32) -> backoff::ExponentialBackoff {
-    let first = Duration::from_millis(100);
-    let waits: Duration = (0..retries.min(3))
-        .map(|k| first * 10u32.pow(k))
-        .sum::<Duration>()
-        .mul_f64(1.1);
-    backoff::ExponentialBackoff {
-        initial_interval: first,
-        current_interval: first,
-        randomization_factor: 0.1,
-        multiplier: 10.0,
-        max_interval: Duration::from_secs(10),
-        max_elapsed_time: Some(if retries == 0 {
-            Duration::ZERO
-        } else {
-            waits + Duration::from_millis(500)
-        }),
-        ..backoff::ExponentialBackoff::default()
-    }
 }
 
 /// The digest the cache keys an answer by: everything the request says.
@@ -720,55 +692,37 @@ impl LlmClassifier {
         let request = args
             .build()
             .map_err(|e| Failure::other(LlmError::Endpoint(e.to_string())))?;
-        let mut attempt = 0;
-        loop {
-            let call = tokio::time::timeout(
-                self.config.timeout,
-                self.client.chat().create(request.clone()),
-            )
-            .await;
-            let error = match call {
-                Ok(Ok(response)) => {
-                    if let Some(usage) = &response.usage {
-                        ::metrics::counter!(LLM_TOKENS, "kind" => "prompt")
-                            .increment(u64::from(usage.prompt_tokens));
-                        ::metrics::counter!(LLM_TOKENS, "kind" => "completion")
-                            .increment(u64::from(usage.completion_tokens));
-                    }
-                    return response
-                        .choices
-                        .into_iter()
-                        .next()
-                        .and_then(|c| c.message.content)
-                        .ok_or_else(|| {
-                            Failure::other(LlmError::Malformed("no message content".into()))
-                        });
-                }
-                Ok(Err(OpenAIError::JSONDeserialize(e, _))) => {
-                    return Err(Failure::other(LlmError::Malformed(format!(
-                        "not a chat completion: {e}"
-                    ))));
-                }
-                Ok(Err(e)) if connection_failed(&e) => LlmError::Endpoint(e.to_string()),
-                // The status was permanent (400, 401, 404…) or async-openai's backoff for
-                // 429 and 5xx ran out: retrying here would only repeat it.
-                Ok(Err(e)) => {
-                    return Err(Failure {
-                        refused: may_be_the_format(&e),
-                        error: LlmError::Endpoint(e.to_string()),
-                    });
-                }
-                Err(_) => LlmError::Timeout(self.config.timeout),
-            };
-            if attempt >= self.config.retries {
-                return Err(Failure::other(error));
+        let call = retrying(self.config.timeout, self.config.retries, || async {
+            self.client.chat().create(request.clone()).await
+        });
+        let response = match call.await {
+            Ok(response) => response,
+            Err(CallError::TimedOut) => {
+                return Err(Failure::other(LlmError::Timeout(self.config.timeout)));
             }
-            attempt += 1;
-            let wait = tandem_domain::Backoff {
-                first: Duration::from_millis(100),
-                max: Duration::from_secs(1),
-            };
-            tokio::time::sleep(wait.delay(attempt, rand::random())).await;
+            Err(CallError::Failed(OpenAIError::JSONDeserialize(e, _))) => {
+                return Err(Failure::other(LlmError::Malformed(format!(
+                    "not a chat completion: {e}"
+                ))));
+            }
+            Err(CallError::Failed(e)) => {
+                return Err(Failure {
+                    refused: may_be_the_format(&e),
+                    error: LlmError::Endpoint(e.to_string()),
+                });
+            }
+        };
+        if let Some(usage) = &response.usage {
+            ::metrics::counter!(LLM_TOKENS, "kind" => "prompt")
+                .increment(u64::from(usage.prompt_tokens));
+            ::metrics::counter!(LLM_TOKENS, "kind" => "completion")
+                .increment(u64::from(usage.completion_tokens));
         }
+        response
+            .choices
+            .into_iter()
+            .next()
+            .and_then(|c| c.message.content)
+            .ok_or_else(|| Failure::other(LlmError::Malformed("no message content".into())))
     }
 }

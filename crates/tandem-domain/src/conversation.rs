@@ -154,6 +154,13 @@ pub struct TranscriptEntry {
     /// For a customer's text the bot handled: what the classifier made of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub understood: Option<Understood>,
+    /// For media: the id to download it by from the Graph API (for about 30 days).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_id: Option<String>,
+    /// For a voice note: the words spoken, as the transcriber heard them (also in `text`,
+    /// after the `[audio]` label).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transcription: Option<String>,
 }
 
 /// What the classifier cascade made of a customer's text, kept on its transcript line so
@@ -185,11 +192,11 @@ impl TranscriptEntry {
             text: content.transcript_text(),
             kind: content.type_label().to_owned(),
             message_id: Some(id),
-            historical: false,
-            status: None,
-            edited: false,
-            deleted: false,
-            understood: None,
+            media_id: match content {
+                MessageContent::Media { media_id, .. } => media_id.clone(),
+                _ => None,
+            },
+            ..Self::system(at, "")
         }
     }
 
@@ -201,11 +208,7 @@ impl TranscriptEntry {
             text: content.transcript_text(),
             kind: content.kind().to_owned(),
             message_id: Some(id),
-            historical: false,
-            status: None,
-            edited: false,
-            deleted: false,
-            understood: None,
+            ..Self::system(at, "")
         }
     }
 
@@ -222,7 +225,16 @@ impl TranscriptEntry {
             edited: false,
             deleted: false,
             understood: None,
+            media_id: None,
+            transcription: None,
         }
+    }
+
+    /// Keeps what was heard in a voice note: the words, and the line's text as
+    /// `[audio] words` so every reader of the transcript sees them.
+    pub fn transcribed(&mut self, words: &str) {
+        self.text = format!("[audio] {words}");
+        self.transcription = Some(words.to_owned());
     }
 }
 

@@ -111,16 +111,32 @@ impl Desk {
         }
     }
 
-    /// The customer wrote while a person owns or is awaited in the conversation.
-    pub fn on_customer_while_person(&self, message: &InboundMessage, out: &mut Effects) {
+    /// The customer wrote while a person owns or is awaited in the conversation: the
+    /// `message` hook, with the text of its transcript line in `c` (a voice note's words
+    /// too, and then alone in `transcription`).
+    pub fn on_customer_while_person(
+        &self,
+        c: &Conversation,
+        message: &InboundMessage,
+        out: &mut Effects,
+    ) {
+        let line = c
+            .transcript
+            .iter()
+            .rev()
+            .find(|e| e.message_id.as_ref() == Some(&message.id));
+        let mut body = json!({
+            "id": message.id.as_str(),
+            "type": message.content.type_label(),
+            "text": line.map_or_else(|| message.content.transcript_text(), |l| l.text.clone()),
+            "sent_at": tandem_handoff::hooks::rfc3339(message.sent_at),
+        });
+        if let Some(words) = line.and_then(|l| l.transcription.as_deref()) {
+            body["transcription"] = words.into();
+        }
         out.happenings.push(Happening::new(
             HookEvent::Message,
-            json!({"message": {
-                "id": message.id.as_str(),
-                "type": message.content.type_label(),
-                "text": message.content.transcript_text(),
-                "sent_at": tandem_handoff::hooks::rfc3339(message.sent_at),
-            }}),
+            json!({ "message": body }),
         ));
     }
 

@@ -13,6 +13,9 @@
 //!   across processes when the store is shared), the idle-timer pump and store upkeep.
 //! - [`responder`]: the flows in force and the driver of a turn: performs the decision's
 //!   requests (LLM, flows' backend calls) and feeds the answers back.
+//! - [`semantic`]: the semantic stage at run time: the embedder, the heads trained on the
+//!   flows' examples, the cache of their vectors in the store.
+//! - [`voice`]: voice notes downloaded from the Graph API and transcribed.
 //! - [`sender`]: sends the outbox through the Graph API after the commit: pause re-read,
 //!   24-hour window, per-number rate, retries with backoff.
 //! - [`desk`]: the handoff side of a lane step: team choice, agent and router actions,
@@ -50,6 +53,7 @@ pub mod semantic;
 pub mod sender;
 pub mod tenants;
 pub mod turn;
+pub mod voice;
 
 pub use apply::{ApplyContext, Step, apply};
 pub use config::EngineConfig;

@@ -46,6 +46,11 @@ pub const SEMANTIC_FAILURES: &str = "tandem_semantic_failures_total";
 pub const SEMANTIC_BUILD_SECONDS: &str = "tandem_semantic_build_seconds";
 /// Example texts embedded to build heads (the ones not found in the cache).
 pub const SEMANTIC_EXAMPLES_EMBEDDED: &str = "tandem_semantic_examples_embedded_total";
+/// Voice notes transcribed, by outcome (`ok`; `download_lookup`, `download_download`,
+/// `download_too_large`, `download_bad_id`; `timeout`, `endpoint`, `malformed`, `silent`).
+pub const TRANSCRIPTIONS: &str = "tandem_transcriptions_total";
+/// Time to download and transcribe one voice note.
+pub const TRANSCRIPTION_SECONDS: &str = "tandem_transcription_seconds";
 /// Bot turns, by what ended them (`reply`, `handoff`, `silent`).
 pub const TURNS: &str = "tandem_bot_turns_total";
 /// Graph API sends, by action and outcome (`sent`, `retry`, `failed`, `cancelled`, `template`).
@@ -104,6 +109,15 @@ pub fn describe() {
         SEMANTIC_EMBED_SECONDS,
         Unit::Seconds,
         "Time to embed one customer message for the semantic stage"
+    );
+    describe_counter!(
+        TRANSCRIPTIONS,
+        "Voice notes transcribed, by outcome (a failure leaves the note an attachment)"
+    );
+    describe_histogram!(
+        TRANSCRIPTION_SECONDS,
+        Unit::Seconds,
+        "Time to download and transcribe one voice note"
     );
     describe_counter!(
         SEMANTIC_FAILURES,

@@ -18,6 +18,7 @@ use tandem_flows::{Bot, CallOutcome, CallRequest};
 use crate::metrics;
 use crate::semantic::SemanticStage;
 use crate::turn::{Answer, Decision, Input, Journal, LlmUse, Parts, Request, Settings, decide};
+use crate::voice::Voice;
 
 /// The flows in force; replaced as a whole by a reload.
 #[derive(Debug, Clone)]
@@ -73,6 +74,7 @@ pub struct Responder {
     http: reqwest::Client,
     llm: Option<Arc<LlmClassifier>>,
     semantic: Option<Arc<SemanticStage>>,
+    voice: Option<Voice>,
     /// The flows' generation the LLM's answer cache was filled under; a reload empties it.
     cached_generation: Arc<AtomicU64>,
 }
@@ -86,6 +88,7 @@ impl Responder {
             http,
             llm: None,
             semantic: None,
+            voice: None,
         }
     }
 
@@ -105,6 +108,17 @@ impl Responder {
         self.semantic
             .as_ref()
             .map(|s| s.options().lexical_threshold)
+    }
+
+    /// Transcribes customers' voice notes through `voice`.
+    pub fn with_voice(mut self, voice: Voice) -> Self {
+        self.voice = Some(voice);
+        self
+    }
+
+    /// True when customers' voice notes are transcribed.
+    pub fn transcribes(&self) -> bool {
+        self.voice.is_some()
     }
 
     /// Asks `llm` about messages neither the rules nor the local model are sure of.
@@ -163,6 +177,18 @@ impl Responder {
                 let bot = self.flows.current();
                 Answer::Semantic(stage.decide(&bot, text).await.inspect_err(|error| {
                     tracing::debug!(%conversation, %error, "semantic stage skipped");
+                }))
+            }
+            Request::Transcribe {
+                media_id,
+                mime_type,
+            } => {
+                let Some(voice) = &self.voice else {
+                    return request.refused("no transcriber is configured");
+                };
+                let words = voice.transcribe(media_id, mime_type.as_deref()).await;
+                Answer::Transcript(words.inspect_err(|error| {
+                    tracing::warn!(%conversation, %error, "voice note not transcribed; answered as an attachment");
                 }))
             }
             Request::Extract(request) => {

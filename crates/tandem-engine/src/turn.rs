@@ -58,6 +58,8 @@ pub struct Settings {
     /// When the semantic stage is on: the local model's confidence at which it still
     /// answers alone.
     pub semantic: Option<f32>,
+    /// True when customers' voice notes are transcribed.
+    pub transcribe: bool,
 }
 
 impl Settings {
@@ -71,6 +73,7 @@ impl Settings {
             send_recovery: config.send_recovery,
             llm: responder.map_or_else(LlmUse::default, Responder::llm_use),
             semantic: responder.and_then(Responder::semantic_lexical_threshold),
+            transcribe: responder.is_some_and(Responder::transcribes),
         }
     }
 }
@@ -123,6 +126,13 @@ pub enum Request {
         /// The customer's text.
         text: String,
     },
+    /// Download a customer's voice note and transcribe it.
+    Transcribe {
+        /// The audio's media id.
+        media_id: String,
+        /// Its MIME type, as WhatsApp gave it.
+        mime_type: Option<String>,
+    },
     /// Ask the LLM to read a refused answer's value.
     Extract(tandem_flows::ExtractRequest),
     /// Ask the LLM for the lines a person taking over reads first.
@@ -148,6 +158,7 @@ impl Request {
         match self {
             Self::Triage { .. } => Answer::Triage(Err(why.to_owned())),
             Self::Semantic { .. } => Answer::Semantic(Err(why.to_owned())),
+            Self::Transcribe { .. } => Answer::Transcript(Err(why.to_owned())),
             Self::Extract(_) => Answer::Extract(None),
             Self::Summary { .. } => Answer::Summary(None),
             Self::Call { .. } => Answer::Call(CallOutcome::Failed(why.to_owned())),
@@ -162,6 +173,8 @@ pub enum Answer {
     Triage(Result<Triage, String>),
     /// The semantic stage's best intent (sure or not), or why there is none.
     Semantic(Result<tandem_classify::semantic::SemanticMatch, String>),
+    /// The words of a voice note, or why there are none (it stays an attachment).
+    Transcript(Result<String, String>),
     /// The value read, when the LLM found one.
     Extract(Option<String>),
     /// The summary, when the LLM gave one.
@@ -419,6 +432,14 @@ pub fn decide(
         if step.timer != TimerChange::Keep {
             timer = step.timer;
         }
+        // A voice note goes on as the words heard in it (for the bot, the agents and the
+        // hooks), unless the bot waits for media and takes the audio itself.
+        let heard = match &item.event {
+            ConversationEvent::Customer(message) if settings.transcribe => {
+                transcribe(&mut record, message, &mut io, &mut out)?
+            }
+            _ => None,
+        };
         if step.resumed.is_some() {
             desk.on_resumed(&mut record, Resumed::HumanIdle, &env, &mut out);
         }
@@ -430,7 +451,7 @@ pub fn decide(
                 desk.on_agent(&mut record, action, &env, &mut out);
             }
             ConversationEvent::Customer(message) if mode_before != Mode::Bot => {
-                desk.on_customer_while_person(message, &mut out);
+                desk.on_customer_while_person(&record, message, &mut out);
             }
             ConversationEvent::Status(status) if status.status == DeliveryStatus::Failed => {
                 if let Some(bot) = parts.flows {
@@ -443,6 +464,10 @@ pub fn decide(
                 if opens_session(&record, message) {
                     out.notes.push(Note::Session);
                 }
+                let message = match &heard {
+                    Some(spoken) if !takes_media(&record, message, &env, parts.flows) => spoken,
+                    _ => message,
+                };
                 let window = settings.burst_window;
                 match tandem_flows::validate::answer_text(&message.content) {
                     // Outside a question, a text may wait for the rest of a burst.
@@ -484,6 +509,72 @@ pub fn decide(
         timer,
         effects: out,
     })
+}
+
+/// With a transcriber on, transcribes a customer's voice note: its transcript line keeps the
+/// words, and the message the turn goes on with is returned as a text of them. Without words
+/// (the download or the transcriber failed, or nothing was heard) it stays an attachment.
+fn transcribe(
+    record: &mut Conversation,
+    message: &InboundMessage,
+    io: &mut Io<'_>,
+    out: &mut Effects,
+) -> Result<Option<InboundMessage>, Pending> {
+    let MessageContent::Media {
+        kind,
+        media_id: Some(media_id),
+        mime_type,
+        ..
+    } = &message.content
+    else {
+        return Ok(None);
+    };
+    if kind != "audio" {
+        return Ok(None);
+    }
+    let request = Request::Transcribe {
+        media_id: media_id.clone(),
+        mime_type: mime_type.clone(),
+    };
+    let words = match io.ask(request)? {
+        Answer::Transcript(Ok(words)) => words,
+        Answer::Transcript(Err(error)) => {
+            out.decisions
+                .push(format!("voice note not transcribed: {error}"));
+            return Ok(None);
+        }
+        _ => return Ok(None),
+    };
+    if let Some(line) = record
+        .transcript
+        .iter_mut()
+        .rev()
+        .find(|e| e.role == Role::Customer && e.message_id.as_ref() == Some(&message.id))
+    {
+        line.transcribed(&words);
+    }
+    out.decisions.push(format!("voice note heard: {words:?}"));
+    Ok(Some(InboundMessage {
+        content: MessageContent::Text { body: words },
+        ..message.clone()
+    }))
+}
+
+/// True when the bot waits at a question that takes `message`'s media as it is (a voice note
+/// sent where the flow asks for audio or any media).
+fn takes_media(
+    record: &Conversation,
+    message: &InboundMessage,
+    env: &reply::Env<'_>,
+    bot: Option<&Bot>,
+) -> bool {
+    let ctx = tandem_flows::TurnContext {
+        now: env.now,
+        contact_name: env.contact_name,
+        extract: false,
+    };
+    record.bot.position.is_some()
+        && bot.is_some_and(|bot| bot.accepts(record, &message.content, &ctx))
 }
 
 /// True when `message` (already in the transcript) comes a whole customer window after the

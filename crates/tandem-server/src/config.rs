@@ -114,6 +114,8 @@ pub struct Settings {
     pub llm: Option<LlmSettings>,
     /// The semantic stage of the classifier, when `TANDEM_EMBEDDER` is set.
     pub embedder: Option<EmbedderSettings>,
+    /// Voice notes transcribed, when `TANDEM_TRANSCRIBER` is set.
+    pub transcriber: Option<TranscriberSettings>,
     /// Where the prompt templates are (`classify.j2`).
     pub prompts_dir: PathBuf,
     /// The directory of declared tenants (`tenants.dir`, `TANDEM_TENANTS`): one
@@ -236,6 +238,72 @@ fn embedder_settings(
             .cloned()
             .unwrap_or_default(),
         options,
+    }))
+}
+
+/// How to reach the transcription endpoint (`TANDEM_TRANSCRIBER*`).
+#[derive(Debug, Clone)]
+pub struct TranscriberSettings {
+    /// Base URL of an OpenAI-compatible API (`…/v1`).
+    pub base_url: String,
+    /// The model (`TANDEM_TRANSCRIBER_MODEL`, default `whisper-1`).
+    pub model: String,
+    /// The API key (`TANDEM_TRANSCRIBER_API_KEY` or `_FILE`).
+    pub api_key: Option<SecretString>,
+    /// Longest wait for one voice note (`TANDEM_TRANSCRIBER_TIMEOUT`, default 20 s).
+    pub timeout: Duration,
+    /// The customers' language as an ISO-639-1 code (`TANDEM_TRANSCRIBER_LANGUAGE`; unset:
+    /// the server detects it).
+    pub language: Option<String>,
+}
+
+/// Reads `TANDEM_TRANSCRIBER` and its companions; `None` when it is not set.
+fn transcriber_settings(
+    env: &HashMap<String, String>,
+) -> Result<Option<TranscriberSettings>, ConfigError> {
+    let Some(base_url) = env.get("TANDEM_TRANSCRIBER").filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+        return Err(ConfigError::new(
+            "TANDEM_TRANSCRIBER",
+            format!("{base_url:?} is not an http(s) URL of an OpenAI-compatible API (…/v1)"),
+        ));
+    }
+    let mut timeout = Duration::from_secs(20);
+    env_duration(env, "TANDEM_TRANSCRIBER_TIMEOUT", &mut timeout)?;
+    let language = match env
+        .get("TANDEM_TRANSCRIBER_LANGUAGE")
+        .filter(|v| !v.is_empty())
+    {
+        Some(code)
+            if (2..=3).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_lowercase()) =>
+        {
+            Some(code.clone())
+        }
+        Some(code) => {
+            return Err(ConfigError::new(
+                "TANDEM_TRANSCRIBER_LANGUAGE",
+                format!("{code:?} is not an ISO-639-1 language code such as `pt`"),
+            ));
+        }
+        None => None,
+    };
+    Ok(Some(TranscriberSettings {
+        base_url: base_url.clone(),
+        model: env
+            .get("TANDEM_TRANSCRIBER_MODEL")
+            .filter(|m| !m.is_empty())
+            .cloned()
+            .unwrap_or_else(|| "whisper-1".to_owned()),
+        api_key: secret(
+            env,
+            "TANDEM_TRANSCRIBER_API_KEY",
+            "transcriber.api_key",
+            None,
+        )?,
+        timeout,
+        language,
     }))
 }
 
@@ -1245,6 +1313,7 @@ fn build(
         send_timeout: meta.send_timeout,
         llm,
         embedder: embedder_settings(env)?,
+        transcriber: transcriber_settings(env)?,
         prompts_dir,
         tenants_dir,
         tenants_auto_create,

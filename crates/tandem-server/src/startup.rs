@@ -93,9 +93,21 @@ impl Application {
             ))),
             None => None,
         };
+        let transcriber = settings.transcriber.as_ref().map(|t| {
+            tracing::info!(base_url = %t.base_url, model = %t.model, "voice notes transcribed");
+            Arc::new(tandem_classify::transcribe::Transcriber::new(
+                tandem_classify::transcribe::TranscribeConfig {
+                    api_key: t.api_key.clone().unwrap_or_default(),
+                    timeout: t.timeout,
+                    language: t.language.clone(),
+                    ..tandem_classify::transcribe::TranscribeConfig::new(&t.base_url, &t.model)
+                },
+            ))
+        });
         let links = tandem_engine::sender::LinkCache::default();
         let builder = TenantBuilder {
             semantic: semantic.clone(),
+            transcriber,
             store: Arc::clone(&store),
             clock: Arc::clone(&clock),
             graph: graph.clone(),

@@ -418,6 +418,8 @@ pub struct TenantBuilder {
     /// The deployment's semantic stage, shared by every tenant (tenants with identical
     /// flows share one head).
     pub semantic: Option<Arc<tandem_engine::semantic::SemanticStage>>,
+    /// The deployment's transcriber of voice notes, used with each tenant's own token.
+    pub transcriber: Option<Arc<tandem_classify::transcribe::Transcriber>>,
     /// The deployment's prompts, for a tenant with its own LLM and no prompts of its own.
     pub prompts_dir: PathBuf,
     /// The HTTP client of flows' `call` steps.
@@ -551,6 +553,13 @@ impl TenantBuilder {
                     drop(stage.ready(&responder.flows().current()));
                 }
                 responder = responder.with_semantic(Arc::clone(stage));
+            }
+            // The audio is downloaded with the tenant's token: without one, no voice notes.
+            if let (Some(transcriber), Some(graph)) = (&self.transcriber, &graph) {
+                responder = responder.with_voice(tandem_engine::voice::Voice::new(
+                    Arc::clone(transcriber),
+                    graph.clone(),
+                ));
             }
             responder
         });

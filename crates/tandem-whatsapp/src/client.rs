@@ -182,6 +182,57 @@ struct SentWire {
     message_status: Option<String>,
 }
 
+/// A media file downloaded from WhatsApp.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Media {
+    /// The file's bytes.
+    pub bytes: Vec<u8>,
+    /// Its MIME type, as WhatsApp gave it.
+    pub mime_type: Option<String>,
+}
+
+/// Why a media file could not be downloaded.
+#[derive(Debug, thiserror::Error)]
+pub enum MediaError {
+    /// The id is not one WhatsApp gives (it would not name a Graph API node).
+    #[error("{0:?} is not a media id")]
+    BadId(String),
+    /// Looking up the media's URL failed (an expired or unknown id, a token without access).
+    #[error("looking the media up failed: {0}")]
+    Lookup(#[from] SendError),
+    /// The file is larger than the caller takes.
+    #[error("the media is larger than {max} bytes")]
+    TooLarge {
+        /// The most bytes the caller takes.
+        max: usize,
+    },
+    /// Downloading the file from its URL failed.
+    #[error("downloading the media failed: {0}")]
+    Download(String),
+}
+
+impl MediaError {
+    /// A short label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::BadId(_) => "bad_id",
+            Self::Lookup(_) => "lookup",
+            Self::TooLarge { .. } => "too_large",
+            Self::Download(_) => "download",
+        }
+    }
+}
+
+/// `GET /{media-id}`: where to download the file (the URL lives five minutes).
+#[derive(Deserialize)]
+struct MediaInfo {
+    url: String,
+    #[serde(default)]
+    mime_type: Option<String>,
+    #[serde(default)]
+    file_size: Option<u64>,
+}
+
 impl GraphClient {
     /// Builds a client for `base_url` (such as `https://graph.facebook.com/v23.0`).
     ///
@@ -189,6 +240,8 @@ impl GraphClient {
     /// Fails when the HTTP client cannot be built (TLS set-up).
     pub fn new(base_url: &str, token: SecretString, timeout: Duration) -> Result<Self, SendError> {
         let http = reqwest::Client::builder()
+            // Meta's media host answers a request without a User-Agent with an error page.
+            .user_agent(concat!("tandem/", env!("CARGO_PKG_VERSION")))
             .timeout(timeout)
             .connect_timeout(timeout)
             .build()
@@ -328,5 +381,74 @@ impl GraphClient {
                 "expected {{\"success\":true}}, got {answer}"
             ))),
         }
+    }
+
+    /// Downloads the media `media_id` names, in WhatsApp's two steps: `GET /{media-id}`
+    /// gives a short-lived URL, which is then fetched with the same token. Refuses a file of
+    /// more than `max_bytes` (by its announced size, then while reading) and an answer that
+    /// is an error page rather than the file.
+    ///
+    /// # Errors
+    /// See [`MediaError`].
+    pub async fn download_media(
+        &self,
+        media_id: &str,
+        max_bytes: usize,
+    ) -> Result<Media, MediaError> {
+        let well_formed = !media_id.is_empty()
+            && media_id.len() <= 128
+            && media_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !well_formed {
+            return Err(MediaError::BadId(media_id.to_owned()));
+        }
+        let answer = self
+            .call(reqwest::Method::GET, media_id, &[], None, None)
+            .await?;
+        let info: MediaInfo = serde_json::from_value(answer)
+            .map_err(|e| MediaError::Lookup(SendError::BadResponse(e.to_string())))?;
+        if info.file_size.is_some_and(|size| size > max_bytes as u64) {
+            return Err(MediaError::TooLarge { max: max_bytes });
+        }
+        let failed = |e: reqwest::Error| MediaError::Download(e.to_string());
+        let mut response = self
+            .http
+            .get(&info.url)
+            .bearer_auth(self.token.expose_secret())
+            .send()
+            .await
+            .map_err(failed)?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(MediaError::Download(format!("http {}", status.as_u16())));
+        }
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        if content_type
+            .as_deref()
+            .is_some_and(|t| t.starts_with("text/html"))
+        {
+            return Err(MediaError::Download(
+                "the media URL answered a web page, not the file".into(),
+            ));
+        }
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(failed)? {
+            if bytes.len() + chunk.len() > max_bytes {
+                return Err(MediaError::TooLarge { max: max_bytes });
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        if bytes.is_empty() {
+            return Err(MediaError::Download("the file is empty".into()));
+        }
+        Ok(Media {
+            bytes,
+            mime_type: info.mime_type.or(content_type),
+        })
     }
 }

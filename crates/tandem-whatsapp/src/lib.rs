@@ -20,7 +20,7 @@ pub mod outbound;
 pub mod signature;
 pub mod webhook;
 
-pub use client::{GraphClient, GraphError, Remedy, SendError, Sent};
+pub use client::{GraphClient, GraphError, Media, MediaError, Remedy, SendError, Sent};
 pub use onboarding::{NumberInfo, SyncKind};
 pub use outbound::{
     InvalidMessage, ListRow, ListSection, OutboundContent, OutboundMessage, Recipient,

@@ -96,6 +96,10 @@ struct Line<'a> {
     deleted: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     understood: Option<&'a Understood>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    media_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    transcription: Option<&'a str>,
 }
 
 impl<'a> From<&'a TranscriptEntry> for Line<'a> {
@@ -111,6 +115,8 @@ impl<'a> From<&'a TranscriptEntry> for Line<'a> {
             edited: e.edited,
             deleted: e.deleted,
             understood: e.understood.as_ref(),
+            media_id: e.media_id.as_deref(),
+            transcription: e.transcription.as_deref(),
         }
     }
 }
@@ -398,7 +404,8 @@ pub async fn review(
                 "conversation": c.id.to_string(),
                 "at": rfc3339(e.at),
                 "message_id": e.message_id.as_ref().map(|id| id.as_str()),
-                "text": e.text,
+                // A voice note's words, without the `[audio]` label.
+                "text": e.transcription.as_ref().unwrap_or(&e.text),
                 "stage": u.stage,
                 "intent": u.intent,
                 "guess": u.guess,
