@@ -30,4 +30,5 @@ mod semantic;
 mod standin;
 mod tenants;
 mod upgrade;
+mod voice;
 mod webhook;

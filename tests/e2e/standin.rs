@@ -40,6 +40,10 @@ struct GraphState {
     syncs: std::collections::HashSet<(String, String)>,
     /// Sync types Meta refuses for every number (a window that closed).
     refused_syncs: std::collections::HashSet<String>,
+    /// Media files by id: MIME type and bytes, served from `{base}/media/{id}`.
+    media: std::collections::HashMap<String, (String, Vec<u8>)>,
+    /// `http://addr`, for the media URLs.
+    base: String,
 }
 
 /// What Meta answers an OAuth error with (an expired code, a token without permission).
@@ -86,13 +90,33 @@ async fn graph_oauth(
     )
 }
 
-/// `GET /{phone_number_id}`: the number, unless the token lacks permission.
+/// `GET /{phone_number_id}`: the number, unless the token lacks permission; `GET
+/// /{media-id}` of a media file: its short-lived URL, as the Cloud API answers.
 async fn graph_number(
     State(state): State<Arc<Mutex<GraphState>>>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> (StatusCode, Json<Value>) {
     let auth = bearer(&headers);
+    if id.starts_with("media-") {
+        let state = state.lock().unwrap();
+        return match state.media.get(&id) {
+            Some((mime, bytes)) => (
+                StatusCode::OK,
+                Json(json!({
+                    "messaging_product": "whatsapp",
+                    "url": format!("{}/media/{id}", state.base),
+                    "mime_type": mime,
+                    "file_size": bytes.len(),
+                    "id": id,
+                })),
+            ),
+            None => oauth_error(
+                100,
+                "Unsupported get request. Object with ID does not exist",
+            ),
+        };
+    }
     state
         .lock()
         .unwrap()
@@ -152,6 +176,27 @@ async fn graph_sync(
     )
 }
 
+/// Meta's media host: the file, for the business's token only.
+async fn media_file(
+    State(state): State<Arc<Mutex<GraphState>>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if bearer(&headers).as_deref() != Some("Bearer test-access-token") {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    match state.lock().unwrap().media.get(&id) {
+        Some((mime, bytes)) => (
+            StatusCode::OK,
+            [("content-type", mime.clone())],
+            bytes.clone(),
+        )
+            .into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
 /// A Graph API stand-in on a loopback port.
 #[derive(Clone)]
 pub struct Graph {
@@ -168,8 +213,10 @@ impl Graph {
             .route("/v23.0/{id}", axum::routing::get(graph_number))
             .route("/v23.0/{id}/subscribed_apps", post(graph_subscribe))
             .route("/v23.0/{id}/smb_app_data", post(graph_sync))
+            .route("/media/{id}", axum::routing::get(media_file))
             .with_state(Arc::clone(&state));
         let addr = serve(app).await;
+        state.lock().unwrap().base = format!("http://{addr}");
         Graph {
             url: format!("http://{addr}/v23.0"),
             state,
@@ -183,6 +230,15 @@ impl Graph {
             .unwrap()
             .scripted
             .push_back((status, body));
+    }
+
+    /// Serves a media file under `id` (which must start with `media-`).
+    pub fn add_media(&self, id: &str, mime_type: &str, bytes: &[u8]) {
+        self.state
+            .lock()
+            .unwrap()
+            .media
+            .insert(id.to_owned(), (mime_type.to_owned(), bytes.to_vec()));
     }
 
     /// Onboarding calls: method, path after the version, authorization, body.
@@ -639,4 +695,90 @@ fn concept_vector(text: &str) -> Vec<f64> {
         }
     }
     v
+}
+
+/// How the transcription stand-in answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TranscriptionMode {
+    /// The words: the audio's bytes read as UTF-8, as if spoken.
+    Normal,
+    /// Waits five seconds before answering.
+    Stall,
+    /// 200 with a body that is not JSON.
+    Garbage,
+    /// 500.
+    Error,
+}
+
+/// An OpenAI-compatible `/v1/audio/transcriptions` stand-in reading the multipart form as a
+/// real server does; it "hears" the audio's bytes as UTF-8 words.
+pub struct Transcription {
+    pub url: String,
+    mode: Arc<Mutex<TranscriptionMode>>,
+    /// File names received, in order.
+    files: Arc<Mutex<Vec<String>>>,
+}
+
+impl Transcription {
+    pub async fn start() -> Transcription {
+        #[derive(Clone)]
+        struct St {
+            mode: Arc<Mutex<TranscriptionMode>>,
+            files: Arc<Mutex<Vec<String>>>,
+        }
+        async fn transcribe(
+            State(st): State<St>,
+            mut form: axum::extract::Multipart,
+        ) -> axum::response::Response {
+            use axum::response::IntoResponse;
+            let mut heard = String::new();
+            while let Ok(Some(field)) = form.next_field().await {
+                if field.name() == Some("file") {
+                    st.files
+                        .lock()
+                        .unwrap()
+                        .push(field.file_name().unwrap_or_default().to_owned());
+                    heard = String::from_utf8_lossy(&field.bytes().await.unwrap()).into_owned();
+                }
+            }
+            let mode = *st.mode.lock().unwrap();
+            match mode {
+                TranscriptionMode::Normal => Json(json!({ "text": heard })).into_response(),
+                TranscriptionMode::Stall => {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    Json(json!({ "text": heard })).into_response()
+                }
+                TranscriptionMode::Garbage => (StatusCode::OK, "<html>oops").into_response(),
+                TranscriptionMode::Error => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    Json(json!({"error": {"message": "model crashed"}})),
+                )
+                    .into_response(),
+            }
+        }
+        let st = St {
+            mode: Arc::new(Mutex::new(TranscriptionMode::Normal)),
+            files: Arc::default(),
+        };
+        let addr = serve(
+            axum::Router::new()
+                .route("/v1/audio/transcriptions", post(transcribe))
+                .with_state(st.clone()),
+        )
+        .await;
+        Transcription {
+            url: format!("http://{addr}/v1"),
+            mode: st.mode,
+            files: st.files,
+        }
+    }
+
+    pub fn set_mode(&self, mode: TranscriptionMode) {
+        *self.mode.lock().unwrap() = mode;
+    }
+
+    /// The file names of the audio received, in order.
+    pub fn files(&self) -> Vec<String> {
+        self.files.lock().unwrap().clone()
+    }
 }

@@ -1519,6 +1519,50 @@ mod tests {
     }
 
     #[test]
+    fn the_transcriber_is_an_endpoint_off_by_default() {
+        let load_with = |pairs: &[(&str, &str)]| {
+            let mut e = full_env();
+            for (k, v) in pairs {
+                e.insert((*k).to_owned(), (*v).to_owned());
+            }
+            load(&CliOverrides::default(), &e)
+        };
+        assert!(load_with(&[]).unwrap().transcriber.is_none());
+        let t = load_with(&[("TANDEM_TRANSCRIBER", "http://127.0.0.1:9/v1")])
+            .unwrap()
+            .transcriber
+            .unwrap();
+        assert_eq!(
+            (t.model.as_str(), t.timeout, t.language),
+            ("whisper-1", Duration::from_secs(20), None)
+        );
+        let t = load_with(&[
+            ("TANDEM_TRANSCRIBER", "http://127.0.0.1:9/v1"),
+            ("TANDEM_TRANSCRIBER_MODEL", "ggml-small"),
+            ("TANDEM_TRANSCRIBER_TIMEOUT", "45s"),
+            ("TANDEM_TRANSCRIBER_LANGUAGE", "pt"),
+            ("TANDEM_TRANSCRIBER_API_KEY", "sk-x"),
+        ])
+        .unwrap()
+        .transcriber
+        .unwrap();
+        assert_eq!(t.model, "ggml-small");
+        assert_eq!(t.timeout, Duration::from_secs(45));
+        assert_eq!(t.language.as_deref(), Some("pt"));
+        assert!(t.api_key.is_some());
+        for (key, value) in [
+            ("TANDEM_TRANSCRIBER", "whisper.local:8080"),
+            ("TANDEM_TRANSCRIBER_LANGUAGE", "Portuguese"),
+            ("TANDEM_TRANSCRIBER_TIMEOUT", "soon"),
+        ] {
+            let mut pairs = vec![("TANDEM_TRANSCRIBER", "http://127.0.0.1:9/v1")];
+            pairs.retain(|(k, _)| *k != key);
+            pairs.push((key, value));
+            assert_eq!(load_with(&pairs).unwrap_err().key, key, "{key}={value}");
+        }
+    }
+
+    #[test]
     fn the_embedder_is_a_model_folder_or_an_endpoint_with_a_model() {
         let load_with = |pairs: &[(&str, &str)]| {
             let mut e = full_env();

@@ -59,6 +59,7 @@ fn settings() -> Settings {
         send_recovery: Duration::from_secs(30),
         llm: LlmUse::default(),
         semantic: None,
+        transcribe: false,
     }
 }
 
@@ -579,4 +580,182 @@ fn settings_with_llm() -> Settings {
         },
         ..settings()
     }
+}
+
+/// A customer's voice note `media_id`, sent at `at`.
+fn spoke(id: &str, media_id: &str, at: Timestamp) -> InboxItem {
+    item(
+        ConversationEvent::Customer(InboundMessage {
+            id: MessageId::parse(id).unwrap(),
+            sent_at: at,
+            content: MessageContent::Media {
+                kind: "audio".into(),
+                media_id: Some(media_id.into()),
+                mime_type: Some("audio/ogg; codecs=opus".into()),
+                caption: None,
+                filename: None,
+            },
+            profile_name: None,
+            from: tandem_domain::Identity::default(),
+            context_id: None,
+            forwarded: false,
+        }),
+        at,
+    )
+}
+
+/// Decides `items` on `bot`, answering the transcription of the voice note `media_id` with
+/// `heard`; the decision must need nothing else.
+fn decide_heard(
+    bot: &Bot,
+    c: &Conversation,
+    items: &[InboxItem],
+    media_id: &str,
+    heard: Result<&str, &str>,
+) -> Decision {
+    let s = Settings {
+        transcribe: true,
+        ..settings()
+    };
+    let mut journal = Journal::default();
+    let pending = decide_with(Some(bot), c, items, T0, &s, &journal).unwrap_err();
+    assert_eq!(
+        *pending.request,
+        Request::Transcribe {
+            media_id: media_id.into(),
+            mime_type: Some("audio/ogg; codecs=opus".into()),
+        }
+    );
+    let answer = heard.map(str::to_owned).map_err(str::to_owned);
+    journal.answer(pending, Answer::Transcript(answer));
+    decide_with(Some(bot), c, items, T0, &s, &journal).expect("nothing more to ask")
+}
+
+#[test]
+fn a_voice_note_goes_on_as_its_words_and_its_line_keeps_audio_and_words() {
+    let bot = bot();
+    let items = [spoke("m1", "media-1", T0)];
+    let d = decide_heard(&bot, &record(), &items, "media-1", Ok("hi"));
+    assert_eq!(texts(&d.conversation), ["hello"], "the `hi` flow answered");
+    let line = d.conversation.transcript.first().unwrap();
+    assert_eq!(line.kind, "media");
+    assert_eq!(line.media_id.as_deref(), Some("media-1"));
+    assert_eq!(line.transcription.as_deref(), Some("hi"));
+    assert_eq!(line.text, "[audio] hi");
+    assert_eq!(
+        line.understood.as_ref().map(|u| u.intent.as_deref()),
+        Some(Some("hi"))
+    );
+    // Without a transcriber the same voice note is an attachment, and nothing is asked.
+    let plain = decide_now(&record(), &items, T0, &settings());
+    let attachment = texts(&plain.conversation);
+    assert!(!attachment.is_empty());
+    assert_ne!(attachment, ["hello"]);
+    assert_eq!(
+        plain.conversation.transcript[0].media_id.as_deref(),
+        Some("media-1")
+    );
+    assert_eq!(plain.conversation.transcript[0].transcription, None);
+    // A failed transcription gives that same attachment answer.
+    let failed = decide_heard(&bot, &record(), &items, "media-1", Err("timed out"));
+    assert_eq!(texts(&failed.conversation), attachment);
+    assert_eq!(failed.conversation.transcript[0].text, "[audio]");
+    assert!(
+        failed
+            .effects
+            .decisions
+            .iter()
+            .any(|d| d.contains("not transcribed: timed out")),
+        "{:?}",
+        failed.effects.decisions
+    );
+}
+
+#[test]
+fn a_question_for_media_takes_the_audio_and_a_question_for_text_takes_the_words() {
+    let files = [
+        ("bot.yaml", "languages: [en]\n"),
+        (
+            "memo.yaml",
+            "id: memo\ntriggers: ['^memo$']\nslots: {memo: {description: a note}}\nsteps:\n  \
+             - ask: What should I note?\n    slot: memo\n    expect: text\n  \
+             - say: \"noted: {{ slots.memo }}\"\n",
+        ),
+        (
+            "recording.yaml",
+            "id: recording\ntriggers: ['^record$']\nslots: {clip: {description: a clip}}\nsteps:\n  \
+             - ask: Send the recording\n    slot: clip\n    expect: media\n  \
+             - say: \"got {{ slots.clip.kind }} {{ slots.clip.media_id }}\"\n",
+        ),
+    ]
+    .map(|(name, text)| (name.to_owned(), text.to_owned()));
+    let bot = tandem_flows::load_sources(&files, &BTreeMap::new())
+        .unwrap()
+        .bot;
+    let after = |trigger: &str| {
+        decide_with(
+            Some(&bot),
+            &record(),
+            &[said("m0", trigger, T0)],
+            T0,
+            &settings(),
+            &Journal::default(),
+        )
+        .unwrap()
+        .conversation
+    };
+    let memo = after("memo");
+    let d = decide_heard(
+        &bot,
+        &memo,
+        &[spoke("m1", "media-2", T0)],
+        "media-2",
+        Ok("buy more soil"),
+    );
+    assert_eq!(
+        texts(&d.conversation).last().map(String::as_str),
+        Some("noted: buy more soil")
+    );
+    let recording = after("record");
+    let d = decide_heard(
+        &bot,
+        &recording,
+        &[spoke("m1", "media-3", T0)],
+        "media-3",
+        Ok("this is the sound it makes"),
+    );
+    assert_eq!(
+        texts(&d.conversation).last().map(String::as_str),
+        Some("got audio media-3"),
+        "the audio itself answered the question"
+    );
+    let line = d
+        .conversation
+        .transcript
+        .iter()
+        .rev()
+        .find(|l| l.kind == "media");
+    assert_eq!(
+        line.and_then(|l| l.transcription.as_deref()),
+        Some("this is the sound it makes"),
+        "and its words are still kept for the people reading"
+    );
+}
+
+#[test]
+fn agents_and_hooks_see_the_words_of_a_voice_note_while_a_person_is_in_charge() {
+    let mut c = record();
+    let echo = echoed(&mut c, T0);
+    let items = [echo, spoke("m1", "media-4", T0)];
+    let d = decide_heard(&bot(), &c, &items, "media-4", Ok("are you there?"));
+    assert!(texts(&d.conversation).is_empty(), "the bot stays quiet");
+    let hook = d
+        .effects
+        .happenings
+        .iter()
+        .find(|h| h.event == HookEvent::Message)
+        .expect("a message hook");
+    assert_eq!(hook.detail["message"]["transcription"], "are you there?");
+    assert_eq!(hook.detail["message"]["text"], "[audio] are you there?");
+    assert_eq!(hook.detail["message"]["type"], "media");
 }
