@@ -120,7 +120,7 @@ impl Transcriber {
     }
 
     /// The text spoken in `audio` (of MIME type `mime_type`), trimmed and cut to
-    /// [`MAX_CHARS`].
+    /// [`MAX_CHARS`]. `language` (ISO-639-1), when given, wins over the configured one.
     ///
     /// # Errors
     /// A [`TranscribeError`]: the caller treats the audio as an attachment.
@@ -128,6 +128,7 @@ impl Transcriber {
         &self,
         audio: Vec<u8>,
         mime_type: Option<&str>,
+        language: Option<&str>,
     ) -> Result<String, TranscribeError> {
         let request = CreateTranscriptionRequest {
             file: AudioInput {
@@ -137,7 +138,9 @@ impl Transcriber {
                 },
             },
             model: self.config.model.clone(),
-            language: self.config.language.clone(),
+            language: language
+                .map(str::to_owned)
+                .or_else(|| self.config.language.clone()),
             response_format: Some(AudioResponseFormat::Json),
             temperature: Some(0.0),
             ..CreateTranscriptionRequest::default()

@@ -1,5 +1,6 @@
 //! The transcription client against a loopback stand-in that reads OpenAI's
-//! `/v1/audio/transcriptions` multipart form as a real server does: good answers, 500 retried,
+//! `/v1/audio/transcriptions` multipart form as a real server does: good answers (and the
+//! language hint), 500 retried,
 //! 400 not, garbage, an answer without words, an endless text, a slow endpoint, no endpoint.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -117,6 +118,7 @@ async fn a_voice_note_comes_back_as_its_words_from_a_well_formed_request() {
         .transcribe(
             b"onde esta o meu pedido".to_vec(),
             Some("audio/ogg; codecs=opus"),
+            None,
         )
         .await
         .unwrap();
@@ -131,16 +133,19 @@ async fn a_voice_note_comes_back_as_its_words_from_a_well_formed_request() {
     assert_eq!(form.field("response_format"), Some("json"));
     assert_eq!(form.authorization.as_deref(), Some("Bearer sk-test"));
 
+    // The conversation's language wins over the configured one.
     let mp3 = t
-        .transcribe(b"hello".to_vec(), Some("audio/mpeg"))
+        .transcribe(b"hello".to_vec(), Some("audio/mpeg"), Some("en"))
         .await
         .unwrap();
     assert_eq!(mp3, "hello");
+    let form = &standin.forms()[1];
     assert_eq!(
-        standin.forms()[1].file_name.as_deref(),
+        form.file_name.as_deref(),
         Some("audio.mp3"),
         "the extension names the format"
     );
+    assert_eq!(form.field("language"), Some("en"));
 }
 
 #[tokio::test]
@@ -153,7 +158,9 @@ async fn a_500_is_retried_and_a_400_is_not() {
         Duration::ZERO,
     );
     assert_eq!(
-        t.transcribe(b"hi there".to_vec(), None).await.unwrap(),
+        t.transcribe(b"hi there".to_vec(), None, None)
+            .await
+            .unwrap(),
         "hi there"
     );
     assert_eq!(standin.forms().len(), 2, "the 500 was tried again");
@@ -163,7 +170,7 @@ async fn a_500_is_retried_and_a_400_is_not() {
         r#"{"error":{"message":"Invalid file format.","type":"invalid_request_error"}}"#,
         Duration::ZERO,
     );
-    let error = t.transcribe(b"hi".to_vec(), None).await.unwrap_err();
+    let error = t.transcribe(b"hi".to_vec(), None, None).await.unwrap_err();
     assert!(
         matches!(&error, TranscribeError::Endpoint(m) if m.contains("Invalid file format")),
         "{error}"
@@ -177,17 +184,17 @@ async fn garbage_and_answers_without_words_fail() {
     let (standin, url) = start().await;
     let t = transcriber(&url, |_| ());
     standin.then(200, "<html>not json", Duration::ZERO);
-    let garbage = t.transcribe(b"x".to_vec(), None).await.unwrap_err();
+    let garbage = t.transcribe(b"x".to_vec(), None, None).await.unwrap_err();
     assert_eq!(garbage.label(), "malformed", "{garbage}");
 
     standin.then(200, r#"{"transcript": "hello"}"#, Duration::ZERO);
-    let no_text = t.transcribe(b"x".to_vec(), None).await.unwrap_err();
+    let no_text = t.transcribe(b"x".to_vec(), None, None).await.unwrap_err();
     assert_eq!(no_text.label(), "malformed", "{no_text}");
 
     for silence in [r#"{"text": ""}"#, r#"{"text": "  ... "}"#] {
         standin.then(200, silence, Duration::ZERO);
         assert_eq!(
-            t.transcribe(b"x".to_vec(), None).await.unwrap_err(),
+            t.transcribe(b"x".to_vec(), None, None).await.unwrap_err(),
             TranscribeError::Silent,
             "{silence}"
         );
@@ -199,7 +206,7 @@ async fn an_endless_text_is_cut_to_a_whatsapp_message() {
     let (_standin, url) = start().await;
     let t = transcriber(&url, |_| ());
     let words = t
-        .transcribe("blá ".repeat(3000).into_bytes(), None)
+        .transcribe("blá ".repeat(3000).into_bytes(), None, None)
         .await
         .unwrap();
     assert_eq!(words.chars().count(), MAX_CHARS);
@@ -214,7 +221,7 @@ async fn a_slow_or_missing_endpoint_fails_within_its_timeout() {
     });
     standin.then(200, r#"{"text":"late"}"#, Duration::from_secs(5));
     let started = std::time::Instant::now();
-    let error = t.transcribe(b"x".to_vec(), None).await.unwrap_err();
+    let error = t.transcribe(b"x".to_vec(), None, None).await.unwrap_err();
     assert_eq!(error, TranscribeError::Timeout(Duration::from_millis(200)));
     assert!(
         started.elapsed() < Duration::from_secs(4),
@@ -226,7 +233,7 @@ async fn a_slow_or_missing_endpoint_fails_within_its_timeout() {
     let dead = format!("http://{}/v1", closed.local_addr().unwrap());
     drop(closed);
     let error = transcriber(&dead, |_| ())
-        .transcribe(b"x".to_vec(), None)
+        .transcribe(b"x".to_vec(), None, None)
         .await
         .unwrap_err();
     assert_eq!(error.label(), "endpoint", "{error}");

@@ -1,6 +1,7 @@
 //! The flows in force and the outside world of a turn: the driver that runs
-//! [`crate::turn::decide`] and performs the requests it makes (LLM triage, slot extraction,
-//! handoff summaries, flows' backend calls), feeding their answers back.
+//! [`crate::turn::decide`] and performs the requests it makes (voice notes' transcriptions,
+//! semantic decisions, LLM triage, slot extraction, handoff summaries, flows' backend calls),
+//! feeding their answers back.
 //!
 //! The decision itself does no IO; this is the only place a turn waits on the network. The
 //! lanes commit the decision in one atomic write together with the events it answers. If the
@@ -182,11 +183,14 @@ impl Responder {
             Request::Transcribe {
                 media_id,
                 mime_type,
+                language,
             } => {
                 let Some(voice) = &self.voice else {
                     return request.refused("no transcriber is configured");
                 };
-                let words = voice.transcribe(media_id, mime_type.as_deref()).await;
+                let words = voice
+                    .transcribe(media_id, mime_type.as_deref(), language.as_deref())
+                    .await;
                 Answer::Transcript(words.inspect_err(|error| {
                     tracing::warn!(%conversation, %error, "voice note not transcribed; answered as an attachment");
                 }))

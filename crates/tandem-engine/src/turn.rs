@@ -6,8 +6,9 @@
 //! answered as one, the classifier cascade, the flows, the texts the engine sends on its own,
 //! the timer that follows the record, and the hooks and metrics that announce it all.
 //!
-//! Whatever needs the outside world — an LLM triage, a slot extraction, a handoff summary, a
-//! flow's `call` to the business's backend — is a [`Request`]. `decide` stops at the first
+//! Whatever needs the outside world — a voice note's transcription, a semantic decision, an
+//! LLM triage, a slot extraction, a handoff summary, a flow's `call` to the business's
+//! backend — is a [`Request`]. `decide` stops at the first
 //! request whose [`Answer`] is not yet in the [`Journal`] and returns it as [`Pending`]; the
 //! driver ([`crate::Responder::drive`]) performs it, writes the answer in the journal and
 //! calls `decide` again, which replays the turn from the start with the answers it already
@@ -132,6 +133,9 @@ pub enum Request {
         media_id: String,
         /// Its MIME type, as WhatsApp gave it.
         mime_type: Option<String>,
+        /// The customer's language when the conversation knows it (a hint for the
+        /// transcriber; `None`: its own setting or detection).
+        language: Option<String>,
     },
     /// Ask the LLM to read a refused answer's value.
     Extract(tandem_flows::ExtractRequest),
@@ -535,6 +539,7 @@ fn transcribe(
     let request = Request::Transcribe {
         media_id: media_id.clone(),
         mime_type: mime_type.clone(),
+        language: record.language.clone(),
     };
     let words = match io.ask(request)? {
         Answer::Transcript(Ok(words)) => words,

@@ -28,7 +28,8 @@ impl Voice {
         Self { transcriber, graph }
     }
 
-    /// The words of the voice note `media_id`, or why there are none.
+    /// The words of the voice note `media_id` (spoken in `language`, when known), or why
+    /// there are none.
     ///
     /// # Errors
     /// What failed, in words: the download or the transcription.
@@ -36,6 +37,7 @@ impl Voice {
         &self,
         media_id: &str,
         mime_type: Option<&str>,
+        language: Option<&str>,
     ) -> Result<String, String> {
         let started = Instant::now();
         let outcome = match self.graph.download_media(media_id, MAX_AUDIO_BYTES).await {
@@ -43,7 +45,7 @@ impl Voice {
             Ok(media) => {
                 let mime_type = media.mime_type.as_deref().or(mime_type);
                 self.transcriber
-                    .transcribe(media.bytes, mime_type)
+                    .transcribe(media.bytes, mime_type, language)
                     .await
                     .map_err(|error| (error.label().to_owned(), error.to_string()))
             }

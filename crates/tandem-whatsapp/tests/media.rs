@@ -16,11 +16,13 @@ use tandem_whatsapp::{GraphClient, MediaError, SendError};
 
 const TOKEN: &str = "business-token";
 
+/// One request the stand-in got: path, authorization, user agent.
+type Seen = (String, Option<String>, Option<String>);
+
 #[derive(Clone)]
 struct Host {
     base: String,
-    /// Every request: path, authorization, user agent.
-    seen: Arc<Mutex<Vec<(String, Option<String>, Option<String>)>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
 }
 
 fn note(host: &Host, path: String, headers: &HeaderMap) -> Option<String> {

@@ -624,6 +624,7 @@ fn decide_heard(
         Request::Transcribe {
             media_id: media_id.into(),
             mime_type: Some("audio/ogg; codecs=opus".into()),
+            language: c.language.clone(),
         }
     );
     let answer = heard.map(str::to_owned).map_err(str::to_owned);
@@ -656,8 +657,11 @@ fn a_voice_note_goes_on_as_its_words_and_its_line_keeps_audio_and_words() {
         Some("media-1")
     );
     assert_eq!(plain.conversation.transcript[0].transcription, None);
-    // A failed transcription gives that same attachment answer.
-    let failed = decide_heard(&bot, &record(), &items, "media-1", Err("timed out"));
+    // A failed transcription gives that same attachment answer. (A conversation whose
+    // language is known passes it on as the transcriber's hint: `decide_heard` checks.)
+    let mut portuguese = record();
+    portuguese.language = Some("pt".into());
+    let failed = decide_heard(&bot, &portuguese, &items, "media-1", Err("timed out"));
     assert_eq!(texts(&failed.conversation), attachment);
     assert_eq!(failed.conversation.transcript[0].text, "[audio]");
     assert!(
