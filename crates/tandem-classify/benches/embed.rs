@@ -1,6 +1,8 @@
 //! The in-process embedder on the real all-MiniLM-L6-v2 (from `scripts/fetch-model.sh`): one
 //! customer message at a time, as the server embeds them, next to the local model's prediction
-//! of the same messages as the baseline; and the semantic head's decision on a ready vector.
+//! of the same messages as the baseline; the semantic head's decision on a ready vector; and
+//! one weight product of the model's shapes in `f32` (as the model runs) and in candle's
+//! `int8` (`Q8_0`) quantized form, to see whether quantizing would pay.
 //! Run it on one core for the per-core figure:
 //!
 //!     scripts/fetch-model.sh
@@ -81,9 +83,36 @@ fn bench(c: &mut Criterion) {
     });
 }
 
+/// A message's 12 token vectors through one weight matrix of all-MiniLM-L6-v2's shapes
+/// (in → out), in `f32` and quantized to `Q8_0`.
+fn products(c: &mut Criterion) {
+    use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+    use candle_core::{Device, Module, Tensor};
+    let device = Device::Cpu;
+    for (inputs, outputs) in [(384, 1536), (1536, 384), (384, 384)] {
+        let x = Tensor::randn(0f32, 1.0, (1, 12, inputs), &device).unwrap();
+        let w = Tensor::randn(0f32, 0.05, (outputs, inputs), &device).unwrap();
+        let f32_product = candle_nn::Linear::new(w.clone(), None);
+        let q8_product =
+            QMatMul::from_qtensor(QTensor::quantize(&w, GgmlDType::Q8_0).unwrap()).unwrap();
+        c.bench_function(
+            &format!("product 12x{inputs} by {inputs}x{outputs}, f32"),
+            |b| {
+                b.iter(|| f32_product.forward(black_box(&x)).unwrap());
+            },
+        );
+        c.bench_function(
+            &format!("product 12x{inputs} by {inputs}x{outputs}, q8_0"),
+            |b| {
+                b.iter(|| q8_product.forward(black_box(&x)).unwrap());
+            },
+        );
+    }
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(50);
-    targets = bench
+    targets = bench, products
 }
 criterion_main!(benches);
