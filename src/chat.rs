@@ -1,10 +1,12 @@
 //! `tandem chat`: talk to the flows in the terminal, with no WhatsApp account. Buttons and
 //! list rows show as numbered choices; after each turn the decision, the mode and the slots
-//! are shown.
+//! are shown. With `--embedder` the semantic stage answers what the local model is unsure of,
+//! as in the server.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -22,11 +24,22 @@ const HELP: &str = "Type as the customer would. A number picks one of the bot's 
   /state          show the conversation record
   /quit           leave";
 
-/// Runs the chat on stdin / stdout until end of input or `/quit`.
+/// A scratch directory, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.0).ok();
+    }
+}
+
+/// Runs the chat on stdin / stdout until end of input or `/quit`; with `semantic`, the
+/// semantic stage is on (its head built before the first message).
 pub(crate) fn run(
     flows: &Path,
     variables: &BTreeMap<String, String>,
     contact: Option<String>,
+    semantic: Option<&tandem_server::config::EmbedderSettings>,
 ) -> anyhow::Result<()> {
     let loaded = tandem_flows::load_dir(flows, variables)
         .map_err(|e| anyhow::anyhow!("the flows are invalid:\n{e}"))?;
@@ -35,15 +48,50 @@ pub(crate) fn run(
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    let responder = Responder::new(
+    let mut responder = Responder::new(
         FlowsHandle::new(loaded.bot),
         tandem_engine::responder::call_client()?,
     );
+    let mut out = std::io::stdout().lock();
+    let _scratch = match semantic {
+        Some(settings) => {
+            let scratch =
+                Scratch(std::env::temp_dir().join(format!("tandem-chat-{}", std::process::id())));
+            std::fs::create_dir_all(&scratch.0)
+                .with_context(|| format!("creating {}", scratch.0.display()))?;
+            let store_path = scratch.0.join("embeddings.redb");
+            let stage = runtime.block_on(async {
+                let store = tandem_store::open(
+                    &store_path.to_string_lossy(),
+                    tandem_store::StoreOptions::default(),
+                )
+                .await?;
+                let embedder = tandem_server::startup::embedder(settings)?;
+                let stage = Arc::new(tandem_engine::semantic::SemanticStage::new(
+                    embedder,
+                    store,
+                    settings.options.clone(),
+                ));
+                let started = std::time::Instant::now();
+                let head = stage.prepare(&responder.flows().current()).await?;
+                writeln!(
+                    out,
+                    "semantic stage on: {} ({} intents, ready in {:.1} s)",
+                    head.model(),
+                    head.intents().len(),
+                    started.elapsed().as_secs_f64()
+                )?;
+                anyhow::Ok(stage)
+            })?;
+            responder = responder.with_semantic(stage);
+            Some(scratch)
+        }
+        None => None,
+    };
     let now = Timestamp(u64::try_from(jiff::Timestamp::now().as_millisecond()).unwrap_or(0));
     let mut sandbox = Sandbox::new(responder, "15550009999", now, Duration::from_secs(30 * 60))?;
     sandbox.set_contact_name(contact);
     let stdin = std::io::stdin();
-    let mut out = std::io::stdout().lock();
     writeln!(
         out,
         "tandem chat: {count} flows from {}. /help for commands.",

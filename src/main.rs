@@ -175,6 +175,13 @@ struct EvalArgs {
     /// from 0.3 to 0.95, to choose `classifier_threshold`.
     #[arg(long)]
     sweep: bool,
+    #[command(flatten)]
+    semantic: EmbedderArgs,
+}
+
+/// The semantic stage's embedder, for `tandem eval` and `tandem chat`.
+#[derive(Args)]
+struct EmbedderArgs {
     /// Run the semantic stage with this embedder: a sentence-transformers model folder
     /// (builds with `--features semantic`) or an embeddings endpoint URL (`…/v1`; model from
     /// --embedder-model or TANDEM_EMBEDDER_MODEL). TANDEM_EMBEDDER_PREFIX and
@@ -184,6 +191,35 @@ struct EvalArgs {
     /// The endpoint's model name, with an --embedder URL.
     #[arg(long)]
     embedder_model: Option<String>,
+}
+
+impl EmbedderArgs {
+    /// The embedder settings of these flags and `env` (as the server reads them; a call may
+    /// take `timeout` unless TANDEM_EMBEDDER_TIMEOUT says otherwise); `None` without
+    /// --embedder.
+    fn settings(
+        &self,
+        env: &HashMap<String, String>,
+        timeout: &str,
+    ) -> anyhow::Result<Option<tandem_server::config::EmbedderSettings>> {
+        let Some(source) = &self.embedder else {
+            return Ok(None);
+        };
+        let mut env = env.clone();
+        env.insert("TANDEM_EMBEDDER".into(), source.clone());
+        if let Some(name) = &self.embedder_model {
+            env.insert("TANDEM_EMBEDDER_MODEL".into(), name.clone());
+        }
+        env.entry("TANDEM_EMBEDDER_TIMEOUT".into())
+            .or_insert_with(|| timeout.to_owned());
+        let overrides = CliOverrides {
+            dev: true,
+            ..CliOverrides::default()
+        };
+        let settings =
+            tandem_server::config::load(&overrides, &env).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(settings.embedder)
+    }
 }
 
 /// The thresholds `tandem eval --sweep` reports.
@@ -197,6 +233,8 @@ struct ChatArgs {
     /// The customer's name as the business's address book has it.
     #[arg(long)]
     contact: Option<String>,
+    #[command(flatten)]
+    semantic: EmbedderArgs,
 }
 
 #[derive(Args)]
@@ -270,10 +308,18 @@ fn main() -> ExitCode {
             };
         }
         Command::Chat(args) => {
+            let semantic = match args.semantic.settings(&env, "5s") {
+                Ok(settings) => settings,
+                Err(error) => {
+                    eprintln!("tandem: {error:#}");
+                    return ExitCode::from(64);
+                }
+            };
             return match chat::run(
                 &args.dir,
                 &tandem_server::config::flow_variables(&env),
                 args.contact.clone(),
+                semantic.as_ref(),
             ) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
@@ -357,9 +403,15 @@ fn eval(args: &EvalArgs, env: &HashMap<String, String>) -> anyhow::Result<()> {
     let model = tandem_classify::Model::train(&training, options)?;
     let train_ms = started.elapsed().as_secs_f64() * 1e3;
     let mut run = tandem_classify::eval::run_local(&model, &data, args.threshold);
-    let semantic = match &args.embedder {
-        Some(source) => Some(eval_semantic(
-            source, args, env, &training, &data, &model, &mut run,
+    // Evaluation waits as long as the embedder needs: latency is measured, not bounded.
+    let semantic = match args.semantic.settings(env, "60s")? {
+        Some(settings) => Some(eval_semantic(
+            &settings,
+            args.threshold,
+            &training,
+            &data,
+            &model,
+            &mut run,
         )?),
         None => None,
     };
@@ -527,31 +579,13 @@ fn print_semantic(
 /// the server does, embeds each message (one request each, timed) and re-decides `run`
 /// with the stage on.
 fn eval_semantic(
-    source: &str,
-    args: &EvalArgs,
-    env: &HashMap<String, String>,
+    embedder_settings: &tandem_server::config::EmbedderSettings,
+    threshold: f32,
     training: &[tandem_classify::Example],
     data: &[tandem_classify::Example],
     model: &tandem_classify::Model,
     run: &mut tandem_classify::eval::LocalRun,
 ) -> anyhow::Result<tandem_classify::eval::SemanticReport> {
-    let mut env = env.clone();
-    env.insert("TANDEM_EMBEDDER".into(), source.to_owned());
-    if let Some(name) = &args.embedder_model {
-        env.insert("TANDEM_EMBEDDER_MODEL".into(), name.clone());
-    }
-    // Evaluation waits as long as the embedder needs: latency is measured, not bounded.
-    env.entry("TANDEM_EMBEDDER_TIMEOUT".into())
-        .or_insert_with(|| "60s".into());
-    let overrides = tandem_server::config::CliOverrides {
-        dev: true,
-        ..tandem_server::config::CliOverrides::default()
-    };
-    let settings =
-        tandem_server::config::load(&overrides, &env).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let Some(embedder_settings) = &settings.embedder else {
-        anyhow::bail!("--embedder needs a model folder or an embeddings URL");
-    };
     let embedder = tandem_server::startup::embedder(embedder_settings)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -597,14 +631,8 @@ fn eval_semantic(
             }
         })
         .collect();
-    let matches = tandem_classify::eval::run_semantic(
-        run,
-        model,
-        data,
-        args.threshold,
-        &index,
-        &message_vectors,
-    );
+    let matches =
+        tandem_classify::eval::run_semantic(run, model, data, threshold, &index, &message_vectors);
     times.sort_by(f64::total_cmp);
     let percentile = |p: f64| tandem_classify::eval::percentile(&times, p);
     let left = run

@@ -174,6 +174,39 @@ fn chat_plays_the_agent_too_take_over_release_and_close() {
     assert!(out.contains("hook conversation.closed"), "{out}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_with_an_embedder_runs_the_semantic_stage_as_the_server_does() {
+    let embeddings = crate::standin::Embeddings::start().await;
+    let url = embeddings.url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        chat(
+            &["--embedder", &url, "--embedder-model", "concepts"],
+            b"has my parcel been dispatched yet?\n/quit\n",
+        )
+    })
+    .await
+    .unwrap();
+    assert!(out.contains("semantic stage on: concepts"), "{out}");
+    assert!(
+        out.contains("classified `order_status` by semantic"),
+        "{out}"
+    );
+    assert!(embeddings.texts_seen() > 20, "the examples were embedded");
+
+    // An embedder that fails at start is said plainly, and the chat does not start.
+    embeddings.set_mode(crate::standin::EmbeddingsMode::Error);
+    let output = Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(["chat", "flows", "--embedder", &embeddings.url])
+        .args(["--embedder-model", "concepts"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(err.contains("embedding the examples failed"), "{err}");
+}
+
 #[test]
 fn eval_reports_each_language_of_the_multilingual_set() {
     let data = "tests/fixtures/classify/shop_multilingual.jsonl";
