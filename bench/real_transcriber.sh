@@ -92,7 +92,12 @@ for _ in $(seq 1 1200); do
   [ "$done_n" -ge "${#notes[@]}" ] && [ "${depth:-1}" = 0 ] && break
   sleep 0.1
 done
-sleep 0.5
+# …and every customer has had an answer.
+for _ in $(seq 1 100); do
+  answered=$(python3 -c 'import json,sys; print(len({json.loads(l).get("to") for l in open(sys.argv[1])}))' "$WORK/graph.out")
+  [ "$answered" -ge "${#notes[@]}" ] && break
+  sleep 0.1
+done
 for note in "${notes[@]}"; do
   IFS='|' read -r who voice words <<<"$note"
   echo "== $voice: \"$words\""

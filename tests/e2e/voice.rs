@@ -151,6 +151,14 @@ async fn a_voice_note_gets_the_answer_its_words_would_and_people_read_the_words(
         "thanks Rui, please call me"
     );
     assert_eq!(hook.body["message"]["id"], "wamid.VOICE2");
+    let lines = hook.body["transcript"].as_array().unwrap();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["transcription"] == "thanks Rui, please call me"
+                && l["media_id"] == "media-2"),
+        "the hook's transcript keeps the audio and the words: {lines:?}"
+    );
     let later = line(&server, speaker, "wamid.VOICE2").await;
     assert_eq!(later["transcription"], "thanks Rui, please call me");
     let conversation = server.conversation(speaker).await.unwrap();

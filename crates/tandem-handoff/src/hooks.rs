@@ -218,13 +218,22 @@ pub fn number_payload(
     body
 }
 
+/// A transcript line as hooks show it; media lines add `media_id`, voice notes heard add
+/// `transcription`.
 fn line(e: &TranscriptEntry) -> Value {
-    json!({
+    let mut line = json!({
         "at": rfc3339(e.at),
         "role": e.role,
         "text": e.text,
         "kind": e.kind,
-    })
+    });
+    if let Some(id) = &e.media_id {
+        line["media_id"] = id.as_str().into();
+    }
+    if let Some(words) = &e.transcription {
+        line["transcription"] = words.as_str().into();
+    }
+    line
 }
 
 /// Formats a time as RFC 3339 in UTC (`2026-01-05T09:00:00Z`).
@@ -373,5 +382,25 @@ mod tests {
         );
         assert_eq!(body["extra"], 1);
         assert_eq!(body["created_at"], "2026-01-05T09:00:00Z");
+        assert!(body["transcript"][2].get("media_id").is_none());
+
+        // A voice note's line carries the audio's id and the words heard.
+        let voice = tandem_domain::MessageContent::Media {
+            kind: "audio".into(),
+            media_id: Some("media-7".into()),
+            mime_type: None,
+            caption: None,
+            filename: None,
+        };
+        let id = tandem_domain::MessageId::parse("wamid.V").unwrap();
+        let later = Timestamp(now.as_millis() + 10);
+        let mut heard = TranscriptEntry::message(later, Role::Customer, id, &voice);
+        heard.transcribed("where is my order");
+        c.push(heard, 50);
+        let body = hooks.payload(HookEvent::Message, "e2", &c, None, json!({}), now);
+        let last = &body["transcript"][2];
+        assert_eq!(last["text"], "[audio] where is my order");
+        assert_eq!(last["media_id"], "media-7");
+        assert_eq!(last["transcription"], "where is my order");
     }
 }
