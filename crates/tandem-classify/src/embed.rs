@@ -17,11 +17,11 @@ use async_openai::Client;
 use async_openai::config::OpenAIConfig;
 use async_openai::error::OpenAIError;
 use async_trait::async_trait;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::endpoint::{CallError, retrying, status_backoff};
+use crate::endpoint::{CallError, client, retrying};
 
 /// Why no embeddings came back; the caller goes on without the semantic stage.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -141,10 +141,7 @@ impl std::fmt::Debug for EndpointEmbedder {
 impl EndpointEmbedder {
     /// Builds a client.
     pub fn new(config: EmbedConfig) -> Self {
-        let openai = OpenAIConfig::new()
-            .with_api_base(config.base_url.trim_end_matches('/'))
-            .with_api_key(config.api_key.expose_secret());
-        let client = Client::with_config(openai).with_backoff(status_backoff(config.retries));
+        let client = client(&config.base_url, &config.api_key, config.retries);
         let id = if config.prefix.is_empty() {
             config.model.clone()
         } else {

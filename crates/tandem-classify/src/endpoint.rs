@@ -5,7 +5,10 @@
 use std::future::Future;
 use std::time::Duration;
 
+use async_openai::Client;
+use async_openai::config::OpenAIConfig;
 use async_openai::error::OpenAIError;
+use secrecy::{ExposeSecret, SecretString};
 
 /// Why a call gave no answer, after its retries.
 #[derive(Debug)]
@@ -21,11 +24,20 @@ pub(crate) fn connection_failed(error: &OpenAIError) -> bool {
     matches!(error, OpenAIError::Reqwest(e) if e.is_connect() || e.is_timeout())
 }
 
+/// A client of the OpenAI-compatible API at `base_url` with `api_key` (empty for servers that
+/// need none), retrying 429 and 5xx answers `retries` times.
+pub(crate) fn client(base_url: &str, api_key: &SecretString, retries: u32) -> Client<OpenAIConfig> {
+    let config = OpenAIConfig::new()
+        .with_api_base(base_url.trim_end_matches('/'))
+        .with_api_key(api_key.expose_secret());
+    Client::with_config(config).with_backoff(status_backoff(retries))
+}
+
 /// async-openai alone sees the HTTP status, so its backoff retries what is temporary (429
 /// and 5xx; never 400 or 401). Its budget is time, not a count: the waits grow tenfold (100 ms,
 /// 1 s, 10 s, ±10 %), and the budget holds exactly `retries` of them plus 500 ms for the
 /// requests themselves, so the next wait never fits. The call's timeout bounds it all.
-pub(crate) fn status_backoff(retries: u32) -> backoff::ExponentialBackoff {
+fn status_backoff(retries: u32) -> backoff::ExponentialBackoff {
     let first = Duration::from_millis(100);
     let waits: Duration = (0..retries.min(3))
         .map(|k| first * 10u32.pow(k))

@@ -35,12 +35,12 @@ use async_openai::types::chat::{
     ChatCompletionRequestUserMessage, CreateChatCompletionRequestArgs, ResponseFormat,
     ResponseFormatJsonSchema,
 };
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::Serialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::endpoint::{CallError, retrying, status_backoff};
+use crate::endpoint::{CallError, client, retrying};
 
 /// Counter: tokens the LLM endpoint reported using, by kind (`prompt`, `completion`).
 pub const LLM_TOKENS: &str = "tandem_llm_tokens_total";
@@ -340,11 +340,7 @@ impl LlmClassifier {
         prompts
             .add_template_owned(CLASSIFY, prompt)
             .map_err(|e| LlmError::Prompt(e.to_string()))?;
-        let openai = OpenAIConfig::new()
-            .with_api_base(config.base_url.trim_end_matches('/'))
-            .with_api_key(config.api_key.expose_secret());
-        let backoff = status_backoff(config.retries);
-        let client = Client::with_config(openai).with_backoff(backoff);
+        let client = client(&config.base_url, &config.api_key, config.retries);
         let cache_size = NonZeroUsize::new(config.cache_size).unwrap_or(NonZeroUsize::MIN);
         Ok(Self {
             client,

@@ -14,10 +14,10 @@ use async_openai::config::OpenAIConfig;
 use async_openai::error::OpenAIError;
 use async_openai::types::InputSource;
 use async_openai::types::audio::{AudioInput, AudioResponseFormat, CreateTranscriptionRequest};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::Deserialize;
 
-use crate::endpoint::{CallError, retrying, status_backoff};
+use crate::endpoint::{CallError, client, retrying};
 
 /// Longest transcript kept, in characters (a WhatsApp text holds 4,096).
 pub const MAX_CHARS: usize = 4096;
@@ -107,10 +107,7 @@ impl std::fmt::Debug for Transcriber {
 impl Transcriber {
     /// Builds a client.
     pub fn new(config: TranscribeConfig) -> Self {
-        let openai = OpenAIConfig::new()
-            .with_api_base(config.base_url.trim_end_matches('/'))
-            .with_api_key(config.api_key.expose_secret());
-        let client = Client::with_config(openai).with_backoff(status_backoff(config.retries));
+        let client = client(&config.base_url, &config.api_key, config.retries);
         Self { client, config }
     }
 
