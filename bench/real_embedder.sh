@@ -61,25 +61,15 @@ if [ -f "$model/model.safetensors" ]; then
 fi
 
 echo "== 2. the bot end to end"
-python3 "$root/bench/graph_standin.py" $((PORT + 1)) >"$WORK/graph.out" 2>&1 &
-pids+=($!)
-rm -f "$WORK/store.redb"
-TANDEM_EMBEDDER=http://127.0.0.1:$PORT/v1 TANDEM_EMBEDDER_MODEL=e5-query \
-  TANDEM_GRAPH_URL=http://127.0.0.1:$((PORT + 1))/v23.0 TANDEM_ACCESS_TOKEN=t TANDEM_API_TOKEN=a \
-  RUST_LOG=warn "$bin" serve --dev --listen 127.0.0.1:$((PORT + 2)) --store "$WORK/store.redb" \
-  >"$WORK/tandem.out" 2>"$WORK/tandem.err" &
-pids+=($!)
-for _ in $(seq 1 300); do grep -q "listening on" "$WORK/tandem.out" 2>/dev/null && break; sleep 0.1; done
+# shellcheck source=bench/bot.sh
+. "$root/bench/bot.sh"
+export TANDEM_EMBEDDER=http://127.0.0.1:$PORT/v1 TANDEM_EMBEDDER_MODEL=e5-query
+start_bot "$PORT"
 "$bin" replay --url "http://127.0.0.1:$((PORT + 2))/webhook" --from 351910000778 --text "a minha planta ainda não chegou, já foi enviada?"
-for _ in $(seq 1 300); do
-  depth=$(curl -s "http://127.0.0.1:$((PORT + 2))/metrics" | awk '/^tandem_inbox_depth /{print $2}')
-  [ "${depth:-1}" = 0 ] && [ -s "$WORK/graph.out" ] && break
-  sleep 0.1
-done
+wait_answered "$PORT" 1 30
 echo "-- sent to the customer:"
 cat "$WORK/graph.out"
 echo "-- the transcript:"
-curl -s -H "authorization: Bearer a" "http://127.0.0.1:$((PORT + 2))/v1/conversations/106540000000001:351910000778" |
-  python3 -c 'import json,sys; c=json.load(sys.stdin); [print(l["role"], "|", l.get("understood"), "|", l["text"][:100]) for l in c["transcript"]]'
+show_transcript "$PORT" 351910000778
 echo "-- warnings of the server:"
 cat "$WORK/tandem.err"

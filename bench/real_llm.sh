@@ -54,26 +54,15 @@ echo "== 1. tandem eval --llm (tests/fixtures/classify/shop_messages.jsonl)"
   python -c 'import json,sys; r=json.load(sys.stdin); print(json.dumps({k: r[k] for k in ("llm_calls","in_scope_accuracy","cascade_accuracy","stage_share","stage_precision","llm")}, indent=1))'
 
 echo "== 2. the bot end to end"
-# A Graph API stand-in that records the messages Tandem sends.
-python3 "$root/bench/graph_standin.py" $((PORT + 1)) >"$WORK/graph.out" 2>&1 &
-pids+=($!)
-rm -f "$WORK/store.redb"
-TANDEM_GRAPH_URL=http://127.0.0.1:$((PORT + 1))/v23.0 TANDEM_ACCESS_TOKEN=t TANDEM_API_TOKEN=a \
-  RUST_LOG=warn "$bin" serve --dev --listen 127.0.0.1:$((PORT + 2)) --store "$WORK/store.redb" \
-  >"$WORK/tandem.out" 2>"$WORK/tandem.err" &
-pids+=($!)
-for _ in $(seq 1 100); do grep -q "listening on" "$WORK/tandem.out" 2>/dev/null && break; sleep 0.1; done
+# shellcheck source=bench/bot.sh
+. "$root/bench/bot.sh"
+start_bot "$PORT"
 "$bin" replay --url "http://127.0.0.1:$((PORT + 2))/webhook" --from 351910000777 --text "o vaso que comprei chegou todo partido"
 # The turn is done when the inbox is empty again (the LLM call included).
-for _ in $(seq 1 2400); do
-  depth=$(curl -s "http://127.0.0.1:$((PORT + 2))/metrics" | awk '/^tandem_inbox_depth /{print $2}')
-  [ "${depth:-1}" = 0 ] && [ -s "$WORK/graph.out" ] && break
-  sleep 0.1
-done
+wait_answered "$PORT" 1 240
 echo "-- sent to the customer:"
 cat "$WORK/graph.out"
 echo "-- the transcript:"
-curl -s -H "authorization: Bearer a" "http://127.0.0.1:$((PORT + 2))/v1/conversations/106540000000001:351910000777" |
-  python -c 'import json,sys; c=json.load(sys.stdin); [print(l["role"], "|", l.get("understood"), "|", l["text"][:100]) for l in c["transcript"]]'
+show_transcript "$PORT" 351910000777
 echo "-- warnings of the server:"
 cat "$WORK/tandem.err"

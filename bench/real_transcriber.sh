@@ -67,15 +67,10 @@ for note in "${notes[@]}"; do
   opusenc --quiet "$WORK/media/$who.wav" "$WORK/media/media-$who.ogg"
 done
 
-python3 "$root/bench/graph_standin.py" $((PORT + 1)) "$WORK/media" >"$WORK/graph.out" 2>&1 &
-pids+=($!)
-rm -f "$WORK/store.redb"
-TANDEM_GRAPH_URL=http://127.0.0.1:$((PORT + 1))/v23.0 TANDEM_ACCESS_TOKEN=t TANDEM_API_TOKEN=a \
-  TANDEM_TRANSCRIBER=http://127.0.0.1:$PORT/v1 TANDEM_TRANSCRIBER_TIMEOUT=60s \
-  RUST_LOG=warn "$bin" serve --dev --listen 127.0.0.1:$((PORT + 2)) --store "$WORK/store.redb" \
-  >"$WORK/tandem.out" 2>"$WORK/tandem.err" &
-pids+=($!)
-for _ in $(seq 1 100); do grep -q "listening on" "$WORK/tandem.out" 2>/dev/null && break; sleep 0.1; done
+# shellcheck source=bench/bot.sh
+. "$root/bench/bot.sh"
+export TANDEM_TRANSCRIBER=http://127.0.0.1:$PORT/v1 TANDEM_TRANSCRIBER_TIMEOUT=60s
+start_bot "$PORT" "$WORK/media"
 
 for note in "${notes[@]}"; do
   IFS='|' read -r who _ _ <<<"$note"
@@ -84,20 +79,9 @@ for note in "${notes[@]}"; do
 JSON
   "$bin" replay --now --url "http://127.0.0.1:$((PORT + 2))/webhook" "$WORK/$who.json" >/dev/null
 done
-# Done when every voice note was transcribed and the inbox is empty again.
-for _ in $(seq 1 1200); do
-  metrics=$(curl -s "http://127.0.0.1:$((PORT + 2))/metrics")
-  done_n=$(awk '/^tandem_transcriptions_total/{n+=$2} END{print n+0}' <<<"$metrics")
-  depth=$(awk '/^tandem_inbox_depth /{print $2}' <<<"$metrics")
-  [ "$done_n" -ge "${#notes[@]}" ] && [ "${depth:-1}" = 0 ] && break
-  sleep 0.1
-done
-# …and every customer has had an answer.
-for _ in $(seq 1 100); do
-  answered=$(python3 -c 'import json,sys; print(len({json.loads(l).get("to") for l in open(sys.argv[1])}))' "$WORK/graph.out")
-  [ "$answered" -ge "${#notes[@]}" ] && break
-  sleep 0.1
-done
+# Done when the inbox is empty again (the transcriptions included) and every customer has had
+# an answer.
+wait_answered "$PORT" "${#notes[@]}" 120
 for note in "${notes[@]}"; do
   IFS='|' read -r who voice words <<<"$note"
   echo "== $voice: \"$words\""
