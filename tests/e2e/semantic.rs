@@ -11,8 +11,11 @@ use crate::standin::{Embeddings, EmbeddingsMode, Graph, Shop};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
-async fn post(server: &Server, body: Vec<u8>) {
-    assert_eq!(server.post_signed(&body).await.status(), 200);
+/// Customer `wa_id` writes `body`; returns what the cascade made of it, once answered.
+async fn ask(server: &Server, graph: &Graph, wa_id: &str, body: &str) -> Value {
+    let webhook = text(wa_id, &format!("wamid.{wa_id}"), body);
+    assert_eq!(server.post_signed(&webhook).await.status(), 200);
+    understood(server, graph, wa_id).await
 }
 
 /// Waits for a reply to `wa_id` and returns the conversation once its customer line says
@@ -81,47 +84,38 @@ async fn the_in_process_model_answers_what_the_lexical_model_misses_and_restarts
         "the flows' examples were embedded before the server answered"
     );
     // No trigger word and too far from the examples' words for the lexical model alone.
-    post(
+    let u = ask(
         &server,
-        text(
-            "351910000401",
-            "wamid.s.1",
-            "has my parcel been dispatched yet?",
-        ),
+        &graph,
+        "351910000401",
+        "has my parcel been dispatched yet?",
     )
     .await;
-    let u = understood(&server, &graph, "351910000401").await;
     assert_eq!(
         (u["stage"].as_str(), u["intent"].as_str()),
         (Some("semantic"), Some("order_status")),
         "{u}"
     );
-    post(
+    let u = ask(
         &server,
-        text(
-            "351910000402",
-            "wamid.s.2",
-            "these pots came cracked, I want my money back",
-        ),
+        &graph,
+        "351910000402",
+        "these pots came cracked, I want my money back",
     )
     .await;
-    let u = understood(&server, &graph, "351910000402").await;
     assert_eq!(
         (u["stage"].as_str(), u["intent"].as_str()),
         (Some("semantic"), Some("returns")),
         "{u}"
     );
     // Out of scope: nobody is sure, the customer gets the menu.
-    post(
+    let u = ask(
         &server,
-        text(
-            "351910000403",
-            "wamid.s.3",
-            "can you write me a poem about cats",
-        ),
+        &graph,
+        "351910000403",
+        "can you write me a poem about cats",
     )
     .await;
-    let u = understood(&server, &graph, "351910000403").await;
     assert_eq!(u["stage"], "none", "{u}");
     assert!(server.terminate().success());
 
@@ -133,16 +127,13 @@ async fn the_in_process_model_answers_what_the_lexical_model_misses_and_restarts
             .await,
         0.0
     );
-    post(
+    let u = ask(
         &server,
-        text(
-            "351910000404",
-            "wamid.s.4",
-            "has my parcel been dispatched yet?",
-        ),
+        &graph,
+        "351910000404",
+        "has my parcel been dispatched yet?",
     )
     .await;
-    let u = understood(&server, &graph, "351910000404").await;
     assert_eq!(u["stage"], "semantic", "{u}");
 }
 
@@ -164,16 +155,13 @@ async fn an_embeddings_endpoint_that_stalls_fails_or_answers_garbage_never_holds
         examples > 20,
         "the examples were embedded at start-up: {examples}"
     );
-    post(
+    let u = ask(
         &server,
-        text(
-            "351910000411",
-            "wamid.e.1",
-            "has my parcel been dispatched yet?",
-        ),
+        &graph,
+        "351910000411",
+        "has my parcel been dispatched yet?",
     )
     .await;
-    let u = understood(&server, &graph, "351910000411").await;
     assert_eq!(
         (u["stage"].as_str(), u["intent"].as_str()),
         (Some("semantic"), Some("order_status")),
@@ -188,16 +176,7 @@ async fn an_embeddings_endpoint_that_stalls_fails_or_answers_garbage_never_holds
         (EmbeddingsMode::Error, "351910000414", "endpoint"),
     ] {
         embeddings.set_mode(mode);
-        post(
-            &server,
-            text(
-                wa,
-                &format!("wamid.{wa}"),
-                "has my parcel been dispatched yet?",
-            ),
-        )
-        .await;
-        let u = understood(&server, &graph, wa).await;
+        let u = ask(&server, &graph, wa, "has my parcel been dispatched yet?").await;
         assert_eq!(u["stage"], "none", "{mode:?}: {u}");
         let failures = server
             .metric(&format!(
@@ -213,15 +192,12 @@ async fn an_embeddings_endpoint_that_stalls_fails_or_answers_garbage_never_holds
     let before = embeddings.texts_seen();
     let server = Server::start(spec);
     assert_eq!(embeddings.texts_seen(), before, "no example embedded again");
-    post(
+    let u = ask(
         &server,
-        text(
-            "351910000415",
-            "wamid.e.5",
-            "has my parcel been dispatched yet?",
-        ),
+        &graph,
+        "351910000415",
+        "has my parcel been dispatched yet?",
     )
     .await;
-    let u = understood(&server, &graph, "351910000415").await;
     assert_eq!(u["stage"], "semantic", "{u}");
 }

@@ -1518,15 +1518,17 @@ mod tests {
         assert_eq!(from_file.max_body_bytes, defaults.max_body_bytes);
     }
 
+    /// The settings of the full test environment with `pairs` added.
+    fn load_with(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let mut e = full_env();
+        for (k, v) in pairs {
+            e.insert((*k).to_owned(), (*v).to_owned());
+        }
+        load(&CliOverrides::default(), &e)
+    }
+
     #[test]
     fn the_transcriber_is_an_endpoint_off_by_default() {
-        let load_with = |pairs: &[(&str, &str)]| {
-            let mut e = full_env();
-            for (k, v) in pairs {
-                e.insert((*k).to_owned(), (*v).to_owned());
-            }
-            load(&CliOverrides::default(), &e)
-        };
         assert!(load_with(&[]).unwrap().transcriber.is_none());
         let t = load_with(&[("TANDEM_TRANSCRIBER", "http://127.0.0.1:9/v1")])
             .unwrap()
@@ -1564,13 +1566,6 @@ mod tests {
 
     #[test]
     fn the_embedder_is_a_model_folder_or_an_endpoint_with_a_model() {
-        let load_with = |pairs: &[(&str, &str)]| {
-            let mut e = full_env();
-            for (k, v) in pairs {
-                e.insert((*k).to_owned(), (*v).to_owned());
-            }
-            load(&CliOverrides::default(), &e)
-        };
         assert!(load_with(&[]).unwrap().embedder.is_none());
         let s = load_with(&[
             ("TANDEM_EMBEDDER", "http://127.0.0.1:9/v1"),

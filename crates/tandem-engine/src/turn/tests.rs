@@ -708,26 +708,23 @@ fn a_question_for_media_takes_the_audio_and_a_question_for_text_takes_the_words(
         .unwrap()
         .conversation
     };
-    let memo = after("memo");
-    let d = decide_heard(
-        &bot,
-        &memo,
-        &[spoke("m1", "media-2", T0)],
-        "media-2",
-        Ok("buy more soil"),
-    );
+    // The flow started by `trigger`, then a voice note `media_id` heard as `words`.
+    let spoken_after = |trigger: &str, media_id: &str, words: &str| {
+        let waiting = after(trigger);
+        decide_heard(
+            &bot,
+            &waiting,
+            &[spoke("m1", media_id, T0)],
+            media_id,
+            Ok(words),
+        )
+    };
+    let d = spoken_after("memo", "media-2", "buy more soil");
     assert_eq!(
         texts(&d.conversation).last().map(String::as_str),
         Some("noted: buy more soil")
     );
-    let recording = after("record");
-    let d = decide_heard(
-        &bot,
-        &recording,
-        &[spoke("m1", "media-3", T0)],
-        "media-3",
-        Ok("this is the sound it makes"),
-    );
+    let d = spoken_after("record", "media-3", "this is the sound it makes");
     assert_eq!(
         texts(&d.conversation).last().map(String::as_str),
         Some("got audio media-3"),
